@@ -1,0 +1,7 @@
+"""
+C{python -m execgo}: the same as the C{execgo-runtime} console script.
+"""
+
+from execgo.cli import main
+
+main()

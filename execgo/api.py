@@ -1,0 +1,238 @@
+# -*- test-case-name: tests.test_api -*-
+"""
+The HTTP API (C{api.md}) as a Klein app on an object.
+
+Handlers only translate HTTP to L{execgo.runtime.Runtime} calls and back;
+every error becomes the contract's envelope in one place (L{RuntimeAPI.error}),
+and nothing a client sends can produce a 5xx.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Optional
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
+from werkzeug.exceptions import NotFound as RouteNotFound
+
+from execgo import errors, metrics, wire
+from execgo.runtime import Runtime
+from execgo.validation import MAX_BODY_BYTES
+
+log = Logger()
+
+JSON_TYPE = b"application/json"
+OWNER_HEADER = b"x-execgo-owner"
+
+
+def _json(request: IRequest, value: Any, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", JSON_TYPE)
+    return wire.compact(value)
+
+
+def owner_from(request: IRequest) -> Optional[str]:
+    """
+    The trimmed owner header; empty, missing or not visible ASCII counts as
+    no owner (C{api.md} 5).
+    """
+    raw = request.getHeader(OWNER_HEADER)
+    if raw is None:
+        return None
+    value = raw.strip(b" \t")
+    if not value or any(byte < 0x20 or byte > 0x7E for byte in value):
+        return None
+    return value.decode("ascii")
+
+
+class BoundedRequest(server.Request):
+    """
+    A request that keeps at most L{MAX_BODY_BYTES} of its body in memory
+    and remembers whether it was longer, so oversized bodies get a 413
+    without being buffered.
+    """
+
+    body_too_large = False
+
+    def gotLength(self, length: Optional[int]) -> None:
+        if length is not None and length > MAX_BODY_BYTES:
+            self.body_too_large = True
+        self.content = io.BytesIO()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_too_large:
+            return
+        if self.content is not None and self.content.tell() + len(data) > MAX_BODY_BYTES:
+            self.body_too_large = True
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        super().handleContentChunk(data)
+
+
+def _body(request: IRequest) -> bytes:
+    if getattr(request, "body_too_large", False):
+        raise errors.PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes")
+    content = request.content
+    if content is None:
+        return b""
+    content.seek(0)
+    data = content.read(MAX_BODY_BYTES + 1)
+    if len(data) > MAX_BODY_BYTES:
+        raise errors.PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes")
+    return data
+
+
+class RuntimeAPI:
+    """
+    The Klein application serving one L{Runtime}.
+    """
+
+    app = Klein()
+    app.url_map.merge_slashes = False
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def resource(self) -> Any:
+        """
+        The twisted.web resource to serve.
+        """
+        return self.app.resource()
+
+    def _accepting(self) -> None:
+        if not self.runtime.accepting:
+            raise errors.Unavailable("the runtime is stopping")
+
+    @app.route("/api/v1/tasks", methods=["POST"])
+    async def submit(self, request: IRequest) -> bytes:
+        """
+        C{POST /api/v1/tasks}.
+        """
+        self._accepting()
+        return _json(request, await self.runtime.submit(_body(request)))
+
+    @app.route("/api/v1/tasks/<task_id>", methods=["GET"])
+    async def status(self, request: IRequest, task_id: str) -> bytes:
+        """
+        C{GET /api/v1/tasks/{id}}.
+        """
+        return _json(request, await self.runtime.status(task_id))
+
+    @app.route("/api/v1/tasks/<task_id>/kill", methods=["POST"])
+    async def kill(self, request: IRequest, task_id: str) -> bytes:
+        """
+        C{POST /api/v1/tasks/{id}/kill}.
+        """
+        return _json(request, await self.runtime.kill(task_id, owner_from(request)))
+
+    @app.route("/api/v1/tasks/<task_id>/events", methods=["GET"])
+    async def events(self, request: IRequest, task_id: str) -> bytes:
+        """
+        C{GET /api/v1/tasks/{id}/events}.
+        """
+        return _json(request, await self.runtime.events(task_id))
+
+    @app.route("/api/v1/runtime/info", methods=["GET"])
+    def info(self, request: IRequest) -> bytes:
+        """
+        C{GET /api/v1/runtime/info}.
+        """
+        return _json(request, self.runtime.info())
+
+    @app.route("/api/v1/runtime/capabilities", methods=["GET"])
+    def capabilities(self, request: IRequest) -> bytes:
+        """
+        C{GET /api/v1/runtime/capabilities}.
+        """
+        return _json(request, self.runtime.capabilities_json())
+
+    @app.route("/api/v1/runtime/config", methods=["GET"])
+    def config(self, request: IRequest) -> bytes:
+        """
+        C{GET /api/v1/runtime/config}.
+        """
+        return _json(request, self.runtime.config_json())
+
+    @app.route("/api/v1/runtime/resources", methods=["GET"])
+    async def resources(self, request: IRequest) -> bytes:
+        """
+        C{GET /api/v1/runtime/resources}.
+        """
+        return _json(request, await self.runtime.resources())
+
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request: IRequest) -> bytes:
+        """
+        Liveness: always 200.
+        """
+        return _json(request, {"status": "ok", "version": self.runtime.version})
+
+    @app.route("/readyz", methods=["GET"])
+    async def readyz(self, request: IRequest) -> bytes:
+        """
+        Readiness: the storage initialisation runs again.
+        """
+        try:
+            await self.runtime.ready()
+        except Exception as e:
+            raise errors.Internal(f"sqlite error: {e}") from None
+        return _json(request, {"status": "ready", "version": self.runtime.version})
+
+    @app.route("/metrics", methods=["GET"])
+    async def metrics(self, request: IRequest) -> bytes:
+        """
+        Prometheus text exposition.
+        """
+        try:
+            text = await self.runtime.metrics()
+        except Exception as e:
+            request.setResponseCode(500)
+            request.setHeader(b"content-type", b"text/plain")
+            return f"metrics_error {e}\n".encode("utf-8")
+        request.setHeader(b"content-type", metrics.CONTENT_TYPE)
+        return text.encode("utf-8")
+
+    @app.handle_errors(Exception)
+    def error(self, request: IRequest, failure: Failure) -> bytes:
+        """
+        Every failure becomes the error envelope with its status.
+        """
+        value = failure.value
+        if isinstance(value, RouteNotFound):
+            value = errors.NotFound(f"no route for {request.path.decode('utf-8', 'replace')}")
+            value.prefix = "not found"
+        elif isinstance(value, RouteMethodNotAllowed):
+            value = errors.MethodNotAllowed(
+                f"method {request.method.decode('ascii', 'replace')} is not allowed here"
+            )
+        elif not isinstance(value, errors.ExecgoError):
+            log.failure("unexpected error serving {path}", failure, path=request.path)
+            value = errors.Internal(str(value))
+        if value.http_status == 405:
+            request.setHeader(b"allow", b", ".join(_allowed(failure.value)))
+        return _json(request, value.envelope(), value.http_status)
+
+
+def _allowed(exception: Any) -> list:
+    methods = getattr(exception, "valid_methods", None) or []
+    return [method.encode("ascii") for method in methods]
+
+
+class APISite(server.Site):
+    """
+    A site whose requests bound their bodies (L{BoundedRequest}).
+    """
+
+    requestFactory = BoundedRequest
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        """
+        No per-request access log (C{behavior.md} 16).
+        """

@@ -1,0 +1,269 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The server's settings (C{cli.md} section 2, C{behavior.md} section 15) as one
+frozen value, with the rules that derive the rest from them.
+
+Pure: no I/O beyond reading the environment mapping it is given.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Dict, Mapping, Optional, Tuple
+
+import attrs
+
+from execgo import errors
+from execgo.models import MODE_ADAPTIVE, MODE_STRICT
+
+DEFAULT_LISTEN_ADDR = "127.0.0.1:8080"
+DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup/execgo-runtime"
+UINT64_MAX = 2**64 - 1
+
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def derive_runtime_id(hostname: Optional[str], listen_addr: str) -> str:
+    """
+    C{<host>-<addr>} with every character outside C{[A-Za-z0-9._-]}
+    replaced by C{-}; C{<host>} is C{HOSTNAME} when set and not blank, else
+    C{execgo-runtime}.
+    """
+    host = hostname if hostname is not None and hostname.strip() else "execgo-runtime"
+    return _UNSAFE_ID_CHARS.sub("-", host) + "-" + _UNSAFE_ID_CHARS.sub("-", listen_addr)
+
+
+def parse_listen_addr(value: str) -> Tuple[str, int]:
+    """
+    Split C{HOST:PORT} (C{[v6]:PORT} for IPv6).
+
+    @raise errors.InvalidInput: when it is not of that form.
+    """
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise errors.InvalidInput(f"invalid listen address '{value}': expected HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise errors.InvalidInput(f"invalid listen address '{value}': bracket IPv6 hosts")
+    return host, int(port)
+
+
+def parse_bool_env(name: str, value: str) -> bool:
+    """
+    A boolean environment variable: exactly C{true} or C{false}.
+    """
+    if value == "true":
+        return True
+    if value == "false":
+        return False
+    raise errors.InvalidInput(f"{name} must be 'true' or 'false', got '{value}'")
+
+
+def parse_uint_env(name: str, value: str) -> int:
+    """
+    An unsigned 64-bit decimal environment variable.
+    """
+    if not value.isascii() or not value.isdigit() or int(value) > UINT64_MAX:
+        raise errors.InvalidInput(f"{name} must be a non-negative integer, got '{value}'")
+    return int(value)
+
+
+def parse_mode(value: str) -> str:
+    """
+    A capability mode: exactly C{adaptive} or C{strict}.
+    """
+    if value not in (MODE_ADAPTIVE, MODE_STRICT):
+        raise errors.InvalidInput(f"capability mode must be 'adaptive' or 'strict', got '{value}'")
+    return value
+
+
+@attrs.frozen
+class RuntimeConfig:
+    """
+    Every server setting, after flags and environment were applied.
+    """
+
+    listen_addr: str = DEFAULT_LISTEN_ADDR
+    data_dir: str = "data"
+    max_running_tasks: int = 4
+    max_queued_tasks: int = 128
+    termination_grace_ms: int = 5000
+    result_retention_secs: int = 604800
+    gc_interval_ms: int = 1000
+    dispatch_poll_interval_ms: int = 250
+    cgroup_root: str = DEFAULT_CGROUP_ROOT
+    runtime_id: Optional[str] = None
+    default_capability_mode: str = MODE_ADAPTIVE
+    disable_linux_sandbox: bool = False
+    disable_cgroup: bool = False
+    capacity_memory_bytes: Optional[int] = None
+    capacity_pids: Optional[int] = None
+    tenant_quotas: Tuple[str, ...] = ()
+
+    @property
+    def data_dir_abs(self) -> str:
+        """
+        The data directory as an absolute path (every path the runtime
+        reports or hands to a workload is absolute).
+        """
+        return os.path.abspath(self.data_dir)
+
+    @property
+    def database_path(self) -> str:
+        """
+        The store file, C{<data_dir>/runtime.db}.
+        """
+        return os.path.join(self.data_dir_abs, "runtime.db")
+
+    def effective_runtime_id(self, environ: Mapping[str, str]) -> str:
+        """
+        The configured id, or the one derived from C{HOSTNAME} and the
+        listen address.
+        """
+        if self.runtime_id is not None:
+            return self.runtime_id
+        return derive_runtime_id(environ.get("HOSTNAME"), self.listen_addr)
+
+    def to_json(self, runtime_id: str) -> Dict[str, object]:
+        """
+        The C{/api/v1/runtime/config} body.
+        """
+        return {
+            "runtime_id": runtime_id,
+            "listen_addr": self.listen_addr,
+            "data_dir": self.data_dir,
+            "max_running_tasks": self.max_running_tasks,
+            "max_queued_tasks": self.max_queued_tasks,
+            "termination_grace_ms": self.termination_grace_ms,
+            "result_retention_secs": self.result_retention_secs,
+            "gc_interval_ms": self.gc_interval_ms,
+            "dispatch_poll_interval_ms": self.dispatch_poll_interval_ms,
+            "cgroup_root": self.cgroup_root,
+            "default_capability_mode": self.default_capability_mode,
+            "cgroup_enabled": not self.disable_cgroup,
+        }
+
+
+def apply_environment(config: RuntimeConfig, environ: Mapping[str, str], given: frozenset) -> RuntimeConfig:
+    """
+    Fill settings not given on the command line from their environment
+    variables (C{cli.md} 1: the option wins).
+
+    @param given: the names of the settings given as options.
+    @raise errors.InvalidInput: for a malformed variable.
+    """
+    changes: Dict[str, object] = {}
+    prefix = "EXECGO_RUNTIME_"
+    if "runtime_id" not in given and prefix + "ID" in environ:
+        changes["runtime_id"] = environ[prefix + "ID"]
+    name = prefix + "DEFAULT_CAPABILITY_MODE"
+    if "default_capability_mode" not in given and name in environ:
+        try:
+            changes["default_capability_mode"] = parse_mode(environ[name])
+        except errors.InvalidInput as e:
+            raise errors.InvalidInput(f"{name}: {e.detail}") from None
+    for setting, suffix in (
+        ("disable_linux_sandbox", "DISABLE_LINUX_SANDBOX"),
+        ("disable_cgroup", "DISABLE_CGROUP"),
+    ):
+        if setting not in given and prefix + suffix in environ:
+            changes[setting] = parse_bool_env(prefix + suffix, environ[prefix + suffix])
+    for setting, suffix in (
+        ("capacity_memory_bytes", "CAPACITY_MEMORY_BYTES"),
+        ("capacity_pids", "CAPACITY_PIDS"),
+    ):
+        if setting not in given and prefix + suffix in environ:
+            changes[setting] = parse_uint_env(prefix + suffix, environ[prefix + suffix])
+    return attrs.evolve(config, **changes)
+
+
+@attrs.frozen
+class Setting:
+    """
+    One C{serve} option: its flag, the config attribute it sets, its kind
+    (C{str}, C{uint}, C{bool}, C{mode} or C{multi}), its environment variable
+    and its help text.  Both the click CLI and the twistd plugin are built
+    from L{SERVE_SETTINGS}, so they cannot drift apart.
+    """
+
+    flag: str
+    attr: str
+    kind: str
+    help: str
+    envvar: Optional[str] = None
+
+
+SERVE_SETTINGS: Tuple[Setting, ...] = (
+    Setting("listen-addr", "listen_addr", "str", "HOST:PORT to listen on [127.0.0.1:8080]"),
+    Setting("data-dir", "data_dir", "str", "data directory (store and task files) [data]"),
+    Setting("max-running-tasks", "max_running_tasks", "uint", "concurrent running tasks [4]"),
+    Setting("max-queued-tasks", "max_queued_tasks", "uint", "accepted tasks before 429 [128]"),
+    Setting("termination-grace-ms", "termination_grace_ms", "uint", "SIGTERM to SIGKILL wait [5000]"),
+    Setting("result-retention-secs", "result_retention_secs", "uint", "terminal task retention [604800]"),
+    Setting("gc-interval-ms", "gc_interval_ms", "uint", "garbage collection interval [1000]"),
+    Setting(
+        "dispatch-poll-interval-ms",
+        "dispatch_poll_interval_ms",
+        "uint",
+        "dispatcher safety-net poll interval [250]",
+    ),
+    Setting("cgroup-root", "cgroup_root", "str", f"per-task cgroup root [{DEFAULT_CGROUP_ROOT}]"),
+    Setting("runtime-id", "runtime_id", "str", "runtime id [derived]", "EXECGO_RUNTIME_ID"),
+    Setting(
+        "default-capability-mode",
+        "default_capability_mode",
+        "mode",
+        "adaptive or strict [adaptive]",
+        "EXECGO_RUNTIME_DEFAULT_CAPABILITY_MODE",
+    ),
+    Setting(
+        "disable-linux-sandbox",
+        "disable_linux_sandbox",
+        "bool",
+        "disable the linux_sandbox capability",
+        "EXECGO_RUNTIME_DISABLE_LINUX_SANDBOX",
+    ),
+    Setting(
+        "disable-cgroup",
+        "disable_cgroup",
+        "bool",
+        "disable per-task cgroups",
+        "EXECGO_RUNTIME_DISABLE_CGROUP",
+    ),
+    Setting(
+        "capacity-memory-bytes",
+        "capacity_memory_bytes",
+        "uint",
+        "ledger memory capacity [probed]",
+        "EXECGO_RUNTIME_CAPACITY_MEMORY_BYTES",
+    ),
+    Setting(
+        "capacity-pids",
+        "capacity_pids",
+        "uint",
+        "ledger pids capacity [probed]",
+        "EXECGO_RUNTIME_CAPACITY_PIDS",
+    ),
+    Setting(
+        "tenant-quota",
+        "tenant_quotas",
+        "multi",
+        "NAME=slots:N[,memory:BYTES][,pids:N], repeatable",
+    ),
+)
+
+
+def build_config(values: Mapping[str, object], environ: Mapping[str, str]) -> RuntimeConfig:
+    """
+    The configuration from parsed option values (only the options that
+    were given, keyed by attribute name) and the environment.
+
+    @raise errors.InvalidInput: for a malformed environment variable.
+    """
+    given = {name: value for name, value in values.items() if value is not None}
+    if "tenant_quotas" in given:
+        given["tenant_quotas"] = tuple(given["tenant_quotas"])  # type: ignore[arg-type]
+    config = RuntimeConfig(**given)  # type: ignore[arg-type]
+    return apply_environment(config, environ, frozenset(given))

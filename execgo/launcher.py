@@ -1,0 +1,169 @@
+# -*- test-case-name: tests.test_launcher -*-
+"""
+Turning a stored task into a running workload process.
+
+L{build_launch} is pure: it derives the command line, environment, working
+directory and limits from a task record and the plan.  L{spawn} starts the
+process through the standard library's C fork/exec path (C{vfork} where the
+kernel allows it), in a new session so the workload leads its own process
+group, with its output going straight to the task's log files: no pipes, so
+the workload neither depends on nor is slowed by its supervisor.  Only a task
+with rlimits takes the slower C{preexec_fn} path.
+
+Standard library only: this runs in the supervisor process.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
+
+import attrs
+
+from execgo.models import ExecutionPlan
+from execgo.taskdb import TaskRecord
+
+INHERITED_ENV = ("PATH", "HOME", "LANG", "TMPDIR", "USER")
+
+RLimit = Tuple[int, int, int]
+
+
+class LaunchError(Exception):
+    """
+    The workload could not be started; the message is the OS error.
+    """
+
+
+@attrs.frozen
+class LaunchSpec:
+    """
+    Everything needed to start one workload.
+    """
+
+    argv: Tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: str
+    stdout_path: str
+    stderr_path: str
+    rlimits: Tuple[RLimit, ...] = ()
+    script_path: Optional[str] = None
+    script_text: Optional[str] = None
+
+
+def child_environment(base: Mapping[str, str], extra: Mapping[str, str]) -> dict:
+    """
+    The workload environment: C{PATH}, C{HOME}, C{LANG}, C{TMPDIR} and
+    C{USER} from C{base} when set, overridden by the task's own C{env}.
+    """
+    env = {name: base[name] for name in INHERITED_ENV if name in base}
+    env.update(extra)
+    return env
+
+
+def rlimits_for(plan: ExecutionPlan) -> Tuple[RLimit, ...]:
+    """
+    The rlimits a plan asks for: C{RLIMIT_CPU} with the hard limit one
+    second above the soft one (so the kernel sends C{SIGXCPU} first), and
+    C{RLIMIT_AS} when memory is enforced by rlimit rather than by a cgroup.
+    """
+    enforcement = plan.resource_enforcement
+    limits: List[RLimit] = []
+    if enforcement.cpu_time_enforced and enforcement.cpu_time_sec is not None:
+        seconds = enforcement.cpu_time_sec
+        limits.append((resource.RLIMIT_CPU, seconds, seconds + 1))
+    memory_mechanism = enforcement.mechanisms.get("memory_bytes", "rlimit")
+    if (
+        enforcement.memory_enforced
+        and enforcement.memory_bytes is not None
+        and memory_mechanism == "rlimit"
+    ):
+        limits.append((resource.RLIMIT_AS, enforcement.memory_bytes, enforcement.memory_bytes))
+    return tuple(limits)
+
+
+def build_launch(record: TaskRecord, plan: ExecutionPlan, base_env: Mapping[str, str]) -> LaunchSpec:
+    """
+    Derive the launch of a task (C{behavior.md} 7.2).
+    """
+    execution = record.execution
+    env = child_environment(base_env, execution.env)
+    script_path = None
+    script_text = None
+    if execution.kind == "script":
+        script_path = record.paths.script_path
+        script_text = execution.script or ""
+        if execution.interpreter:
+            argv: Tuple[str, ...] = (*execution.interpreter, str(script_path))
+        else:
+            argv = ("/bin/sh", "-c", script_text)
+    else:
+        argv = (str(execution.program), *execution.args)
+    return LaunchSpec(
+        argv=argv,
+        env=env,
+        cwd=record.paths.workspace_dir,
+        stdout_path=record.paths.stdout_path,
+        stderr_path=record.paths.stderr_path,
+        rlimits=rlimits_for(plan),
+        script_path=script_path,
+        script_text=script_text,
+    )
+
+
+def _apply_rlimits(rlimits: Sequence[RLimit]) -> Callable[[], None]:
+    def preexec() -> None:
+        for which, soft, hard in rlimits:
+            resource.setrlimit(which, (soft, hard))
+
+    return preexec
+
+
+def prepare(spec: LaunchSpec) -> None:
+    """
+    Create the working directory and write the script file (mode 0700).
+    """
+    os.makedirs(spec.cwd, exist_ok=True)
+    if spec.script_path is not None:
+        fd = os.open(spec.script_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
+        with os.fdopen(fd, "w", encoding="utf-8") as script:
+            script.write(spec.script_text or "")
+        os.chmod(spec.script_path, 0o700)
+
+
+def spawn(spec: LaunchSpec) -> int:
+    """
+    Start the workload and return its pid (also its process group and
+    session id).  The logs are truncated; stdin is the null device.
+
+    @raise LaunchError: with the OS error when anything fails.
+    """
+    try:
+        prepare(spec)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        stdout = os.open(spec.stdout_path, flags, 0o644)
+        try:
+            stderr = os.open(spec.stderr_path, flags, 0o644)
+            try:
+                process = subprocess.Popen(
+                    list(spec.argv),
+                    cwd=spec.cwd,
+                    env=dict(spec.env),
+                    stdin=subprocess.DEVNULL,
+                    stdout=stdout,
+                    stderr=stderr,
+                    close_fds=True,
+                    start_new_session=True,
+                    preexec_fn=_apply_rlimits(spec.rlimits) if spec.rlimits else None,
+                )
+            finally:
+                os.close(stderr)
+        finally:
+            os.close(stdout)
+    except (OSError, ValueError, subprocess.SubprocessError) as e:
+        raise LaunchError(str(e)) from None
+    # The supervisor reaps every child itself (it is a subreaper and needs
+    # the rusage); mark the Popen finished so it never waits on the pid.
+    process.returncode = 0
+    return process.pid

@@ -1,0 +1,133 @@
+# -*- test-case-name: tests.test_logs -*-
+"""
+Structured JSON-lines logging on top of C{twisted.logger}
+(C{decisions.md} item 16, C{behavior.md} 16).
+
+Each event becomes one line: C{timestamp}, C{level} (C{INFO}, C{WARN}, ...),
+C{target} (the logger's namespace), C{message}, and the event's own fields.
+The level comes from C{EXECGO_RUNTIME_LOG}, else C{RUST_LOG}, in
+C{target=level} directive syntax (C{info} by default).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import IO, Any, Callable, Dict, Mapping, Tuple
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+)
+from zope.interface import implementer
+
+from execgo.wire import format_ns
+
+_LEVELS = {
+    "trace": LogLevel.debug,
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "warning": LogLevel.warn,
+    "error": LogLevel.error,
+    "critical": LogLevel.critical,
+    "off": None,
+}
+_NAMES = {
+    LogLevel.debug: "DEBUG",
+    LogLevel.info: "INFO",
+    LogLevel.warn: "WARN",
+    LogLevel.error: "ERROR",
+    LogLevel.critical: "ERROR",
+}
+
+
+def parse_filter(spec: str) -> Tuple[Any, Dict[str, Any]]:
+    """
+    Parse C{level} / C{target=level} directives separated by commas.
+
+    @return: the default level (C{None} means off) and per-target levels.
+        Unknown words are ignored, as a log filter should never stop a
+        server from starting.
+    """
+    default: Any = LogLevel.info
+    targets: Dict[str, Any] = {}
+    for directive in spec.split(","):
+        directive = directive.strip()
+        if not directive:
+            continue
+        target, sep, level = directive.rpartition("=")
+        level = level.strip().lower()
+        if level not in _LEVELS:
+            continue
+        if sep:
+            targets[target.strip()] = _LEVELS[level]
+        else:
+            default = _LEVELS[level]
+    return default, targets
+
+
+def filter_from_environment(environ: Mapping[str, str]) -> Tuple[Any, Dict[str, Any]]:
+    """
+    The filter from C{EXECGO_RUNTIME_LOG}, falling back to C{RUST_LOG}.
+    """
+    spec = environ.get("EXECGO_RUNTIME_LOG")
+    if spec is None:
+        spec = environ.get("RUST_LOG", "info")
+    return parse_filter(spec)
+
+
+@implementer(ILogObserver)
+class JSONLinesObserver:
+    """
+    Write each event as one JSON line.
+    """
+
+    def __init__(self, out: IO[str], clock: Callable[[], int] = time.time_ns) -> None:
+        self.out = out
+        self.clock = clock
+
+    def __call__(self, event: Dict[str, Any]) -> None:
+        level = event.get("log_level", LogLevel.info)
+        line: Dict[str, Any] = {
+            "timestamp": format_ns(int(event.get("log_time", self.clock() / 1e9) * 1e9)),
+            "level": _NAMES.get(level, "INFO"),
+            "target": event.get("log_namespace", "execgo"),
+            "message": formatEvent(event),
+        }
+        for key, value in event.items():
+            if key.startswith("log_") or key in ("format", "system", "isError", "message", "time"):
+                continue
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                value = repr(value)
+            line[key] = value
+        failure = event.get("log_failure")
+        if failure is not None:
+            line["error"] = failure.getErrorMessage()
+        try:
+            self.out.write(json.dumps(line, ensure_ascii=False) + "\n")
+            self.out.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def make_observer(out: IO[str], environ: Mapping[str, str]) -> Any:
+    """
+    The JSON-lines observer behind the environment's level filter.
+    """
+    default, targets = filter_from_environment(environ)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=default or LogLevel.critical)
+    # Twisted's own chatter (factories starting, ports opening) only from WARN.
+    for noisy in ("twisted", "log_legacy", "execgo.api.APISite"):
+        predicate.setLogLevelForNamespace(noisy, LogLevel.warn)
+    for target, level in targets.items():
+        predicate.setLogLevelForNamespace(target, level or LogLevel.critical)
+    observer = FilteringLogObserver(JSONLinesObserver(out), [predicate])
+    if default is None and not targets:
+        return lambda event: None
+    return observer

@@ -1,0 +1,350 @@
+# -*- test-case-name: tests.test_runtime -*-
+"""
+The runtime's operations, independent of HTTP: submit, status, events,
+kill, the runtime views, recovery, and reactions to the supervisor.
+
+L{Runtime} is built by L{execgo.service} from its parts (store, scheduler,
+supervisor link, capability snapshot) and used by L{execgo.api}; it owns no
+sockets and reads no global state.
+"""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from execgo import errors, metrics, outcome, recovery, taskdb, validation, wire
+from execgo.capabilities import Capabilities
+from execgo.config import RuntimeConfig
+from execgo.ledger import ActiveReservation, Capacity, check_admission, render_resources
+from execgo.models import STATUS_RUNNING, Reservation, SubmitRequest
+from execgo.policy import resolve_plan
+from execgo.procinfo import is_supervisor, kill_group
+from execgo.scheduler import QueuedTask, Scheduler
+from execgo.store import Store
+from execgo.supervisor_link import SupervisorLink
+
+log = Logger()
+
+JSON = Dict[str, Any]
+GC_BATCH = 256
+
+
+class Runtime:
+    """
+    Everything the API does, over injected parts.
+
+    @param now_ms: wall clock, epoch milliseconds.
+    @param started_at: the C{/runtime/info} start timestamp.
+    """
+
+    def __init__(
+        self,
+        *,
+        reactor: IReactorTime,
+        config: RuntimeConfig,
+        runtime_id: str,
+        capabilities: Capabilities,
+        quotas: Mapping[str, Capacity],
+        store: Store,
+        scheduler: Scheduler,
+        link: SupervisorLink,
+        now_ms: Callable[[], int],
+        started_at: str,
+        version: str,
+    ) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.runtime_id = runtime_id
+        self.capabilities = capabilities
+        self.quotas = dict(quotas)
+        self.store = store
+        self.scheduler = scheduler
+        self.link = link
+        self.now_ms = now_ms
+        self.started_at = started_at
+        self.version = version
+        self.accepting = False
+        self._gc_call: Any = None
+        self._kill_timers: Dict[str, Any] = {}
+
+    # Submit
+
+    async def submit(self, body: bytes) -> JSON:
+        """
+        Decode, validate, plan, admit and persist a submission; wake the
+        dispatcher.  Checks run in the order of C{api.md} 3.5.
+        """
+        request = validation.parse_submit(body)
+        plan = resolve_plan(request, self.capabilities, self.config.default_capability_mode)
+        reservation = Reservation.for_limits(request.limits)
+        check_admission(reservation, self.capabilities.capacity, self.quotas, request.tenant)
+        task_id = request.task_id if request.task_id is not None else str(uuid.uuid4())
+        task = taskdb.NewTask(
+            task_id=task_id,
+            execution=request.execution,
+            limits=request.limits,
+            sandbox=request.sandbox,
+            metadata=dict(request.metadata),
+            plan=plan,
+            control_context=request.control_context,
+            paths=wire.task_paths(
+                self.config.data_dir_abs, task_id, request.execution, request.sandbox.workspace_subdir
+            ),
+        )
+        now = self.now_ms()
+        await self.store.submit(
+            task,
+            request,
+            self.config.max_queued_tasks,
+            lambda: validation.check_output_limits(request),
+            now,
+        )
+        self.scheduler.submitted(
+            QueuedTask(task_id=task_id, tenant=request.tenant, reservation=reservation, created_at_ms=now)
+        )
+        return {"task_id": task_id, "handle_id": task_id, "status": "accepted"}
+
+    # Reading
+
+    async def status(self, task_id: str) -> JSON:
+        """
+        The status snapshot; L{errors.NotFound} for an unknown id.
+        """
+        snapshot = await self.store.snapshot(task_id, self.now_ms())
+        if snapshot is None:
+            raise errors.NotFound(task_id)
+        return snapshot
+
+    async def events(self, task_id: str) -> List[JSON]:
+        """
+        The event log; L{errors.NotFound} for an unknown id.
+        """
+        events = await self.store.run(taskdb.events_if_exists, task_id)
+        if events is None:
+            raise errors.NotFound(task_id)
+        return [wire.render_event(event) for event in events]
+
+    # Kill
+
+    async def kill(self, task_id: str, owner: Optional[str]) -> JSON:
+        """
+        Cancel a task (C{api.md} 5): queued tasks end at once; running ones
+        are signalled by their supervisor (or directly, if none is
+        connected).
+        """
+        result = await self.store.kill(task_id, owner, self.now_ms())
+        record = result.record
+        if result.cancelled_queued:
+            self.scheduler.dequeued(task_id)
+        elif result.flagged and record.status == STATUS_RUNNING:
+            if not self.link.kill(task_id) and record.pgid is not None:
+                self._signal_directly(task_id, record.pgid)
+            self.scheduler.wake()
+        return result.snapshot
+
+    def _signal_directly(self, task_id: str, pgid: int) -> None:
+        kill_group(pgid, signal.SIGTERM)
+        if task_id not in self._kill_timers:
+            self._kill_timers[task_id] = self.reactor.callLater(
+                self.config.termination_grace_ms / 1000.0, self._kill_later, task_id, pgid
+            )
+
+    def _kill_later(self, task_id: str, pgid: int) -> None:
+        self._kill_timers.pop(task_id, None)
+        kill_group(pgid, signal.SIGKILL)
+
+    # Runtime views
+
+    def info(self) -> JSON:
+        """
+        The C{/api/v1/runtime/info} body.
+        """
+        return {
+            "runtime_id": self.runtime_id,
+            "version": self.version,
+            "started_at": self.started_at,
+            "snapshot_version": "v1",
+            "platform": self.capabilities.to_json()["platform"],
+        }
+
+    def capabilities_json(self) -> JSON:
+        """
+        The cached capability snapshot.
+        """
+        return self.capabilities.to_json()
+
+    def config_json(self) -> JSON:
+        """
+        The non-secret effective configuration.
+        """
+        return self.config.to_json(self.runtime_id)
+
+    async def resources(self) -> JSON:
+        """
+        The ledger view, computed from the store.
+        """
+        active, waiting = await self.store.run(taskdb.resources_rows)
+        return render_resources(
+            self.runtime_id,
+            self.capabilities.capacity,
+            self.quotas,
+            [
+                ActiveReservation(
+                    task_id=record.task_id,
+                    status=record.status,
+                    tenant=record.tenant,
+                    reservation=record.reservation or Reservation.for_limits(record.limits),
+                    reserved_at=None
+                    if record.reserved_at_ms is None
+                    else wire.format_ms(record.reserved_at_ms),
+                )
+                for record in active
+            ],
+            waiting,
+        )
+
+    async def metrics(self) -> str:
+        """
+        The Prometheus exposition.
+        """
+        return metrics.render(await self.store.run(taskdb.metrics_snapshot))
+
+    async def ready(self) -> None:
+        """
+        Re-run the (idempotent) storage initialisation.
+        """
+        await self.store.init_schema()
+
+    # Supervisor reports
+
+    def on_supervisor_message(self, message: Dict[str, Any]) -> None:
+        """
+        A task ended (its reservation is released in the store already) or
+        started.
+        """
+        if message.get("ev") == "finished":
+            task_id = str(message.get("task_id"))
+            timer = self._kill_timers.pop(task_id, None)
+            if timer is not None and timer.active():
+                timer.cancel()
+            self.scheduler.released(task_id)
+
+    def on_supervisor_lost(self, pid: int) -> None:
+        """
+        The supervisor's connection closed: once it is gone, fail what it
+        was running, then start a new one.
+        """
+        log.warn("lost the supervisor {pid}", pid=pid)
+        defer.ensureDeferred(self._replace_supervisor(pid)).addErrback(
+            lambda failure: log.failure("replacing the supervisor failed", failure)
+        )
+
+    async def _replace_supervisor(self, pid: int) -> None:
+        for _ in range(200):
+            if not is_supervisor(pid):
+                break
+            await _sleep(self.reactor, 0.01)
+        await self.fail_orphans(f"supervisor {pid} exited unexpectedly")
+        if self.accepting:
+            await self.link.ensure()
+            await self.relaunch_pending()
+            self.scheduler.wake()
+
+    # Recovery and GC
+
+    async def recover(self) -> None:
+        """
+        Start-up recovery: apply L{recovery.plan_recovery} to every
+        non-terminal task, then rebuild the dispatcher from the store.
+        """
+        records = await self.store.by_status(("accepted", "running"))
+        for action in recovery.plan_recovery(records, is_supervisor):
+            now = self.now_ms()
+            if action.kind == recovery.RELEASE_ORPHAN:
+                await self.store.run(taskdb.release_orphan_reservation, action.task_id, now)
+            elif action.kind == recovery.RECOVERED:
+                await self.store.run(taskdb.mark_recovered, action.task_id, action.reservation, now)
+            else:
+                await self._fail_lost(action, "recovery_lost")
+        self.scheduler.load(await self.store.scheduler_state(self.config.max_queued_tasks))
+
+    async def fail_orphans(self, message: str) -> None:
+        """
+        While serving: fail every running task whose supervisor is gone.
+        """
+        records = await self.store.by_status(("running",))
+        for action in recovery.plan_recovery(records, is_supervisor):
+            if action.kind == recovery.LOST:
+                await self._fail_lost(action, message)
+                self.scheduler.released(action.task_id)
+
+    async def _fail_lost(self, action: recovery.RecoveryAction, message: str) -> None:
+        if action.kill_pgid is not None:
+            kill_group(action.kill_pgid, signal.SIGKILL)
+        await self.store.finish(
+            action.task_id, outcome.failed("internal", message), self.now_ms(), (STATUS_RUNNING,)
+        )
+
+    async def relaunch_pending(self) -> None:
+        """
+        Re-send C{launch} for tasks dispatched to the connected supervisor
+        that it has not started (an order lost with a dropped connection);
+        the supervisor ignores tasks it runs or that have ended.
+        """
+        pid = self.link.pid
+        if pid is None:
+            return
+        records = await self.store.by_status(("running",))
+        pending = [r.task_id for r in records if r.shim_pid == pid and r.pid is None]
+        if pending:
+            self.link.launch(pending)
+
+    def start_gc(self) -> None:
+        """
+        Run GC every C{gc_interval_ms}, first one interval from now.
+        """
+        self._gc_call = self.reactor.callLater(self.config.gc_interval_ms / 1000.0, self._gc_tick)
+
+    def _gc_tick(self) -> None:
+        self._gc_call = None
+        d = defer.ensureDeferred(self.collect_garbage())
+        d.addErrback(lambda failure: log.warn("gc failed", error=str(failure.value)))
+        d.addBoth(lambda _: self.start_gc() if self.accepting else None)
+
+    async def collect_garbage(self) -> int:
+        """
+        Delete terminal tasks older than the retention period.
+
+        @return: how many tasks were collected.
+        """
+        retention_ms = self.config.result_retention_secs * 1000
+        now = self.now_ms()
+        cutoff = now - retention_ms if retention_ms <= now else now
+        collected, failures = await self.store.gc(cutoff, GC_BATCH)
+        for task_id, error in failures:
+            log.warn("gc could not remove a task directory", task_id=task_id, error=error)
+        return len(collected)
+
+    def stop_timers(self) -> None:
+        """
+        Cancel GC and direct-kill timers.
+        """
+        if self._gc_call is not None and self._gc_call.active():
+            self._gc_call.cancel()
+        self._gc_call = None
+        for timer in self._kill_timers.values():
+            if timer.active():
+                timer.cancel()
+        self._kill_timers.clear()
+
+
+def _sleep(reactor: IReactorTime, seconds: float) -> "defer.Deferred[None]":
+    from twisted.internet.task import deferLater
+
+    return deferLater(reactor, seconds, lambda: None)

@@ -1,0 +1,274 @@
+# -*- test-case-name: tests.test_scheduler -*-
+"""
+The dispatcher: moves queued tasks to the supervisor when the ledger has
+room for them.
+
+It keeps the queue and the ledger in memory, rebuilt from the store at
+start, and runs a dispatch cycle whenever something may have freed or
+needed capacity: a submit, a kill, a task's end (reported by the
+supervisor), or the safety-net poll.  Cycles never overlap; a wake-up that
+arrives during a cycle runs one more cycle after it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Set, Tuple
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from execgo.ledger import Ledger
+from execgo.models import Reservation
+from execgo.store import SchedulerState
+from execgo.taskdb import TaskRecord
+
+log = Logger()
+
+
+class DispatchStore(Protocol):
+    """
+    What the dispatcher needs of the store.
+    """
+
+    def dispatch(
+        self, picks: Sequence[Tuple[str, Reservation]], shim_pid: int, now_ms: int
+    ) -> "defer.Deferred[Tuple[List[str], List[str]]]": ...
+
+    def scheduler_state(self, max_queued: int) -> "defer.Deferred[SchedulerState]": ...
+
+
+class Launcher(Protocol):
+    """
+    What the dispatcher needs of the supervisor link.
+    """
+
+    pid: Optional[int]
+
+    @property
+    def connected(self) -> bool: ...
+
+    def launch(self, task_ids: Sequence[str]) -> bool: ...
+
+
+@attrs.frozen
+class QueuedTask:
+    """
+    A task waiting in C{accepted}, as the dispatcher sees it.
+    """
+
+    task_id: str
+    tenant: Optional[str]
+    reservation: Reservation
+    created_at_ms: int
+
+    @classmethod
+    def from_record(cls, record: TaskRecord) -> "QueuedTask":
+        """
+        The queue entry of a stored task.
+        """
+        return cls(
+            task_id=record.task_id,
+            tenant=record.tenant,
+            reservation=Reservation.for_limits(record.limits),
+            created_at_ms=record.created_at_ms,
+        )
+
+
+class Scheduler:
+    """
+    Queue plus ledger plus dispatch cycles.
+
+    @param reactor: for the poll timer and deferred cycle starts.
+    @param now_ms: wall clock in epoch milliseconds.
+    @param on_dispatched: told of each dispatched task id (for logging and
+        metrics).
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        store: DispatchStore,
+        link: Launcher,
+        ledger: Ledger,
+        max_queued: int,
+        poll_interval_s: float,
+        now_ms: Callable[[], int],
+        on_dispatched: Callable[[str, int], None] = lambda task_id, pid: None,
+    ) -> None:
+        self.reactor = reactor
+        self.store = store
+        self.link = link
+        self.ledger = ledger
+        self.max_queued = max_queued
+        self.poll_interval_s = poll_interval_s
+        self.now_ms = now_ms
+        self.on_dispatched = on_dispatched
+        self.queue: "OrderedDict[str, QueuedTask]" = OrderedDict()
+        self._cycling: Optional[defer.Deferred[None]] = None
+        self._wake_pending = False
+        self._resync_pending = False
+        self._released_during_resync: Optional[Set[str]] = None
+        self._poll: Optional[IDelayedCall] = None
+        self._running = False
+
+    # Input
+
+    def load(self, state: SchedulerState) -> None:
+        """
+        Replace the queue and the ledger with what the store holds.
+        """
+        self.queue = OrderedDict(
+            (record.task_id, QueuedTask.from_record(record)) for record in state.queued
+        )
+        self._load_ledger(state.active)
+
+    def _load_ledger(self, active: Sequence[TaskRecord]) -> None:
+        for task_id in list(self.ledger.active):
+            self.ledger.release(task_id)
+        for record in active:
+            reservation = record.reservation or Reservation.for_limits(record.limits)
+            self.ledger.reserve(record.task_id, record.tenant, reservation)
+
+    def submitted(self, task: QueuedTask) -> None:
+        """
+        A new task was persisted in C{accepted}.
+        """
+        self.queue[task.task_id] = task
+        self.wake()
+
+    def dequeued(self, task_id: str) -> None:
+        """
+        A queued task left the queue (cancelled).
+        """
+        self.queue.pop(task_id, None)
+        self.released(task_id)
+
+    def released(self, task_id: str) -> None:
+        """
+        A task's reservation was released (it ended).
+        """
+        self.ledger.release(task_id)
+        if self._released_during_resync is not None:
+            self._released_during_resync.add(task_id)
+        self.wake()
+
+    # Cycles
+
+    def start(self) -> None:
+        """
+        Run a first cycle now and start the safety-net poll.
+        """
+        self._running = True
+        self.wake()
+
+    def stop(self) -> "defer.Deferred[None]":
+        """
+        Stop polling; the Deferred fires when no cycle runs any more.
+        """
+        self._running = False
+        if self._poll is not None and self._poll.active():
+            self._poll.cancel()
+        self._poll = None
+        if self._cycling is None:
+            return defer.succeed(None)
+        done: defer.Deferred[None] = defer.Deferred()
+        self._cycling.addBoth(lambda _: done.callback(None))
+        return done
+
+    def wake(self) -> None:
+        """
+        Ask for a dispatch cycle soon (coalesced with one in progress).
+        """
+        if not self._running:
+            return
+        if self._cycling is not None:
+            self._wake_pending = True
+            return
+        self._cycling = defer.ensureDeferred(self._cycle())
+        self._cycling.addBoth(self._cycle_done)
+
+    def _cycle_done(self, result: Any) -> None:
+        if isinstance(result, defer.Failure):
+            log.warn("dispatcher iteration failed", error=str(result.value))
+        self._cycling = None
+        if self._wake_pending:
+            self._wake_pending = False
+            self.wake()
+        elif self._running:
+            self._arm_poll()
+
+    def _arm_poll(self) -> None:
+        if self._poll is not None and self._poll.active():
+            self._poll.cancel()
+        self._poll = self.reactor.callLater(self.poll_interval_s, self._on_poll)
+
+    def _on_poll(self) -> None:
+        self._poll = None
+        self._resync_pending = True
+        self.wake()
+
+    async def _cycle(self) -> None:
+        if self._resync_pending:
+            self._resync_pending = False
+            await self._resync()
+        picks = self._pick()
+        if not picks:
+            return
+        pid = self.link.pid
+        if not self.link.connected or pid is None:
+            for task in picks:
+                self.ledger.release(task.task_id)
+            return
+        for task in picks:
+            self.queue.pop(task.task_id, None)
+        try:
+            dispatched, skipped = await self.store.dispatch(
+                [(task.task_id, task.reservation) for task in picks], pid, self.now_ms()
+            )
+        except Exception:
+            for task in picks:
+                self.ledger.release(task.task_id)
+                self.queue[task.task_id] = task
+            raise
+        for task_id in skipped:
+            self.ledger.release(task_id)
+        if dispatched:
+            self.link.launch(dispatched)
+            for task_id in dispatched:
+                log.info("task dispatched", task_id=task_id, shim_pid=pid)
+                self.on_dispatched(task_id, pid)
+        self._wake_pending = self._wake_pending or bool(self.queue and dispatched)
+
+    def _pick(self) -> List[QueuedTask]:
+        picks = []
+        for task in self.queue.values():
+            if self.ledger.fits(task.reservation, task.tenant):
+                self.ledger.reserve(task.task_id, task.tenant, task.reservation)
+                picks.append(task)
+        return picks
+
+    async def _resync(self) -> None:
+        """
+        Rebuild the ledger from the store (the store is the truth: this
+        catches ends the supervisor could not report).  Ends reported while
+        the query ran are applied again afterwards.
+        """
+        self._released_during_resync = set()
+        try:
+            state = await self.store.scheduler_state(self.max_queued)
+        finally:
+            released, self._released_during_resync = self._released_during_resync, None
+        self._load_ledger(state.active)
+        for task_id in released:
+            self.ledger.release(task_id)
+        stored = {record.task_id for record in state.queued}
+        for task_id in [task_id for task_id in self.queue if task_id not in stored]:
+            # Gone from the queue behind our back (e.g. a shim took it).
+            if len(state.queued) < self.max_queued:
+                del self.queue[task_id]
+        for record in state.queued:
+            if record.task_id not in self.queue and record.task_id not in self.ledger.active:
+                self.queue[record.task_id] = QueuedTask.from_record(record)

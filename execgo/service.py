@@ -1,0 +1,197 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+Composition of the server: every part is built here and handed its
+dependencies, and started in the order C{behavior.md} 15 gives: data
+directory, store, capability probe, ledger, recovery, supervisor, loops,
+then the listener.  Nothing listens before recovery has finished.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Mapping, Optional
+
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
+from execgo import __version__, errors
+from execgo.api import APISite, RuntimeAPI
+from execgo.capabilities import build_capabilities, probe_host
+from execgo.config import RuntimeConfig, parse_listen_addr
+from execgo.ledger import Ledger, parse_tenant_quotas
+from execgo.runtime import Runtime
+from execgo.scheduler import Scheduler
+from execgo.store import Store, open_pool
+from execgo.supervisor_link import SupervisorLink, supervisor_command
+from execgo.wire import format_ns
+
+log = Logger()
+
+
+def wall_ms() -> int:
+    """
+    Wall-clock time in epoch milliseconds.
+    """
+    return time.time_ns() // 1_000_000
+
+
+def prepare_data_dir(data_dir: str) -> None:
+    """
+    Create C{<data_dir>} and C{<data_dir>/tasks} (blocking; run in a thread).
+    """
+    os.makedirs(os.path.join(data_dir, "tasks"), exist_ok=True)
+
+
+def listen_description(listen_addr: str) -> str:
+    """
+    The Twisted endpoint string for C{HOST:PORT}.
+    """
+    host, port = parse_listen_addr(listen_addr)
+    escaped = host.replace(":", "\\:")
+    if ":" in host:
+        return f"tcp6:port={port}:interface={escaped}"
+    return f"tcp:port={port}:interface={escaped}"
+
+
+class RuntimeService(service.Service):
+    """
+    The whole server as one Twisted service.
+
+    @param reactor: the reactor everything is built on.
+    @param environ: the environment (runtime id, probing, workloads).
+    @ivar started: fires once the server listens (or fails to start).
+    """
+
+    name = "execgo"
+
+    def __init__(self, reactor: Any, config: RuntimeConfig, environ: Mapping[str, str]) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.environ = dict(environ)
+        self.quotas = parse_tenant_quotas(config.tenant_quotas)
+        parse_listen_addr(config.listen_addr)
+        self.runtime: Optional[Runtime] = None
+        self.port: Any = None
+        self.started: defer.Deferred[Any] = defer.Deferred()
+        self._store: Optional[Store] = None
+        self._link: Optional[SupervisorLink] = None
+        self._scheduler: Optional[Scheduler] = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.reactor.callWhenRunning(self._begin)
+
+    def _begin(self) -> None:
+        d = defer.ensureDeferred(self.start())
+        d.addCallbacks(self.started.callback, self.started.errback)
+
+    async def start(self) -> Any:
+        """
+        Bring the server up; returns the listening port.
+        """
+        config = self.config
+        data_dir = config.data_dir_abs
+        try:
+            await deferToThread(prepare_data_dir, data_dir)
+        except OSError as e:
+            raise errors.Internal(f"io error: cannot create data directory {data_dir}: {e}") from None
+        self._store = store = Store(open_pool(self.reactor, config.database_path))
+        try:
+            await store.init_schema()
+        except Exception as e:
+            raise errors.Internal(f"sqlite error: cannot open {config.database_path}: {e}") from None
+        runtime_id = config.effective_runtime_id(self.environ)
+        facts = await deferToThread(
+            probe_host, data_dir, config.cgroup_root, config.disable_cgroup, config.disable_linux_sandbox
+        )
+        capabilities = build_capabilities(
+            facts,
+            runtime_id=runtime_id,
+            collected_at=format_ns(time.time_ns()),
+            max_running_tasks=config.max_running_tasks,
+            capacity_memory_bytes=config.capacity_memory_bytes,
+            capacity_pids=config.capacity_pids,
+            disable_cgroup=config.disable_cgroup,
+            disable_linux_sandbox=config.disable_linux_sandbox,
+            data_dir=config.data_dir,
+            cgroup_root=config.cgroup_root,
+        )
+        ledger = Ledger(capabilities.capacity, self.quotas)
+        runtime_holder: list = []
+        self._link = link = SupervisorLink(
+            self.reactor,
+            data_dir,
+            supervisor_command(
+                config.database_path, data_dir, config.termination_grace_ms, config.cgroup_root
+            ),
+            on_message=lambda message: runtime_holder[0].on_supervisor_message(message),
+            on_lost=lambda pid: runtime_holder[0].on_supervisor_lost(pid),
+        )
+        self._scheduler = scheduler = Scheduler(
+            self.reactor,
+            store,
+            link,
+            ledger,
+            config.max_queued_tasks,
+            config.dispatch_poll_interval_ms / 1000.0,
+            wall_ms,
+        )
+        self.runtime = runtime = Runtime(
+            reactor=self.reactor,
+            config=config,
+            runtime_id=runtime_id,
+            capabilities=capabilities,
+            quotas=self.quotas,
+            store=store,
+            scheduler=scheduler,
+            link=link,
+            now_ms=wall_ms,
+            started_at=format_ns(time.time_ns()),
+            version=__version__,
+        )
+        runtime_holder.append(runtime)
+        await runtime.recover()
+        await link.ensure()
+        await runtime.relaunch_pending()
+        runtime.accepting = True
+        scheduler.start()
+        runtime.start_gc()
+        site = APISite(RuntimeAPI(runtime).resource())
+        site.displayTracebacks = False
+        endpoint = endpoints.serverFromString(self.reactor, listen_description(config.listen_addr))
+        try:
+            self.port = await endpoint.listen(site)
+        except Exception as e:
+            runtime.accepting = False
+            raise errors.Internal(f"io error: cannot listen on {config.listen_addr}: {e}") from None
+        log.info(
+            "listening on {listen_addr}", listen_addr=config.listen_addr, runtime_id=runtime_id
+        )
+        return self.port
+
+    def stopService(self) -> "defer.Deferred[None]":
+        """
+        Stop accepting, stop the loops, drop the supervisor connection
+        (running tasks keep running and are recovered on the next start)
+        and close the store.
+        """
+        super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self.runtime is not None:
+            self.runtime.accepting = False
+            self.runtime.stop_timers()
+        if self.port is not None:
+            await self.port.stopListening()
+            self.port = None
+        if self._scheduler is not None:
+            await self._scheduler.stop()
+        if self._link is not None:
+            await self._link.close()
+        if self._store is not None:
+            self._store.close()
+            self._store = None

@@ -1,0 +1,322 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+The server's asynchronous view of the task store.
+
+Every public method runs one plain function (from here or L{execgo.taskdb})
+in C{adbapi}'s single database thread and returns a Deferred of models, so
+no SQLite call, file read or file write ever runs on the reactor thread.
+The task directory work of a request (creating files, reading previews,
+writing C{result.json}, deleting directories) happens in the same thread
+hop as its database work.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import attrs
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
+
+from execgo import errors, outcome, taskdb, wire
+from execgo.models import STATUS_ACCEPTED, STATUS_RUNNING, Reservation, SubmitRequest
+
+JSON = Dict[str, Any]
+
+
+@attrs.frozen
+class KillResult:
+    """
+    What a kill request did: the snapshot to answer with, and what the
+    server must still do (signal a running task, forget a queued one).
+    """
+
+    snapshot: JSON
+    record: taskdb.TaskRecord
+    flagged: bool
+    cancelled_queued: bool
+
+
+@attrs.frozen
+class SchedulerState:
+    """
+    What the dispatcher rebuilds itself from: active reservations and the
+    queue, oldest first.
+    """
+
+    active: Tuple[taskdb.TaskRecord, ...]
+    queued: Tuple[taskdb.TaskRecord, ...]
+
+
+def _create_task_files(task: taskdb.NewTask, request_json: JSON) -> None:
+    os.makedirs(task.paths.workspace_dir, exist_ok=True)
+    wire.write_json_file(task.paths.request_path, request_json)
+    for log in (task.paths.stdout_path, task.paths.stderr_path):
+        os.close(os.open(log, os.O_WRONLY | os.O_CREAT, 0o644))
+
+
+def submit_txn(
+    conn: Any,
+    task: taskdb.NewTask,
+    request_json: JSON,
+    max_queued: int,
+    check_late: Callable[[], None],
+    now_ms: int,
+) -> None:
+    """
+    The persisting half of submit (C{behavior.md} 3 steps 7-10): queue
+    bound, late checks, duplicate id (before anything touches the disk),
+    task files, then the row and its events.
+    """
+    if taskdb.count_accepted(conn) >= max_queued:
+        raise errors.QueueFull()
+    check_late()
+    if taskdb.task_exists(conn, task.task_id):
+        raise errors.Conflict(f"task already exists: {task.task_id}")
+    try:
+        _create_task_files(task, request_json)
+    except OSError as e:
+        raise errors.Internal(f"io error: {e}") from None
+    taskdb.insert_task(conn, task, now_ms)
+
+
+def _write_result(conn: Any, task_id: str, now_ms: int) -> Optional[taskdb.TaskRecord]:
+    record = taskdb.load_task(conn, task_id)
+    if record is not None and record.terminal:
+        try:
+            wire.write_result(record, now_ms)
+        except OSError:
+            pass
+    return record
+
+
+def finish_txn(conn: Any, task_id: str, verdict: taskdb.Outcome, now_ms: int, from_statuses: Sequence[str]) -> bool:
+    """
+    A terminal write followed by C{result.json}, when the write took.
+    """
+    done = taskdb.finish(conn, task_id, verdict, now_ms, from_statuses)
+    if done:
+        _write_result(conn, task_id, now_ms)
+    return done
+
+
+def snapshot_txn(conn: Any, task_id: str, now_ms: int) -> Optional[JSON]:
+    """
+    The status snapshot of a task, previews included, or C{None}.
+    """
+    record = taskdb.load_task(conn, task_id)
+    return None if record is None else wire.snapshot(record, now_ms)
+
+
+def kill_txn(conn: Any, task_id: str, owner: Optional[str], now_ms: int) -> KillResult:
+    """
+    The store half of a kill (C{api.md} 5 checks, C{behavior.md} 9).
+    """
+    record = taskdb.load_task(conn, task_id)
+    if record is None:
+        raise errors.NotFound(task_id)
+    if record.owner is not None and owner != record.owner:
+        raise errors.PermissionDenied(f"kill requires owner '{record.owner}'")
+    flagged = False
+    cancelled = False
+    if not record.terminal:
+        flagged = taskdb.request_kill(conn, task_id, now_ms)
+        if flagged and record.status == STATUS_ACCEPTED:
+            cancelled = finish_txn(
+                conn,
+                task_id,
+                outcome.cancelled("task cancelled before execution"),
+                now_ms,
+                (STATUS_ACCEPTED,),
+            )
+    record = taskdb.load_task(conn, task_id)
+    assert record is not None
+    return KillResult(
+        snapshot=wire.snapshot(record, now_ms),
+        record=record,
+        flagged=flagged,
+        cancelled_queued=cancelled,
+    )
+
+
+def dispatch_txn(
+    conn: Any, picks: Sequence[Tuple[str, Reservation]], shim_pid: int, now_ms: int
+) -> Tuple[List[str], List[str]]:
+    """
+    Move picked C{accepted} tasks to C{running} under supervisor
+    C{shim_pid}.  A picked task found flagged for kill is cancelled instead.
+
+    @return: the dispatched ids and the ids that were not (in order).
+    """
+    dispatched: List[str] = []
+    skipped: List[str] = []
+    for task_id, reservation in picks:
+        if taskdb.reserve_and_dispatch(conn, task_id, reservation, shim_pid, now_ms):
+            dispatched.append(task_id)
+            continue
+        skipped.append(task_id)
+        record = taskdb.load_task(conn, task_id)
+        if record is not None and record.status == STATUS_ACCEPTED and record.kill_requested:
+            finish_txn(
+                conn,
+                task_id,
+                outcome.cancelled("task cancelled before execution"),
+                now_ms,
+                (STATUS_ACCEPTED,),
+            )
+    return dispatched, skipped
+
+
+def scheduler_state_txn(conn: Any, max_queued: int) -> SchedulerState:
+    """
+    Active reservations and up to C{max_queued} queued tasks.
+    """
+    return SchedulerState(
+        active=tuple(taskdb.load_active(conn)),
+        queued=tuple(taskdb.load_by_status(conn, (STATUS_ACCEPTED,), max(max_queued, 0))),
+    )
+
+
+def gc_txn(conn: Any, cutoff_ms: int, limit: int) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """
+    Delete expired terminal tasks: directory first, then the row.
+
+    @return: the collected ids, and C{(task_id, error)} for directories that
+        could not be removed (their rows stay for the next run).
+    """
+    collected: List[str] = []
+    failures: List[Tuple[str, str]] = []
+    for task_id, task_dir in taskdb.gc_candidates(conn, cutoff_ms, limit):
+        try:
+            shutil.rmtree(task_dir)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            failures.append((task_id, str(e)))
+            continue
+        taskdb.delete_task(conn, task_id)
+        collected.append(task_id)
+    return collected, failures
+
+
+class Store:
+    """
+    The task store behind one C{adbapi} connection pool (one connection,
+    one thread, WAL).
+
+    @param pool: a started-or-startable pool, see L{open_pool}.
+    """
+
+    def __init__(self, pool: adbapi.ConnectionPool) -> None:
+        self.pool = pool
+
+    def run(self, func: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+        """
+        Run C{func(connection, *args)} in the database thread.
+        """
+        return self.pool.runWithConnection(func, *args)
+
+    def init_schema(self) -> "Deferred[None]":
+        """
+        Create or upgrade the schema (idempotent; C{/readyz} runs it too).
+        """
+        return self.run(taskdb.init_schema)
+
+    def submit(
+        self,
+        task: taskdb.NewTask,
+        request: SubmitRequest,
+        max_queued: int,
+        check_late: Callable[[], None],
+        now_ms: int,
+    ) -> "Deferred[None]":
+        """
+        Persist a validated, planned submission.
+        """
+        return self.run(submit_txn, task, request.to_json(), max_queued, check_late, now_ms)
+
+    def snapshot(self, task_id: str, now_ms: int) -> "Deferred[Optional[JSON]]":
+        """
+        The status snapshot of a task, or C{None} when unknown.
+        """
+        return self.run(snapshot_txn, task_id, now_ms)
+
+    def load(self, task_id: str) -> "Deferred[Optional[taskdb.TaskRecord]]":
+        """
+        The stored record of a task, or C{None}.
+        """
+        return self.run(taskdb.load_task, task_id)
+
+    def events(self, task_id: str, after_seq: int = 0) -> "Deferred[List[taskdb.Event]]":
+        """
+        A task's events after C{after_seq}, ascending.
+        """
+        return self.run(taskdb.load_events, task_id, after_seq)
+
+    def kill(self, task_id: str, owner: Optional[str], now_ms: int) -> "Deferred[KillResult]":
+        """
+        Check and record a kill request.
+        """
+        return self.run(kill_txn, task_id, owner, now_ms)
+
+    def dispatch(
+        self, picks: Sequence[Tuple[str, Reservation]], shim_pid: int, now_ms: int
+    ) -> "Deferred[Tuple[List[str], List[str]]]":
+        """
+        Move picked tasks to C{running}, see L{dispatch_txn}.
+        """
+        return self.run(dispatch_txn, list(picks), shim_pid, now_ms)
+
+    def finish(
+        self,
+        task_id: str,
+        verdict: taskdb.Outcome,
+        now_ms: int,
+        from_statuses: Sequence[str] = (STATUS_ACCEPTED, STATUS_RUNNING),
+    ) -> "Deferred[bool]":
+        """
+        Make a task terminal (conditionally) and write its C{result.json}.
+        """
+        return self.run(finish_txn, task_id, verdict, now_ms, tuple(from_statuses))
+
+    def scheduler_state(self, max_queued: int) -> "Deferred[SchedulerState]":
+        """
+        What the dispatcher rebuilds itself from.
+        """
+        return self.run(scheduler_state_txn, max_queued)
+
+    def by_status(self, statuses: Sequence[str]) -> "Deferred[List[taskdb.TaskRecord]]":
+        """
+        Every task in one of C{statuses}, oldest first.
+        """
+        return self.run(taskdb.load_by_status, tuple(statuses))
+
+    def gc(self, cutoff_ms: int, limit: int) -> "Deferred[Tuple[List[str], List[Tuple[str, str]]]]":
+        """
+        Collect expired terminal tasks.
+        """
+        return self.run(gc_txn, cutoff_ms, limit)
+
+    def close(self) -> None:
+        """
+        Stop the pool's thread and close the connection.
+        """
+        self.pool.close()
+
+
+def open_pool(reactor: Any, path: str) -> adbapi.ConnectionPool:
+    """
+    One SQLite connection in one thread, configured for WAL.
+    """
+    return adbapi.ConnectionPool(
+        "sqlite3",
+        path,
+        check_same_thread=False,
+        isolation_level=None,
+        cp_min=1,
+        cp_max=1,
+        cp_openfun=taskdb.configure,
+        cp_reactor=reactor,
+    )

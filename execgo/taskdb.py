@@ -1,0 +1,825 @@
+# -*- test-case-name: tests.test_taskdb -*-
+"""
+The task store as plain functions over one C{sqlite3} connection.
+
+The server runs these through C{adbapi} (L{execgo.store}); the supervisor runs
+them directly on its own connection.  Both processes share one database in
+WAL mode, so every write is a short C{BEGIN IMMEDIATE} transaction, and every
+state transition is conditional (C{UPDATE ... WHERE status = ?}) so that the
+first terminal write wins and later ones change nothing (C{decisions.md}
+item 6).  Timestamps are integer milliseconds since the epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import contextmanager
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
+
+import attrs
+
+from execgo import errors
+from execgo.models import (
+    STATUS_ACCEPTED,
+    STATUS_CANCELLED,
+    STATUS_FAILED,
+    STATUS_RUNNING,
+    STATUS_SUCCESS,
+    TERMINAL_STATUSES,
+    ControlContext,
+    ErrorInfo,
+    ExecutionPlan,
+    ExecutionSpec,
+    Reservation,
+    ResourceLimits,
+    SandboxPolicy,
+    Usage,
+)
+
+_TASK_COLUMNS = (
+    ("task_id", "TEXT PRIMARY KEY NOT NULL"),
+    ("handle_id", "TEXT NOT NULL"),
+    ("status", "TEXT NOT NULL"),
+    ("execution_json", "TEXT NOT NULL"),
+    ("limits_json", "TEXT NOT NULL"),
+    ("sandbox_json", "TEXT NOT NULL"),
+    ("metadata_json", "TEXT NOT NULL DEFAULT '{}'"),
+    ("created_at_ms", "INTEGER NOT NULL"),
+    ("updated_at_ms", "INTEGER NOT NULL"),
+    ("started_at_ms", "INTEGER"),
+    ("finished_at_ms", "INTEGER"),
+    ("duration_ms", "INTEGER"),
+    ("shim_pid", "INTEGER"),
+    ("pid", "INTEGER"),
+    ("pgid", "INTEGER"),
+    ("exit_code", "INTEGER"),
+    ("exit_signal", "INTEGER"),
+    ("error_code", "TEXT"),
+    ("error_json", "TEXT"),
+    ("usage_json", "TEXT"),
+    ("task_dir", "TEXT NOT NULL"),
+    ("workspace_dir", "TEXT NOT NULL"),
+    ("request_path", "TEXT NOT NULL"),
+    ("result_path", "TEXT NOT NULL"),
+    ("stdout_path", "TEXT NOT NULL"),
+    ("stderr_path", "TEXT NOT NULL"),
+    ("script_path", "TEXT"),
+    ("stdout_max_bytes", "INTEGER NOT NULL"),
+    ("stderr_max_bytes", "INTEGER NOT NULL"),
+    ("kill_requested", "INTEGER NOT NULL DEFAULT 0"),
+    ("kill_requested_at_ms", "INTEGER"),
+    ("timeout_triggered", "INTEGER NOT NULL DEFAULT 0"),
+    ("result_json", "TEXT"),
+    ("execution_plan_json", "TEXT"),
+    ("control_context_json", "TEXT"),
+    ("reservation_json", "TEXT"),
+    ("reserved_at_ms", "INTEGER"),
+    ("released_at_ms", "INTEGER"),
+    ("tenant", "TEXT"),
+    ("owner", "TEXT"),
+)
+
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS tasks ({})".format(
+        ", ".join(f"{name} {decl}" for name, decl in _TASK_COLUMNS)
+    ),
+    """CREATE TABLE IF NOT EXISTS task_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        task_id TEXT NOT NULL REFERENCES tasks(task_id) ON DELETE CASCADE,
+        event_type TEXT NOT NULL,
+        timestamp_ms INTEGER NOT NULL,
+        message TEXT,
+        data_json TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS runtime_counters (
+        name TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        value INTEGER NOT NULL,
+        PRIMARY KEY (name, labels)
+    )""",
+    "CREATE INDEX IF NOT EXISTS idx_tasks_status_created ON tasks(status, created_at_ms)",
+    "CREATE INDEX IF NOT EXISTS idx_tasks_finished ON tasks(finished_at_ms)",
+    "CREATE INDEX IF NOT EXISTS idx_task_events_task_seq ON task_events(task_id, seq)",
+    "CREATE INDEX IF NOT EXISTS idx_tasks_reserved ON tasks(released_at_ms, reserved_at_ms)"
+    " WHERE reserved_at_ms IS NOT NULL AND released_at_ms IS NULL",
+]
+
+BUSY_TIMEOUT_MS = 5000
+
+
+def dumps(value: Any) -> str:
+    """
+    Compact JSON with raw UTF-8, as stored in JSON columns.
+    """
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def dumps_sorted(value: Any) -> str:
+    """
+    Compact JSON with keys sorted at every level, as event data is stored.
+    """
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def configure(conn: sqlite3.Connection) -> None:
+    """
+    Apply the connection settings every user of the store needs: WAL,
+    C{synchronous=NORMAL}, foreign keys and a busy timeout.
+    """
+    conn.isolation_level = None
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """
+    Open and configure a connection to the store at C{path}.
+    """
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    configure(conn)
+    return conn
+
+
+def init_schema(conn: sqlite3.Connection) -> None:
+    """
+    Create missing tables, columns and indexes; safe to run at any time.
+    """
+    with transaction(conn):
+        for statement in _SCHEMA[:3]:
+            conn.execute(statement)
+        present = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+        for name, decl in _TASK_COLUMNS:
+            if name not in present:
+                decl = decl.replace(" PRIMARY KEY", "").replace(" NOT NULL", "")
+                conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {decl}")
+        for statement in _SCHEMA[3:]:
+            conn.execute(statement)
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """
+    Run the body in one C{BEGIN IMMEDIATE} transaction: committed on
+    success, rolled back on any exception.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+@attrs.frozen
+class Event:
+    """
+    One entry of a task's event log.
+    """
+
+    seq: int
+    task_id: str
+    event_type: str
+    timestamp_ms: int
+    message: Optional[str] = None
+    data: Any = None
+
+
+@attrs.frozen
+class TaskPaths:
+    """
+    The absolute paths of one task's files under the data directory.
+    """
+
+    task_dir: str
+    workspace_dir: str
+    request_path: str
+    result_path: str
+    stdout_path: str
+    stderr_path: str
+    script_path: Optional[str] = None
+
+
+@attrs.frozen
+class TaskRecord:
+    """
+    A task row, decoded.
+    """
+
+    task_id: str
+    status: str
+    execution: ExecutionSpec
+    limits: ResourceLimits
+    sandbox: SandboxPolicy
+    metadata: dict
+    created_at_ms: int
+    updated_at_ms: int
+    paths: TaskPaths
+    plan: Optional[ExecutionPlan] = None
+    control_context: Optional[ControlContext] = None
+    started_at_ms: Optional[int] = None
+    finished_at_ms: Optional[int] = None
+    duration_ms: Optional[int] = None
+    shim_pid: Optional[int] = None
+    pid: Optional[int] = None
+    pgid: Optional[int] = None
+    exit_code: Optional[int] = None
+    exit_signal: Optional[int] = None
+    error: Optional[ErrorInfo] = None
+    usage: Optional[Usage] = None
+    kill_requested: bool = False
+    kill_requested_at_ms: Optional[int] = None
+    timeout_triggered: bool = False
+    reservation: Optional[Reservation] = None
+    reserved_at_ms: Optional[int] = None
+    released_at_ms: Optional[int] = None
+
+    @property
+    def terminal(self) -> bool:
+        """
+        Whether the task reached C{success}, C{failed} or C{cancelled}.
+        """
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def reservation_active(self) -> bool:
+        """
+        Whether the task holds a reservation not yet released.
+        """
+        return self.reserved_at_ms is not None and self.released_at_ms is None
+
+    @property
+    def tenant(self) -> Optional[str]:
+        """
+        The tenant of the control context, if any.
+        """
+        return None if self.control_context is None else self.control_context.tenant
+
+    @property
+    def owner(self) -> Optional[str]:
+        """
+        The owner of the control context, if any.
+        """
+        return None if self.control_context is None else self.control_context.owner
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "TaskRecord":
+        """
+        Decode a C{SELECT * FROM tasks} row.
+        """
+
+        def load(column: str) -> Any:
+            text = row[column]
+            return None if text is None else json.loads(text)
+
+        plan = load("execution_plan_json")
+        context = load("control_context_json")
+        error = load("error_json")
+        usage = load("usage_json")
+        reservation = load("reservation_json")
+        return cls(
+            task_id=row["task_id"],
+            status=row["status"],
+            execution=ExecutionSpec.from_json(load("execution_json")),
+            limits=ResourceLimits.from_json(load("limits_json")),
+            sandbox=SandboxPolicy.from_json(load("sandbox_json")),
+            metadata=load("metadata_json") or {},
+            created_at_ms=row["created_at_ms"],
+            updated_at_ms=row["updated_at_ms"],
+            paths=TaskPaths(
+                task_dir=row["task_dir"],
+                workspace_dir=row["workspace_dir"],
+                request_path=row["request_path"],
+                result_path=row["result_path"],
+                stdout_path=row["stdout_path"],
+                stderr_path=row["stderr_path"],
+                script_path=row["script_path"],
+            ),
+            plan=None if plan is None else ExecutionPlan.from_json(plan),
+            control_context=None if context is None else ControlContext.from_json(context),
+            started_at_ms=row["started_at_ms"],
+            finished_at_ms=row["finished_at_ms"],
+            duration_ms=row["duration_ms"],
+            shim_pid=row["shim_pid"],
+            pid=row["pid"],
+            pgid=row["pgid"],
+            exit_code=row["exit_code"],
+            exit_signal=row["exit_signal"],
+            error=None if error is None else ErrorInfo.from_json(error),
+            usage=None if usage is None else Usage.from_json(usage),
+            kill_requested=bool(row["kill_requested"]),
+            kill_requested_at_ms=row["kill_requested_at_ms"],
+            timeout_triggered=bool(row["timeout_triggered"]),
+            reservation=None if reservation is None else Reservation.from_json(reservation),
+            reserved_at_ms=row["reserved_at_ms"],
+            released_at_ms=row["released_at_ms"],
+        )
+
+
+@attrs.frozen
+class NewTask:
+    """
+    Everything the submit path stores for a new task.
+    """
+
+    task_id: str
+    execution: ExecutionSpec
+    limits: ResourceLimits
+    sandbox: SandboxPolicy
+    metadata: dict
+    plan: ExecutionPlan
+    control_context: Optional[ControlContext]
+    paths: TaskPaths
+
+
+@attrs.frozen
+class Outcome:
+    """
+    How a task ended: what the terminal write records.
+    """
+
+    status: str
+    error: Optional[ErrorInfo] = None
+    duration_ms: int = 0
+    exit_code: Optional[int] = None
+    exit_signal: Optional[int] = None
+    usage: Optional[Usage] = None
+
+
+_TERMINAL_EVENT = {
+    STATUS_SUCCESS: ("finished", "task finished"),
+    STATUS_FAILED: ("failed", "task failed"),
+    STATUS_CANCELLED: ("cancelled", "task cancelled"),
+}
+
+
+def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> List[sqlite3.Row]:
+    cursor = conn.cursor()
+    cursor.row_factory = sqlite3.Row
+    return cursor.execute(sql, params).fetchall()
+
+
+def append_event(
+    conn: sqlite3.Connection,
+    task_id: str,
+    event_type: str,
+    message: Optional[str],
+    timestamp_ms: int,
+    data: Any = None,
+) -> None:
+    """
+    Append one event; call inside the transaction of the change it records.
+    """
+    conn.execute(
+        "INSERT INTO task_events (task_id, event_type, timestamp_ms, message, data_json)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (task_id, event_type, timestamp_ms, message, None if data is None else dumps_sorted(data)),
+    )
+
+
+def bump_counter(conn: sqlite3.Connection, name: str, labels: str, amount: int = 1) -> None:
+    """
+    Add C{amount} to a persistent counter (counters never go down, even
+    when GC deletes the rows that made them).
+    """
+    conn.execute(
+        "INSERT INTO runtime_counters (name, labels, value) VALUES (?, ?, ?)"
+        " ON CONFLICT(name, labels) DO UPDATE SET value = value + excluded.value",
+        (name, labels, amount),
+    )
+
+
+def task_exists(conn: sqlite3.Connection, task_id: str) -> bool:
+    """
+    Whether a row with this id is stored.
+    """
+    return conn.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone() is not None
+
+
+def count_accepted(conn: sqlite3.Connection) -> int:
+    """
+    The number of tasks in C{accepted}.
+    """
+    return conn.execute(
+        "SELECT COUNT(*) FROM tasks WHERE status = ?", (STATUS_ACCEPTED,)
+    ).fetchone()[0]
+
+
+def insert_task(conn: sqlite3.Connection, task: NewTask, now_ms: int) -> None:
+    """
+    Insert a new C{accepted} task and its first events in one transaction.
+
+    @raise errors.Conflict: a task with this id exists already.
+    """
+    plan = task.plan
+    context_json = None if task.control_context is None else dumps(task.control_context.to_json())
+    values = {
+        "task_id": task.task_id,
+        "handle_id": task.task_id,
+        "status": STATUS_ACCEPTED,
+        "execution_json": dumps(task.execution.to_json()),
+        "limits_json": dumps(task.limits.to_json()),
+        "sandbox_json": dumps(task.sandbox.to_json()),
+        "metadata_json": dumps(dict(task.metadata)),
+        "created_at_ms": now_ms,
+        "updated_at_ms": now_ms,
+        "task_dir": task.paths.task_dir,
+        "workspace_dir": task.paths.workspace_dir,
+        "request_path": task.paths.request_path,
+        "result_path": task.paths.result_path,
+        "stdout_path": task.paths.stdout_path,
+        "stderr_path": task.paths.stderr_path,
+        "script_path": task.paths.script_path,
+        "stdout_max_bytes": task.limits.stdout_max_bytes,
+        "stderr_max_bytes": task.limits.stderr_max_bytes,
+        "execution_plan_json": dumps(plan.to_json()),
+        "control_context_json": context_json,
+        "tenant": None if task.control_context is None else task.control_context.tenant,
+        "owner": None if task.control_context is None else task.control_context.owner,
+    }
+    names = ", ".join(values)
+    marks = ", ".join("?" for _ in values)
+    with transaction(conn):
+        try:
+            conn.execute(f"INSERT INTO tasks ({names}) VALUES ({marks})", tuple(values.values()))
+        except sqlite3.IntegrityError:
+            raise errors.Conflict(f"task already exists: {task.task_id}") from None
+        append_event(conn, task.task_id, "submitted", "task submitted", now_ms)
+        append_event(conn, task.task_id, "accepted", "task accepted", now_ms)
+        append_event(conn, task.task_id, "planned", "execution plan resolved", now_ms, plan.to_json())
+        if plan.degraded:
+            append_event(
+                conn,
+                task.task_id,
+                "degraded",
+                "execution plan degraded",
+                now_ms,
+                {
+                    "fallback_reasons": list(plan.fallback_reasons),
+                    "effective_sandbox": plan.effective_sandbox.to_json(),
+                },
+            )
+        bump_counter(conn, "submitted", dumps([values["tenant"] or ""]))
+
+
+def load_task(conn: sqlite3.Connection, task_id: str) -> Optional[TaskRecord]:
+    """
+    The task with this id, or C{None}.
+    """
+    rows = _rows(conn, "SELECT * FROM tasks WHERE task_id = ?", (task_id,))
+    return TaskRecord.from_row(rows[0]) if rows else None
+
+
+def load_events(conn: sqlite3.Connection, task_id: str, after_seq: int = 0) -> List[Event]:
+    """
+    The task's events with C{seq > after_seq}, ascending.
+    """
+    return [
+        Event(
+            seq=row["seq"],
+            task_id=row["task_id"],
+            event_type=row["event_type"],
+            timestamp_ms=row["timestamp_ms"],
+            message=row["message"],
+            data=None if row["data_json"] is None else json.loads(row["data_json"]),
+        )
+        for row in _rows(
+            conn,
+            "SELECT * FROM task_events WHERE task_id = ? AND seq > ? ORDER BY seq",
+            (task_id, after_seq),
+        )
+    ]
+
+
+def load_active(conn: sqlite3.Connection) -> List[TaskRecord]:
+    """
+    Tasks holding an active reservation, by reservation then creation time.
+    """
+    return [
+        TaskRecord.from_row(row)
+        for row in _rows(
+            conn,
+            "SELECT * FROM tasks WHERE reserved_at_ms IS NOT NULL AND released_at_ms IS NULL"
+            " ORDER BY reserved_at_ms, created_at_ms",
+        )
+    ]
+
+
+def load_by_status(conn: sqlite3.Connection, statuses: Sequence[str], limit: int = -1) -> List[TaskRecord]:
+    """
+    Tasks in any of C{statuses}, oldest first, at most C{limit} (-1: all).
+    """
+    marks = ", ".join("?" for _ in statuses)
+    return [
+        TaskRecord.from_row(row)
+        for row in _rows(
+            conn,
+            f"SELECT * FROM tasks WHERE status IN ({marks}) ORDER BY created_at_ms, rowid LIMIT ?",
+            (*statuses, limit),
+        )
+    ]
+
+
+def reserve_and_dispatch(
+    conn: sqlite3.Connection, task_id: str, reservation: Reservation, shim_pid: int, now_ms: int
+) -> bool:
+    """
+    Move an C{accepted} task to C{running} under supervisor C{shim_pid},
+    recording its reservation (event C{resource_reserved}).
+
+    @return: C{False}, changing nothing, when the task is no longer
+        C{accepted} or was asked to die.
+    """
+    with transaction(conn):
+        cursor = conn.execute(
+            "UPDATE tasks SET status = ?, shim_pid = ?, reservation_json = ?,"
+            " reserved_at_ms = ?, released_at_ms = NULL, updated_at_ms = ?"
+            " WHERE task_id = ? AND status = ? AND kill_requested = 0",
+            (
+                STATUS_RUNNING,
+                shim_pid,
+                dumps(reservation.to_json()),
+                now_ms,
+                now_ms,
+                task_id,
+                STATUS_ACCEPTED,
+            ),
+        )
+        if cursor.rowcount != 1:
+            return False
+        append_event(
+            conn, task_id, "resource_reserved", "task resources reserved", now_ms, reservation.to_json()
+        )
+    return True
+
+
+def record_start(
+    conn: sqlite3.Connection, task_id: str, pid: int, now_ms: int, script_path: Optional[str]
+) -> bool:
+    """
+    Record that the workload C{pid} (leader of process group C{pid}) runs.
+    """
+    with transaction(conn):
+        cursor = conn.execute(
+            "UPDATE tasks SET pid = ?, pgid = ?, started_at_ms = ?, updated_at_ms = ?,"
+            " script_path = COALESCE(?, script_path) WHERE task_id = ? AND status = ?",
+            (pid, pid, now_ms, now_ms, script_path, task_id, STATUS_RUNNING),
+        )
+        if cursor.rowcount != 1:
+            return False
+        append_event(conn, task_id, "started", "task started", now_ms)
+    return True
+
+
+def record_timeout(conn: sqlite3.Connection, task_id: str, now_ms: int) -> bool:
+    """
+    Set the timeout flag and append C{timeout_triggered}, once per task.
+    """
+    with transaction(conn):
+        cursor = conn.execute(
+            "UPDATE tasks SET timeout_triggered = 1, updated_at_ms = ?"
+            " WHERE task_id = ? AND status = ? AND timeout_triggered = 0",
+            (now_ms, task_id, STATUS_RUNNING),
+        )
+        if cursor.rowcount != 1:
+            return False
+        append_event(conn, task_id, "timeout_triggered", "timeout triggered", now_ms)
+    return True
+
+
+def request_kill(conn: sqlite3.Connection, task_id: str, now_ms: int) -> bool:
+    """
+    Set the kill flag of a non-terminal task and append C{kill_requested}.
+
+    @return: whether the task was non-terminal (and so was flagged).
+    """
+    with transaction(conn):
+        cursor = conn.execute(
+            "UPDATE tasks SET kill_requested = 1, kill_requested_at_ms = ?, updated_at_ms = ?"
+            " WHERE task_id = ? AND status IN (?, ?)",
+            (now_ms, now_ms, task_id, STATUS_ACCEPTED, STATUS_RUNNING),
+        )
+        if cursor.rowcount != 1:
+            return False
+        append_event(conn, task_id, "kill_requested", "kill requested", now_ms)
+    return True
+
+
+def _release_in_txn(conn: sqlite3.Connection, task_id: str, now_ms: int, message: str) -> None:
+    row = conn.execute(
+        "SELECT reservation_json FROM tasks WHERE task_id = ?"
+        " AND reserved_at_ms IS NOT NULL AND released_at_ms IS NULL",
+        (task_id,),
+    ).fetchone()
+    if row is None:
+        return
+    conn.execute(
+        "UPDATE tasks SET released_at_ms = ?, updated_at_ms = ? WHERE task_id = ?",
+        (now_ms, now_ms, task_id),
+    )
+    append_event(conn, task_id, "resource_released", message, now_ms, json.loads(row[0]))
+
+
+def finish(
+    conn: sqlite3.Connection,
+    task_id: str,
+    outcome: Outcome,
+    now_ms: int,
+    from_statuses: Sequence[str] = (STATUS_ACCEPTED, STATUS_RUNNING),
+) -> bool:
+    """
+    Write the terminal record, release the reservation and append the
+    terminal event, all in one transaction and only if the task is still in
+    one of C{from_statuses}.
+
+    @return: whether this call made the task terminal.
+    """
+    marks = ", ".join("?" for _ in from_statuses)
+    error_json = None if outcome.error is None else dumps(outcome.error.to_json())
+    usage_json = None if outcome.usage is None else dumps(outcome.usage.to_json())
+    with transaction(conn):
+        row = conn.execute(
+            f"SELECT tenant FROM tasks WHERE task_id = ? AND status IN ({marks})",
+            (task_id, *from_statuses),
+        ).fetchone()
+        if row is None:
+            return False
+        tenant = row[0] or ""
+        _release_in_txn(conn, task_id, now_ms, "task resources released")
+        conn.execute(
+            "UPDATE tasks SET status = ?, finished_at_ms = ?, updated_at_ms = ?, duration_ms = ?,"
+            " exit_code = ?, exit_signal = ?, error_code = ?, error_json = ?, usage_json = ?"
+            " WHERE task_id = ?",
+            (
+                outcome.status,
+                now_ms,
+                now_ms,
+                outcome.duration_ms,
+                outcome.exit_code,
+                outcome.exit_signal,
+                None if outcome.error is None else outcome.error.code,
+                error_json,
+                usage_json,
+                task_id,
+            ),
+        )
+        event_type, message = _TERMINAL_EVENT[outcome.status]
+        append_event(conn, task_id, event_type, message, now_ms)
+        code = "" if outcome.error is None else outcome.error.code
+        bump_counter(conn, "finished", dumps([outcome.status, code, tenant]))
+    return True
+
+
+def release_orphan_reservation(conn: sqlite3.Connection, task_id: str, now_ms: int) -> None:
+    """
+    Recovery: release the reservation a still-queued task holds.
+    """
+    with transaction(conn):
+        _release_in_txn(
+            conn, task_id, now_ms, "orphan accepted-task reservation released during recovery"
+        )
+
+
+def mark_recovered(
+    conn: sqlite3.Connection, task_id: str, reservation: Optional[Reservation], now_ms: int
+) -> bool:
+    """
+    Recovery: a running task whose supervisor is alive.  Rebuild its
+    reservation when it has none active, then append C{recovered}.
+    """
+    with transaction(conn):
+        row = conn.execute(
+            "SELECT reserved_at_ms, released_at_ms FROM tasks WHERE task_id = ? AND status = ?",
+            (task_id, STATUS_RUNNING),
+        ).fetchone()
+        if row is None:
+            return False
+        if reservation is not None and (row[0] is None or row[1] is not None):
+            conn.execute(
+                "UPDATE tasks SET reservation_json = ?, reserved_at_ms = ?, released_at_ms = NULL"
+                " WHERE task_id = ?",
+                (dumps(reservation.to_json()), now_ms, task_id),
+            )
+            append_event(
+                conn,
+                task_id,
+                "resource_reserved",
+                "resource reservation reconstructed during recovery",
+                now_ms,
+                reservation.to_json(),
+            )
+        conn.execute("UPDATE tasks SET updated_at_ms = ? WHERE task_id = ?", (now_ms, task_id))
+        append_event(conn, task_id, "recovered", "task recovered", now_ms)
+    return True
+
+
+def gc_candidates(conn: sqlite3.Connection, cutoff_ms: int, limit: int) -> List[Tuple[str, str]]:
+    """
+    C{(task_id, task_dir)} of terminal tasks finished at or before the cutoff.
+    """
+    return [
+        (row[0], row[1])
+        for row in conn.execute(
+            "SELECT task_id, task_dir FROM tasks WHERE finished_at_ms IS NOT NULL"
+            " AND finished_at_ms <= ? AND status IN (?, ?, ?) ORDER BY finished_at_ms LIMIT ?",
+            (cutoff_ms, STATUS_SUCCESS, STATUS_FAILED, STATUS_CANCELLED, limit),
+        )
+    ]
+
+
+def delete_task(conn: sqlite3.Connection, task_id: str) -> None:
+    """
+    Delete a terminal task's row and, by cascade, its events.
+    """
+    with transaction(conn):
+        conn.execute(
+            "DELETE FROM tasks WHERE task_id = ? AND status IN (?, ?, ?)",
+            (task_id, STATUS_SUCCESS, STATUS_FAILED, STATUS_CANCELLED),
+        )
+
+
+def counters(conn: sqlite3.Connection) -> List[Tuple[str, str, int]]:
+    """
+    Every persistent counter as C{(name, labels, value)}.
+    """
+    return [tuple(row) for row in conn.execute("SELECT name, labels, value FROM runtime_counters")]
+
+
+DURATION_BUCKETS_MS = (100, 250, 500, 1000, 5000, 10000, 30000, 60000, 300000)
+
+
+@attrs.frozen
+class MetricsSnapshot:
+    """
+    The figures C{/metrics} renders, read in one transaction.
+    """
+
+    by_status: Tuple[Tuple[str, int], ...]
+    by_error: Tuple[Tuple[str, int], ...]
+    running: int
+    buckets: Tuple[int, ...]
+    duration_sum: int
+    duration_count: int
+
+
+def metrics_snapshot(conn: sqlite3.Connection) -> MetricsSnapshot:
+    """
+    Count tasks by status and error code and bucket the recorded durations.
+    """
+    conn.execute("BEGIN")
+    try:
+        by_status = tuple(
+            (row[0], row[1])
+            for row in conn.execute(
+                "SELECT status, COUNT(*) FROM tasks GROUP BY status ORDER BY status"
+            )
+        )
+        by_error = tuple(
+            (row[0], row[1])
+            for row in conn.execute(
+                "SELECT error_code, COUNT(*) FROM tasks WHERE error_code IS NOT NULL"
+                " GROUP BY error_code ORDER BY error_code"
+            )
+        )
+        sums = ", ".join(f"COALESCE(SUM(duration_ms <= {bound}), 0)" for bound in DURATION_BUCKETS_MS)
+        row = conn.execute(
+            f"SELECT {sums}, COALESCE(SUM(duration_ms), 0), COUNT(duration_ms) FROM tasks"
+            " WHERE duration_ms IS NOT NULL AND finished_at_ms IS NOT NULL"
+        ).fetchone()
+    finally:
+        conn.execute("COMMIT")
+    running = dict(by_status).get(STATUS_RUNNING, 0)
+    return MetricsSnapshot(
+        by_status=by_status,
+        by_error=by_error,
+        running=running,
+        buckets=tuple(row[: len(DURATION_BUCKETS_MS)]),
+        duration_sum=row[-2],
+        duration_count=row[-1],
+    )
+
+
+def resources_rows(conn: sqlite3.Connection) -> Tuple[List[TaskRecord], int]:
+    """
+    The tasks holding an active reservation, and how many C{accepted}
+    tasks hold none.
+    """
+    active = load_active(conn)
+    waiting = conn.execute(
+        "SELECT COUNT(*) FROM tasks WHERE status = ? AND NOT"
+        " (reserved_at_ms IS NOT NULL AND released_at_ms IS NULL)",
+        (STATUS_ACCEPTED,),
+    ).fetchone()[0]
+    return active, waiting
+
+
+def events_if_exists(conn: sqlite3.Connection, task_id: str, after_seq: int = 0) -> Optional[List[Event]]:
+    """
+    The task's events, or C{None} when the task is unknown.
+    """
+    if not task_exists(conn, task_id):
+        return None
+    return load_events(conn, task_id, after_seq)

@@ -1,0 +1,289 @@
+# -*- test-case-name: tests.test_wire -*-
+"""
+Rendering of stored state to the wire: timestamps, the task status snapshot,
+events, and the task directory layout.
+
+Shared by the server (status endpoint) and the supervisor (C{result.json}),
+so it imports nothing heavier than C{attrs}.  Functions that read files
+(L{read_preview}, L{write_json_file}) block: the server calls them off the
+reactor thread.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from typing import Any, Dict, Optional, Tuple
+
+from execgo.models import (
+    MODE_ADAPTIVE,
+    PROFILE_LINUX_SANDBOX,
+    TERMINAL_STATUSES,
+    ExecutionPlan,
+    ExecutionSpec,
+    ResourceEnforcement,
+    Usage,
+)
+from execgo.taskdb import Event, TaskPaths, TaskRecord
+
+JSON = Dict[str, Any]
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def format_ms(ms: int) -> str:
+    """
+    An RFC 3339 UTC timestamp with a C{Z} suffix, from epoch milliseconds:
+    no fraction when it is zero, else exactly three digits.
+    """
+    seconds, millis = divmod(ms, 1000)
+    stamp = (_EPOCH + datetime.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+    if millis:
+        return f"{stamp}.{millis:03d}Z"
+    return f"{stamp}Z"
+
+
+def format_ns(ns: int) -> str:
+    """
+    An RFC 3339 UTC timestamp from epoch nanoseconds, with the shortest
+    exact fraction of 0, 3, 6 or 9 digits.
+    """
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    stamp = (_EPOCH + datetime.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+    if not nanos:
+        return f"{stamp}Z"
+    for digits, scale in ((3, 1_000_000), (6, 1_000)):
+        if nanos % scale == 0:
+            return f"{stamp}.{nanos // scale:0{digits}d}Z"
+    return f"{stamp}.{nanos:09d}Z"
+
+
+def compact(value: Any) -> bytes:
+    """
+    A response body: compact JSON, raw UTF-8.
+    """
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def pretty(value: Any) -> str:
+    """
+    Pretty JSON with two-space indentation, as C{result.json} and the CLI's
+    C{wait}/C{run} print it.
+    """
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def script_extension(interpreter: Optional[Tuple[str, ...]]) -> str:
+    """
+    The script file extension chosen from C{interpreter[0]}
+    (C{behavior.md} 7.2 step 4).
+    """
+    first = interpreter[0] if interpreter else ""
+    for needle, extension in (("python", "py"), ("bash", "sh"), ("zsh", "zsh"), ("node", "js")):
+        if needle in first:
+            return extension
+    return "sh"
+
+
+def task_paths(
+    data_dir: str, task_id: str, execution: ExecutionSpec, workspace_subdir: Optional[str]
+) -> TaskPaths:
+    """
+    The file layout of one task under an absolute data directory.
+    """
+    task_dir = os.path.join(data_dir, "tasks", task_id)
+    workspace = os.path.join(task_dir, "workspace")
+    if workspace_subdir:
+        workspace = os.path.normpath(os.path.join(workspace, workspace_subdir))
+    script_path = None
+    if execution.kind == "script":
+        script_path = os.path.join(
+            task_dir, "script." + script_extension(execution.interpreter)
+        )
+    return TaskPaths(
+        task_dir=task_dir,
+        workspace_dir=workspace,
+        request_path=os.path.join(task_dir, "request.json"),
+        result_path=os.path.join(task_dir, "result.json"),
+        stdout_path=os.path.join(task_dir, "stdout.log"),
+        stderr_path=os.path.join(task_dir, "stderr.log"),
+        script_path=script_path,
+    )
+
+
+def read_preview(path: str, max_bytes: int) -> Tuple[str, bool]:
+    """
+    The head of a log file, decoded with replacement, and whether the file
+    is longer than C{max_bytes}.  Never allocates more than it reads; a
+    missing file gives C{("", False)}.
+    """
+    try:
+        with open(path, "rb") as log:
+            size = os.fstat(log.fileno()).st_size
+            data = log.read(min(max_bytes, size))
+    except FileNotFoundError:
+        return "", False
+    return data.decode("utf-8", errors="replace"), size > max_bytes
+
+
+def synthesise_plan(record: TaskRecord) -> ExecutionPlan:
+    """
+    The plan of a stored task that has none (C{behavior.md} 18).
+    """
+    limits = record.limits
+    cgroup = record.sandbox.profile == PROFILE_LINUX_SANDBOX
+    return ExecutionPlan(
+        capability_mode=MODE_ADAPTIVE,
+        requested_sandbox=record.sandbox,
+        effective_sandbox=record.sandbox,
+        resource_enforcement=ResourceEnforcement(
+            wall_time_ms=limits.wall_time_ms,
+            cpu_time_sec=limits.cpu_time_sec,
+            cpu_time_enforced=limits.cpu_time_sec is not None,
+            memory_bytes=limits.memory_bytes,
+            memory_enforced=limits.memory_bytes is not None,
+            pids_max=limits.pids_max,
+            pids_enforced=limits.pids_max is not None and cgroup,
+            cgroup_enforced=cgroup,
+            oom_detection=limits.memory_bytes is not None and cgroup,
+        ),
+    )
+
+
+def plan_of(record: TaskRecord) -> ExecutionPlan:
+    """
+    The stored plan, or the synthesised one for plan-less rows.
+    """
+    return record.plan if record.plan is not None else synthesise_plan(record)
+
+
+def live_duration(record: TaskRecord, now_ms: int) -> Optional[int]:
+    """
+    The duration to show: recorded when terminal, C{now - started_at}
+    (clamped at 0) while running, else unknown.
+    """
+    if record.status in TERMINAL_STATUSES:
+        return record.duration_ms
+    if record.started_at_ms is not None:
+        return max(0, now_ms - record.started_at_ms)
+    return None
+
+
+def artifacts(paths: TaskPaths) -> JSON:
+    """
+    The C{artifacts} object of a status snapshot.
+    """
+    out: JSON = {
+        "task_dir": paths.task_dir,
+        "request_path": paths.request_path,
+        "result_path": paths.result_path,
+        "stdout_path": paths.stdout_path,
+        "stderr_path": paths.stderr_path,
+    }
+    if paths.script_path is not None:
+        out["script_path"] = paths.script_path
+    return out
+
+
+def render_status(
+    record: TaskRecord,
+    stdout: Tuple[str, bool],
+    stderr: Tuple[str, bool],
+    now_ms: int,
+    *,
+    include_output: bool = True,
+) -> JSON:
+    """
+    The C{TaskStatusResponse} of C{api.md} 4.1, in its key order.
+
+    @param stdout: the stdout preview and its truncation flag.
+    @param stderr: the same for stderr.
+    @param include_output: C{False} leaves the four output keys out, for
+        listings.
+    """
+    out: JSON = {
+        "task_id": record.task_id,
+        "handle_id": record.task_id,
+        "status": record.status,
+        "created_at": format_ms(record.created_at_ms),
+        "updated_at": format_ms(record.updated_at_ms),
+    }
+    if record.started_at_ms is not None:
+        out["started_at"] = format_ms(record.started_at_ms)
+    if record.finished_at_ms is not None:
+        out["finished_at"] = format_ms(record.finished_at_ms)
+    duration = live_duration(record, now_ms)
+    if duration is not None:
+        out["duration_ms"] = duration
+    for name in ("shim_pid", "pid", "pgid", "exit_code", "exit_signal"):
+        value = getattr(record, name)
+        if value is not None:
+            out[name] = value
+    if include_output:
+        out["stdout"] = stdout[0]
+        out["stderr"] = stderr[0]
+        out["stdout_truncated"] = stdout[1]
+        out["stderr_truncated"] = stderr[1]
+    if record.error is not None:
+        out["error"] = record.error.to_json()
+    if record.usage is not None:
+        out["usage"] = record.usage.to_json()
+    elif duration is not None:
+        out["usage"] = Usage(duration_ms=duration).to_json()
+    out["execution_plan"] = plan_of(record).to_json()
+    if record.reservation is not None:
+        out["reservation"] = record.reservation.to_json()
+    out["artifacts"] = artifacts(record.paths)
+    if record.metadata:
+        out["metadata"] = {key: record.metadata[key] for key in sorted(record.metadata)}
+    return out
+
+
+def snapshot(record: TaskRecord, now_ms: int) -> JSON:
+    """
+    Read both previews (blocking) and render the status snapshot.
+    """
+    return render_status(
+        record,
+        read_preview(record.paths.stdout_path, record.limits.stdout_max_bytes),
+        read_preview(record.paths.stderr_path, record.limits.stderr_max_bytes),
+        now_ms,
+    )
+
+
+def render_event(event: Event) -> JSON:
+    """
+    An C{EventRecord}: seq, task_id, event_type, timestamp, message?, data?.
+    """
+    out: JSON = {
+        "seq": event.seq,
+        "task_id": event.task_id,
+        "event_type": event.event_type,
+        "timestamp": format_ms(event.timestamp_ms),
+    }
+    if event.message is not None:
+        out["message"] = event.message
+    if event.data is not None:
+        out["data"] = event.data
+    return out
+
+
+def write_json_file(path: str, value: Any) -> None:
+    """
+    Write pretty JSON (no trailing newline) atomically: a temporary file in
+    the same directory, then a rename, so readers never see half a file.
+    """
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as out:
+        out.write(pretty(value))
+    os.replace(temporary, path)
+
+
+def write_result(record: TaskRecord, now_ms: int) -> JSON:
+    """
+    Render the terminal snapshot and write it to the task's C{result.json}.
+    """
+    value = snapshot(record, now_ms)
+    write_json_file(record.paths.result_path, value)
+    return value

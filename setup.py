@@ -1,0 +1,39 @@
+"""
+Packaging for execgo: the C{execgo} package, the C{execgo-runtime} console
+script and the C{execgo} twistd plugin dropin.
+"""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"', (HERE / "execgo" / "__init__.py").read_text(), re.M
+).group(1)
+
+setup(
+    name="execgo",
+    version=VERSION,
+    description="A durable task-execution runtime for one host, on Twisted.",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(exclude=["tests*", "benchmarks*"]) + ["twisted.plugins"],
+    package_data={"twisted": ["plugins/execgo_plugin.py"]},
+    install_requires=[
+        "twisted>=23.10",
+        "klein>=23.5",
+        "treq>=23.11",
+        "txaio>=23.1",
+        "attrs>=23.1",
+        "click>=8.1",
+    ],
+    entry_points={"console_scripts": ["execgo-runtime = execgo.cli:main"]},
+    classifiers=[
+        "Framework :: Twisted",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+    ],
+)

@@ -1,0 +1,3 @@
+"""
+Tests for execgo, run by trial.
+"""
