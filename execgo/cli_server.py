@@ -91,9 +91,9 @@ def register(cli: click.Group) -> None:
         """
         Supervise the workloads of one data directory (started by serve).
         """
-        from execgo.supervisor import run_daemon
+        from execgo.shim import run_daemon
 
-        sys.exit(run_daemon(database, data_dir, grace_ms, float(idle_exit)))
+        sys.exit(run_daemon(database, data_dir, grace_ms, cgroup_root, float(idle_exit)))
 
     @cli.command("internal-shim", hidden=True, context_settings=_CONTEXT)
     @click.option("--database", required=True)
@@ -107,9 +107,9 @@ def register(cli: click.Group) -> None:
         """
         Supervise one task to completion (not meant to be run by hand).
         """
-        from execgo.supervisor import run_shim
+        from execgo.shim import run_shim
 
-        sys.exit(run_shim(database, task_id, grace_ms))
+        sys.exit(run_shim(database, task_id, grace_ms, cgroup_root))
 
 
 __all__: List[str] = ["register", "config_from_click"]

@@ -22,7 +22,7 @@ from execgo import errors, metrics, outcome, recovery, taskdb, validation, wire
 from execgo.capabilities import Capabilities
 from execgo.config import RuntimeConfig
 from execgo.ledger import ActiveReservation, Capacity, check_admission, render_resources
-from execgo.models import STATUS_RUNNING, Reservation, SubmitRequest
+from execgo.models import STATUS_RUNNING, Reservation
 from execgo.policy import resolve_plan
 from execgo.procinfo import is_supervisor, kill_group
 from execgo.scheduler import QueuedTask, Scheduler

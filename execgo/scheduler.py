@@ -13,7 +13,7 @@ arrives during a cycle runs one more cycle after it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Set, Tuple
+from typing import Any, Callable, List, Optional, Protocol, Sequence, Set, Tuple
 
 import attrs
 from twisted.internet import defer

@@ -129,6 +129,7 @@ class RuntimeService(service.Service):
             ),
             on_message=lambda message: runtime_holder[0].on_supervisor_message(message),
             on_lost=lambda pid: runtime_holder[0].on_supervisor_lost(pid),
+            grace_ms=config.termination_grace_ms,
         )
         self._scheduler = scheduler = Scheduler(
             self.reactor,

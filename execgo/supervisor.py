@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_supervisor -*-
 """
-The supervisor: the process that owns, limits, signals and reaps workloads
-and writes their outcomes to the store.
+The supervisor engine: it owns, limits, signals and reaps workloads and
+writes their outcomes to the store.
 
 One supervisor runs beside the server for a data directory (started with
 the hidden C{internal-supervisor} subcommand) and supervises many tasks; the
@@ -21,16 +21,10 @@ milliseconds.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import heapq
 import itertools
-import json
 import os
-import selectors
 import signal
-import socket
-import sys
 import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -38,36 +32,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import attrs
 
 from execgo import launcher, outcome, taskdb, wire
+from execgo.cgroups import Cgroups, TaskCgroup
 from execgo.procinfo import kill_group
 from execgo.models import STATUS_ACCEPTED, STATUS_RUNNING, Reservation, Usage
 
-PR_SET_CHILD_SUBREAPER = 36
-MAX_LINE = 64 * 1024
 KILL_FLAG_POLL_S = 0.025
 GROUP_DRAIN_STEP_S = 0.002
 GROUP_DRAIN_LIMIT_S = 2.0
-
-
-def control_address(data_dir: str) -> str:
-    """
-    The abstract Unix socket name of the supervisor of a data directory
-    (abstract names have no path-length limit and leave no stale file).
-    """
-    import hashlib
-
-    digest = hashlib.sha256(os.path.realpath(data_dir).encode("utf-8")).hexdigest()[:32]
-    return f"\0execgo-runtime/{digest}"
-
-
-def become_subreaper() -> bool:
-    """
-    Make this process a child subreaper; C{False} where the OS refuses.
-    """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def process_alive(pid: int) -> bool:
@@ -102,6 +73,9 @@ class Running:
     exit_status: Optional[int] = None
     usage: Optional[Usage] = None
     drain_deadline: float = 0.0
+    cgroup: Optional[TaskCgroup] = None
+    setup_error: Optional[str] = None
+    grace_s: Optional[float] = None
 
 
 @attrs.define(eq=False)
@@ -140,7 +114,9 @@ class Supervisor:
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         base_env: Optional[Dict[str, str]] = None,
         log: Callable[[str], None] = lambda line: None,
+        cgroups: Optional[Cgroups] = None,
     ) -> None:
+        self.cgroups = cgroups
         self.conn = taskdb.connect(db_path)
         taskdb.init_schema(self.conn)
         self.grace_s = grace_s
@@ -203,7 +179,9 @@ class Supervisor:
 
     # Launching
 
-    def launch(self, task_id: str, take_accepted: bool = False) -> None:
+    def launch(
+        self, task_id: str, take_accepted: bool = False, grace_s: Optional[float] = None
+    ) -> None:
         """
         Start the task C{task_id}, which the server has moved to C{running}
         under this supervisor; with C{take_accepted}, take an C{accepted}
@@ -233,28 +211,80 @@ class Supervisor:
             self._finish(task_id, outcome.cancelled("task cancelled before process launch"))
             return
         try:
-            self._start(record)
+            self._start(record, grace_s)
         except Exception as e:
             self.log("supervisor error: " + traceback.format_exc())
             self._finish(task_id, outcome.failed("internal", f"supervisor error: {e}"))
 
-    def _start(self, record: taskdb.TaskRecord) -> None:
+    def _start(self, record: taskdb.TaskRecord, grace_s: Optional[float] = None) -> None:
         plan = wire.plan_of(record)
+        enforcement = plan.resource_enforcement
         spec = launcher.build_launch(record, plan, self.base_env)
+        group = None
+        if enforcement.cgroup_enforced and self.cgroups is not None:
+            try:
+                group = self.cgroups.create(
+                    record.task_id,
+                    enforcement.mechanisms,
+                    enforcement.pids_max if enforcement.pids_enforced else None,
+                )
+            except OSError as e:
+                self._finish(
+                    record.task_id, outcome.failed("sandbox_setup_failed", f"configure cgroup: {e}")
+                )
+                return
         try:
-            pid = launcher.spawn(spec)
+            pid = self._spawn_into(spec, group)
         except launcher.LaunchError as e:
+            if group is not None:
+                group.remove()
             self._finish(record.task_id, outcome.failed("launch_failed", f"spawn process: {e}"))
             return
         started_mono = self.monotonic()
-        run = Running(task_id=record.task_id, pid=pid, started_mono=started_mono, record=record)
+        run = Running(
+            task_id=record.task_id,
+            pid=pid,
+            started_mono=started_mono,
+            record=record,
+            cgroup=group,
+            grace_s=grace_s,
+        )
         self.by_pid[pid] = run
         self.by_task[record.task_id] = run
+        if group is not None:
+            try:
+                assert self.cgroups is not None
+                self.cgroups.limit(
+                    group,
+                    enforcement.memory_bytes if enforcement.memory_enforced else None,
+                    enforcement.pids_max if enforcement.pids_enforced else None,
+                )
+            except OSError as e:
+                # The workload is already running: it must not survive.
+                self._kill_now(run)
+                run.setup_error = f"configure cgroup: {e}"
         taskdb.record_start(self.conn, record.task_id, pid, self.wall_ms(), spec.script_path)
         run.wall_timer = self.call_later(
             record.limits.wall_time_ms / 1000.0, lambda: self._on_timeout(run)
         )
         self.emit({"ev": "started", "task_id": record.task_id, "pid": pid})
+
+    def _spawn_into(self, spec: launcher.LaunchSpec, group: Optional[TaskCgroup]) -> int:
+        """
+        Spawn the workload inside its groups: the supervisor steps into
+        them for the duration of the spawn, so the child is born there.
+        """
+        if group is None or self.cgroups is None:
+            return launcher.spawn(spec)
+        try:
+            self.cgroups.enter(group)
+        except OSError as e:
+            self.cgroups.leave(group)
+            raise launcher.LaunchError(f"cannot enter cgroup: {e}") from None
+        try:
+            return launcher.spawn(spec)
+        finally:
+            self.cgroups.leave(group)
 
     # Timeout and kill
 
@@ -281,12 +311,17 @@ class Supervisor:
         if run.exit_status is not None:
             return
         kill_group(run.pid, signal.SIGTERM)
+        if run.cgroup is not None:
+            run.cgroup.signal(signal.SIGTERM)
         run.term_sent = True
         if run.kill_timer is None:
-            run.kill_timer = self.call_later(self.grace_s, lambda: self._kill_now(run))
+            grace = self.grace_s if run.grace_s is None else run.grace_s
+            run.kill_timer = self.call_later(grace, lambda: self._kill_now(run))
 
     def _kill_now(self, run: Running) -> None:
         kill_group(run.pid, signal.SIGKILL)
+        if run.cgroup is not None:
+            run.cgroup.signal(signal.SIGKILL)
 
     def watch_kill_flag(self, task_id: str) -> None:
         """
@@ -320,7 +355,7 @@ class Supervisor:
             pid = info.si_pid
             run = self.by_pid.get(pid)
             if run is not None:
-                kill_group(pid, signal.SIGKILL)
+                self._kill_now(run)
             try:
                 _, status, rusage = os.wait4(pid, 0)
             except ChildProcessError:
@@ -347,8 +382,9 @@ class Supervisor:
         """
         Finish the task once its process group is empty (bounded wait).
         """
-        if process_alive(-run.pid) and self.monotonic() < run.drain_deadline:
-            kill_group(run.pid, signal.SIGKILL)
+        alive = process_alive(-run.pid) or (run.cgroup is not None and run.cgroup.populated())
+        if alive and self.monotonic() < run.drain_deadline:
+            self._kill_now(run)
             self.call_later(GROUP_DRAIN_STEP_S, lambda: self._drain(run))
             return
         self._complete(run)
@@ -356,19 +392,43 @@ class Supervisor:
     def _complete(self, run: Running) -> None:
         self.by_task.pop(run.task_id, None)
         assert run.exit_status is not None and run.usage is not None
+        usage, oom_killed = run.usage, False
+        if run.cgroup is not None:
+            oom_killed = run.cgroup.oom_killed()
+            usage = attrs.evolve(usage, memory_peak_bytes=run.cgroup.memory_peak())
+            hits = run.cgroup.pids_limit_hits()
+            if hits:
+                self._pids_limit_event(run, hits)
+            run.cgroup.remove()
+        if run.setup_error is not None:
+            self._finish(run.task_id, outcome.failed("sandbox_setup_failed", run.setup_error))
+            return
         record = taskdb.load_task(self.conn, run.task_id)
         kill_flag = record is not None and record.kill_requested
         enforcement = wire.plan_of(run.record).resource_enforcement
         verdict = outcome.classify(
             outcome.Exit(
                 status=run.exit_status,
-                usage=run.usage,
+                usage=usage,
                 timed_out=run.timed_out,
                 cancelled=run.cancel_requested or kill_flag,
+                oom_killed=oom_killed,
                 cpu_time_sec=enforcement.cpu_time_sec if enforcement.cpu_time_enforced else None,
             )
         )
         self._finish(run.task_id, verdict)
+
+    def _pids_limit_event(self, run: Running, hits: int) -> None:
+        limit = wire.plan_of(run.record).resource_enforcement.pids_max
+        with taskdb.transaction(self.conn):
+            taskdb.append_event(
+                self.conn,
+                run.task_id,
+                "pids_limit_reached",
+                "pids limit reached",
+                self.wall_ms(),
+                {"pids_max": limit, "refused_forks": hits},
+            )
 
     def _finish(self, task_id: str, verdict: taskdb.Outcome) -> None:
         """
@@ -397,271 +457,3 @@ class Supervisor:
         Close the store connection.
         """
         self.conn.close()
-
-
-class _Connection:
-    """
-    One server connected to the control socket: JSON lines both ways.
-    """
-
-    def __init__(self, sock: socket.socket, loop: "Loop") -> None:
-        self.sock = sock
-        self.loop = loop
-        self.buffer = b""
-        self.out = b""
-
-    def send(self, message: Dict[str, Any]) -> None:
-        self.out += json.dumps(message, separators=(",", ":")).encode("utf-8") + b"\n"
-        self.flush()
-
-    def flush(self) -> None:
-        while self.out:
-            try:
-                sent = self.sock.send(self.out)
-            except BlockingIOError:
-                self.loop.want_write(self)
-                return
-            except OSError:
-                self.loop.drop(self)
-                return
-            self.out = self.out[sent:]
-        self.loop.want_read(self)
-
-    def readable(self) -> None:
-        try:
-            data = self.sock.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.loop.drop(self)
-            return
-        self.buffer += data
-        while b"\n" in self.buffer:
-            line, self.buffer = self.buffer.split(b"\n", 1)
-            self.loop.handle(self, line)
-        if len(self.buffer) > MAX_LINE:
-            self.loop.drop(self)
-
-
-class Loop:
-    """
-    The supervisor daemon's event loop: control socket, C{SIGCHLD} wake-ups
-    and timers around one L{Supervisor}.
-
-    @param idle_exit_s: exit after this long with no workload and no server.
-    """
-
-    def __init__(self, supervisor: Supervisor, address: str, idle_exit_s: float) -> None:
-        self.supervisor = supervisor
-        self.address = address
-        self.idle_exit_s = idle_exit_s
-        self.selector = selectors.DefaultSelector()
-        self.connections: Dict[int, _Connection] = {}
-        self.listener: Optional[socket.socket] = None
-        self.stopping = False
-        self._idle_since: Optional[float] = None
-        supervisor.listeners.append(self.broadcast)
-
-    def bind(self) -> None:
-        """
-        Bind the control socket; C{OSError} (C{EADDRINUSE}) when another
-        supervisor already serves this data directory.
-        """
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(self.address)
-        listener.listen(64)
-        listener.setblocking(False)
-        self.listener = listener
-        self.selector.register(listener, selectors.EVENT_READ, self._accept)
-
-    def _accept(self) -> None:
-        assert self.listener is not None
-        try:
-            sock, _ = self.listener.accept()
-        except OSError:
-            return
-        sock.setblocking(False)
-        connection = _Connection(sock, self)
-        self.connections[sock.fileno()] = connection
-        self.selector.register(sock, selectors.EVENT_READ, connection.readable)
-        connection.send({"ev": "hello", "pid": os.getpid(), "running": sorted(self.supervisor.by_task)})
-
-    def want_read(self, connection: _Connection) -> None:
-        if connection.sock.fileno() in self.connections:
-            self.selector.modify(connection.sock, selectors.EVENT_READ, connection.readable)
-
-    def want_write(self, connection: _Connection) -> None:
-        if connection.sock.fileno() in self.connections:
-            self.selector.modify(
-                connection.sock,
-                selectors.EVENT_READ | selectors.EVENT_WRITE,
-                lambda: (connection.flush(), connection.readable()),
-            )
-
-    def drop(self, connection: _Connection) -> None:
-        fileno = connection.sock.fileno()
-        if self.connections.pop(fileno, None) is not None:
-            self.selector.unregister(connection.sock)
-            connection.sock.close()
-
-    def broadcast(self, message: Dict[str, Any]) -> None:
-        for connection in list(self.connections.values()):
-            connection.send(message)
-
-    def handle(self, connection: _Connection, line: bytes) -> None:
-        try:
-            message = json.loads(line)
-            op = message["op"]
-        except (ValueError, KeyError, TypeError):
-            return
-        if op == "launch":
-            for task_id in message.get("task_ids", ()):
-                self.supervisor.launch(str(task_id))
-        elif op == "kill":
-            self.supervisor.kill(str(message.get("task_id")))
-        elif op == "ping":
-            connection.send({"ev": "pong", "seq": message.get("seq")})
-        elif op == "shutdown":
-            self.stopping = True
-
-    def run(self) -> None:
-        """
-        Serve until idle for C{idle_exit_s} with no server connected, or
-        until asked to shut down while no workload runs.
-        """
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_r, False)
-        os.set_blocking(wake_w, False)
-        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-        for ignored in (signal.SIGHUP, signal.SIGINT):
-            signal.signal(ignored, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, lambda signum, frame: setattr(self, "stopping", True))
-
-        def drain_wakeups() -> None:
-            try:
-                while os.read(wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
-
-        self.selector.register(wake_r, selectors.EVENT_READ, drain_wakeups)
-        supervisor = self.supervisor
-        while True:
-            supervisor.reap()
-            supervisor.run_due_timers()
-            if self._should_exit():
-                return
-            delay = supervisor.next_delay()
-            if not supervisor.busy and not self.connections:
-                delay = 0.5 if delay is None else min(delay, 0.5)
-            for key, _ in self.selector.select(delay):
-                supervisor._guard(key.data)
-
-    def _should_exit(self) -> bool:
-        if self.supervisor.busy:
-            self._idle_since = None
-            return False
-        if self.stopping:
-            return True
-        if self.connections:
-            self._idle_since = None
-            return False
-        now = self.supervisor.monotonic()
-        if self._idle_since is None:
-            self._idle_since = now
-        return now - self._idle_since >= self.idle_exit_s
-
-
-def _to_devnull() -> None:
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.close(null)
-
-
-def run_daemon(
-    database: str, data_dir: str, grace_ms: int, idle_exit_s: float = 10.0
-) -> int:
-    """
-    The C{internal-supervisor} subcommand: become a session leader and
-    subreaper, bind the control socket, print C{ready <pid>} on stdout, put
-    stdio on the null device and serve.
-
-    @return: the exit code (0 normal, 1 already running or failed to start).
-    """
-    try:
-        os.setsid()
-    except OSError:
-        pass
-    become_subreaper()
-    log_path = os.path.join(data_dir, "supervisor.log")
-
-    def log(line: str) -> None:
-        stamp = wire.format_ms(time.time_ns() // 1_000_000)
-        try:
-            with open(log_path, "a", encoding="utf-8") as out:
-                out.write(json.dumps({"timestamp": stamp, "level": "ERROR", "message": line}) + "\n")
-        except OSError:
-            pass
-
-    try:
-        supervisor = Supervisor(database, grace_ms / 1000.0, log=log)
-        loop = Loop(supervisor, control_address(data_dir), idle_exit_s)
-        loop.bind()
-    except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            sys.stdout.write("busy\n")
-        else:
-            sys.stderr.write(f"io error: {e}\n")
-        sys.stdout.flush()
-        return 1
-    sys.stdout.write(f"ready {os.getpid()}\n")
-    sys.stdout.flush()
-    _to_devnull()
-    try:
-        loop.run()
-    finally:
-        supervisor.close()
-    return 0
-
-
-def run_shim(database: str, task_id: str, grace_ms: int) -> int:
-    """
-    The C{internal-shim} subcommand: supervise one task to completion.
-
-    @return: 0 when the task was finalised or needed nothing; 1 on an
-        internal error.
-    """
-    become_subreaper()
-    try:
-        supervisor = Supervisor(database, grace_ms / 1000.0)
-    except Exception:
-        return 1
-    try:
-        if taskdb.load_task(supervisor.conn, task_id) is None:
-            return 1
-        supervisor.launch(task_id, take_accepted=True)
-        if task_id in supervisor.by_task:
-            supervisor.watch_kill_flag(task_id)
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_w, False)
-        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-        selector = selectors.DefaultSelector()
-        selector.register(wake_r, selectors.EVENT_READ)
-        while supervisor.busy:
-            supervisor.reap()
-            supervisor.run_due_timers()
-            if not supervisor.busy:
-                break
-            if selector.select(supervisor.next_delay()):
-                os.read(wake_r, 4096)
-        supervisor.reap()
-        return 0
-    except Exception:
-        return 1
-    finally:
-        supervisor.close()

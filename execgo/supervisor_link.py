@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
-from execgo.supervisor import MAX_LINE, control_address
+from execgo.shim import MAX_LINE, control_address
 
 log = Logger()
 
@@ -115,6 +115,8 @@ class SupervisorLink:
     @param command: the argv that starts a supervisor (C{internal-supervisor ...}).
     @param on_message: called with each report (C{started}, C{finished}).
     @param on_lost: called with the pid of a supervisor whose connection closed.
+    @param grace_ms: the SIGTERM to SIGKILL grace sent with every launch (a
+        supervisor started by an earlier server may have another default).
     """
 
     def __init__(
@@ -124,8 +126,10 @@ class SupervisorLink:
         command: Sequence[str],
         on_message: Callable[[Dict[str, Any]], None],
         on_lost: Callable[[int], None],
+        grace_ms: Optional[int] = None,
     ) -> None:
         self.reactor = reactor
+        self.grace_ms = grace_ms
         self.address = control_address(data_dir)
         self.command = list(command)
         self.on_message = on_message
@@ -206,7 +210,10 @@ class SupervisorLink:
         """
         if self.protocol is None:
             return False
-        self.protocol.send({"op": "launch", "task_ids": list(task_ids)})
+        order: Dict[str, Any] = {"op": "launch", "task_ids": list(task_ids)}
+        if self.grace_ms is not None:
+            order["grace_ms"] = self.grace_ms
+        self.protocol.send(order)
         return True
 
     def kill(self, task_id: str) -> bool:

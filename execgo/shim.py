@@ -1,0 +1,331 @@
+# -*- test-case-name: tests.test_shim -*-
+"""
+The supervisor processes' entry points: C{internal-supervisor} (one
+long-lived supervisor per data directory, serving the server over an
+abstract Unix socket) and C{internal-shim} (the same engine for one task).
+
+Both become child subreapers.  The daemon leaves the server's session so a
+Ctrl-C or crash of the server does not reach it or its workloads, and exits
+by itself once it has had no workload and no server for a while.
+Standard library only (plus C{attrs}).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from typing import Any, Dict, Optional
+
+from execgo import taskdb, wire
+from execgo.cgroups import Cgroups
+from execgo.supervisor import Supervisor
+
+PR_SET_CHILD_SUBREAPER = 36
+MAX_LINE = 64 * 1024
+
+
+def control_address(data_dir: str) -> str:
+    """
+    The abstract Unix socket name of the supervisor of a data directory
+    (abstract names have no path-length limit and leave no stale file).
+    """
+    digest = hashlib.sha256(os.path.realpath(data_dir).encode("utf-8")).hexdigest()[:32]
+    return f"\0execgo-runtime/{digest}"
+
+
+def become_subreaper() -> bool:
+    """
+    Make this process a child subreaper; C{False} where the OS refuses.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+class _Connection:
+    """
+    One server connected to the control socket: JSON lines both ways.
+    """
+
+    def __init__(self, sock: socket.socket, loop: "Loop") -> None:
+        self.sock = sock
+        self.loop = loop
+        self.buffer = b""
+        self.out = b""
+
+    def send(self, message: Dict[str, Any]) -> None:
+        self.out += json.dumps(message, separators=(",", ":")).encode("utf-8") + b"\n"
+        self.flush()
+
+    def flush(self) -> None:
+        while self.out:
+            try:
+                sent = self.sock.send(self.out)
+            except BlockingIOError:
+                self.loop.want_write(self)
+                return
+            except OSError:
+                self.loop.drop(self)
+                return
+            self.out = self.out[sent:]
+        self.loop.want_read(self)
+
+    def readable(self) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.loop.drop(self)
+            return
+        self.buffer += data
+        while b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            self.loop.handle(self, line)
+        if len(self.buffer) > MAX_LINE:
+            self.loop.drop(self)
+
+
+class Loop:
+    """
+    The supervisor daemon's event loop: control socket, C{SIGCHLD} wake-ups
+    and timers around one L{Supervisor}.
+
+    @param idle_exit_s: exit after this long with no workload and no server.
+    """
+
+    def __init__(self, supervisor: Supervisor, address: str, idle_exit_s: float) -> None:
+        self.supervisor = supervisor
+        self.address = address
+        self.idle_exit_s = idle_exit_s
+        self.selector = selectors.DefaultSelector()
+        self.connections: Dict[int, _Connection] = {}
+        self.listener: Optional[socket.socket] = None
+        self.stopping = False
+        self._idle_since: Optional[float] = None
+        supervisor.listeners.append(self.broadcast)
+
+    def bind(self) -> None:
+        """
+        Bind the control socket; C{OSError} (C{EADDRINUSE}) when another
+        supervisor already serves this data directory.
+        """
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.address)
+        listener.listen(64)
+        listener.setblocking(False)
+        self.listener = listener
+        self.selector.register(listener, selectors.EVENT_READ, self._accept)
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        try:
+            sock, _ = self.listener.accept()
+        except OSError:
+            return
+        sock.setblocking(False)
+        connection = _Connection(sock, self)
+        self.connections[sock.fileno()] = connection
+        self.selector.register(sock, selectors.EVENT_READ, connection.readable)
+        connection.send({"ev": "hello", "pid": os.getpid(), "running": sorted(self.supervisor.by_task)})
+
+    def want_read(self, connection: _Connection) -> None:
+        if connection.sock.fileno() in self.connections:
+            self.selector.modify(connection.sock, selectors.EVENT_READ, connection.readable)
+
+    def want_write(self, connection: _Connection) -> None:
+        if connection.sock.fileno() in self.connections:
+            self.selector.modify(
+                connection.sock,
+                selectors.EVENT_READ | selectors.EVENT_WRITE,
+                lambda: (connection.flush(), connection.readable()),
+            )
+
+    def drop(self, connection: _Connection) -> None:
+        fileno = connection.sock.fileno()
+        if self.connections.pop(fileno, None) is not None:
+            self.selector.unregister(connection.sock)
+            connection.sock.close()
+
+    def broadcast(self, message: Dict[str, Any]) -> None:
+        for connection in list(self.connections.values()):
+            connection.send(message)
+
+    def handle(self, connection: _Connection, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+            op = message["op"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if op == "launch":
+            grace_ms = message.get("grace_ms")
+            grace_s = grace_ms / 1000.0 if isinstance(grace_ms, int) else None
+            for task_id in message.get("task_ids", ()):
+                self.supervisor.launch(str(task_id), grace_s=grace_s)
+        elif op == "kill":
+            self.supervisor.kill(str(message.get("task_id")))
+        elif op == "ping":
+            connection.send({"ev": "pong", "seq": message.get("seq")})
+        elif op == "shutdown":
+            self.stopping = True
+
+    def run(self) -> None:
+        """
+        Serve until idle for C{idle_exit_s} with no server connected, or
+        until asked to shut down while no workload runs.
+        """
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        for ignored in (signal.SIGHUP, signal.SIGINT):
+            signal.signal(ignored, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda signum, frame: setattr(self, "stopping", True))
+
+        def drain_wakeups() -> None:
+            try:
+                while os.read(wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+        self.selector.register(wake_r, selectors.EVENT_READ, drain_wakeups)
+        supervisor = self.supervisor
+        while True:
+            supervisor.reap()
+            supervisor.run_due_timers()
+            if self._should_exit():
+                return
+            delay = supervisor.next_delay()
+            if not supervisor.busy and not self.connections:
+                delay = 0.5 if delay is None else min(delay, 0.5)
+            for key, _ in self.selector.select(delay):
+                supervisor._guard(key.data)
+
+    def _should_exit(self) -> bool:
+        if self.supervisor.busy:
+            self._idle_since = None
+            return False
+        if self.stopping:
+            return True
+        if self.connections:
+            self._idle_since = None
+            return False
+        now = self.supervisor.monotonic()
+        if self._idle_since is None:
+            self._idle_since = now
+        return now - self._idle_since >= self.idle_exit_s
+
+
+def _to_devnull() -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def _cgroups(cgroup_root: str) -> Optional[Cgroups]:
+    try:
+        return Cgroups.detect(cgroup_root)
+    except OSError:
+        return None
+
+
+def run_daemon(
+    database: str, data_dir: str, grace_ms: int, cgroup_root: str, idle_exit_s: float = 10.0
+) -> int:
+    """
+    The C{internal-supervisor} subcommand: become a session leader and
+    subreaper, bind the control socket, print C{ready <pid>} on stdout, put
+    stdio on the null device and serve.
+
+    @return: the exit code (0 normal, 1 already running or failed to start).
+    """
+    try:
+        os.setsid()
+    except OSError:
+        pass
+    become_subreaper()
+    log_path = os.path.join(data_dir, "supervisor.log")
+
+    def log(line: str) -> None:
+        stamp = wire.format_ms(time.time_ns() // 1_000_000)
+        try:
+            with open(log_path, "a", encoding="utf-8") as out:
+                out.write(json.dumps({"timestamp": stamp, "level": "ERROR", "message": line}) + "\n")
+        except OSError:
+            pass
+
+    try:
+        supervisor = Supervisor(
+            database, grace_ms / 1000.0, log=log, cgroups=_cgroups(cgroup_root)
+        )
+        loop = Loop(supervisor, control_address(data_dir), idle_exit_s)
+        loop.bind()
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            sys.stdout.write("busy\n")
+        else:
+            sys.stderr.write(f"io error: {e}\n")
+        sys.stdout.flush()
+        return 1
+    sys.stdout.write(f"ready {os.getpid()}\n")
+    sys.stdout.flush()
+    _to_devnull()
+    try:
+        loop.run()
+    finally:
+        supervisor.close()
+    return 0
+
+
+def run_shim(database: str, task_id: str, grace_ms: int, cgroup_root: str) -> int:
+    """
+    The C{internal-shim} subcommand: supervise one task to completion.
+
+    @return: 0 when the task was finalised or needed nothing; 1 on an
+        internal error.
+    """
+    become_subreaper()
+    try:
+        supervisor = Supervisor(database, grace_ms / 1000.0, cgroups=_cgroups(cgroup_root))
+    except Exception:
+        return 1
+    try:
+        if taskdb.load_task(supervisor.conn, task_id) is None:
+            return 1
+        supervisor.launch(task_id, take_accepted=True)
+        if task_id in supervisor.by_task:
+            supervisor.watch_kill_flag(task_id)
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        selector = selectors.DefaultSelector()
+        selector.register(wake_r, selectors.EVENT_READ)
+        while supervisor.busy:
+            supervisor.reap()
+            supervisor.run_due_timers()
+            if not supervisor.busy:
+                break
+            if selector.select(supervisor.next_delay()):
+                os.read(wake_r, 4096)
+        supervisor.reap()
+        return 0
+    except Exception:
+        return 1
+    finally:
+        supervisor.close()
