@@ -15,14 +15,17 @@ Standard library only: this runs in the supervisor process.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
-from typing import Callable, List, Mapping, Optional, Sequence, Tuple
+import sys
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import attrs
 
-from execgo.models import ExecutionPlan
+from execgo import sandbox
+from execgo.models import PROFILE_LINUX_SANDBOX, ExecutionPlan
 from execgo.taskdb import TaskRecord
 
 INHERITED_ENV = ("PATH", "HOME", "LANG", "TMPDIR", "USER")
@@ -50,6 +53,18 @@ class LaunchSpec:
     rlimits: Tuple[RLimit, ...] = ()
     script_path: Optional[str] = None
     script_text: Optional[str] = None
+    sandbox: Optional[Mapping[str, Any]] = None
+
+
+@attrs.frozen
+class Spawned:
+    """
+    A started workload: its pid (also its process group), and for a
+    sandboxed one the read end of the wrapper's status pipe.
+    """
+
+    pid: int
+    status_fd: Optional[int] = None
 
 
 def child_environment(base: Mapping[str, str], extra: Mapping[str, str]) -> dict:
@@ -100,6 +115,18 @@ def build_launch(record: TaskRecord, plan: ExecutionPlan, base_env: Mapping[str,
             argv = ("/bin/sh", "-c", script_text)
     else:
         argv = (str(execution.program), *execution.args)
+    sandbox_config = None
+    effective = plan.effective_sandbox
+    if effective.profile == PROFILE_LINUX_SANDBOX:
+        namespaces = effective.namespaces.to_json() if effective.namespaces else {}
+        sandbox_config = {
+            "namespaces": namespaces,
+            "hostname": ("execgo-" + record.task_id)[:64],
+            "rootfs": os.path.abspath(effective.rootfs) if effective.chroot and effective.rootfs else None,
+            "cwd": record.paths.workspace_dir,
+            "argv": list(argv),
+            "env": env,
+        }
     return LaunchSpec(
         argv=argv,
         env=env,
@@ -109,6 +136,7 @@ def build_launch(record: TaskRecord, plan: ExecutionPlan, base_env: Mapping[str,
         rlimits=rlimits_for(plan),
         script_path=script_path,
         script_text=script_text,
+        sandbox=sandbox_config,
     )
 
 
@@ -132,28 +160,63 @@ def prepare(spec: LaunchSpec) -> None:
         os.chmod(spec.script_path, 0o700)
 
 
-def spawn(spec: LaunchSpec) -> int:
+def _check_program(config: Mapping[str, Any]) -> None:
     """
-    Start the workload and return its pid (also its process group and
-    session id).  The logs are truncated; stdin is the null device.
+    Fail early, as a launch failure, when a sandboxed program cannot be
+    found (in the chroot, when there is one) on the workload's C{PATH}.
+    """
+    program = config["argv"][0]
+    root = config.get("rootfs") or "/"
+    if "/" in program:
+        candidates = [program]
+    else:
+        path = config["env"].get("PATH", os.defpath)
+        candidates = [os.path.join(directory or ".", program) for directory in path.split(":")]
+    for candidate in candidates:
+        if not candidate.startswith("/"):
+            candidate = os.path.join(config["cwd"], candidate)
+        full = os.path.join(root, candidate.lstrip("/"))
+        if os.path.isfile(full) and os.access(full, os.X_OK):
+            return
+    raise LaunchError(f"[Errno 2] No such file or directory: {program!r}")
+
+
+def _sandbox_argv(config: Mapping[str, Any], status_fd: int) -> List[str]:
+    payload: Dict[str, Any] = dict(config)
+    payload["status_fd"] = status_fd
+    return [sys.executable, "-I", sandbox.__file__, json.dumps(payload)]
+
+
+def spawn(spec: LaunchSpec) -> Spawned:
+    """
+    Start the workload (or, for a sandboxed task, the sandbox wrapper that
+    becomes it) and return its pid, also its process group and session id.
+    The logs are truncated; stdin is the null device.
 
     @raise LaunchError: with the OS error when anything fails.
     """
+    status_r = status_w = None
     try:
         prepare(spec)
+        argv = list(spec.argv)
+        if spec.sandbox is not None:
+            _check_program(spec.sandbox)
+            status_r, status_w = os.pipe2(os.O_CLOEXEC)
+            argv = _sandbox_argv(spec.sandbox, status_w)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         stdout = os.open(spec.stdout_path, flags, 0o644)
         try:
             stderr = os.open(spec.stderr_path, flags, 0o644)
             try:
                 process = subprocess.Popen(
-                    list(spec.argv),
+                    argv,
                     cwd=spec.cwd,
                     env=dict(spec.env),
                     stdin=subprocess.DEVNULL,
                     stdout=stdout,
                     stderr=stderr,
                     close_fds=True,
+                    pass_fds=() if status_w is None else (status_w,),
                     start_new_session=True,
                     preexec_fn=_apply_rlimits(spec.rlimits) if spec.rlimits else None,
                 )
@@ -162,8 +225,32 @@ def spawn(spec: LaunchSpec) -> int:
         finally:
             os.close(stdout)
     except (OSError, ValueError, subprocess.SubprocessError) as e:
+        if status_r is not None:
+            os.close(status_r)
         raise LaunchError(str(e)) from None
+    finally:
+        if status_w is not None:
+            os.close(status_w)
     # The supervisor reaps every child itself (it is a subreaper and needs
     # the rusage); mark the Popen finished so it never waits on the pid.
     process.returncode = 0
-    return process.pid
+    if status_r is not None:
+        os.set_blocking(status_r, False)
+    return Spawned(pid=process.pid, status_fd=status_r)
+
+
+def read_status(status_fd: Optional[int]) -> Optional[str]:
+    """
+    The sandbox wrapper's failure line, if it wrote one, and close the
+    pipe.  C{None} means the workload was exec'd.
+    """
+    if status_fd is None:
+        return None
+    try:
+        data = os.read(status_fd, 8192)
+    except BlockingIOError:
+        data = b""
+    finally:
+        os.close(status_fd)
+    line = data.decode("utf-8", "replace").strip()
+    return line or None

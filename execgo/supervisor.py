@@ -75,6 +75,7 @@ class Running:
     drain_deadline: float = 0.0
     cgroup: Optional[TaskCgroup] = None
     setup_error: Optional[str] = None
+    status_fd: Optional[int] = None
     grace_s: Optional[float] = None
 
 
@@ -234,16 +235,18 @@ class Supervisor:
                 )
                 return
         try:
-            pid = self._spawn_into(spec, group)
+            spawned = self._spawn_into(spec, group)
         except launcher.LaunchError as e:
             if group is not None:
                 group.remove()
             self._finish(record.task_id, outcome.failed("launch_failed", f"spawn process: {e}"))
             return
+        pid = spawned.pid
         started_mono = self.monotonic()
         run = Running(
             task_id=record.task_id,
             pid=pid,
+            status_fd=spawned.status_fd,
             started_mono=started_mono,
             record=record,
             cgroup=group,
@@ -269,7 +272,9 @@ class Supervisor:
         )
         self.emit({"ev": "started", "task_id": record.task_id, "pid": pid})
 
-    def _spawn_into(self, spec: launcher.LaunchSpec, group: Optional[TaskCgroup]) -> int:
+    def _spawn_into(
+        self, spec: launcher.LaunchSpec, group: Optional[TaskCgroup]
+    ) -> launcher.Spawned:
         """
         Spawn the workload inside its groups: the supervisor steps into
         them for the duration of the spawn, so the child is born there.
@@ -400,6 +405,14 @@ class Supervisor:
             if hits:
                 self._pids_limit_event(run, hits)
             run.cgroup.remove()
+        wrapper = launcher.read_status(run.status_fd)
+        run.status_fd = None
+        if run.setup_error is None and wrapper is not None:
+            kind, _, detail = wrapper.partition(": ")
+            if kind == "exec":
+                self._finish(run.task_id, outcome.failed("launch_failed", f"spawn process: {detail}"))
+                return
+            run.setup_error = f"sandbox: {detail}"
         if run.setup_error is not None:
             self._finish(run.task_id, outcome.failed("sandbox_setup_failed", run.setup_error))
             return
