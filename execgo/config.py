@@ -41,7 +41,7 @@ def parse_listen_addr(value: str) -> Tuple[str, int]:
     @raise errors.InvalidInput: when it is not of that form.
     """
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    if not sep or not host or not port.isascii() or not port.isdigit() or int(port) > 65535:
         raise errors.InvalidInput(f"invalid listen address '{value}': expected HOST:PORT")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

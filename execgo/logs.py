@@ -15,13 +15,7 @@ import json
 import time
 from typing import IO, Any, Callable, Dict, Mapping, Tuple
 
-from twisted.logger import (
-    FilteringLogObserver,
-    ILogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    formatEvent,
-)
+from twisted.logger import ILogObserver, LogLevel, formatEvent
 from zope.interface import implementer
 
 from execgo.wire import format_ns
@@ -90,10 +84,17 @@ class JSONLinesObserver:
         self.out = out
         self.clock = clock
 
+    def _event_ns(self, event: Dict[str, Any]) -> int:
+        log_time = event.get("log_time")
+        if log_time is None:
+            return self.clock()
+        # Round through microseconds: the float cannot carry nanoseconds.
+        return round(log_time * 1_000_000) * 1000
+
     def __call__(self, event: Dict[str, Any]) -> None:
         level = event.get("log_level", LogLevel.info)
         line: Dict[str, Any] = {
-            "timestamp": format_ns(int(event.get("log_time", self.clock() / 1e9) * 1e9)),
+            "timestamp": format_ns(self._event_ns(event)),
             "level": _NAMES.get(level, "INFO"),
             "target": event.get("log_namespace", "execgo"),
             "message": formatEvent(event),
@@ -116,18 +117,40 @@ class JSONLinesObserver:
             pass
 
 
-def make_observer(out: IO[str], environ: Mapping[str, str]) -> Any:
+_RANK = {LogLevel.debug: 0, LogLevel.info: 1, LogLevel.warn: 2, LogLevel.error: 3, LogLevel.critical: 4}
+_QUIET_NAMESPACES = ("twisted", "log_legacy", "execgo.api.APISite")
+
+
+def _threshold(namespace: str, default: Any, targets: Mapping[str, Any]) -> Any:
+    """
+    The lowest level written for C{namespace} (C{None}: nothing): the most
+    specific target directive, else the default, with Twisted's own chatter
+    (factories starting, ports opening) never below C{warn}.
+    """
+    match = max(
+        (t for t in targets if namespace == t or namespace.startswith(t + ".")), key=len, default=None
+    )
+    if match is not None:
+        return targets[match]
+    if default is None:
+        return None
+    if namespace.startswith(_QUIET_NAMESPACES):
+        return default if _RANK[default] >= _RANK[LogLevel.warn] else LogLevel.warn
+    return default
+
+
+def make_observer(out: IO[str], environ: Mapping[str, str]) -> Callable[[Dict[str, Any]], None]:
     """
     The JSON-lines observer behind the environment's level filter.
     """
     default, targets = filter_from_environment(environ)
-    predicate = LogLevelFilterPredicate(defaultLogLevel=default or LogLevel.critical)
-    # Twisted's own chatter (factories starting, ports opening) only from WARN.
-    for noisy in ("twisted", "log_legacy", "execgo.api.APISite"):
-        predicate.setLogLevelForNamespace(noisy, LogLevel.warn)
-    for target, level in targets.items():
-        predicate.setLogLevelForNamespace(target, level or LogLevel.critical)
-    observer = FilteringLogObserver(JSONLinesObserver(out), [predicate])
-    if default is None and not targets:
-        return lambda event: None
-    return observer
+    writer = JSONLinesObserver(out)
+
+    def observe(event: Dict[str, Any]) -> None:
+        level = _threshold(event.get("log_namespace", ""), default, targets)
+        if level is None:
+            return
+        if _RANK.get(event.get("log_level", LogLevel.info), 1) >= _RANK[level]:
+            writer(event)
+
+    return observe

@@ -222,18 +222,19 @@ class Scheduler:
             for task in picks:
                 self.ledger.release(task.task_id)
             return
-        for task in picks:
-            self.queue.pop(task.task_id, None)
         try:
             dispatched, skipped = await self.store.dispatch(
                 [(task.task_id, task.reservation) for task in picks], pid, self.now_ms()
             )
         except Exception:
+            # The picks stay queued where they were; only their holds go.
             for task in picks:
                 self.ledger.release(task.task_id)
-                self.queue[task.task_id] = task
             raise
+        for task_id in dispatched:
+            self.queue.pop(task_id, None)
         for task_id in skipped:
+            self.queue.pop(task_id, None)
             self.ledger.release(task_id)
         if dispatched:
             self.link.launch(dispatched)
@@ -245,6 +246,8 @@ class Scheduler:
     def _pick(self) -> List[QueuedTask]:
         picks = []
         for task in self.queue.values():
+            if task.task_id in self.ledger.active:
+                continue
             if self.ledger.fits(task.reservation, task.tenant):
                 self.ledger.reserve(task.task_id, task.tenant, task.reservation)
                 picks.append(task)
@@ -269,6 +272,11 @@ class Scheduler:
             # Gone from the queue behind our back (e.g. a shim took it).
             if len(state.queued) < self.max_queued:
                 del self.queue[task_id]
-        for record in state.queued:
-            if record.task_id not in self.queue and record.task_id not in self.ledger.active:
-                self.queue[record.task_id] = QueuedTask.from_record(record)
+        missing = [
+            QueuedTask.from_record(record)
+            for record in state.queued
+            if record.task_id not in self.queue and record.task_id not in self.ledger.active
+        ]
+        if missing:
+            merged = sorted([*self.queue.values(), *missing], key=lambda task: task.created_at_ms)
+            self.queue = OrderedDict((task.task_id, task) for task in merged)

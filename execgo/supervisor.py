@@ -208,7 +208,11 @@ class Supervisor:
             assert record is not None
         if record.status != STATUS_RUNNING:
             return
-        if record.kill_requested and record.pid is None:
+        if record.pid is not None:
+            # Its workload was started already (by this or an earlier
+            # supervisor): never start a second one.
+            return
+        if record.kill_requested:
             self._finish(task_id, outcome.cancelled("task cancelled before process launch"))
             return
         try:

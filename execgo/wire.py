@@ -274,10 +274,18 @@ def write_json_file(path: str, value: Any) -> None:
     Write pretty JSON (no trailing newline) atomically: a temporary file in
     the same directory, then a rename, so readers never see half a file.
     """
+    text = pretty(value)
     temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as out:
-        out.write(pretty(value))
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
 
 
 def write_result(record: TaskRecord, now_ms: int) -> JSON:

@@ -1,0 +1,158 @@
+"""
+An in-process runtime for API and client tests: the real Klein resource,
+the real L{Runtime}, the real store (SQLite through adbapi, on the real
+reactor's thread pool), and a supervisor link that is either a fake (tasks
+stay queued) or none at all.  Requests go through L{treq.testing.StubTreq},
+so there are no sockets.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+from treq.testing import StubTreq
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+
+from execgo.api import RuntimeAPI
+from execgo.capabilities import Capabilities
+from execgo.config import RuntimeConfig
+from execgo.ledger import Capacity, Ledger, parse_tenant_quotas
+from execgo.runtime import Runtime
+from execgo.scheduler import Scheduler
+from execgo.service import prepare_data_dir, wall_ms
+from execgo.store import Store, open_pool
+
+
+class FakeLink:
+    """
+    A supervisor link that is never connected: the dispatcher keeps every
+    task queued, and kills are recorded.
+    """
+
+    pid: Optional[int] = None
+
+    def __init__(self) -> None:
+        self.kills: List[str] = []
+        self.launches: List[List[str]] = []
+
+    @property
+    def connected(self) -> bool:
+        return False
+
+    def launch(self, task_ids: Sequence[str]) -> bool:
+        self.launches.append(list(task_ids))
+        return False
+
+    def kill(self, task_id: str) -> bool:
+        self.kills.append(task_id)
+        return False
+
+
+def fake_capabilities(**overrides: Any) -> Capabilities:
+    """
+    A capability snapshot of a host without cgroups or sandbox.
+    """
+    values: Dict[str, Any] = dict(
+        runtime_id="test-runtime",
+        collected_at="2026-01-01T00:00:00Z",
+        capacity=Capacity(task_slots=4, memory_bytes=1 << 30, pids=4096),
+    )
+    values.update(overrides)
+    return Capabilities(**values)
+
+
+class InProcessRuntime:
+    """
+    A runtime over a temp data directory, serving its API through StubTreq.
+    """
+
+    def __init__(self, data_dir: str, config: Optional[RuntimeConfig] = None, **caps: Any) -> None:
+        self.config = config or RuntimeConfig(data_dir=data_dir)
+        prepare_data_dir(self.config.data_dir_abs)
+        self.store = Store(open_pool(reactor, self.config.database_path))
+        self.link = FakeLink()
+        self.capabilities = fake_capabilities(**caps)
+        quotas = parse_tenant_quotas(self.config.tenant_quotas)
+        self.scheduler = Scheduler(
+            reactor,
+            self.store,
+            self.link,
+            Ledger(self.capabilities.capacity, quotas),
+            self.config.max_queued_tasks,
+            3600.0,
+            wall_ms,
+        )
+        self.runtime = Runtime(
+            reactor=reactor,
+            config=self.config,
+            runtime_id="test-runtime",
+            capabilities=self.capabilities,
+            quotas=quotas,
+            store=self.store,
+            scheduler=self.scheduler,
+            link=self.link,  # type: ignore[arg-type]
+            now_ms=wall_ms,
+            started_at="2026-01-01T00:00:00Z",
+            version="1.1.0",
+        )
+        self.api = RuntimeAPI(self.runtime)
+        self.treq = StubTreq(self.api.resource())
+
+    async def start(self) -> None:
+        """
+        Create the schema and start accepting.
+        """
+        await self.store.init_schema()
+        await self.runtime.recover()
+        self.runtime.accepting = True
+        self.scheduler.start()
+
+    async def stop(self) -> None:
+        """
+        Stop the loops and close the store.
+        """
+        self.runtime.accepting = False
+        self.runtime.stop_timers()
+        await self.scheduler.stop()
+        self.store.close()
+
+    async def settle(self, d: "defer.Deferred[Any]") -> Any:
+        """
+        Wait for a StubTreq Deferred whose response is produced on the real
+        reactor (store work in its thread pool), pumping the stub.
+        """
+        settled: List[bool] = []
+
+        def note(result: Any) -> Any:
+            settled.append(True)
+            return result
+
+        d.addBoth(note)
+        for _ in range(5000):
+            self.treq.flush()
+            if settled:
+                break
+            await deferLater(reactor, 0.001, lambda: None)
+        return await d
+
+    async def request(
+        self, method: str, path: str, body: Optional[bytes] = None, headers: Optional[Dict[bytes, List[bytes]]] = None
+    ) -> "tuple[int, Dict[bytes, List[bytes]], bytes]":
+        """
+        One request: status code, headers, body.
+        """
+        url = "http://runtime.test" + path
+        response = await self.settle(self.treq.request(method, url, data=body, headers=headers))
+        content = await self.settle(response.content())
+        return response.code, dict(response.headers.getAllRawHeaders()), content
+
+
+def tmp_data_dir(test: Any) -> str:
+    """
+    A fresh data directory for one test.
+    """
+    path = os.path.abspath(test.mktemp())
+    os.makedirs(path)
+    return path

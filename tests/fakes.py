@@ -1,0 +1,359 @@
+"""
+Shared fakes and builders for the unit tests: task records and new tasks
+built without the submit path, a dispatch store whose answers the test
+fires by hand, and a supervisor link that records what it was told.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, List, Optional, Sequence, Tuple
+
+import attrs
+from twisted.internet import defer
+
+from execgo import taskdb, wire
+from execgo.models import (
+    MODE_ADAPTIVE,
+    ControlContext,
+    ExecutionPlan,
+    ExecutionSpec,
+    Reservation,
+    ResourceEnforcement,
+    ResourceLimits,
+    SandboxPolicy,
+)
+from execgo.store import SchedulerState
+
+DEFAULT_LIMITS = ResourceLimits()
+PROCESS_SANDBOX = SandboxPolicy()
+
+
+def command(program: str = "/bin/true", *args: str, env: Optional[dict] = None) -> ExecutionSpec:
+    """
+    A C{command} execution spec.
+    """
+    return ExecutionSpec(kind="command", program=program, args=tuple(args), env=dict(env or {}))
+
+
+def shell(script: str, interpreter: Optional[Sequence[str]] = None) -> ExecutionSpec:
+    """
+    A C{script} execution spec, with an optional interpreter.
+    """
+    return ExecutionSpec(
+        kind="script",
+        script=script,
+        interpreter=None if interpreter is None else tuple(interpreter),
+    )
+
+
+def plan_for(
+    limits: ResourceLimits = DEFAULT_LIMITS,
+    sandbox: SandboxPolicy = PROCESS_SANDBOX,
+    *,
+    cpu_enforced: bool = False,
+    memory_enforced: bool = False,
+    pids_enforced: bool = False,
+    cgroup_enforced: bool = False,
+    oom_detection: bool = False,
+    mechanisms: Optional[dict] = None,
+    degraded: bool = False,
+    fallback_reasons: Tuple[str, ...] = (),
+    capability_warnings: Tuple[str, ...] = (),
+) -> ExecutionPlan:
+    """
+    A hand-made plan for a process-profile task with these limits.
+    """
+    return ExecutionPlan(
+        capability_mode=MODE_ADAPTIVE,
+        requested_sandbox=sandbox,
+        effective_sandbox=sandbox,
+        resource_enforcement=ResourceEnforcement(
+            wall_time_ms=limits.wall_time_ms,
+            cpu_time_sec=limits.cpu_time_sec,
+            cpu_time_enforced=cpu_enforced and limits.cpu_time_sec is not None,
+            memory_bytes=limits.memory_bytes,
+            memory_enforced=memory_enforced and limits.memory_bytes is not None,
+            pids_max=limits.pids_max,
+            pids_enforced=pids_enforced and limits.pids_max is not None,
+            cgroup_enforced=cgroup_enforced,
+            oom_detection=oom_detection,
+            mechanisms=dict(mechanisms or {}),
+        ),
+        degraded=degraded,
+        fallback_reasons=fallback_reasons,
+        capability_warnings=capability_warnings,
+    )
+
+
+def new_task(
+    data_dir: str,
+    task_id: str,
+    execution: Optional[ExecutionSpec] = None,
+    limits: ResourceLimits = DEFAULT_LIMITS,
+    sandbox: SandboxPolicy = PROCESS_SANDBOX,
+    *,
+    metadata: Optional[dict] = None,
+    plan: Optional[ExecutionPlan] = None,
+    control_context: Optional[ControlContext] = None,
+    make_dirs: bool = False,
+) -> taskdb.NewTask:
+    """
+    A L{taskdb.NewTask} laid out under C{data_dir} (with its workspace and
+    empty logs created when C{make_dirs}).
+    """
+    execution = execution or command()
+    paths = wire.task_paths(data_dir, task_id, execution, sandbox.workspace_subdir)
+    if make_dirs:
+        os.makedirs(paths.workspace_dir, exist_ok=True)
+        for log in (paths.stdout_path, paths.stderr_path):
+            open(log, "ab").close()
+    return taskdb.NewTask(
+        task_id=task_id,
+        execution=execution,
+        limits=limits,
+        sandbox=sandbox,
+        metadata=dict(metadata or {}),
+        plan=plan or plan_for(limits, sandbox),
+        control_context=control_context,
+        paths=paths,
+    )
+
+
+def record(
+    task_id: str,
+    status: str = "accepted",
+    *,
+    created_at_ms: int = 1000,
+    memory_bytes: Optional[int] = None,
+    pids_max: Optional[int] = None,
+    tenant: Optional[str] = None,
+    reservation: Optional[Reservation] = None,
+    reserved_at_ms: Optional[int] = None,
+    released_at_ms: Optional[int] = None,
+    shim_pid: Optional[int] = None,
+    pid: Optional[int] = None,
+    data_dir: str = "/data",
+    **changes: Any,
+) -> taskdb.TaskRecord:
+    """
+    A stored task as L{taskdb.load_task} would return it, without a store.
+    """
+    execution = changes.pop("execution", command())
+    limits = changes.pop(
+        "limits", ResourceLimits(memory_bytes=memory_bytes, pids_max=pids_max)
+    )
+    sandbox = changes.pop("sandbox", SandboxPolicy())
+    return taskdb.TaskRecord(
+        task_id=task_id,
+        status=status,
+        execution=execution,
+        limits=limits,
+        sandbox=sandbox,
+        metadata=changes.pop("metadata", {}),
+        created_at_ms=created_at_ms,
+        updated_at_ms=changes.pop("updated_at_ms", created_at_ms),
+        paths=wire.task_paths(data_dir, task_id, execution, sandbox.workspace_subdir),
+        control_context=None if tenant is None else ControlContext(tenant=tenant),
+        reservation=reservation,
+        reserved_at_ms=reserved_at_ms,
+        released_at_ms=released_at_ms,
+        shim_pid=shim_pid,
+        pid=pid,
+        pgid=pid,
+        **changes,
+    )
+
+
+@attrs.define
+class DispatchCall:
+    """
+    One recorded L{FakeDispatchStore.dispatch} call and the Deferred the
+    test fires to answer it.
+    """
+
+    picks: List[Tuple[str, Reservation]]
+    shim_pid: int
+    now_ms: int
+    deferred: "defer.Deferred[Tuple[List[str], List[str]]]"
+
+    @property
+    def task_ids(self) -> List[str]:
+        """
+        The picked task ids, in order.
+        """
+        return [task_id for task_id, _ in self.picks]
+
+
+@attrs.define
+class StateCall:
+    """
+    One recorded L{FakeDispatchStore.scheduler_state} call.
+    """
+
+    max_queued: int
+    deferred: "defer.Deferred[SchedulerState]"
+
+
+class FakeDispatchStore:
+    """
+    The dispatcher's store: every call is recorded and answered by a
+    Deferred the test fires (so it controls when a cycle resumes).
+    """
+
+    def __init__(self) -> None:
+        self.dispatches: List[DispatchCall] = []
+        self.states: List[StateCall] = []
+
+    def dispatch(
+        self, picks: Sequence[Tuple[str, Reservation]], shim_pid: int, now_ms: int
+    ) -> "defer.Deferred[Tuple[List[str], List[str]]]":
+        """
+        Record the call; answer with a fresh pending Deferred.
+        """
+        call = DispatchCall(list(picks), shim_pid, now_ms, defer.Deferred())
+        self.dispatches.append(call)
+        return call.deferred
+
+    def scheduler_state(self, max_queued: int) -> "defer.Deferred[SchedulerState]":
+        """
+        Record the call; answer with a fresh pending Deferred.
+        """
+        call = StateCall(max_queued, defer.Deferred())
+        self.states.append(call)
+        return call.deferred
+
+
+class FakeLink:
+    """
+    The supervisor link: connected or not, with a pid, recording every
+    C{launch}.
+    """
+
+    def __init__(self, pid: Optional[int] = 4242, connected: bool = True) -> None:
+        self.pid = pid
+        self._connected = connected
+        self.launched: List[List[str]] = []
+
+    @property
+    def connected(self) -> bool:
+        """
+        Whether the supervisor is reachable.
+        """
+        return self._connected
+
+    def set_connected(self, value: bool) -> None:
+        """
+        Change the connection state.
+        """
+        self._connected = value
+
+    def launch(self, task_ids: Sequence[str]) -> bool:
+        """
+        Record the launch order.
+        """
+        self.launched.append(list(task_ids))
+        return self._connected
+
+
+@attrs.define
+class FakeTaskCgroup:
+    """
+    A per-task cgroup that exists only in memory: it records signals and
+    reports the verdict counters it was given.
+    """
+
+    task_id: str
+    mechanisms: dict
+    pids_max: Optional[int]
+    oom: bool = False
+    peak: Optional[int] = None
+    hits: int = 0
+    signals: List[int] = attrs.field(factory=list)
+    removed: bool = False
+
+    def populated(self) -> bool:
+        """
+        Nothing is really placed in it.
+        """
+        return False
+
+    def signal(self, signum: int) -> None:
+        """
+        Record the signal.
+        """
+        self.signals.append(signum)
+
+    def oom_killed(self) -> bool:
+        """
+        The configured OOM verdict.
+        """
+        return self.oom
+
+    def memory_peak(self) -> Optional[int]:
+        """
+        The configured peak.
+        """
+        return self.peak
+
+    def pids_limit_hits(self) -> int:
+        """
+        The configured number of refused forks.
+        """
+        return self.hits
+
+    def remove(self) -> None:
+        """
+        Record the removal.
+        """
+        self.removed = True
+
+
+class FakeCgroups:
+    """
+    The supervisor's cgroup facility, in memory: it hands out
+    L{FakeTaskCgroup}s and can be told to fail at any step.
+
+    @ivar fail: the step (C{"create"}, C{"enter"}, C{"limit"}) that raises
+        C{OSError}, if any.
+    """
+
+    def __init__(self, fail: Optional[str] = None, **verdict: Any) -> None:
+        self.fail = fail
+        self.verdict = verdict
+        self.groups: List[FakeTaskCgroup] = []
+        self.calls: List[Tuple[str, Any]] = []
+
+    def _maybe_fail(self, step: str) -> None:
+        if self.fail == step:
+            raise OSError(13, f"Permission denied ({step})")
+
+    def create(self, task_id: str, mechanisms: Any, pids_max: Optional[int]) -> FakeTaskCgroup:
+        """
+        Record and hand out a group.
+        """
+        self.calls.append(("create", task_id))
+        self._maybe_fail("create")
+        group = FakeTaskCgroup(task_id, dict(mechanisms), pids_max, **self.verdict)
+        self.groups.append(group)
+        return group
+
+    def enter(self, group: FakeTaskCgroup) -> None:
+        """
+        Record the supervisor stepping in.
+        """
+        self.calls.append(("enter", group.task_id))
+        self._maybe_fail("enter")
+
+    def leave(self, group: FakeTaskCgroup) -> None:
+        """
+        Record the supervisor stepping out.
+        """
+        self.calls.append(("leave", group.task_id))
+
+    def limit(self, group: FakeTaskCgroup, memory_bytes: Optional[int], pids_max: Optional[int]) -> None:
+        """
+        Record the limits.
+        """
+        self.calls.append(("limit", (memory_bytes, pids_max)))
+        self._maybe_fail("limit")

@@ -1,0 +1,456 @@
+"""
+Tests for L{execgo.api}: the real Klein resource over the real runtime and
+store, in memory through StubTreq (the supervisor link is a fake that is
+never connected, so submitted tasks stay queued).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+import attrs
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+from twisted.trial.util import suppress as SUPPRESS
+
+from execgo.config import RuntimeConfig
+from tests.apifixture import InProcessRuntime, tmp_data_dir
+
+COMMAND = {"execution": {"kind": "command", "program": "/bin/true"}}
+
+
+def body(value: Any) -> bytes:
+    return json.dumps(value).encode("utf-8")
+
+
+class APITestsBase(TestCase):
+    """
+    One in-process runtime per test.
+    """
+
+    timeout = 30
+    # treq names some headers with str and Twisted with bytes; under -b
+    # Twisted's shared header-name cache then compares the two.
+    suppress = [SUPPRESS(category=BytesWarning, module="twisted.web.http_headers")]
+    config_overrides: Dict[str, Any] = {}
+    caps: Dict[str, Any] = {}
+
+    def setUp(self) -> "defer.Deferred[None]":
+        self.data_dir = tmp_data_dir(self)
+        config = RuntimeConfig(data_dir=self.data_dir, **self.config_overrides)
+        self.rt = InProcessRuntime(self.data_dir, config, **self.caps)
+        self.addCleanup(lambda: defer.ensureDeferred(self.rt.stop()))
+        return defer.ensureDeferred(self.rt.start())
+
+    async def call(
+        self, method: str, path: str, data: Optional[bytes] = None, headers: Optional[Dict[bytes, List[bytes]]] = None
+    ) -> "tuple[int, Any, Dict[bytes, List[bytes]]]":
+        code, response_headers, content = await self.rt.request(method, path, data, headers)
+        try:
+            decoded = json.loads(content) if content else None
+        except ValueError:
+            decoded = content
+        return code, decoded, response_headers
+
+    async def submit(self, request: Dict[str, Any]) -> "tuple[int, Any]":
+        code, decoded, _ = await self.call("POST", "/api/v1/tasks", body(request))
+        return code, decoded
+
+    def assertEnvelope(self, code: int, decoded: Any, status: int, error_code: str) -> None:
+        self.assertEqual((code, decoded["error"]["code"]), (status, error_code), decoded)
+        self.assertEqual(sorted(decoded), ["error"])
+        self.assertIsInstance(decoded["error"]["message"], str)
+
+
+class SubmitTests(APITestsBase):
+    """
+    C{POST /api/v1/tasks}.
+    """
+
+    @defer.inlineCallbacks
+    def test_submit_persists_and_queues(self) -> Any:
+        """
+        A valid submission answers 200 with the id and C{accepted}, stores
+        the normalised request and the first events, and the task shows as
+        queued (the fake supervisor never takes it).
+        """
+        code, decoded = yield defer.ensureDeferred(
+            self.submit({"task_id": "a1", **COMMAND, "metadata": {"b": "2", "a": "1"}, "unknown": 1})
+        )
+        self.assertEqual(code, 200)
+        self.assertEqual(decoded, {"task_id": "a1", "handle_id": "a1", "status": "accepted"})
+        with open(os.path.join(self.data_dir, "tasks", "a1", "request.json")) as f:
+            text = f.read()
+        self.assertFalse(text.endswith("\n"))
+        self.assertEqual(
+            json.loads(text),
+            {
+                "task_id": "a1",
+                "execution": {"kind": "command", "program": "/bin/true", "args": [], "env": {}},
+                "limits": {"wall_time_ms": 300000, "stdout_max_bytes": 4194304, "stderr_max_bytes": 4194304},
+                "sandbox": {"profile": "process", "chroot": False},
+                "metadata": {"a": "1", "b": "2"},
+            },
+        )
+        code, status, headers = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/a1"))
+        self.assertEqual(code, 200)
+        self.assertEqual(headers[b"Content-Type"], [b"application/json"])
+        self.assertEqual(status["status"], "accepted")
+        self.assertEqual(status["metadata"], {"a": "1", "b": "2"})
+        self.assertEqual(status["stdout"], "")
+        self.assertNotIn("duration_ms", status)
+        self.assertTrue(os.path.isabs(status["artifacts"]["task_dir"]))
+        code, events, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/a1/events"))
+        self.assertEqual([e["event_type"] for e in events], ["submitted", "accepted", "planned"])
+        self.assertEqual(events[2]["data"]["resource_enforcement"]["wall_time_ms"], 300000)
+        self.assertEqual(
+            json.dumps(events[2]["data"], sort_keys=True), json.dumps(status["execution_plan"], sort_keys=True)
+        )
+
+    @defer.inlineCallbacks
+    def test_generated_id(self) -> Any:
+        """
+        Without a task_id the runtime generates a lowercase UUIDv4.
+        """
+        code, decoded = yield defer.ensureDeferred(self.submit(COMMAND))
+        self.assertEqual(code, 200)
+        task_id = decoded["task_id"]
+        self.assertEqual(len(task_id), 36)
+        self.assertEqual(task_id[14], "4")
+        self.assertEqual(task_id, task_id.lower())
+
+    @defer.inlineCallbacks
+    def test_decoding_errors_are_400(self) -> Any:
+        """
+        Every decoding rejection is 400 C{invalid_input} with the envelope,
+        whatever the content type (C{decisions.md} item 1).
+        """
+        bad = [
+            b"not json",
+            b"[]",
+            b"{}",
+            b'{"execution": null}',
+            b'{"execution": {"kind": "shell"}}',
+            b'{"execution": {"kind": "command", "program": 3}}',
+            b'{"execution": {"kind": "command", "program": "x"}, "limits": {"wall_time_ms": -1}}',
+            b'{"execution": {"kind": "command", "program": "x"}, "limits": {"wall_time_ms": 1.5}}',
+            b'{"execution": {"kind": "command", "program": "x"}, "limits": null}',
+            b'{"execution": {"kind": "command", "program": "x"}, "limits": {"memory_bytes": 18446744073709551616}}',
+        ]
+        for data in bad:
+            code, decoded, _ = yield defer.ensureDeferred(
+                self.call("POST", "/api/v1/tasks", data, {b"content-type": [b"text/plain"]})
+            )
+            self.assertEnvelope(code, decoded, 400, "invalid_input")
+        self.assertEqual(os.listdir(os.path.join(self.data_dir, "tasks")), [])
+
+    @defer.inlineCallbacks
+    def test_validation_errors(self) -> Any:
+        """
+        Semantic rules and the task_id hazards are 400 C{invalid_input}.
+        """
+        requests = [
+            {"execution": {"kind": "command", "program": "  "}},
+            {**COMMAND, "limits": {"wall_time_ms": 0}},
+            {**COMMAND, "limits": {"memory_bytes": 0}},
+            {**COMMAND, "limits": {"cpu_time_sec": 0}},
+            {**COMMAND, "limits": {"pids_max": 0}},
+            {**COMMAND, "sandbox": {"workspace_subdir": "../x"}},
+            {**COMMAND, "sandbox": {"chroot": True, "rootfs": "/r"}},
+            {**COMMAND, "task_id": "."},
+            {**COMMAND, "task_id": ".."},
+            {**COMMAND, "task_id": " a"},
+            {**COMMAND, "task_id": "a/b"},
+            {**COMMAND, "task_id": "x" * 129},
+            {**COMMAND, "control_context": {"owner": " "}},
+        ]
+        for request in requests:
+            code, decoded = yield defer.ensureDeferred(self.submit(request))
+            self.assertEnvelope(code, decoded, 400, "invalid_input")
+        self.assertEqual(os.listdir(os.path.join(self.data_dir, "tasks")), [])
+
+    @defer.inlineCallbacks
+    def test_body_too_large(self) -> Any:
+        """
+        A body over 2 MiB gets 413 with code C{invalid_input}.
+        """
+        data = b'{"pad": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+        code, decoded, _ = yield defer.ensureDeferred(self.call("POST", "/api/v1/tasks", data))
+        self.assertEnvelope(code, decoded, 413, "invalid_input")
+
+    @defer.inlineCallbacks
+    def test_duplicate_id(self) -> Any:
+        """
+        A second submission with the same id is 409 and does not touch the
+        first task's request.json.
+        """
+        yield defer.ensureDeferred(self.submit({"task_id": "dup", **COMMAND}))
+        path = os.path.join(self.data_dir, "tasks", "dup", "request.json")
+        with open(path) as f:
+            before = f.read()
+        code, decoded = yield defer.ensureDeferred(
+            self.submit({"task_id": "dup", "execution": {"kind": "command", "program": "/bin/false"}})
+        )
+        self.assertEnvelope(code, decoded, 409, "conflict")
+        with open(path) as f:
+            self.assertEqual(f.read(), before)
+
+    @defer.inlineCallbacks
+    def test_output_limit_too_large(self) -> Any:
+        """
+        An output limit above 2^63-1 is 400 C{invalid_input}, and nothing
+        is stored.
+        """
+        code, decoded = yield defer.ensureDeferred(
+            self.submit({"task_id": "big", **COMMAND, "limits": {"stdout_max_bytes": 2**63}})
+        )
+        self.assertEnvelope(code, decoded, 400, "invalid_input")
+        code, decoded, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/big"))
+        self.assertEqual(code, 404)
+
+    @defer.inlineCallbacks
+    def test_capacity_and_strict(self) -> Any:
+        """
+        A task larger than the capacity is 400 C{insufficient_resources};
+        a linux_sandbox task under strict policy on a host without the
+        sandbox is 400 C{unsupported_capability}, and degrades in adaptive
+        mode with the contract's reason and a C{degraded} event.
+        """
+        code, decoded = yield defer.ensureDeferred(
+            self.submit({**COMMAND, "limits": {"memory_bytes": 2 << 30}})
+        )
+        self.assertEnvelope(code, decoded, 400, "insufficient_resources")
+        sandboxed = {**COMMAND, "sandbox": {"profile": "linux_sandbox"}}
+        code, decoded = yield defer.ensureDeferred(
+            self.submit({**sandboxed, "policy": {"capability_mode": "strict"}})
+        )
+        self.assertEnvelope(code, decoded, 400, "unsupported_capability")
+        code, decoded = yield defer.ensureDeferred(self.submit({"task_id": "deg", **sandboxed}))
+        self.assertEqual(code, 200)
+        code, status, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/deg"))
+        plan = status["execution_plan"]
+        self.assertTrue(plan["degraded"])
+        self.assertEqual(
+            plan["fallback_reasons"], ["linux_sandbox is unavailable; falling back to process sandbox"]
+        )
+        self.assertEqual(plan["effective_sandbox"], {"profile": "process", "chroot": False})
+        code, events, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/deg/events"))
+        self.assertEqual(
+            [e["event_type"] for e in events], ["submitted", "accepted", "planned", "degraded"]
+        )
+
+
+class QueueAndQuotaTests(APITestsBase):
+    """
+    The queue bound and tenant quotas.
+    """
+
+    config_overrides = {"max_queued_tasks": 1, "tenant_quotas": ("alice=slots:0",)}
+
+    @defer.inlineCallbacks
+    def test_quota_and_queue(self) -> Any:
+        """
+        A tenant with C{slots:0} is refused with 400; a full queue is 429
+        C{resource_limit_exceeded} with the bare message C{queue is full}.
+        """
+        code, decoded = yield defer.ensureDeferred(
+            self.submit({**COMMAND, "control_context": {"tenant": "alice"}})
+        )
+        self.assertEnvelope(code, decoded, 400, "insufficient_resources")
+        code, decoded = yield defer.ensureDeferred(self.submit(COMMAND))
+        self.assertEqual(code, 200)
+        code, decoded = yield defer.ensureDeferred(self.submit(COMMAND))
+        self.assertEnvelope(code, decoded, 429, "resource_limit_exceeded")
+        self.assertEqual(decoded["error"]["message"], "queue is full")
+        code, resources, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/runtime/resources"))
+        self.assertEqual(resources["accepted_waiting_tasks"], 1)
+        self.assertEqual(
+            resources["tenants"],
+            [
+                {
+                    "tenant": "alice",
+                    "quota": {"task_slots": 0},
+                    "reserved": {"task_slots": 0},
+                    "available": {"task_slots": 0},
+                }
+            ],
+        )
+
+
+class KillTests(APITestsBase):
+    """
+    C{POST /api/v1/tasks/{id}/kill}.
+    """
+
+    @defer.inlineCallbacks
+    def test_kill_queued(self) -> Any:
+        """
+        Killing a queued task cancels it at once (duration 0, the contract's
+        message, C{result.json} written); a second kill of the now terminal
+        task answers 200 and adds no event.
+        """
+        yield defer.ensureDeferred(self.submit({"task_id": "q", **COMMAND}))
+        code, status, _ = yield defer.ensureDeferred(self.call("POST", "/api/v1/tasks/q/kill"))
+        self.assertEqual(code, 200)
+        self.assertEqual(status["status"], "cancelled")
+        self.assertEqual(status["duration_ms"], 0)
+        self.assertEqual(
+            status["error"], {"code": "cancelled", "message": "task cancelled before execution"}
+        )
+        with open(status["artifacts"]["result_path"]) as f:
+            self.assertEqual(json.load(f)["status"], "cancelled")
+        code, events, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/q/events"))
+        kinds = [e["event_type"] for e in events]
+        self.assertEqual(kinds, ["submitted", "accepted", "planned", "kill_requested", "cancelled"])
+        code, again, _ = yield defer.ensureDeferred(self.call("POST", "/api/v1/tasks/q/kill"))
+        self.assertEqual((code, again["status"]), (200, "cancelled"))
+        code, events, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/q/events"))
+        self.assertEqual(len(events), len(kinds))
+
+    @defer.inlineCallbacks
+    def test_owner_gate(self) -> Any:
+        """
+        A task with an owner is killed only by that owner (header trimmed,
+        case-sensitive); the check applies to terminal tasks too.
+        """
+        yield defer.ensureDeferred(
+            self.submit({"task_id": "o", **COMMAND, "control_context": {"owner": "alice"}})
+        )
+        for headers in (None, {b"x-execgo-owner": [b"Alice"]}, {b"x-execgo-owner": [b"  "]}):
+            code, decoded, _ = yield defer.ensureDeferred(
+                self.call("POST", "/api/v1/tasks/o/kill", headers=headers)
+            )
+            self.assertEnvelope(code, decoded, 403, "permission_denied")
+            self.assertEqual(decoded["error"]["message"], "permission denied: kill requires owner 'alice'")
+        code, status, _ = yield defer.ensureDeferred(
+            self.call("POST", "/api/v1/tasks/o/kill", headers={b"X-Execgo-Owner": [b" alice "]})
+        )
+        self.assertEqual((code, status["status"]), (200, "cancelled"))
+        code, decoded, _ = yield defer.ensureDeferred(self.call("POST", "/api/v1/tasks/o/kill"))
+        self.assertEnvelope(code, decoded, 403, "permission_denied")
+
+
+class RoutingTests(APITestsBase):
+    """
+    Unknown paths, wrong methods, unknown tasks.
+    """
+
+    @defer.inlineCallbacks
+    def test_unknown(self) -> Any:
+        """
+        Unknown paths (a trailing slash included) and unknown task ids are
+        404 with the envelope; a wrong method is 405 C{invalid_input}.
+        """
+        for method, path in [
+            ("GET", "/nope"),
+            ("GET", "/api/v1/tasks/"),
+            ("GET", "/api/v1/tasks/missing"),
+            ("GET", "/api/v1/tasks/missing/events"),
+            ("POST", "/api/v1/tasks/missing/kill"),
+        ]:
+            code, decoded, _ = yield defer.ensureDeferred(self.call(method, path))
+            self.assertEnvelope(code, decoded, 404, "not_found")
+        for method, path in [
+            ("GET", "/api/v1/tasks"),
+            ("DELETE", "/api/v1/tasks/x"),
+            ("GET", "/api/v1/tasks/x/kill"),
+            ("POST", "/healthz"),
+        ]:
+            code, decoded, _ = yield defer.ensureDeferred(self.call(method, path))
+            self.assertEnvelope(code, decoded, 405, "invalid_input")
+
+    @defer.inlineCallbacks
+    def test_stopping(self) -> Any:
+        """
+        While the runtime stops, submissions get 503 with the envelope.
+        """
+        self.rt.runtime.accepting = False
+        code, decoded = yield defer.ensureDeferred(self.submit(COMMAND))
+        self.assertEqual(code, 503)
+        self.assertEqual(decoded["error"]["code"], "internal")
+
+
+class RuntimeViewTests(APITestsBase):
+    """
+    The runtime endpoints, health and metrics.
+    """
+
+    @defer.inlineCallbacks
+    def test_views(self) -> Any:
+        """
+        info, config, capabilities, healthz and readyz have the contract's
+        shapes.
+        """
+        code, info, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/runtime/info"))
+        self.assertEqual(list(info), ["runtime_id", "version", "started_at", "snapshot_version", "platform"])
+        self.assertEqual((info["version"], info["snapshot_version"]), ("1.1.0", "v1"))
+        code, config, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/runtime/config"))
+        self.assertEqual(config["data_dir"], self.data_dir)
+        self.assertEqual(config["max_running_tasks"], 4)
+        self.assertIs(config["cgroup_enabled"], True)
+        code, caps, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/runtime/capabilities"))
+        self.assertEqual(caps["resources"]["capacity"], {"task_slots": 4, "memory_bytes": 1 << 30, "pids": 4096})
+        code, health, _ = yield defer.ensureDeferred(self.call("GET", "/healthz"))
+        self.assertEqual((code, health), (200, {"status": "ok", "version": "1.1.0"}))
+        code, ready, _ = yield defer.ensureDeferred(self.call("GET", "/readyz"))
+        self.assertEqual((code, ready), (200, {"status": "ready", "version": "1.1.0"}))
+
+    @defer.inlineCallbacks
+    def test_metrics(self) -> Any:
+        """
+        /metrics is Prometheus text with the four families in order.
+        """
+        yield defer.ensureDeferred(self.submit({"task_id": "m", **COMMAND}))
+        yield defer.ensureDeferred(self.call("POST", "/api/v1/tasks/m/kill"))
+        code, headers, content = yield defer.ensureDeferred(self.rt.request("GET", "/metrics"))
+        self.assertEqual(code, 200)
+        self.assertEqual(headers[b"Content-Type"], [b"text/plain; version=0.0.4"])
+        text = content.decode()
+        self.assertIn('execgo_runtime_tasks_total{status="cancelled"} 1\n', text)
+        self.assertIn('execgo_runtime_task_errors_total{code="cancelled"} 1\n', text)
+        self.assertIn('execgo_runtime_task_duration_ms_bucket{le="100"} 1\n', text)
+        families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+        self.assertEqual(
+            families,
+            [
+                "execgo_runtime_tasks_total",
+                "execgo_runtime_tasks_running",
+                "execgo_runtime_task_errors_total",
+                "execgo_runtime_task_duration_ms",
+            ],
+        )
+
+
+class ClientAgainstAPITests(APITestsBase):
+    """
+    L{execgo.client.ExecgoClient} against the real resource.
+    """
+
+    @defer.inlineCallbacks
+    def test_client_round_trip(self) -> Any:
+        """
+        The treq client submits, reads, kills and sees typed errors carrying
+        the server's code.
+        """
+        from twisted.internet import reactor
+
+        from execgo.client import ExecgoClient, ServerError
+
+        client = ExecgoClient("http://runtime.test", self.rt.treq, reactor)
+        submitted = yield self.rt.settle(client.submit({"task_id": "c1", **COMMAND}))
+        self.assertEqual((submitted.task_id, submitted.status), ("c1", "accepted"))
+        status = yield self.rt.settle(client.status("c1"))
+        self.assertEqual(status.status, "accepted")
+        killed = yield self.rt.settle(client.kill("c1"))
+        self.assertEqual(killed.status, "cancelled")
+        events = yield self.rt.settle(client.events("c1"))
+        self.assertEqual(events[-1].event_type, "cancelled")
+        failure = yield self.assertFailure(
+            defer.ensureDeferred(self.rt.settle(client.status("nope"))), ServerError
+        )
+        self.assertEqual((failure.status, failure.code), (404, "not_found"))
+        final = yield self.rt.settle(client.wait("c1"))
+        self.assertTrue(final.terminal)
+        self.assertEqual(attrs.asdict(final)["error"]["code"], "cancelled")

@@ -1,0 +1,705 @@
+"""
+Tests for L{execgo.supervisor.Supervisor} against a real temporary store and
+real workload processes (the real-process tier: each test waits in short
+C{select} steps, bounded to a few seconds), and for the C{internal-shim}
+subcommand run as a real subprocess.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable, List, Optional
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from execgo import taskdb, wire
+from execgo.models import ErrorInfo, Reservation, ResourceLimits
+from execgo.supervisor import Supervisor, process_alive
+from tests.fakes import FakeCgroups, command, new_task, plan_for, shell
+
+PR_SET_CHILD_SUBREAPER = 36
+STEP_S = 0.01
+BOUND_S = 5.0
+BASE_ENV = {"PATH": "/usr/bin:/bin"}
+
+
+def set_subreaper(flag: bool) -> bool:
+    """
+    Make this process a child subreaper (or stop being one), so orphaned
+    workload descendants are reparented to it and can be reaped (this
+    host's PID 1 never reaps).
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, int(flag), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def pause(seconds: float = STEP_S) -> None:
+    """
+    Wait a short while without sleeping the whole test (C{select} on
+    nothing).
+    """
+    select.select([], [], [], seconds)
+
+
+def wait_for(condition: Callable[[], bool], bound: float = BOUND_S) -> bool:
+    """
+    Poll C{condition} in short steps for at most C{bound} seconds.
+    """
+    deadline = time.monotonic() + bound
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        pause()
+    return True
+
+
+class StoreMixin:
+    """
+    A temporary data directory with an initialised store.
+    """
+
+    def make_store(self: Any) -> None:
+        """
+        Create the data directory and open the test's own connection.
+        """
+        self.data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(self.data_dir, "tasks"))
+        self.db = os.path.join(self.data_dir, "runtime.db")
+        self.conn = taskdb.connect(self.db)
+        self.addCleanup(self.conn.close)
+        taskdb.init_schema(self.conn)
+
+    def insert(self: Any, task_id: str, execution: Any, **kwargs: Any) -> taskdb.NewTask:
+        """
+        Submit a task (files created, row and events inserted).
+        """
+        task = new_task(self.data_dir, task_id, execution, make_dirs=True, **kwargs)
+        taskdb.insert_task(self.conn, task, time.time_ns() // 1_000_000)
+        return task
+
+    def load(self: Any, task_id: str) -> taskdb.TaskRecord:
+        """
+        A task that must exist.
+        """
+        record = taskdb.load_task(self.conn, task_id)
+        assert record is not None
+        return record
+
+    def events(self: Any, task_id: str) -> List[str]:
+        """
+        The task's event types, in order.
+        """
+        return [event.event_type for event in taskdb.load_events(self.conn, task_id)]
+
+    def result_json(self: Any, task_id: str) -> Any:
+        """
+        The task's C{result.json}, parsed.
+        """
+        with open(self.load(task_id).paths.result_path, encoding="utf-8") as f:
+            return json.load(f)
+
+    def read_file(self: Any, path: str) -> str:
+        """
+        A text file's content.
+        """
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+
+
+class EngineTestCase(StoreMixin, SynchronousTestCase):
+    """
+    A supervisor engine in this process (made a child subreaper for the
+    test) over a temporary store, with helpers to drive it.
+    """
+
+    cgroups: Any = None
+
+    def setUp(self) -> None:
+        self.make_store()
+        if not set_subreaper(True):
+            raise self.skipTest("cannot become a child subreaper")
+        self.addCleanup(set_subreaper, False)
+        self.logged: List[str] = []
+        self.supervisor = Supervisor(
+            self.db, 0.2, base_env=BASE_ENV, log=self.logged.append, cgroups=self.cgroups
+        )
+        self.addCleanup(self.supervisor.close)
+        self.messages: List[dict] = []
+        self.supervisor.listeners.append(self.messages.append)
+        self.addCleanup(self.kill_leftovers)
+
+    def kill_leftovers(self) -> None:
+        """
+        Kill and reap whatever a failed test left running.
+        """
+        for pid in list(self.supervisor.by_pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if self.supervisor.busy:
+            self.drive(bound=3.0)
+
+    def drive(self, until: Optional[Callable[[], bool]] = None, bound: float = BOUND_S) -> float:
+        """
+        Run the supervisor's loop (reap, due timers, short waits) until
+        C{until} holds (default: nothing supervised); return the time taken.
+        """
+        if until is None:
+            until = lambda: not self.supervisor.busy  # noqa: E731
+        start = time.monotonic()
+        while True:
+            self.supervisor.reap()
+            self.supervisor.run_due_timers()
+            if until():
+                return time.monotonic() - start
+            if time.monotonic() - start > bound:
+                self.fail(f"supervisor did not get there within {bound} s")
+            delay = self.supervisor.next_delay()
+            pause(STEP_S if delay is None else min(delay, STEP_S))
+
+    def run_task(self, task_id: str, execution: Any, **kwargs: Any) -> taskdb.TaskRecord:
+        """
+        Insert, launch (taking the queued task over) and drive to the end.
+        """
+        self.insert(task_id, execution, **kwargs)
+        self.supervisor.launch(task_id, take_accepted=True)
+        self.drive()
+        return self.load(task_id)
+
+    def assert_result_matches(self, task_id: str) -> None:
+        """
+        C{result.json} exists and says what the store says.
+        """
+        record = self.load(task_id)
+        written = self.result_json(task_id)
+        self.assertEqual(written["status"], record.status)
+        expected = wire.render_status(
+            record,
+            wire.read_preview(record.paths.stdout_path, record.limits.stdout_max_bytes),
+            wire.read_preview(record.paths.stderr_path, record.limits.stderr_max_bytes),
+            record.finished_at_ms or 0,
+        )
+        self.assertEqual(written, json.loads(json.dumps(expected)))
+
+
+class SupervisorTests(EngineTestCase):
+    """
+    The engine in this process: launch, supervise, reap, classify, record.
+    """
+
+    def test_success(self) -> None:
+        """
+        A workload exiting 0 ends C{success} with its output, exit code,
+        usage and the full event sequence; C{result.json} is written and the
+        listeners told.
+        """
+        record = self.run_task("ok", shell("echo hello; echo oops >&2"))
+        self.assertEqual(record.status, "success")
+        self.assertIsNone(record.error)
+        self.assertEqual((record.exit_code, record.exit_signal), (0, None))
+        self.assertEqual(record.shim_pid, os.getpid())
+        self.assertIsNotNone(record.pid)
+        self.assertEqual(record.pgid, record.pid)
+        self.assertIsNotNone(record.started_at_ms)
+        self.assertGreaterEqual(record.finished_at_ms or 0, record.started_at_ms or 0)
+        assert record.usage is not None
+        self.assertEqual(record.usage.duration_ms, record.duration_ms)
+        self.assertIsNotNone(record.usage.user_cpu_ms)
+        self.assertGreater(record.usage.max_rss_bytes or 0, 0)
+        self.assertFalse(record.reservation_active)
+        self.assertEqual(record.reservation, Reservation())
+        self.assertEqual(
+            self.events("ok"),
+            ["submitted", "accepted", "planned", "resource_reserved", "started",
+             "resource_released", "finished"],
+        )
+        self.assertEqual(self.read_file(record.paths.stdout_path), "hello\n")
+        self.assertEqual(self.read_file(record.paths.stderr_path), "oops\n")
+        self.assert_result_matches("ok")
+        self.assertEqual(self.result_json("ok")["stdout"], "hello\n")
+        self.assertEqual(
+            [m["ev"] for m in self.messages if m["task_id"] == "ok"], ["started", "finished"]
+        )
+        self.assertIsNone(self.supervisor.next_delay())
+        self.assertEqual(self.logged, [])
+
+    def test_exit_nonzero(self) -> None:
+        """
+        A non-zero exit is C{failed}/C{exit_nonzero}.
+        """
+        record = self.run_task("bad", command("/bin/sh", "-c", "exit 3"))
+        self.assertEqual(record.status, "failed")
+        self.assertEqual(record.error, ErrorInfo("exit_nonzero", "task exited with code 3"))
+        self.assertEqual(record.exit_code, 3)
+        self.assert_result_matches("bad")
+
+    def test_script_with_interpreter(self) -> None:
+        """
+        A script task runs its file (absolute path) with the interpreter, in
+        the workspace.
+        """
+        record = self.run_task("py", shell("import os; print(os.getcwd())", [sys.executable]))
+        self.assertEqual(record.status, "success")
+        self.assertEqual(self.read_file(record.paths.stdout_path), record.paths.workspace_dir + "\n")
+        self.assertTrue((record.paths.script_path or "").endswith("/script.py"))
+        self.assertTrue(os.path.isabs(record.paths.script_path or ""))
+
+    def test_kill(self) -> None:
+        """
+        A kill of a running workload (store flag and order) ends it
+        C{cancelled} by SIGTERM, with C{kill_requested} before the
+        terminal events.
+        """
+        self.insert("k", command("/bin/sh", "-c", "exec sleep 30"))
+        self.supervisor.launch("k", take_accepted=True)
+        self.assertTrue(self.supervisor.busy)
+        self.drive(until=lambda: self.load("k").pid is not None, bound=1.0)
+        self.assertTrue(taskdb.request_kill(self.conn, "k", time.time_ns() // 1_000_000))
+        self.supervisor.kill("k")
+        took = self.drive()
+        self.assertLess(took, 1.0)
+        record = self.load("k")
+        self.assertEqual(record.status, "cancelled")
+        self.assertEqual(record.error, ErrorInfo("cancelled", "task cancelled"))
+        self.assertEqual(record.exit_signal, signal.SIGTERM)
+        self.assertEqual(
+            self.events("k")[-4:], ["started", "kill_requested", "resource_released", "cancelled"]
+        )
+        self.assert_result_matches("k")
+
+    def test_kill_flag_watch(self) -> None:
+        """
+        Without an order, the single-task watch notices the store's kill
+        flag within a few polls.
+        """
+        self.insert("w", command("/bin/sh", "-c", "exec sleep 30"))
+        self.supervisor.launch("w", take_accepted=True)
+        self.supervisor.watch_kill_flag("w")
+        taskdb.request_kill(self.conn, "w", time.time_ns() // 1_000_000)
+        took = self.drive()
+        self.assertLess(took, 1.0)
+        self.assertEqual(self.load("w").status, "cancelled")
+
+    def test_timeout_escalates(self) -> None:
+        """
+        A TERM-ignoring workload past its wall time gets SIGTERM, then
+        SIGKILL after the grace period; it ends C{failed}/C{timeout} with
+        one C{timeout_triggered} event.
+        """
+        script = "trap '' TERM; echo ready; sleep 30; echo survived"
+        record = self.run_task("slow", shell(script), limits=ResourceLimits(wall_time_ms=200))
+        self.assertEqual(record.status, "failed")
+        self.assertEqual(record.error, ErrorInfo("timeout", "task exceeded wall_time_ms"))
+        self.assertEqual(record.exit_signal, signal.SIGKILL)
+        self.assertTrue(record.timeout_triggered)
+        assert record.usage is not None
+        self.assertGreaterEqual(record.usage.duration_ms, 399)
+        self.assertLess(record.usage.duration_ms, 2000)
+        self.assertEqual(self.events("slow").count("timeout_triggered"), 1)
+        self.assertEqual(
+            self.events("slow")[-4:], ["started", "timeout_triggered", "resource_released", "failed"]
+        )
+        self.assertEqual(self.read_file(record.paths.stdout_path), "ready\n")
+        self.assertFalse(process_alive(-(record.pid or 0)))
+        self.assert_result_matches("slow")
+
+    def test_timeout_exit_zero(self) -> None:
+        """
+        A workload that exits 0 on SIGTERM after its timeout is still
+        C{failed}/C{timeout}.
+        """
+        script = "trap 'exit 0' TERM; sleep 30 & wait"
+        record = self.run_task("t0", shell(script), limits=ResourceLimits(wall_time_ms=100))
+        self.assertEqual(record.status, "failed")
+        self.assertEqual(record.error.code if record.error else None, "timeout")
+        self.assertEqual(record.exit_code, 0)
+
+    def test_background_child_killed(self) -> None:
+        """
+        A background child left by a leader that exited is killed, and the
+        task ends only once its process group is empty.
+        """
+        bg = os.path.join(self.data_dir, "bg.pid")
+        record = self.run_task("bg", shell(f"sleep 30 & echo $! > {bg}; exit 0"))
+        self.assertEqual(record.status, "success")
+        child = int(self.read_file(bg))
+        self.assertFalse(process_alive(-(record.pid or 0)))
+        self.assertFalse(process_alive(child))
+        self.assertIsNone(self.supervisor.next_delay())
+
+    def test_kill_before_launch(self) -> None:
+        """
+        A dispatched task whose kill flag is set before its workload starts
+        ends C{cancelled} before process launch, duration 0, no C{started}.
+        """
+        self.insert("pre", command("/bin/true"))
+        now = time.time_ns() // 1_000_000
+        self.assertTrue(taskdb.reserve_and_dispatch(self.conn, "pre", Reservation(), 1, now))
+        self.assertTrue(taskdb.request_kill(self.conn, "pre", now))
+        self.supervisor.launch("pre")
+        self.assertFalse(self.supervisor.busy)
+        record = self.load("pre")
+        self.assertEqual(record.status, "cancelled")
+        self.assertEqual(record.error, ErrorInfo("cancelled", "task cancelled before process launch"))
+        self.assertEqual(record.duration_ms, 0)
+        self.assertIsNone(record.pid)
+        self.assertNotIn("started", self.events("pre"))
+        self.assertEqual(self.events("pre")[-2:], ["resource_released", "cancelled"])
+        self.assert_result_matches("pre")
+
+    def test_kill_queued_take_over(self) -> None:
+        """
+        Taking over a queued task already flagged for kill cancels it before
+        execution.
+        """
+        self.insert("q", command("/bin/true"))
+        taskdb.request_kill(self.conn, "q", time.time_ns() // 1_000_000)
+        self.supervisor.launch("q", take_accepted=True)
+        record = self.load("q")
+        self.assertEqual(record.status, "cancelled")
+        self.assertEqual(record.error, ErrorInfo("cancelled", "task cancelled before execution"))
+        self.assertTrue(os.path.exists(record.paths.result_path))
+
+    def test_launch_failure(self) -> None:
+        """
+        A program that cannot be started ends C{failed}/C{launch_failed}
+        with the OS error, duration 0, its reservation released and no
+        C{started} event.
+        """
+        self.insert("nf", command("/nonexistent/program"))
+        self.supervisor.launch("nf", take_accepted=True)
+        self.assertFalse(self.supervisor.busy)
+        record = self.load("nf")
+        self.assertEqual(record.status, "failed")
+        assert record.error is not None
+        self.assertEqual(record.error.code, "launch_failed")
+        self.assertTrue(record.error.message.startswith("spawn process: "), record.error.message)
+        self.assertIn("No such file", record.error.message)
+        self.assertEqual(record.duration_ms, 0)
+        self.assertEqual(
+            self.events("nf")[-3:], ["resource_reserved", "resource_released", "failed"]
+        )
+        self.assert_result_matches("nf")
+
+    def test_launch_ignores(self) -> None:
+        """
+        Unknown and terminal tasks are not launched, nor queued ones unless
+        taken over.
+        """
+        self.supervisor.launch("ghost")
+        self.insert("queued", command("/bin/true"))
+        self.supervisor.launch("queued")
+        self.assertEqual(self.load("queued").status, "accepted")
+        self.insert("done", command("/bin/true"))
+        taskdb.finish(self.conn, "done", taskdb.Outcome(status="success"), 1)
+        before = self.load("done")
+        self.supervisor.launch("done", take_accepted=True)
+        self.assertEqual(self.load("done"), before)
+        self.assertFalse(self.supervisor.busy)
+        self.assertEqual(self.messages, [])
+
+    def test_outcome_written_once(self) -> None:
+        """
+        A task made terminal by someone else meanwhile keeps that record:
+        the supervisor's late write changes nothing.
+        """
+        self.insert("race", command("/bin/sh", "-c", "exec sleep 30"))
+        self.supervisor.launch("race", take_accepted=True)
+        cancelled = taskdb.Outcome(status="cancelled", error=ErrorInfo("cancelled", "other writer"))
+        self.assertTrue(taskdb.finish(self.conn, "race", cancelled, 5))
+        before = self.load("race")
+        self.supervisor.kill("race")
+        self.drive()
+        self.assertEqual(self.load("race"), before)
+        self.assertEqual(self.events("race").count("cancelled"), 1)
+
+
+    def test_no_second_workload(self) -> None:
+        """
+        A running task whose workload was already started (by another
+        supervisor) is not started a second time.
+        """
+        marker = os.path.join(self.data_dir, "runs")
+        self.insert("dup", shell(f"echo ran >> {marker}"))
+        now = time.time_ns() // 1_000_000
+        taskdb.reserve_and_dispatch(self.conn, "dup", Reservation(), 1, now)
+        taskdb.record_start(self.conn, "dup", 2**22 + 1, now, None)
+        self.supervisor.launch("dup")
+        if self.supervisor.busy:
+            self.drive()
+        self.assertFalse(os.path.exists(marker))
+
+
+    def test_kill_unknown(self) -> None:
+        """
+        A kill order for a task not supervised here is ignored.
+        """
+        self.supervisor.kill("ghost")
+        self.assertFalse(self.supervisor.busy)
+
+
+MEMORY_PLAN = dict(
+    limits=ResourceLimits(memory_bytes=1 << 30, pids_max=64),
+    plan=plan_for(
+        ResourceLimits(memory_bytes=1 << 30, pids_max=64),
+        memory_enforced=True,
+        pids_enforced=True,
+        cgroup_enforced=True,
+        oom_detection=True,
+        mechanisms={"memory_bytes": "cgroup_v1", "pids_max": "cgroup_v1"},
+    ),
+)
+
+
+class CgroupEngineTests(EngineTestCase):
+    """
+    How the engine uses its cgroup facility (an in-memory fake here): set-up
+    failures, placement, signals, verdicts and removal.
+    """
+
+    def use(self, **kwargs: Any) -> FakeCgroups:
+        """
+        Rebuild the supervisor with a fake cgroup facility.
+        """
+        self.supervisor.close()
+        self.cgroups = FakeCgroups(**kwargs)
+        self.supervisor = Supervisor(
+            self.db, 0.2, base_env=BASE_ENV, log=self.logged.append, cgroups=self.cgroups
+        )
+        self.addCleanup(self.supervisor.close)
+        return self.cgroups
+
+    def test_placement(self) -> None:
+        """
+        The group is created with the plan's mechanisms, the supervisor
+        steps in for the spawn and out again, then the limits are written;
+        the group is removed at the end.
+        """
+        cgroups = self.use(peak=12345)
+        record = self.run_task("m", command("/bin/true"), **MEMORY_PLAN)
+        self.assertEqual(record.status, "success")
+        self.assertEqual(
+            cgroups.calls,
+            [("create", "m"), ("enter", "m"), ("leave", "m"), ("limit", (1 << 30, 64))],
+        )
+        [group] = cgroups.groups
+        self.assertEqual(group.mechanisms, {"memory_bytes": "cgroup_v1", "pids_max": "cgroup_v1"})
+        self.assertEqual(group.pids_max, 64)
+        self.assertTrue(group.removed)
+        assert record.usage is not None
+        self.assertEqual(record.usage.memory_peak_bytes, 12345)
+
+    def test_no_cgroup_without_enforcement(self) -> None:
+        """
+        A plan without C{cgroup_enforced} uses no group.
+        """
+        cgroups = self.use()
+        self.assertEqual(self.run_task("p", command("/bin/true")).status, "success")
+        self.assertEqual(cgroups.calls, [])
+
+    def test_create_fails(self) -> None:
+        """
+        A group that cannot be created fails the task with
+        C{sandbox_setup_failed} before anything is spawned.
+        """
+        self.use(fail="create")
+        record = self.run_task("c", command("/bin/true"), **MEMORY_PLAN)
+        self.assertEqual(record.status, "failed")
+        assert record.error is not None
+        self.assertEqual(record.error.code, "sandbox_setup_failed")
+        self.assertTrue(record.error.message.startswith("configure cgroup: "), record.error.message)
+        self.assertEqual(record.duration_ms, 0)
+        self.assertNotIn("started", self.events("c"))
+        self.assert_result_matches("c")
+
+    def test_enter_fails(self) -> None:
+        """
+        Failing to step into the group is a launch failure; the group is
+        removed and the supervisor steps back out.
+        """
+        cgroups = self.use(fail="enter")
+        record = self.run_task("e", command("/bin/true"), **MEMORY_PLAN)
+        assert record.error is not None
+        self.assertEqual(record.error.code, "launch_failed")
+        self.assertIn("cannot enter cgroup", record.error.message)
+        self.assertIn(("leave", "e"), cgroups.calls)
+        self.assertTrue(cgroups.groups[0].removed)
+
+    def test_limit_fails(self) -> None:
+        """
+        Limits that cannot be written kill the already running workload and
+        fail the task with C{sandbox_setup_failed}.
+        """
+        cgroups = self.use(fail="limit")
+        record = self.run_task("l", command("/bin/sh", "-c", "exec sleep 30"), **MEMORY_PLAN)
+        self.assertEqual(record.status, "failed")
+        assert record.error is not None
+        self.assertEqual(record.error.code, "sandbox_setup_failed")
+        self.assertTrue(record.error.message.startswith("configure cgroup: "), record.error.message)
+        self.assertIsNotNone(record.pid)
+        self.assertFalse(process_alive(-(record.pid or 0)))
+        self.assertIn(signal.SIGKILL, cgroups.groups[0].signals)
+        self.assertTrue(cgroups.groups[0].removed)
+
+    def test_oom_verdict(self) -> None:
+        """
+        An OOM kill recorded by the group is C{memory_limit_exceeded}.
+        """
+        self.use(oom=True)
+        record = self.run_task("o", command("/bin/sh", "-c", "kill -9 $$"), **MEMORY_PLAN)
+        self.assertEqual(record.status, "failed")
+        self.assertEqual(record.error, ErrorInfo("memory_limit_exceeded", "task exceeded memory limit"))
+        self.assertEqual(record.exit_signal, signal.SIGKILL)
+
+    def test_kill_signals_group(self) -> None:
+        """
+        A kill signals the whole group as well as the process group.
+        """
+        cgroups = self.use()
+        self.insert("k", command("/bin/sh", "-c", "exec sleep 30"), **MEMORY_PLAN)
+        self.supervisor.launch("k", take_accepted=True)
+        self.supervisor.kill("k")
+        self.drive()
+        self.assertEqual(cgroups.groups[0].signals[0], signal.SIGTERM)
+        self.assertEqual(self.load("k").status, "cancelled")
+
+    def test_pids_limit_event(self) -> None:
+        """
+        Forks refused by the pids limit are reported in one event.
+        """
+        self.use(hits=3)
+        self.run_task("f", command("/bin/true"), **MEMORY_PLAN)
+        [event] = [e for e in taskdb.load_events(self.conn, "f") if e.event_type == "pids_limit_reached"]
+        self.assertEqual(event.data, {"pids_max": 64, "refused_forks": 3})
+
+
+class TimerTests(StoreMixin, SynchronousTestCase):
+    """
+    The supervisor's timer heap, with an injected monotonic clock.
+    """
+
+    def setUp(self) -> None:
+        self.make_store()
+        self.now = 100.0
+        self.logged: List[str] = []
+        self.supervisor = Supervisor(
+            self.db, 0.2, monotonic=lambda: self.now, base_env=BASE_ENV, log=self.logged.append
+        )
+        self.addCleanup(self.supervisor.close)
+
+    def test_order_and_cancel(self) -> None:
+        """
+        Due timers run in deadline order, cancelled ones never; later ones
+        wait; C{next_delay} skips cancelled timers.
+        """
+        ran: List[str] = []
+        self.supervisor.call_later(2.0, lambda: ran.append("b"))
+        self.supervisor.call_later(1.0, lambda: ran.append("a"))
+        cancelled = self.supervisor.call_later(0.5, lambda: ran.append("x"))
+        self.supervisor.call_later(5.0, lambda: ran.append("late"))
+        cancelled.cancel()
+        self.assertEqual(self.supervisor.next_delay(), 1.0)
+        self.now += 2.0
+        self.supervisor.run_due_timers()
+        self.assertEqual(ran, ["a", "b"])
+        self.assertEqual(self.supervisor.next_delay(), 3.0)
+        self.now += 10.0
+        self.assertEqual(self.supervisor.next_delay(), 0.0)
+        self.supervisor.run_due_timers()
+        self.assertEqual(ran, ["a", "b", "late"])
+        self.assertIsNone(self.supervisor.next_delay())
+
+    def test_error_guarded(self) -> None:
+        """
+        A failing timer call is logged and does not stop the others.
+        """
+        ran: List[str] = []
+
+        def boom() -> None:
+            raise RuntimeError("boom")
+
+        self.supervisor.call_later(0, boom)
+        self.supervisor.call_later(0, lambda: ran.append("after"))
+        self.supervisor.run_due_timers()
+        self.assertEqual(ran, ["after"])
+        [line] = self.logged
+        self.assertTrue(line.startswith("supervisor error: "))
+        self.assertIn("RuntimeError: boom", line)
+
+
+class ShimProcessTests(StoreMixin, SynchronousTestCase):
+    """
+    The C{internal-shim} subcommand as a real subprocess.
+    """
+
+    def setUp(self) -> None:
+        self.make_store()
+
+    def argv(self, task_id: str) -> List[str]:
+        """
+        The shim command line for a task.
+        """
+        return [
+            sys.executable, "-m", "execgo", "internal-shim",
+            "--database", self.db, "--data-dir", self.data_dir, "--task-id", task_id,
+            "--termination-grace-ms", "200", "--cgroup-root", "/nonexistent",
+        ]
+
+    def test_runs_task(self) -> None:
+        """
+        The shim takes a queued task over, runs it to completion, writes
+        C{result.json} and exits 0.
+        """
+        self.insert("s", shell("echo from-shim"))
+        done = subprocess.run(self.argv("s"), timeout=10, capture_output=True)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        record = self.load("s")
+        self.assertEqual(record.status, "success")
+        self.assertNotEqual(record.shim_pid, os.getpid())
+        self.assertEqual(self.result_json("s")["stdout"], "from-shim\n")
+
+    def test_unknown_task(self) -> None:
+        """
+        An unknown task id makes the shim exit 1.
+        """
+        done = subprocess.run(self.argv("ghost"), timeout=10, capture_output=True)
+        self.assertEqual(done.returncode, 1)
+
+    def test_terminal_task(self) -> None:
+        """
+        An already terminal task is left alone (exit 0).
+        """
+        self.insert("t", command("/bin/true"))
+        taskdb.finish(self.conn, "t", taskdb.Outcome(status="success"), 1)
+        before = self.load("t")
+        done = subprocess.run(self.argv("t"), timeout=10, capture_output=True)
+        self.assertEqual(done.returncode, 0)
+        self.assertEqual(self.load("t"), before)
+
+    def test_kill_flag(self) -> None:
+        """
+        The shim notices the store's kill flag and ends the task
+        C{cancelled}.
+        """
+        self.insert("k", command("/bin/sh", "-c", "exec sleep 30"))
+        shim = subprocess.Popen(self.argv("k"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: shim.poll() is None and shim.kill())
+        self.addCleanup(shim.wait)
+        self.assertTrue(wait_for(lambda: self.load("k").pid is not None))
+        taskdb.request_kill(self.conn, "k", time.time_ns() // 1_000_000)
+        self.assertEqual(shim.wait(timeout=5), 0)
+        record = self.load("k")
+        self.assertEqual(record.status, "cancelled")
+        self.assertEqual(record.exit_signal, signal.SIGTERM)
+        self.assertFalse(process_alive(-(record.pid or 0)))
