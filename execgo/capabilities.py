@@ -789,7 +789,7 @@ def build_capabilities(
             if linux
             else "linux_sandbox is unavailable on this host"
         )
-    if linux and layout.present and not writable:
+    if linux and cgroup_v2 and not writable:
         warnings.append(
             f"cgroup v2 detected but cgroup root is not writable: {cgroup_root}"
         )

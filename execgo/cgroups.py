@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Dict, List, Mapping, Optional
 
 import attrs
@@ -204,6 +205,16 @@ class Cgroups:
         v2_limits = "memory" in layout.v2_controllers and "pids" in layout.v2_controllers
         return cls(bases, home, v2_limits)
 
+    @classmethod
+    def try_detect(cls, cgroup_root: str) -> Optional["Cgroups"]:
+        """
+        L{detect}, or C{None} where the host's cgroups cannot be read.
+        """
+        try:
+            return cls.detect(cgroup_root)
+        except OSError:
+            return None
+
     def _base(self, key: str) -> str:
         base = self.bases[key]
         if key not in self._ready:
@@ -260,6 +271,32 @@ class Cgroups:
                     _write(os.path.join(home, "cgroup.procs"), str(os.getpid()))
                 except OSError:
                     pass
+
+    def existing(self, task_id: str) -> TaskCgroup:
+        """
+        The groups a task still has on disk (none when it has none).
+        """
+        dirs = {}
+        for key, base in self.bases.items():
+            directory = os.path.join(base, task_id)
+            if os.path.isdir(directory):
+                dirs[key] = directory
+        return TaskCgroup(dirs)
+
+    def discard(self, task_id: str, timeout_s: float = 2.0) -> None:
+        """
+        Kill everything left in a task's groups and remove them (for tasks
+        whose supervisor is gone).  Blocking: run it off the reactor.
+        """
+        group = self.existing(task_id)
+        if not group.dirs:
+            return
+        deadline = time.monotonic() + timeout_s
+        group.signal(signal.SIGKILL)
+        while group.populated() and time.monotonic() < deadline:
+            time.sleep(0.005)
+            group.signal(signal.SIGKILL)
+        group.remove()
 
     def limit(self, group: TaskCgroup, memory_bytes: Optional[int], pids_max: Optional[int]) -> None:
         """

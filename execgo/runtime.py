@@ -16,10 +16,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from execgo import errors, metrics, outcome, recovery, taskdb, validation, wire
 from execgo.capabilities import Capabilities
+from execgo.cgroups import Cgroups
 from execgo.config import RuntimeConfig
 from execgo.ledger import ActiveReservation, Capacity, check_admission, render_resources
 from execgo.models import STATUS_RUNNING, Reservation
@@ -41,6 +43,8 @@ class Runtime:
 
     @param now_ms: wall clock, epoch milliseconds.
     @param started_at: the C{/runtime/info} start timestamp.
+    @param cgroups: the per-task cgroup facility, to clean up after tasks
+        whose supervisor is gone (C{None} when cgroups are off).
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class Runtime:
         now_ms: Callable[[], int],
         started_at: str,
         version: str,
+        cgroups: Optional[Cgroups] = None,
     ) -> None:
         self.reactor = reactor
         self.config = config
@@ -69,6 +74,7 @@ class Runtime:
         self.now_ms = now_ms
         self.started_at = started_at
         self.version = version
+        self.cgroups = cgroups
         self.accepting = False
         self._gc_call: Any = None
         self._kill_timers: Dict[str, Any] = {}
@@ -287,6 +293,8 @@ class Runtime:
     async def _fail_lost(self, action: recovery.RecoveryAction, message: str) -> None:
         if action.kill_pgid is not None:
             kill_group(action.kill_pgid, signal.SIGKILL)
+        if self.cgroups is not None:
+            await deferToThread(self.cgroups.discard, action.task_id)
         await self.store.finish(
             action.task_id, outcome.failed("internal", message), self.now_ms(), (STATUS_RUNNING,)
         )

@@ -20,7 +20,9 @@ from twisted.logger import Logger
 from execgo import __version__, errors
 from execgo.api import APISite, RuntimeAPI
 from execgo.capabilities import build_capabilities, probe_host
+from execgo.cgroups import Cgroups
 from execgo.config import RuntimeConfig, parse_listen_addr
+from execgo.launcher import INHERITED_ENV
 from execgo.ledger import Ledger, parse_tenant_quotas
 from execgo.runtime import Runtime
 from execgo.scheduler import Scheduler
@@ -120,16 +122,21 @@ class RuntimeService(service.Service):
             cgroup_root=config.cgroup_root,
         )
         ledger = Ledger(capabilities.capacity, self.quotas)
+        cgroups = None
+        if not config.disable_cgroup:
+            cgroups = await deferToThread(Cgroups.try_detect, config.cgroup_root)
         runtime_holder: list = []
         self._link = link = SupervisorLink(
             self.reactor,
-            data_dir,
+            config.database_path,
             supervisor_command(
                 config.database_path, data_dir, config.termination_grace_ms, config.cgroup_root
             ),
             on_message=lambda message: runtime_holder[0].on_supervisor_message(message),
             on_lost=lambda pid: runtime_holder[0].on_supervisor_lost(pid),
             grace_ms=config.termination_grace_ms,
+            env={name: self.environ[name] for name in INHERITED_ENV if name in self.environ},
+            cgroup_root=config.cgroup_root,
         )
         self._scheduler = scheduler = Scheduler(
             self.reactor,
@@ -152,6 +159,7 @@ class RuntimeService(service.Service):
             now_ms=wall_ms,
             started_at=format_ns(time.time_ns()),
             version=__version__,
+            cgroups=cgroups,
         )
         runtime_holder.append(runtime)
         await runtime.recover()

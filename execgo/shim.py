@@ -32,13 +32,19 @@ PR_SET_CHILD_SUBREAPER = 36
 MAX_LINE = 64 * 1024
 
 
-def control_address(data_dir: str) -> str:
+def control_address(database: str) -> str:
     """
-    The abstract Unix socket name of the supervisor of a data directory
-    (abstract names have no path-length limit and leave no stale file).
+    The abstract Unix socket name of the supervisor of a store.
+
+    It names the store file by path and by inode, so a data directory that
+    was deleted and made anew gets a new supervisor rather than the one
+    still holding the old, unlinked database.  Abstract names have no
+    path-length limit and leave no stale file behind.
     """
-    digest = hashlib.sha256(os.path.realpath(data_dir).encode("utf-8")).hexdigest()[:32]
-    return f"\0execgo-runtime/{digest}"
+    path = os.path.realpath(database)
+    stat = os.stat(path)
+    digest = hashlib.sha256(path.encode("utf-8")).hexdigest()[:32]
+    return f"\0execgo-runtime/{digest}/{stat.st_dev:x}:{stat.st_ino:x}"
 
 
 def become_subreaper() -> bool:
@@ -172,8 +178,15 @@ class Loop:
         if op == "launch":
             grace_ms = message.get("grace_ms")
             grace_s = grace_ms / 1000.0 if isinstance(grace_ms, int) else None
+            env = message.get("env")
+            root = message.get("cgroup_root")
             for task_id in message.get("task_ids", ()):
-                self.supervisor.launch(str(task_id), grace_s=grace_s)
+                self.supervisor.launch(
+                    str(task_id),
+                    grace_s=grace_s,
+                    env=env if isinstance(env, dict) else None,
+                    cgroup_root=root if isinstance(root, str) else None,
+                )
         elif op == "kill":
             self.supervisor.kill(str(message.get("task_id")))
         elif op == "ping":
@@ -237,13 +250,6 @@ def _to_devnull() -> None:
     os.close(null)
 
 
-def _cgroups(cgroup_root: str) -> Optional[Cgroups]:
-    try:
-        return Cgroups.detect(cgroup_root)
-    except OSError:
-        return None
-
-
 def run_daemon(
     database: str, data_dir: str, grace_ms: int, cgroup_root: str, idle_exit_s: float = 10.0
 ) -> int:
@@ -271,9 +277,9 @@ def run_daemon(
 
     try:
         supervisor = Supervisor(
-            database, grace_ms / 1000.0, log=log, cgroups=_cgroups(cgroup_root)
+            database, grace_ms / 1000.0, log=log, cgroups=Cgroups.try_detect(cgroup_root)
         )
-        loop = Loop(supervisor, control_address(data_dir), idle_exit_s)
+        loop = Loop(supervisor, control_address(database), idle_exit_s)
         loop.bind()
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
@@ -301,7 +307,7 @@ def run_shim(database: str, task_id: str, grace_ms: int, cgroup_root: str) -> in
     """
     become_subreaper()
     try:
-        supervisor = Supervisor(database, grace_ms / 1000.0, cgroups=_cgroups(cgroup_root))
+        supervisor = Supervisor(database, grace_ms / 1000.0, cgroups=Cgroups.try_detect(cgroup_root))
     except Exception:
         return 1
     try:

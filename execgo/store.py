@@ -82,24 +82,20 @@ def submit_txn(
     taskdb.insert_task(conn, task, now_ms)
 
 
-def _write_result(conn: Any, task_id: str, now_ms: int) -> Optional[taskdb.TaskRecord]:
-    record = taskdb.load_task(conn, task_id)
-    if record is not None and record.terminal:
-        try:
-            wire.write_result(record, now_ms)
-        except OSError:
-            pass
-    return record
-
-
-def finish_txn(conn: Any, task_id: str, verdict: taskdb.Outcome, now_ms: int, from_statuses: Sequence[str]) -> bool:
+def finish_txn(
+    conn: Any, task_id: str, verdict: taskdb.Outcome, now_ms: int, from_statuses: Sequence[str]
+) -> bool:
     """
-    A terminal write followed by C{result.json}, when the write took.
+    A terminal write with its C{result.json}, written before the commit.
     """
-    done = taskdb.finish(conn, task_id, verdict, now_ms, from_statuses)
-    if done:
-        _write_result(conn, task_id, now_ms)
-    return done
+    return taskdb.finish(
+        conn,
+        task_id,
+        verdict,
+        now_ms,
+        from_statuses,
+        before_commit=lambda record: wire.write_result(record, now_ms),
+    )
 
 
 def snapshot_txn(conn: Any, task_id: str, now_ms: int) -> Optional[JSON]:

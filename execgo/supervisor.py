@@ -114,10 +114,13 @@ class Supervisor:
         monotonic: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         base_env: Optional[Dict[str, str]] = None,
+        detect_cgroups: Optional[Callable[[str], Optional[Cgroups]]] = None,
         log: Callable[[str], None] = lambda line: None,
         cgroups: Optional[Cgroups] = None,
     ) -> None:
         self.cgroups = cgroups
+        self.detect_cgroups = detect_cgroups or Cgroups.try_detect
+        self._facilities: Dict[str, Optional[Cgroups]] = {}
         self.conn = taskdb.connect(db_path)
         taskdb.init_schema(self.conn)
         self.grace_s = grace_s
@@ -181,7 +184,12 @@ class Supervisor:
     # Launching
 
     def launch(
-        self, task_id: str, take_accepted: bool = False, grace_s: Optional[float] = None
+        self,
+        task_id: str,
+        take_accepted: bool = False,
+        grace_s: Optional[float] = None,
+        env: Optional[Dict[str, str]] = None,
+        cgroup_root: Optional[str] = None,
     ) -> None:
         """
         Start the task C{task_id}, which the server has moved to C{running}
@@ -216,19 +224,38 @@ class Supervisor:
             self._finish(task_id, outcome.cancelled("task cancelled before process launch"))
             return
         try:
-            self._start(record, grace_s)
+            self._start(
+                record, grace_s, self.base_env if env is None else env, self._facility(cgroup_root)
+            )
         except Exception as e:
             self.log("supervisor error: " + traceback.format_exc())
             self._finish(task_id, outcome.failed("internal", f"supervisor error: {e}"))
 
-    def _start(self, record: taskdb.TaskRecord, grace_s: Optional[float] = None) -> None:
+    def _facility(self, cgroup_root: Optional[str]) -> Optional[Cgroups]:
+        """
+        The cgroup facility for a root given with a launch order (each
+        server states its own C{--cgroup-root}), else the default one.
+        """
+        if cgroup_root is None:
+            return self.cgroups
+        if cgroup_root not in self._facilities:
+            self._facilities[cgroup_root] = self.detect_cgroups(cgroup_root)
+        return self._facilities[cgroup_root]
+
+    def _start(
+        self,
+        record: taskdb.TaskRecord,
+        grace_s: Optional[float],
+        env: Dict[str, str],
+        facility: Optional[Cgroups],
+    ) -> None:
         plan = wire.plan_of(record)
         enforcement = plan.resource_enforcement
-        spec = launcher.build_launch(record, plan, self.base_env)
+        spec = launcher.build_launch(record, plan, env)
         group = None
-        if enforcement.cgroup_enforced and self.cgroups is not None:
+        if enforcement.cgroup_enforced and facility is not None:
             try:
-                group = self.cgroups.create(
+                group = facility.create(
                     record.task_id,
                     enforcement.mechanisms,
                     enforcement.pids_max if enforcement.pids_enforced else None,
@@ -239,7 +266,7 @@ class Supervisor:
                 )
                 return
         try:
-            spawned = self._spawn_into(spec, group)
+            spawned = self._spawn_into(spec, group, facility)
         except launcher.LaunchError as e:
             if group is not None:
                 group.remove()
@@ -260,8 +287,8 @@ class Supervisor:
         self.by_task[record.task_id] = run
         if group is not None:
             try:
-                assert self.cgroups is not None
-                self.cgroups.limit(
+                assert facility is not None
+                facility.limit(
                     group,
                     enforcement.memory_bytes if enforcement.memory_enforced else None,
                     enforcement.pids_max if enforcement.pids_enforced else None,
@@ -277,23 +304,23 @@ class Supervisor:
         self.emit({"ev": "started", "task_id": record.task_id, "pid": pid})
 
     def _spawn_into(
-        self, spec: launcher.LaunchSpec, group: Optional[TaskCgroup]
+        self, spec: launcher.LaunchSpec, group: Optional[TaskCgroup], facility: Optional[Cgroups]
     ) -> launcher.Spawned:
         """
         Spawn the workload inside its groups: the supervisor steps into
         them for the duration of the spawn, so the child is born there.
         """
-        if group is None or self.cgroups is None:
+        if group is None or facility is None:
             return launcher.spawn(spec)
         try:
-            self.cgroups.enter(group)
+            facility.enter(group)
         except OSError as e:
-            self.cgroups.leave(group)
+            facility.leave(group)
             raise launcher.LaunchError(f"cannot enter cgroup: {e}") from None
         try:
             return launcher.spawn(spec)
         finally:
-            self.cgroups.leave(group)
+            facility.leave(group)
 
     # Timeout and kill
 
@@ -449,16 +476,17 @@ class Supervisor:
 
     def _finish(self, task_id: str, verdict: taskdb.Outcome) -> None:
         """
-        Write the terminal record and C{result.json}, then tell the servers.
+        Write the terminal record and, before it commits, C{result.json};
+        then tell the servers.
         """
         now = self.wall_ms()
-        if taskdb.finish(self.conn, task_id, verdict, now):
-            record = taskdb.load_task(self.conn, task_id)
-            if record is not None:
-                try:
-                    wire.write_result(record, now)
-                except OSError:
-                    self.log("cannot write result.json: " + traceback.format_exc())
+        taskdb.finish(
+            self.conn,
+            task_id,
+            verdict,
+            now,
+            before_commit=lambda record: wire.write_result(record, now),
+        )
         self.finished_count += 1
         self.emit({"ev": "finished", "task_id": task_id})
 

@@ -115,22 +115,28 @@ class SupervisorLink:
     @param command: the argv that starts a supervisor (C{internal-supervisor ...}).
     @param on_message: called with each report (C{started}, C{finished}).
     @param on_lost: called with the pid of a supervisor whose connection closed.
-    @param grace_ms: the SIGTERM to SIGKILL grace sent with every launch (a
-        supervisor started by an earlier server may have another default).
+    @param grace_ms: the SIGTERM to SIGKILL grace sent with every launch,
+        and C{env} (what workloads inherit: C{PATH}, C{HOME}, C{LANG},
+        C{TMPDIR}, C{USER}) and C{cgroup_root} likewise: a supervisor
+        started by an earlier server must follow this server's settings.
     """
 
     def __init__(
         self,
         reactor: Any,
-        data_dir: str,
+        database: str,
         command: Sequence[str],
         on_message: Callable[[Dict[str, Any]], None],
         on_lost: Callable[[int], None],
         grace_ms: Optional[int] = None,
+        env: Optional[Dict[str, str]] = None,
+        cgroup_root: Optional[str] = None,
     ) -> None:
         self.reactor = reactor
         self.grace_ms = grace_ms
-        self.address = control_address(data_dir)
+        self.env = env
+        self.cgroup_root = cgroup_root
+        self.database = database
         self.command = list(command)
         self.on_message = on_message
         self.on_lost = on_lost
@@ -163,7 +169,7 @@ class SupervisorLink:
         return await self._connect()
 
     async def _connect(self) -> int:
-        endpoint = UNIXClientEndpoint(self.reactor, self.address, timeout=5)
+        endpoint = UNIXClientEndpoint(self.reactor, control_address(self.database), timeout=5)
         factory = protocol.Factory.forProtocol(lambda: _ControlProtocol(self))
         factory.noisy = False
         control = await endpoint.connect(factory)
@@ -213,6 +219,10 @@ class SupervisorLink:
         order: Dict[str, Any] = {"op": "launch", "task_ids": list(task_ids)}
         if self.grace_ms is not None:
             order["grace_ms"] = self.grace_ms
+        if self.env is not None:
+            order["env"] = self.env
+        if self.cgroup_root is not None:
+            order["cgroup_root"] = self.cgroup_root
         self.protocol.send(order)
         return True
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import contextmanager
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import attrs
 
@@ -629,12 +629,17 @@ def finish(
     outcome: Outcome,
     now_ms: int,
     from_statuses: Sequence[str] = (STATUS_ACCEPTED, STATUS_RUNNING),
+    before_commit: Optional[Callable[[TaskRecord], None]] = None,
 ) -> bool:
     """
     Write the terminal record, release the reservation and append the
     terminal event, all in one transaction and only if the task is still in
     one of C{from_statuses}.
 
+    @param before_commit: called with the terminal record inside the
+        transaction, before it commits (to write C{result.json}, so that no
+        reader ever sees a terminal task without it).  An C{OSError} it
+        raises does not undo the terminal write.
     @return: whether this call made the task terminal.
     """
     marks = ", ".join("?" for _ in from_statuses)
@@ -670,6 +675,13 @@ def finish(
         append_event(conn, task_id, event_type, message, now_ms)
         code = "" if outcome.error is None else outcome.error.code
         bump_counter(conn, "finished", dumps([outcome.status, code, tenant]))
+        if before_commit is not None:
+            record = load_task(conn, task_id)
+            if record is not None:
+                try:
+                    before_commit(record)
+                except OSError:
+                    pass
     return True
 
 
