@@ -75,6 +75,23 @@ class BoundedRequest(server.Request):
         super().handleContentChunk(data)
 
 
+MAX_WAIT_MS = 600_000
+
+
+def _uint_arg(request: IRequest, name: bytes, ceiling: int) -> int:
+    """
+    A non-negative integer query argument (0 when absent), capped at
+    C{ceiling}; anything else is C{invalid_input}.
+    """
+    values = request.args.get(name)
+    if not values:
+        return 0
+    text = values[-1]
+    if not text.isdigit() or len(text) > 20:
+        raise errors.InvalidInput(f"{name.decode()}: expected a non-negative integer")
+    return min(int(text), ceiling)
+
+
 def _body(request: IRequest) -> bytes:
     if getattr(request, "body_too_large", False):
         raise errors.PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes")
@@ -120,9 +137,11 @@ class RuntimeAPI:
     @app.route("/api/v1/tasks/<task_id>", methods=["GET"])
     async def status(self, request: IRequest, task_id: str) -> bytes:
         """
-        C{GET /api/v1/tasks/{id}}.
+        C{GET /api/v1/tasks/{id}}, with C{?wait_ms=N} to long-poll for the
+        terminal state.
         """
-        return _json(request, await self.runtime.status(task_id))
+        wait_ms = _uint_arg(request, b"wait_ms", MAX_WAIT_MS)
+        return _json(request, await self.runtime.status(task_id, wait_ms))
 
     @app.route("/api/v1/tasks/<task_id>/kill", methods=["POST"])
     async def kill(self, request: IRequest, task_id: str) -> bytes:

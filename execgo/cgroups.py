@@ -134,12 +134,9 @@ class TaskCgroup:
         """
         Whether the kernel OOM-killed a process of this task in its group.
         """
-        for name in ("memory.events", "memory.oom_control"):
-            path = self._file(MEMORY, name) or self._file(V2, name)
-            if path is None:
-                continue
-            count = _keyed(_read(path), "oom_kill")
-            if count:
+        for key, name in ((MEMORY, "memory.oom_control"), (V2, "memory.events")):
+            path = self._file(key, name)
+            if path is not None and _keyed(_read(path), "oom_kill"):
                 return True
         return False
 
@@ -147,7 +144,7 @@ class TaskCgroup:
         """
         The group's peak memory use in bytes, when readable.
         """
-        for key, name in ((MEMORY, "memory.max_usage_in_bytes"), (MEMORY, "memory.peak"), (V2, "memory.peak")):
+        for key, name in ((MEMORY, "memory.max_usage_in_bytes"), (V2, "memory.peak")):
             path = self._file(key, name)
             text = None if path is None else _read(path)
             if text is not None and text.strip().isdigit():
@@ -240,7 +237,10 @@ class Cgroups:
         try:
             for key in wanted:
                 directory = os.path.join(self._base(key), task_id)
-                os.makedirs(directory, exist_ok=True)
+                try:
+                    os.mkdir(directory)
+                except FileExistsError:
+                    pass
                 dirs[key] = directory
             group = TaskCgroup(dirs)
             if pids_max is not None:

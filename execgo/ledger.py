@@ -204,7 +204,9 @@ class Ledger:
     The dispatcher's in-memory mirror of the active reservations.
 
     One entry per task id; the store stays the source of truth and the
-    ledger is rebuilt from it at start-up (L{Ledger.from_active}).
+    ledger is rebuilt from it at start-up (L{Ledger.from_active}).  Totals,
+    global and per tenant, are kept as running sums, so a fit check costs
+    the same whatever the number of tasks.
 
     @ivar capacity: the fixed runtime capacity.
     @ivar quotas: tenant name to quota.
@@ -214,6 +216,8 @@ class Ledger:
         self.capacity = capacity
         self.quotas: Mapping[str, Capacity] = dict(quotas)
         self._active: Dict[str, Holding] = {}
+        self._reserved = Capacity(task_slots=0, memory_bytes=0, pids=0)
+        self._tenants: Dict[str, Capacity] = {}
 
     @classmethod
     def from_active(
@@ -242,24 +246,28 @@ class Ledger:
         """
         Totals of every active reservation (0 where nothing is reserved).
         """
-        return _sum(holding.reservation for holding in self._active.values())
+        return self._reserved
+
+    @property
+    def full(self) -> bool:
+        """
+        Whether every task slot is taken (nothing can fit, so a dispatcher
+        can stop looking).
+        """
+        return self._reserved.task_slots >= self.capacity.task_slots
 
     def tenant_reserved(self, tenant: str) -> Capacity:
         """
         Totals of the active reservations of one tenant.
         """
-        return _sum(
-            holding.reservation
-            for holding in self._active.values()
-            if holding.tenant == tenant
-        )
+        return self._tenants.get(tenant, _ZERO)
 
     def fits(self, reservation: Reservation, tenant: Optional[str]) -> bool:
         """
         The dispatch-time check of C{behavior.md} 5.3: does the task fit on
         top of the current usage, globally and within its tenant's quota?
         """
-        if not _fits_on_top(reservation, self.reserved, self.capacity):
+        if not _fits_on_top(reservation, self._reserved, self.capacity):
             return False
         if tenant is not None and tenant in self.quotas:
             return _fits_on_top(
@@ -274,13 +282,40 @@ class Ledger:
         Record that C{task_id} holds C{reservation}; reserving again for the
         same task replaces the earlier entry.
         """
+        self.release(task_id)
         self._active[task_id] = Holding(tenant=tenant, reservation=reservation)
+        self._reserved = _add(self._reserved, reservation, 1)
+        if tenant is not None:
+            self._tenants[tenant] = _add(self.tenant_reserved(tenant), reservation, 1)
 
     def release(self, task_id: str) -> None:
         """
         Forget the reservation of C{task_id}; releasing twice is harmless.
         """
-        self._active.pop(task_id, None)
+        holding = self._active.pop(task_id, None)
+        if holding is None:
+            return
+        self._reserved = _add(self._reserved, holding.reservation, -1)
+        if holding.tenant is not None:
+            left = _add(self.tenant_reserved(holding.tenant), holding.reservation, -1)
+            if left.task_slots == 0:
+                del self._tenants[holding.tenant]
+            else:
+                self._tenants[holding.tenant] = left
+
+
+_ZERO = Capacity(task_slots=0, memory_bytes=0, pids=0)
+
+
+def _add(total: Capacity, reservation: Reservation, sign: int) -> Capacity:
+    """
+    C{total} plus (C{sign} 1) or minus (C{sign} -1) one reservation.
+    """
+    return Capacity(
+        task_slots=total.task_slots + sign * reservation.task_slots,
+        memory_bytes=(total.memory_bytes or 0) + sign * (reservation.memory_bytes or 0),
+        pids=(total.pids or 0) + sign * (reservation.pids or 0),
+    )
 
 
 @attrs.frozen

@@ -24,12 +24,13 @@ from execgo.capabilities import Capabilities
 from execgo.cgroups import Cgroups
 from execgo.config import RuntimeConfig
 from execgo.ledger import ActiveReservation, Capacity, check_admission, render_resources
-from execgo.models import STATUS_RUNNING, Reservation
+from execgo.models import STATUS_RUNNING, TERMINAL_STATUSES, Reservation
 from execgo.policy import resolve_plan
 from execgo.procinfo import is_supervisor, kill_group
 from execgo.scheduler import QueuedTask, Scheduler
 from execgo.store import Store
 from execgo.supervisor_link import SupervisorLink
+from execgo.waiters import Waiters
 
 log = Logger()
 
@@ -75,6 +76,7 @@ class Runtime:
         self.started_at = started_at
         self.version = version
         self.cgroups = cgroups
+        self.waiters = Waiters(reactor)
         self.accepting = False
         self._gc_call: Any = None
         self._kill_timers: Dict[str, Any] = {}
@@ -118,10 +120,25 @@ class Runtime:
 
     # Reading
 
-    async def status(self, task_id: str) -> JSON:
+    async def status(self, task_id: str, wait_ms: int = 0) -> JSON:
         """
         The status snapshot; L{errors.NotFound} for an unknown id.
+
+        @param wait_ms: long-poll: when the task is not terminal, answer as
+            soon as it is, or after this many milliseconds with its state
+            then.
         """
+        watch = self.waiters.wait(task_id, wait_ms / 1000.0) if wait_ms > 0 else None
+        try:
+            snapshot = await self.store.snapshot(task_id, self.now_ms())
+            if snapshot is None:
+                raise errors.NotFound(task_id)
+            if watch is None or snapshot["status"] in TERMINAL_STATUSES:
+                return snapshot
+            await watch
+        finally:
+            if watch is not None and not watch.called:
+                watch.cancel()
         snapshot = await self.store.snapshot(task_id, self.now_ms())
         if snapshot is None:
             raise errors.NotFound(task_id)
@@ -131,7 +148,7 @@ class Runtime:
         """
         The event log; L{errors.NotFound} for an unknown id.
         """
-        events = await self.store.run(taskdb.events_if_exists, task_id)
+        events = await self.store.read(taskdb.events_if_exists, task_id)
         if events is None:
             raise errors.NotFound(task_id)
         return [wire.render_event(event) for event in events]
@@ -148,6 +165,7 @@ class Runtime:
         record = result.record
         if result.cancelled_queued:
             self.scheduler.dequeued(task_id)
+            self.waiters.notify(task_id)
         elif result.flagged and record.status == STATUS_RUNNING:
             if not self.link.kill(task_id) and record.pgid is not None:
                 self._signal_directly(task_id, record.pgid)
@@ -195,7 +213,7 @@ class Runtime:
         """
         The ledger view, computed from the store.
         """
-        active, waiting = await self.store.run(taskdb.resources_rows)
+        active, waiting = await self.store.read(taskdb.resources_rows)
         return render_resources(
             self.runtime_id,
             self.capabilities.capacity,
@@ -219,7 +237,7 @@ class Runtime:
         """
         The Prometheus exposition.
         """
-        return metrics.render(await self.store.run(taskdb.metrics_snapshot))
+        return metrics.render(await self.store.read(taskdb.metrics_snapshot))
 
     async def ready(self) -> None:
         """
@@ -240,6 +258,7 @@ class Runtime:
             if timer is not None and timer.active():
                 timer.cancel()
             self.scheduler.released(task_id)
+            self.waiters.notify(task_id)
 
     def on_supervisor_lost(self, pid: int) -> None:
         """
@@ -298,6 +317,7 @@ class Runtime:
         await self.store.finish(
             action.task_id, outcome.failed("internal", message), self.now_ms(), (STATUS_RUNNING,)
         )
+        self.waiters.notify(action.task_id)
 
     async def relaunch_pending(self) -> None:
         """
@@ -341,8 +361,9 @@ class Runtime:
 
     def stop_timers(self) -> None:
         """
-        Cancel GC and direct-kill timers.
+        Cancel GC and direct-kill timers; answer every long-poll now.
         """
+        self.waiters.cancel_all()
         if self._gc_call is not None and self._gc_call.active():
             self._gc_call.cancel()
         self._gc_call = None

@@ -246,6 +246,8 @@ class Scheduler:
     def _pick(self) -> List[QueuedTask]:
         picks = []
         for task in self.queue.values():
+            if self.ledger.full:
+                break
             if task.task_id in self.ledger.active:
                 continue
             if self.ledger.fits(task.reservation, task.tenant):

@@ -100,7 +100,10 @@ class RuntimeService(service.Service):
             await deferToThread(prepare_data_dir, data_dir)
         except OSError as e:
             raise errors.Internal(f"io error: cannot create data directory {data_dir}: {e}") from None
-        self._store = store = Store(open_pool(self.reactor, config.database_path))
+        self._store = store = Store(
+            open_pool(self.reactor, config.database_path),
+            open_pool(self.reactor, config.database_path, connections=2),
+        )
         try:
             await store.init_schema()
         except Exception as e:

@@ -94,7 +94,7 @@ def finish_txn(
         verdict,
         now_ms,
         from_statuses,
-        before_commit=lambda record: wire.write_result(record, now_ms),
+        prepare_result=lambda record: wire.prepare_result(record, now_ms),
     )
 
 
@@ -148,11 +148,13 @@ def dispatch_txn(
     """
     dispatched: List[str] = []
     skipped: List[str] = []
-    for task_id, reservation in picks:
-        if taskdb.reserve_and_dispatch(conn, task_id, reservation, shim_pid, now_ms):
-            dispatched.append(task_id)
-            continue
-        skipped.append(task_id)
+    with taskdb.transaction(conn):
+        for task_id, reservation in picks:
+            if taskdb.reserve_and_dispatch(conn, task_id, reservation, shim_pid, now_ms):
+                dispatched.append(task_id)
+            else:
+                skipped.append(task_id)
+    for task_id in skipped:
         record = taskdb.load_task(conn, task_id)
         if record is not None and record.status == STATUS_ACCEPTED and record.kill_requested:
             finish_txn(
@@ -199,20 +201,30 @@ def gc_txn(conn: Any, cutoff_ms: int, limit: int) -> Tuple[List[str], List[Tuple
 
 class Store:
     """
-    The task store behind one C{adbapi} connection pool (one connection,
-    one thread, WAL).
+    The task store behind C{adbapi}: one writer connection in one thread
+    (every change, and the reads whose order against changes matters), and
+    a small pool of reader connections for the API's reads, which WAL lets
+    run beside the writer without blocking it.
 
-    @param pool: a started-or-startable pool, see L{open_pool}.
+    @param pool: the writer pool, see L{open_pool}.
+    @param reader: the reader pool (defaults to the writer).
     """
 
-    def __init__(self, pool: adbapi.ConnectionPool) -> None:
+    def __init__(self, pool: adbapi.ConnectionPool, reader: Optional[adbapi.ConnectionPool] = None) -> None:
         self.pool = pool
+        self.reader = pool if reader is None else reader
 
     def run(self, func: Callable[..., Any], *args: Any) -> "Deferred[Any]":
         """
-        Run C{func(connection, *args)} in the database thread.
+        Run C{func(connection, *args)} in the writer thread.
         """
         return self.pool.runWithConnection(func, *args)
+
+    def read(self, func: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+        """
+        Run the read-only C{func(connection, *args)} on a reader connection.
+        """
+        return self.reader.runWithConnection(func, *args)
 
     def init_schema(self) -> "Deferred[None]":
         """
@@ -237,7 +249,7 @@ class Store:
         """
         The status snapshot of a task, or C{None} when unknown.
         """
-        return self.run(snapshot_txn, task_id, now_ms)
+        return self.read(snapshot_txn, task_id, now_ms)
 
     def load(self, task_id: str) -> "Deferred[Optional[taskdb.TaskRecord]]":
         """
@@ -249,7 +261,7 @@ class Store:
         """
         A task's events after C{after_seq}, ascending.
         """
-        return self.run(taskdb.load_events, task_id, after_seq)
+        return self.read(taskdb.load_events, task_id, after_seq)
 
     def kill(self, task_id: str, owner: Optional[str], now_ms: int) -> "Deferred[KillResult]":
         """
@@ -297,14 +309,17 @@ class Store:
 
     def close(self) -> None:
         """
-        Stop the pool's thread and close the connection.
+        Stop the pools' threads and close their connections.
         """
+        if self.reader is not self.pool:
+            self.reader.close()
         self.pool.close()
 
 
-def open_pool(reactor: Any, path: str) -> adbapi.ConnectionPool:
+def open_pool(reactor: Any, path: str, connections: int = 1) -> adbapi.ConnectionPool:
     """
-    One SQLite connection in one thread, configured for WAL.
+    SQLite connections (one by default: the writer), each in its own
+    thread, configured for WAL.
     """
     return adbapi.ConnectionPool(
         "sqlite3",
@@ -312,7 +327,7 @@ def open_pool(reactor: Any, path: str) -> adbapi.ConnectionPool:
         check_same_thread=False,
         isolation_level=None,
         cp_min=1,
-        cp_max=1,
+        cp_max=connections,
         cp_openfun=taskdb.configure,
         cp_reactor=reactor,
     )

@@ -391,7 +391,9 @@ class Supervisor:
             pid = info.si_pid
             run = self.by_pid.get(pid)
             if run is not None:
-                self._kill_now(run)
+                # Leftovers of the group die while the zombie still holds
+                # the group id; the cgroup (setsid escapes) is drained next.
+                kill_group(pid, signal.SIGKILL)
             try:
                 _, status, rusage = os.wait4(pid, 0)
             except ChildProcessError:
@@ -447,8 +449,7 @@ class Supervisor:
         if run.setup_error is not None:
             self._finish(run.task_id, outcome.failed("sandbox_setup_failed", run.setup_error))
             return
-        record = taskdb.load_task(self.conn, run.task_id)
-        kill_flag = record is not None and record.kill_requested
+        kill_flag = taskdb.kill_requested(self.conn, run.task_id)
         enforcement = wire.plan_of(run.record).resource_enforcement
         verdict = outcome.classify(
             outcome.Exit(
@@ -485,7 +486,7 @@ class Supervisor:
             task_id,
             verdict,
             now,
-            before_commit=lambda record: wire.write_result(record, now),
+            prepare_result=lambda record: wire.prepare_result(record, now),
         )
         self.finished_count += 1
         self.emit({"ev": "finished", "task_id": task_id})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
@@ -159,13 +160,45 @@ def init_schema(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
+def _begin_immediate(conn: sqlite3.Connection) -> None:
+    """
+    Take the write lock, retrying every few hundred microseconds.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ms between
+    tries: with the server and the supervisor writing short transactions
+    into one store, that turns sub-millisecond waits into tens of
+    milliseconds.  The busy timeout is switched off only for this statement.
+    """
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000.0
+        delay = 0.0001
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.002)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """
     Run the body in one C{BEGIN IMMEDIATE} transaction: committed on
-    success, rolled back on any exception.
+    success, rolled back on any exception.  Inside an open transaction the
+    body simply joins it (so transitions compose into one commit).
     """
-    conn.execute("BEGIN IMMEDIATE")
+    if conn.in_transaction:
+        yield conn
+        return
+    _begin_immediate(conn)
     try:
         yield conn
     except BaseException:
@@ -399,6 +432,14 @@ def task_exists(conn: sqlite3.Connection, task_id: str) -> bool:
     return conn.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone() is not None
 
 
+def kill_requested(conn: sqlite3.Connection, task_id: str) -> bool:
+    """
+    Whether a kill was requested for the task.
+    """
+    row = conn.execute("SELECT kill_requested FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+    return bool(row and row[0])
+
+
 def count_accepted(conn: sqlite3.Connection) -> int:
     """
     The number of tasks in C{accepted}.
@@ -623,25 +664,76 @@ def _release_in_txn(conn: sqlite3.Connection, task_id: str, now_ms: int, message
     append_event(conn, task_id, "resource_released", message, now_ms, json.loads(row[0]))
 
 
+def terminal_view(record: TaskRecord, outcome: Outcome, now_ms: int) -> TaskRecord:
+    """
+    The record as L{finish} will leave it, for rendering C{result.json}
+    before the write.
+    """
+    return attrs.evolve(
+        record,
+        status=outcome.status,
+        finished_at_ms=now_ms,
+        updated_at_ms=now_ms,
+        duration_ms=outcome.duration_ms,
+        exit_code=outcome.exit_code,
+        exit_signal=outcome.exit_signal,
+        error=outcome.error,
+        usage=outcome.usage,
+        released_at_ms=now_ms if record.reservation_active else record.released_at_ms,
+    )
+
+
 def finish(
     conn: sqlite3.Connection,
     task_id: str,
     outcome: Outcome,
     now_ms: int,
     from_statuses: Sequence[str] = (STATUS_ACCEPTED, STATUS_RUNNING),
-    before_commit: Optional[Callable[[TaskRecord], None]] = None,
+    prepare_result: Optional[Callable[[TaskRecord], Callable[[bool], None]]] = None,
 ) -> bool:
     """
     Write the terminal record, release the reservation and append the
     terminal event, all in one transaction and only if the task is still in
     one of C{from_statuses}.
 
-    @param before_commit: called with the terminal record inside the
-        transaction, before it commits (to write C{result.json}, so that no
-        reader ever sees a terminal task without it).  An C{OSError} it
-        raises does not undo the terminal write.
+    @param prepare_result: renders and writes C{result.json} aside from the
+        terminal view of the task, before the write lock is taken, and
+        returns a function that puts it in place (C{True}, called inside the
+        transaction just before it commits) or throws it away (C{False}).
+        So no reader ever sees a terminal task without its C{result.json},
+        and the lock is held only for a rename.  An C{OSError} from it does
+        not prevent the terminal write.
     @return: whether this call made the task terminal.
     """
+    settle: Optional[Callable[[bool], None]] = None
+    if prepare_result is not None:
+        current = load_task(conn, task_id)
+        if current is None or current.status not in from_statuses:
+            return False
+        try:
+            settle = prepare_result(terminal_view(current, outcome, now_ms))
+        except OSError:
+            settle = None
+    took = False
+    try:
+        took = _finish_in_txn(conn, task_id, outcome, now_ms, from_statuses, settle)
+    finally:
+        if settle is not None and not took:
+            try:
+                settle(False)
+            except OSError:
+                pass
+    return took
+
+
+def _finish_in_txn(
+    conn: sqlite3.Connection,
+    task_id: str,
+    outcome: Outcome,
+    now_ms: int,
+    from_statuses: Sequence[str],
+    settle: Optional[Callable[[bool], None]],
+) -> bool:
     marks = ", ".join("?" for _ in from_statuses)
     error_json = None if outcome.error is None else dumps(outcome.error.to_json())
     usage_json = None if outcome.usage is None else dumps(outcome.usage.to_json())
@@ -675,13 +767,11 @@ def finish(
         append_event(conn, task_id, event_type, message, now_ms)
         code = "" if outcome.error is None else outcome.error.code
         bump_counter(conn, "finished", dumps([outcome.status, code, tenant]))
-        if before_commit is not None:
-            record = load_task(conn, task_id)
-            if record is not None:
-                try:
-                    before_commit(record)
-                except OSError:
-                    pass
+        if settle is not None:
+            try:
+                settle(True)
+            except OSError:
+                pass
     return True
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from execgo.models import (
     MODE_ADAPTIVE,
@@ -286,6 +286,30 @@ def write_json_file(path: str, value: Any) -> None:
         except OSError:
             pass
         raise
+
+
+_result_serial = iter(range(1, 1 << 62))
+
+
+def prepare_result(record: TaskRecord, now_ms: int) -> "Callable[[bool], None]":
+    """
+    Render the terminal snapshot of C{record} and write it beside the
+    task's C{result.json}; the returned function renames it into place
+    (C{True}) or removes it (C{False}).
+    """
+    text = pretty(snapshot(record, now_ms))
+    path = record.paths.result_path
+    temporary = f"{path}.tmp-{os.getpid()}-{next(_result_serial)}"
+    with open(temporary, "w", encoding="utf-8") as out:
+        out.write(text)
+
+    def settle(took: bool) -> None:
+        if took:
+            os.replace(temporary, path)
+        else:
+            os.unlink(temporary)
+
+    return settle
 
 
 def write_result(record: TaskRecord, now_ms: int) -> JSON:
