@@ -151,6 +151,20 @@ class TaskCgroup:
                 return int(text.strip())
         return None
 
+    def cpu_ms(self) -> Optional["tuple[int, int]"]:
+        """
+        User and system CPU milliseconds of every process the task ran (its
+        v2 group's C{cpu.stat}, which also counts descendants its leader
+        never waited for), when readable.
+        """
+        path = self._file(V2, "cpu.stat")
+        text = None if path is None else _read(path)
+        user = _keyed(text, "user_usec")
+        system = _keyed(text, "system_usec")
+        if user is None or system is None:
+            return None
+        return user // 1000, system // 1000
+
     def pids_limit_hits(self) -> int:
         """
         How many forks the pids limit refused.

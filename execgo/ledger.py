@@ -262,6 +262,13 @@ class Ledger:
         """
         return self._tenants.get(tenant, _ZERO)
 
+    def fits_capacity(self, reservation: Reservation) -> bool:
+        """
+        Whether the task fits the runtime capacity on top of current usage,
+        its tenant's quota aside.
+        """
+        return _fits_on_top(reservation, self._reserved, self.capacity)
+
     def fits(self, reservation: Reservation, tenant: Optional[str]) -> bool:
         """
         The dispatch-time check of C{behavior.md} 5.3: does the task fit on

@@ -97,6 +97,7 @@ class Scheduler:
         poll_interval_s: float,
         now_ms: Callable[[], int],
         on_dispatched: Callable[[str, int], None] = lambda task_id, pid: None,
+        starvation_ms: int = 1000,
     ) -> None:
         self.reactor = reactor
         self.store = store
@@ -106,6 +107,7 @@ class Scheduler:
         self.poll_interval_s = poll_interval_s
         self.now_ms = now_ms
         self.on_dispatched = on_dispatched
+        self.starvation_ms = starvation_ms
         self.queue: "OrderedDict[str, QueuedTask]" = OrderedDict()
         self._cycling: Optional[defer.Deferred[None]] = None
         self._wake_pending = False
@@ -244,15 +246,33 @@ class Scheduler:
         self._wake_pending = self._wake_pending or bool(self.queue and dispatched)
 
     def _pick(self) -> List[QueuedTask]:
-        picks = []
+        """
+        The queued tasks that fit now, oldest first.
+
+        A task that does not fit lets younger, smaller ones pass (no
+        head-of-line blocking) only while it is young: once it has waited
+        C{starvation_ms}, nothing behind it may start in its place — no
+        task at all if the runtime's capacity is what it lacks, no task of
+        its tenant if its quota is — so the capacity it needs drains to it
+        instead of to a stream of small tasks.
+        """
+        picks: List[QueuedTask] = []
+        now = self.now_ms()
+        held_tenants: Set[Optional[str]] = set()
         for task in self.queue.values():
             if self.ledger.full:
                 break
-            if task.task_id in self.ledger.active:
+            if task.task_id in self.ledger.active or task.tenant in held_tenants:
                 continue
             if self.ledger.fits(task.reservation, task.tenant):
                 self.ledger.reserve(task.task_id, task.tenant, task.reservation)
                 picks.append(task)
+                continue
+            if now - task.created_at_ms < self.starvation_ms:
+                continue
+            if not self.ledger.fits_capacity(task.reservation):
+                break
+            held_tenants.add(task.tenant)
         return picks
 
     async def _resync(self) -> None:

@@ -434,6 +434,9 @@ class Supervisor:
         if run.cgroup is not None:
             oom_killed = run.cgroup.oom_killed()
             usage = attrs.evolve(usage, memory_peak_bytes=run.cgroup.memory_peak())
+            cpu = run.cgroup.cpu_ms()
+            if cpu is not None:
+                usage = attrs.evolve(usage, user_cpu_ms=cpu[0], system_cpu_ms=cpu[1])
             hits = run.cgroup.pids_limit_hits()
             if hits:
                 self._pids_limit_event(run, hits)

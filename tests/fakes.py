@@ -296,6 +296,12 @@ class FakeTaskCgroup:
         """
         return self.peak
 
+    def cpu_ms(self) -> Optional[Tuple[int, int]]:
+        """
+        No CPU accounting in the fake: the rusage figures stand.
+        """
+        return None
+
     def pids_limit_hits(self) -> int:
         """
         The configured number of refused forks.

@@ -35,11 +35,17 @@ class CountingScheduler(Scheduler):
         await super()._cycle()
 
 
-def queued(task_id: str, memory: Optional[int] = None, tenant: Optional[str] = None) -> QueuedTask:
+def queued(
+    task_id: str,
+    memory: Optional[int] = None,
+    tenant: Optional[str] = None,
+    created_at_ms: int = NOW_MS,
+) -> QueuedTask:
     """
-    A queue entry reserving one slot and optionally memory.
+    A queue entry reserving one slot and optionally memory, created now
+    (so it is not starving) unless told otherwise.
     """
-    return QueuedTask(task_id, tenant, Reservation(memory_bytes=memory), 0)
+    return QueuedTask(task_id, tenant, Reservation(memory_bytes=memory), created_at_ms)
 
 
 class SchedulerTestCase(SynchronousTestCase):
@@ -189,6 +195,39 @@ class DispatchTests(SchedulerTestCase):
         self.answer(["small1", "small2"])
         self.assertEqual(self.queue(), ["big"])
         self.assertEqual(self.ledger.reserved.memory_bytes, 300)
+
+    def test_starving_task_holds_the_queue(self) -> None:
+        """
+        Once a task that does not fit has waited C{starvation_ms}, no task
+        behind it starts in its place, so capacity drains to it.
+        """
+        old = NOW_MS - self.scheduler.starvation_ms
+        self.submit(
+            queued("small1", memory=200),
+            queued("big", memory=900, created_at_ms=old),
+            queued("small2", memory=100),
+        )
+        self.scheduler.start()
+        self.assertEqual(self.picks(), [["small1"]])
+        self.answer(["small1"])
+        self.assertEqual(self.queue(), ["big", "small2"])
+
+    def test_starving_tenant_holds_only_its_tenant(self) -> None:
+        """
+        A task held back only by its tenant's quota holds that tenant's
+        younger tasks, not other tenants'.
+        """
+        old = NOW_MS - self.scheduler.starvation_ms
+        self.ledger.reserve("running", "t", Reservation())
+        self.submit(
+            queued("t-old", tenant="t", created_at_ms=old),
+            queued("t-young", tenant="t"),
+            queued("other", tenant="u"),
+        )
+        self.scheduler.start()
+        self.assertEqual(self.picks(), [["other"]])
+        self.answer(["other"])
+        self.assertEqual(self.queue(), ["t-old", "t-young"])
 
     def test_skipped_released(self) -> None:
         """
