@@ -64,6 +64,12 @@ class BoundedRequest(server.Request):
             self.body_too_large = True
         self.content = io.BytesIO()
 
+    def process(self) -> None:
+        site = getattr(self.channel, "site", None)
+        if isinstance(site, APISite):
+            site.track(self)
+        super().process()
+
     def handleContentChunk(self, data: bytes) -> None:
         if self.body_too_large:
             return
@@ -245,11 +251,24 @@ def _allowed(exception: Any) -> list:
 
 class APISite(server.Site):
     """
-    A site whose requests bound their bodies (L{BoundedRequest}).
+    A site whose requests bound their bodies (L{BoundedRequest}) and which
+    knows its requests in flight, so a stop can wait for them.
     """
 
     requestFactory = BoundedRequest
     noisy = False
+
+    def __init__(self, resource: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(resource, *args, **kwargs)
+        self.inflight: "set[BoundedRequest]" = set()
+
+    def track(self, request: BoundedRequest) -> None:
+        """
+        Count C{request} as in flight until it finishes (or its client
+        goes away).
+        """
+        self.inflight.add(request)
+        request.notifyFinish().addBoth(lambda _: self.inflight.discard(request))
 
     def log(self, request: Any) -> None:
         """

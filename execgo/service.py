@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional
 
 from twisted.application import service
 from twisted.internet import defer, endpoints
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
@@ -31,6 +32,8 @@ from execgo.supervisor_link import SupervisorLink, supervisor_command
 from execgo.wire import format_ns
 
 log = Logger()
+
+DRAIN_TIMEOUT_S = 10.0
 
 
 def wall_ms() -> int:
@@ -76,6 +79,7 @@ class RuntimeService(service.Service):
         self.quotas = parse_tenant_quotas(config.tenant_quotas)
         parse_listen_addr(config.listen_addr)
         self.runtime: Optional[Runtime] = None
+        self.site: Optional[APISite] = None
         self.port: Any = None
         self.started: defer.Deferred[Any] = defer.Deferred()
         self._store: Optional[Store] = None
@@ -171,7 +175,7 @@ class RuntimeService(service.Service):
         runtime.accepting = True
         scheduler.start()
         runtime.start_gc()
-        site = APISite(RuntimeAPI(runtime).resource())
+        self.site = site = APISite(RuntimeAPI(runtime).resource())
         site.displayTracebacks = False
         endpoint = endpoints.serverFromString(self.reactor, listen_description(config.listen_addr))
         try:
@@ -183,6 +187,15 @@ class RuntimeService(service.Service):
             "listening on {listen_addr}", listen_addr=config.listen_addr, runtime_id=runtime_id
         )
         return self.port
+
+    async def _drain_requests(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """
+        Let requests in flight finish (new submissions get 503 meanwhile),
+        for at most C{timeout_s}.
+        """
+        deadline = self.reactor.seconds() + timeout_s
+        while self.site is not None and self.site.inflight and self.reactor.seconds() < deadline:
+            await deferLater(self.reactor, 0.01, lambda: None)
 
     def stopService(self) -> "defer.Deferred[None]":
         """
@@ -200,6 +213,7 @@ class RuntimeService(service.Service):
         if self.port is not None:
             await self.port.stopListening()
             self.port = None
+        await self._drain_requests()
         if self._scheduler is not None:
             await self._scheduler.stop()
         if self._link is not None:
