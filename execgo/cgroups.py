@@ -169,8 +169,8 @@ class TaskCgroup:
         """
         How many forks the pids limit refused.
         """
-        path = self._file(PIDS, "pids.events")
-        return (_keyed(None if path is None else _read(path), "max") or 0)
+        path = self._file(PIDS, "pids.events") or self._file(V2, "pids.events")
+        return _keyed(None if path is None else _read(path), "max") or 0
 
     def remove(self) -> None:
         """
@@ -258,7 +258,9 @@ class Cgroups:
                 dirs[key] = directory
             group = TaskCgroup(dirs)
             if pids_max is not None:
-                path = group._file(PIDS, "pids.max") or group._file(V2, "pids.max")
+                path = group._file(PIDS, "pids.max")
+                if path is None and self.v2_limits:
+                    path = group._file(V2, "pids.max")
                 if path is not None:
                     _write(path, str(pids_max + 1))
         except OSError:

@@ -39,6 +39,13 @@ class LaunchError(Exception):
     """
 
 
+class SandboxSetupError(LaunchError):
+    """
+    The sandbox around the workload could not be set up (e.g. its chroot
+    directory does not exist).
+    """
+
+
 @attrs.frozen
 class LaunchSpec:
     """
@@ -167,6 +174,8 @@ def _check_program(config: Mapping[str, Any]) -> None:
     """
     program = config["argv"][0]
     root = config.get("rootfs") or "/"
+    if not os.path.isdir(root):
+        raise SandboxSetupError(f"chroot {root}: No such directory")
     if "/" in program:
         candidates = [program]
     else:

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
-from execgo import errors, metrics, outcome, recovery, taskdb, validation, wire
+from execgo import errors, metrics, outcome, recovery, tallies, taskdb, validation, wire
 from execgo.capabilities import Capabilities
 from execgo.cgroups import Cgroups
 from execgo.config import RuntimeConfig
@@ -237,7 +237,15 @@ class Runtime:
         """
         The Prometheus exposition.
         """
-        return metrics.render(await self.store.read(taskdb.metrics_snapshot))
+        snapshot = await self.store.read(tallies.snapshot)
+        ledger = self.scheduler.ledger
+        capacity, reserved = ledger.capacity, ledger.reserved
+        view = [("task_slots", reserved.task_slots, capacity.task_slots)]
+        if capacity.memory_bytes is not None:
+            view.append(("memory_bytes", reserved.memory_bytes or 0, capacity.memory_bytes))
+        if capacity.pids is not None:
+            view.append(("pids", reserved.pids or 0, capacity.pids))
+        return metrics.render(snapshot, view)
 
     async def ready(self) -> None:
         """

@@ -270,7 +270,11 @@ class Supervisor:
         except launcher.LaunchError as e:
             if group is not None:
                 group.remove()
-            self._finish(record.task_id, outcome.failed("launch_failed", f"spawn process: {e}"))
+            if isinstance(e, launcher.SandboxSetupError):
+                verdict = outcome.failed("sandbox_setup_failed", f"sandbox: {e}")
+            else:
+                verdict = outcome.failed("launch_failed", f"spawn process: {e}")
+            self._finish(record.task_id, verdict)
             return
         pid = spawned.pid
         started_mono = self.monotonic()

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import attrs
 
-from execgo import errors
+from execgo import errors, tallies
 from execgo.models import (
     STATUS_ACCEPTED,
     STATUS_CANCELLED,
@@ -158,6 +158,7 @@ def init_schema(conn: sqlite3.Connection) -> None:
                 conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {decl}")
         for statement in _SCHEMA[3:]:
             conn.execute(statement)
+        tallies.install(conn)
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:
@@ -413,18 +414,6 @@ def append_event(
     )
 
 
-def bump_counter(conn: sqlite3.Connection, name: str, labels: str, amount: int = 1) -> None:
-    """
-    Add C{amount} to a persistent counter (counters never go down, even
-    when GC deletes the rows that made them).
-    """
-    conn.execute(
-        "INSERT INTO runtime_counters (name, labels, value) VALUES (?, ?, ?)"
-        " ON CONFLICT(name, labels) DO UPDATE SET value = value + excluded.value",
-        (name, labels, amount),
-    )
-
-
 def task_exists(conn: sqlite3.Connection, task_id: str) -> bool:
     """
     Whether a row with this id is stored.
@@ -503,7 +492,6 @@ def insert_task(conn: sqlite3.Connection, task: NewTask, now_ms: int) -> None:
                     "effective_sandbox": plan.effective_sandbox.to_json(),
                 },
             )
-        bump_counter(conn, "submitted", dumps([values["tenant"] or ""]))
 
 
 def load_task(conn: sqlite3.Connection, task_id: str) -> Optional[TaskRecord]:
@@ -739,12 +727,11 @@ def _finish_in_txn(
     usage_json = None if outcome.usage is None else dumps(outcome.usage.to_json())
     with transaction(conn):
         row = conn.execute(
-            f"SELECT tenant FROM tasks WHERE task_id = ? AND status IN ({marks})",
+            f"SELECT 1 FROM tasks WHERE task_id = ? AND status IN ({marks})",
             (task_id, *from_statuses),
         ).fetchone()
         if row is None:
             return False
-        tenant = row[0] or ""
         _release_in_txn(conn, task_id, now_ms, "task resources released")
         conn.execute(
             "UPDATE tasks SET status = ?, finished_at_ms = ?, updated_at_ms = ?, duration_ms = ?,"
@@ -765,8 +752,6 @@ def _finish_in_txn(
         )
         event_type, message = _TERMINAL_EVENT[outcome.status]
         append_event(conn, task_id, event_type, message, now_ms)
-        code = "" if outcome.error is None else outcome.error.code
-        bump_counter(conn, "finished", dumps([outcome.status, code, tenant]))
         if settle is not None:
             try:
                 settle(True)
@@ -841,67 +826,6 @@ def delete_task(conn: sqlite3.Connection, task_id: str) -> None:
             "DELETE FROM tasks WHERE task_id = ? AND status IN (?, ?, ?)",
             (task_id, STATUS_SUCCESS, STATUS_FAILED, STATUS_CANCELLED),
         )
-
-
-def counters(conn: sqlite3.Connection) -> List[Tuple[str, str, int]]:
-    """
-    Every persistent counter as C{(name, labels, value)}.
-    """
-    return [tuple(row) for row in conn.execute("SELECT name, labels, value FROM runtime_counters")]
-
-
-DURATION_BUCKETS_MS = (100, 250, 500, 1000, 5000, 10000, 30000, 60000, 300000)
-
-
-@attrs.frozen
-class MetricsSnapshot:
-    """
-    The figures C{/metrics} renders, read in one transaction.
-    """
-
-    by_status: Tuple[Tuple[str, int], ...]
-    by_error: Tuple[Tuple[str, int], ...]
-    running: int
-    buckets: Tuple[int, ...]
-    duration_sum: int
-    duration_count: int
-
-
-def metrics_snapshot(conn: sqlite3.Connection) -> MetricsSnapshot:
-    """
-    Count tasks by status and error code and bucket the recorded durations.
-    """
-    conn.execute("BEGIN")
-    try:
-        by_status = tuple(
-            (row[0], row[1])
-            for row in conn.execute(
-                "SELECT status, COUNT(*) FROM tasks GROUP BY status ORDER BY status"
-            )
-        )
-        by_error = tuple(
-            (row[0], row[1])
-            for row in conn.execute(
-                "SELECT error_code, COUNT(*) FROM tasks WHERE error_code IS NOT NULL"
-                " GROUP BY error_code ORDER BY error_code"
-            )
-        )
-        sums = ", ".join(f"COALESCE(SUM(duration_ms <= {bound}), 0)" for bound in DURATION_BUCKETS_MS)
-        row = conn.execute(
-            f"SELECT {sums}, COALESCE(SUM(duration_ms), 0), COUNT(duration_ms) FROM tasks"
-            " WHERE duration_ms IS NOT NULL AND finished_at_ms IS NOT NULL"
-        ).fetchone()
-    finally:
-        conn.execute("COMMIT")
-    running = dict(by_status).get(STATUS_RUNNING, 0)
-    return MetricsSnapshot(
-        by_status=by_status,
-        by_error=by_error,
-        running=running,
-        buckets=tuple(row[: len(DURATION_BUCKETS_MS)]),
-        duration_sum=row[-2],
-        duration_count=row[-1],
-    )
 
 
 def resources_rows(conn: sqlite3.Connection) -> Tuple[List[TaskRecord], int]:

@@ -413,7 +413,7 @@ class RuntimeViewTests(APITestsBase):
         self.assertIn('execgo_runtime_task_duration_ms_bucket{le="100"} 1\n', text)
         families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
         self.assertEqual(
-            families,
+            families[:4],
             [
                 "execgo_runtime_tasks_total",
                 "execgo_runtime_tasks_running",
@@ -421,6 +421,16 @@ class RuntimeViewTests(APITestsBase):
                 "execgo_runtime_task_duration_ms",
             ],
         )
+        # Issue 5's additions come after the contract's families.
+        self.assertIn('execgo_runtime_tasks_submitted_total{tenant=""} 1\n', text)
+        self.assertIn(
+            'execgo_runtime_tasks_finished_total{status="cancelled",code="cancelled",tenant=""} 1\n',
+            text,
+        )
+        self.assertIn('execgo_runtime_ledger_capacity{resource="task_slots"} 4\n', text)
+        self.assertIn('execgo_runtime_ledger_utilisation{resource="task_slots"} 0\n', text)
+        for name in ("task_queue_wait_ms", "task_spawn_latency_ms", "task_run_time_ms"):
+            self.assertIn(f"execgo_runtime_{name}_count ", text)
 
 
 class ClientAgainstAPITests(APITestsBase):
