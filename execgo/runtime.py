@@ -130,12 +130,16 @@ class Runtime:
         """
         watch = self.waiters.wait(task_id, wait_ms / 1000.0) if wait_ms > 0 else None
         try:
-            snapshot = await self.store.snapshot(task_id, self.now_ms())
-            if snapshot is None:
-                raise errors.NotFound(task_id)
-            if watch is None or snapshot["status"] in TERMINAL_STATUSES:
-                return snapshot
-            await watch
+            if watch is not None and self.scheduler.knows_unfinished(task_id):
+                # Queued or running here: no need to read it before waiting.
+                await watch
+            else:
+                snapshot = await self.store.snapshot(task_id, self.now_ms())
+                if snapshot is None:
+                    raise errors.NotFound(task_id)
+                if watch is None or snapshot["status"] in TERMINAL_STATUSES:
+                    return snapshot
+                await watch
         finally:
             if watch is not None and not watch.called:
                 watch.cancel()

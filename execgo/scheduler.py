@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Callable, List, Optional, Protocol, Sequence, Set, Tuple
 
-import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -23,7 +22,7 @@ from twisted.logger import Logger
 from execgo.ledger import Ledger
 from execgo.models import Reservation
 from execgo.store import SchedulerState
-from execgo.taskdb import TaskRecord
+from execgo.taskdb import QueuedTask, TaskRecord
 
 log = Logger()
 
@@ -53,28 +52,12 @@ class Launcher(Protocol):
     def launch(self, task_ids: Sequence[str]) -> bool: ...
 
 
-@attrs.frozen
-class QueuedTask:
+def _queued(item: Any) -> QueuedTask:
     """
-    A task waiting in C{accepted}, as the dispatcher sees it.
+    A queue entry from the store's state: a L{QueuedTask} already, or a
+    full record.
     """
-
-    task_id: str
-    tenant: Optional[str]
-    reservation: Reservation
-    created_at_ms: int
-
-    @classmethod
-    def from_record(cls, record: TaskRecord) -> "QueuedTask":
-        """
-        The queue entry of a stored task.
-        """
-        return cls(
-            task_id=record.task_id,
-            tenant=record.tenant,
-            reservation=Reservation.for_limits(record.limits),
-            created_at_ms=record.created_at_ms,
-        )
+    return item if isinstance(item, QueuedTask) else QueuedTask.from_record(item)
 
 
 class Scheduler:
@@ -123,7 +106,7 @@ class Scheduler:
         Replace the queue and the ledger with what the store holds.
         """
         self.queue = OrderedDict(
-            (record.task_id, QueuedTask.from_record(record)) for record in state.queued
+            (entry.task_id, entry) for entry in map(_queued, state.queued)
         )
         self._load_ledger(state.active)
 
@@ -156,6 +139,14 @@ class Scheduler:
         if self._released_during_resync is not None:
             self._released_during_resync.add(task_id)
         self.wake()
+
+    def knows_unfinished(self, task_id: str) -> bool:
+        """
+        Whether the task is queued or holds a reservation here, so it is
+        certainly stored and not terminal (an end is reported before its
+        reservation leaves the ledger).
+        """
+        return task_id in self.queue or task_id in self.ledger.active
 
     # Cycles
 
@@ -289,15 +280,16 @@ class Scheduler:
         self._load_ledger(state.active)
         for task_id in released:
             self.ledger.release(task_id)
-        stored = {record.task_id for record in state.queued}
+        queued = [_queued(item) for item in state.queued]
+        stored = {entry.task_id for entry in queued}
         for task_id in [task_id for task_id in self.queue if task_id not in stored]:
             # Gone from the queue behind our back (e.g. a shim took it).
-            if len(state.queued) < self.max_queued:
+            if len(queued) < self.max_queued:
                 del self.queue[task_id]
         missing = [
-            QueuedTask.from_record(record)
-            for record in state.queued
-            if record.task_id not in self.queue and record.task_id not in self.ledger.active
+            entry
+            for entry in queued
+            if entry.task_id not in self.queue and entry.task_id not in self.ledger.active
         ]
         if missing:
             merged = sorted([*self.queue.values(), *missing], key=lambda task: task.created_at_ms)

@@ -107,6 +107,7 @@ class RuntimeService(service.Service):
         self._store = store = Store(
             open_pool(self.reactor, config.database_path),
             open_pool(self.reactor, config.database_path, connections=2),
+            reader_lanes=2,
         )
         try:
             await store.init_schema()

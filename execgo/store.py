@@ -21,6 +21,7 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 
 from execgo import errors, outcome, taskdb, wire
+from execgo.batching import Batcher
 from execgo.models import STATUS_ACCEPTED, STATUS_RUNNING, Reservation, SubmitRequest
 
 JSON = Dict[str, Any]
@@ -47,17 +48,41 @@ class SchedulerState:
     """
 
     active: Tuple[taskdb.TaskRecord, ...]
-    queued: Tuple[taskdb.TaskRecord, ...]
+    queued: Tuple[Any, ...]
 
 
-def _create_task_files(task: taskdb.NewTask, request_json: JSON) -> None:
-    os.makedirs(task.paths.workspace_dir, exist_ok=True)
-    wire.write_json_file(task.paths.request_path, request_json)
-    for log in (task.paths.stdout_path, task.paths.stderr_path):
+CLAIM_STALE_S = 60.0
+
+
+def _claim_task_dir(task_dir: str, now_s: float) -> None:
+    """
+    Create the task directory exclusively: its existence is what keeps two
+    concurrent submissions with one id from both writing files.  A
+    directory left by a crash between file creation and the insert (no
+    row, older than L{CLAIM_STALE_S}) is taken over.
+    """
+    try:
+        os.mkdir(task_dir)
+        return
+    except FileExistsError:
+        pass
+    if now_s - os.stat(task_dir).st_mtime < CLAIM_STALE_S:
+        raise errors.Conflict(f"task already exists: {os.path.basename(task_dir)}")
+    shutil.rmtree(task_dir, ignore_errors=True)
+    os.mkdir(task_dir)
+
+
+def _create_task_files(task: taskdb.NewTask, request_json: JSON, now_s: float) -> None:
+    paths = task.paths
+    _claim_task_dir(paths.task_dir, now_s)
+    os.makedirs(paths.workspace_dir, exist_ok=True)
+    with open(paths.request_path, "x", encoding="utf-8") as out:
+        out.write(wire.pretty(request_json))
+    for log in (paths.stdout_path, paths.stderr_path):
         os.close(os.open(log, os.O_WRONLY | os.O_CREAT, 0o644))
 
 
-def submit_txn(
+def prepare_submit(
     conn: Any,
     task: taskdb.NewTask,
     request_json: JSON,
@@ -66,9 +91,10 @@ def submit_txn(
     now_ms: int,
 ) -> None:
     """
-    The persisting half of submit (C{behavior.md} 3 steps 7-10): queue
+    The checks and files of submit (C{behavior.md} 3 steps 7-9): queue
     bound, late checks, duplicate id (before anything touches the disk),
-    task files, then the row and its events.
+    then the task files.  Runs on a reader connection, so file creation
+    never holds up the writer.
     """
     if taskdb.count_accepted(conn) >= max_queued:
         raise errors.QueueFull()
@@ -76,10 +102,21 @@ def submit_txn(
     if taskdb.task_exists(conn, task.task_id):
         raise errors.Conflict(f"task already exists: {task.task_id}")
     try:
-        _create_task_files(task, request_json)
+        _create_task_files(task, request_json, now_ms / 1000.0)
     except OSError as e:
         raise errors.Internal(f"io error: {e}") from None
-    taskdb.insert_task(conn, task, now_ms)
+
+
+def insert_txn(conn: Any, task: taskdb.NewTask, now_ms: int) -> None:
+    """
+    The row and its first events (step 10); on a conflict the files this
+    submission made are removed again.
+    """
+    try:
+        taskdb.insert_task(conn, task, now_ms)
+    except errors.Conflict:
+        shutil.rmtree(task.paths.task_dir, ignore_errors=True)
+        raise
 
 
 def finish_txn(
@@ -173,7 +210,7 @@ def scheduler_state_txn(conn: Any, max_queued: int) -> SchedulerState:
     """
     return SchedulerState(
         active=tuple(taskdb.load_active(conn)),
-        queued=tuple(taskdb.load_by_status(conn, (STATUS_ACCEPTED,), max(max_queued, 0))),
+        queued=tuple(taskdb.load_queue(conn, max(max_queued, 0))),
     )
 
 
@@ -210,21 +247,29 @@ class Store:
     @param reader: the reader pool (defaults to the writer).
     """
 
-    def __init__(self, pool: adbapi.ConnectionPool, reader: Optional[adbapi.ConnectionPool] = None) -> None:
+    def __init__(
+        self,
+        pool: adbapi.ConnectionPool,
+        reader: Optional[adbapi.ConnectionPool] = None,
+        reader_lanes: int = 1,
+    ) -> None:
         self.pool = pool
         self.reader = pool if reader is None else reader
+        self._writes = Batcher(pool)
+        self._reads = self._writes if reader is None else Batcher(self.reader, reader_lanes)
 
     def run(self, func: Callable[..., Any], *args: Any) -> "Deferred[Any]":
         """
-        Run C{func(connection, *args)} in the writer thread.
+        Run C{func(connection, *args)} in the writer thread (batched with
+        other writes under load, in order).
         """
-        return self.pool.runWithConnection(func, *args)
+        return self._writes.run(func, *args)
 
     def read(self, func: Callable[..., Any], *args: Any) -> "Deferred[Any]":
         """
         Run the read-only C{func(connection, *args)} on a reader connection.
         """
-        return self.reader.runWithConnection(func, *args)
+        return self._reads.run(func, *args)
 
     def init_schema(self) -> "Deferred[None]":
         """
@@ -241,9 +286,12 @@ class Store:
         now_ms: int,
     ) -> "Deferred[None]":
         """
-        Persist a validated, planned submission.
+        Persist a validated, planned submission: checks and files on a
+        reader connection, then the insert on the writer.
         """
-        return self.run(submit_txn, task, request.to_json(), max_queued, check_late, now_ms)
+        d = self.read(prepare_submit, task, request.to_json(), max_queued, check_late, now_ms)
+        d.addCallback(lambda _: self.run(insert_txn, task, now_ms))
+        return d
 
     def snapshot(self, task_id: str, now_ms: int) -> "Deferred[Optional[JSON]]":
         """

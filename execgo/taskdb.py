@@ -354,6 +354,50 @@ class TaskRecord:
 
 
 @attrs.frozen
+class QueuedTask:
+    """
+    A task waiting in C{accepted}, as the dispatcher sees it.
+    """
+
+    task_id: str
+    tenant: Optional[str]
+    reservation: Reservation
+    created_at_ms: int
+
+    @classmethod
+    def from_record(cls, record: TaskRecord) -> "QueuedTask":
+        """
+        The queue entry of a stored task.
+        """
+        return cls(
+            task_id=record.task_id,
+            tenant=record.tenant,
+            reservation=Reservation.for_limits(record.limits),
+            created_at_ms=record.created_at_ms,
+        )
+
+
+def load_queue(conn: sqlite3.Connection, limit: int) -> List[QueuedTask]:
+    """
+    Up to C{limit} C{accepted} tasks, oldest first, reading only what the
+    dispatcher needs (no full record decoding: the queue may be long).
+    """
+    return [
+        QueuedTask(
+            task_id=task_id,
+            tenant=tenant,
+            reservation=Reservation.for_limits(ResourceLimits.from_json(json.loads(limits))),
+            created_at_ms=created,
+        )
+        for task_id, tenant, limits, created in conn.execute(
+            "SELECT task_id, tenant, limits_json, created_at_ms FROM tasks WHERE status = ?"
+            " ORDER BY created_at_ms, rowid LIMIT ?",
+            (STATUS_ACCEPTED, limit),
+        )
+    ]
+
+
+@attrs.frozen
 class NewTask:
     """
     Everything the submit path stores for a new task.
