@@ -137,8 +137,6 @@ def run_foreground(config: RuntimeConfig, environ: Mapping[str, str]) -> int:
     except errors.ExecgoError as e:
         sys.stderr.write(e.message + "\n")
         return 1
-    if "EXECGO_SWITCH" in environ:
-        sys.setswitchinterval(float(environ["EXECGO_SWITCH"]))
     globalLogBeginner.beginLoggingTo(
         [make_observer(sys.stdout, environ)], discardBuffer=True, redirectStandardIO=False
     )
