@@ -237,8 +237,9 @@ class RuntimeAPI:
                 f"method {request.method.decode('ascii', 'replace')} is not allowed here"
             )
         elif not isinstance(value, errors.ExecgoError):
-            log.failure("unexpected error serving {path}", failure, path=request.path)
-            value = errors.Internal(str(value))
+            value = errors.from_storage(value)
+            if value.http_status == 500:
+                log.failure("unexpected error serving {path}", failure, path=request.path)
         if value.http_status == 405:
             request.setHeader(b"allow", b", ".join(_allowed(failure.value)))
         return _json(request, value.envelope(), value.http_status)

@@ -10,6 +10,7 @@ CLI) map these to envelopes and exit codes; nothing else does.
 
 from __future__ import annotations
 
+import errno
 from typing import Any, Dict
 
 
@@ -157,3 +158,46 @@ class InsufficientStorage(ExecgoError):
 
     http_status = 507
     prefix = "io error"
+
+
+class Unauthorized(ExecgoError):
+    """
+    Authentication is on and the request carries no valid bearer token.
+
+    The contract's error codes have no authentication entry; the closest,
+    C{permission_denied}, is used with HTTP 401.
+    """
+
+    code = "permission_denied"
+    http_status = 401
+    prefix = "unauthorized"
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+_UNUSABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
+
+
+def from_storage(error: BaseException) -> ExecgoError:
+    """
+    The runtime error for a storage failure: a full file system is 507, a
+    store or data directory that cannot be used right now (locked, read
+    only, not permitted) is 503, anything else is 500.
+    """
+    if isinstance(error, ExecgoError):
+        return error
+    text = str(error)
+    if isinstance(error, OSError) and error.errno in _FULL:
+        return InsufficientStorage(text)
+    if isinstance(error, OSError) and error.errno in _UNUSABLE:
+        return Unavailable(f"io error: {text}")
+    name = type(error).__name__
+    if name in ("OperationalError", "DatabaseError"):
+        lowered = text.lower()
+        if "full" in lowered:
+            return InsufficientStorage(f"sqlite error: {text}")
+        if "locked" in lowered or "busy" in lowered or "readonly" in lowered or "read-only" in lowered:
+            return Unavailable(f"sqlite error: {text}")
+        return Internal(f"sqlite error: {text}")
+    if isinstance(error, OSError):
+        return Internal(f"io error: {text}")
+    return Internal(text)

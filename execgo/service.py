@@ -45,9 +45,17 @@ def wall_ms() -> int:
 
 def prepare_data_dir(data_dir: str) -> None:
     """
-    Create C{<data_dir>} and C{<data_dir>/tasks} (blocking; run in a thread).
+    Create C{<data_dir>} and C{<data_dir>/tasks} and prove both writable
+    by writing a probe file (blocking; run in a thread).
+
+    @raise OSError: when the directory cannot be used.
     """
-    os.makedirs(os.path.join(data_dir, "tasks"), exist_ok=True)
+    tasks = os.path.join(data_dir, "tasks")
+    os.makedirs(tasks, exist_ok=True)
+    probe = os.path.join(tasks, f".execgo-runtime-probe-{os.getpid()}")
+    with open(probe, "w") as out:
+        out.write("probe")
+    os.unlink(probe)
 
 
 def listen_description(listen_addr: str) -> str:
@@ -103,7 +111,7 @@ class RuntimeService(service.Service):
         try:
             await deferToThread(prepare_data_dir, data_dir)
         except OSError as e:
-            raise errors.Internal(f"io error: cannot create data directory {data_dir}: {e}") from None
+            raise errors.Internal(f"io error: cannot use data directory {data_dir}: {e}") from None
         self._store = store = Store(
             open_pool(self.reactor, config.database_path),
             open_pool(self.reactor, config.database_path, connections=2),

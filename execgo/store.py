@@ -104,7 +104,8 @@ def prepare_submit(
     try:
         _create_task_files(task, request_json, now_ms / 1000.0)
     except OSError as e:
-        raise errors.Internal(f"io error: {e}") from None
+        shutil.rmtree(task.paths.task_dir, ignore_errors=True)
+        raise errors.from_storage(e) from None
 
 
 def insert_txn(conn: Any, task: taskdb.NewTask, now_ms: int) -> None:

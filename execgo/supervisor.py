@@ -25,6 +25,7 @@ import heapq
 import itertools
 import os
 import signal
+import sqlite3
 import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -39,6 +40,7 @@ from execgo.models import STATUS_ACCEPTED, STATUS_RUNNING, Reservation, Usage
 KILL_FLAG_POLL_S = 0.025
 GROUP_DRAIN_STEP_S = 0.002
 GROUP_DRAIN_LIMIT_S = 2.0
+FINISH_RETRY_S = 1.0
 
 
 def process_alive(pid: int) -> bool:
@@ -133,6 +135,7 @@ class Supervisor:
         self._timers: List[Tuple[float, int, Timer]] = []
         self._order = itertools.count()
         self.listeners: List[Callable[[Dict[str, Any]], None]] = []
+        self.pending_finishes: Dict[str, taskdb.Outcome] = {}
         self.finished_count = 0
 
     # Timers
@@ -301,7 +304,11 @@ class Supervisor:
                 # The workload is already running: it must not survive.
                 self._kill_now(run)
                 run.setup_error = f"configure cgroup: {e}"
-        taskdb.record_start(self.conn, record.task_id, pid, self.wall_ms(), spec.script_path)
+        try:
+            taskdb.record_start(self.conn, record.task_id, pid, self.wall_ms(), spec.script_path)
+        except (sqlite3.Error, OSError) as e:
+            # The workload runs and is supervised; its end is what matters.
+            self.log(f"cannot record the start of {record.task_id}: {e}")
         run.wall_timer = self.call_later(
             record.limits.wall_time_ms / 1000.0, lambda: self._on_timeout(run)
         )
@@ -482,28 +489,43 @@ class Supervisor:
                 {"pids_max": limit, "refused_forks": hits},
             )
 
-    def _finish(self, task_id: str, verdict: taskdb.Outcome) -> None:
+    def _finish(self, task_id: str, verdict: taskdb.Outcome, attempt: int = 0) -> None:
         """
         Write the terminal record and, before it commits, C{result.json};
-        then tell the servers.
+        then tell the servers.  A store that cannot take the write (disk
+        full, locked) is retried every second, so no task is left
+        C{running} once the store recovers.
         """
         now = self.wall_ms()
-        taskdb.finish(
-            self.conn,
-            task_id,
-            verdict,
-            now,
-            prepare_result=lambda record: wire.prepare_result(record, now),
-        )
+        try:
+            taskdb.finish(
+                self.conn,
+                task_id,
+                verdict,
+                now,
+                prepare_result=lambda record: wire.prepare_result(record, now),
+            )
+        except (sqlite3.Error, OSError) as e:
+            self.log(f"cannot record the end of {task_id} (attempt {attempt + 1}): {e}")
+            self.pending_finishes[task_id] = verdict
+            self.call_later(FINISH_RETRY_S, lambda: self._retry_finish(task_id, attempt + 1))
+            return
+        self.pending_finishes.pop(task_id, None)
         self.finished_count += 1
         self.emit({"ev": "finished", "task_id": task_id})
+
+    def _retry_finish(self, task_id: str, attempt: int) -> None:
+        verdict = self.pending_finishes.get(task_id)
+        if verdict is not None:
+            self._finish(task_id, verdict, attempt)
 
     @property
     def busy(self) -> bool:
         """
-        Whether any workload is still supervised here.
+        Whether any workload is still supervised here, or an outcome still
+        waits to be written.
         """
-        return bool(self.by_task)
+        return bool(self.by_task) or bool(self.pending_finishes)
 
     def close(self) -> None:
         """
