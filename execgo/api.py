@@ -21,6 +21,7 @@ from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from execgo import errors, metrics, wire
+from execgo.auth import Principal, Tokens
 from execgo.runtime import Runtime
 from execgo.validation import MAX_BODY_BYTES
 
@@ -119,8 +120,18 @@ class RuntimeAPI:
     app = Klein()
     app.url_map.merge_slashes = False
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, tokens: Optional[Tokens] = None) -> None:
         self.runtime = runtime
+        self.tokens = tokens
+
+    def _principal(self, request: IRequest) -> Optional[Principal]:
+        """
+        Who the request speaks for when authentication is on (else
+        C{None}); L{errors.Unauthorized} without a valid token.
+        """
+        if self.tokens is None:
+            return None
+        return self.tokens.authenticate(request.getHeader(b"authorization"))
 
     def resource(self) -> Any:
         """
@@ -137,8 +148,9 @@ class RuntimeAPI:
         """
         C{POST /api/v1/tasks}.
         """
+        principal = self._principal(request)
         self._accepting()
-        return _json(request, await self.runtime.submit(_body(request)))
+        return _json(request, await self.runtime.submit(_body(request), principal))
 
     @app.route("/api/v1/tasks/<task_id>", methods=["GET"])
     async def status(self, request: IRequest, task_id: str) -> bytes:
@@ -146,6 +158,7 @@ class RuntimeAPI:
         C{GET /api/v1/tasks/{id}}, with C{?wait_ms=N} to long-poll for the
         terminal state.
         """
+        self._principal(request)
         wait_ms = _uint_arg(request, b"wait_ms", MAX_WAIT_MS)
         return _json(request, await self.runtime.status(task_id, wait_ms))
 
@@ -154,13 +167,16 @@ class RuntimeAPI:
         """
         C{POST /api/v1/tasks/{id}/kill}.
         """
-        return _json(request, await self.runtime.kill(task_id, owner_from(request)))
+        principal = self._principal(request)
+        owner = owner_from(request) if principal is None else principal.owner
+        return _json(request, await self.runtime.kill(task_id, owner))
 
     @app.route("/api/v1/tasks/<task_id>/events", methods=["GET"])
     async def events(self, request: IRequest, task_id: str) -> bytes:
         """
         C{GET /api/v1/tasks/{id}/events}.
         """
+        self._principal(request)
         return _json(request, await self.runtime.events(task_id))
 
     @app.route("/api/v1/runtime/info", methods=["GET"])
@@ -168,6 +184,7 @@ class RuntimeAPI:
         """
         C{GET /api/v1/runtime/info}.
         """
+        self._principal(request)
         return _json(request, self.runtime.info())
 
     @app.route("/api/v1/runtime/capabilities", methods=["GET"])
@@ -175,6 +192,7 @@ class RuntimeAPI:
         """
         C{GET /api/v1/runtime/capabilities}.
         """
+        self._principal(request)
         return _json(request, self.runtime.capabilities_json())
 
     @app.route("/api/v1/runtime/config", methods=["GET"])
@@ -182,6 +200,7 @@ class RuntimeAPI:
         """
         C{GET /api/v1/runtime/config}.
         """
+        self._principal(request)
         return _json(request, self.runtime.config_json())
 
     @app.route("/api/v1/runtime/resources", methods=["GET"])
@@ -189,6 +208,7 @@ class RuntimeAPI:
         """
         C{GET /api/v1/runtime/resources}.
         """
+        self._principal(request)
         return _json(request, await self.runtime.resources())
 
     @app.route("/healthz", methods=["GET"])
@@ -214,6 +234,7 @@ class RuntimeAPI:
         """
         Prometheus text exposition.
         """
+        self._principal(request)
         try:
             text = await self.runtime.metrics()
         except Exception as e:
@@ -240,6 +261,8 @@ class RuntimeAPI:
             value = errors.from_storage(value)
             if value.http_status == 500:
                 log.failure("unexpected error serving {path}", failure, path=request.path)
+        if value.http_status == 401:
+            request.setHeader(b"www-authenticate", b'Bearer realm="execgo"')
         if value.http_status == 405:
             request.setHeader(b"allow", b", ".join(_allowed(failure.value)))
         return _json(request, value.envelope(), value.http_status)

@@ -246,13 +246,38 @@ def cli(ctx: click.Context) -> None:
 
 # -- shared pieces of the client subcommands ---------------------------------
 
-_server_option = click.option(
+TOKEN_ENV = "EXECGO_RUNTIME_TOKEN"
+_TOKEN_KEY = "execgo.token"
+
+
+def _remember_token(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> None:
+    if value is not None and value.strip():
+        ctx.meta[_TOKEN_KEY] = value.strip()
+
+
+_server_url_option = click.option(
     "--server",
     default=DEFAULT_SERVER,
     show_default=True,
     metavar="URL",
     help="Root URL of the runtime (http:// or https://); trailing '/' is ignored.",
 )
+_token_option = click.option(
+    "--token",
+    envvar=TOKEN_ENV,
+    show_envvar=True,
+    metavar="TOKEN",
+    expose_value=False,
+    callback=_remember_token,
+    help="Bearer token, for a server started with --auth-token-file.",
+)
+
+
+def _server_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """
+    C{--server} and C{--token}, which every client subcommand takes.
+    """
+    return _server_url_option(_token_option(command))
 
 
 def _request_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -308,6 +333,10 @@ def _task_url(server: str, task_id: str, suffix: str = "") -> str:
 
 def _headers(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     headers = {"User-Agent": f"{PROG_NAME}/{__version__}", "Accept": "application/json"}
+    ctx = click.get_current_context(silent=True)
+    token = None if ctx is None else ctx.meta.get(_TOKEN_KEY)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     headers.update(extra or {})
     return headers
 

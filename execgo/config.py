@@ -101,6 +101,7 @@ class RuntimeConfig:
     capacity_memory_bytes: Optional[int] = None
     capacity_pids: Optional[int] = None
     tenant_quotas: Tuple[str, ...] = ()
+    auth_token_file: Optional[str] = None
 
     @property
     def data_dir_abs(self) -> str:
@@ -251,6 +252,12 @@ SERVE_SETTINGS: Tuple[Setting, ...] = (
         "tenant_quotas",
         "multi",
         "NAME=slots:N[,memory:BYTES][,pids:N], repeatable",
+    ),
+    Setting(
+        "auth-token-file",
+        "auth_token_file",
+        "str",
+        "require bearer tokens listed in this file (TOKEN tenant=NAME owner=NAME a line; re-read on SIGHUP)",
     ),
 )
 

@@ -14,17 +14,19 @@ import signal
 import uuid
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from execgo import errors, metrics, outcome, recovery, tallies, taskdb, validation, wire
+from execgo.auth import Principal
 from execgo.capabilities import Capabilities
 from execgo.cgroups import Cgroups
 from execgo.config import RuntimeConfig
 from execgo.ledger import ActiveReservation, Capacity, check_admission, render_resources
-from execgo.models import STATUS_RUNNING, TERMINAL_STATUSES, Reservation
+from execgo.models import STATUS_RUNNING, TERMINAL_STATUSES, ControlContext, Reservation, SubmitRequest
 from execgo.policy import resolve_plan
 from execgo.procinfo import is_supervisor, kill_group
 from execgo.scheduler import QueuedTask, Scheduler
@@ -83,12 +85,17 @@ class Runtime:
 
     # Submit
 
-    async def submit(self, body: bytes) -> JSON:
+    async def submit(self, body: bytes, principal: Optional[Principal] = None) -> JSON:
         """
         Decode, validate, plan, admit and persist a submission; wake the
         dispatcher.  Checks run in the order of C{api.md} 3.5.
+
+        @param principal: with authentication on, the token's tenant and
+            owner, which replace what the body claims.
         """
         request = validation.parse_submit(body)
+        if principal is not None:
+            request = _as_principal(request, principal)
         plan = resolve_plan(request, self.capabilities, self.config.default_capability_mode)
         reservation = Reservation.for_limits(request.limits)
         check_admission(reservation, self.capabilities.capacity, self.quotas, request.tenant)
@@ -383,6 +390,15 @@ class Runtime:
             if timer.active():
                 timer.cancel()
         self._kill_timers.clear()
+
+
+def _as_principal(request: SubmitRequest, principal: Principal) -> SubmitRequest:
+    """
+    The request with the token's tenant and owner in its control context.
+    """
+    context = request.control_context or ControlContext()
+    context = attrs.evolve(context, tenant=principal.tenant, owner=principal.owner)
+    return attrs.evolve(request, control_context=context)
 
 
 def _sleep(reactor: IReactorTime, seconds: float) -> "defer.Deferred[None]":

@@ -9,6 +9,7 @@ then the listener.  Nothing listens before recovery has finished.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Any, Mapping, Optional
 
@@ -20,6 +21,7 @@ from twisted.logger import Logger
 
 from execgo import __version__, errors
 from execgo.api import APISite, RuntimeAPI
+from execgo.auth import Tokens, read_tokens
 from execgo.capabilities import build_capabilities, probe_host
 from execgo.cgroups import Cgroups
 from execgo.config import RuntimeConfig, parse_listen_addr
@@ -88,6 +90,7 @@ class RuntimeService(service.Service):
         parse_listen_addr(config.listen_addr)
         self.runtime: Optional[Runtime] = None
         self.site: Optional[APISite] = None
+        self.tokens: Optional[Tokens] = None
         self.port: Any = None
         self.started: defer.Deferred[Any] = defer.Deferred()
         self._store: Optional[Store] = None
@@ -108,6 +111,9 @@ class RuntimeService(service.Service):
         """
         config = self.config
         data_dir = config.data_dir_abs
+        if config.auth_token_file is not None:
+            self.tokens = Tokens(await deferToThread(read_tokens, config.auth_token_file))
+            self._install_reload()
         try:
             await deferToThread(prepare_data_dir, data_dir)
         except OSError as e:
@@ -184,7 +190,7 @@ class RuntimeService(service.Service):
         runtime.accepting = True
         scheduler.start()
         runtime.start_gc()
-        self.site = site = APISite(RuntimeAPI(runtime).resource())
+        self.site = site = APISite(RuntimeAPI(runtime, self.tokens).resource())
         site.displayTracebacks = False
         endpoint = endpoints.serverFromString(self.reactor, listen_description(config.listen_addr))
         try:
@@ -196,6 +202,37 @@ class RuntimeService(service.Service):
             "listening on {listen_addr}", listen_addr=config.listen_addr, runtime_id=runtime_id
         )
         return self.port
+
+    def _install_reload(self) -> None:
+        """
+        Re-read the token file on SIGHUP (the handler only schedules the
+        read; the read runs in a thread).
+        """
+
+        def on_hup(signum: int, frame: Any) -> None:
+            self.reactor.callFromThread(self.reload_tokens)
+
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def reload_tokens(self) -> "defer.Deferred[None]":
+        """
+        Replace the tokens with the file's current content; a file that
+        cannot be read or parsed leaves the tokens in force.
+        """
+        if self.tokens is None or self.config.auth_token_file is None:
+            return defer.succeed(None)
+        tokens = self.tokens
+
+        def loaded(table: Any) -> None:
+            tokens.tokens = dict(table)
+            log.info("token file reloaded", tokens=len(table))
+
+        def failed(failure: Any) -> None:
+            log.warn("token file not reloaded", error=str(failure.value))
+
+        d = deferToThread(read_tokens, self.config.auth_token_file)
+        d.addCallbacks(loaded, failed)
+        return d
 
     async def _drain_requests(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """

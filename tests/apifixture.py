@@ -16,6 +16,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
 from execgo.api import RuntimeAPI
+from execgo.auth import Tokens
 from execgo.capabilities import Capabilities
 from execgo.config import RuntimeConfig
 from execgo.ledger import Capacity, Ledger, parse_tenant_quotas
@@ -68,7 +69,13 @@ class InProcessRuntime:
     A runtime over a temp data directory, serving its API through StubTreq.
     """
 
-    def __init__(self, data_dir: str, config: Optional[RuntimeConfig] = None, **caps: Any) -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        config: Optional[RuntimeConfig] = None,
+        tokens: Optional[Tokens] = None,
+        **caps: Any,
+    ) -> None:
         self.config = config or RuntimeConfig(data_dir=data_dir)
         prepare_data_dir(self.config.data_dir_abs)
         self.store = Store(open_pool(reactor, self.config.database_path))
@@ -97,7 +104,7 @@ class InProcessRuntime:
             started_at="2026-01-01T00:00:00Z",
             version="1.1.0",
         )
-        self.api = RuntimeAPI(self.runtime)
+        self.api = RuntimeAPI(self.runtime, tokens)
         self.treq = StubTreq(self.api.resource())
 
     async def start(self) -> None:
