@@ -20,7 +20,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
-from execgo import errors, metrics, wire
+from execgo import errors, idempotency, listing, metrics, openapi, wire
 from execgo.auth import Principal, Tokens
 from execgo.runtime import Runtime
 from execgo.validation import MAX_BODY_BYTES
@@ -99,6 +99,23 @@ def _uint_arg(request: IRequest, name: bytes, ceiling: int) -> int:
     return min(int(text), ceiling)
 
 
+MAX_OFFSET = (1 << 63) - 1
+
+
+def _bool_arg(request: IRequest, name: bytes) -> bool:
+    """
+    A C{true}/C{false} query argument (C{False} when absent); anything
+    else is C{invalid_input}.
+    """
+    values = request.args.get(name)
+    if not values:
+        return False
+    text = values[-1]
+    if text not in (b"true", b"false"):
+        raise errors.InvalidInput(f"{name.decode()}: expected true or false")
+    return text == b"true"
+
+
 def _body(request: IRequest) -> bytes:
     if getattr(request, "body_too_large", False):
         raise errors.PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes")
@@ -146,11 +163,42 @@ class RuntimeAPI:
     @app.route("/api/v1/tasks", methods=["POST"])
     async def submit(self, request: IRequest) -> bytes:
         """
-        C{POST /api/v1/tasks}.
+        C{POST /api/v1/tasks}, optionally with an C{Idempotency-Key}.
         """
         principal = self._principal(request)
+        key = idempotency.parse_key(request.requestHeaders.getRawHeaders(idempotency.HEADER))
         self._accepting()
-        return _json(request, await self.runtime.submit(_body(request), principal))
+        return _json(request, await self.runtime.submit(_body(request), principal, key))
+
+    @app.route("/api/v1/tasks", methods=["GET"])
+    async def list_tasks(self, request: IRequest) -> bytes:
+        """
+        C{GET /api/v1/tasks}: a page of tasks, newest first, filtered by
+        C{status}, C{tenant}, C{owner} and C{label=k:v}, cut by C{limit} and
+        C{cursor} (L{listing.parse_query}).
+        """
+        self._principal(request)
+        return _json(request, await self.runtime.list_tasks(listing.parse_query(request.args)))
+
+    @app.route("/api/v1/tasks/<task_id>/stdout", methods=["GET"])
+    async def stdout(self, request: IRequest, task_id: str) -> bytes:
+        """
+        C{GET /api/v1/tasks/{id}/stdout?offset=N&follow=true|false}.
+        """
+        return await self._log(request, task_id, "stdout")
+
+    @app.route("/api/v1/tasks/<task_id>/stderr", methods=["GET"])
+    async def stderr(self, request: IRequest, task_id: str) -> bytes:
+        """
+        C{GET /api/v1/tasks/{id}/stderr?offset=N&follow=true|false}.
+        """
+        return await self._log(request, task_id, "stderr")
+
+    async def _log(self, request: IRequest, task_id: str, name: str) -> bytes:
+        self._principal(request)
+        offset = _uint_arg(request, b"offset", MAX_OFFSET)
+        follow = _bool_arg(request, b"follow")
+        return await self.runtime.streams.log(request, task_id, name, offset, follow)
 
     @app.route("/api/v1/tasks/<task_id>", methods=["GET"])
     async def status(self, request: IRequest, task_id: str) -> bytes:
@@ -174,10 +222,15 @@ class RuntimeAPI:
     @app.route("/api/v1/tasks/<task_id>/events", methods=["GET"])
     async def events(self, request: IRequest, task_id: str) -> bytes:
         """
-        C{GET /api/v1/tasks/{id}/events}.
+        C{GET /api/v1/tasks/{id}/events?after_seq=N&follow=true|false}:
+        the JSON array of the events after C{after_seq}, or with C{follow}
+        an NDJSON stream of them that ends after the terminal event.
         """
         self._principal(request)
-        return _json(request, await self.runtime.events(task_id))
+        after_seq = _uint_arg(request, b"after_seq", MAX_OFFSET)
+        if _bool_arg(request, b"follow"):
+            return await self.runtime.streams.events(request, task_id, after_seq)
+        return _json(request, await self.runtime.events(task_id, after_seq))
 
     @app.route("/api/v1/runtime/info", methods=["GET"])
     def info(self, request: IRequest) -> bytes:
@@ -228,6 +281,13 @@ class RuntimeAPI:
         except Exception as e:
             raise errors.Internal(f"sqlite error: {e}") from None
         return _json(request, {"status": "ready", "version": self.runtime.version})
+
+    @app.route("/api/v1/openapi.json", methods=["GET"])
+    def openapi_document(self, request: IRequest) -> bytes:
+        """
+        C{GET /api/v1/openapi.json}: the OpenAPI document (no token needed).
+        """
+        return _json(request, openapi.document(self.runtime.version))
 
     @app.route("/metrics", methods=["GET"])
     async def metrics(self, request: IRequest) -> bytes:

@@ -20,7 +20,18 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
-from execgo import errors, metrics, outcome, recovery, tallies, taskdb, validation, wire
+from execgo import (
+    errors,
+    idempotency,
+    listing,
+    metrics,
+    outcome,
+    recovery,
+    tallies,
+    taskdb,
+    validation,
+    wire,
+)
 from execgo.auth import Principal
 from execgo.capabilities import Capabilities
 from execgo.cgroups import Cgroups
@@ -31,6 +42,7 @@ from execgo.policy import resolve_plan
 from execgo.procinfo import is_supervisor, kill_group
 from execgo.scheduler import QueuedTask, Scheduler
 from execgo.store import Store
+from execgo.streams import Streams
 from execgo.supervisor_link import SupervisorLink
 from execgo.waiters import Waiters
 
@@ -79,23 +91,31 @@ class Runtime:
         self.version = version
         self.cgroups = cgroups
         self.waiters = Waiters(reactor)
+        self.streams = Streams(store, self.waiters)
         self.accepting = False
         self._gc_call: Any = None
         self._kill_timers: Dict[str, Any] = {}
 
     # Submit
 
-    async def submit(self, body: bytes, principal: Optional[Principal] = None) -> JSON:
+    async def submit(
+        self, body: bytes, principal: Optional[Principal] = None, idempotency_key: Optional[str] = None
+    ) -> JSON:
         """
         Decode, validate, plan, admit and persist a submission; wake the
         dispatcher.  Checks run in the order of C{api.md} 3.5.
 
         @param principal: with authentication on, the token's tenant and
             owner, which replace what the body claims.
+        @param idempotency_key: a validated C{Idempotency-Key}: a retry
+            (same key, same normalised request) gets the stored task's
+            answer and creates nothing; the same key with another request
+            is L{errors.Conflict}.
         """
         request = validation.parse_submit(body)
         if principal is not None:
             request = _as_principal(request, principal)
+        digest = None if idempotency_key is None else idempotency.request_hash(request.to_json())
         plan = resolve_plan(request, self.capabilities, self.config.default_capability_mode)
         reservation = Reservation.for_limits(request.limits)
         check_admission(reservation, self.capabilities.capacity, self.quotas, request.tenant)
@@ -111,19 +131,48 @@ class Runtime:
             paths=wire.task_paths(
                 self.config.data_dir_abs, task_id, request.execution, request.sandbox.workspace_subdir
             ),
+            idempotency_key=idempotency_key,
+            idempotency_hash=digest,
         )
         now = self.now_ms()
-        await self.store.submit(
-            task,
-            request,
-            self.config.max_queued_tasks,
-            lambda: validation.check_output_limits(request),
-            now,
-        )
+        try:
+            await self.store.submit(
+                task,
+                request,
+                self.config.max_queued_tasks,
+                lambda: validation.check_output_limits(request),
+                now,
+            )
+        except idempotency.Replay as replay:
+            return {"task_id": replay.task_id, "handle_id": replay.task_id, "status": "accepted"}
+        except errors.Conflict as conflict:
+            if idempotency_key is None or isinstance(conflict, idempotency.KeyReused):
+                raise
+            replayed = await self._settle_conflict(idempotency_key, digest, task_id)
+            return {"task_id": replayed, "handle_id": replayed, "status": "accepted"}
         self.scheduler.submitted(
             QueuedTask(task_id=task_id, tenant=request.tenant, reservation=reservation, created_at_ms=now)
         )
         return {"task_id": task_id, "handle_id": task_id, "status": "accepted"}
+
+    async def _settle_conflict(self, key: str, digest: Optional[str], task_id: str) -> str:
+        """
+        A keyed submission found its task id taken (by a concurrent first
+        submission with the same key and id that has not committed yet, or
+        by another task): wait, bounded, for the winner's row.
+
+        @return: the id to answer a retry with.
+        @raise errors.Conflict: the id belongs to another task.
+        """
+        for _ in range(100):
+            try:
+                taken = await self.store.read(idempotency.settle_conflict, key, digest, task_id)
+            except idempotency.Replay as replay:
+                return replay.task_id
+            if taken:
+                break
+            await _sleep(self.reactor, 0.01)
+        raise errors.Conflict(f"task already exists: {task_id}")
 
     # Reading
 
@@ -149,17 +198,26 @@ class Runtime:
                 await watch
         finally:
             if watch is not None and not watch.called:
+                # Nobody awaits it any more: its CancelledError is expected.
+                watch.addErrback(lambda failure: failure.trap(defer.CancelledError))
                 watch.cancel()
         snapshot = await self.store.snapshot(task_id, self.now_ms())
         if snapshot is None:
             raise errors.NotFound(task_id)
         return snapshot
 
-    async def events(self, task_id: str) -> List[JSON]:
+    async def list_tasks(self, query: listing.ListQuery) -> JSON:
         """
-        The event log; L{errors.NotFound} for an unknown id.
+        One page of the task listing, see L{listing.list_page}.
         """
-        events = await self.store.read(taskdb.events_if_exists, task_id)
+        return await self.store.read(listing.list_page, query, self.now_ms())
+
+    async def events(self, task_id: str, after_seq: int = 0) -> List[JSON]:
+        """
+        The event log (the events after C{after_seq}); L{errors.NotFound}
+        for an unknown id.
+        """
+        events = await self.store.read(taskdb.events_if_exists, task_id, after_seq)
         if events is None:
             raise errors.NotFound(task_id)
         return [wire.render_event(event) for event in events]
@@ -380,8 +438,10 @@ class Runtime:
 
     def stop_timers(self) -> None:
         """
-        Cancel GC and direct-kill timers; answer every long-poll now.
+        Cancel GC and direct-kill timers; answer every long-poll now; cut
+        every log and event stream short.
         """
+        self.streams.close_all()
         self.waiters.cancel_all()
         if self._gc_call is not None and self._gc_call.active():
             self._gc_call.cancel()

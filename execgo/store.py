@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import attrs
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 
-from execgo import errors, outcome, taskdb, wire
+from execgo import errors, idempotency, outcome, taskdb, wire
 from execgo.batching import Batcher
 from execgo.models import STATUS_ACCEPTED, STATUS_RUNNING, Reservation, SubmitRequest
 
@@ -54,27 +55,32 @@ class SchedulerState:
 CLAIM_STALE_S = 60.0
 
 
-def _claim_task_dir(task_dir: str, now_s: float) -> None:
+def _claim_task_dir(task_dir: str, now_s: float, opened_s: float = 0.0) -> None:
     """
     Create the task directory exclusively: its existence is what keeps two
     concurrent submissions with one id from both writing files.  A
-    directory left by a crash between file creation and the insert (no
-    row, older than L{CLAIM_STALE_S}) is taken over.
+    directory without a row that was made before this server opened the
+    store (left by a crash between file creation and the insert: no
+    submission of ours can be making it), or longer ago than
+    L{CLAIM_STALE_S}, is taken over.
     """
     try:
         os.mkdir(task_dir)
         return
     except FileExistsError:
         pass
-    if now_s - os.stat(task_dir).st_mtime < CLAIM_STALE_S:
+    made = os.stat(task_dir).st_mtime
+    if made >= opened_s and now_s - made < CLAIM_STALE_S:
         raise errors.Conflict(f"task already exists: {os.path.basename(task_dir)}")
     shutil.rmtree(task_dir, ignore_errors=True)
     os.mkdir(task_dir)
 
 
-def _create_task_files(task: taskdb.NewTask, request_json: JSON, now_s: float) -> None:
+def _create_task_files(
+    task: taskdb.NewTask, request_json: JSON, now_s: float, opened_s: float = 0.0
+) -> None:
     paths = task.paths
-    _claim_task_dir(paths.task_dir, now_s)
+    _claim_task_dir(paths.task_dir, now_s, opened_s)
     os.makedirs(paths.workspace_dir, exist_ok=True)
     with open(paths.request_path, "x", encoding="utf-8") as out:
         out.write(wire.pretty(request_json))
@@ -89,20 +95,25 @@ def prepare_submit(
     max_queued: int,
     check_late: Callable[[], None],
     now_ms: int,
+    opened_s: float = 0.0,
 ) -> None:
     """
     The checks and files of submit (C{behavior.md} 3 steps 7-9): queue
     bound, late checks, duplicate id (before anything touches the disk),
     then the task files.  Runs on a reader connection, so file creation
-    never holds up the writer.
+    never holds up the writer.  A submission whose idempotency key is
+    stored already is answered first (L{idempotency.check}), so a retry of
+    an accepted submission never meets the queue bound.
     """
+    if task.idempotency_key is not None:
+        idempotency.check(conn, task.idempotency_key, task.idempotency_hash)
     if taskdb.count_accepted(conn) >= max_queued:
         raise errors.QueueFull()
     check_late()
     if taskdb.task_exists(conn, task.task_id):
         raise errors.Conflict(f"task already exists: {task.task_id}")
     try:
-        _create_task_files(task, request_json, now_ms / 1000.0)
+        _create_task_files(task, request_json, now_ms / 1000.0, opened_s)
     except OSError as e:
         shutil.rmtree(task.paths.task_dir, ignore_errors=True)
         raise errors.from_storage(e) from None
@@ -256,6 +267,7 @@ class Store:
     ) -> None:
         self.pool = pool
         self.reader = pool if reader is None else reader
+        self.opened_s = time.time()
         self._writes = Batcher(pool)
         self._reads = self._writes if reader is None else Batcher(self.reader, reader_lanes)
 
@@ -290,7 +302,9 @@ class Store:
         Persist a validated, planned submission: checks and files on a
         reader connection, then the insert on the writer.
         """
-        d = self.read(prepare_submit, task, request.to_json(), max_queued, check_late, now_ms)
+        d = self.read(
+            prepare_submit, task, request.to_json(), max_queued, check_late, now_ms, self.opened_s
+        )
         d.addCallback(lambda _: self.run(insert_txn, task, now_ms))
         return d
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import attrs
 
-from execgo import errors, tallies
+from execgo import errors, idempotency, tallies
 from execgo.models import (
     STATUS_ACCEPTED,
     STATUS_CANCELLED,
@@ -79,6 +79,8 @@ _TASK_COLUMNS = (
     ("released_at_ms", "INTEGER"),
     ("tenant", "TEXT"),
     ("owner", "TEXT"),
+    ("idempotency_key", "TEXT"),
+    ("idempotency_hash", "TEXT"),
 )
 
 _SCHEMA = [
@@ -104,6 +106,23 @@ _SCHEMA = [
     "CREATE INDEX IF NOT EXISTS idx_task_events_task_seq ON task_events(task_id, seq)",
     "CREATE INDEX IF NOT EXISTS idx_tasks_reserved ON tasks(released_at_ms, reserved_at_ms)"
     " WHERE reserved_at_ms IS NOT NULL AND released_at_ms IS NULL",
+    # Listing (execgo.listing): newest first by (created_at_ms, rowid); an
+    # index on (x, created_at_ms) also holds the rowid, so it serves both.
+    "CREATE INDEX IF NOT EXISTS idx_tasks_created ON tasks(created_at_ms)",
+    "CREATE INDEX IF NOT EXISTS idx_tasks_tenant_created ON tasks(tenant, created_at_ms)",
+    "CREATE INDEX IF NOT EXISTS idx_tasks_owner_created ON tasks(owner, created_at_ms)",
+    """CREATE TABLE IF NOT EXISTS task_labels (
+        task_id TEXT NOT NULL REFERENCES tasks(task_id) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        task_rowid INTEGER NOT NULL,
+        PRIMARY KEY (task_id, key)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS idx_task_labels_kv"
+    " ON task_labels(key, value, created_at_ms, task_rowid)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS idx_tasks_idempotency ON tasks(idempotency_key)"
+    " WHERE idempotency_key IS NOT NULL",
 ]
 
 BUSY_TIMEOUT_MS = 5000
@@ -156,9 +175,49 @@ def init_schema(conn: sqlite3.Connection) -> None:
             if name not in present:
                 decl = decl.replace(" PRIMARY KEY", "").replace(" NOT NULL", "")
                 conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {decl}")
+        labels_fresh = not _table_exists(conn, "task_labels")
         for statement in _SCHEMA[3:]:
             conn.execute(statement)
+        if labels_fresh:
+            _backfill_labels(conn)
         tallies.install(conn)
+
+
+def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
+    return (
+        conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+        is not None
+    )
+
+
+def _insert_labels(
+    conn: sqlite3.Connection, task_id: str, labels: Any, created_at_ms: int, task_rowid: int
+) -> None:
+    """
+    Index a task's control-context labels for listing (same transaction
+    as the task row).
+    """
+    conn.executemany(
+        "INSERT INTO task_labels (task_id, key, value, created_at_ms, task_rowid) VALUES (?, ?, ?, ?, ?)",
+        [(task_id, str(key), str(value), created_at_ms, task_rowid) for key, value in labels.items()],
+    )
+
+
+def _backfill_labels(conn: sqlite3.Connection) -> None:
+    """
+    Fill a new C{task_labels} table from the tasks stored before it existed.
+    """
+    rows = conn.execute(
+        "SELECT task_id, control_context_json, created_at_ms, rowid FROM tasks"
+        " WHERE control_context_json IS NOT NULL"
+    ).fetchall()
+    for task_id, context, created_at_ms, rowid in rows:
+        try:
+            labels = json.loads(context).get("labels") or {}
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(labels, dict) and labels:
+            _insert_labels(conn, task_id, labels, created_at_ms, rowid)
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:
@@ -411,6 +470,8 @@ class NewTask:
     plan: ExecutionPlan
     control_context: Optional[ControlContext]
     paths: TaskPaths
+    idempotency_key: Optional[str] = None
+    idempotency_hash: Optional[str] = None
 
 
 @attrs.frozen
@@ -514,13 +575,22 @@ def insert_task(conn: sqlite3.Connection, task: NewTask, now_ms: int) -> None:
         "tenant": None if task.control_context is None else task.control_context.tenant,
         "owner": None if task.control_context is None else task.control_context.owner,
     }
+    if task.idempotency_key is not None:
+        values["idempotency_key"] = task.idempotency_key
+        values["idempotency_hash"] = task.idempotency_hash
     names = ", ".join(values)
     marks = ", ".join("?" for _ in values)
     with transaction(conn):
         try:
-            conn.execute(f"INSERT INTO tasks ({names}) VALUES ({marks})", tuple(values.values()))
+            cursor = conn.execute(f"INSERT INTO tasks ({names}) VALUES ({marks})", tuple(values.values()))
         except sqlite3.IntegrityError:
+            if task.idempotency_key is not None:
+                # A concurrent first submission with this key won: answer
+                # like a retry (or 409 if it carried another request).
+                idempotency.check(conn, task.idempotency_key, task.idempotency_hash)
             raise errors.Conflict(f"task already exists: {task.task_id}") from None
+        if task.control_context is not None and task.control_context.labels:
+            _insert_labels(conn, task.task_id, task.control_context.labels, now_ms, int(cursor.lastrowid or 0))
         append_event(conn, task.task_id, "submitted", "task submitted", now_ms)
         append_event(conn, task.task_id, "accepted", "task accepted", now_ms)
         append_event(conn, task.task_id, "planned", "execution plan resolved", now_ms, plan.to_json())

@@ -353,7 +353,7 @@ class RoutingTests(APITestsBase):
             code, decoded, _ = yield defer.ensureDeferred(self.call(method, path))
             self.assertEnvelope(code, decoded, 404, "not_found")
         for method, path in [
-            ("GET", "/api/v1/tasks"),
+            ("PUT", "/api/v1/tasks"),
             ("DELETE", "/api/v1/tasks/x"),
             ("GET", "/api/v1/tasks/x/kill"),
             ("POST", "/healthz"),

@@ -1324,7 +1324,7 @@ class RequestErrorTests(SharedServerCase):
         A known path with the wrong method is 405 with code C{invalid_input}.
         """
         for method, path in (
-            ("GET", "/api/v1/tasks"),
+            ("DELETE", "/api/v1/tasks"),
             ("PUT", "/api/v1/tasks"),
             ("DELETE", "/api/v1/tasks/x"),
             ("GET", "/api/v1/tasks/x/kill"),
