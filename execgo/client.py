@@ -4,18 +4,22 @@ An asynchronous client of the execgo runtime's HTTP API, for other Twisted
 programs.
 
 L{ExecgoClient} is a thin layer over an injected treq C{HTTPClient} (or a
-C{treq.testing.StubTreq}) and an C{IReactorTime} used for polling and request
-timeouts; it never touches the global reactor.  Every method returns a
-L{Deferred}, so it can be awaited from a coroutine or used with callbacks.
-Results are small frozen values (L{SubmitResult}, L{TaskStatus},
-L{TaskEvent}) that keep the full decoded JSON in C{raw}; the runtime-wide
-endpoints return the decoded JSON object as is.
+C{treq.testing.StubTreq}) and an C{IReactorTime} used for polling, backoff
+and request timeouts; it never touches the global reactor.  Every method
+returns a L{Deferred}, so it can be awaited from a coroutine or used with
+callbacks; the C{iter_*} methods return async iterators.
 
-Failures are L{ClientError}s: L{ServerError} for a non-2xx answer (with the
-error envelope's code and message), L{TransportError} when no complete
-answer arrived (connection failure, timeout, oversized body),
-L{MalformedResponse} for a 2xx answer that is not what the contract says,
-L{WaitTimeout} when L{ExecgoClient.wait} gives up.
+It covers every endpoint: submission (with an C{Idempotency-Key}), status,
+long-poll waiting, listing, kill, the event log and the log streams
+(followed live, resumed after a dropped connection), and the runtime-wide
+endpoints.  Answers are typed frozen values (L{execgo.client_models},
+L{execgo.client_views}, all re-exported here); failures are
+L{ClientError}s: L{ServerError} for a non-2xx answer (with the error
+envelope's code and message), L{TransportError} when no complete answer
+arrived, L{MalformedResponse} for a 2xx answer that is not what the
+contract says, L{WaitTimeout} when L{ExecgoClient.wait} gives up.  The
+HTTP plumbing is L{execgo.client_http}, the stream pieces
+L{execgo.client_streams}.
 
 This module imports only the models, Twisted and treq: never the server.
 """
@@ -26,6 +30,7 @@ import json
 from functools import wraps
 from typing import (
     Any,
+    AsyncIterator,
     Callable,
     Coroutine,
     Dict,
@@ -37,17 +42,39 @@ from typing import (
     TypeVar,
     Union,
 )
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-import attrs
-from treq.content import collect
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.python.failure import Failure
-from twisted.web.http_headers import Headers
 
-from execgo.models import TERMINAL_STATUSES, SubmitRequest
+from execgo.client_models import (
+    ClientError,
+    MalformedResponse,
+    ServerError,
+    SubmitResult,
+    TaskError,
+    TaskEvent,
+    TaskPage,
+    TaskStatus,
+    TransportError,
+    WaitTimeout,
+    json_object,
+)
+from execgo.client_views import (
+    ActiveReservation,
+    CapabilitySnapshot,
+    Health,
+    Platform,
+    ResourceCapacity,
+    ResourcesView,
+    RuntimeInfo,
+    RuntimeSettings,
+    TenantUsage,
+)
+from execgo.client_http import HTTPSession, decode_json
+from execgo.client_streams import Consumer, LineSplitter, PushIterator
+from execgo.models import SubmitRequest
 
 __all__ = [
     "ClientError",
@@ -58,244 +85,38 @@ __all__ = [
     "SubmitResult",
     "TaskError",
     "TaskStatus",
+    "TaskPage",
     "TaskEvent",
+    "Health",
+    "Platform",
+    "ResourceCapacity",
+    "RuntimeInfo",
+    "CapabilitySnapshot",
+    "RuntimeSettings",
+    "ActiveReservation",
+    "TenantUsage",
+    "ResourcesView",
     "ExecgoClient",
     "OWNER_HEADER",
+    "IDEMPOTENCY_HEADER",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_POLL_INTERVAL_MS",
+    "DEFAULT_LONG_POLL_MS",
+    "DEFAULT_STREAM_RETRIES",
 ]
 
 OWNER_HEADER = "x-execgo-owner"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 60.0
 DEFAULT_POLL_INTERVAL_MS = 500
+DEFAULT_LONG_POLL_MS = 30_000
+DEFAULT_STREAM_RETRIES = 5
+MAX_EVENT_LINE = 16 * 1024 * 1024
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-
-
-# -- errors ---------------------------------------------------------------------
-
-
-class ClientError(Exception):
-    """
-    Root of every failure reported by L{ExecgoClient}.
-    """
-
-
-class TransportError(ClientError):
-    """
-    No complete response arrived: the connection failed, the request timed
-    out, or the body was larger than the client accepts.
-    """
-
-
-class MalformedResponse(ClientError):
-    """
-    A 2xx response whose body is not what the contract describes.
-    """
-
-
-class ServerError(ClientError):
-    """
-    The runtime answered with a non-2xx status.
-
-    @ivar status: the HTTP status code.
-    @ivar code: C{error.code} of the error envelope (e.g. C{"not_found"}), or
-        C{None} when the body was not an envelope.
-    @ivar message: C{error.message} of the envelope, else the body text (or
-        the reason phrase when the body is empty).
-    @ivar body: the raw response body.
-    """
-
-    def __init__(self, status: int, code: Optional[str], message: str, body: bytes) -> None:
-        super().__init__(status, code, message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.body = body
-
-    def __str__(self) -> str:
-        if self.code is None:
-            return f"HTTP {self.status}: {self.message}"
-        return f"HTTP {self.status} {self.code}: {self.message}"
-
-
-class WaitTimeout(ClientError):
-    """
-    L{ExecgoClient.wait} saw no terminal status within its timeout.
-
-    @ivar task_id: the task waited for.
-    @ivar last_status: the last (non-terminal) status seen.
-    """
-
-    def __init__(self, task_id: str, last_status: "TaskStatus") -> None:
-        super().__init__(f"wait timeout exceeded for task {task_id}")
-        self.task_id = task_id
-        self.last_status = last_status
-
-
-# -- results --------------------------------------------------------------------
-
-
-def _get(
-    data: Mapping[str, Any],
-    key: str,
-    kind: Union[type, Tuple[type, ...]],
-    required: bool,
-) -> Any:
-    """
-    C{data[key]} checked against C{kind}; C{None} for an absent optional key.
-    """
-    value = data.get(key)
-    if value is None:
-        if required:
-            raise MalformedResponse(f"missing field {key!r}")
-        return None
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise MalformedResponse(f"field {key!r} has the wrong type: {value!r}")
-    return value
-
-
-def _object(value: Any, what: str) -> Dict[str, Any]:
-    if not isinstance(value, dict):
-        raise MalformedResponse(f"{what} is not a JSON object")
-    return value
-
-
-@attrs.frozen
-class SubmitResult:
-    """
-    The answer to a submission (C{SubmitTaskResponse}).
-    """
-
-    task_id: str
-    handle_id: str
-    status: str
-
-    @classmethod
-    def from_json(cls, data: Any) -> "SubmitResult":
-        """
-        Read a decoded C{SubmitTaskResponse}.
-
-        @raise MalformedResponse: if a field is missing or mistyped.
-        """
-        data = _object(data, "submit response")
-        return cls(
-            task_id=_get(data, "task_id", str, True),
-            handle_id=_get(data, "handle_id", str, True),
-            status=_get(data, "status", str, True),
-        )
-
-
-@attrs.frozen
-class TaskError:
-    """
-    A task's C{error}: a code from the contract's ErrorCode list and a message.
-    """
-
-    code: str
-    message: str
-
-
-@attrs.frozen
-class TaskStatus:
-    """
-    The main fields of a C{TaskStatusResponse}; everything else is in C{raw}.
-
-    @ivar raw: the whole decoded status object.
-    """
-
-    task_id: str
-    handle_id: str
-    status: str
-    stdout: str
-    stderr: str
-    stdout_truncated: bool
-    stderr_truncated: bool
-    exit_code: Optional[int] = None
-    exit_signal: Optional[int] = None
-    duration_ms: Optional[int] = None
-    error: Optional[TaskError] = None
-    raw: Mapping[str, Any] = attrs.field(factory=dict, hash=False, repr=False)
-
-    @property
-    def terminal(self) -> bool:
-        """
-        Whether the task is C{success}, C{failed} or C{cancelled}.
-        """
-        return self.status in TERMINAL_STATUSES
-
-    @classmethod
-    def from_json(cls, data: Any) -> "TaskStatus":
-        """
-        Read a decoded C{TaskStatusResponse}.
-
-        @raise MalformedResponse: if a main field is missing or mistyped.
-        """
-        data = _object(data, "task status")
-        error = _get(data, "error", dict, False)
-        return cls(
-            task_id=_get(data, "task_id", str, True),
-            handle_id=_get(data, "handle_id", str, True),
-            status=_get(data, "status", str, True),
-            stdout=_get(data, "stdout", str, False) or "",
-            stderr=_get(data, "stderr", str, False) or "",
-            stdout_truncated=bool(_get(data, "stdout_truncated", bool, False)),
-            stderr_truncated=bool(_get(data, "stderr_truncated", bool, False)),
-            exit_code=_get(data, "exit_code", int, False),
-            exit_signal=_get(data, "exit_signal", int, False),
-            duration_ms=_get(data, "duration_ms", int, False),
-            error=None
-            if error is None
-            else TaskError(
-                code=_get(error, "code", str, True),
-                message=_get(error, "message", str, True),
-            ),
-            raw=data,
-        )
-
-
-@attrs.frozen
-class TaskEvent:
-    """
-    One C{EventRecord} of a task's event log.
-    """
-
-    seq: int
-    task_id: str
-    event_type: str
-    timestamp: str
-    message: Optional[str] = None
-    data: Any = attrs.field(default=None, hash=False)
-
-    @classmethod
-    def from_json(cls, data: Any) -> "TaskEvent":
-        """
-        Read a decoded C{EventRecord}.
-
-        @raise MalformedResponse: if a field is missing or mistyped.
-        """
-        data = _object(data, "event")
-        return cls(
-            seq=_get(data, "seq", int, True),
-            task_id=_get(data, "task_id", str, True),
-            event_type=_get(data, "event_type", str, True),
-            timestamp=_get(data, "timestamp", str, True),
-            message=_get(data, "message", str, False),
-            data=data.get("data"),
-        )
-
-
-# -- the client -----------------------------------------------------------------
-
-
-@attrs.frozen
-class _Reply:
-    status: int
-    phrase: str
-    body: bytes
 
 
 def _deferred(
@@ -312,32 +133,6 @@ def _deferred(
     return wrapper
 
 
-def _cancelled(error: BaseException) -> bool:
-    """
-    Whether C{error} is, or wraps (C{reasons}), a L{CancelledError}.
-    """
-    if isinstance(error, CancelledError):
-        return True
-    return any(
-        isinstance(reason, Failure) and reason.check(CancelledError) is not None
-        for reason in getattr(error, "reasons", None) or ()
-    )
-
-
-def _describe(error: BaseException) -> str:
-    """
-    A short description of a transport failure, looking inside treq's and
-    Twisted's wrappers (C{ResponseFailed}, C{RequestTransmissionFailed}).
-    """
-    reasons = getattr(error, "reasons", None)
-    if reasons:
-        inner = reasons[0]
-        if isinstance(inner, Failure) and inner.value is not None:
-            return _describe(inner.value)
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
 class ExecgoClient:
     """
     A client of one runtime.
@@ -346,11 +141,18 @@ class ExecgoClient:
         trailing C{/} are ignored and a path prefix is kept.
     @param http_client: a C{treq.client.HTTPClient} or a
         C{treq.testing.StubTreq}.
-    @param clock: the reactor (or a C{Clock}) used for polling delays and
-        request timeouts.
+    @param clock: the reactor (or a C{Clock}) used for polling delays,
+        backoff and request timeouts.
+    @param token: a bearer token, sent as C{Authorization: Bearer <token>}
+        (for a server started with C{--auth-token-file}).
     @param request_timeout: seconds allowed for one request including its
-        body, or C{None} for no limit.
-    @param max_body_bytes: the largest response body accepted.
+        body (plus the C{wait_ms} of a long-poll; only until the head for
+        a stream), or C{None} for no limit.
+    @param max_body_bytes: the largest (non-streamed) response body accepted.
+    @param long_poll_ms: the C{wait_ms} of one long-poll request of
+        L{wait}; 0 polls every C{poll_interval_ms} instead.
+    @param stream_retries: how many times in a row a broken stream may fail
+        to make progress (or to reconnect) before it fails.
     """
 
     def __init__(
@@ -359,14 +161,23 @@ class ExecgoClient:
         http_client: Any,
         clock: IReactorTime,
         *,
+        token: Optional[str] = None,
         request_timeout: Optional[float] = DEFAULT_REQUEST_TIMEOUT,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        long_poll_ms: int = DEFAULT_LONG_POLL_MS,
+        stream_retries: int = DEFAULT_STREAM_RETRIES,
     ) -> None:
         self._base_url = base_url.rstrip("/")
-        self._http = http_client
         self._clock = clock
-        self._request_timeout = request_timeout
-        self._max_body_bytes = max_body_bytes
+        self._long_poll_ms = long_poll_ms
+        self._http = HTTPSession(
+            http_client,
+            clock,
+            token,
+            request_timeout,
+            max_body_bytes,
+            stream_retries,
+        )
 
     # -- plumbing
 
@@ -376,95 +187,21 @@ class ExecgoClient:
     def _task_url(self, task_id: str, suffix: str = "") -> str:
         return self._url(f"/api/v1/tasks/{quote(task_id, safe='')}{suffix}")
 
-    async def _exchange(
-        self, method: str, url: str, body: Optional[bytes], headers: Headers
-    ) -> _Reply:
-        try:
-            response = await self._http.request(method, url, data=body, headers=headers)
-        except CancelledError:
-            raise
-        except Exception as e:
-            if _cancelled(e):
-                # The agent wraps our own cancellation (a timeout) in
-                # ResponseNeverReceived and friends: let it be one again.
-                raise CancelledError() from e
-            raise TransportError(f"{method} {url} failed: {_describe(e)}") from e
-        limit = self._max_body_bytes
-        length = response.length
-        if isinstance(length, int) and length > limit:
-            raise TransportError(
-                f"{method} {url}: response body of {length} bytes exceeds the "
-                f"limit of {limit} bytes"
-            )
-        chunks: List[bytes] = []
-        received = 0
-
-        def collector(data: bytes) -> None:
-            nonlocal received
-            received += len(data)
-            if received > limit:
-                raise TransportError(
-                    f"{method} {url}: response body exceeds the limit of {limit} bytes"
-                )
-            chunks.append(data)
-
-        try:
-            await collect(response, collector)
-        except (ClientError, CancelledError):
-            raise
-        except Exception as e:
-            raise TransportError(
-                f"{method} {url}: reading the response failed: {_describe(e)}"
-            ) from e
-        phrase = response.phrase
-        if isinstance(phrase, bytes):
-            phrase = phrase.decode("latin-1")
-        return _Reply(response.code, phrase, b"".join(chunks))
-
-    async def _request(
-        self,
-        method: str,
-        url: str,
-        body: Optional[bytes] = None,
-        headers: Optional[Dict[str, str]] = None,
-    ) -> _Reply:
-        """
-        One request with its timeout; a non-2xx answer raises L{ServerError}.
-        """
-        # Bytes names only: Twisted caches canonical names in one dict keyed
-        # by str and bytes alike, which trips BytesWarning under "python -b".
-        raw_headers = Headers({b"Accept": [b"application/json"]})
-        for name, value in (headers or {}).items():
-            raw_headers.setRawHeaders(name.encode("ascii"), [value.encode("utf-8")])
-        exchange = Deferred.fromCoroutine(self._exchange(method, url, body, raw_headers))
-        timeout = self._request_timeout
-        if timeout is not None:
-
-            def timed_out(result: Any, seconds: float) -> Any:
-                if isinstance(result, Failure):
-                    result.trap(CancelledError)
-                    raise TransportError(f"{method} {url} timed out after {seconds:g} s")
-                return result
-
-            exchange.addTimeout(timeout, self._clock, onTimeoutCancel=timed_out)
-        reply = await exchange
-        if not 200 <= reply.status < 300:
-            raise _server_error(reply)
-        return reply
-
-    async def _get_json(self, url: str) -> Any:
-        reply = await self._request("GET", url)
-        return _decode(reply.body)
-
     # -- tasks
 
     @_deferred
-    async def submit(self, request: Union[Mapping[str, Any], SubmitRequest]) -> SubmitResult:
+    async def submit(
+        self,
+        request: Union[Mapping[str, Any], SubmitRequest],
+        idempotency_key: Optional[str] = None,
+    ) -> SubmitResult:
         """
         C{POST /api/v1/tasks}.
 
         @param request: a L{SubmitRequest}, or a JSON-able mapping sent as is
             (the server applies defaults and validation).
+        @param idempotency_key: sent as C{Idempotency-Key}: a retry with the
+            same key and request gets the first answer and creates nothing.
         @return: a L{Deferred} firing with the L{SubmitResult}.
         """
         document = request.to_json() if isinstance(request, SubmitRequest) else dict(request)
@@ -473,28 +210,179 @@ class ExecgoClient:
         except UnicodeEncodeError:
             # A lone surrogate cannot be UTF-8: send it as a JSON escape.
             body = json.dumps(document, separators=(",", ":")).encode("ascii")
-        reply = await self._request(
-            "POST", self._url("/api/v1/tasks"), body, {"Content-Type": "application/json"}
-        )
-        return SubmitResult.from_json(_decode(reply.body))
+        headers = {"Content-Type": "application/json"}
+        if idempotency_key is not None:
+            headers[IDEMPOTENCY_HEADER] = idempotency_key
+        reply = await self._http.request("POST", self._url("/api/v1/tasks"), body, headers)
+        return SubmitResult.from_json(decode_json(reply.body))
 
     @_deferred
     async def status(self, task_id: str) -> TaskStatus:
         """
         C{GET /api/v1/tasks/{id}}: a L{Deferred} firing with the L{TaskStatus}.
         """
-        return TaskStatus.from_json(await self._get_json(self._task_url(task_id)))
+        return TaskStatus.from_json(await self._http.get_json(self._task_url(task_id)))
 
     @_deferred
-    async def events(self, task_id: str) -> List[TaskEvent]:
+    async def list_tasks(
+        self,
+        status: Optional[str] = None,
+        tenant: Optional[str] = None,
+        owner: Optional[str] = None,
+        labels: Optional[Mapping[str, str]] = None,
+        limit: Optional[int] = None,
+        cursor: Optional[str] = None,
+    ) -> TaskPage:
+        """
+        C{GET /api/v1/tasks}: one page of tasks, newest first, without their
+        output.
+
+        @param labels: every one must match the task's
+            C{control_context.labels}.
+        @param cursor: the C{next_cursor} of the previous page.
+        @return: a L{Deferred} firing with the L{TaskPage}.
+        """
+        query: List[Tuple[str, Any]] = [
+            (name, value)
+            for name, value in (("status", status), ("tenant", tenant), ("owner", owner))
+            if value is not None
+        ]
+        query.extend(("label", f"{key}:{value}") for key, value in (labels or {}).items())
+        if limit is not None:
+            query.append(("limit", limit))
+        if cursor is not None:
+            query.append(("cursor", cursor))
+        url = self._url("/api/v1/tasks")
+        if query:
+            url += "?" + urlencode(query, quote_via=quote, safe="")
+        return TaskPage.from_json(await self._http.get_json(url))
+
+    async def iter_tasks(self, **filters: Any) -> AsyncIterator[TaskStatus]:
+        """
+        Every task matching C{filters} (the arguments of L{list_tasks}
+        other than C{cursor}), newest first, page after page.
+        """
+        cursor = filters.pop("cursor", None)
+        while True:
+            page = await self.list_tasks(cursor=cursor, **filters)
+            for task in page.tasks:
+                yield task
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    @_deferred
+    async def events(self, task_id: str, after_seq: int = 0) -> List[TaskEvent]:
         """
         C{GET /api/v1/tasks/{id}/events}: a L{Deferred} firing with the events
-        in C{seq} order.
+        (those after C{after_seq}) in C{seq} order.
         """
-        document = await self._get_json(self._task_url(task_id, "/events"))
+        suffix = "/events" if not after_seq else f"/events?after_seq={after_seq}"
+        document = await self._http.get_json(self._task_url(task_id, suffix))
         if not isinstance(document, list):
             raise MalformedResponse("event log is not a JSON array")
         return [TaskEvent.from_json(item) for item in document]
+
+    @_deferred
+    async def follow_events(
+        self,
+        task_id: str,
+        after_seq: int = 0,
+        on_event: Optional[Consumer[TaskEvent]] = None,
+    ) -> Optional[TaskEvent]:
+        """
+        C{GET /api/v1/tasks/{id}/events?follow=true}: each event after
+        C{after_seq} to C{on_event} as it is recorded, until the task's
+        terminal event; resumed after the last event seen if the connection
+        drops.
+
+        @param on_event: called with each L{TaskEvent}; it may return a
+            Deferred to hold the stream back until it fires.
+        @return: a L{Deferred} firing with the last event delivered (the
+            terminal one), or C{None} if there was none after C{after_seq}.
+        """
+        last_seq = after_seq
+        last: Optional[TaskEvent] = None
+
+        def on_line(line: bytes) -> Any:
+            nonlocal last_seq, last
+            event = TaskEvent.from_json(decode_json(line))
+            last_seq, last = event.seq, event
+            return None if on_event is None else on_event(event)
+
+        splitter = LineSplitter(on_line, MAX_EVENT_LINE)
+
+        def url() -> str:
+            splitter.reset()
+            return self._task_url(task_id, f"/events?after_seq={last_seq}&follow=true")
+
+        await self._http.follow(url, splitter, b"application/x-ndjson")
+        if splitter.partial:
+            # A server without event streams answers the plain JSON array.
+            raise MalformedResponse("the event stream ended in the middle of a line")
+        return last
+
+    def iter_events(self, task_id: str, after_seq: int = 0) -> AsyncIterator[TaskEvent]:
+        """
+        L{follow_events} as an async iterator of L{TaskEvent}s; leave it early
+        with C{await iterator.aclose()}.
+        """
+        return PushIterator(lambda push: self.follow_events(task_id, after_seq, push))
+
+    @_deferred
+    async def read_log(self, task_id: str, stream: str = "stdout", offset: int = 0) -> bytes:
+        """
+        C{GET /api/v1/tasks/{id}/<stream>?offset=N}: the log from C{offset}
+        to its current end, whole (at most C{max_body_bytes}).
+        """
+        url = self._task_url(task_id, f"/{_stream_name(stream)}?offset={offset}&follow=false")
+        return (await self._http.request("GET", url)).body
+
+    @_deferred
+    async def stream_log(
+        self,
+        task_id: str,
+        stream: str = "stdout",
+        offset: int = 0,
+        follow: bool = True,
+        on_chunk: Optional[Consumer[bytes]] = None,
+    ) -> int:
+        """
+        C{GET /api/v1/tasks/{id}/<stream>?offset=N&follow=true}: the log's
+        bytes from C{offset} to C{on_chunk} as they are written, until the
+        task has ended and every byte is out (without C{follow}, to the
+        log's current end).  A dropped connection is resumed from the
+        bytes received, so nothing is missed or seen twice.
+
+        @param stream: C{"stdout"} or C{"stderr"}.
+        @param on_chunk: called with each piece of bytes; it may return a
+            Deferred to hold the stream back until it fires.
+        @return: a L{Deferred} firing with the offset reached (C{offset} plus
+            the bytes delivered), from which a later call can resume.
+        """
+        name = _stream_name(stream)
+        position = offset
+        flag = "true" if follow else "false"
+
+        def on_data(data: bytes) -> Any:
+            nonlocal position
+            position += len(data)
+            return None if on_chunk is None else on_chunk(data)
+
+        def url() -> str:
+            return self._task_url(task_id, f"/{name}?offset={position}&follow={flag}")
+
+        await self._http.follow(url, on_data, b"*/*")
+        return position
+
+    def iter_log(
+        self, task_id: str, stream: str = "stdout", offset: int = 0, follow: bool = True
+    ) -> AsyncIterator[bytes]:
+        """
+        L{stream_log} as an async iterator of byte chunks; leave it early with
+        C{await iterator.aclose()}.
+        """
+        return PushIterator(lambda push: self.stream_log(task_id, stream, offset, follow, push))
 
     @_deferred
     async def kill(self, task_id: str, owner: Optional[str] = None) -> TaskStatus:
@@ -508,20 +396,30 @@ class ExecgoClient:
         owner = (owner or "").strip()
         if owner:
             headers[OWNER_HEADER] = owner
-        reply = await self._request("POST", self._task_url(task_id, "/kill"), b"", headers)
-        return TaskStatus.from_json(_decode(reply.body))
+        reply = await self._http.request("POST", self._task_url(task_id, "/kill"), b"", headers)
+        return TaskStatus.from_json(decode_json(reply.body))
 
     async def _wait(
         self, task_id: str, timeout_ms: Optional[int], poll_interval_ms: int
     ) -> TaskStatus:
         started = self._clock.seconds()
+        url = self._task_url(task_id)
         while True:
-            status = TaskStatus.from_json(await self._get_json(self._task_url(task_id)))
+            wait_ms = self._long_poll_ms
+            if timeout_ms is not None:
+                remaining = timeout_ms - (self._clock.seconds() - started) * 1000.0
+                wait_ms = max(0, min(wait_ms, int(remaining)))
+            before = self._clock.seconds()
+            document = await self._http.get_json(f"{url}?wait_ms={wait_ms}", wait_ms / 1000.0)
+            held_ms = (self._clock.seconds() - before) * 1000.0
+            status = TaskStatus.from_json(document)
             if status.terminal:
                 return status
             if timeout_ms is not None and (self._clock.seconds() - started) * 1000.0 >= timeout_ms:
                 raise WaitTimeout(task_id, status)
-            await deferLater(self._clock, poll_interval_ms / 1000.0)
+            if wait_ms == 0 or held_ms < wait_ms / 2:
+                # Not held: a server without long-poll answered at once.
+                await deferLater(self._clock, poll_interval_ms / 1000.0)
 
     @_deferred
     async def wait(
@@ -531,8 +429,11 @@ class ExecgoClient:
         poll_interval_ms: int = DEFAULT_POLL_INTERVAL_MS,
     ) -> TaskStatus:
         """
-        Poll the task until it is terminal (the CLI's C{wait} algorithm: the
-        timeout is checked only after a non-terminal answer).
+        Wait until the task is terminal, with long-poll requests
+        (C{?wait_ms=}, capped by what is left of the timeout), polling every
+        C{poll_interval_ms} instead when the server answers without holding
+        the request.  The timeout is checked only after a non-terminal
+        answer (the CLI's C{wait} algorithm).
 
         @return: a L{Deferred} firing with the terminal L{TaskStatus}, whatever
             the outcome; or failing with L{WaitTimeout}.
@@ -545,100 +446,77 @@ class ExecgoClient:
         request: Union[Mapping[str, Any], SubmitRequest],
         timeout_ms: Optional[int] = None,
         poll_interval_ms: int = DEFAULT_POLL_INTERVAL_MS,
+        idempotency_key: Optional[str] = None,
     ) -> TaskStatus:
         """
         L{submit} then L{wait}; the wait timeout starts after the submission.
         """
-        submitted = await self.submit(request)
+        submitted = await self.submit(request, idempotency_key)
         return await self._wait(submitted.task_id, timeout_ms, poll_interval_ms)
 
     # -- the runtime
 
     @_deferred
-    async def runtime_info(self) -> Dict[str, Any]:
+    async def runtime_info(self) -> RuntimeInfo:
         """
-        C{GET /api/v1/runtime/info}, decoded.
+        C{GET /api/v1/runtime/info}.
         """
-        return _object(await self._get_json(self._url("/api/v1/runtime/info")), "runtime info")
+        return RuntimeInfo.from_json(await self._http.get_json(self._url("/api/v1/runtime/info")))
 
     @_deferred
-    async def capabilities(self) -> Dict[str, Any]:
+    async def capabilities(self) -> CapabilitySnapshot:
         """
-        C{GET /api/v1/runtime/capabilities}, decoded.
+        C{GET /api/v1/runtime/capabilities}.
         """
-        return _object(
-            await self._get_json(self._url("/api/v1/runtime/capabilities")), "capabilities"
-        )
+        document = await self._http.get_json(self._url("/api/v1/runtime/capabilities"))
+        return CapabilitySnapshot.from_json(document)
 
     @_deferred
-    async def config(self) -> Dict[str, Any]:
+    async def config(self) -> RuntimeSettings:
         """
-        C{GET /api/v1/runtime/config}, decoded.
+        C{GET /api/v1/runtime/config}.
         """
-        return _object(await self._get_json(self._url("/api/v1/runtime/config")), "config")
+        return RuntimeSettings.from_json(await self._http.get_json(self._url("/api/v1/runtime/config")))
 
     @_deferred
-    async def resources(self) -> Dict[str, Any]:
+    async def resources(self) -> ResourcesView:
         """
-        C{GET /api/v1/runtime/resources}, decoded.
+        C{GET /api/v1/runtime/resources}.
         """
-        return _object(
-            await self._get_json(self._url("/api/v1/runtime/resources")), "resources"
-        )
+        document = await self._http.get_json(self._url("/api/v1/runtime/resources"))
+        return ResourcesView.from_json(document)
 
     @_deferred
-    async def healthz(self) -> Dict[str, Any]:
+    async def openapi(self) -> Dict[str, Any]:
         """
-        C{GET /healthz}, decoded.
+        C{GET /api/v1/openapi.json}: the OpenAPI document, decoded.
         """
-        return _object(await self._get_json(self._url("/healthz")), "healthz")
+        return json_object(await self._http.get_json(self._url("/api/v1/openapi.json")), "openapi")
 
     @_deferred
-    async def readyz(self) -> Dict[str, Any]:
+    async def healthz(self) -> Health:
         """
-        C{GET /readyz}, decoded; a storage failure is a L{ServerError} (500).
+        C{GET /healthz}.
         """
-        return _object(await self._get_json(self._url("/readyz")), "readyz")
+        return Health.from_json(await self._http.get_json(self._url("/healthz")))
+
+    @_deferred
+    async def readyz(self) -> Health:
+        """
+        C{GET /readyz}; a storage failure is a L{ServerError} (500).
+        """
+        return Health.from_json(await self._http.get_json(self._url("/readyz")))
 
     @_deferred
     async def metrics(self) -> str:
         """
         C{GET /metrics}: the Prometheus text exposition.
         """
-        reply = await self._request("GET", self._url("/metrics"))
+        reply = await self._http.request("GET", self._url("/metrics"))
         return reply.body.decode("utf-8", "replace")
 
 
-def _decode(body: bytes) -> Any:
-    """
-    Parse a JSON body.
-
-    @raise MalformedResponse: if it is not JSON.
-    """
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as e:
-        raise MalformedResponse(f"response body is not JSON: {e}") from None
-
-
-def _server_error(reply: _Reply) -> ServerError:
-    """
-    The L{ServerError} for a non-2xx reply, reading the error envelope if
-    there is one.
-    """
-    code: Optional[str] = None
-    message: Optional[str] = None
-    try:
-        document = json.loads(reply.body)
-    except (ValueError, RecursionError):
-        document = None
-    if isinstance(document, dict) and isinstance(document.get("error"), dict):
-        error = document["error"]
-        if isinstance(error.get("code"), str):
-            code = error["code"]
-        if isinstance(error.get("message"), str):
-            message = error["message"]
-    if message is None:
-        text = reply.body.decode("utf-8", "replace").strip()
-        message = text[:1000] if text else reply.phrase
-    return ServerError(reply.status, code, message, reply.body)
+def _stream_name(stream: str) -> str:
+    if stream not in ("stdout", "stderr"):
+        raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
+    return stream

@@ -1,11 +1,11 @@
 """
-Tests for L{execgo.cli} (the client subcommands of C{cli.md}) and
-L{execgo.httpclient}.
+Tests for L{execgo.cli} (the client subcommands of C{cli.md} and issue 6)
+and L{execgo.httpclient}.
 
-The CLI runs under C{click.testing.CliRunner} with its HTTP transport and
-clock replaced through L{CliEnvironment}, so every request it would send is
-recorded and no test sleeps or opens a socket; the few
-L{execgo.httpclient} tests talk to a one-shot server on a loopback socket.
+The CLI runs under C{click.testing.CliRunner} with its HTTP transport,
+stream transport and clock replaced through L{CliEnvironment}, so every
+request it would send is recorded and no test sleeps or opens a socket;
+the L{execgo.httpclient} tests talk to small servers on a loopback socket.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import attrs
 import click
@@ -33,7 +33,8 @@ from execgo.cli import (
     env_flag,
     fail,
 )
-from execgo.httpclient import Response, TransportError
+from execgo.cli_output import summary_line, task_exit_code
+from execgo.httpclient import Response, StreamInterrupted, TransportError
 
 SERVER = "http://127.0.0.1:8080"
 TASKS = f"{SERVER}/api/v1/tasks"
@@ -134,6 +135,29 @@ class Call:
 Answer = Union[Response, BaseException, Callable[["FakeWorld", Call], Response]]
 
 
+@attrs.frozen
+class Attempt:
+    """
+    One scripted answer to a stream request: C{chunks} handed over one by
+    one, then C{end} returned (a response) or raised (an exception).  With
+    C{block}, the stream waits for that event before it ends.
+    """
+
+    chunks: Tuple[bytes, ...] = ()
+    end: Union[Response, BaseException] = Response(200, "OK", b"")
+    block: Optional[threading.Event] = None
+
+
+def held(world: "FakeWorld", call: Call, body: bytes) -> Response:
+    """
+    Answer like a server with long-poll: the clock moves by the request's
+    C{wait_ms} before the non-terminal answer C{body}.
+    """
+    wait_ms = int(call.url.rsplit("wait_ms=", 1)[1])
+    world.now += wait_ms / 1000.0
+    return ok(body)
+
+
 class FakeWorld:
     """
     The transport and clock a test hands the CLI: requests are recorded and
@@ -141,14 +165,61 @@ class FakeWorld:
     blocking.
 
     @ivar request_seconds: how far the clock moves during each request.
+    @ivar streams: per stream (C{stdout}, C{stderr}, C{events}), the
+        scripted attempts of the stream requests, in order.
+    @ivar tty: what C{stderr_isatty} answers.
     """
 
-    def __init__(self, answers: Sequence[Answer] = (), request_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        answers: Sequence[Answer] = (),
+        request_seconds: float = 0.0,
+        streams: Optional[Mapping[str, Sequence[Attempt]]] = None,
+        tty: bool = False,
+    ) -> None:
         self.answers = list(answers)
         self.request_seconds = request_seconds
+        self.streams = {name: list(attempts) for name, attempts in (streams or {}).items()}
+        self.tty = tty
         self.calls: List[Call] = []
+        self.stream_calls: List[Call] = []
         self.sleeps: List[float] = []
         self.now = 1000.0
+        self.lock = threading.Lock()
+
+    def stream(
+        self,
+        method: str,
+        url: str,
+        on_data: Callable[[bytes], None],
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> Response:
+        call = Call(method, url, None, dict(headers or {}))
+        name = url.split("?", 1)[0].rsplit("/", 1)[1]
+        with self.lock:
+            self.stream_calls.append(call)
+            attempts = self.streams.get(name)
+            if not attempts:
+                raise AssertionError(f"unexpected stream request {call}")
+            attempt = attempts.pop(0)
+        for chunk in attempt.chunks:
+            on_data(chunk)
+        if attempt.block is not None:
+            attempt.block.wait(30)
+        if isinstance(attempt.end, BaseException):
+            raise attempt.end
+        return attempt.end
+
+    def urls(self, name: str) -> List[str]:
+        """
+        The URLs of the stream requests for C{name}, path and query after
+        the task.
+        """
+        return [
+            c.url.split("/api/v1/tasks/", 1)[1]
+            for c in self.stream_calls
+            if c.url.split("?", 1)[0].endswith("/" + name)
+        ]
 
     def transport(
         self,
@@ -177,7 +248,13 @@ class FakeWorld:
         self.now += seconds
 
     def environment(self) -> CliEnvironment:
-        return CliEnvironment(transport=self.transport, monotonic=self.monotonic, sleep=self.sleep)
+        return CliEnvironment(
+            transport=self.transport,
+            stream=self.stream,
+            monotonic=self.monotonic,
+            sleep=self.sleep,
+            stderr_isatty=lambda: self.tty,
+        )
 
 
 class CliTestMixin:
@@ -655,15 +732,16 @@ class WaitTests(CliTestMixin, SynchronousTestCase):
 
     def test_polls_until_terminal(self) -> None:
         """
-        Non-terminal answers are followed by a sleep of the poll interval and
-        another request.
+        Against a server that answers long-poll requests at once (one
+        without long-poll), non-terminal answers are followed by a sleep of
+        the poll interval and another request.
         """
         world = FakeWorld(
             [ok(status_body("accepted")), ok(status_body("running")), ok(status_body("success"))]
         )
         result = self.invoke(["wait", "t1"], world)
         self.assertEqual(result.exit_code, 0, result.output)
-        self.assertEqual([c.url for c in world.calls], [f"{TASKS}/t1"] * 3)
+        self.assertEqual([c.url for c in world.calls], [f"{TASKS}/t1?wait_ms=30000"] * 3)
         self.assertEqual(world.sleeps, [0.5, 0.5])
         world = FakeWorld([ok(status_body("running")), ok(status_body("cancelled"))])
         self.invoke(["wait", "--poll-interval-ms", "20", "t1"], world)
@@ -687,6 +765,7 @@ class WaitTests(CliTestMixin, SynchronousTestCase):
         result = self.invoke(["wait", "--timeout-ms", "0", "t1"], world)
         self.assertFailure(result, "internal error: wait timeout exceeded")
         self.assertEqual((len(world.calls), world.sleeps), (1, []))
+        self.assertEqual(world.calls[0].url, f"{TASKS}/t1?wait_ms=0")
 
     def test_timeout_checked_after_non_terminal_only(self) -> None:
         """
@@ -763,7 +842,11 @@ class RunTests(CliTestMixin, SynchronousTestCase):
         self.assertEqual(result.stdout_bytes, pretty(expected))
         self.assertEqual(
             [(c.method, c.url) for c in world.calls],
-            [("POST", TASKS), ("GET", f"{TASKS}/gen-1"), ("GET", f"{TASKS}/gen-1")],
+            [
+                ("POST", TASKS),
+                ("GET", f"{TASKS}/gen-1?wait_ms=30000"),
+                ("GET", f"{TASKS}/gen-1?wait_ms=30000"),
+            ],
         )
         self.assertEqual(world.calls[0].body, MINIMAL_NORMALISED)
 
@@ -806,6 +889,615 @@ class RunTests(CliTestMixin, SynchronousTestCase):
         self.assertEqual(self.invoke(["run", "--json", "{"], world).exit_code, 1)
         self.assertUsageError(self.invoke(["run"], world), "--json")
         self.assertEqual(world.calls, [])
+
+
+class LongPollTests(CliTestMixin, SynchronousTestCase):
+    """
+    C{wait} and C{run} long-poll (issue 6): each request carries C{wait_ms}
+    capped by what is left of the timeout, and a server that holds the
+    request is asked again without sleeping.
+    """
+
+    def test_held_requests_do_not_sleep(self) -> None:
+        """
+        Against a server that holds each request for its C{wait_ms}, the
+        next request follows at once.
+        """
+        running = status_body("running")
+        world = FakeWorld(
+            [
+                lambda w, c: held(w, c, running),
+                lambda w, c: held(w, c, running),
+                ok(status_body("success")),
+            ]
+        )
+        result = self.invoke(["wait", "t1"], world)
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(world.sleeps, [])
+        self.assertEqual([c.url for c in world.calls], [f"{TASKS}/t1?wait_ms=30000"] * 3)
+
+    def test_wait_capped_by_timeout(self) -> None:
+        """
+        C{wait_ms} never asks for more than what is left of the timeout, so
+        the command ends near it: with a holding server, 45 s become one
+        request of 30 s and one of 15 s, then the timeout.
+        """
+        running = status_body("running")
+        world = FakeWorld([lambda w, c: held(w, c, running)])
+        result = self.invoke(["wait", "--timeout-ms", "45000", "t1"], world)
+        self.assertFailure(result, "internal error: wait timeout exceeded")
+        self.assertEqual(
+            [c.url for c in world.calls],
+            [f"{TASKS}/t1?wait_ms=30000", f"{TASKS}/t1?wait_ms=15000"],
+        )
+        self.assertEqual((world.now - 1000.0, world.sleeps), (45.0, []))
+
+    def test_short_timeout_one_request(self) -> None:
+        """
+        A timeout shorter than the long-poll time is the C{wait_ms} of the
+        first request, and its non-terminal answer ends the wait.
+        """
+        world = FakeWorld([lambda w, c: held(w, c, status_body("accepted"))])
+        result = self.invoke(["wait", "--timeout-ms", "1200", "t1"], world)
+        self.assertFailure(result, "internal error: wait timeout exceeded")
+        self.assertEqual([c.url for c in world.calls], [f"{TASKS}/t1?wait_ms=1200"])
+
+    def test_run_long_polls(self) -> None:
+        """
+        C{run} waits with the same long-poll requests after submitting.
+        """
+        world = FakeWorld(
+            [ok(SUBMITTED), lambda w, c: held(w, c, status_body("running")), ok(status_body("success"))]
+        )
+        result = self.invoke(["run", "--json", MINIMAL, "--timeout-ms", "60000"], world)
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(
+            [c.url for c in world.calls[1:]],
+            [f"{TASKS}/t1?wait_ms=30000", f"{TASKS}/t1?wait_ms=30000"],
+        )
+        self.assertEqual(world.sleeps, [])
+
+
+class ExitCodeTests(CliTestMixin, SynchronousTestCase):
+    """
+    C{--exit-code} on C{wait} and C{run}, and L{task_exit_code}.
+    """
+
+    CASES = (
+        ({"status": "success", "exit_code": 0}, 0),
+        ({"status": "failed", "exit_code": 3, "error": {"code": "exit_nonzero"}}, 3),
+        ({"status": "failed", "exit_code": 300, "error": {"code": "exit_nonzero"}}, 44),
+        ({"status": "failed", "exit_code": 256, "error": {"code": "exit_nonzero"}}, 1),
+        ({"status": "failed", "exit_signal": 9, "error": {"code": "memory_limit_exceeded"}}, 137),
+        ({"status": "cancelled", "exit_signal": 15, "error": {"code": "cancelled"}}, 143),
+        ({"status": "cancelled", "exit_code": 0, "error": {"code": "cancelled"}}, 1),
+        ({"status": "cancelled", "error": {"code": "cancelled"}}, 1),
+        ({"status": "failed", "exit_signal": 15, "error": {"code": "timeout"}}, 1),
+        ({"status": "failed", "exit_code": 2, "error": {"code": "timeout"}}, 1),
+        ({"status": "failed", "error": {"code": "launch_failed"}}, 1),
+    )
+
+    def test_mapping(self) -> None:
+        """
+        Success is 0; a timeout 1; else the exit code (mod 256), 128 plus
+        the signal, or 1 when neither says how the task failed.
+        """
+        for status, code in self.CASES:
+            self.assertEqual(task_exit_code(status), code, status)
+
+    def status_body(self, status: Dict[str, Any]) -> bytes:
+        value = dict(TERMINAL_STATUS)
+        for key in ("exit_code", "exit_signal", "error"):
+            value.pop(key, None)
+        value.update(status)
+        if "error" in value:
+            value["error"] = dict(value["error"], message="m")
+        return json.dumps(value).encode()
+
+    def test_wait_exit_code(self) -> None:
+        """
+        With C{--exit-code}, C{wait} still prints the pretty status but exits
+        with the task's code; without it, 0.
+        """
+        for status, code in self.CASES:
+            body = self.status_body(status)
+            result = self.invoke(["wait", "--exit-code", "t1"], FakeWorld([ok(body)]))
+            self.assertEqual((result.exit_code, result.stderr), (code, ""), status)
+            self.assertTrue(result.stdout.startswith('{\n  "task_id": "t1",'), result.stdout)
+            result = self.invoke(["wait", "t1"], FakeWorld([ok(body)]))
+            self.assertEqual(result.exit_code, 0, status)
+
+    def test_run_exit_code(self) -> None:
+        """
+        C{run --exit-code} exits with the task's code.
+        """
+        body = self.status_body({"status": "failed", "exit_code": 7, "error": {"code": "exit_nonzero"}})
+        result = self.invoke(["run", "--exit-code", "--json", MINIMAL], FakeWorld([ok(SUBMITTED), ok(body)]))
+        self.assertEqual(result.exit_code, 7, result.output)
+
+    def test_errors_still_exit_1(self) -> None:
+        """
+        A wait timeout or an HTTP error exits 1 with or without
+        C{--exit-code}.
+        """
+        world = FakeWorld([ok(status_body("running"))])
+        result = self.invoke(["wait", "--exit-code", "--timeout-ms", "0", "t1"], world)
+        self.assertFailure(result, "internal error: wait timeout exceeded")
+
+
+class ElapsedTests(CliTestMixin, SynchronousTestCase):
+    """
+    C{wait} and C{run} write the elapsed time on stderr only when it is a
+    terminal.
+    """
+
+    def test_wait_on_terminal(self) -> None:
+        """
+        With stderr a terminal, a final C{elapsed N.NNNs} line follows the
+        status; stdout is unchanged.
+        """
+        world = FakeWorld([ok(status_body("running")), ok(status_body("success"))], tty=True)
+        world.request_seconds = 0.25
+        result = self.invoke(["wait", "--poll-interval-ms", "1000", "t1"], world)
+        self.assertEqual((result.exit_code, result.stderr), (0, "elapsed 1.500s\n"))
+        self.assertTrue(result.stdout.startswith("{\n"))
+
+    def test_not_when_piped(self) -> None:
+        """
+        With stderr not a terminal, nothing is written there.
+        """
+        world = FakeWorld([ok(status_body("success"))], request_seconds=0.25)
+        result = self.invoke(["wait", "t1"], world)
+        self.assertEqual((result.exit_code, result.stderr), (0, ""))
+
+    def test_run_counts_the_submission(self) -> None:
+        """
+        C{run} reports the time since the command started, submission
+        included.
+        """
+        world = FakeWorld([ok(SUBMITTED), ok(status_body("success"))], request_seconds=0.5, tty=True)
+        result = self.invoke(["run", "--json", MINIMAL], world)
+        self.assertEqual(result.stderr, "elapsed 1.000s\n")
+
+    def test_default_checks_real_stderr(self) -> None:
+        """
+        The default C{stderr_isatty} asks the process's stderr: not a
+        terminal under C{CliRunner}, so no elapsed line.
+        """
+        self.assertEqual(CliEnvironment().stderr_isatty(), sys.stderr.isatty())
+        world = FakeWorld([ok(status_body("success"))])
+        environment = attrs.evolve(world.environment(), stderr_isatty=CliEnvironment().stderr_isatty)
+        result = CliRunner().invoke(cli, ["wait", "t1"], obj=environment)
+        self.assertEqual((result.exit_code, result.stderr), (0, ""))
+
+
+class RunFollowTests(CliTestMixin, SynchronousTestCase):
+    """
+    C{run --follow}: the task's output live, then a summary on stderr.
+    """
+
+    def test_streams_then_summary(self) -> None:
+        """
+        The task's stdout goes to stdout and its stderr to stderr as the
+        streams deliver them; then the final status is fetched and a one
+        line summary ends stderr; the exit status is 0.
+        """
+        world = FakeWorld(
+            [ok(SUBMITTED), ok(status_body("failed"))],
+            streams={
+                "stdout": [Attempt((b"hel", b"lo\n"))],
+                "stderr": [Attempt((b"warn\n",))],
+            },
+        )
+        result = self.invoke(["run", "--follow", "--json", MINIMAL], world)
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(result.stdout_bytes, b"hello\n")
+        self.assertEqual(
+            result.stderr,
+            "warn\ntask t1 failed error=exit_nonzero exit_code=3 duration_ms=205\n",
+        )
+        self.assertEqual(world.urls("stdout"), ["t1/stdout?offset=0&follow=true"])
+        self.assertEqual(world.urls("stderr"), ["t1/stderr?offset=0&follow=true"])
+        self.assertEqual(world.calls[-1].url, f"{TASKS}/t1?wait_ms=30000")
+
+    def test_exit_code(self) -> None:
+        """
+        C{--follow --exit-code} exits with the task's own code.
+        """
+        world = FakeWorld(
+            [ok(SUBMITTED), ok(status_body("failed"))],
+            streams={"stdout": [Attempt()], "stderr": [Attempt()]},
+        )
+        result = self.invoke(["run", "--follow", "--exit-code", "--json", MINIMAL], world)
+        self.assertEqual(result.exit_code, 3, result.output)
+
+    def test_stream_error(self) -> None:
+        """
+        A stream answered with an error prints its body once and exits 1.
+        """
+        world = FakeWorld(
+            [ok(SUBMITTED)],
+            streams={
+                "stdout": [Attempt(end=Response(404, "Not Found", NOT_FOUND))],
+                "stderr": [Attempt()],
+            },
+        )
+        result = self.invoke(["run", "--follow", "--json", MINIMAL], world)
+        self.assertFailure(
+            result,
+            "internal error: request failed with status 404 Not Found",
+            NOT_FOUND + b"\n",
+        )
+
+    def test_timeout(self) -> None:
+        """
+        With C{--timeout-ms}, streams still open when it passes end the
+        command: C{wait timeout exceeded}, exit 1.
+        """
+        release = threading.Event()
+        self.addCleanup(release.set)
+        world = FakeWorld(
+            [ok(SUBMITTED)],
+            streams={"stdout": [Attempt(block=release)], "stderr": [Attempt(block=release)]},
+        )
+        result = self.invoke(["run", "--follow", "--timeout-ms", "0", "--json", MINIMAL], world)
+        self.assertFailure(result, "internal error: wait timeout exceeded")
+
+
+class LogsTests(CliTestMixin, SynchronousTestCase):
+    """
+    C{logs}: a task's output, whole or followed.
+    """
+
+    def test_both_streams(self) -> None:
+        """
+        By default both logs are fetched once (C{follow=false}): stdout's
+        bytes to stdout and stderr's to stderr, untouched.
+        """
+        world = FakeWorld(
+            streams={"stdout": [Attempt((b"out \xff\n",))], "stderr": [Attempt((b"err\n",))]}
+        )
+        result = self.invoke(["logs", "t1"], world)
+        self.assertEqual((result.exit_code, result.stdout_bytes), (0, b"out \xff\n"))
+        self.assertEqual(result.stderr, "err\n")
+        self.assertEqual(world.urls("stdout"), ["t1/stdout?offset=0&follow=false"])
+        self.assertEqual(world.urls("stderr"), ["t1/stderr?offset=0&follow=false"])
+        self.assertEqual(world.stream_calls[0].headers["Accept"], "*/*")
+
+    def test_one_stream_offset_follow(self) -> None:
+        """
+        C{--stream}, C{--offset} and C{-f} select the log, the first byte
+        and following.
+        """
+        world = FakeWorld(streams={"stderr": [Attempt((b"tail",))]})
+        result = self.invoke(["logs", "--stream", "stderr", "--offset", "12", "-f", "t1"], world)
+        self.assertEqual((result.exit_code, result.stderr, result.stdout), (0, "tail", ""))
+        self.assertEqual(world.urls("stderr"), ["t1/stderr?offset=12&follow=true"])
+        world = FakeWorld(streams={"stdout": [Attempt()], "stderr": [Attempt()]})
+        self.assertEqual(self.invoke(["logs", "--follow", "t1"], world).exit_code, 0)
+        self.assertEqual(world.urls("stdout"), ["t1/stdout?offset=0&follow=true"])
+
+    def test_unknown_task(self) -> None:
+        """
+        A 404 prints the envelope and exits 1.
+        """
+        world = FakeWorld(streams={"stdout": [Attempt(end=Response(404, "Not Found", NOT_FOUND))]})
+        self.assertFailure(
+            self.invoke(["logs", "--stream", "stdout", "nope"], world),
+            "internal error: request failed with status 404 Not Found",
+            NOT_FOUND + b"\n",
+        )
+
+    def test_bad_stream(self) -> None:
+        """
+        An unknown C{--stream} is a usage error.
+        """
+        self.assertUsageError(self.invoke(["logs", "--stream", "both2", "t1"]), "--stream")
+
+    def test_resume_after_break(self) -> None:
+        """
+        A stream that breaks off is resumed at once from the bytes received,
+        so nothing is printed twice or missed.
+        """
+        world = FakeWorld(
+            streams={
+                "stdout": [
+                    Attempt((b"abc",), StreamInterrupted("connection reset (h:1)")),
+                    Attempt((b"de",), StreamInterrupted("connection reset (h:1)")),
+                    Attempt((b"f\n",)),
+                ]
+            }
+        )
+        result = self.invoke(["logs", "--stream", "stdout", "-f", "--offset", "2", "t1"], world)
+        self.assertEqual((result.exit_code, result.stdout_bytes), (0, b"abcdef\n"))
+        self.assertEqual(
+            world.urls("stdout"),
+            [
+                "t1/stdout?offset=2&follow=true",
+                "t1/stdout?offset=5&follow=true",
+                "t1/stdout?offset=7&follow=true",
+            ],
+        )
+        self.assertEqual(world.sleeps, [])
+
+    def test_quiet_stream_reconnects(self) -> None:
+        """
+        Read timeouts on a quiet stream never exhaust the retries.
+        """
+        quiet = [Attempt(end=StreamInterrupted("timed out", timed_out=True))] * 12
+        world = FakeWorld(streams={"stdout": quiet + [Attempt((b"x",))]})
+        result = self.invoke(["logs", "--stream", "stdout", "-f", "t1"], world)
+        self.assertEqual((result.exit_code, result.stdout_bytes), (0, b"x"))
+        self.assertEqual(len(world.stream_calls), 13)
+
+    def test_retries_bounded(self) -> None:
+        """
+        Breaks without progress, and failed reconnections, are retried with
+        a growing backoff at most five times in a row; then the last error
+        ends the command.
+        """
+        broken = Attempt(end=StreamInterrupted("connection reset (h:1)"))
+        refused = Attempt(end=TransportError("connection refused (h:1)"))
+        world = FakeWorld(streams={"stdout": [broken, refused, broken, refused, broken, refused]})
+        result = self.invoke(["logs", "--stream", "stdout", "-f", "t1"], world)
+        self.assertFailure(result, "http error: connection refused (h:1)")
+        self.assertEqual(world.sleeps, [0.25, 0.5, 1.0, 2.0, 2.0])
+
+    def test_first_request_not_retried(self) -> None:
+        """
+        A server that cannot be reached at all fails at once.
+        """
+        world = FakeWorld(streams={"stdout": [Attempt(end=TransportError("connection refused (h:1)"))]})
+        result = self.invoke(["logs", "--stream", "stdout", "-f", "t1"], world)
+        self.assertFailure(result, "http error: connection refused (h:1)")
+        self.assertEqual(len(world.stream_calls), 1)
+
+    def test_token_on_streams(self) -> None:
+        """
+        C{--token} (or C{EXECGO_RUNTIME_TOKEN}) is sent on stream requests,
+        which run in their own threads.
+        """
+        world = FakeWorld(streams={"stdout": [Attempt()], "stderr": [Attempt()]})
+        result = self.invoke(["logs", "-f", "t1"], world, {"EXECGO_RUNTIME_TOKEN": "s3cret"})
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(
+            [c.headers["Authorization"] for c in world.stream_calls], ["Bearer s3cret"] * 2
+        )
+
+
+EVENT_1 = b'{"seq":1,"task_id":"t1","event_type":"submitted","timestamp":"2026-04-23T10:00:00Z"}\n'
+EVENT_7 = b'{"seq":7,"task_id":"t1","event_type":"finished","timestamp":"2026-04-23T10:00:01Z"}\n'
+
+
+class EventsTests(CliTestMixin, SynchronousTestCase):
+    """
+    C{events}: the event log, whole or followed.
+    """
+
+    def test_verbatim(self) -> None:
+        """
+        Without C{--follow}, the JSON array is printed verbatim; C{--after-seq}
+        becomes the query parameter.
+        """
+        body = b"[" + EVENT_1.strip() + b"]"
+        world = FakeWorld([ok(body)])
+        result = self.invoke(["events", "t1"], world)
+        self.assertEqual((result.exit_code, result.stdout_bytes), (0, body + b"\n"))
+        self.assertEqual(world.calls[0].url, f"{TASKS}/t1/events")
+        world = FakeWorld([ok(b"[]")])
+        self.invoke(["events", "--after-seq", "5", "t1"], world)
+        self.assertEqual(world.calls[0].url, f"{TASKS}/t1/events?after_seq=5")
+
+    def test_follow_lines(self) -> None:
+        """
+        With C{--follow}, each complete NDJSON line is printed as it comes,
+        whatever the chunk boundaries; a break resumes after the last seq.
+        """
+        world = FakeWorld(
+            streams={
+                "events": [
+                    Attempt((EVENT_1[:10], EVENT_1[10:] + EVENT_7[:5]), StreamInterrupted("reset")),
+                    Attempt((EVENT_7,)),
+                ]
+            }
+        )
+        result = self.invoke(["events", "-f", "--after-seq", "0", "t1"], world)
+        self.assertEqual((result.exit_code, result.stdout_bytes), (0, EVENT_1 + EVENT_7))
+        self.assertEqual(
+            world.urls("events"),
+            ["t1/events?after_seq=0&follow=true", "t1/events?after_seq=1&follow=true"],
+        )
+        self.assertEqual(world.stream_calls[0].headers["Accept"], "application/x-ndjson")
+
+    def test_malformed_line(self) -> None:
+        """
+        A line that is not an event exits 1 with a C{json error}.
+        """
+        world = FakeWorld(streams={"events": [Attempt((b'{"seq":"x"}\n',))]})
+        result = self.invoke(["events", "--follow", "t1"], world)
+        self.assertFailure(result, "json error: event line without an integer `seq`")
+
+    def test_not_a_stream(self) -> None:
+        """
+        A server without event streams answers the JSON array, which ends
+        without a newline: a C{json error}, not a silent success.
+        """
+        world = FakeWorld(streams={"events": [Attempt((b"[" + EVENT_1.strip() + b"]",))]})
+        result = self.invoke(["events", "--follow", "t1"], world)
+        self.assertFailure(result, "json error: the event stream ended in the middle of a line")
+
+
+PAGE_1 = b'{"tasks":[{"task_id":"b","status":"running"},{"task_id":"a","status":"success"}],"next_cursor":"c1"}'
+PAGE_2 = b'{"tasks":[{"task_id":"\xc3\xa9","status":"failed"}],"next_cursor":null}'
+
+
+class ListTests(CliTestMixin, SynchronousTestCase):
+    """
+    C{list}: pages of tasks.
+    """
+
+    def test_page_verbatim(self) -> None:
+        """
+        Without filters, C{GET /api/v1/tasks}; the page printed verbatim.
+        """
+        world = FakeWorld([ok(PAGE_1)])
+        result = self.invoke(["list"], world)
+        self.assertEqual((result.exit_code, result.stdout_bytes), (0, PAGE_1 + b"\n"))
+        self.assertEqual(world.calls[0].url, TASKS)
+
+    def test_filters(self) -> None:
+        """
+        Every filter becomes a percent-encoded query parameter, C{label}
+        repeated, in a fixed order.
+        """
+        world = FakeWorld([ok(PAGE_2)])
+        result = self.invoke(
+            [
+                "list", "--status", "failed", "--tenant", "team a", "--owner", "bob",
+                "--label", "env:prod", "--label", "k:v:w", "--limit", "10", "--cursor", "x/y=",
+            ],
+            world,
+        )
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(
+            world.calls[0].url,
+            f"{TASKS}?status=failed&tenant=team%20a&owner=bob&label=env%3Aprod"
+            "&label=k%3Av%3Aw&limit=10&cursor=x%2Fy%3D",
+        )
+
+    def test_usage_errors(self) -> None:
+        """
+        An unknown status and a label without C{:} are usage errors.
+        """
+        self.assertUsageError(self.invoke(["list", "--status", "done"]), "--status")
+        self.assertUsageError(self.invoke(["list", "--label", "env"]), "KEY:VALUE")
+        self.assertUsageError(self.invoke(["list", "--label", ":prod"]), "KEY:VALUE")
+
+    def test_all_pages(self) -> None:
+        """
+        C{--all} follows C{next_cursor} and prints one task a line.
+        """
+        world = FakeWorld([ok(PAGE_1), ok(PAGE_2)])
+        result = self.invoke(["list", "--all", "--limit", "2"], world)
+        self.assertEqual(result.exit_code, 0, result.output)
+        self.assertEqual(
+            result.stdout_bytes,
+            b'{"task_id":"b","status":"running"}\n{"task_id":"a","status":"success"}\n'
+            b'{"task_id":"\xc3\xa9","status":"failed"}\n',
+        )
+        self.assertEqual(
+            [c.url for c in world.calls], [f"{TASKS}?limit=2", f"{TASKS}?limit=2&cursor=c1"]
+        )
+
+    def test_errors(self) -> None:
+        """
+        An error answer prints the envelope and exits 1; a page that is not
+        one under C{--all} is a C{json error}.
+        """
+        envelope = b'{"error":{"code":"invalid_input","message":"invalid input: limit"}}'
+        world = FakeWorld([Response(400, "Bad Request", envelope)])
+        self.assertFailure(
+            self.invoke(["list", "--limit", "0"], world),
+            "internal error: request failed with status 400 Bad Request",
+            envelope + b"\n",
+        )
+        result = self.invoke(["list", "--all"], FakeWorld([ok(b'{"next_cursor":null}')]))
+        self.assertFailure(result, "json error: missing field `tasks` in the list page")
+
+
+class RuntimeCommandTests(CliTestMixin, SynchronousTestCase):
+    """
+    C{info}, C{capabilities} and C{resources}.
+    """
+
+    def test_verbatim(self) -> None:
+        """
+        Each GETs its endpoint and prints the body verbatim plus a newline.
+        """
+        for name, path in (
+            ("info", "/api/v1/runtime/info"),
+            ("capabilities", "/api/v1/runtime/capabilities"),
+            ("resources", "/api/v1/runtime/resources"),
+        ):
+            world = FakeWorld([ok(b'{"runtime_id":"n"}')])
+            result = self.invoke([name, "--server", "http://h:1/p/"], world)
+            self.assertEqual((result.exit_code, result.stdout), (0, '{"runtime_id":"n"}\n'))
+            self.assertEqual((world.calls[0].method, world.calls[0].url), ("GET", f"http://h:1/p{path}"))
+
+    def test_error(self) -> None:
+        """
+        An error answer (here a missing token) prints the body and exits 1.
+        """
+        envelope = b'{"error":{"code":"permission_denied","message":"unauthorized: unknown token"}}'
+        world = FakeWorld([Response(401, "Unauthorized", envelope)])
+        self.assertFailure(
+            self.invoke(["info"], world),
+            "internal error: request failed with status 401 Unauthorized",
+            envelope + b"\n",
+        )
+
+    def test_help_lists_new_commands(self) -> None:
+        """
+        The top-level help lists issue 6's subcommands after the contract's.
+        """
+        text = self.invoke(["--help"]).stdout
+        names = ["submit", "status", "wait", "kill", "run", "logs", "events", "list", "info",
+                 "capabilities", "resources"]
+        positions = [text.index(f"  {name} ") for name in names]
+        self.assertEqual(positions, sorted(positions))
+
+
+class CompletionTests(CliTestMixin, SynchronousTestCase):
+    """
+    Shell completion through click's C{_EXECGO_RUNTIME_COMPLETE}.
+    """
+
+    def test_scripts(self) -> None:
+        """
+        C{bash_source}, C{zsh_source} and C{fish_source} print a script
+        that completes C{execgo-runtime}.
+        """
+        for shell, needle in (
+            ("bash", "complete -o nosort -F _execgo_runtime_completion execgo-runtime"),
+            ("zsh", "compdef _execgo_runtime_completion execgo-runtime"),
+            ("fish", "complete --no-files --command execgo-runtime"),
+        ):
+            result = self.invoke([], env={"_EXECGO_RUNTIME_COMPLETE": f"{shell}_source"})
+            self.assertEqual(result.exit_code, 0, result.output)
+            self.assertIn(needle, result.stdout)
+
+    def test_completes_subcommands(self) -> None:
+        """
+        Completing C{execgo-runtime l} offers the subcommands starting with
+        C{l}.
+        """
+        result = self.invoke(
+            [],
+            env={"_EXECGO_RUNTIME_COMPLETE": "bash_complete", "COMP_WORDS": "execgo-runtime l",
+                 "COMP_CWORD": "1"},
+        )
+        self.assertEqual(result.stdout.split(), ["plain,logs", "plain,list"])
+
+
+class OutputTests(SynchronousTestCase):
+    """
+    L{summary_line}.
+    """
+
+    def test_summary(self) -> None:
+        """
+        The summary names the task, its status, and the error code, exit
+        details and duration it has.
+        """
+        self.assertEqual(
+            summary_line({"task_id": "t", "status": "success", "exit_code": 0, "duration_ms": 5}),
+            "task t success exit_code=0 duration_ms=5",
+        )
+        self.assertEqual(
+            summary_line({"task_id": "t", "status": "cancelled", "error": {"code": "cancelled"},
+                          "exit_signal": 15}),
+            "task t cancelled error=cancelled exit_signal=15",
+        )
 
 
 class ParamTypeTests(SynchronousTestCase):
@@ -1029,6 +1721,163 @@ class HttpClientTests(SynchronousTestCase):
         self.assertIn("invalid response", error.message)
 
 
+class _StreamingServer:
+    """
+    A loopback server that answers one request with C{head}, then each of
+    C{parts} in turn, waiting before each later part until the client has
+    received something since the previous one (L{proceed}); a part that is
+    not waited for within five seconds makes the server hang up instead.
+    """
+
+    def __init__(self, head: bytes, parts: Sequence[bytes], close_early: bool = False) -> None:
+        self.head = head
+        self.parts = list(parts)
+        self.close_early = close_early
+        self.proceed = threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.listener.settimeout(10)
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        try:
+            connection, _ = self.listener.accept()
+        except OSError:
+            return
+        with connection:
+            received = b""
+            while b"\r\n\r\n" not in received:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    return
+                received += chunk
+            connection.sendall(self.head)
+            for index, part in enumerate(self.parts):
+                if index and not self.proceed.wait(5):
+                    return
+                self.proceed.clear()
+                connection.sendall(part)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(10)
+
+
+class HttpStreamTests(SynchronousTestCase):
+    """
+    L{httpclient.stream} against a loopback socket.
+    """
+
+    def serve(self, head: bytes, parts: Sequence[bytes]) -> _StreamingServer:
+        server = _StreamingServer(head, parts)
+        self.addCleanup(server.close)
+        return server
+
+    def test_chunks_as_they_arrive(self) -> None:
+        """
+        Each chunk of a chunked body reaches C{on_data} before the server
+        sends the next (which it does only once the client got the
+        previous one).
+        """
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\n"
+        server = self.serve(head, [b"3\r\nabc\r\n", b"2\r\nde\r\n", b"0\r\n\r\n"])
+        pieces: List[bytes] = []
+
+        def on_data(data: bytes) -> None:
+            pieces.append(data)
+            server.proceed.set()
+
+        response = httpclient.stream(
+            "GET", f"http://127.0.0.1:{server.port}/s", on_data, headers={"Accept": "*/*"}
+        )
+        self.assertEqual((response.status, response.body), (200, b""))
+        self.assertEqual(pieces, [b"abc", b"de"])
+
+    def test_error_body(self) -> None:
+        """
+        A non-2xx answer is returned whole, C{on_data} never called.
+        """
+        server = self.serve(b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope", [])
+        pieces: List[bytes] = []
+        response = httpclient.stream("GET", f"http://127.0.0.1:{server.port}/s", pieces.append)
+        self.assertEqual((response, pieces), (Response(404, "Not Found", b"nope"), []))
+
+    def test_broken_chunked_body(self) -> None:
+        """
+        A chunked body cut off before its last chunk is a
+        L{StreamInterrupted}, after the bytes that did arrive.
+        """
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        server = self.serve(head, [b"3\r\nabc\r\n"])
+        pieces: List[bytes] = []
+        error = self.assertRaises(
+            StreamInterrupted,
+            httpclient.stream,
+            "GET",
+            f"http://127.0.0.1:{server.port}/s",
+            pieces.append,
+        )
+        self.assertEqual((pieces, error.timed_out), ([b"abc"], False))
+        self.assertIn("invalid response: IncompleteRead", error.message)
+
+    def test_short_content_length(self) -> None:
+        """
+        A body shorter than its C{Content-Length} is a L{StreamInterrupted}.
+        """
+        server = self.serve(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", [])
+        pieces: List[bytes] = []
+        error = self.assertRaises(
+            StreamInterrupted, httpclient.stream, "GET", f"http://127.0.0.1:{server.port}/s",
+            pieces.append,
+        )
+        self.assertIn("7 bytes of the body missing", error.message)
+
+    def test_read_timeout(self) -> None:
+        """
+        A stream that stays quiet past the read timeout is a timed-out
+        L{StreamInterrupted}.
+        """
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        server = self.serve(head, [b"1\r\na\r\n", b"0\r\n\r\n"])
+        error = self.assertRaises(
+            StreamInterrupted, httpclient.stream, "GET", f"http://127.0.0.1:{server.port}/s",
+            lambda data: None, timeout=0.2,
+        )
+        self.assertTrue(error.timed_out)
+        server.proceed.set()
+
+    def test_consumer_error_propagates(self) -> None:
+        """
+        What C{on_data} raises stops the stream and propagates unchanged.
+        """
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"
+        server = self.serve(head, [b"abc"])
+
+        def on_data(data: bytes) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        self.assertRaises(
+            BrokenPipeError, httpclient.stream, "GET", f"http://127.0.0.1:{server.port}/s", on_data
+        )
+
+    def test_no_answer(self) -> None:
+        """
+        No response head at all is a plain L{TransportError}.
+        """
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        error = self.assertRaises(
+            TransportError, httpclient.stream, "GET", f"http://127.0.0.1:{port}/s", lambda d: None
+        )
+        self.assertNotIsInstance(error, StreamInterrupted)
+        self.assertEqual(error.message, f"connection refused (127.0.0.1:{port})")
+
+
 class ProcessTests(SynchronousTestCase):
     """
     The real entry point, in a fresh interpreter.
@@ -1078,3 +1927,24 @@ class ProcessTests(SynchronousTestCase):
         """
         done = self.run_cli("--version")
         self.assertEqual((done.returncode, done.stdout), (0, f"execgo-runtime {__version__}\n"))
+
+    def test_completion_script(self) -> None:
+        """
+        The console script prints its bash completion script when
+        C{_EXECGO_RUNTIME_COMPLETE=bash_source} is set, as C{docs/cli.md}
+        documents.
+        """
+        script = os.path.join(os.path.dirname(sys.executable), "execgo-runtime")
+        argv = [script] if os.path.exists(script) else [
+            sys.executable, "-c", "from execgo.cli import main; main()"
+        ]
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, _EXECGO_RUNTIME_COMPLETE="bash_source"),
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("_execgo_runtime_completion()", done.stdout)
+        self.assertIn("complete -o nosort -F _execgo_runtime_completion execgo-runtime", done.stdout)
