@@ -561,7 +561,8 @@ class SubmitTests(CliTestMixin, SynchronousTestCase):
         any request.
         """
         world = FakeWorld()
-        for text in ('{"task_id":"x"}', "[]", '{"execution":{"kind":"command","program":"/bin/true"},"limits":{"wall_time_ms":-1}}'):
+        negative = '{"execution":{"kind":"command","program":"/bin/true"},"limits":{"wall_time_ms":-1}}'
+        for text in ('{"task_id":"x"}', "[]", negative):
             result = self.invoke(["submit", "--json", text], world)
             self.assertEqual(result.exit_code, 1, text)
             self.assertTrue(result.stderr.startswith("invalid input: "), result.stderr)

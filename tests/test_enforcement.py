@@ -778,7 +778,7 @@ class NoCgroupTests(EnforcementCase):
         self.assertIs(enforcement["cgroup_enforced"], False)
         self.assertIs(enforcement["oom_detection"], False)
         self.assertIs(status["execution_plan"]["degraded"], False)
-        [line] = [l for l in status["stdout"].splitlines() if l.startswith("Max address space")]
+        [line] = [row for row in status["stdout"].splitlines() if row.startswith("Max address space")]
         self.assertEqual(line.split()[3:5], [str(64 << 20), str(64 << 20)])
         self.assertEqual(task_cgroup_dirs(task_id), [])
 
