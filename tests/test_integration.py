@@ -2444,6 +2444,29 @@ class CrashRecoveryTests(OwnServerCase):
         self.assertEqual((status["status"], status["stdout"]), ("success", "kept\n"))
         self.assertIn("recovered", await self.event_types(task_id))
 
+    async def test_sigterm_answers_requests_in_flight(self) -> None:
+        """
+        A request in flight when SIGTERM arrives (here a long-poll on a
+        running task) is answered before the server exits, not cut off:
+        the stop drains what it already accepted.
+        """
+        await self.start_server(*GRACE)
+        task_id = await self.submit(shell("sleep 3", task_id=unique("drain")))
+        await self.wait_started(task_id)
+        in_flight = defer.ensureDeferred(
+            self.api.get(f"/api/v1/tasks/{task_id}?wait_ms=20000")
+        )
+        await sleep(self._reactor(), 0.3)
+        self.assertFalse(in_flight.called)
+        exit_status = await self.server.stop()
+        self.assertEqual(exit_status, (0, None))
+        reply = await in_flight
+        self.assertEqual(reply.code, 200)
+        self.assertEqual(reply.json()["status"], "running")
+        await self.restart()
+        status = await self.wait_terminal(task_id, timeout=10)
+        self.assertEqual(status["status"], "success")
+
 
 class RestartConfigurationTests(OwnServerCase):
     """
