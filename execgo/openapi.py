@@ -3,52 +3,63 @@
 The OpenAPI 3.1 document of the HTTP API, served at
 C{/api/v1/openapi.json}.
 
-The request schema of C{POST /api/v1/tasks} is generated from the models the
-decoder builds (L{execgo.models}): each attrs field of L{SubmitRequest},
-L{ExecutionSpec}, L{ResourceLimits}, L{SandboxPolicy}, L{Namespaces} and
-L{ControlContext} becomes a property whose JSON type follows the field's
-annotation, which is required when the field has no default, which accepts
-C{null} when the annotation is C{Optional}, and whose default is the
-model's.  Only what the annotations cannot say is written here: the enums,
-the rename of C{capability_mode} to the C{policy} object, and the few
-semantic rules that are expressible in JSON Schema and that the validator
-enforces exactly (so a request that breaks the schema is always rejected).
-C{tests.test_openapi} probes L{execgo.validation.decode_submit} to prove the
-two agree field by field.
+Whatever has a model is generated from it, so the document follows the code:
 
-Error responses are generated from L{execgo.errors}: each endpoint lists the
-error classes it can raise, and each HTTP status documents the codes of
-those classes.  Response bodies are described by hand from C{api.md}, with
-the runtime's additions (C{resources.cgroup} in the capabilities,
-C{resource_enforcement.mechanisms} in the plan); they are closed
+  - The request schema of C{POST /api/v1/tasks} comes from the models the
+    decoder builds (L{REQUEST_MODELS}): each attrs field is a property whose
+    JSON type follows its annotation, required when the field has no
+    default, accepting C{null} when the annotation is C{Optional}, with the
+    model's default.  Only what annotations cannot say is written here: the
+    enums, the C{policy} object (folded into C{capability_mode} by the
+    decoder), and the semantic rules JSON Schema states exactly and the
+    validator enforces (so whatever breaks the schema is refused).
+  - The response objects rendered by a model's C{to_json()}
+    (L{RESPONSE_MODELS}) are generated the same way: a field is always
+    emitted unless it is C{Optional} (left out when C{None}) or listed in
+    L{_OMITTED_WHEN_EMPTY}.
+  - Error responses come from L{execgo.errors}: each operation lists the
+    error classes it raises, and each HTTP status documents their codes.
+
+The other response bodies (the status snapshot, events, runtime views) are
+written from C{api.md} with the runtime's additions (C{resources.cgroup},
+C{resource_enforcement.mechanisms}); the routes of issue 6 (listing, log
+and event streams, idempotent submission) take their bounds from the
+modules that enforce them (L{execgo.listing}, L{execgo.idempotency}).  Response objects are closed
 (C{additionalProperties: false}) so that a field the runtime starts to emit
-without documenting it fails the schemathesis run.
+without documenting it fails C{tests.test_openapi}, which also proves the
+request schema and L{execgo.validation.decode_submit} agree field by field.
 
-This module imports no Twisted; the document is plain data.
+No Twisted here; the document is plain data.
 """
 
 from __future__ import annotations
 
 import collections.abc
+import copy
 import typing
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import attrs
 
-from execgo import __version__, errors
+from execgo import __version__, errors, idempotency, listing
+from execgo.ledger import Capacity
 from execgo.models import (
     ALL_STATUSES,
     MODE_ADAPTIVE,
     MODE_STRICT,
-    NAMESPACE_NAMES,
     PROFILE_LINUX_SANDBOX,
     PROFILE_PROCESS,
     ControlContext,
+    ErrorInfo,
+    ExecutionPlan,
     ExecutionSpec,
     Namespaces,
+    Reservation,
+    ResourceEnforcement,
     ResourceLimits,
     SandboxPolicy,
     SubmitRequest,
+    Usage,
 )
 from execgo.validation import (
     KIND_COMMAND,
@@ -60,18 +71,40 @@ from execgo.validation import (
 )
 
 __all__ = [
+    "CURSOR_PATTERN",
     "ERROR_CODES",
+    "IDEMPOTENCY_HEADER",
+    "LOG_OFFSET_HEADER",
+    "LOG_SIZE_HEADER",
+    "MAX_WAIT_MS",
+    "NDJSON_TYPE",
+    "OCTET_TYPE",
+    "OUTPUT_KEYS",
     "OPENAPI_VERSION",
     "PATH",
     "REQUEST_MODELS",
+    "RESPONSE_MODELS",
     "document",
-    "request_schemas",
 ]
 
 JSON = Dict[str, Any]
 
 OPENAPI_VERSION = "3.1.0"
 PATH = "/api/v1/openapi.json"
+MAX_WAIT_MS = 600_000
+
+# Issue 6.  The stream constants live in execgo.streams, which imports
+# Twisted; tests.test_openapi checks these equal them.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+LOG_SIZE_HEADER = "X-Execgo-Log-Size"
+LOG_OFFSET_HEADER = "X-Execgo-Offset"
+OCTET_TYPE = "application/octet-stream"
+NDJSON_TYPE = "application/x-ndjson"
+# What listing.decode_cursor accepts before decoding (listing._CURSOR_TEXT).
+CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
+# The status snapshot's keys a listing entry leaves out
+# (wire.render_status with include_output=False).
+OUTPUT_KEYS = ("stdout", "stderr", "stdout_truncated", "stderr_truncated")
 
 # api.md 2.2, in canonical order.
 ERROR_CODES = (
@@ -92,12 +125,8 @@ ERROR_CODES = (
     "internal",
 )
 
-MAX_WAIT_MS = 600_000
-INT32_MIN = -(2**31)
-INT32_MAX = 2**31 - 1
-
-# The request models, by the schema name api.md gives them.  TaskPolicy has
-# no model: the decoder folds it into SubmitRequest.capability_mode.
+# Component names of the models, as api.md names them.  TaskPolicy has no
+# model: the decoder folds it into SubmitRequest.capability_mode.
 REQUEST_MODELS: Tuple[Tuple[str, type], ...] = (
     ("SubmitTaskRequest", SubmitRequest),
     ("ExecutionSpec", ExecutionSpec),
@@ -106,22 +135,37 @@ REQUEST_MODELS: Tuple[Tuple[str, type], ...] = (
     ("NamespaceConfig", Namespaces),
     ("ControlContext", ControlContext),
 )
-_NAMES = {model: name for name, model in REQUEST_MODELS}
+RESPONSE_MODELS: Tuple[Tuple[str, type], ...] = (
+    ("ExecutionPlan", ExecutionPlan),
+    ("Sandbox", SandboxPolicy),
+    ("Namespaces", Namespaces),
+    ("ResourceEnforcementPlan", ResourceEnforcement),
+    ("ResourceUsage", Usage),
+    ("TaskResourceReservation", Reservation),
+    ("ResourceCapacity", Capacity),
+    ("RuntimeErrorInfo", ErrorInfo),
+)
 
-_KINDS = (KIND_COMMAND, KIND_SCRIPT)
-_PROFILES = (PROFILE_PROCESS, PROFILE_LINUX_SANDBOX)
 _MODES = (MODE_ADAPTIVE, MODE_STRICT)
-
-_ENUMS: Mapping[Tuple[type, str], Tuple[str, ...]] = {
-    (ExecutionSpec, "kind"): _KINDS,
-    (SandboxPolicy, "profile"): _PROFILES,
+_ENUMS: Mapping[Tuple[type, str], Sequence[str]] = {
+    (ExecutionSpec, "kind"): (KIND_COMMAND, KIND_SCRIPT),
+    (SandboxPolicy, "profile"): (PROFILE_PROCESS, PROFILE_LINUX_SANDBOX),
+    (ExecutionPlan, "capability_mode"): _MODES,
+    (ErrorInfo, "code"): ERROR_CODES,
+}
+# Collections that to_json() leaves out when they are empty.
+_OMITTED_WHEN_EMPTY = {
+    (ExecutionPlan, "fallback_reasons"),
+    (ExecutionPlan, "capability_warnings"),
+    (ResourceEnforcement, "mechanisms"),
 }
 
 # Semantic rules (api.md 3.2, 3.5, decisions.md items 3 and 4) that JSON
-# Schema states exactly; every request breaking one of them is rejected.
-_NO_EQUALS_KEYS = {"propertyNames": {"pattern": "^[^=]*$"}}
+# Schema states exactly; every request breaking one of them is refused.
+_NO_EQUALS_IN_KEYS = {"propertyNames": {"pattern": "^[^=]*$"}}
 _NOT_EMPTY = {"minLength": 1}
 _POSITIVE = {"minimum": 1}
+_OUTPUT_LIMIT = {"minimum": 1, "maximum": OUTPUT_LIMIT_MAX}
 _CONSTRAINTS: Mapping[Tuple[type, str], JSON] = {
     (SubmitRequest, "task_id"): {
         "minLength": 1,
@@ -129,32 +173,28 @@ _CONSTRAINTS: Mapping[Tuple[type, str], JSON] = {
         "pattern": "^[A-Za-z0-9._-]+$",
         "not": {"enum": [".", ".."]},
     },
-    (ExecutionSpec, "env"): _NO_EQUALS_KEYS,
+    (ExecutionSpec, "env"): _NO_EQUALS_IN_KEYS,
     (ResourceLimits, "wall_time_ms"): _POSITIVE,
     (ResourceLimits, "cpu_time_sec"): _POSITIVE,
     (ResourceLimits, "memory_bytes"): _POSITIVE,
     (ResourceLimits, "pids_max"): _POSITIVE,
-    (ResourceLimits, "stdout_max_bytes"): {"minimum": 1, "maximum": OUTPUT_LIMIT_MAX},
-    (ResourceLimits, "stderr_max_bytes"): {"minimum": 1, "maximum": OUTPUT_LIMIT_MAX},
+    (ResourceLimits, "stdout_max_bytes"): _OUTPUT_LIMIT,
+    (ResourceLimits, "stderr_max_bytes"): _OUTPUT_LIMIT,
     (ControlContext, "control_plane_mode"): _NOT_EMPTY,
     (ControlContext, "tenant"): _NOT_EMPTY,
     (ControlContext, "owner"): _NOT_EMPTY,
     (ControlContext, "expected_runtime_profile"): _NOT_EMPTY,
-    (ControlContext, "labels"): _NO_EQUALS_KEYS,
+    (ControlContext, "labels"): _NO_EQUALS_IN_KEYS,
 }
 
-# The rules JSON Schema does not state (or not exactly), in words.
+# What the schema does not state (or not exactly), in words.
 _NOTES: Mapping[Tuple[type, str], str] = {
     (SubmitRequest, "task_id"): (
         "Absent or null: a random UUID is generated. No surrounding white "
         "space. An existing id gets 409."
     ),
-    (ExecutionSpec, "program"): (
-        "kind command: required, not blank. kind script: absent, null or blank."
-    ),
-    (ExecutionSpec, "script"): (
-        "kind script: required, not blank. kind command: absent, null or blank."
-    ),
+    (ExecutionSpec, "program"): "kind command: required, not blank. kind script: absent, null or blank.",
+    (ExecutionSpec, "script"): "kind script: required, not blank. kind command: absent, null or blank.",
     (ExecutionSpec, "interpreter"): (
         "kind script: when present, non-empty with a non-blank first element. "
         "Ignored for kind command."
@@ -170,14 +210,18 @@ _NOTES: Mapping[Tuple[type, str], str] = {
     (ControlContext, "owner"): "Not blank when present; gates kill.",
     (ControlContext, "expected_runtime_profile"): "Not blank when present.",
     (ControlContext, "labels"): "Keys are not blank and contain no '='.",
+    (ResourceEnforcement, "mechanisms"): (
+        "Runtime addition: limit name (cpu_time_sec, memory_bytes, pids_max) "
+        "to the mechanism enforcing it (rlimit, cgroup_v1, cgroup_v2)."
+    ),
 }
 
 _UINT: JSON = {"type": "integer", "minimum": 0, "maximum": UINT64_MAX}
-_INT32: JSON = {"type": "integer", "minimum": INT32_MIN, "maximum": INT32_MAX}
+_INT32: JSON = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
 _STRING: JSON = {"type": "string"}
 _BOOL: JSON = {"type": "boolean"}
-_STRINGS: JSON = {"type": "array", "items": {"type": "string"}}
-_STRING_MAP: JSON = {"type": "object", "additionalProperties": {"type": "string"}}
+_STRINGS: JSON = {"type": "array", "items": _STRING}
+_STRING_MAP: JSON = {"type": "object", "additionalProperties": _STRING}
 _TIMESTAMP: JSON = {
     "type": "string",
     "format": "date-time",
@@ -190,66 +234,64 @@ def _ref(name: str) -> JSON:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-# ---------------------------------------------------------------- requests
+def _enum(values: Sequence[str]) -> JSON:
+    return {"type": "string", "enum": list(values)}
 
 
-def _field_schema(model: type, field: "attrs.Attribute[Any]", hint: Any) -> JSON:
+def _shape(fields: JSON, description: Optional[str] = None) -> JSON:
     """
-    The schema of one request field, from its annotation, default and the
-    tables above.
+    A closed object schema; a key written C{"name?"} is optional, every
+    other one required.
     """
-    nullable = False
-    if typing.get_origin(hint) is typing.Union:
-        inner = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        if len(inner) != 1:
-            raise TypeError(f"{model.__name__}.{field.name}: unsupported type {hint!r}")
-        hint, nullable = inner[0], True
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    schema: JSON
-    if hint is str:
-        schema = dict(_STRING)
-    elif hint is bool:
-        schema = dict(_BOOL)
-    elif hint is int:
-        schema = dict(_UINT)
-    elif origin is tuple and args == (str, Ellipsis):
-        schema = {"type": "array", "items": dict(_STRING)}
-    elif origin is collections.abc.Mapping and args == (str, str):
-        schema = {"type": "object", "additionalProperties": dict(_STRING)}
-    elif hint in _NAMES:
-        schema = _ref(_NAMES[hint])
-    else:
-        raise TypeError(f"{model.__name__}.{field.name}: unsupported type {hint!r}")
-    choices = _ENUMS.get((model, field.name))
-    if choices is not None:
-        schema["enum"] = list(choices)
-    schema.update(_CONSTRAINTS.get((model, field.name), {}))
-    if nullable:
-        if "$ref" in schema:
-            schema = {"anyOf": [schema, {"type": "null"}]}
-        else:
-            schema["type"] = [schema["type"], "null"]
-            if "enum" in schema:
-                schema["enum"].append(None)
-    default = _default(field)
-    if default is not None:
-        schema["default"] = default
-    note = _NOTES.get((model, field.name))
-    if note is not None:
-        schema["description"] = note
+    properties = {key.rstrip("?"): value for key, value in fields.items()}
+    schema: JSON = {"type": "object", "properties": properties, "additionalProperties": False}
+    required = [key for key in fields if not key.endswith("?")]
+    if required:
+        schema["required"] = required
+    if description is not None:
+        schema["description"] = description
     return schema
 
 
-def _default(field: "attrs.Attribute[Any]") -> Any:
+# ---------------------------------------------------------------- schemas from models
+
+
+def _type_schema(hint: Any, names: Mapping[type, str], where: str) -> Tuple[JSON, bool]:
     """
-    The JSON form of a field's default, or C{None} when it has none (or
-    its default is "absent").
+    The schema of an annotation, and whether it is C{Optional}.
+    """
+    optional = False
+    if typing.get_origin(hint) is typing.Union:
+        inner = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(inner) != 1:
+            raise TypeError(f"{where}: unsupported type {hint!r}")
+        hint, optional = inner[0], True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is str:
+        return dict(_STRING), optional
+    if hint is bool:
+        return dict(_BOOL), optional
+    if hint is int:
+        return dict(_UINT), optional
+    if origin is tuple and args == (str, Ellipsis):
+        return {"type": "array", "items": dict(_STRING)}, optional
+    if origin is collections.abc.Mapping and args == (str, str):
+        return {"type": "object", "additionalProperties": dict(_STRING)}, optional
+    if hint in names:
+        return _ref(names[hint]), optional
+    raise TypeError(f"{where}: unsupported type {hint!r}")
+
+
+def _request_default(field: "attrs.Attribute[Any]") -> Any:
+    """
+    The JSON form of a field's default, or C{None} when it has none (or its
+    default is "absent").
     """
     default = field.default
-    if default is attrs.NOTHING:
-        return None
     if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
         default = default.factory()  # type: ignore[union-attr]
+    if default is attrs.NOTHING or default is None:
+        return None
     if attrs.has(type(default)):
         return default.to_json()
     if isinstance(default, tuple):
@@ -259,15 +301,19 @@ def _default(field: "attrs.Attribute[Any]") -> Any:
     return default
 
 
-def _model_schema(name: str, model: type) -> JSON:
+def _model_schema(model: type, request: bool) -> JSON:
     """
-    The object schema of one request model.
+    The object schema of C{model} as a request (open, nullable where
+    C{Optional}, required without default) or as a response (closed,
+    required unless C{Optional} or omitted when empty).
     """
+    names = {m: n for n, m in (REQUEST_MODELS if request else RESPONSE_MODELS)}
     hints = typing.get_type_hints(model)
     properties: JSON = {}
     required: List[str] = []
     for field in attrs.fields(model):
-        if model is SubmitRequest and field.name == "capability_mode":
+        key = (model, field.name)
+        if request and key == (SubmitRequest, "capability_mode"):
             properties["policy"] = {
                 "anyOf": [_ref("TaskPolicy"), {"type": "null"}],
                 "description": (
@@ -276,426 +322,284 @@ def _model_schema(name: str, model: type) -> JSON:
                 ),
             }
             continue
-        properties[field.name] = _field_schema(model, field, hints[field.name])
-        if field.default is attrs.NOTHING:
+        schema, optional = _type_schema(hints[field.name], names, f"{model.__name__}.{field.name}")
+        if key in _ENUMS:
+            schema["enum"] = list(_ENUMS[key])
+        if request:
+            schema.update(_CONSTRAINTS.get(key, {}))
+            if optional and "$ref" in schema:
+                schema = {"anyOf": [schema, {"type": "null"}]}
+            elif optional:
+                schema["type"] = [schema["type"], "null"]
+                if "enum" in schema:
+                    schema["enum"].append(None)
+            default = _request_default(field)
+            if default is not None:
+                schema["default"] = default
+            if field.default is attrs.NOTHING:
+                required.append(field.name)
+        elif not optional and key not in _OMITTED_WHEN_EMPTY:
             required.append(field.name)
-    schema: JSON = {"type": "object", "properties": properties}
+        if key in _NOTES:
+            schema["description"] = _NOTES[key]
+        properties[field.name] = schema
+    out: JSON = {"type": "object", "properties": properties}
+    if not request:
+        out["additionalProperties"] = False
     if required:
-        schema["required"] = required
-    return schema
+        out["required"] = required
+    return out
 
 
-def request_schemas() -> JSON:
+def _model_schemas() -> JSON:
     """
-    The component schemas of the submit request, C{SubmitTaskRequest} and
-    everything it references.  Unknown keys are allowed (and ignored by the
-    runtime) at every level.
+    The component schemas generated from L{REQUEST_MODELS} and
+    L{RESPONSE_MODELS}, plus C{TaskPolicy}.
     """
-    schemas = {name: _model_schema(name, model) for name, model in REQUEST_MODELS}
+    schemas = {name: _model_schema(model, True) for name, model in REQUEST_MODELS}
     schemas["TaskPolicy"] = {
         "type": "object",
-        "properties": {"capability_mode": {"type": "string", "enum": list(_MODES)}},
+        "properties": {"capability_mode": _enum(_MODES)},
     }
-    schemas["SubmitTaskRequest"]["description"] = (
-        f"At most {MAX_BODY_BYTES} bytes of UTF-8 JSON (larger bodies get 413). "
-        "The body is parsed as JSON whatever its Content-Type says."
+    request = schemas["SubmitTaskRequest"]
+    request["description"] = (
+        f"At most {MAX_BODY_BYTES} bytes of UTF-8 JSON (larger bodies get 413), "
+        "parsed as JSON whatever the Content-Type says. Unknown keys are "
+        "ignored at every level."
     )
-    schemas["SubmitTaskRequest"]["example"] = {
+    request["example"] = {
         "execution": {"kind": "command", "program": "echo", "args": ["hello"]},
         "limits": {"wall_time_ms": 10000},
         "metadata": {"purpose": "example"},
     }
+    schemas.update({name: _model_schema(model, False) for name, model in RESPONSE_MODELS})
+    schemas["RuntimeErrorInfo"]["properties"]["details"] = {
+        "description": "Any JSON; currently never emitted."
+    }
     return schemas
 
 
-# ---------------------------------------------------------------- responses
+# ---------------------------------------------------------------- other responses
 
 
-def _closed(
-    properties: JSON, required: Iterable[str] = (), description: Optional[str] = None
-) -> JSON:
+def _status_fields() -> JSON:
     """
-    An object schema with exactly these properties, the listed ones required.
+    The keys of the status snapshot (C{api.md} 4.1), for L{_shape}.
     """
-    schema: JSON = {
-        "type": "object",
-        "properties": properties,
-        "additionalProperties": False,
+    return {
+        "task_id": _STRING,
+        "handle_id": _STRING,
+        "status": _enum(ALL_STATUSES),
+        "created_at": _TIMESTAMP,
+        "updated_at": _TIMESTAMP,
+        "started_at?": _TIMESTAMP,
+        "finished_at?": _TIMESTAMP,
+        "duration_ms?": _UINT,
+        "shim_pid?": _UINT,
+        "pid?": _UINT,
+        "pgid?": _INT32,
+        "exit_code?": _INT32,
+        "exit_signal?": _INT32,
+        "stdout": _STRING,
+        "stderr": _STRING,
+        "stdout_truncated": _BOOL,
+        "stderr_truncated": _BOOL,
+        "error?": _ref("RuntimeErrorInfo"),
+        "usage?": _ref("ResourceUsage"),
+        "execution_plan": _ref("ExecutionPlan"),
+        "reservation?": _ref("TaskResourceReservation"),
+        "artifacts": _shape(
+            {
+                "task_dir": _STRING,
+                "request_path": _STRING,
+                "result_path": _STRING,
+                "stdout_path": _STRING,
+                "stderr_path": _STRING,
+                "script_path?": _STRING,
+            }
+        ),
+        "metadata?": _STRING_MAP,
     }
-    required = list(required)
-    if required:
-        schema["required"] = required
-    if description is not None:
-        schema["description"] = description
-    return schema
-
-
-def _all_required(properties: JSON, description: Optional[str] = None) -> JSON:
-    return _closed(properties, list(properties), description)
-
-
-def _capacity() -> JSON:
-    return _closed(
-        {"task_slots": _UINT, "memory_bytes": _UINT, "pids": _UINT}, ["task_slots"]
-    )
-
-
-def _sandbox() -> JSON:
-    return _closed(
-        {
-            "profile": {"type": "string", "enum": list(_PROFILES)},
-            "workspace_subdir": _STRING,
-            "rootfs": _STRING,
-            "chroot": _BOOL,
-            "namespaces": _all_required({name: _BOOL for name in NAMESPACE_NAMES}),
-        },
-        ["profile", "chroot"],
-        "A sandbox as emitted: the request's after defaults, or the effective one.",
-    )
-
-
-def _enforcement() -> JSON:
-    return _closed(
-        {
-            "wall_time_ms": _UINT,
-            "cpu_time_sec": _UINT,
-            "cpu_time_enforced": _BOOL,
-            "memory_bytes": _UINT,
-            "memory_enforced": _BOOL,
-            "pids_max": _UINT,
-            "pids_enforced": _BOOL,
-            "cgroup_enforced": _BOOL,
-            "oom_detection": _BOOL,
-            "mechanisms": dict(
-                _STRING_MAP,
-                description=(
-                    "Runtime addition: limit name (cpu_time_sec, memory_bytes, "
-                    "pids_max) to the mechanism enforcing it (rlimit, "
-                    "cgroup_v1, cgroup_v2); omitted when empty."
-                ),
-            ),
-        },
-        [
-            "wall_time_ms",
-            "cpu_time_enforced",
-            "memory_enforced",
-            "pids_enforced",
-            "cgroup_enforced",
-            "oom_detection",
-        ],
-    )
-
-
-def _plan() -> JSON:
-    return _closed(
-        {
-            "capability_mode": {"type": "string", "enum": list(_MODES)},
-            "requested_sandbox": _ref("Sandbox"),
-            "effective_sandbox": _ref("Sandbox"),
-            "resource_enforcement": _ref("ResourceEnforcementPlan"),
-            "degraded": _BOOL,
-            "fallback_reasons": _STRINGS,
-            "capability_warnings": _STRINGS,
-        },
-        [
-            "capability_mode",
-            "requested_sandbox",
-            "effective_sandbox",
-            "resource_enforcement",
-            "degraded",
-        ],
-    )
-
-
-def _usage() -> JSON:
-    return _closed(
-        {
-            "duration_ms": _UINT,
-            "user_cpu_ms": _UINT,
-            "system_cpu_ms": _UINT,
-            "max_rss_bytes": _UINT,
-            "memory_peak_bytes": _UINT,
-        },
-        ["duration_ms"],
-    )
-
-
-def _error_info(codes: Sequence[str] = ERROR_CODES) -> JSON:
-    return _closed(
-        {
-            "code": {"type": "string", "enum": list(codes)},
-            "message": _STRING,
-            "details": {"description": "Any JSON; currently never emitted."},
-        },
-        ["code", "message"],
-    )
 
 
 def _status() -> JSON:
-    return _closed(
+    return _shape(_status_fields())
+
+
+def _summary() -> JSON:
+    """
+    A listing entry: the status snapshot without L{OUTPUT_KEYS}.
+    """
+    fields = {
+        key: value for key, value in _status_fields().items() if key.rstrip("?") not in OUTPUT_KEYS
+    }
+    return _shape(fields, "The status snapshot without its four output keys.")
+
+
+def _task_list() -> JSON:
+    """
+    The page of C{GET /api/v1/tasks} (L{listing.list_page}).
+    """
+    return _shape(
         {
-            "task_id": _STRING,
-            "handle_id": _STRING,
-            "status": {"type": "string", "enum": list(ALL_STATUSES)},
-            "created_at": _TIMESTAMP,
-            "updated_at": _TIMESTAMP,
-            "started_at": _TIMESTAMP,
-            "finished_at": _TIMESTAMP,
-            "duration_ms": _UINT,
-            "shim_pid": _UINT,
-            "pid": _UINT,
-            "pgid": _INT32,
-            "exit_code": _INT32,
-            "exit_signal": _INT32,
-            "stdout": _STRING,
-            "stderr": _STRING,
-            "stdout_truncated": _BOOL,
-            "stderr_truncated": _BOOL,
-            "error": _ref("RuntimeErrorInfo"),
-            "usage": _ref("ResourceUsage"),
-            "execution_plan": _ref("ExecutionPlan"),
-            "reservation": _ref("TaskResourceReservation"),
-            "artifacts": _closed(
-                {
-                    "task_dir": _STRING,
-                    "request_path": _STRING,
-                    "result_path": _STRING,
-                    "stdout_path": _STRING,
-                    "stderr_path": _STRING,
-                    "script_path": _STRING,
-                },
-                ["task_dir", "request_path", "result_path", "stdout_path", "stderr_path"],
-            ),
-            "metadata": _STRING_MAP,
+            "tasks": {"type": "array", "items": _ref("TaskSummary")},
+            "next_cursor": {
+                "type": ["string", "null"],
+                "pattern": CURSOR_PATTERN,
+                "description": "The cursor of the next page; null on the last page.",
+            },
         },
-        [
-            "task_id",
-            "handle_id",
-            "status",
-            "created_at",
-            "updated_at",
-            "stdout",
-            "stderr",
-            "stdout_truncated",
-            "stderr_truncated",
-            "execution_plan",
-            "artifacts",
-        ],
-    )
-
-
-def _event() -> JSON:
-    return _closed(
-        {
-            "seq": {"type": "integer", "minimum": 0},
-            "task_id": _STRING,
-            "event_type": dict(
-                _STRING,
-                description=(
-                    "api.md 6.1 (submitted, accepted, planned, degraded, "
-                    "resource_reserved, started, kill_requested, "
-                    "timeout_triggered, resource_released, finished, failed, "
-                    "cancelled, recovered) and runtime additions such as "
-                    "pids_limit_reached."
-                ),
-            ),
-            "timestamp": _TIMESTAMP,
-            "message": _STRING,
-            "data": {"description": "Any JSON, keys sorted at every level."},
-        },
-        ["seq", "task_id", "event_type", "timestamp"],
-    )
-
-
-def _platform() -> JSON:
-    return _all_required(
-        {"os": _STRING, "arch": _STRING, "containerized": _BOOL, "kubernetes": _BOOL}
+        "One page, newest first (by created_at, ties by insertion order).",
     )
 
 
 def _capabilities() -> JSON:
-    return _closed(
+    namespaces = _ref("Namespaces")
+    cgroup = dict(
+        _STRING_MAP,
+        description=(
+            "Runtime addition: cgroup capability (memory, pids, cpu_accounting, "
+            "kill) to the mechanism backing it."
+        ),
+    )
+    flags = (
+        "rlimit_cpu",
+        "rlimit_memory",
+        "cgroup_v2",
+        "cgroup_writable",
+        "memory_limit",
+        "pids_limit",
+        "oom_detection",
+        "cpu_quota",
+        "ledger",
+    )
+    resources = dict.fromkeys(flags, _BOOL)
+    return _shape(
         {
             "runtime_id": _STRING,
-            "snapshot_version": {"type": "string", "enum": ["v1"]},
+            "snapshot_version": _enum(["v1"]),
             "collected_at": _TIMESTAMP,
             "platform": _ref("Platform"),
-            "execution": _all_required(
-                {"command": _BOOL, "script": _BOOL, "process_group": _BOOL}
+            "execution": _shape({"command": _BOOL, "script": _BOOL, "process_group": _BOOL}),
+            "sandbox": _shape(
+                {"process": _BOOL, "linux_sandbox": _BOOL, "chroot": _BOOL, "namespaces": namespaces}
             ),
-            "sandbox": _all_required(
-                {
-                    "process": _BOOL,
-                    "linux_sandbox": _BOOL,
-                    "chroot": _BOOL,
-                    "namespaces": _all_required({name: _BOOL for name in NAMESPACE_NAMES}),
-                }
+            "storage": _shape({"data_dir_writable": _BOOL}),
+            "resources": _shape(
+                {**resources, "capacity": _ref("ResourceCapacity"), "cgroup?": cgroup}
             ),
-            "storage": _all_required({"data_dir_writable": _BOOL}),
-            "resources": _closed(
-                {
-                    "rlimit_cpu": _BOOL,
-                    "rlimit_memory": _BOOL,
-                    "cgroup_v2": _BOOL,
-                    "cgroup_writable": _BOOL,
-                    "memory_limit": _BOOL,
-                    "pids_limit": _BOOL,
-                    "oom_detection": _BOOL,
-                    "cpu_quota": _BOOL,
-                    "ledger": _BOOL,
-                    "capacity": _ref("ResourceCapacity"),
-                    "cgroup": dict(
-                        _STRING_MAP,
-                        description=(
-                            "Runtime addition: cgroup capability (memory, pids, "
-                            "cpu_accounting, kill) to the mechanism backing it."
-                        ),
-                    ),
-                },
-                [
-                    "rlimit_cpu",
-                    "rlimit_memory",
-                    "cgroup_v2",
-                    "cgroup_writable",
-                    "memory_limit",
-                    "pids_limit",
-                    "oom_detection",
-                    "cpu_quota",
-                    "ledger",
-                    "capacity",
-                ],
-            ),
-            "stable_semantics": _STRINGS,
-            "enhanced_semantics": _STRINGS,
-            "warnings": _STRINGS,
+            "stable_semantics?": _STRINGS,
+            "enhanced_semantics?": _STRINGS,
+            "warnings?": _STRINGS,
             "degraded": _BOOL,
-            "overrides": _STRING_MAP,
-        },
-        [
-            "runtime_id",
-            "snapshot_version",
-            "collected_at",
-            "platform",
-            "execution",
-            "sandbox",
-            "storage",
-            "resources",
-            "degraded",
-        ],
-    )
-
-
-def _config() -> JSON:
-    return _all_required(
-        {
-            "runtime_id": _STRING,
-            "listen_addr": _STRING,
-            "data_dir": _STRING,
-            "max_running_tasks": _UINT,
-            "max_queued_tasks": _UINT,
-            "termination_grace_ms": _UINT,
-            "result_retention_secs": _UINT,
-            "gc_interval_ms": _UINT,
-            "dispatch_poll_interval_ms": _UINT,
-            "cgroup_root": _STRING,
-            "default_capability_mode": {"type": "string", "enum": list(_MODES)},
-            "cgroup_enabled": _BOOL,
+            "overrides?": _STRING_MAP,
         }
     )
 
 
 def _resources() -> JSON:
-    return _all_required(
+    capacity = _ref("ResourceCapacity")
+    reservation = _shape(
+        {
+            "task_id": _STRING,
+            "status": _enum(ALL_STATUSES),
+            "reservation": _ref("TaskResourceReservation"),
+            "reserved_at?": _TIMESTAMP,
+        }
+    )
+    tenant = _shape(
+        {"tenant": _STRING, "quota?": capacity, "reserved": capacity, "available?": capacity}
+    )
+    return _shape(
         {
             "runtime_id": _STRING,
-            "capacity": _ref("ResourceCapacity"),
-            "reserved": _ref("ResourceCapacity"),
-            "available": _ref("ResourceCapacity"),
-            "active_reservations": {
-                "type": "array",
-                "items": _closed(
-                    {
-                        "task_id": _STRING,
-                        "status": {"type": "string", "enum": list(ALL_STATUSES)},
-                        "reservation": _ref("TaskResourceReservation"),
-                        "reserved_at": _TIMESTAMP,
-                    },
-                    ["task_id", "status", "reservation"],
-                ),
-            },
+            "capacity": capacity,
+            "reserved": capacity,
+            "available": capacity,
+            "active_reservations": {"type": "array", "items": reservation},
             "accepted_waiting_tasks": _UINT,
-            "tenants": {
-                "type": "array",
-                "items": _closed(
-                    {
-                        "tenant": _STRING,
-                        "quota": _ref("ResourceCapacity"),
-                        "reserved": _ref("ResourceCapacity"),
-                        "available": _ref("ResourceCapacity"),
-                    },
-                    ["tenant", "reserved"],
-                ),
-            },
+            "tenants": {"type": "array", "items": tenant},
         }
     )
 
 
-def _health(status: str) -> JSON:
-    return _all_required({"status": {"type": "string", "enum": [status]}, "version": _STRING})
-
-
-def response_schemas() -> JSON:
+def _other_schemas() -> JSON:
     """
-    The component schemas of the response bodies.
+    The response schemas written from C{api.md}.
     """
     return {
-        "SubmitTaskResponse": _all_required(
-            {
-                "task_id": _STRING,
-                "handle_id": _STRING,
-                "status": {"type": "string", "enum": ["accepted"]},
-            }
+        "SubmitTaskResponse": _shape(
+            {"task_id": _STRING, "handle_id": _STRING, "status": _enum(["accepted"])}
         ),
         "TaskStatusResponse": _status(),
-        "RuntimeErrorInfo": _error_info(),
-        "ResourceUsage": _usage(),
-        "ExecutionPlan": _plan(),
-        "Sandbox": _sandbox(),
-        "ResourceEnforcementPlan": _enforcement(),
-        "TaskResourceReservation": _capacity(),
-        "ResourceCapacity": _capacity(),
-        "EventRecord": _event(),
-        "Platform": _platform(),
-        "RuntimeInfo": _all_required(
+        "TaskSummary": _summary(),
+        "TaskListResponse": _task_list(),
+        "EventRecord": _shape(
+            {
+                "seq": {"type": "integer", "minimum": 0},
+                "task_id": _STRING,
+                "event_type": dict(
+                    _STRING,
+                    description=(
+                        "api.md 6.1 (submitted, accepted, planned, degraded, "
+                        "resource_reserved, started, kill_requested, "
+                        "timeout_triggered, resource_released, finished, failed, "
+                        "cancelled, recovered) and runtime additions such as "
+                        "pids_limit_reached."
+                    ),
+                ),
+                "timestamp": _TIMESTAMP,
+                "message?": _STRING,
+                "data?": {"description": "Any JSON, keys sorted at every level."},
+            }
+        ),
+        "Platform": _shape(
+            {"os": _STRING, "arch": _STRING, "containerized": _BOOL, "kubernetes": _BOOL}
+        ),
+        "RuntimeInfo": _shape(
             {
                 "runtime_id": _STRING,
                 "version": _STRING,
                 "started_at": _TIMESTAMP,
-                "snapshot_version": {"type": "string", "enum": ["v1"]},
+                "snapshot_version": _enum(["v1"]),
                 "platform": _ref("Platform"),
             }
         ),
         "RuntimeCapabilities": _capabilities(),
-        "RuntimeConfig": _config(),
+        "RuntimeConfig": _shape(
+            {
+                "runtime_id": _STRING,
+                "listen_addr": _STRING,
+                "data_dir": _STRING,
+                "max_running_tasks": _UINT,
+                "max_queued_tasks": _UINT,
+                "termination_grace_ms": _UINT,
+                "result_retention_secs": _UINT,
+                "gc_interval_ms": _UINT,
+                "dispatch_poll_interval_ms": _UINT,
+                "cgroup_root": _STRING,
+                "default_capability_mode": _enum(_MODES),
+                "cgroup_enabled": _BOOL,
+            }
+        ),
         "RuntimeResources": _resources(),
-        "Health": _health("ok"),
-        "Ready": _health("ready"),
-        "ErrorResponse": _all_required(
-            {"error": _error_info()},
-            "The error envelope (decisions.md item 1).",
+        "Health": _shape({"status": _enum(["ok"]), "version": _STRING}),
+        "Ready": _shape({"status": _enum(["ready"]), "version": _STRING}),
+        "ErrorResponse": _shape(
+            {"error": _ref("RuntimeErrorInfo")}, "The error envelope (decisions.md item 1)."
         ),
     }
 
 
 # ---------------------------------------------------------------- errors
 
-# What each operation can raise, besides routing errors (404 for an unknown
-# path, 405 for a wrong method) which are not operations of their own.
 _STORAGE: Tuple[Type[errors.ExecgoError], ...] = (
     errors.Internal,
     errors.Unavailable,
     errors.InsufficientStorage,
 )
+# What each operation raises, besides routing errors (404 for an unknown
+# path, 405 for a wrong method), which belong to no operation.
 _RAISES: Mapping[str, Tuple[Type[errors.ExecgoError], ...]] = {
     "submitTask": (
         errors.InvalidInput,
@@ -704,62 +608,66 @@ _RAISES: Mapping[str, Tuple[Type[errors.ExecgoError], ...]] = {
         errors.InsufficientResources,
         errors.QueueFull,
         errors.Conflict,
+        idempotency.KeyReused,
         *_STORAGE,
     ),
+    "listTasks": (errors.InvalidInput, *_STORAGE),
     "getTask": (errors.InvalidInput, errors.NotFound, *_STORAGE),
     "killTask": (errors.NotFound, errors.PermissionDenied, *_STORAGE),
-    "getTaskEvents": (errors.NotFound, *_STORAGE),
+    "getTaskStdout": (errors.InvalidInput, errors.NotFound, *_STORAGE),
+    "getTaskStderr": (errors.InvalidInput, errors.NotFound, *_STORAGE),
+    "getTaskEvents": (errors.InvalidInput, errors.NotFound, *_STORAGE),
     "getRuntimeResources": _STORAGE,
     "readyz": (errors.Internal,),
 }
+# Operations open to everyone even when the server requires bearer tokens
+# (--auth-token-file); every other one may answer 401.
+_PUBLIC = ("healthz", "readyz", "getOpenAPI")
+_BEARER = "bearerToken"
 
 
 def _error_classes() -> List[Type[errors.ExecgoError]]:
     """
     L{errors.ExecgoError} and all its subclasses.
     """
-    found: List[Type[errors.ExecgoError]] = []
-    pending: List[Type[errors.ExecgoError]] = [errors.ExecgoError]
-    while pending:
-        cls = pending.pop(0)
-        if cls not in found:
-            found.append(cls)
-            pending.extend(cls.__subclasses__())
+    found = [errors.ExecgoError]
+    for cls in found:
+        found.extend(sub for sub in cls.__subclasses__() if sub not in found)
     return found
 
 
 def _error_responses(raised: Sequence[Type[errors.ExecgoError]]) -> JSON:
     """
-    One envelope response per HTTP status that C{raised} can produce, its
-    C{code} limited to the codes of the error classes with that status.
+    One envelope response per HTTP status C{raised} can produce, its C{code}
+    narrowed to the codes of those classes (and their subclasses with the
+    same status).
     """
-    statuses = sorted({cls.http_status for cls in raised})
     out: JSON = {}
-    for status in statuses:
-        codes = {cls.code for cls in raised if cls.http_status == status}
-        codes.update(
+    for status in sorted({cls.http_status for cls in raised}):
+        with_status = [cls for cls in raised if cls.http_status == status]
+        codes = {
             cls.code
             for cls in _error_classes()
-            if cls.http_status == status and any(issubclass(cls, r) for r in raised)
-        )
-        ordered = [code for code in ERROR_CODES if code in codes]
-        out[str(status)] = _json_response(
-            ", ".join(sorted({cls.__name__ for cls in raised if cls.http_status == status})),
-            {
-                "allOf": [
-                    _ref("ErrorResponse"),
-                    {"properties": {"error": {"properties": {"code": {"enum": ordered}}}}},
-                ]
-            },
-        )
+            if cls.http_status == status and issubclass(cls, tuple(with_status))
+        }
+        narrowed = {"properties": {"code": {"enum": [c for c in ERROR_CODES if c in codes]}}}
+        schema = {"allOf": [_ref("ErrorResponse"), {"properties": {"error": narrowed}}]}
+        response = _json(", ".join(sorted(cls.__name__ for cls in with_status)), schema)
+        if status == errors.Unauthorized.http_status:
+            response["headers"] = {"WWW-Authenticate": {"required": True, "schema": _STRING}}
+        out[str(status)] = response
     return out
 
 
 # ---------------------------------------------------------------- paths
 
 
-def _json_response(description: str, schema: JSON) -> JSON:
+def _json(description: str, schema: JSON) -> JSON:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _text(description: str) -> JSON:
+    return {"description": description, "content": {"text/plain": {"schema": _STRING}}}
 
 
 def _operation(
@@ -767,152 +675,281 @@ def _operation(
     summary: str,
     ok: JSON,
     parameters: Sequence[JSON] = (),
-    errors_: Optional[JSON] = None,
+    more_responses: Optional[JSON] = None,
     **extra: Any,
 ) -> JSON:
     """
-    One operation: its 200 response C{ok}, then the error responses of what
-    it raises (L{_RAISES}), or C{errors_} when given.
+    One operation: its 200 response C{ok}, the error responses of what it
+    raises (L{_RAISES}, and L{errors.Unauthorized} unless it is public), and
+    C{more_responses} (answers that are not envelopes).
     """
-    responses: JSON = {"200": ok}
-    if errors_ is None:
-        errors_ = _error_responses(_RAISES.get(operation_id, ()))
-    responses.update(errors_)
+    public = operation_id in _PUBLIC
+    raised = _RAISES.get(operation_id, ())
+    if not public:
+        raised = (*raised, errors.Unauthorized)
+    responses: JSON = {"200": ok, **_error_responses(raised), **(more_responses or {})}
     operation: JSON = {"operationId": operation_id, "summary": summary}
     if parameters:
         operation["parameters"] = list(parameters)
     operation.update(extra)
-    operation["responses"] = responses
+    # No token ({}), or a bearer token when the server requires one.
+    operation["security"] = [] if public else [{}, {_BEARER: []}]
+    operation["responses"] = {key: responses[key] for key in sorted(responses)}
     return operation
 
 
-_TASK_ID: JSON = {
-    "name": "id",
-    "in": "path",
-    "required": True,
-    "description": "The task id, percent-decoded and used verbatim.",
-    "schema": {"type": "string"},
-}
+def _uint_query(name: str, description: str) -> JSON:
+    """
+    An optional non-negative integer query parameter, 0 when absent, as
+    C{execgo.api} reads it: more than 20 digits is refused, a value past
+    2**63-1 capped (so no C{maximum}: a larger value is not refused).
+    """
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "integer", "minimum": 0, "default": 0},
+    }
 
 
-def _text(description: str) -> JSON:
-    return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
+def _list_parameters() -> List[JSON]:
+    """
+    The query of C{GET /api/v1/tasks} (L{listing.parse_query}): each
+    parameter at most once but C{label}, none empty.
+    """
+
+    def query(name: str, description: str, schema: JSON) -> JSON:
+        return {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": description,
+            "schema": schema,
+        }
+
+    return [
+        query("status", "Only tasks in this status.", _enum(ALL_STATUSES)),
+        query("tenant", "Only tasks of this tenant (exact match).", dict(_STRING, minLength=1)),
+        query("owner", "Only tasks of this owner (exact match).", dict(_STRING, minLength=1)),
+        dict(
+            query(
+                "label",
+                "Only tasks with this control_context label, as key:value split at "
+                "the first ':'; repeat it for several (all must match).",
+                {
+                    "type": "array",
+                    "maxItems": listing.MAX_LABELS,
+                    "items": {"type": "string", "pattern": "^[^:]+:"},
+                },
+            ),
+            style="form",
+            explode=True,
+        ),
+        query(
+            "limit",
+            "The page size.",
+            {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": listing.MAX_LIMIT,
+                "default": listing.DEFAULT_LIMIT,
+            },
+        ),
+        query(
+            "cursor",
+            "next_cursor of the previous page; absent for the first page.",
+            dict(_STRING, pattern=CURSOR_PATTERN),
+        ),
+    ]
+
+
+def _log_operation(name: str, task_id: JSON, follow: JSON) -> JSON:
+    """
+    C{GET /api/v1/tasks/{id}/stdout} or C{/stderr}.
+    """
+    size = {
+        "required": True,
+        "description": "The size of the log when the response started.",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+    offset = {
+        "required": True,
+        "description": "The offset served from.",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+    ok = {
+        "description": (
+            "The bytes from offset to the end at that moment (offset past the "
+            "end: none); with follow=true also the bytes written afterwards "
+            "(chunked), until the task is terminal and all is sent. A client "
+            "reconnecting with offset = the bytes it received misses nothing "
+            "and sees nothing twice. HEAD answers the headers alone."
+        ),
+        "headers": {LOG_SIZE_HEADER: size, LOG_OFFSET_HEADER: offset},
+        "content": {OCTET_TYPE: {}},
+    }
+    return _operation(
+        f"getTask{name.capitalize()}",
+        f"The task's {name} log, from an offset; with follow=true, streamed",
+        ok,
+        [task_id, _uint_query("offset", "The byte offset to start from."), follow],
+    )
+
+
+def _events_response(events: JSON) -> JSON:
+    """
+    The 200 of C{GET /api/v1/tasks/{id}/events}: the array C{events}, or
+    NDJSON when following.
+    """
+    return {
+        "description": (
+            "The events as a JSON array; with follow=true, as NDJSON: one "
+            "EventRecord per line, new ones as they are appended, until the "
+            "terminal event (finished, failed or cancelled) has been sent."
+        ),
+        "content": {
+            "application/json": {"schema": events},
+            NDJSON_TYPE: {
+                "schema": _STRING,
+                # What OpenAPI 3.2 calls itemSchema: the schema of each line.
+                "x-item-schema": _ref("EventRecord"),
+            },
+        },
+    }
 
 
 def _paths() -> JSON:
-    status = _json_response("The task status snapshot", _ref("TaskStatusResponse"))
+    task_id = {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "description": "The task id, percent-decoded and used verbatim.",
+        "schema": _STRING,
+    }
+    wait_ms = {
+        "name": "wait_ms",
+        "in": "query",
+        "required": False,
+        "description": (
+            "Answer as soon as the task is terminal, or after this many "
+            f"milliseconds (capped at {MAX_WAIT_MS}); 0 or absent: at once."
+        ),
+        "schema": {"type": "integer", "minimum": 0},
+    }
+    owner = {
+        "name": "x-execgo-owner",
+        "in": "header",
+        "required": False,
+        "description": "Must equal the task's control_context.owner when it has one.",
+        "schema": _STRING,
+    }
+    submit = {"required": True, "content": {"application/json": {"schema": _ref("SubmitTaskRequest")}}}
+    key = {
+        "name": IDEMPOTENCY_HEADER,
+        "in": "header",
+        "required": False,
+        "description": (
+            "Makes the submission retryable: the same key with the same "
+            "request (after normalisation) answers 200 with the first "
+            "submission's task and creates nothing; with another request, "
+            "409 conflict. A key lives as long as its task."
+        ),
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": idempotency.MAX_KEY_LENGTH,
+            "pattern": "^[\\x21-\\x7E]+$",
+        },
+    }
+    status = _json("The task status snapshot", _ref("TaskStatusResponse"))
+    events = {"type": "array", "items": _ref("EventRecord")}
+    follow = {
+        "name": "follow",
+        "in": "query",
+        "required": False,
+        "description": "true: keep streaming until the task is terminal and all is sent.",
+        "schema": {"type": "string", "enum": ["true", "false"], "default": "false"},
+    }
     return {
         "/api/v1/tasks": {
+            "get": _operation(
+                "listTasks",
+                "List tasks, newest first, filtered and paged",
+                _json("One page", _ref("TaskListResponse")),
+                _list_parameters(),
+            ),
             "post": _operation(
                 "submitTask",
                 "Submit a task",
-                _json_response("Persisted and queued", _ref("SubmitTaskResponse")),
-                requestBody={
-                    "required": True,
-                    "content": {"application/json": {"schema": _ref("SubmitTaskRequest")}},
-                },
-            )
+                _json("Persisted and queued, or an idempotent retry", _ref("SubmitTaskResponse")),
+                [key],
+                requestBody=submit,
+            ),
         },
         "/api/v1/tasks/{id}": {
             "get": _operation(
-                "getTask",
-                "Task status snapshot; with wait_ms, long-poll for the terminal state",
-                status,
-                [
-                    _TASK_ID,
-                    {
-                        "name": "wait_ms",
-                        "in": "query",
-                        "required": False,
-                        "description": (
-                            "Answer as soon as the task is terminal, or after this "
-                            f"many milliseconds (capped at {MAX_WAIT_MS}). 0 or "
-                            "absent: answer at once."
-                        ),
-                        "schema": {"type": "integer", "minimum": 0},
-                    },
-                ],
+                "getTask", "Status snapshot; long-poll with wait_ms", status, [task_id, wait_ms]
             )
         },
         "/api/v1/tasks/{id}/kill": {
             "post": _operation(
-                "killTask",
-                "Request cancellation (any request body is ignored)",
-                status,
-                [
-                    _TASK_ID,
-                    {
-                        "name": "x-execgo-owner",
-                        "in": "header",
-                        "required": False,
-                        "description": "Must equal the task's control_context.owner when it has one.",
-                        "schema": {"type": "string"},
-                    },
-                ],
+                "killTask", "Request cancellation (the body is ignored)", status, [task_id, owner]
             )
         },
+        "/api/v1/tasks/{id}/stdout": {"get": _log_operation("stdout", task_id, follow)},
+        "/api/v1/tasks/{id}/stderr": {"get": _log_operation("stderr", task_id, follow)},
         "/api/v1/tasks/{id}/events": {
             "get": _operation(
                 "getTaskEvents",
-                "The task's event log, ascending by seq",
-                _json_response(
-                    "The events", {"type": "array", "items": _ref("EventRecord")}
-                ),
-                [_TASK_ID],
+                "The event log, by seq; with follow=true, streamed as NDJSON",
+                _events_response(events),
+                [task_id, _uint_query("after_seq", "Only the events with a greater seq."), follow],
             )
         },
         "/api/v1/runtime/info": {
             "get": _operation(
-                "getRuntimeInfo",
-                "Identity, version and platform",
-                _json_response("Runtime identity", _ref("RuntimeInfo")),
+                "getRuntimeInfo", "Identity and platform", _json("Identity", _ref("RuntimeInfo"))
             )
         },
         "/api/v1/runtime/capabilities": {
             "get": _operation(
                 "getRuntimeCapabilities",
-                "The host capability snapshot taken at start-up",
-                _json_response("Capability snapshot", _ref("RuntimeCapabilities")),
+                "The capability snapshot taken at start-up",
+                _json("Capabilities", _ref("RuntimeCapabilities")),
             )
         },
         "/api/v1/runtime/config": {
             "get": _operation(
                 "getRuntimeConfig",
                 "The non-secret effective configuration",
-                _json_response("Configuration", _ref("RuntimeConfig")),
+                _json("Configuration", _ref("RuntimeConfig")),
             )
         },
         "/api/v1/runtime/resources": {
             "get": _operation(
                 "getRuntimeResources",
                 "The resource ledger",
-                _json_response("Ledger view", _ref("RuntimeResources")),
+                _json("Ledger", _ref("RuntimeResources")),
             )
         },
         PATH: {
             "get": _operation(
                 "getOpenAPI",
                 "This document",
-                _json_response(
-                    "The OpenAPI document",
-                    {"type": "object", "required": ["openapi", "info", "paths"]},
-                ),
+                _json("OpenAPI 3.1", {"type": "object", "required": ["openapi", "info", "paths"]}),
             )
         },
-        "/healthz": {
-            "get": _operation("healthz", "Liveness", _json_response("Alive", _ref("Health")))
-        },
+        "/healthz": {"get": _operation("healthz", "Liveness", _json("Alive", _ref("Health")))},
         "/readyz": {
-            "get": _operation(
-                "readyz", "Readiness: storage usable", _json_response("Ready", _ref("Ready"))
-            )
+            "get": _operation("readyz", "Readiness: storage usable", _json("Ready", _ref("Ready")))
         },
         "/metrics": {
             "get": _operation(
                 "metrics",
                 "Prometheus text exposition",
                 _text("Metrics (text/plain; version=0.0.4)"),
-                errors_={"500": _text("The store could not be read: 'metrics_error <message>'")},
+                more_responses={"500": _text("The store failed: 'metrics_error <message>'")},
             )
         },
     }
@@ -923,11 +960,13 @@ def document(version: str = __version__) -> JSON:
     The OpenAPI 3.1 document of the API, as a JSON-ready C{dict} (a new one
     on every call).
 
-    @param version: the API version to report in C{info.version}.
+    @param version: the version to report in C{info.version}.
     """
-    schemas = request_schemas()
-    schemas.update(response_schemas())
-    return {
+    schemas = _model_schemas()
+    schemas.update(_other_schemas())
+    # Deep-copied: the parts shared between schemas (and with this module)
+    # must not be changed through one document.
+    return copy.deepcopy({
         "openapi": OPENAPI_VERSION,
         "info": {
             "title": "execgo runtime API",
@@ -940,5 +979,18 @@ def document(version: str = __version__) -> JSON:
             ),
         },
         "paths": _paths(),
-        "components": {"schemas": schemas},
-    }
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                _BEARER: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": (
+                        "Required only when the server runs with "
+                        "--auth-token-file; the token's tenant and owner then "
+                        "override the request's control_context."
+                    ),
+                }
+            },
+        },
+    })
