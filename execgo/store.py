@@ -100,8 +100,8 @@ def prepare_submit(
     """
     The checks and files of submit (C{behavior.md} 3 steps 7-9): queue
     bound, late checks, duplicate id (before anything touches the disk),
-    then the task files.  Runs on a reader connection, so file creation
-    never holds up the writer.  A submission whose idempotency key is
+    then the task files.  L{submit_txn} runs it and the insert in one hop
+    of the writer thread (one handoff per submission).  A submission whose idempotency key is
     stored already is answered first (L{idempotency.check}), so a retry of
     an accepted submission never meets the queue bound.
     """
@@ -129,6 +129,22 @@ def insert_txn(conn: Any, task: taskdb.NewTask, now_ms: int) -> None:
     except errors.Conflict:
         shutil.rmtree(task.paths.task_dir, ignore_errors=True)
         raise
+
+
+def submit_txn(
+    conn: Any,
+    task: taskdb.NewTask,
+    request_json: JSON,
+    max_queued: int,
+    check_late: Callable[[], None],
+    now_ms: int,
+    opened_s: float,
+) -> None:
+    """
+    L{prepare_submit} then L{insert_txn}, in one hop of the writer thread.
+    """
+    prepare_submit(conn, task, request_json, max_queued, check_late, now_ms, opened_s)
+    insert_txn(conn, task, now_ms)
 
 
 def finish_txn(
@@ -299,14 +315,12 @@ class Store:
         now_ms: int,
     ) -> "Deferred[None]":
         """
-        Persist a validated, planned submission: checks and files on a
-        reader connection, then the insert on the writer.
+        Persist a validated, planned submission (checks, files and the
+        insert in one writer hop).
         """
-        d = self.read(
-            prepare_submit, task, request.to_json(), max_queued, check_late, now_ms, self.opened_s
+        return self.run(
+            submit_txn, task, request.to_json(), max_queued, check_late, now_ms, self.opened_s
         )
-        d.addCallback(lambda _: self.run(insert_txn, task, now_ms))
-        return d
 
     def snapshot(self, task_id: str, now_ms: int) -> "Deferred[Optional[JSON]]":
         """
