@@ -27,7 +27,7 @@ from typing import Dict, List, Mapping, Optional
 
 import attrs
 
-from execgo.capabilities import cgroup_bases, detect_cgroup_layout, enable_v2_controllers
+from execgo.probe import cgroup_bases, detect_cgroup_layout, enable_v2_controllers
 
 V2 = "v2"
 MEMORY = "memory"

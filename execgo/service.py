@@ -22,7 +22,8 @@ from twisted.logger import Logger
 from execgo import __version__, errors
 from execgo.api import APISite, RuntimeAPI
 from execgo.auth import Tokens, read_tokens
-from execgo.capabilities import build_capabilities, probe_host
+from execgo.capabilities import build_capabilities
+from execgo.probe import probe_host
 from execgo.cgroups import Cgroups
 from execgo.config import RuntimeConfig, parse_listen_addr
 from execgo.launcher import INHERITED_ENV

@@ -15,15 +15,12 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.capabilities import (
-    Capabilities,
+from execgo.capabilities import Capabilities, build_capabilities, normalise_arch, normalise_os
+from execgo.probe import (
     CgroupFacility,
     CgroupLayout,
     HostFacts,
-    build_capabilities,
     cgroup_bases,
-    normalise_arch,
-    normalise_os,
     probe_host,
     probe_namespaces,
 )

@@ -14,7 +14,7 @@ from typing import Dict
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.capabilities import detect_cgroup_layout
+from execgo.probe import detect_cgroup_layout
 from execgo.cgroups import MEMORY, PIDS, V2, Cgroups, TaskCgroup, own_groups
 
 CGROUP_FS = "/sys/fs/cgroup"
