@@ -26,7 +26,7 @@ import attrs
 
 from execgo import sandbox
 from execgo.models import PROFILE_LINUX_SANDBOX, ExecutionPlan
-from execgo.taskdb import TaskRecord
+from execgo.records import TaskRecord
 
 INHERITED_ENV = ("PATH", "HOME", "LANG", "TMPDIR", "USER")
 

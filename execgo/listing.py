@@ -30,7 +30,7 @@ import attrs
 
 from execgo import errors, wire
 from execgo.models import ALL_STATUSES
-from execgo.taskdb import TaskRecord
+from execgo.records import TaskRecord
 
 JSON = Dict[str, Any]
 

@@ -15,7 +15,7 @@ from typing import Optional
 import attrs
 
 from execgo.models import STATUS_CANCELLED, STATUS_FAILED, STATUS_SUCCESS, ErrorInfo, Usage
-from execgo.taskdb import Outcome
+from execgo.records import Outcome
 
 
 @attrs.frozen

@@ -14,7 +14,7 @@ from typing import Callable, List, Optional, Sequence
 import attrs
 
 from execgo.models import STATUS_ACCEPTED, STATUS_RUNNING, Reservation
-from execgo.taskdb import TaskRecord
+from execgo.records import TaskRecord
 
 RELEASE_ORPHAN = "release_orphan"
 RECOVERED = "recovered"

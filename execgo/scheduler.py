@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from execgo.ledger import Ledger
 from execgo.models import Reservation
 from execgo.store import SchedulerState
-from execgo.taskdb import QueuedTask, TaskRecord
+from execgo.records import QueuedTask, TaskRecord
 
 log = Logger()
 

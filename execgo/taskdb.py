@@ -7,7 +7,8 @@ them directly on its own connection.  Both processes share one database in
 WAL mode, so every write is a short C{BEGIN IMMEDIATE} transaction, and every
 state transition is conditional (C{UPDATE ... WHERE status = ?}) so that the
 first terminal write wins and later ones change nothing (C{decisions.md}
-item 6).  Timestamps are integer milliseconds since the epoch.
+item 6).  Timestamps are integer milliseconds since the epoch.  The values
+read and written are in L{execgo.records}.
 """
 
 from __future__ import annotations
@@ -21,21 +22,15 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 import attrs
 
 from execgo import errors, idempotency, tallies
+from execgo.records import Event, NewTask, Outcome, QueuedTask, TaskRecord
 from execgo.models import (
     STATUS_ACCEPTED,
     STATUS_CANCELLED,
     STATUS_FAILED,
     STATUS_RUNNING,
     STATUS_SUCCESS,
-    TERMINAL_STATUSES,
-    ControlContext,
-    ErrorInfo,
-    ExecutionPlan,
-    ExecutionSpec,
     Reservation,
     ResourceLimits,
-    SandboxPolicy,
-    Usage,
 )
 
 _TASK_COLUMNS = (
@@ -267,175 +262,6 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
-@attrs.frozen
-class Event:
-    """
-    One entry of a task's event log.
-    """
-
-    seq: int
-    task_id: str
-    event_type: str
-    timestamp_ms: int
-    message: Optional[str] = None
-    data: Any = None
-
-
-@attrs.frozen
-class TaskPaths:
-    """
-    The absolute paths of one task's files under the data directory.
-    """
-
-    task_dir: str
-    workspace_dir: str
-    request_path: str
-    result_path: str
-    stdout_path: str
-    stderr_path: str
-    script_path: Optional[str] = None
-
-
-@attrs.frozen
-class TaskRecord:
-    """
-    A task row, decoded.
-    """
-
-    task_id: str
-    status: str
-    execution: ExecutionSpec
-    limits: ResourceLimits
-    sandbox: SandboxPolicy
-    metadata: dict
-    created_at_ms: int
-    updated_at_ms: int
-    paths: TaskPaths
-    plan: Optional[ExecutionPlan] = None
-    control_context: Optional[ControlContext] = None
-    started_at_ms: Optional[int] = None
-    finished_at_ms: Optional[int] = None
-    duration_ms: Optional[int] = None
-    shim_pid: Optional[int] = None
-    pid: Optional[int] = None
-    pgid: Optional[int] = None
-    exit_code: Optional[int] = None
-    exit_signal: Optional[int] = None
-    error: Optional[ErrorInfo] = None
-    usage: Optional[Usage] = None
-    kill_requested: bool = False
-    kill_requested_at_ms: Optional[int] = None
-    timeout_triggered: bool = False
-    reservation: Optional[Reservation] = None
-    reserved_at_ms: Optional[int] = None
-    released_at_ms: Optional[int] = None
-
-    @property
-    def terminal(self) -> bool:
-        """
-        Whether the task reached C{success}, C{failed} or C{cancelled}.
-        """
-        return self.status in TERMINAL_STATUSES
-
-    @property
-    def reservation_active(self) -> bool:
-        """
-        Whether the task holds a reservation not yet released.
-        """
-        return self.reserved_at_ms is not None and self.released_at_ms is None
-
-    @property
-    def tenant(self) -> Optional[str]:
-        """
-        The tenant of the control context, if any.
-        """
-        return None if self.control_context is None else self.control_context.tenant
-
-    @property
-    def owner(self) -> Optional[str]:
-        """
-        The owner of the control context, if any.
-        """
-        return None if self.control_context is None else self.control_context.owner
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "TaskRecord":
-        """
-        Decode a C{SELECT * FROM tasks} row.
-        """
-
-        def load(column: str) -> Any:
-            text = row[column]
-            return None if text is None else json.loads(text)
-
-        plan = load("execution_plan_json")
-        context = load("control_context_json")
-        error = load("error_json")
-        usage = load("usage_json")
-        reservation = load("reservation_json")
-        return cls(
-            task_id=row["task_id"],
-            status=row["status"],
-            execution=ExecutionSpec.from_json(load("execution_json")),
-            limits=ResourceLimits.from_json(load("limits_json")),
-            sandbox=SandboxPolicy.from_json(load("sandbox_json")),
-            metadata=load("metadata_json") or {},
-            created_at_ms=row["created_at_ms"],
-            updated_at_ms=row["updated_at_ms"],
-            paths=TaskPaths(
-                task_dir=row["task_dir"],
-                workspace_dir=row["workspace_dir"],
-                request_path=row["request_path"],
-                result_path=row["result_path"],
-                stdout_path=row["stdout_path"],
-                stderr_path=row["stderr_path"],
-                script_path=row["script_path"],
-            ),
-            plan=None if plan is None else ExecutionPlan.from_json(plan),
-            control_context=None if context is None else ControlContext.from_json(context),
-            started_at_ms=row["started_at_ms"],
-            finished_at_ms=row["finished_at_ms"],
-            duration_ms=row["duration_ms"],
-            shim_pid=row["shim_pid"],
-            pid=row["pid"],
-            pgid=row["pgid"],
-            exit_code=row["exit_code"],
-            exit_signal=row["exit_signal"],
-            error=None if error is None else ErrorInfo.from_json(error),
-            usage=None if usage is None else Usage.from_json(usage),
-            kill_requested=bool(row["kill_requested"]),
-            kill_requested_at_ms=row["kill_requested_at_ms"],
-            timeout_triggered=bool(row["timeout_triggered"]),
-            reservation=None if reservation is None else Reservation.from_json(reservation),
-            reserved_at_ms=row["reserved_at_ms"],
-            released_at_ms=row["released_at_ms"],
-        )
-
-
-@attrs.frozen
-class QueuedTask:
-    """
-    A task waiting in C{accepted}, as the dispatcher sees it.
-    """
-
-    task_id: str
-    tenant: Optional[str]
-    reservation: Reservation
-    created_at_ms: int
-
-    @classmethod
-    def from_record(cls, record: TaskRecord) -> "QueuedTask":
-        """
-        The queue entry of a stored task.
-        """
-        return cls(
-            task_id=record.task_id,
-            tenant=record.tenant,
-            reservation=Reservation.for_limits(record.limits),
-            created_at_ms=record.created_at_ms,
-        )
-
-
 def load_queue(conn: sqlite3.Connection, limit: int) -> List[QueuedTask]:
     """
     Up to C{limit} C{accepted} tasks, oldest first, reading only what the
@@ -454,38 +280,6 @@ def load_queue(conn: sqlite3.Connection, limit: int) -> List[QueuedTask]:
             (STATUS_ACCEPTED, limit),
         )
     ]
-
-
-@attrs.frozen
-class NewTask:
-    """
-    Everything the submit path stores for a new task.
-    """
-
-    task_id: str
-    execution: ExecutionSpec
-    limits: ResourceLimits
-    sandbox: SandboxPolicy
-    metadata: dict
-    plan: ExecutionPlan
-    control_context: Optional[ControlContext]
-    paths: TaskPaths
-    idempotency_key: Optional[str] = None
-    idempotency_hash: Optional[str] = None
-
-
-@attrs.frozen
-class Outcome:
-    """
-    How a task ended: what the terminal write records.
-    """
-
-    status: str
-    error: Optional[ErrorInfo] = None
-    duration_ms: int = 0
-    exit_code: Optional[int] = None
-    exit_signal: Optional[int] = None
-    usage: Optional[Usage] = None
 
 
 _TERMINAL_EVENT = {
@@ -963,3 +757,4 @@ def events_if_exists(conn: sqlite3.Connection, task_id: str, after_seq: int = 0)
     if not task_exists(conn, task_id):
         return None
     return load_events(conn, task_id, after_seq)
+

@@ -25,7 +25,7 @@ from execgo.models import (
     ResourceEnforcement,
     Usage,
 )
-from execgo.taskdb import Event, TaskPaths, TaskRecord
+from execgo.records import Event, TaskPaths, TaskRecord
 
 JSON = Dict[str, Any]
 

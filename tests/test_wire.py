@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo import taskdb, wire
+from execgo import records, taskdb, wire
 from execgo.models import (
     ErrorInfo,
     Namespaces,
@@ -107,7 +107,7 @@ class TaskPathsTests(SynchronousTestCase):
         paths = wire.task_paths("/d", "t1", command(), None)
         self.assertEqual(
             paths,
-            taskdb.TaskPaths(
+            records.TaskPaths(
                 task_dir="/d/tasks/t1",
                 workspace_dir="/d/tasks/t1/workspace",
                 request_path="/d/tasks/t1/request.json",
