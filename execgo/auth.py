@@ -19,9 +19,6 @@ import attrs
 
 from execgo import errors
 
-EXEMPT_PATHS = (b"/healthz", b"/readyz")
-
-
 @attrs.frozen
 class Principal:
     """

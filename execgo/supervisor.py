@@ -68,7 +68,6 @@ class Running:
     record: taskdb.TaskRecord
     timed_out: bool = False
     cancel_requested: bool = False
-    term_sent: bool = False
     kill_timer: Optional["Timer"] = None
     wall_timer: Optional["Timer"] = None
     poll_timer: Optional["Timer"] = None
@@ -136,7 +135,6 @@ class Supervisor:
         self._order = itertools.count()
         self.listeners: List[Callable[[Dict[str, Any]], None]] = []
         self.pending_finishes: Dict[str, taskdb.Outcome] = {}
-        self.finished_count = 0
 
     # Timers
 
@@ -360,7 +358,6 @@ class Supervisor:
         kill_group(run.pid, signal.SIGTERM)
         if run.cgroup is not None:
             run.cgroup.signal(signal.SIGTERM)
-        run.term_sent = True
         if run.kill_timer is None:
             grace = self.grace_s if run.grace_s is None else run.grace_s
             run.kill_timer = self.call_later(grace, lambda: self._kill_now(run))
@@ -511,7 +508,6 @@ class Supervisor:
             self.call_later(FINISH_RETRY_S, lambda: self._retry_finish(task_id, attempt + 1))
             return
         self.pending_finishes.pop(task_id, None)
-        self.finished_count += 1
         self.emit({"ev": "finished", "task_id": task_id})
 
     def _retry_finish(self, task_id: str, attempt: int) -> None:

@@ -142,7 +142,6 @@ class SupervisorLink:
         self.on_lost = on_lost
         self.protocol: Optional[_ControlProtocol] = None
         self.pid: Optional[int] = None
-        self.running_at_hello: List[str] = []
         self.children: List[BoundedOutputProtocol] = []
         self.closing = False
 
@@ -176,7 +175,6 @@ class SupervisorLink:
         hello = await control.hello
         self.protocol = control
         self.pid = int(hello["pid"])
-        self.running_at_hello = list(hello.get("running", []))
         log.info("connected to supervisor {pid}", pid=self.pid)
         return self.pid
 

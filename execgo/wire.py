@@ -5,7 +5,7 @@ events, and the task directory layout.
 
 Shared by the server (status endpoint) and the supervisor (C{result.json}),
 so it imports nothing heavier than C{attrs}.  Functions that read files
-(L{read_preview}, L{write_json_file}) block: the server calls them off the
+(L{read_preview}, L{prepare_result}) block: the server calls them off the
 reactor thread.
 """
 
@@ -269,25 +269,6 @@ def render_event(event: Event) -> JSON:
     return out
 
 
-def write_json_file(path: str, value: Any) -> None:
-    """
-    Write pretty JSON (no trailing newline) atomically: a temporary file in
-    the same directory, then a rename, so readers never see half a file.
-    """
-    text = pretty(value)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(temporary, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-
-
 _result_serial = iter(range(1, 1 << 62))
 
 
@@ -310,12 +291,3 @@ def prepare_result(record: TaskRecord, now_ms: int) -> "Callable[[bool], None]":
             os.unlink(temporary)
 
     return settle
-
-
-def write_result(record: TaskRecord, now_ms: int) -> JSON:
-    """
-    Render the terminal snapshot and write it to the task's C{result.json}.
-    """
-    value = snapshot(record, now_ms)
-    write_json_file(record.paths.result_path, value)
-    return value

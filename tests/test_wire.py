@@ -471,66 +471,53 @@ class RenderEventTests(SynchronousTestCase):
         self.assertEqual(list(out), ["seq", "task_id", "event_type", "timestamp"])
 
 
-class WriteJsonFileTests(SynchronousTestCase):
+class PrepareResultTests(SynchronousTestCase):
     """
-    L{wire.write_json_file} and L{wire.write_result}.
+    L{wire.prepare_result}: C{result.json} written aside, then put in place
+    or thrown away.
     """
 
-    def test_format(self) -> None:
-        """
-        Pretty JSON with two-space indentation, raw UTF-8, no trailing
-        newline, and no temporary file left behind.
-        """
-        directory = self.mktemp()
-        os.makedirs(directory)
-        path = os.path.join(directory, "result.json")
-        value = {"b": [1, {"c": "é"}], "a": {}}
-        wire.write_json_file(path, value)
-        with open(path, "rb") as written:
-            text = written.read().decode("utf-8")
-        self.assertEqual(text, json.dumps(value, indent=2, ensure_ascii=False))
-        self.assertTrue(text.startswith('{\n  "b": [\n    1,'))
-        self.assertFalse(text.endswith("\n"))
-        self.assertEqual(os.listdir(directory), ["result.json"])
-
-    def test_replaces(self) -> None:
-        """
-        Writing again replaces the whole file (a shorter value leaves no
-        remnant of the longer one).
-        """
-        path = self.mktemp()
-        wire.write_json_file(path, {"long": "x" * 100})
-        wire.write_json_file(path, {"s": 1})
-        with open(path) as written:
-            self.assertEqual(json.load(written), {"s": 1})
-
-    def test_failure_leaves_old_file(self) -> None:
-        """
-        A value that cannot be written leaves the previous file intact and no
-        temporary file behind.
-        """
-        directory = self.mktemp()
-        os.makedirs(directory)
-        path = os.path.join(directory, "result.json")
-        wire.write_json_file(path, {"ok": True})
-        self.assertRaises(TypeError, wire.write_json_file, path, {"bad": object()})
-        with open(path) as written:
-            self.assertEqual(json.load(written), {"ok": True})
-        self.assertEqual(os.listdir(directory), ["result.json"])
-
-
-    def test_write_result(self) -> None:
-        """
-        L{wire.write_result} writes the snapshot to C{result.json} and
-        returns it.
-        """
+    def terminal(self) -> "records.TaskRecord":
         data_dir = os.path.abspath(self.mktemp())
         done = record("demo-1", "success", data_dir=data_dir, plan=plan_for(),
                       finished_at_ms=STAMP_MS, duration_ms=3)
         os.makedirs(done.paths.task_dir)
-        value = wire.write_result(done, STAMP_MS)
-        with open(done.paths.result_path, encoding="utf-8") as written:
-            text = written.read()
+        return done
+
+    def test_put_in_place(self) -> None:
+        """
+        Settled with C{True}, the snapshot is C{result.json}: pretty JSON
+        with two-space indentation, raw UTF-8, no trailing newline, and no
+        temporary file left behind.
+        """
+        done = self.terminal()
+        settle = wire.prepare_result(done, STAMP_MS)
+        self.assertFalse(os.path.exists(done.paths.result_path))
+        settle(True)
+        with open(done.paths.result_path, "rb") as written:
+            text = written.read().decode("utf-8")
+        value = wire.snapshot(done, STAMP_MS)
         self.assertEqual(text, json.dumps(value, indent=2, ensure_ascii=False))
-        self.assertEqual(value["status"], "success")
-        self.assertEqual(value["stdout"], "")
+        self.assertFalse(text.endswith("\n"))
+        self.assertEqual(json.loads(text)["status"], "success")
+        self.assertEqual(os.listdir(done.paths.task_dir), ["result.json"])
+
+    def test_replaces(self) -> None:
+        """
+        A second result replaces the whole file.
+        """
+        done = self.terminal()
+        with open(done.paths.result_path, "w") as old:
+            old.write("x" * 100000)
+        wire.prepare_result(done, STAMP_MS)(True)
+        with open(done.paths.result_path) as written:
+            self.assertEqual(json.load(written)["task_id"], "demo-1")
+
+    def test_thrown_away(self) -> None:
+        """
+        Settled with C{False} (the terminal write did not take), nothing is
+        left: no C{result.json}, no temporary file.
+        """
+        done = self.terminal()
+        wire.prepare_result(done, STAMP_MS)(False)
+        self.assertEqual(os.listdir(done.paths.task_dir), [])
