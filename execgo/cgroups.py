@@ -27,24 +27,17 @@ from typing import Dict, List, Mapping, Optional
 
 import attrs
 
-from execgo.probe import cgroup_bases, detect_cgroup_layout, enable_v2_controllers
+from execgo.probe import (
+    cgroup_bases,
+    detect_cgroup_layout,
+    enable_v2_controllers,
+    read_text,
+    write_control,
+)
 
 V2 = "v2"
 MEMORY = "memory"
 PIDS = "pids"
-
-
-def _read(path: str) -> Optional[str]:
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _write(path: str, text: str) -> None:
-    with open(path, "w", encoding="ascii") as f:
-        f.write(text)
 
 
 def _keyed(text: Optional[str], key: str) -> Optional[int]:
@@ -95,7 +88,7 @@ class TaskCgroup:
         """
         found = set()
         for directory in self.dirs.values():
-            for word in (_read(os.path.join(directory, "cgroup.procs")) or "").split():
+            for word in (read_text(os.path.join(directory, "cgroup.procs")) or "").split():
                 if word.isdigit():
                     found.add(int(word))
         return sorted(found)
@@ -106,7 +99,7 @@ class TaskCgroup:
         """
         events = self._file(V2, "cgroup.events")
         if events is not None:
-            populated = _keyed(_read(events), "populated")
+            populated = _keyed(read_text(events), "populated")
             if populated is not None:
                 return populated > 0
         return bool(self.pids())
@@ -121,7 +114,7 @@ class TaskCgroup:
             kill = self._file(V2, "cgroup.kill")
             if kill is not None and os.path.exists(kill):
                 try:
-                    _write(kill, "1")
+                    write_control(kill, "1")
                 except OSError:
                     pass
         for pid in self.pids():
@@ -136,7 +129,7 @@ class TaskCgroup:
         """
         for key, name in ((MEMORY, "memory.oom_control"), (V2, "memory.events")):
             path = self._file(key, name)
-            if path is not None and _keyed(_read(path), "oom_kill"):
+            if path is not None and _keyed(read_text(path), "oom_kill"):
                 return True
         return False
 
@@ -146,7 +139,7 @@ class TaskCgroup:
         """
         for key, name in ((MEMORY, "memory.max_usage_in_bytes"), (V2, "memory.peak")):
             path = self._file(key, name)
-            text = None if path is None else _read(path)
+            text = None if path is None else read_text(path)
             if text is not None and text.strip().isdigit():
                 return int(text.strip())
         return None
@@ -158,7 +151,7 @@ class TaskCgroup:
         never waited for), when readable.
         """
         path = self._file(V2, "cpu.stat")
-        text = None if path is None else _read(path)
+        text = None if path is None else read_text(path)
         user = _keyed(text, "user_usec")
         system = _keyed(text, "system_usec")
         if user is None or system is None:
@@ -170,7 +163,7 @@ class TaskCgroup:
         How many forks the pids limit refused.
         """
         path = self._file(PIDS, "pids.events") or self._file(V2, "pids.events")
-        return _keyed(None if path is None else _read(path), "max") or 0
+        return _keyed(None if path is None else read_text(path), "max") or 0
 
     def remove(self) -> None:
         """
@@ -212,7 +205,7 @@ class Cgroups:
         mounts = dict(layout.v1_mounts)
         if layout.v2_mount is not None:
             mounts[V2] = layout.v2_mount
-        home = own_groups(_read("/proc/self/cgroup") or "", mounts)
+        home = own_groups(read_text("/proc/self/cgroup") or "", mounts)
         v2_limits = "memory" in layout.v2_controllers and "pids" in layout.v2_controllers
         return cls(bases, home, v2_limits)
 
@@ -262,7 +255,7 @@ class Cgroups:
                 if path is None and self.v2_limits:
                     path = group._file(V2, "pids.max")
                 if path is not None:
-                    _write(path, str(pids_max + 1))
+                    write_control(path, str(pids_max + 1))
         except OSError:
             TaskCgroup(dirs).remove()
             raise
@@ -274,7 +267,7 @@ class Cgroups:
         there).
         """
         for directory in group.dirs.values():
-            _write(os.path.join(directory, "cgroup.procs"), str(os.getpid()))
+            write_control(os.path.join(directory, "cgroup.procs"), str(os.getpid()))
 
     def leave(self, group: TaskCgroup) -> None:
         """
@@ -284,7 +277,7 @@ class Cgroups:
             home = self.home.get(key)
             if home is not None:
                 try:
-                    _write(os.path.join(home, "cgroup.procs"), str(os.getpid()))
+                    write_control(os.path.join(home, "cgroup.procs"), str(os.getpid()))
                 except OSError:
                     pass
 
@@ -326,8 +319,8 @@ class Cgroups:
             if path is None and self.v2_limits:
                 path = group._file(V2, "memory.max")
             if path is not None:
-                _write(path, str(memory_bytes))
+                write_control(path, str(memory_bytes))
         if pids_max is not None:
             path = group._file(PIDS, "pids.max") or (group._file(V2, "pids.max") if self.v2_limits else None)
             if path is not None:
-                _write(path, str(pids_max))
+                write_control(path, str(pids_max))

@@ -163,18 +163,23 @@ def _host(fs_root: str, path: str) -> str:
     return os.path.join(fs_root, os.path.normpath(path).lstrip("/"))
 
 
-def _read(path: str) -> Optional[str]:
+def read_text(path: str, limit: int = -1) -> Optional[str]:
     """
-    A small file's text, or C{None} if it cannot be read.
+    A control file's text (at most C{limit} characters), or C{None} if it
+    cannot be read.
     """
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(65536)
+            return f.read(limit)
     except OSError:
         return None
 
 
-def _write(path: str, text: str) -> None:
+def _read(path: str) -> Optional[str]:
+    return read_text(path, 65536)
+
+
+def write_control(path: str, text: str) -> None:
     """
     Write C{text} to an existing control file.
     """
@@ -265,12 +270,12 @@ def enable_v2_controllers(base: str, wanted: Tuple[str, ...] = _V2_ENABLE) -> No
         return
     path = os.path.join(base, "cgroup.subtree_control")
     try:
-        _write(path, " ".join(f"+{name}" for name in missing))
+        write_control(path, " ".join(f"+{name}" for name in missing))
     except OSError:
         # One refused controller fails the whole write: try them one by one.
         for name in missing:
             with contextlib.suppress(OSError):
-                _write(path, f"+{name}")
+                write_control(path, f"+{name}")
 
 
 def _try_group(
@@ -333,7 +338,7 @@ def _check_files(
             ok = os.path.isfile(path)
             if ok and value is not None:
                 try:
-                    _write(path, value)
+                    write_control(path, value)
                 except OSError:
                     ok = False
             result[key] = ok

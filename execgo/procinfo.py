@@ -54,3 +54,17 @@ def kill_group(pgid: int, signum: int) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def group_alive(pgid: int) -> bool:
+    """
+    Whether any process of a process group exists (zombies included: the
+    group id stays taken until they are reaped).
+    """
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -34,26 +34,13 @@ import attrs
 
 from execgo import launcher, outcome, taskdb, wire
 from execgo.cgroups import Cgroups, TaskCgroup
-from execgo.procinfo import kill_group
+from execgo.procinfo import group_alive, kill_group
 from execgo.models import STATUS_ACCEPTED, STATUS_RUNNING, Reservation, Usage
 
 KILL_FLAG_POLL_S = 0.025
 GROUP_DRAIN_STEP_S = 0.002
 GROUP_DRAIN_LIMIT_S = 2.0
 FINISH_RETRY_S = 1.0
-
-
-def process_alive(pid: int) -> bool:
-    """
-    Whether a process (or process group, for a negative C{pid}) exists.
-    """
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @attrs.define
@@ -428,7 +415,7 @@ class Supervisor:
         """
         Finish the task once its process group is empty (bounded wait).
         """
-        alive = process_alive(-run.pid) or (run.cgroup is not None and run.cgroup.populated())
+        alive = group_alive(run.pid) or (run.cgroup is not None and run.cgroup.populated())
         if alive and self.monotonic() < run.drain_deadline:
             self._kill_now(run)
             self.call_later(GROUP_DRAIN_STEP_S, lambda: self._drain(run))

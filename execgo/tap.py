@@ -19,19 +19,21 @@ from twisted.application import service
 from twisted.python import usage
 
 from execgo import errors
-from execgo.config import SERVE_SETTINGS, UINT64_MAX, RuntimeConfig, build_config
+from execgo.config import SERVE_SETTINGS, RuntimeConfig, build_config, parse_mode, parse_uint_env
 
 
 def _uint(value: str) -> int:
-    if not value.isascii() or not value.isdigit() or int(value) > UINT64_MAX:
-        raise ValueError(f"expected a non-negative integer, got {value!r}")
-    return int(value)
+    try:
+        return parse_uint_env("value", value)
+    except errors.InvalidInput as e:
+        raise ValueError(e.detail) from None
 
 
 def _mode(value: str) -> str:
-    if value not in ("adaptive", "strict"):
-        raise ValueError(f"expected 'adaptive' or 'strict', got {value!r}")
-    return value
+    try:
+        return parse_mode(value)
+    except errors.InvalidInput as e:
+        raise ValueError(e.detail) from None
 
 
 class ServeOptions(usage.Options):

@@ -21,7 +21,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from execgo import taskdb, wire
 from execgo.models import ErrorInfo, Reservation, ResourceLimits
-from execgo.supervisor import Supervisor, process_alive
+from execgo.procinfo import group_alive
+from execgo.supervisor import Supervisor
 from tests.fakes import FakeCgroups, command, new_task, plan_for, shell
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -311,7 +312,7 @@ class SupervisorTests(EngineTestCase):
             self.events("slow")[-4:], ["started", "timeout_triggered", "resource_released", "failed"]
         )
         self.assertEqual(self.read_file(record.paths.stdout_path), "ready\n")
-        self.assertFalse(process_alive(-(record.pid or 0)))
+        self.assertFalse(group_alive(record.pid or 0))
         self.assert_result_matches("slow")
 
     def test_timeout_exit_zero(self) -> None:
@@ -334,8 +335,8 @@ class SupervisorTests(EngineTestCase):
         record = self.run_task("bg", shell(f"sleep 30 & echo $! > {bg}; exit 0"))
         self.assertEqual(record.status, "success")
         child = int(self.read_file(bg))
-        self.assertFalse(process_alive(-(record.pid or 0)))
-        self.assertFalse(process_alive(child))
+        self.assertFalse(group_alive(record.pid or 0))
+        self.assertFalse(_exists(child))
         self.assertIsNone(self.supervisor.next_delay())
 
     def test_kill_before_launch(self) -> None:
@@ -548,7 +549,7 @@ class CgroupEngineTests(EngineTestCase):
         self.assertEqual(record.error.code, "sandbox_setup_failed")
         self.assertTrue(record.error.message.startswith("configure cgroup: "), record.error.message)
         self.assertIsNotNone(record.pid)
-        self.assertFalse(process_alive(-(record.pid or 0)))
+        self.assertFalse(group_alive(record.pid or 0))
         self.assertIn(signal.SIGKILL, cgroups.groups[0].signals)
         self.assertTrue(cgroups.groups[0].removed)
 
@@ -702,4 +703,15 @@ class ShimProcessTests(StoreMixin, SynchronousTestCase):
         record = self.load("k")
         self.assertEqual(record.status, "cancelled")
         self.assertEqual(record.exit_signal, signal.SIGTERM)
-        self.assertFalse(process_alive(-(record.pid or 0)))
+        self.assertFalse(group_alive(record.pid or 0))
+
+
+def _exists(pid: int) -> bool:
+    """
+    Whether C{pid} still names a process (a zombie included).
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
