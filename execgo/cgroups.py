@@ -27,13 +27,8 @@ from typing import Dict, List, Mapping, Optional
 
 import attrs
 
-from execgo.probe import (
-    cgroup_bases,
-    detect_cgroup_layout,
-    enable_v2_controllers,
-    read_text,
-    write_control,
-)
+from execgo.fsio import read_text, write_control
+from execgo.probe import cgroup_bases, detect_cgroup_layout, enable_v2_controllers
 
 V2 = "v2"
 MEMORY = "memory"
@@ -266,18 +261,20 @@ class Cgroups:
         Move the supervisor into the task's groups (its next child is born
         there).
         """
+        pid = str(os.getpid())
         for directory in group.dirs.values():
-            write_control(os.path.join(directory, "cgroup.procs"), str(os.getpid()))
+            write_control(os.path.join(directory, "cgroup.procs"), pid)
 
     def leave(self, group: TaskCgroup) -> None:
         """
         Move the supervisor back to its own groups.
         """
+        pid = str(os.getpid())
         for key in group.dirs:
             home = self.home.get(key)
             if home is not None:
                 try:
-                    write_control(os.path.join(home, "cgroup.procs"), str(os.getpid()))
+                    write_control(os.path.join(home, "cgroup.procs"), pid)
                 except OSError:
                     pass
 

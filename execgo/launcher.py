@@ -155,6 +155,19 @@ def _apply_rlimits(rlimits: Sequence[RLimit]) -> Callable[[], None]:
     return preexec
 
 
+_devnull: List[int] = []
+
+
+def _null_input() -> int:
+    """
+    A read-only descriptor of the null device, opened once: every workload's
+    standard input (the child gets its own copy).
+    """
+    if not _devnull:
+        _devnull.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    return _devnull[0]
+
+
 def prepare(spec: LaunchSpec) -> None:
     """
     Create the working directory and write the script file (mode 0700).
@@ -220,8 +233,8 @@ def spawn(spec: LaunchSpec) -> Spawned:
                 process = subprocess.Popen(
                     argv,
                     cwd=spec.cwd,
-                    env=dict(spec.env),
-                    stdin=subprocess.DEVNULL,
+                    env=spec.env,
+                    stdin=_null_input(),
                     stdout=stdout,
                     stderr=stderr,
                     close_fds=True,

@@ -44,6 +44,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import attrs
 
+from execgo.fsio import read_text, write_control
 from execgo.models import NAMESPACE_NAMES
 
 CGROUP_V1 = "cgroup_v1"
@@ -163,28 +164,8 @@ def _host(fs_root: str, path: str) -> str:
     return os.path.join(fs_root, os.path.normpath(path).lstrip("/"))
 
 
-def read_text(path: str, limit: int = -1) -> Optional[str]:
-    """
-    A control file's text (at most C{limit} characters), or C{None} if it
-    cannot be read.
-    """
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(limit)
-    except OSError:
-        return None
-
-
 def _read(path: str) -> Optional[str]:
     return read_text(path, 65536)
-
-
-def write_control(path: str, text: str) -> None:
-    """
-    Write C{text} to an existing control file.
-    """
-    with open(path, "w", encoding="ascii") as f:
-        f.write(text)
 
 
 def _parse_limit(text: Optional[str]) -> Optional[int]:

@@ -16,6 +16,7 @@ import json
 import os
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from execgo.fsio import read_head, write_file
 from execgo.models import (
     MODE_ADAPTIVE,
     PROFILE_LINUX_SANDBOX,
@@ -119,9 +120,7 @@ def read_preview(path: str, max_bytes: int) -> Tuple[str, bool]:
     missing file gives C{("", False)}.
     """
     try:
-        with open(path, "rb") as log:
-            size = os.fstat(log.fileno()).st_size
-            data = log.read(min(max_bytes, size))
+        data, size = read_head(path, max_bytes)
     except FileNotFoundError:
         return "", False
     return data.decode("utf-8", errors="replace"), size > max_bytes
@@ -281,8 +280,7 @@ def prepare_result(record: TaskRecord, now_ms: int) -> "Callable[[bool], None]":
     text = pretty(snapshot(record, now_ms))
     path = record.paths.result_path
     temporary = f"{path}.tmp-{os.getpid()}-{next(_result_serial)}"
-    with open(temporary, "w", encoding="utf-8") as out:
-        out.write(text)
+    write_file(temporary, text.encode("utf-8"))
 
     def settle(took: bool) -> None:
         if took:

@@ -1,0 +1,96 @@
+# -*- test-case-name: tests.test_fsio -*-
+"""
+Whole-file reads and writes through plain C{os} calls.
+
+A Python file object costs four system calls on top of open, read or
+write, and close (C{fstat}, a terminal check, two C{lseek}s) plus a
+buffer and a text layer; the per-task path reads and writes a dozen small
+files (cgroup control files, log previews, C{request.json} and
+C{result.json}), so it uses these instead.  Standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+_READ_CHUNK = 65536
+
+
+def read_head(path: str, limit: int) -> Tuple[bytes, int]:
+    """
+    At most C{limit} bytes from the start of the regular file C{path}, and
+    its size when opened.  Reads no more than that size, so it never
+    allocates more than the file held.
+
+    @raise OSError: when the file cannot be opened or read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        return _read_up_to(fd, min(limit, size)), size
+    finally:
+        os.close(fd)
+
+
+def read_text(path: str, limit: int = -1) -> Optional[str]:
+    """
+    The text of a control file (cgroup, C{/proc}: they report size 0, so it
+    is read to its end), at most C{limit} bytes of it when C{limit} is not
+    negative, decoded with replacement; C{None} when it cannot be read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = _read_up_to(fd, limit if limit >= 0 else 1 << 62)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    return data.decode("utf-8", errors="replace")
+
+
+def _read_up_to(fd: int, wanted: int) -> bytes:
+    parts = []
+    while wanted > 0:
+        chunk = os.read(fd, min(wanted, _READ_CHUNK))
+        if not chunk:
+            break
+        parts.append(chunk)
+        wanted -= len(chunk)
+    return b"".join(parts)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """
+    Write all of C{data} to C{fd}.
+    """
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_file(path: str, data: bytes, exclusive: bool = False, mode: int = 0o644) -> None:
+    """
+    Create (or with C{exclusive}, only create) C{path} holding C{data}.
+
+    @raise FileExistsError: with C{exclusive}, when C{path} exists.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, mode)
+    try:
+        write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def write_control(path: str, text: str) -> None:
+    """
+    Write C{text} to an existing control file (cgroup, C{/proc}) in one
+    C{write}, as the kernel wants it.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, text.encode("ascii"))
+    finally:
+        os.close(fd)
