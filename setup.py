@@ -23,7 +23,7 @@ setup(
     packages=find_packages(exclude=["tests*", "benchmarks*"]) + ["twisted.plugins"],
     package_data={"twisted": ["plugins/execgo_plugin.py"]},
     install_requires=[
-        "twisted>=23.10",
+        "twisted>=25.5",
         "klein>=23.5",
         "treq>=23.11",
         "txaio>=23.1",
