@@ -326,10 +326,13 @@ class Runtime:
 
     def on_supervisor_message(self, message: Dict[str, Any]) -> None:
         """
-        A task ended (its reservation is released in the store already) or
-        started.
+        A task ended (its reservation is released in the store already),
+        or the supervisor declined a launch order because the task was not
+        C{accepted} any more; C{started} needs nothing.
         """
-        if message.get("ev") == "finished":
+        if message.get("ev") == "declined":
+            self.scheduler.released(str(message.get("task_id")))
+        elif message.get("ev") == "finished":
             task_id = str(message.get("task_id"))
             timer = self._kill_timers.pop(task_id, None)
             if timer is not None and timer.active():
@@ -343,6 +346,7 @@ class Runtime:
         was running, then start a new one.
         """
         log.warn("lost the supervisor {pid}", pid=pid)
+        self.scheduler.supervisor_lost()
         defer.ensureDeferred(self._replace_supervisor(pid)).addErrback(
             lambda failure: log.failure("replacing the supervisor failed", failure)
         )
@@ -355,7 +359,6 @@ class Runtime:
         await self.fail_orphans(f"supervisor {pid} exited unexpectedly")
         if self.accepting:
             await self.link.ensure()
-            await self.relaunch_pending()
             self.scheduler.wake()
 
     # Recovery and GC
@@ -395,20 +398,6 @@ class Runtime:
             action.task_id, outcome.failed("internal", message), self.now_ms(), (STATUS_RUNNING,)
         )
         self.waiters.notify(action.task_id)
-
-    async def relaunch_pending(self) -> None:
-        """
-        Re-send C{launch} for tasks dispatched to the connected supervisor
-        that it has not started (an order lost with a dropped connection);
-        the supervisor ignores tasks it runs or that have ended.
-        """
-        pid = self.link.pid
-        if pid is None:
-            return
-        records = await self.store.by_status(("running",))
-        pending = [r.task_id for r in records if r.shim_pid == pid and r.pid is None]
-        if pending:
-            self.link.launch(pending)
 
     def start_gc(self) -> None:
         """

@@ -8,12 +8,22 @@ start, and runs a dispatch cycle whenever something may have freed or
 needed capacity: a submit, a kill, a task's end (reported by the
 supervisor), or the safety-net poll.  Cycles never overlap; a wake-up that
 arrives during a cycle runs one more cycle after it.
+
+A dispatch writes nothing: the dispatcher reserves the task in its ledger
+and sends the launch order, and the supervisor moves the task from
+C{accepted} to C{running} in the store itself, in the transaction that
+takes it (L{execgo.taskdb.claim}).  So a slot that frees is refilled
+without waiting for the store, and the running state is written where the
+process is started.  Until the supervisor reports the task's end, or
+declines it because it is not C{accepted} any more, the dispatcher keeps
+it as I{dispatched}; if the supervisor goes away first, the orders it did
+not take go back to the queue.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, List, Optional, Protocol, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Set
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -32,10 +42,6 @@ class DispatchStore(Protocol):
     What the dispatcher needs of the store.
     """
 
-    def dispatch(
-        self, picks: Sequence[Tuple[str, Reservation]], shim_pid: int, now_ms: int
-    ) -> "defer.Deferred[Tuple[List[str], List[str]]]": ...
-
     def scheduler_state(self, max_queued: int) -> "defer.Deferred[SchedulerState]": ...
 
 
@@ -45,9 +51,6 @@ class Launcher(Protocol):
     """
 
     pid: Optional[int]
-
-    @property
-    def connected(self) -> bool: ...
 
     def launch(self, task_ids: Sequence[str]) -> bool: ...
 
@@ -66,8 +69,6 @@ class Scheduler:
 
     @param reactor: for the poll timer and deferred cycle starts.
     @param now_ms: wall clock in epoch milliseconds.
-    @param on_dispatched: told of each dispatched task id (for logging and
-        metrics).
     """
 
     def __init__(
@@ -79,7 +80,6 @@ class Scheduler:
         max_queued: int,
         poll_interval_s: float,
         now_ms: Callable[[], int],
-        on_dispatched: Callable[[str, int], None] = lambda task_id, pid: None,
         starvation_ms: int = 1000,
     ) -> None:
         self.reactor = reactor
@@ -89,13 +89,14 @@ class Scheduler:
         self.max_queued = max_queued
         self.poll_interval_s = poll_interval_s
         self.now_ms = now_ms
-        self.on_dispatched = on_dispatched
         self.starvation_ms = starvation_ms
         self.queue: "OrderedDict[str, QueuedTask]" = OrderedDict()
+        self.dispatched: Dict[str, QueuedTask] = {}
         self._cycling: Optional[defer.Deferred[None]] = None
         self._wake_pending = False
         self._resync_pending = False
         self._released_during_resync: Optional[Set[str]] = None
+        self._submitted_during_resync: Optional[Set[str]] = None
         self._poll: Optional[IDelayedCall] = None
         self._running = False
 
@@ -122,6 +123,8 @@ class Scheduler:
         A new task was persisted in C{accepted}.
         """
         self.queue[task.task_id] = task
+        if self._submitted_during_resync is not None:
+            self._submitted_during_resync.add(task.task_id)
         self.wake()
 
     def dequeued(self, task_id: str) -> None:
@@ -133,11 +136,28 @@ class Scheduler:
 
     def released(self, task_id: str) -> None:
         """
-        A task's reservation was released (it ended).
+        A task's reservation was released (it ended, or the supervisor
+        declined it because it was not C{accepted} any more): it is neither
+        dispatched nor queued any more.
         """
+        self.dispatched.pop(task_id, None)
+        self.queue.pop(task_id, None)
         self.ledger.release(task_id)
         if self._released_during_resync is not None:
             self._released_during_resync.add(task_id)
+        self.wake()
+
+    def supervisor_lost(self) -> None:
+        """
+        The supervisor went away: the orders it did not report on go back
+        to the queue, in their places (one it did take is C{running} in the
+        store, and the next launch order for it is declined).
+        """
+        returned = list(self.dispatched.values())
+        self.dispatched.clear()
+        for task in returned:
+            self.ledger.release(task.task_id)
+        self._merge_into_queue(returned)
         self.wake()
 
     def knows_unfinished(self, task_id: str) -> bool:
@@ -211,30 +231,20 @@ class Scheduler:
         if not picks:
             return
         pid = self.link.pid
-        if not self.link.connected or pid is None:
-            for task in picks:
-                self.ledger.release(task.task_id)
-            return
+        sent = False
         try:
-            dispatched, skipped = await self.store.dispatch(
-                [(task.task_id, task.reservation) for task in picks], pid, self.now_ms()
-            )
-        except Exception:
-            # The picks stay queued where they were; only their holds go.
-            for task in picks:
-                self.ledger.release(task.task_id)
-            raise
-        for task_id in dispatched:
-            self.queue.pop(task_id, None)
-        for task_id in skipped:
-            self.queue.pop(task_id, None)
-            self.ledger.release(task_id)
-        if dispatched:
-            self.link.launch(dispatched)
-            for task_id in dispatched:
-                log.info("task dispatched", task_id=task_id, shim_pid=pid)
-                self.on_dispatched(task_id, pid)
-        self._wake_pending = self._wake_pending or bool(self.queue and dispatched)
+            sent = pid is not None and self.link.launch([task.task_id for task in picks])
+        finally:
+            if not sent:
+                # The picks stay queued where they were; only their holds go.
+                for task in picks:
+                    self.ledger.release(task.task_id)
+        if not sent:
+            return
+        for task in picks:
+            del self.queue[task.task_id]
+            self.dispatched[task.task_id] = task
+            log.info("task dispatched", task_id=task.task_id, shim_pid=pid)
 
     def _pick(self) -> List[QueuedTask]:
         """
@@ -269,28 +279,44 @@ class Scheduler:
     async def _resync(self) -> None:
         """
         Rebuild the ledger from the store (the store is the truth: this
-        catches ends the supervisor could not report).  Ends reported while
-        the query ran are applied again afterwards.
+        catches ends the supervisor could not report).  Ends reported and
+        submissions made while the query ran are applied again afterwards.
         """
         self._released_during_resync = set()
+        self._submitted_during_resync = set()
         try:
             state = await self.store.scheduler_state(self.max_queued)
         finally:
             released, self._released_during_resync = self._released_during_resync, None
+            submitted, self._submitted_during_resync = self._submitted_during_resync, None
         self._load_ledger(state.active)
+        for task in self.dispatched.values():
+            # Sent and not reported on: still held, whatever the store
+            # said while the supervisor was taking it.
+            if task.task_id not in self.ledger.active:
+                self.ledger.reserve(task.task_id, task.tenant, task.reservation)
         for task_id in released:
             self.ledger.release(task_id)
         queued = [_queued(item) for item in state.queued]
         stored = {entry.task_id for entry in queued}
         for task_id in [task_id for task_id in self.queue if task_id not in stored]:
             # Gone from the queue behind our back (e.g. a shim took it).
-            if len(queued) < self.max_queued:
+            if len(queued) < self.max_queued and task_id not in submitted:
                 del self.queue[task_id]
-        missing = [
-            entry
-            for entry in queued
-            if entry.task_id not in self.queue and entry.task_id not in self.ledger.active
-        ]
-        if missing:
-            merged = sorted([*self.queue.values(), *missing], key=lambda task: task.created_at_ms)
+        self._merge_into_queue(
+            [
+                entry
+                for entry in queued
+                if entry.task_id not in self.queue
+                and entry.task_id not in self.ledger.active
+                and entry.task_id not in released
+            ]
+        )
+
+    def _merge_into_queue(self, tasks: Sequence[QueuedTask]) -> None:
+        """
+        Put C{tasks} into the queue in creation order.
+        """
+        if tasks:
+            merged = sorted([*self.queue.values(), *tasks], key=lambda task: task.created_at_ms)
             self.queue = OrderedDict((task.task_id, task) for task in merged)

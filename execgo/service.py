@@ -187,7 +187,6 @@ class RuntimeService(service.Service):
         runtime_holder.append(runtime)
         await runtime.recover()
         await link.ensure()
-        await runtime.relaunch_pending()
         runtime.accepting = True
         scheduler.start()
         runtime.start_gc()

@@ -68,6 +68,7 @@ class _Connection:
         self.loop = loop
         self.buffer = b""
         self.out = b""
+        self.waiting_to_write = False
 
     def send(self, message: Dict[str, Any]) -> None:
         self.out += json.dumps(message, separators=(",", ":")).encode("utf-8") + b"\n"
@@ -78,13 +79,17 @@ class _Connection:
             try:
                 sent = self.sock.send(self.out)
             except BlockingIOError:
-                self.loop.want_write(self)
+                if not self.waiting_to_write:
+                    self.waiting_to_write = True
+                    self.loop.want_write(self)
                 return
             except OSError:
                 self.loop.drop(self)
                 return
             self.out = self.out[sent:]
-        self.loop.want_read(self)
+        if self.waiting_to_write:
+            self.waiting_to_write = False
+            self.loop.want_read(self)
 
     def readable(self) -> None:
         try:
@@ -313,7 +318,7 @@ def run_shim(database: str, task_id: str, grace_ms: int, cgroup_root: str) -> in
     try:
         if taskdb.load_task(supervisor.conn, task_id) is None:
             return 1
-        supervisor.launch(task_id, take_accepted=True)
+        supervisor.launch(task_id)
         if task_id in supervisor.by_task:
             supervisor.watch_kill_flag(task_id)
         wake_r, wake_w = os.pipe()

@@ -23,7 +23,8 @@ from twisted.internet.defer import Deferred
 
 from execgo import errors, idempotency, outcome, taskdb, wire
 from execgo.batching import Batcher
-from execgo.models import STATUS_ACCEPTED, STATUS_RUNNING, Reservation, SubmitRequest
+from execgo.fsio import write_file
+from execgo.models import STATUS_ACCEPTED, STATUS_RUNNING, SubmitRequest
 
 JSON = Dict[str, Any]
 
@@ -82,8 +83,7 @@ def _create_task_files(
     paths = task.paths
     _claim_task_dir(paths.task_dir, now_s, opened_s)
     os.makedirs(paths.workspace_dir, exist_ok=True)
-    with open(paths.request_path, "x", encoding="utf-8") as out:
-        out.write(wire.pretty(request_json))
+    write_file(paths.request_path, wire.pretty(request_json).encode("utf-8"), exclusive=True)
     for log in (paths.stdout_path, paths.stderr_path):
         os.close(os.open(log, os.O_WRONLY | os.O_CREAT, 0o644))
 
@@ -202,36 +202,6 @@ def kill_txn(conn: Any, task_id: str, owner: Optional[str], now_ms: int) -> Kill
     )
 
 
-def dispatch_txn(
-    conn: Any, picks: Sequence[Tuple[str, Reservation]], shim_pid: int, now_ms: int
-) -> Tuple[List[str], List[str]]:
-    """
-    Move picked C{accepted} tasks to C{running} under supervisor
-    C{shim_pid}.  A picked task found flagged for kill is cancelled instead.
-
-    @return: the dispatched ids and the ids that were not (in order).
-    """
-    dispatched: List[str] = []
-    skipped: List[str] = []
-    with taskdb.transaction(conn):
-        for task_id, reservation in picks:
-            if taskdb.reserve_and_dispatch(conn, task_id, reservation, shim_pid, now_ms):
-                dispatched.append(task_id)
-            else:
-                skipped.append(task_id)
-    for task_id in skipped:
-        record = taskdb.load_task(conn, task_id)
-        if record is not None and record.status == STATUS_ACCEPTED and record.kill_requested:
-            finish_txn(
-                conn,
-                task_id,
-                outcome.cancelled("task cancelled before execution"),
-                now_ms,
-                (STATUS_ACCEPTED,),
-            )
-    return dispatched, skipped
-
-
 def scheduler_state_txn(conn: Any, max_queued: int) -> SchedulerState:
     """
     Active reservations and up to C{max_queued} queued tasks.
@@ -345,14 +315,6 @@ class Store:
         Check and record a kill request.
         """
         return self.run(kill_txn, task_id, owner, now_ms)
-
-    def dispatch(
-        self, picks: Sequence[Tuple[str, Reservation]], shim_pid: int, now_ms: int
-    ) -> "Deferred[Tuple[List[str], List[str]]]":
-        """
-        Move picked tasks to C{running}, see L{dispatch_txn}.
-        """
-        return self.run(dispatch_txn, list(picks), shim_pid, now_ms)
 
     def finish(
         self,

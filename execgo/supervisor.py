@@ -35,9 +35,10 @@ import attrs
 from execgo import launcher, outcome, taskdb, wire
 from execgo.cgroups import Cgroups, TaskCgroup
 from execgo.procinfo import group_alive, kill_group
-from execgo.models import STATUS_ACCEPTED, STATUS_RUNNING, Reservation, Usage
+from execgo.models import STATUS_ACCEPTED, Usage
 
 KILL_FLAG_POLL_S = 0.025
+START_RECORD_DELAY_S = 0.005
 GROUP_DRAIN_STEP_S = 0.002
 GROUP_DRAIN_LIMIT_S = 2.0
 FINISH_RETRY_S = 1.0
@@ -65,6 +66,18 @@ class Running:
     setup_error: Optional[str] = None
     status_fd: Optional[int] = None
     grace_s: Optional[float] = None
+
+
+@attrs.frozen
+class StartRecord:
+    """
+    A workload's start, not yet written to the store.
+    """
+
+    task_id: str
+    pid: int
+    at_ms: int
+    script_path: Optional[str]
 
 
 @attrs.define(eq=False)
@@ -122,6 +135,8 @@ class Supervisor:
         self._order = itertools.count()
         self.listeners: List[Callable[[Dict[str, Any]], None]] = []
         self.pending_finishes: Dict[str, taskdb.Outcome] = {}
+        self.pending_starts: Dict[str, StartRecord] = {}
+        self._starts_timer: Optional[Timer] = None
 
     # Timers
 
@@ -174,42 +189,35 @@ class Supervisor:
     def launch(
         self,
         task_id: str,
-        take_accepted: bool = False,
         grace_s: Optional[float] = None,
         env: Optional[Dict[str, str]] = None,
         cgroup_root: Optional[str] = None,
     ) -> None:
         """
-        Start the task C{task_id}, which the server has moved to C{running}
-        under this supervisor; with C{take_accepted}, take an C{accepted}
-        task over (the single-task shim run by hand).
+        Take the C{accepted} task C{task_id} (L{taskdb.claim}: it becomes
+        C{running} under this supervisor) and start it.  A task that is not
+        C{accepted} any more (it ended, or was taken already) is declined,
+        and the servers are told so, to free what they hold for it.  A
+        store that cannot take the claim now is retried every second.
         """
         if task_id in self.by_task:
             return
-        record = taskdb.load_task(self.conn, task_id)
-        if record is None or record.terminal:
+        try:
+            with taskdb.transaction(self.conn):
+                written = self._write_starts(self.conn)
+                record = taskdb.claim(self.conn, task_id, os.getpid(), self.wall_ms())
+            self._starts_written(written)
+        except sqlite3.Error as e:
+            self.log(f"cannot take {task_id}: {e}")
+            self.call_later(
+                FINISH_RETRY_S, lambda: self.launch(task_id, grace_s, env, cgroup_root)
+            )
+            return
+        if record is None:
+            self.emit({"ev": "declined", "task_id": task_id})
             return
         if record.status == STATUS_ACCEPTED:
-            if not take_accepted:
-                return
-            reservation = Reservation.for_limits(record.limits)
-            if not taskdb.reserve_and_dispatch(
-                self.conn, task_id, reservation, os.getpid(), self.wall_ms()
-            ):
-                record = taskdb.load_task(self.conn, task_id)
-                if record is not None and record.status == STATUS_ACCEPTED:
-                    self._finish(task_id, outcome.cancelled("task cancelled before execution"))
-                return
-            record = taskdb.load_task(self.conn, task_id)
-            assert record is not None
-        if record.status != STATUS_RUNNING:
-            return
-        if record.pid is not None:
-            # Its workload was started already (by this or an earlier
-            # supervisor): never start a second one.
-            return
-        if record.kill_requested:
-            self._finish(task_id, outcome.cancelled("task cancelled before process launch"))
+            self._finish(task_id, outcome.cancelled("task cancelled before execution"))
             return
         try:
             self._start(
@@ -289,15 +297,70 @@ class Supervisor:
                 # The workload is already running: it must not survive.
                 self._kill_now(run)
                 run.setup_error = f"configure cgroup: {e}"
-        try:
-            taskdb.record_start(self.conn, record.task_id, pid, self.wall_ms(), spec.script_path)
-        except (sqlite3.Error, OSError) as e:
-            # The workload runs and is supervised; its end is what matters.
-            self.log(f"cannot record the start of {record.task_id}: {e}")
+        self._record_start(StartRecord(record.task_id, pid, self.wall_ms(), spec.script_path))
         run.wall_timer = self.call_later(
             record.limits.wall_time_ms / 1000.0, lambda: self._on_timeout(run)
         )
-        self.emit({"ev": "started", "task_id": record.task_id, "pid": pid})
+
+    # Start records
+
+    def _record_start(self, start: StartRecord) -> None:
+        """
+        Write a start with the supervisor's next transaction (the next
+        claim, or the task's own terminal write when it ends first), and
+        at the latest after L{START_RECORD_DELAY_S}: a short task then
+        costs two transactions instead of three.
+        """
+        self.pending_starts[start.task_id] = start
+        if self._starts_timer is None:
+            self._starts_timer = self.call_later(START_RECORD_DELAY_S, self._flush_starts)
+
+    def _write_starts(self, conn: sqlite3.Connection) -> List[str]:
+        """
+        Write every pending start inside the open transaction; the ids
+        written, to forget once it commits.
+        """
+        for start in self.pending_starts.values():
+            taskdb.record_start(conn, start.task_id, start.pid, start.at_ms, start.script_path)
+        return list(self.pending_starts)
+
+    def _as_started(self, record: taskdb.TaskRecord) -> taskdb.TaskRecord:
+        """
+        C{record} as it will be once its pending start is written (what
+        the terminal write, which writes it first, renders from).
+        """
+        start = self.pending_starts.get(record.task_id)
+        if start is None:
+            return record
+        return attrs.evolve(
+            record,
+            pid=start.pid,
+            pgid=start.pid,
+            started_at_ms=start.at_ms,
+            updated_at_ms=start.at_ms,
+            paths=attrs.evolve(record.paths, script_path=start.script_path or record.paths.script_path),
+        )
+
+    def _starts_written(self, written: List[str]) -> None:
+        for task_id in written:
+            self.pending_starts.pop(task_id, None)
+        if not self.pending_starts and self._starts_timer is not None:
+            self._starts_timer.cancel()
+            self._starts_timer = None
+
+    def _flush_starts(self) -> None:
+        self._starts_timer = None
+        if not self.pending_starts:
+            return
+        try:
+            with taskdb.transaction(self.conn):
+                written = self._write_starts(self.conn)
+        except (sqlite3.Error, OSError) as e:
+            # The workloads run and are supervised; try again later.
+            self.log(f"cannot record the start of {sorted(self.pending_starts)}: {e}")
+            self._starts_timer = self.call_later(FINISH_RETRY_S, self._flush_starts)
+            return
+        self._starts_written(written)
 
     def _spawn_into(
         self, spec: launcher.LaunchSpec, group: Optional[TaskCgroup], facility: Optional[Cgroups]
@@ -324,6 +387,7 @@ class Supervisor:
         if run.exit_status is not None or run.timed_out:
             return
         run.timed_out = True
+        self._flush_starts()
         taskdb.record_timeout(self.conn, run.task_id, self.wall_ms())
         self._terminate(run)
 
@@ -447,7 +511,8 @@ class Supervisor:
         if run.setup_error is not None:
             self._finish(run.task_id, outcome.failed("sandbox_setup_failed", run.setup_error))
             return
-        kill_flag = taskdb.kill_requested(self.conn, run.task_id)
+        current = taskdb.load_task(self.conn, run.task_id)
+        kill_flag = current is not None and current.kill_requested
         enforcement = wire.plan_of(run.record).resource_enforcement
         verdict = outcome.classify(
             outcome.Exit(
@@ -459,7 +524,7 @@ class Supervisor:
                 cpu_time_sec=enforcement.cpu_time_sec if enforcement.cpu_time_enforced else None,
             )
         )
-        self._finish(run.task_id, verdict)
+        self._finish(run.task_id, verdict, current=current)
 
     def _pids_limit_event(self, run: Running, hits: int) -> None:
         limit = wire.plan_of(run.record).resource_enforcement.pids_max
@@ -473,7 +538,13 @@ class Supervisor:
                 {"pids_max": limit, "refused_forks": hits},
             )
 
-    def _finish(self, task_id: str, verdict: taskdb.Outcome, attempt: int = 0) -> None:
+    def _finish(
+        self,
+        task_id: str,
+        verdict: taskdb.Outcome,
+        attempt: int = 0,
+        current: Optional[taskdb.TaskRecord] = None,
+    ) -> None:
         """
         Write the terminal record and, before it commits, C{result.json};
         then tell the servers.  A store that cannot take the write (disk
@@ -481,19 +552,27 @@ class Supervisor:
         C{running} once the store recovers.
         """
         now = self.wall_ms()
+        written: List[str] = []
         try:
+            if current is None:
+                current = taskdb.load_task(self.conn, task_id)
+            if current is not None:
+                current = self._as_started(current)
             taskdb.finish(
                 self.conn,
                 task_id,
                 verdict,
                 now,
                 prepare_result=lambda record: wire.prepare_result(record, now),
+                current=current,
+                also=lambda conn: written.extend(self._write_starts(conn)),
             )
         except (sqlite3.Error, OSError) as e:
             self.log(f"cannot record the end of {task_id} (attempt {attempt + 1}): {e}")
             self.pending_finishes[task_id] = verdict
             self.call_later(FINISH_RETRY_S, lambda: self._retry_finish(task_id, attempt + 1))
             return
+        self._starts_written(written)
         self.pending_finishes.pop(task_id, None)
         self.emit({"ev": "finished", "task_id": task_id})
 
@@ -508,10 +587,11 @@ class Supervisor:
         Whether any workload is still supervised here, or an outcome still
         waits to be written.
         """
-        return bool(self.by_task) or bool(self.pending_finishes)
+        return bool(self.by_task) or bool(self.pending_finishes) or bool(self.pending_starts)
 
     def close(self) -> None:
         """
-        Close the store connection.
+        Write what is pending and close the store connection.
         """
+        self._flush_starts()
         self.conn.close()

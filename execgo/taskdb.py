@@ -320,21 +320,15 @@ def task_exists(conn: sqlite3.Connection, task_id: str) -> bool:
     return conn.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone() is not None
 
 
-def kill_requested(conn: sqlite3.Connection, task_id: str) -> bool:
-    """
-    Whether a kill was requested for the task.
-    """
-    row = conn.execute("SELECT kill_requested FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-    return bool(row and row[0])
-
-
 def count_accepted(conn: sqlite3.Connection) -> int:
     """
-    The number of tasks in C{accepted}.
+    The number of tasks in C{accepted}, from the trigger-kept tally (O(1),
+    where counting the rows would cost as much as the queue is long).
     """
-    return conn.execute(
-        "SELECT COUNT(*) FROM tasks WHERE status = ?", (STATUS_ACCEPTED,)
-    ).fetchone()[0]
+    row = conn.execute(
+        "SELECT value FROM task_tallies WHERE kind = 'status' AND key = ?", (STATUS_ACCEPTED,)
+    ).fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def insert_task(conn: sqlite3.Connection, task: NewTask, now_ms: int) -> None:
@@ -460,37 +454,42 @@ def load_by_status(conn: sqlite3.Connection, statuses: Sequence[str], limit: int
     ]
 
 
-def reserve_and_dispatch(
-    conn: sqlite3.Connection, task_id: str, reservation: Reservation, shim_pid: int, now_ms: int
-) -> bool:
+def claim(conn: sqlite3.Connection, task_id: str, shim_pid: int, now_ms: int) -> Optional[TaskRecord]:
     """
-    Move an C{accepted} task to C{running} under supervisor C{shim_pid},
-    recording its reservation (event C{resource_reserved}).
+    Take an C{accepted} task for launching under supervisor C{shim_pid}:
+    move it to C{running} with its reservation (event C{resource_reserved}),
+    all in one transaction, so of two launch orders for one task only one
+    ever starts it.
 
-    @return: C{False}, changing nothing, when the task is no longer
-        C{accepted} or was asked to die.
+    @return: the task as it now stands; an C{accepted} task flagged for kill
+        comes back unchanged (the caller cancels it); C{None}, changing
+        nothing, when the task is unknown or not C{accepted}.
     """
     with transaction(conn):
-        cursor = conn.execute(
+        rows = _rows(conn, "SELECT * FROM tasks WHERE task_id = ?", (task_id,))
+        if not rows:
+            return None
+        record = TaskRecord.from_row(rows[0])
+        if record.status != STATUS_ACCEPTED or record.kill_requested:
+            return record if record.status == STATUS_ACCEPTED else None
+        reservation = Reservation.for_limits(record.limits)
+        conn.execute(
             "UPDATE tasks SET status = ?, shim_pid = ?, reservation_json = ?,"
-            " reserved_at_ms = ?, released_at_ms = NULL, updated_at_ms = ?"
-            " WHERE task_id = ? AND status = ? AND kill_requested = 0",
-            (
-                STATUS_RUNNING,
-                shim_pid,
-                dumps(reservation.to_json()),
-                now_ms,
-                now_ms,
-                task_id,
-                STATUS_ACCEPTED,
-            ),
+            " reserved_at_ms = ?, released_at_ms = NULL, updated_at_ms = ? WHERE task_id = ?",
+            (STATUS_RUNNING, shim_pid, dumps(reservation.to_json()), now_ms, now_ms, task_id),
         )
-        if cursor.rowcount != 1:
-            return False
         append_event(
             conn, task_id, "resource_reserved", "task resources reserved", now_ms, reservation.to_json()
         )
-    return True
+    return attrs.evolve(
+        record,
+        status=STATUS_RUNNING,
+        shim_pid=shim_pid,
+        reservation=reservation,
+        reserved_at_ms=now_ms,
+        released_at_ms=None,
+        updated_at_ms=now_ms,
+    )
 
 
 def record_start(
@@ -586,6 +585,8 @@ def finish(
     now_ms: int,
     from_statuses: Sequence[str] = (STATUS_ACCEPTED, STATUS_RUNNING),
     prepare_result: Optional[Callable[[TaskRecord], Callable[[bool], None]]] = None,
+    current: Optional[TaskRecord] = None,
+    also: Optional[Callable[[sqlite3.Connection], None]] = None,
 ) -> bool:
     """
     Write the terminal record, release the reservation and append the
@@ -599,11 +600,16 @@ def finish(
         So no reader ever sees a terminal task without its C{result.json},
         and the lock is held only for a rename.  An C{OSError} from it does
         not prevent the terminal write.
+    @param current: the task as just read by the caller (else it is read
+        here), what C{result.json} is rendered from.
+    @param also: other writes to commit in the same transaction, first
+        (the supervisor's pending start records).
     @return: whether this call made the task terminal.
     """
     settle: Optional[Callable[[bool], None]] = None
     if prepare_result is not None:
-        current = load_task(conn, task_id)
+        if current is None:
+            current = load_task(conn, task_id)
         if current is None or current.status not in from_statuses:
             return False
         try:
@@ -612,7 +618,7 @@ def finish(
             settle = None
     took = False
     try:
-        took = _finish_in_txn(conn, task_id, outcome, now_ms, from_statuses, settle)
+        took = _finish_in_txn(conn, task_id, outcome, now_ms, from_statuses, settle, also)
     finally:
         if settle is not None and not took:
             try:
@@ -629,11 +635,14 @@ def _finish_in_txn(
     now_ms: int,
     from_statuses: Sequence[str],
     settle: Optional[Callable[[bool], None]],
+    also: Optional[Callable[[sqlite3.Connection], None]] = None,
 ) -> bool:
     marks = ", ".join("?" for _ in from_statuses)
     error_json = None if outcome.error is None else dumps(outcome.error.to_json())
     usage_json = None if outcome.usage is None else dumps(outcome.usage.to_json())
     with transaction(conn):
+        if also is not None:
+            also(conn)
         row = conn.execute(
             f"SELECT 1 FROM tasks WHERE task_id = ? AND status IN ({marks})",
             (task_id, *from_statuses),

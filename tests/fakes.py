@@ -166,26 +166,6 @@ def record(
 
 
 @attrs.define
-class DispatchCall:
-    """
-    One recorded L{FakeDispatchStore.dispatch} call and the Deferred the
-    test fires to answer it.
-    """
-
-    picks: List[Tuple[str, Reservation]]
-    shim_pid: int
-    now_ms: int
-    deferred: "defer.Deferred[Tuple[List[str], List[str]]]"
-
-    @property
-    def task_ids(self) -> List[str]:
-        """
-        The picked task ids, in order.
-        """
-        return [task_id for task_id, _ in self.picks]
-
-
-@attrs.define
 class StateCall:
     """
     One recorded L{FakeDispatchStore.scheduler_state} call.
@@ -197,23 +177,13 @@ class StateCall:
 
 class FakeDispatchStore:
     """
-    The dispatcher's store: every call is recorded and answered by a
-    Deferred the test fires (so it controls when a cycle resumes).
+    The dispatcher's store: every C{scheduler_state} call is recorded and
+    answered by a Deferred the test fires (so it controls when a cycle
+    resumes).
     """
 
     def __init__(self) -> None:
-        self.dispatches: List[DispatchCall] = []
         self.states: List[StateCall] = []
-
-    def dispatch(
-        self, picks: Sequence[Tuple[str, Reservation]], shim_pid: int, now_ms: int
-    ) -> "defer.Deferred[Tuple[List[str], List[str]]]":
-        """
-        Record the call; answer with a fresh pending Deferred.
-        """
-        call = DispatchCall(list(picks), shim_pid, now_ms, defer.Deferred())
-        self.dispatches.append(call)
-        return call.deferred
 
     def scheduler_state(self, max_queued: int) -> "defer.Deferred[SchedulerState]":
         """
@@ -227,33 +197,26 @@ class FakeDispatchStore:
 class FakeLink:
     """
     The supervisor link: connected or not, with a pid, recording every
-    C{launch}.
+    launch order it sent and every one it refused for want of a
+    connection.
     """
 
     def __init__(self, pid: Optional[int] = 4242, connected: bool = True) -> None:
         self.pid = pid
-        self._connected = connected
+        self.connected = connected
         self.launched: List[List[str]] = []
-
-    @property
-    def connected(self) -> bool:
-        """
-        Whether the supervisor is reachable.
-        """
-        return self._connected
-
-    def set_connected(self, value: bool) -> None:
-        """
-        Change the connection state.
-        """
-        self._connected = value
+        self.refused: List[List[str]] = []
 
     def launch(self, task_ids: Sequence[str]) -> bool:
         """
-        Record the launch order.
+        Send (record) the launch order; without a connection, record the
+        refusal and answer C{False}.
         """
+        if not self.connected:
+            self.refused.append(list(task_ids))
+            return False
         self.launched.append(list(task_ids))
-        return self._connected
+        return True
 
 
 @attrs.define

@@ -6,13 +6,13 @@ supervisor link.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence
 
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.ledger import Capacity, Ledger
+from execgo.ledger import Capacity, Holding, Ledger
 from execgo.models import Reservation
 from execgo.scheduler import QueuedTask, Scheduler
 from execgo.store import SchedulerState
@@ -48,6 +48,13 @@ def queued(
     return QueuedTask(task_id, tenant, Reservation(memory_bytes=memory), created_at_ms)
 
 
+def state(active: Sequence[Any] = (), queued: Sequence[Any] = ()) -> SchedulerState:
+    """
+    A store answer to C{scheduler_state}.
+    """
+    return SchedulerState(active=tuple(active), queued=tuple(queued))
+
+
 class SchedulerTestCase(SynchronousTestCase):
     """
     A scheduler over a 2-slot, 1000-byte ledger with tenant C{t} limited to
@@ -62,7 +69,6 @@ class SchedulerTestCase(SynchronousTestCase):
         self.store = FakeDispatchStore()
         self.link = FakeLink(pid=SHIM_PID)
         self.ledger = Ledger(self.capacity, {"t": Capacity(task_slots=1)})
-        self.dispatched: List[Tuple[str, int]] = []
         self.scheduler = CountingScheduler(
             self.clock,
             self.store,
@@ -71,7 +77,6 @@ class SchedulerTestCase(SynchronousTestCase):
             max_queued=self.max_queued,
             poll_interval_s=POLL_S,
             now_ms=lambda: NOW_MS,
-            on_dispatched=lambda task_id, pid: self.dispatched.append((task_id, pid)),
         )
         self.addCleanup(self.assert_stops_clean)
 
@@ -89,17 +94,11 @@ class SchedulerTestCase(SynchronousTestCase):
         for task in tasks:
             self.scheduler.submitted(task)
 
-    def answer(self, dispatched: List[str], skipped: Any = (), index: int = -1) -> None:
+    def resync(self, answer: SchedulerState, index: int = -1) -> None:
         """
-        Answer a recorded dispatch call.
+        Answer a recorded C{scheduler_state} call.
         """
-        self.store.dispatches[index].deferred.callback((dispatched, list(skipped)))
-
-    def picks(self) -> List[List[str]]:
-        """
-        The task ids of every dispatch call so far.
-        """
-        return [call.task_ids for call in self.store.dispatches]
+        self.store.states[index].deferred.callback(answer)
 
     def queue(self) -> List[str]:
         """
@@ -107,10 +106,22 @@ class SchedulerTestCase(SynchronousTestCase):
         """
         return list(self.scheduler.queue)
 
+    def dispatched(self) -> List[str]:
+        """
+        The tasks sent to the supervisor and not reported on, sorted.
+        """
+        return sorted(self.scheduler.dispatched)
+
+    def holds(self) -> List[str]:
+        """
+        The tasks holding a reservation in the ledger, sorted.
+        """
+        return sorted(self.ledger.active)
+
 
 class DispatchTests(SchedulerTestCase):
     """
-    What one cycle picks, and what it does with the store's answer.
+    What one cycle picks, and how it hands the picks to the supervisor.
     """
 
     def test_nothing_before_start(self) -> None:
@@ -118,50 +129,112 @@ class DispatchTests(SchedulerTestCase):
         Submits before C{start()} queue the task but run no cycle.
         """
         self.submit(queued("a"))
-        self.assertEqual(self.store.dispatches, [])
+        self.assertEqual(self.link.launched, [])
+        self.assertEqual(self.link.refused, [])
         self.assertEqual(self.queue(), ["a"])
+        self.assertEqual(self.dispatched(), [])
         self.assertEqual(self.scheduler.cycles, 0)
 
     def test_fifo_within_capacity(self) -> None:
         """
-        Tasks are picked oldest first up to the slot capacity, dispatched in
-        one store call, launched in that order; the rest waits.
+        Tasks are picked oldest first up to the slot capacity and sent in
+        one launch order, in that order, by a single cycle; the rest waits.
         """
         self.submit(queued("a"), queued("b"), queued("c"))
         self.scheduler.start()
-        self.assertEqual(self.picks(), [["a", "b"]])
-        call = self.store.dispatches[0]
-        self.assertEqual((call.shim_pid, call.now_ms), (SHIM_PID, NOW_MS))
-        self.assertEqual(call.picks[0], ("a", Reservation()))
-        self.assertEqual(self.link.launched, [])
-        with capturedLogs() as self.events:
-            self.answer(["a", "b"])
         self.assertEqual(self.link.launched, [["a", "b"]])
-        self.assertEqual(self.dispatched, [("a", SHIM_PID), ("b", SHIM_PID)])
-        self.assertEqual(
-            [(e["task_id"], e["shim_pid"]) for e in self.events if e.get("log_format") == "task dispatched"],
-            [("a", SHIM_PID), ("b", SHIM_PID)],
-        )
-        self.assertEqual(sorted(self.ledger.active), ["a", "b"])
+        self.assertEqual(self.dispatched(), ["a", "b"])
+        self.assertEqual(self.holds(), ["a", "b"])
         self.assertEqual(self.queue(), ["c"])
-        # One follow-up cycle found no room: nothing more was dispatched.
-        self.assertEqual(self.picks(), [["a", "b"]])
-        self.assertEqual(self.scheduler.cycles, 2)
+        self.assertEqual(self.scheduler.cycles, 1)
+
+    def test_dispatch_logged(self) -> None:
+        """
+        Each dispatched task is logged at info level with its id and the
+        supervisor's pid; a task left queued is not.
+        """
+        self.submit(queued("a"), queued("b"), queued("c"))
+        with capturedLogs() as events:
+            self.scheduler.start()
+        logged = [e for e in events if e.get("log_format") == "task dispatched"]
+        self.assertEqual([(e["task_id"], e["shim_pid"]) for e in logged], [("a", SHIM_PID), ("b", SHIM_PID)])
+        self.assertEqual({e["log_level"] for e in logged}, {LogLevel.info})
+
+    def test_dispatched_task(self) -> None:
+        """
+        A dispatched task leaves the queue, is kept as dispatched with its
+        queue entry, holds its reservation in the ledger, and is known to
+        be unfinished.
+        """
+        a = queued("a", memory=300, tenant="t")
+        self.submit(a, queued("b", tenant="t"))
+        self.scheduler.start()
+        self.assertEqual(self.link.launched, [["a"]])
+        self.assertNotIn("a", self.scheduler.queue)
+        self.assertEqual(dict(self.scheduler.dispatched), {"a": a})
+        self.assertEqual(self.ledger.active["a"], Holding(tenant="t", reservation=Reservation(memory_bytes=300)))
+        self.assertEqual(self.ledger.reserved.memory_bytes, 300)
+        self.assertTrue(self.scheduler.knows_unfinished("a"))
+        self.assertTrue(self.scheduler.knows_unfinished("b"))
+        self.assertFalse(self.scheduler.knows_unfinished("unknown"))
+
+    def test_dispatched_not_launched_again(self) -> None:
+        """
+        Later cycles leave a dispatched task alone: no second launch order,
+        and its hold stays while the supervisor has not reported.
+        """
+        self.submit(queued("a"))
+        self.scheduler.start()
+        self.scheduler.wake()
+        self.scheduler.wake()
+        self.assertEqual(self.scheduler.cycles, 3)
+        self.assertEqual(self.link.launched, [["a"]])
+        self.assertEqual(self.dispatched(), ["a"])
+        self.assertEqual(self.holds(), ["a"])
 
     def test_release_makes_room(self) -> None:
         """
-        A released reservation wakes the dispatcher, which takes the next
-        task.
+        The end of a dispatched task (C{finished}, reported through
+        C{released}) frees its slot and wakes the dispatcher, which
+        launches the next task.
         """
         self.submit(queued("a"), queued("b"), queued("c"))
         self.scheduler.start()
-        self.answer(["a", "b"])
         self.scheduler.released("a")
-        self.assertEqual(self.picks(), [["a", "b"], ["c"]])
-        self.answer(["c"])
         self.assertEqual(self.link.launched, [["a", "b"], ["c"]])
-        self.assertEqual(sorted(self.ledger.active), ["b", "c"])
+        self.assertEqual(self.dispatched(), ["b", "c"])
+        self.assertEqual(self.holds(), ["b", "c"])
         self.assertEqual(self.queue(), [])
+        self.assertFalse(self.scheduler.knows_unfinished("a"))
+
+    def test_declined_makes_room_for_its_tenant(self) -> None:
+        """
+        A declined launch order (reported through C{released}) gives the
+        tenant's quota back, so the tenant's next task is launched.
+        """
+        self.submit(queued("t1", tenant="t"), queued("t2", tenant="t"))
+        self.scheduler.start()
+        self.assertEqual(self.link.launched, [["t1"]])
+        self.scheduler.released("t1")
+        self.assertEqual(self.link.launched, [["t1"], ["t2"]])
+        self.assertEqual(self.dispatched(), ["t2"])
+        self.assertEqual(self.holds(), ["t2"])
+
+    def test_cancelled_dispatched_then_declined(self) -> None:
+        """
+        A dispatched task cancelled before the supervisor took it
+        (C{dequeued}) frees its slot at once; the supervisor's later
+        C{declined} for it changes nothing.
+        """
+        self.submit(queued("a"), queued("b"), queued("c"))
+        self.scheduler.start()
+        self.scheduler.dequeued("a")
+        self.assertEqual(self.link.launched, [["a", "b"], ["c"]])
+        self.assertEqual(self.dispatched(), ["b", "c"])
+        self.scheduler.released("a")
+        self.assertEqual(self.link.launched, [["a", "b"], ["c"]])
+        self.assertEqual(self.dispatched(), ["b", "c"])
+        self.assertEqual(self.holds(), ["b", "c"])
 
     def test_tenant_quota(self) -> None:
         """
@@ -169,37 +242,33 @@ class DispatchTests(SchedulerTestCase):
         """
         self.submit(queued("t1", tenant="t"), queued("t2", tenant="t"), queued("x"))
         self.scheduler.start()
-        self.assertEqual(self.picks(), [["t1", "x"]])
-        self.answer(["t1", "x"])
+        self.assertEqual(self.link.launched, [["t1", "x"]])
         self.assertEqual(self.queue(), ["t2"])
 
     def test_unknown_tenant_unbounded(self) -> None:
         """
         A tenant without a quota is bounded only by the global capacity.
         """
-        self.submit(queued("u1", tenant="u"), queued("u2", tenant="u"))
+        self.submit(queued("u1", tenant="u"), queued("u2", tenant="u"), queued("u3", tenant="u"))
         self.scheduler.start()
-        self.assertEqual(self.picks(), [["u1", "u2"]])
-        self.answer(["u1", "u2"])
+        self.assertEqual(self.link.launched, [["u1", "u2"]])
+        self.assertEqual(self.queue(), ["u3"])
 
     def test_no_head_of_line_blocking(self) -> None:
         """
-        A task that does not fit lets later, smaller tasks pass.
+        A young task that does not fit lets later, smaller tasks pass.
         """
         self.submit(queued("small1", memory=200), queued("big", memory=900), queued("small2", memory=100))
         self.scheduler.start()
-        self.assertEqual(self.picks(), [["small1", "small2"]])
-        self.assertEqual(
-            self.store.dispatches[0].picks[1], ("small2", Reservation(memory_bytes=100))
-        )
-        self.answer(["small1", "small2"])
+        self.assertEqual(self.link.launched, [["small1", "small2"]])
         self.assertEqual(self.queue(), ["big"])
         self.assertEqual(self.ledger.reserved.memory_bytes, 300)
 
     def test_starving_task_holds_the_queue(self) -> None:
         """
         Once a task that does not fit has waited C{starvation_ms}, no task
-        behind it starts in its place, so capacity drains to it.
+        behind it starts in its place, so capacity drains to it; it is
+        launched when enough is released.
         """
         old = NOW_MS - self.scheduler.starvation_ms
         self.submit(
@@ -208,76 +277,112 @@ class DispatchTests(SchedulerTestCase):
             queued("small2", memory=100),
         )
         self.scheduler.start()
-        self.assertEqual(self.picks(), [["small1"]])
-        self.answer(["small1"])
+        self.assertEqual(self.link.launched, [["small1"]])
         self.assertEqual(self.queue(), ["big", "small2"])
+        self.scheduler.released("small1")
+        self.assertEqual(self.link.launched, [["small1"], ["big", "small2"]])
+        self.assertEqual(self.queue(), [])
+
+    def test_young_task_just_below_starvation(self) -> None:
+        """
+        A task one millisecond short of C{starvation_ms} does not hold the
+        queue yet.
+        """
+        young = NOW_MS - self.scheduler.starvation_ms + 1
+        self.submit(
+            queued("small1", memory=200),
+            queued("big", memory=900, created_at_ms=young),
+            queued("small2", memory=100),
+        )
+        self.scheduler.start()
+        self.assertEqual(self.link.launched, [["small1", "small2"]])
 
     def test_starving_tenant_holds_only_its_tenant(self) -> None:
         """
         A task held back only by its tenant's quota holds that tenant's
-        younger tasks, not other tenants'.
+        younger tasks, even ones that would fit, but not other tenants'.
         """
+        self.ledger.capacity = Capacity(task_slots=3, memory_bytes=1000)
+        self.ledger.quotas = {"t": Capacity(task_slots=2, memory_bytes=500)}
         old = NOW_MS - self.scheduler.starvation_ms
-        self.ledger.reserve("running", "t", Reservation())
+        self.ledger.reserve("running", "t", Reservation(memory_bytes=300))
         self.submit(
-            queued("t-old", tenant="t", created_at_ms=old),
-            queued("t-young", tenant="t"),
+            queued("t-old", memory=400, tenant="t", created_at_ms=old),
+            queued("t-young", memory=100, tenant="t"),
             queued("other", tenant="u"),
         )
         self.scheduler.start()
-        self.assertEqual(self.picks(), [["other"]])
-        self.answer(["other"])
+        self.assertEqual(self.link.launched, [["other"]])
         self.assertEqual(self.queue(), ["t-old", "t-young"])
 
-    def test_skipped_released(self) -> None:
+    def test_young_tenant_task_does_not_hold(self) -> None:
         """
-        Tasks the store did not dispatch (killed meanwhile) give their
-        ledger entry back and are not launched.
+        A young task over its tenant's quota lets the tenant's smaller
+        tasks pass.
         """
-        self.submit(queued("a"), queued("b"))
+        self.ledger.capacity = Capacity(task_slots=3, memory_bytes=1000)
+        self.ledger.quotas = {"t": Capacity(task_slots=2, memory_bytes=500)}
+        self.ledger.reserve("running", "t", Reservation(memory_bytes=300))
+        self.submit(queued("t-big", memory=400, tenant="t"), queued("t-small", memory=100, tenant="t"))
         self.scheduler.start()
-        self.answer(["a"], ["b"])
-        self.assertEqual(list(self.ledger.active), ["a"])
-        self.assertEqual(self.link.launched, [["a"]])
-        self.assertEqual(self.dispatched, [("a", SHIM_PID)])
-        self.assertEqual(self.queue(), [])
-
-    def test_all_skipped(self) -> None:
-        """
-        When nothing was dispatched nothing is launched.
-        """
-        self.submit(queued("a"))
-        self.scheduler.start()
-        self.answer([], ["a"])
-        self.assertEqual(self.link.launched, [])
-        self.assertEqual(dict(self.ledger.active), {})
+        self.assertEqual(self.link.launched, [["t-small"]])
+        self.assertEqual(self.queue(), ["t-big"])
 
     def test_disconnected(self) -> None:
         """
-        With the supervisor link down nothing is dispatched and nothing
-        stays reserved; a later wake-up dispatches.
+        When the link refuses the launch order (not connected) the picks
+        stay queued in their places and hold nothing; a later wake-up with
+        the link up launches them.
         """
-        self.link.set_connected(False)
-        self.submit(queued("a"))
+        self.link.connected = False
+        self.submit(queued("a"), queued("b"), queued("c"))
         self.scheduler.start()
-        self.assertEqual(self.store.dispatches, [])
-        self.assertEqual(dict(self.ledger.active), {})
-        self.assertEqual(self.queue(), ["a"])
-        self.link.set_connected(True)
+        self.assertEqual(self.link.refused, [["a", "b"]])
+        self.assertEqual(self.link.launched, [])
+        self.assertEqual(self.holds(), [])
+        self.assertEqual(self.dispatched(), [])
+        self.assertEqual(self.queue(), ["a", "b", "c"])
+        self.link.connected = True
         self.scheduler.wake()
-        self.assertEqual(self.picks(), [["a"]])
-        self.answer(["a"])
-        self.assertEqual(self.link.launched, [["a"]])
+        self.assertEqual(self.link.launched, [["a", "b"]])
+        self.assertEqual(self.dispatched(), ["a", "b"])
+        self.assertEqual(self.queue(), ["c"])
+
+    def test_launch_raises(self) -> None:
+        """
+        A link that fails while sending leaves the picks queued where they
+        were and gives their holds back; the error is the cycle's.
+        """
+
+        def broken(task_ids: Any) -> bool:
+            raise RuntimeError("socket gone")
+
+        self.link.launch = broken  # type: ignore[method-assign]
+        self.submit(queued("a"), queued("b"))
+        with capturedLogs() as events:
+            self.scheduler.start()
+        self.assertEqual(self.queue(), ["a", "b"])
+        self.assertEqual(self.holds(), [])
+        self.assertEqual(self.dispatched(), [])
+        self.assertIn(
+            "socket gone", [e.get("error") for e in events if e.get("log_format") == "dispatcher iteration failed"]
+        )
 
     def test_no_supervisor_pid(self) -> None:
         """
-        A link without a supervisor pid does not dispatch either.
+        Without a supervisor pid no launch order is even tried, nothing
+        stays reserved and the task stays queued until there is one.
         """
         self.link.pid = None
         self.submit(queued("a"))
         self.scheduler.start()
-        self.assertEqual(self.store.dispatches, [])
-        self.assertEqual(dict(self.ledger.active), {})
+        self.assertEqual(self.link.launched, [])
+        self.assertEqual(self.link.refused, [])
+        self.assertEqual(self.holds(), [])
+        self.assertEqual(self.queue(), ["a"])
+        self.link.pid = SHIM_PID
+        self.scheduler.wake()
+        self.assertEqual(self.link.launched, [["a"]])
 
     def test_dequeued(self) -> None:
         """
@@ -285,46 +390,110 @@ class DispatchTests(SchedulerTestCase):
         """
         self.submit(queued("a"), queued("b"))
         self.scheduler.dequeued("a")
+        self.assertEqual(self.queue(), ["b"])
+        self.assertFalse(self.scheduler.knows_unfinished("a"))
         self.scheduler.start()
-        self.assertEqual(self.picks(), [["b"]])
-        self.answer(["b"])
+        self.assertEqual(self.link.launched, [["b"]])
 
-    def test_store_failure(self) -> None:
+
+class SupervisorLostTests(SchedulerTestCase):
+    """
+    L{Scheduler.supervisor_lost} puts the orders not reported on back in
+    the queue.
+    """
+
+    def dispatch_interleaved(self) -> None:
         """
-        A failed dispatch write gives the reservations back and requeues the
-        tasks; the loop goes on (poll armed) and retries on the next wake.
+        Dispatch C{a} and C{c} while C{b} (tenant C{t} at its quota) and
+        C{d} (no slot left) stay queued; creation order is a, b, c, d.
         """
-        self.submit(queued("a"), queued("b"))
+        self.submit(
+            queued("a", tenant="t", created_at_ms=NOW_MS - 4),
+            queued("b", tenant="t", created_at_ms=NOW_MS - 3),
+            queued("c", created_at_ms=NOW_MS - 2),
+            queued("d", created_at_ms=NOW_MS - 1),
+        )
         self.scheduler.start()
+        self.assertEqual(self.link.launched, [["a", "c"]])
+        self.assertEqual(self.queue(), ["b", "d"])
+
+    def test_lost_requeues_in_creation_order(self) -> None:
+        """
+        The dispatched tasks go back to the queue among the queued ones in
+        creation order, give their holds back, are still known unfinished,
+        and are not launched while there is no supervisor.
+        """
+        self.dispatch_interleaved()
+        self.link.pid = None
+        self.link.connected = False
+        self.scheduler.supervisor_lost()
+        self.assertEqual(self.queue(), ["a", "b", "c", "d"])
+        self.assertEqual(self.dispatched(), [])
+        self.assertEqual(self.holds(), [])
+        self.assertTrue(self.scheduler.knows_unfinished("a"))
+        self.assertTrue(self.scheduler.knows_unfinished("c"))
+        self.assertEqual(self.link.launched, [["a", "c"]])
+
+    def test_lost_then_relaunched(self) -> None:
+        """
+        Once a new supervisor is connected, the returned tasks are launched
+        again, oldest first, and logged with the new supervisor's pid.
+        """
+        self.dispatch_interleaved()
+        self.link.pid = None
+        self.link.connected = False
+        self.scheduler.supervisor_lost()
+        self.link.pid = 777
+        self.link.connected = True
         with capturedLogs() as events:
-            self.store.dispatches[0].deferred.errback(RuntimeError("database is locked"))
-        [event] = [e for e in events if e.get("log_format") == "dispatcher iteration failed"]
-        self.assertEqual(event["log_level"], LogLevel.warn)
-        self.assertEqual(event["error"], "database is locked")
-        self.assertEqual(dict(self.ledger.active), {})
-        self.assertEqual(sorted(self.queue()), ["a", "b"])
-        self.assertEqual(self.link.launched, [])
-        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
-        self.scheduler.wake()
-        self.assertEqual(self.picks(), [["a", "b"], ["a", "b"]])
-        self.answer(["a", "b"])
-        self.assertEqual(self.link.launched, [["a", "b"]])
+            self.scheduler.wake()
+        self.assertEqual(self.link.launched, [["a", "c"], ["a", "c"]])
+        self.assertEqual(self.dispatched(), ["a", "c"])
+        self.assertEqual(self.holds(), ["a", "c"])
+        self.assertEqual(self.queue(), ["b", "d"])
+        self.assertEqual(
+            [(e["task_id"], e["shim_pid"]) for e in events if e.get("log_format") == "task dispatched"],
+            [("a", 777), ("c", 777)],
+        )
 
-    def test_store_failure_keeps_fifo(self) -> None:
+    def test_lost_wakes(self) -> None:
         """
-        After a failed dispatch write the oldest task is still first in
-        line.
+        C{supervisor_lost} runs a cycle: with a link that can launch at
+        once, the returned tasks are launched again straight away.
         """
-        self.ledger.reserve("busy", None, Reservation())
+        self.dispatch_interleaved()
+        cycles = self.scheduler.cycles
+        self.scheduler.supervisor_lost()
+        self.assertEqual(self.scheduler.cycles, cycles + 1)
+        self.assertEqual(self.link.launched, [["a", "c"], ["a", "c"]])
+        self.assertEqual(self.queue(), ["b", "d"])
+
+    def test_lost_then_failed(self) -> None:
+        """
+        A returned task that the old supervisor had taken is failed by the
+        runtime (C{released}): it leaves the queue too and is no longer
+        known unfinished, so it is never launched again.
+        """
+        self.dispatch_interleaved()
+        self.link.pid = None
+        self.link.connected = False
+        self.scheduler.supervisor_lost()
+        self.scheduler.released("a")
+        self.assertEqual(self.queue(), ["b", "c", "d"])
+        self.assertFalse(self.scheduler.knows_unfinished("a"))
+
+    def test_lost_with_nothing_dispatched(self) -> None:
+        """
+        Losing the supervisor with no order outstanding leaves the queue
+        and the ledger alone.
+        """
+        self.link.connected = False
+        self.ledger.reserve("running", None, Reservation())
         self.submit(queued("a"), queued("b"))
         self.scheduler.start()
-        self.assertEqual(self.picks(), [["a"]])
-        self.store.dispatches[0].deferred.errback(RuntimeError("database is locked"))
+        self.scheduler.supervisor_lost()
         self.assertEqual(self.queue(), ["a", "b"])
-        self.scheduler.wake()
-        self.assertEqual(self.picks(), [["a"], ["a"]])
-        self.answer(["a"])
-
+        self.assertEqual(self.holds(), ["running"])
 
 
 class WakeTests(SchedulerTestCase):
@@ -334,24 +503,22 @@ class WakeTests(SchedulerTestCase):
 
     def test_wake_during_cycle(self) -> None:
         """
-        Any number of wake-ups during a cycle run exactly one more cycle
-        after it, which picks up everything submitted meanwhile.
+        Any number of wake-ups during a cycle (one waiting for the store)
+        run exactly one more cycle after it, and launch nothing meanwhile.
         """
         self.ledger.capacity = Capacity(task_slots=10)
-        self.submit(queued("a"))
         self.scheduler.start()
-        self.assertEqual(self.scheduler.cycles, 1)
-        self.submit(queued("b"), queued("c"))
-        self.scheduler.wake()
-        self.scheduler.wake()
-        self.assertEqual(self.scheduler.cycles, 1)
-        self.assertEqual(self.picks(), [["a"]])
-        self.answer(["a"])
+        self.clock.advance(POLL_S)
         self.assertEqual(self.scheduler.cycles, 2)
-        self.assertEqual(self.picks(), [["a"], ["b", "c"]])
-        self.answer(["b", "c"])
+        self.submit(queued("a"), queued("b"))
+        self.scheduler.wake()
+        self.scheduler.released("x")
         self.assertEqual(self.scheduler.cycles, 2)
-        self.assertEqual(self.link.launched, [["a"], ["b", "c"]])
+        self.assertEqual(self.link.launched, [])
+        self.resync(state(queued=(record("a"), record("b"))))
+        self.assertEqual(self.scheduler.cycles, 3)
+        self.assertEqual(self.link.launched, [["a", "b"]])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
 
     def test_idle_wakes(self) -> None:
         """
@@ -361,8 +528,8 @@ class WakeTests(SchedulerTestCase):
         self.scheduler.wake()
         self.scheduler.wake()
         self.assertEqual(self.scheduler.cycles, 3)
-        self.assertEqual(self.store.dispatches, [])
         self.assertEqual(self.store.states, [])
+        self.assertEqual(self.link.launched, [])
 
     def test_wake_before_start_ignored(self) -> None:
         """
@@ -374,8 +541,9 @@ class WakeTests(SchedulerTestCase):
         self.successResultOf(self.scheduler.stop())
         self.submit(queued("a"))
         self.scheduler.released("x")
+        self.scheduler.supervisor_lost()
         self.assertEqual(self.scheduler.cycles, 1)
-        self.assertEqual(self.store.dispatches, [])
+        self.assertEqual(self.link.launched, [])
 
 
 class PollTests(SchedulerTestCase):
@@ -385,13 +553,17 @@ class PollTests(SchedulerTestCase):
 
     def test_poll_armed_after_cycle(self) -> None:
         """
-        After a cycle one poll timer is armed for the poll interval.
+        After a cycle one poll timer is armed for the poll interval; a new
+        cycle re-arms it rather than adding another.
         """
         self.scheduler.start()
         [call] = self.clock.getDelayedCalls()
         self.assertEqual(call.getTime(), POLL_S)
+        self.clock.advance(POLL_S / 2)
         self.scheduler.wake()
-        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        [call] = self.clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), POLL_S * 1.5)
+        self.assertEqual(self.store.states, [])
 
     def test_resync(self) -> None:
         """
@@ -405,15 +577,10 @@ class PollTests(SchedulerTestCase):
         self.assertEqual(self.store.states[0].max_queued, self.max_queued)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         running = record("r", "running", reservation=Reservation(memory_bytes=500), reserved_at_ms=1)
-        self.store.states[0].deferred.callback(
-            SchedulerState(
-                active=(running,),
-                queued=(record("q1"), record("q2", memory_bytes=600), record("q3", tenant="t")),
-            )
-        )
-        self.assertEqual(list(self.ledger.active), ["r", "q1"])
-        self.assertEqual(self.picks(), [["q1"]])
-        self.answer(["q1"])
+        self.resync(state(active=(running,), queued=(record("q1"), record("q2", memory_bytes=600), record("q3"))))
+        self.assertEqual(self.holds(), ["q1", "r"])
+        self.assertEqual(self.link.launched, [["q1"]])
+        self.assertEqual(self.dispatched(), ["q1"])
         self.assertEqual(self.queue(), ["q2", "q3"])
         [call] = self.clock.getDelayedCalls()
         self.assertEqual(call.getTime(), 2 * POLL_S)
@@ -426,7 +593,7 @@ class PollTests(SchedulerTestCase):
         self.scheduler.start()
         self.clock.advance(POLL_S)
         active = record("r", "running", memory_bytes=700, reserved_at_ms=1)
-        self.store.states[0].deferred.callback(SchedulerState(active=(active,), queued=()))
+        self.resync(state(active=(active,)))
         self.assertEqual(self.ledger.active["r"].reservation, Reservation(memory_bytes=700))
 
     def test_resync_replaces_ledger(self) -> None:
@@ -434,24 +601,36 @@ class PollTests(SchedulerTestCase):
         Reservations the store no longer holds (ends not reported) are
         dropped from the ledger.
         """
-        self.scheduler.load(
-            SchedulerState(active=(record("gone", "running", reserved_at_ms=1),), queued=())
-        )
+        self.scheduler.load(state(active=(record("gone", "running", reserved_at_ms=1),)))
         self.scheduler.start()
         self.clock.advance(POLL_S)
-        self.store.states[0].deferred.callback(SchedulerState(active=(), queued=()))
-        self.assertEqual(dict(self.ledger.active), {})
+        self.resync(state())
+        self.assertEqual(self.holds(), [])
+
+    def test_resync_merges_in_creation_order(self) -> None:
+        """
+        Queued tasks the dispatcher did not know of are merged into its
+        queue in creation order.
+        """
+        self.link.connected = False
+        self.submit(queued("b", created_at_ms=20))
+        self.scheduler.start()
+        self.clock.advance(POLL_S)
+        self.resync(
+            state(queued=(record("a", created_at_ms=10), record("b", created_at_ms=20), record("c", created_at_ms=30)))
+        )
+        self.assertEqual(self.queue(), ["a", "b", "c"])
 
     def test_resync_drops_vanished(self) -> None:
         """
         A queued task the store no longer lists as queued (while the list is
         not cut at C{max_queued}) leaves the queue.
         """
-        self.link.set_connected(False)
+        self.link.connected = False
         self.submit(queued("a"), queued("b"))
         self.scheduler.start()
         self.clock.advance(POLL_S)
-        self.store.states[0].deferred.callback(SchedulerState(active=(), queued=(record("b"),)))
+        self.resync(state(queued=(record("b"),)))
         self.assertEqual(self.queue(), ["b"])
 
     def test_resync_keeps_beyond_limit(self) -> None:
@@ -460,13 +639,30 @@ class PollTests(SchedulerTestCase):
         from it may just be beyond the cut: it stays queued.
         """
         self.scheduler.max_queued = 1
-        self.link.set_connected(False)
+        self.link.connected = False
         self.submit(queued("a"), queued("b"))
         self.scheduler.start()
         self.clock.advance(POLL_S)
         self.assertEqual(self.store.states[0].max_queued, 1)
-        self.store.states[0].deferred.callback(SchedulerState(active=(), queued=(record("b"),)))
+        self.resync(state(queued=(record("b"),)))
         self.assertEqual(sorted(self.queue()), ["a", "b"])
+
+    def test_queued_task_active_in_store_not_launched(self) -> None:
+        """
+        A task kept queued beyond the store's cut that the store lists as
+        active (taken already) holds the stored reservation and is not
+        launched; the others are.
+        """
+        self.scheduler.max_queued = 1
+        self.link.connected = False
+        self.submit(queued("a"), queued("b"))
+        self.scheduler.start()
+        self.clock.advance(POLL_S)
+        self.link.connected = True
+        self.resync(state(active=(record("a", "running", reserved_at_ms=1),), queued=(record("b"),)))
+        self.assertEqual(self.link.launched, [["b"]])
+        self.assertEqual(self.holds(), ["a", "b"])
+        self.assertEqual(self.queue(), ["a"])
 
     def test_released_during_resync(self) -> None:
         """
@@ -474,60 +670,142 @@ class PollTests(SchedulerTestCase):
         the (stale) answer, not lost; it also runs one more cycle.
         """
         held = record("a", "running", reservation=Reservation(), reserved_at_ms=1)
-        self.scheduler.load(SchedulerState(active=(held,), queued=()))
+        self.scheduler.load(state(active=(held,)))
         self.scheduler.start()
         self.clock.advance(POLL_S)
         self.scheduler.released("a")
-        self.assertEqual(dict(self.ledger.active), {})
+        self.assertEqual(self.holds(), [])
         cycles = self.scheduler.cycles
-        self.store.states[0].deferred.callback(SchedulerState(active=(held,), queued=()))
+        self.resync(state(active=(held,)))
         self.assertNotIn("a", self.ledger.active)
         self.assertEqual(self.scheduler.cycles, cycles + 1)
 
     def test_resync_failure(self) -> None:
         """
-        A failed store query ends the cycle; the next poll tries again.
+        A failed store query ends the cycle with a warning; the poll is
+        armed again and the next one tries again.
         """
         self.scheduler.start()
         self.clock.advance(POLL_S)
-        self.store.states[0].deferred.errback(RuntimeError("disk I/O error"))
+        with capturedLogs() as events:
+            self.store.states[0].deferred.errback(RuntimeError("disk I/O error"))
+        [event] = [e for e in events if e.get("log_format") == "dispatcher iteration failed"]
+        self.assertEqual(event["log_level"], LogLevel.warn)
+        self.assertEqual(event["error"], "disk I/O error")
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.clock.advance(POLL_S)
         self.assertEqual(len(self.store.states), 2)
-        self.store.states[1].deferred.callback(SchedulerState(active=(), queued=()))
+        self.resync(state())
 
 
-class LoadTests(SchedulerTestCase):
+class ResyncDispatchedTests(SchedulerTestCase):
     """
-    L{Scheduler.load} and L{QueuedTask.from_record}.
+    A resync while launch orders are outstanding: the store may still list
+    those tasks as C{accepted}, or as C{running}, or not at all.
     """
 
-    def test_load(self) -> None:
-        """
-        Loading replaces the queue (store order) and the ledger.
-        """
-        self.submit(queued("old"))
-        self.ledger.reserve("stale", None, Reservation())
-        self.scheduler.load(
-            SchedulerState(
-                active=(record("r", "running", reservation=Reservation(pids=3), reserved_at_ms=1, tenant="t"),),
-                queued=(record("q2", created_at_ms=1), record("q1", created_at_ms=2)),
-            )
+    def setUp(self) -> None:
+        super().setUp()
+        self.submit(
+            queued("a", memory=300, created_at_ms=NOW_MS - 3),
+            queued("b", memory=200, created_at_ms=NOW_MS - 2),
+            queued("c", created_at_ms=NOW_MS - 1),
         )
-        self.assertEqual(self.queue(), ["q2", "q1"])
-        self.assertEqual(list(self.ledger.active), ["r"])
-        self.assertEqual(self.ledger.active["r"].tenant, "t")
-        self.assertEqual(self.ledger.active["r"].reservation, Reservation(pids=3))
+        self.scheduler.start()
+        self.assertEqual(self.link.launched, [["a", "b"]])
+        self.clock.advance(POLL_S)
+        self.assertEqual(len(self.store.states), 1)
 
-    def test_from_record(self) -> None:
+    def test_still_accepted(self) -> None:
         """
-        A queue entry takes the tenant, creation time and the reservation
-        the limits imply.
+        Dispatched tasks the store still lists as queued (the supervisor
+        has not taken them yet) keep their reservation, stay dispatched and
+        do not go back to the queue or get launched again.
         """
-        entry = QueuedTask.from_record(
-            record("q", created_at_ms=77, memory_bytes=5, pids_max=6, tenant="t")
-        )
-        self.assertEqual(entry, QueuedTask("q", "t", Reservation(memory_bytes=5, pids=6), 77))
+        self.resync(state(queued=(record("a", memory_bytes=300), record("b", memory_bytes=200), record("c"))))
+        self.assertEqual(self.holds(), ["a", "b"])
+        self.assertEqual(self.ledger.reserved.memory_bytes, 500)
+        self.assertEqual(self.dispatched(), ["a", "b"])
+        self.assertEqual(self.queue(), ["c"])
+        self.assertEqual(self.link.launched, [["a", "b"]])
+
+    def test_listed_nowhere(self) -> None:
+        """
+        A dispatched task the store lists neither as active nor as queued
+        (ended, its report still on the way) stays held until reported.
+        """
+        self.resync(state(queued=(record("c"),)))
+        self.assertEqual(self.holds(), ["a", "b"])
+        self.assertEqual(self.ledger.reserved.memory_bytes, 500)
+        self.assertEqual(self.queue(), ["c"])
+        self.assertEqual(self.link.launched, [["a", "b"]])
+        self.scheduler.released("a")
+        self.assertEqual(self.link.launched, [["a", "b"], ["c"]])
+
+    def test_taken_by_supervisor(self) -> None:
+        """
+        A dispatched task the store lists as active holds the stored
+        reservation; the one not taken yet is held as dispatched.
+        """
+        running = record("a", "running", reservation=Reservation(memory_bytes=400), reserved_at_ms=1)
+        self.resync(state(active=(running,), queued=(record("b", memory_bytes=200), record("c"))))
+        self.assertEqual(self.ledger.active["a"].reservation, Reservation(memory_bytes=400))
+        self.assertEqual(self.ledger.active["b"].reservation, Reservation(memory_bytes=200))
+        self.assertEqual(self.dispatched(), ["a", "b"])
+        self.assertEqual(self.queue(), ["c"])
+        self.assertEqual(self.link.launched, [["a", "b"]])
+
+    def test_released_during_resync(self) -> None:
+        """
+        A dispatched task whose end is reported while the query runs stays
+        released even though the stale answer lists it as active; the
+        freed slot goes to the next task.
+        """
+        self.scheduler.released("a")
+        stale = record("a", "running", reservation=Reservation(memory_bytes=300), reserved_at_ms=1)
+        self.resync(state(active=(stale,), queued=(record("b", memory_bytes=200), record("c"))))
+        self.assertNotIn("a", self.ledger.active)
+        self.assertNotIn("a", self.scheduler.dispatched)
+        self.assertNotIn("a", self.scheduler.queue)
+        self.assertEqual(self.holds(), ["b", "c"])
+        self.assertEqual(self.link.launched, [["a", "b"], ["c"]])
+
+    def test_released_during_resync_listed_queued(self) -> None:
+        """
+        A dispatched task cancelled or ended while the query runs, that the
+        stale answer still lists as C{accepted}, is not put back in the
+        queue nor launched again.
+        """
+        self.scheduler.dequeued("a")
+        self.resync(state(queued=(record("a", memory_bytes=300), record("b", memory_bytes=200), record("c"))))
+        self.assertFalse(self.scheduler.knows_unfinished("a"))
+        self.assertEqual(self.holds(), ["b", "c"])
+        self.assertEqual(self.link.launched, [["a", "b"], ["c"]])
+
+    def test_submitted_during_resync(self) -> None:
+        """
+        A task submitted while the query runs (so missing from its answer)
+        stays queued.
+        """
+        self.submit(queued("late", created_at_ms=NOW_MS))
+        self.resync(state(queued=(record("a", memory_bytes=300), record("b", memory_bytes=200), record("c"))))
+        self.assertEqual(self.queue(), ["c", "late"])
+
+    def test_lost_during_resync(self) -> None:
+        """
+        Tasks returned by C{supervisor_lost} while the query runs are not
+        held again by the resync: the one the store lists as queued is
+        queued in its place, the one it lists as running holds the stored
+        reservation and leaves the queue.
+        """
+        self.link.pid = None
+        self.scheduler.supervisor_lost()
+        self.assertEqual(self.queue(), ["a", "b", "c"])
+        running = record("a", "running", reservation=Reservation(memory_bytes=300), reserved_at_ms=1)
+        self.resync(state(active=(running,), queued=(record("b", memory_bytes=200), record("c"))))
+        self.assertEqual(self.holds(), ["a"])
+        self.assertEqual(self.dispatched(), [])
+        self.assertEqual(self.queue(), ["b", "c"])
 
 
 class StopTests(SchedulerTestCase):
@@ -549,25 +827,58 @@ class StopTests(SchedulerTestCase):
         The Deferred of C{stop()} fires only when the running cycle ends;
         the cycle completes its dispatch and no further cycle or poll runs.
         """
-        self.submit(queued("a"), queued("b"), queued("c"))
         self.scheduler.start()
+        self.clock.advance(POLL_S)
         stopped = self.scheduler.stop()
         self.assertNoResult(stopped)
+        self.submit(queued("a"), queued("b"), queued("c"))
         self.scheduler.wake()
-        self.answer(["a", "b"])
+        self.resync(state(queued=(record("a"), record("b"), record("c"))))
         self.successResultOf(stopped)
         self.assertEqual(self.link.launched, [["a", "b"]])
-        self.assertEqual(self.scheduler.cycles, 1)
+        self.assertEqual(self.scheduler.cycles, 2)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_stop_during_resync(self) -> None:
         """
-        Stopping while the poll's store query runs waits for it.
+        Stopping while the poll's store query runs waits for it, and arms
+        no poll after it.
         """
         self.scheduler.start()
         self.clock.advance(POLL_S)
         stopped = self.scheduler.stop()
         self.assertNoResult(stopped)
-        self.store.states[0].deferred.callback(SchedulerState(active=(), queued=()))
+        self.resync(state())
         self.successResultOf(stopped)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class LoadTests(SchedulerTestCase):
+    """
+    L{Scheduler.load} and L{QueuedTask.from_record}.
+    """
+
+    def test_load(self) -> None:
+        """
+        Loading replaces the queue (store order) and the ledger.
+        """
+        self.submit(queued("old"))
+        self.ledger.reserve("stale", None, Reservation())
+        self.scheduler.load(
+            state(
+                active=(record("r", "running", reservation=Reservation(pids=3), reserved_at_ms=1, tenant="t"),),
+                queued=(record("q2", created_at_ms=1), record("q1", created_at_ms=2)),
+            )
+        )
+        self.assertEqual(self.queue(), ["q2", "q1"])
+        self.assertEqual(self.holds(), ["r"])
+        self.assertEqual(self.ledger.active["r"].tenant, "t")
+        self.assertEqual(self.ledger.active["r"].reservation, Reservation(pids=3))
+
+    def test_from_record(self) -> None:
+        """
+        A queue entry takes the tenant, creation time and the reservation
+        the limits imply.
+        """
+        entry = QueuedTask.from_record(record("q", created_at_ms=77, memory_bytes=5, pids_max=6, tenant="t"))
+        self.assertEqual(entry, QueuedTask("q", "t", Reservation(memory_bytes=5, pids=6), 77))

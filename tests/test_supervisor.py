@@ -19,7 +19,7 @@ from typing import Any, Callable, List, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo import taskdb, wire
+from execgo import supervisor as supervisor_module, taskdb, wire
 from execgo.models import ErrorInfo, Reservation, ResourceLimits
 from execgo.procinfo import group_alive
 from execgo.supervisor import Supervisor
@@ -174,7 +174,7 @@ class EngineTestCase(StoreMixin, SynchronousTestCase):
         Insert, launch (taking the queued task over) and drive to the end.
         """
         self.insert(task_id, execution, **kwargs)
-        self.supervisor.launch(task_id, take_accepted=True)
+        self.supervisor.launch(task_id)
         self.drive()
         return self.load(task_id)
 
@@ -230,7 +230,7 @@ class SupervisorTests(EngineTestCase):
         self.assert_result_matches("ok")
         self.assertEqual(self.result_json("ok")["stdout"], "hello\n")
         self.assertEqual(
-            [m["ev"] for m in self.messages if m["task_id"] == "ok"], ["started", "finished"]
+            [m["ev"] for m in self.messages if m["task_id"] == "ok"], ["finished"]
         )
         self.assertIsNone(self.supervisor.next_delay())
         self.assertEqual(self.logged, [])
@@ -263,7 +263,7 @@ class SupervisorTests(EngineTestCase):
         terminal events.
         """
         self.insert("k", command("/bin/sh", "-c", "exec sleep 30"))
-        self.supervisor.launch("k", take_accepted=True)
+        self.supervisor.launch("k")
         self.assertTrue(self.supervisor.busy)
         self.drive(until=lambda: self.load("k").pid is not None, bound=1.0)
         self.assertTrue(taskdb.request_kill(self.conn, "k", time.time_ns() // 1_000_000))
@@ -285,7 +285,7 @@ class SupervisorTests(EngineTestCase):
         flag within a few polls.
         """
         self.insert("w", command("/bin/sh", "-c", "exec sleep 30"))
-        self.supervisor.launch("w", take_accepted=True)
+        self.supervisor.launch("w")
         self.supervisor.watch_kill_flag("w")
         taskdb.request_kill(self.conn, "w", time.time_ns() // 1_000_000)
         took = self.drive()
@@ -339,38 +339,21 @@ class SupervisorTests(EngineTestCase):
         self.assertFalse(_exists(child))
         self.assertIsNone(self.supervisor.next_delay())
 
-    def test_kill_before_launch(self) -> None:
-        """
-        A dispatched task whose kill flag is set before its workload starts
-        ends C{cancelled} before process launch, duration 0, no C{started}.
-        """
-        self.insert("pre", command("/bin/true"))
-        now = time.time_ns() // 1_000_000
-        self.assertTrue(taskdb.reserve_and_dispatch(self.conn, "pre", Reservation(), 1, now))
-        self.assertTrue(taskdb.request_kill(self.conn, "pre", now))
-        self.supervisor.launch("pre")
-        self.assertFalse(self.supervisor.busy)
-        record = self.load("pre")
-        self.assertEqual(record.status, "cancelled")
-        self.assertEqual(record.error, ErrorInfo("cancelled", "task cancelled before process launch"))
-        self.assertEqual(record.duration_ms, 0)
-        self.assertIsNone(record.pid)
-        self.assertNotIn("started", self.events("pre"))
-        self.assertEqual(self.events("pre")[-2:], ["resource_released", "cancelled"])
-        self.assert_result_matches("pre")
-
     def test_kill_queued_take_over(self) -> None:
         """
-        Taking over a queued task already flagged for kill cancels it before
-        execution.
+        Taking a queued task already flagged for kill cancels it before
+        execution, without a reservation or a C{started} event.
         """
         self.insert("q", command("/bin/true"))
         taskdb.request_kill(self.conn, "q", time.time_ns() // 1_000_000)
-        self.supervisor.launch("q", take_accepted=True)
+        self.supervisor.launch("q")
         record = self.load("q")
         self.assertEqual(record.status, "cancelled")
         self.assertEqual(record.error, ErrorInfo("cancelled", "task cancelled before execution"))
         self.assertTrue(os.path.exists(record.paths.result_path))
+        self.assertNotIn("resource_reserved", self.events("q"))
+        self.assertNotIn("started", self.events("q"))
+        self.assertEqual(self.messages, [{"ev": "finished", "task_id": "q"}])
 
     def test_launch_failure(self) -> None:
         """
@@ -379,7 +362,7 @@ class SupervisorTests(EngineTestCase):
         C{started} event.
         """
         self.insert("nf", command("/nonexistent/program"))
-        self.supervisor.launch("nf", take_accepted=True)
+        self.supervisor.launch("nf")
         self.assertFalse(self.supervisor.busy)
         record = self.load("nf")
         self.assertEqual(record.status, "failed")
@@ -393,22 +376,66 @@ class SupervisorTests(EngineTestCase):
         )
         self.assert_result_matches("nf")
 
-    def test_launch_ignores(self) -> None:
+    def test_launch_declines(self) -> None:
         """
-        Unknown and terminal tasks are not launched, nor queued ones unless
-        taken over.
+        Unknown and terminal tasks are not launched: the supervisor declines
+        them (the servers free what they hold for them) and changes nothing.
         """
         self.supervisor.launch("ghost")
-        self.insert("queued", command("/bin/true"))
-        self.supervisor.launch("queued")
-        self.assertEqual(self.load("queued").status, "accepted")
         self.insert("done", command("/bin/true"))
         taskdb.finish(self.conn, "done", taskdb.Outcome(status="success"), 1)
         before = self.load("done")
-        self.supervisor.launch("done", take_accepted=True)
+        self.supervisor.launch("done")
         self.assertEqual(self.load("done"), before)
         self.assertFalse(self.supervisor.busy)
+        self.assertEqual(
+            self.messages,
+            [{"ev": "declined", "task_id": "ghost"}, {"ev": "declined", "task_id": "done"}],
+        )
+
+    def test_short_task_two_transactions(self) -> None:
+        """
+        A task that ends before its start record is due costs two store
+        transactions: the claim, and the terminal write that carries the
+        start (pid, C{started} event) before the end.
+        """
+        self.patch(supervisor_module, "START_RECORD_DELAY_S", 10.0)
+        statements: List[str] = []
+        self.supervisor.conn.set_trace_callback(statements.append)
+        self.addCleanup(self.supervisor.conn.set_trace_callback, None)
+        self.insert("quick", command("/bin/true"))
+        self.supervisor.launch("quick")
+        self.drive(bound=1.0)
+        self.assertEqual([s for s in statements if s == "COMMIT"], ["COMMIT", "COMMIT"])
+        record = self.load("quick")
+        self.assertEqual(record.status, "success")
+        self.assertIsNotNone(record.pid)
+        self.assertEqual(
+            self.events("quick")[-4:], ["resource_reserved", "started", "resource_released", "finished"]
+        )
+        self.assert_result_matches("quick")
+
+    def test_launch_takes_queued(self) -> None:
+        """
+        A launch order takes the queued task: C{running} under this
+        supervisor with its reservation at once; its start (pid, pgid,
+        C{started}) is written within a few milliseconds.
+        """
+        self.insert("queued", command("/bin/sh", "-c", "exec sleep 30"))
+        self.supervisor.launch("queued")
+        record = self.load("queued")
+        self.assertEqual((record.status, record.shim_pid), ("running", os.getpid()))
+        self.assertTrue(record.reservation_active)
+        self.drive(until=lambda: "started" in self.events("queued"), bound=1.0)
+        record = self.load("queued")
+        self.assertEqual(record.pid, self.supervisor.by_task["queued"].pid)
+        self.assertEqual(record.pgid, record.pid)
+        self.assertIsNotNone(record.started_at_ms)
+        self.assertEqual(self.events("queued")[-2:], ["resource_reserved", "started"])
         self.assertEqual(self.messages, [])
+        self.supervisor.kill("queued")
+        self.drive()
+        self.assertEqual(self.load("queued").status, "cancelled")
 
     def test_outcome_written_once(self) -> None:
         """
@@ -416,7 +443,7 @@ class SupervisorTests(EngineTestCase):
         the supervisor's late write changes nothing.
         """
         self.insert("race", command("/bin/sh", "-c", "exec sleep 30"))
-        self.supervisor.launch("race", take_accepted=True)
+        self.supervisor.launch("race")
         cancelled = taskdb.Outcome(status="cancelled", error=ErrorInfo("cancelled", "other writer"))
         self.assertTrue(taskdb.finish(self.conn, "race", cancelled, 5))
         before = self.load("race")
@@ -428,18 +455,28 @@ class SupervisorTests(EngineTestCase):
 
     def test_no_second_workload(self) -> None:
         """
-        A running task whose workload was already started (by another
-        supervisor) is not started a second time.
+        A task another supervisor took (C{running}, whether or not its
+        workload is recorded yet) is declined, not started a second time;
+        so is a repeated order for a task this supervisor runs.
         """
         marker = os.path.join(self.data_dir, "runs")
         self.insert("dup", shell(f"echo ran >> {marker}"))
         now = time.time_ns() // 1_000_000
-        taskdb.reserve_and_dispatch(self.conn, "dup", Reservation(), 1, now)
+        self.assertIsNotNone(taskdb.claim(self.conn, "dup", 1, now))
+        self.supervisor.launch("dup")
         taskdb.record_start(self.conn, "dup", 2**22 + 1, now, None)
         self.supervisor.launch("dup")
-        if self.supervisor.busy:
-            self.drive()
+        self.assertFalse(self.supervisor.busy)
         self.assertFalse(os.path.exists(marker))
+        self.assertEqual(self.messages, [{"ev": "declined", "task_id": "dup"}] * 2)
+        self.insert("mine", command("/bin/sh", "-c", "exec sleep 30"))
+        self.supervisor.launch("mine")
+        self.supervisor.launch("mine")
+        self.assertEqual(len(self.messages), 2)
+        self.drive(until=lambda: not self.supervisor.pending_starts, bound=1.0)
+        self.assertEqual(self.events("mine").count("started"), 1)
+        self.supervisor.kill("mine")
+        self.drive()
 
 
     def test_kill_unknown(self) -> None:
@@ -569,7 +606,7 @@ class CgroupEngineTests(EngineTestCase):
         """
         cgroups = self.use()
         self.insert("k", command("/bin/sh", "-c", "exec sleep 30"), **MEMORY_PLAN)
-        self.supervisor.launch("k", take_accepted=True)
+        self.supervisor.launch("k")
         self.supervisor.kill("k")
         self.drive()
         self.assertEqual(cgroups.groups[0].signals[0], signal.SIGTERM)

@@ -24,7 +24,6 @@ from execgo.models import (
 from tests.fakes import new_task, plan_for, shell
 
 NOW = 1_700_000_000_000
-SLOT = Reservation()
 
 
 def event_types(conn: sqlite3.Connection, task_id: str) -> List[str]:
@@ -76,18 +75,13 @@ class StoreTestCase(SynchronousTestCase):
         assert record is not None
         return record
 
-    def running(
-        self,
-        task_id: str = "t1",
-        reservation: Reservation = SLOT,
-        now_ms: int = NOW + 10,
-        **kwargs: Any,
-    ) -> None:
+    def running(self, task_id: str = "t1", now_ms: int = NOW + 10, **kwargs: Any) -> None:
         """
-        Insert a task and dispatch it (status C{running}, reservation active).
+        Insert a task and let a supervisor take it (status C{running},
+        reservation active).
         """
         self.insert(task_id, **kwargs)
-        self.assertTrue(taskdb.reserve_and_dispatch(self.conn, task_id, reservation, 99, now_ms))
+        self.assertIsNotNone(taskdb.claim(self.conn, task_id, 99, now_ms))
 
     def raw_event_data(self, task_id: str, event_type: str) -> Optional[str]:
         """
@@ -410,18 +404,19 @@ class TransitionTests(StoreTestCase):
     The conditional state transitions.
     """
 
-    def test_reserve_and_dispatch(self) -> None:
+    def test_claim(self) -> None:
         """
         An C{accepted} task becomes C{running} under the supervisor pid with
-        its reservation recorded and a C{resource_reserved} event.
+        the reservation its limits make and a C{resource_reserved} event;
+        the claim returns the task as it now stands.
         """
         self.insert(limits=ResourceLimits(memory_bytes=64))
-        reservation = Reservation(memory_bytes=64)
-        self.assertTrue(taskdb.reserve_and_dispatch(self.conn, "t1", reservation, 77, NOW + 3))
+        claimed = taskdb.claim(self.conn, "t1", 77, NOW + 3)
         record = self.load()
+        self.assertEqual(claimed, record)
         self.assertEqual(record.status, "running")
         self.assertEqual(record.shim_pid, 77)
-        self.assertEqual(record.reservation, reservation)
+        self.assertEqual(record.reservation, Reservation(memory_bytes=64))
         self.assertEqual(record.reserved_at_ms, NOW + 3)
         self.assertIsNone(record.released_at_ms)
         self.assertEqual(record.updated_at_ms, NOW + 3)
@@ -431,18 +426,31 @@ class TransitionTests(StoreTestCase):
             (last.event_type, last.message, last.data),
             ("resource_reserved", "task resources reserved", {"memory_bytes": 64, "task_slots": 1}),
         )
-        # A second dispatch changes nothing.
-        self.assertFalse(taskdb.reserve_and_dispatch(self.conn, "t1", Reservation(), 78, NOW + 4))
+        # A second claim (a duplicate launch order) changes nothing.
+        self.assertIsNone(taskdb.claim(self.conn, "t1", 78, NOW + 4))
         self.assertEqual(self.load(), record)
         self.assertEqual(event_types(self.conn, "t1").count("resource_reserved"), 1)
 
-    def test_dispatch_refuses_killed(self) -> None:
+    def test_claim_unknown_or_ended(self) -> None:
         """
-        A queued task flagged for kill is not dispatched.
+        An unknown task, or one that is terminal, is not claimed.
+        """
+        self.assertIsNone(taskdb.claim(self.conn, "nobody", 1, NOW))
+        self.insert()
+        taskdb.finish(self.conn, "t1", taskdb.Outcome(status="cancelled"), NOW + 1)
+        self.assertIsNone(taskdb.claim(self.conn, "t1", 1, NOW + 2))
+        self.assertEqual(self.load().status, "cancelled")
+
+    def test_claim_refuses_killed(self) -> None:
+        """
+        A queued task flagged for kill is returned as it is, still
+        C{accepted} and without a reservation, for the caller to cancel.
         """
         self.insert()
         self.assertTrue(taskdb.request_kill(self.conn, "t1", NOW + 1))
-        self.assertFalse(taskdb.reserve_and_dispatch(self.conn, "t1", Reservation(), 1, NOW + 2))
+        claimed = taskdb.claim(self.conn, "t1", 1, NOW + 2)
+        assert claimed is not None
+        self.assertEqual((claimed.status, claimed.kill_requested), ("accepted", True))
         self.assertEqual(self.load().status, "accepted")
         self.assertNotIn("resource_reserved", event_types(self.conn, "t1"))
 
@@ -453,7 +461,7 @@ class TransitionTests(StoreTestCase):
         """
         self.insert()
         self.assertFalse(taskdb.record_start(self.conn, "t1", 5, NOW, None))
-        taskdb.reserve_and_dispatch(self.conn, "t1", Reservation(), 1, NOW + 1)
+        taskdb.claim(self.conn, "t1", 1, NOW + 1)
         self.assertTrue(taskdb.record_start(self.conn, "t1", 1234, NOW + 2, "/x/script.sh"))
         record = self.load()
         self.assertEqual((record.pid, record.pgid), (1234, 1234))
@@ -529,7 +537,7 @@ class FinishTests(StoreTestCase):
         The terminal write records every field, releases the reservation
         and appends C{resource_released} then the terminal event.
         """
-        self.running(reservation=Reservation(pids=3))
+        self.running(limits=ResourceLimits(pids_max=3))
         self.assertTrue(taskdb.finish(self.conn, "t1", self.outcome, NOW + 100))
         record = self.load()
         self.assertEqual(record.status, "failed")
@@ -694,7 +702,7 @@ class RecoveryWriteTests(StoreTestCase):
         """
         A running task still holding its reservation only gets C{recovered}.
         """
-        self.running(reservation=Reservation(pids=4))
+        self.running(limits=ResourceLimits(pids_max=4))
         self.assertTrue(taskdb.mark_recovered(self.conn, "t1", Reservation(pids=9), NOW + 50))
         record = self.load()
         self.assertEqual(record.reservation, Reservation(pids=4))
@@ -734,7 +742,7 @@ class QueryTests(StoreTestCase):
         self.insert("early", now_ms=NOW)
         self.insert("mid", now_ms=NOW + 1)
         self.insert("run", now_ms=NOW + 5)
-        taskdb.reserve_and_dispatch(self.conn, "run", Reservation(), 1, NOW + 6)
+        taskdb.claim(self.conn, "run", 1, NOW + 6)
         ids = [r.task_id for r in taskdb.load_by_status(self.conn, ("accepted",))]
         self.assertEqual(ids, ["early", "mid", "late"])
         limited = taskdb.load_by_status(self.conn, ("accepted",), 2)
@@ -750,9 +758,9 @@ class QueryTests(StoreTestCase):
         self.insert("a", now_ms=NOW + 3)
         self.insert("b", now_ms=NOW + 1)
         self.insert("c", now_ms=NOW + 2)
-        taskdb.reserve_and_dispatch(self.conn, "a", Reservation(), 1, NOW + 10)
-        taskdb.reserve_and_dispatch(self.conn, "b", Reservation(), 1, NOW + 20)
-        taskdb.reserve_and_dispatch(self.conn, "c", Reservation(), 1, NOW + 10)
+        taskdb.claim(self.conn, "a", 1, NOW + 10)
+        taskdb.claim(self.conn, "b", 1, NOW + 20)
+        taskdb.claim(self.conn, "c", 1, NOW + 10)
         self.assertEqual([r.task_id for r in taskdb.load_active(self.conn)], ["c", "a", "b"])
         taskdb.finish(self.conn, "a", taskdb.Outcome(status="success"), NOW + 30)
         self.assertEqual([r.task_id for r in taskdb.load_active(self.conn)], ["c", "b"])
