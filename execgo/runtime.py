@@ -187,8 +187,11 @@ class Runtime:
         watch = self.waiters.wait(task_id, wait_ms / 1000.0) if wait_ms > 0 else None
         try:
             if watch is not None and self.scheduler.knows_unfinished(task_id):
-                # Queued or running here: no need to read it before waiting.
-                await watch
+                # Queued or running here: no need to read it before waiting,
+                # nor after when the end came with its terminal snapshot.
+                notice = await watch
+                if isinstance(notice, dict):
+                    return notice
             else:
                 snapshot = await self.store.snapshot(task_id, self.now_ms())
                 if snapshot is None:
@@ -326,9 +329,11 @@ class Runtime:
 
     def on_supervisor_message(self, message: Dict[str, Any]) -> None:
         """
-        A task ended (its reservation is released in the store already),
-        or the supervisor declined a launch order because the task was not
-        C{accepted} any more; C{started} needs nothing.
+        A task ended (its reservation is released in the store already;
+        the report carries its terminal snapshot when that is small, which
+        answers the long-polls waiting for it without a store read), or the
+        supervisor declined a launch order because the task was not
+        C{accepted} any more.
         """
         if message.get("ev") == "declined":
             self.scheduler.released(str(message.get("task_id")))
@@ -338,7 +343,8 @@ class Runtime:
             if timer is not None and timer.active():
                 timer.cancel()
             self.scheduler.released(task_id)
-            self.waiters.notify(task_id)
+            final = message.get("status")
+            self.waiters.notify(task_id, final if isinstance(final, dict) else True)
 
     def on_supervisor_lost(self, pid: int) -> None:
         """

@@ -262,11 +262,11 @@ class _Stream:
         napping: defer.Deferred[bool] = defer.Deferred()
         watch = self.waiters.wait(self.task_id, seconds)
 
-        def fired(notified: bool) -> None:
+        def fired(notice: Any) -> None:
             if self._nap is not None and self._nap[1] is watch:
                 self._nap = None
             if not napping.called:
-                napping.callback(notified)
+                napping.callback(bool(notice))
 
         watch.addCallbacks(fired, lambda failure: failure.trap(defer.CancelledError))
         self._nap = (napping, watch)

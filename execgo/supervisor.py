@@ -37,6 +37,9 @@ from execgo.cgroups import Cgroups, TaskCgroup
 from execgo.procinfo import group_alive, kill_group
 from execgo.models import STATUS_ACCEPTED, Usage
 
+#: The largest terminal snapshot sent with a C{finished} report (compact
+#: JSON); bigger ones (long output previews) are read from the store.
+REPORTED_STATUS_MAX_BYTES = 32 * 1024
 KILL_FLAG_POLL_S = 0.025
 START_RECORD_DELAY_S = 0.005
 GROUP_DRAIN_STEP_S = 0.002
@@ -553,17 +556,18 @@ class Supervisor:
         """
         now = self.wall_ms()
         written: List[str] = []
+        final: List[Dict[str, Any]] = []
         try:
             if current is None:
                 current = taskdb.load_task(self.conn, task_id)
             if current is not None:
                 current = self._as_started(current)
-            taskdb.finish(
+            took = taskdb.finish(
                 self.conn,
                 task_id,
                 verdict,
                 now,
-                prepare_result=lambda record: wire.prepare_result(record, now),
+                prepare_result=lambda record: wire.prepare_result(record, now, final.append),
                 current=current,
                 also=lambda conn: written.extend(self._write_starts(conn)),
             )
@@ -574,7 +578,10 @@ class Supervisor:
             return
         self._starts_written(written)
         self.pending_finishes.pop(task_id, None)
-        self.emit({"ev": "finished", "task_id": task_id})
+        report: Dict[str, Any] = {"ev": "finished", "task_id": task_id}
+        if took and final and len(wire.compact(final[0])) <= REPORTED_STATUS_MAX_BYTES:
+            report["status"] = final[0]
+        self.emit(report)
 
     def _retry_finish(self, task_id: str, attempt: int) -> None:
         verdict = self.pending_finishes.get(task_id)

@@ -4,13 +4,14 @@ Waiting for something to happen to a task, with a deadline: the basis of
 long-poll status requests.
 
 Each waiter gets a fresh Deferred; L{Waiters.notify} fires every waiter of
-a key, and a waiter that times out or is cancelled (its client went away)
-leaves no timer and no entry behind.
+a key (with C{True}, or with what the notice carries, such as a finished
+task's terminal snapshot), and a waiter that times out or is cancelled
+(its client went away) leaves no timer and no entry behind.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Any, Dict, List
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -25,24 +26,25 @@ class Waiters:
 
     def __init__(self, reactor: IReactorTime) -> None:
         self.reactor = reactor
-        self._waiting: Dict[str, List["defer.Deferred[bool]"]] = {}
+        self._waiting: Dict[str, List["defer.Deferred[Any]"]] = {}
         self._timers: Dict[int, IDelayedCall] = {}
 
-    def wait(self, key: str, timeout_s: float) -> "defer.Deferred[bool]":
+    def wait(self, key: str, timeout_s: float) -> "defer.Deferred[Any]":
         """
-        A Deferred that fires with C{True} when C{key} is notified, or with
-        C{False} once C{timeout_s} has passed.  Cancelling it just forgets it.
+        A Deferred that fires with the notice (true) when C{key} is
+        notified, or with C{False} once C{timeout_s} has passed.  Cancelling
+        it just forgets it.
         """
 
-        def forget(d: "defer.Deferred[bool]") -> None:
+        def forget(d: "defer.Deferred[Any]") -> None:
             self._drop(key, d)
 
-        d: defer.Deferred[bool] = defer.Deferred(forget)
+        d: defer.Deferred[Any] = defer.Deferred(forget)
         self._waiting.setdefault(key, []).append(d)
         self._timers[id(d)] = self.reactor.callLater(timeout_s, self._expire, key, d)
         return d
 
-    def _drop(self, key: str, d: "defer.Deferred[bool]") -> None:
+    def _drop(self, key: str, d: "defer.Deferred[Any]") -> None:
         timer = self._timers.pop(id(d), None)
         if timer is not None and timer.active():
             timer.cancel()
@@ -53,20 +55,20 @@ class Waiters:
             if not waiting:
                 del self._waiting[key]
 
-    def _expire(self, key: str, d: "defer.Deferred[bool]") -> None:
+    def _expire(self, key: str, d: "defer.Deferred[Any]") -> None:
         self._timers.pop(id(d), None)
         self._drop(key, d)
         d.callback(False)
 
-    def notify(self, key: str) -> None:
+    def notify(self, key: str, notice: Any = True) -> None:
         """
-        Fire every waiter of C{key} with C{True}.
+        Fire every waiter of C{key} with C{notice} (anything true).
         """
         for d in self._waiting.pop(key, []):
             timer = self._timers.pop(id(d), None)
             if timer is not None and timer.active():
                 timer.cancel()
-            d.callback(True)
+            d.callback(notice)
 
     def __len__(self) -> int:
         return sum(len(waiting) for waiting in self._waiting.values())

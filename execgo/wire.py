@@ -271,13 +271,18 @@ def render_event(event: Event) -> JSON:
 _result_serial = iter(range(1, 1 << 62))
 
 
-def prepare_result(record: TaskRecord, now_ms: int) -> "Callable[[bool], None]":
+def prepare_result(
+    record: TaskRecord, now_ms: int, rendered: Optional[Callable[[JSON], None]] = None
+) -> "Callable[[bool], None]":
     """
-    Render the terminal snapshot of C{record} and write it beside the
-    task's C{result.json}; the returned function renames it into place
-    (C{True}) or removes it (C{False}).
+    Render the terminal snapshot of C{record} (handed to C{rendered} too)
+    and write it beside the task's C{result.json}; the returned function
+    renames it into place (C{True}) or removes it (C{False}).
     """
-    text = pretty(snapshot(record, now_ms))
+    final = snapshot(record, now_ms)
+    if rendered is not None:
+        rendered(final)
+    text = pretty(final)
     path = record.paths.result_path
     temporary = f"{path}.tmp-{os.getpid()}-{next(_result_serial)}"
     write_file(temporary, text.encode("utf-8"))

@@ -11,7 +11,8 @@ import os
 from typing import Any, Dict, List, Optional
 
 import attrs
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.trial.util import suppress as SUPPRESS
 
@@ -330,6 +331,52 @@ class KillTests(APITestsBase):
         self.assertEqual((code, status["status"]), (200, "cancelled"))
         code, decoded, _ = yield defer.ensureDeferred(self.call("POST", "/api/v1/tasks/o/kill"))
         self.assertEnvelope(code, decoded, 403, "permission_denied")
+
+
+class LongPollTests(APITestsBase):
+    """
+    C{GET /api/v1/tasks/{id}?wait_ms=N} answered by the supervisor's report.
+    """
+
+    async def poll_until_reported(self, report: Dict[str, Any]) -> "tuple[int, Any]":
+        """
+        Long-poll task C{w} (queued), deliver C{report} once the poll
+        waits, and return the poll's answer.
+        """
+        await self.submit({"task_id": "w", **COMMAND})
+        polled = defer.ensureDeferred(self.call("GET", "/api/v1/tasks/w?wait_ms=5000"))
+        for _ in range(2000):
+            if len(self.rt.runtime.waiters):
+                break
+            await deferLater(reactor, 0.001, lambda: None)
+        self.assertEqual(len(self.rt.runtime.waiters), 1)
+        self.rt.runtime.on_supervisor_message(report)
+        code, status, _ = await polled
+        return code, status
+
+    @defer.inlineCallbacks
+    def test_answered_from_the_report(self) -> Any:
+        """
+        The terminal snapshot carried by a C{finished} report is the
+        answer, as reported (not read again from the store).
+        """
+        reported = {"task_id": "w", "status": "success", "note": "from the report"}
+        code, status = yield defer.ensureDeferred(
+            self.poll_until_reported({"ev": "finished", "task_id": "w", "status": reported})
+        )
+        self.assertEqual((code, status), (200, reported))
+
+    @defer.inlineCallbacks
+    def test_report_without_status(self) -> Any:
+        """
+        A report without a snapshot (a large one is left out) sends the
+        poll to the store for the task's state.
+        """
+        code, status = yield defer.ensureDeferred(
+            self.poll_until_reported({"ev": "finished", "task_id": "w"})
+        )
+        self.assertEqual((code, status["task_id"], status["status"]), (200, "w", "accepted"))
+        self.assertIn("artifacts", status)
 
 
 class RoutingTests(APITestsBase):

@@ -353,7 +353,9 @@ class SupervisorTests(EngineTestCase):
         self.assertTrue(os.path.exists(record.paths.result_path))
         self.assertNotIn("resource_reserved", self.events("q"))
         self.assertNotIn("started", self.events("q"))
-        self.assertEqual(self.messages, [{"ev": "finished", "task_id": "q"}])
+        self.assertEqual(
+            self.messages, [{"ev": "finished", "task_id": "q", "status": self.result_json("q")}]
+        )
 
     def test_launch_failure(self) -> None:
         """
@@ -451,6 +453,21 @@ class SupervisorTests(EngineTestCase):
         self.drive()
         self.assertEqual(self.load("race"), before)
         self.assertEqual(self.events("race").count("cancelled"), 1)
+        # The report carries no snapshot of a write that did not happen.
+        self.assertEqual(self.messages, [{"ev": "finished", "task_id": "race"}])
+
+    def test_report_carries_small_status(self) -> None:
+        """
+        The C{finished} report carries the terminal snapshot (what
+        C{result.json} says) unless it is large: a big output preview is
+        left for the server to read from the store.
+        """
+        self.run_task("small", shell("echo hi"))
+        self.run_task("big", shell("head -c 40000 /dev/zero | tr '\\0' a"))
+        by_task = {m["task_id"]: m for m in self.messages}
+        self.assertEqual(by_task["small"]["status"], self.result_json("small"))
+        self.assertEqual(self.result_json("big")["stdout"], "a" * 40000)
+        self.assertEqual(by_task["big"], {"ev": "finished", "task_id": "big"})
 
 
     def test_no_second_workload(self) -> None:
