@@ -102,10 +102,11 @@ class JSONLinesObserver:
         for key, value in event.items():
             if key.startswith("log_") or key in ("format", "system", "isError", "message", "time"):
                 continue
-            try:
-                json.dumps(value)
-            except (TypeError, ValueError):
-                value = repr(value)
+            if type(value) not in _PLAIN:
+                try:
+                    json.dumps(value)
+                except (TypeError, ValueError):
+                    value = repr(value)
             line[key] = value
         failure = event.get("log_failure")
         if failure is not None:
@@ -117,6 +118,7 @@ class JSONLinesObserver:
             pass
 
 
+_PLAIN = (str, int, bool, type(None))
 _RANK = {LogLevel.debug: 0, LogLevel.info: 1, LogLevel.warn: 2, LogLevel.error: 3, LogLevel.critical: 4}
 _QUIET_NAMESPACES = ("twisted", "log_legacy", "execgo.api.APISite")
 
@@ -145,9 +147,13 @@ def make_observer(out: IO[str], environ: Mapping[str, str]) -> Callable[[Dict[st
     """
     default, targets = filter_from_environment(environ)
     writer = JSONLinesObserver(out)
+    thresholds: Dict[str, Any] = {}
 
     def observe(event: Dict[str, Any]) -> None:
-        level = _threshold(event.get("log_namespace", ""), default, targets)
+        namespace = event.get("log_namespace", "")
+        if namespace not in thresholds:
+            thresholds[namespace] = _threshold(namespace, default, targets)
+        level = thresholds[namespace]
         if level is None:
             return
         if _RANK.get(event.get("log_level", LogLevel.info), 1) >= _RANK[level]:

@@ -194,8 +194,12 @@ class Scheduler:
     def wake(self) -> None:
         """
         Ask for a dispatch cycle soon (coalesced with one in progress).
+        While every slot is taken a cycle could pick nothing, so none runs
+        (a submission under load costs no cycle); the poll stays armed.
         """
         if not self._running:
+            return
+        if self.ledger.full and not self._resync_pending:
             return
         if self._cycling is not None:
             self._wake_pending = True

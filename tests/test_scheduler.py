@@ -531,6 +531,22 @@ class WakeTests(SchedulerTestCase):
         self.assertEqual(self.store.states, [])
         self.assertEqual(self.link.launched, [])
 
+    def test_full_ledger_runs_no_cycle(self) -> None:
+        """
+        While every slot is taken, submissions run no cycle (none could
+        pick anything); the poll stays armed, and the next release runs a
+        cycle that launches the oldest task.
+        """
+        self.submit(queued("a"), queued("b"))
+        self.scheduler.start()
+        cycles = self.scheduler.cycles
+        self.submit(queued("c"), queued("d"))
+        self.assertEqual(self.scheduler.cycles, cycles)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.scheduler.released("a")
+        self.assertEqual(self.scheduler.cycles, cycles + 1)
+        self.assertEqual(self.link.launched, [["a", "b"], ["c"]])
+
     def test_wake_before_start_ignored(self) -> None:
         """
         Wake-ups before C{start()} and after C{stop()} run nothing.
