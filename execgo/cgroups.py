@@ -68,14 +68,23 @@ def own_groups(proc_self_cgroup: str, mounts: Mapping[str, str]) -> Dict[str, st
 @attrs.define
 class TaskCgroup:
     """
-    The groups of one task: hierarchy key to directory.
+    The groups of one task: hierarchy key to directory, and whether its v2
+    group has the memory and pids controllers (else their files are not
+    looked for there).
     """
 
     dirs: Dict[str, str]
+    v2_limits: bool = True
 
     def _file(self, key: str, name: str) -> Optional[str]:
         directory = self.dirs.get(key)
         return None if directory is None else os.path.join(directory, name)
+
+    def _limit_file(self, key: str, name: str) -> Optional[str]:
+        """
+        A memory or pids controller file: in v2 only where v2 limits.
+        """
+        return None if key == V2 and not self.v2_limits else self._file(key, name)
 
     def pids(self) -> List[int]:
         """
@@ -123,7 +132,7 @@ class TaskCgroup:
         Whether the kernel OOM-killed a process of this task in its group.
         """
         for key, name in ((MEMORY, "memory.oom_control"), (V2, "memory.events")):
-            path = self._file(key, name)
+            path = self._limit_file(key, name)
             if path is not None and _keyed(read_text(path), "oom_kill"):
                 return True
         return False
@@ -133,7 +142,7 @@ class TaskCgroup:
         The group's peak memory use in bytes, when readable.
         """
         for key, name in ((MEMORY, "memory.max_usage_in_bytes"), (V2, "memory.peak")):
-            path = self._file(key, name)
+            path = self._limit_file(key, name)
             text = None if path is None else read_text(path)
             if text is not None and text.strip().isdigit():
                 return int(text.strip())
@@ -157,7 +166,7 @@ class TaskCgroup:
         """
         How many forks the pids limit refused.
         """
-        path = self._file(PIDS, "pids.events") or self._file(V2, "pids.events")
+        path = self._file(PIDS, "pids.events") or self._limit_file(V2, "pids.events")
         return _keyed(None if path is None else read_text(path), "max") or 0
 
     def remove(self) -> None:
@@ -187,6 +196,7 @@ class Cgroups:
         self.home = home
         self.v2_limits = v2_limits
         self._ready: set = set()
+        self._home_fds: Dict[str, int] = {}
 
     @classmethod
     def detect(cls, cgroup_root: str) -> "Cgroups":
@@ -244,7 +254,7 @@ class Cgroups:
                 except FileExistsError:
                     pass
                 dirs[key] = directory
-            group = TaskCgroup(dirs)
+            group = TaskCgroup(dirs, self.v2_limits)
             if pids_max is not None:
                 path = group._file(PIDS, "pids.max")
                 if path is None and self.v2_limits:
@@ -267,16 +277,29 @@ class Cgroups:
 
     def leave(self, group: TaskCgroup) -> None:
         """
-        Move the supervisor back to its own groups.
+        Move the supervisor back to its own groups, through descriptors of
+        their C{cgroup.procs} kept open (one write per group per spawn,
+        no open and close).
         """
-        pid = str(os.getpid())
+        pid = str(os.getpid()).encode("ascii")
         for key in group.dirs:
             home = self.home.get(key)
-            if home is not None:
-                try:
-                    write_control(os.path.join(home, "cgroup.procs"), pid)
-                except OSError:
-                    pass
+            if home is None:
+                continue
+            try:
+                fd = self._home_fds.get(key)
+                if fd is None:
+                    fd = self._home_fds[key] = os.open(
+                        os.path.join(home, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC
+                    )
+                os.write(fd, pid)
+            except OSError:
+                self._forget_home(key)
+
+    def _forget_home(self, key: str) -> None:
+        fd = self._home_fds.pop(key, None)
+        if fd is not None:
+            os.close(fd)
 
     def existing(self, task_id: str) -> TaskCgroup:
         """
@@ -287,7 +310,7 @@ class Cgroups:
             directory = os.path.join(base, task_id)
             if os.path.isdir(directory):
                 dirs[key] = directory
-        return TaskCgroup(dirs)
+        return TaskCgroup(dirs, self.v2_limits)
 
     def discard(self, task_id: str, timeout_s: float = 2.0) -> None:
         """

@@ -170,9 +170,11 @@ def _null_input() -> int:
 
 def prepare(spec: LaunchSpec) -> None:
     """
-    Create the working directory and write the script file (mode 0700).
+    Create the working directory (made at submission, normally) and write
+    the script file (mode 0700).
     """
-    os.makedirs(spec.cwd, exist_ok=True)
+    if not os.path.isdir(spec.cwd):
+        os.makedirs(spec.cwd, exist_ok=True)
     if spec.script_path is not None:
         fd = os.open(spec.script_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
         with os.fdopen(fd, "w", encoding="utf-8") as script:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import os
 import signal
 import sqlite3
@@ -514,7 +515,7 @@ class Supervisor:
         if run.setup_error is not None:
             self._finish(run.task_id, outcome.failed("sandbox_setup_failed", run.setup_error))
             return
-        current = taskdb.load_task(self.conn, run.task_id)
+        current = taskdb.refresh(self.conn, run.record)
         kill_flag = current is not None and current.kill_requested
         enforcement = wire.plan_of(run.record).resource_enforcement
         verdict = outcome.classify(
@@ -579,7 +580,7 @@ class Supervisor:
         self._starts_written(written)
         self.pending_finishes.pop(task_id, None)
         report: Dict[str, Any] = {"ev": "finished", "task_id": task_id}
-        if took and final and len(wire.compact(final[0])) <= REPORTED_STATUS_MAX_BYTES:
+        if took and final and len(json.dumps(final[0], separators=(",", ":"))) <= REPORTED_STATUS_MAX_BYTES:
             report["status"] = final[0]
         self.emit(report)
 

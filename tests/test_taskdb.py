@@ -10,6 +10,7 @@ import os
 import sqlite3
 from typing import Any, List, Optional
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from execgo import errors, tallies, taskdb
@@ -430,6 +431,27 @@ class TransitionTests(StoreTestCase):
         self.assertIsNone(taskdb.claim(self.conn, "t1", 78, NOW + 4))
         self.assertEqual(self.load(), record)
         self.assertEqual(event_types(self.conn, "t1").count("resource_reserved"), 1)
+
+    def test_refresh(self) -> None:
+        """
+        Refreshing the record read at the claim after every transition a
+        running task can go through gives what a full read gives.
+        """
+        self.insert(limits=ResourceLimits(memory_bytes=64))
+        claimed = taskdb.claim(self.conn, "t1", 77, NOW + 1)
+        assert claimed is not None
+        self.assertEqual(taskdb.refresh(self.conn, claimed), self.load())
+        taskdb.record_start(self.conn, "t1", 4321, NOW + 2, "/x/script.sh")
+        self.assertEqual(taskdb.refresh(self.conn, claimed), self.load())
+        taskdb.request_kill(self.conn, "t1", NOW + 3)
+        taskdb.record_timeout(self.conn, "t1", NOW + 4)
+        taskdb.release_orphan_reservation(self.conn, "t1", NOW + 5)
+        taskdb.mark_recovered(self.conn, "t1", Reservation(memory_bytes=64), NOW + 6)
+        refreshed = taskdb.refresh(self.conn, claimed)
+        self.assertEqual(refreshed, self.load())
+        assert refreshed is not None
+        self.assertEqual((refreshed.pid, refreshed.kill_requested, refreshed.timeout_triggered), (4321, True, True))
+        self.assertIsNone(taskdb.refresh(self.conn, attrs.evolve(claimed, task_id="gone")))
 
     def test_claim_unknown_or_ended(self) -> None:
         """
