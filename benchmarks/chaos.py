@@ -191,7 +191,9 @@ def process_alive(pid: int) -> bool:
 def supervisor_pids(data_dir: str) -> List[int]:
     """
     Live supervisor (or shim) processes whose command line names
-    C{data_dir} or a file inside it.
+    C{data_dir} or a file inside it.  A child of one of them with the same
+    command line is a workload caught between C{vfork} and C{exec} (it
+    shares its parent's memory, so its C{cmdline} too), not a supervisor.
     """
     root = os.path.abspath(data_dir)
     found = []
@@ -204,7 +206,18 @@ def supervisor_pids(data_dir: str) -> List[int]:
             continue
         if any(arg == root or arg.startswith(root + os.sep) for arg in argv) and process_alive(pid):
             found.append(pid)
-    return found
+    return [pid for pid in found if _parent(pid) not in found]
+
+
+def _parent(pid: int) -> Optional[int]:
+    """
+    The parent pid of C{pid}, if it can be read.
+    """
+    raw = _read(f"/proc/{pid}/stat")
+    if not raw:
+        return None
+    fields = raw.rsplit(b")", 1)[-1].split()
+    return int(fields[1]) if len(fields) > 1 else None
 
 
 def workload_pids(directory: str) -> List[int]:

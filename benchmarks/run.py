@@ -643,9 +643,10 @@ class Context:
         """
         return float(spawn_measurements(self.sizes, floor_only=True)["floor"])
 
-    def close(self) -> None:
+    def close(self, keep: bool = False) -> None:
         """
-        Stop every server, kill what our data dirs left, remove the root.
+        Stop every server, kill what our data dirs left, remove the root
+        (unless told to keep it).
         """
         for server in self.servers:
             try:
@@ -654,7 +655,10 @@ class Context:
                 log(f"stopping {server.url}: {e}")
         kill_and_reap(processes_under(self.root))
         reap_zombies()
-        shutil.rmtree(self.root, ignore_errors=True)
+        if keep:
+            log(f"kept {self.root}")
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def detect_long_poll(client: Client) -> bool:
@@ -1568,7 +1572,7 @@ def git_revision() -> str:
 
 
 def run(
-    sections: Sequence[str], sizes: Sizes, quick: bool, allow_long_poll: bool = True
+    sections: Sequence[str], sizes: Sizes, quick: bool, allow_long_poll: bool = True, keep: bool = False
 ) -> Tuple[List[Figure], Dict[str, Any]]:
     """
     Run the chosen sections and return their figures in the issue's order
@@ -1591,7 +1595,7 @@ def run(
             if section == "cli":
                 ctx.stop_main()
     finally:
-        ctx.close()
+        ctx.close(keep)
     figures = [item for section in SECTIONS if section in results for item in results[section]]
     meta = {
         "python": f"Python {platform.python_version()} ({sys.executable})",
@@ -1630,6 +1634,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--fail-on-unmet", action="store_true", help="exit 1 when a goal is not met, too"
     )
+    parser.add_argument(
+        "--keep", action="store_true",
+        help="leave the temporary directory (back-to-back runs then do not pay for its deletion, see the README)",
+    )
     parser.add_argument("--spawn-worker", metavar="JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.only:
@@ -1667,7 +1675,7 @@ def main(argv: Sequence[str]) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupted)
-    figures, meta = run(args.sections, sizes, args.quick, not args.no_long_poll)
+    figures, meta = run(args.sections, sizes, args.quick, not args.no_long_poll, args.keep)
     table = render_table(figures, meta)
     if args.json:
         sys.stderr.write(table)
