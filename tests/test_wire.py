@@ -22,6 +22,13 @@ from execgo.models import (
 )
 from tests.fakes import command, plan_for, record, shell
 
+try:
+    from hypothesis import given, settings, strategies
+except ImportError:  # pragma: no cover - hypothesis is a test extra
+    HAVE_HYPOTHESIS = False
+else:
+    HAVE_HYPOTHESIS = True
+
 STAMP_MS = 1776939330125  # 2026-04-23T10:15:30.125Z
 WHOLE_MS = 1776939330000
 
@@ -521,3 +528,45 @@ class PrepareResultTests(SynchronousTestCase):
         done = self.terminal()
         wire.prepare_result(done, STAMP_MS)(False)
         self.assertEqual(os.listdir(done.paths.task_dir), [])
+
+class PrettyTests(SynchronousTestCase):
+    """
+    L{wire.pretty} writes exactly what C{json.dumps(indent=2,
+    ensure_ascii=False)} writes.
+    """
+
+    if HAVE_HYPOTHESIS:
+
+        @settings(max_examples=300, deadline=None)
+        @given(
+            strategies.recursive(
+                strategies.none()
+                | strategies.booleans()
+                | strategies.integers()
+                | strategies.floats()
+                | strategies.text(),
+                lambda children: strategies.lists(children)
+                | strategies.dictionaries(strategies.text(), children),
+                max_leaves=30,
+            )
+        )
+        def test_same_as_the_standard_library(self, value: Any) -> None:
+            """
+            Any JSON value, floats, non-ASCII and control characters included.
+            """
+            self.assertEqual(wire.pretty(value), json.dumps(value, indent=2, ensure_ascii=False))
+
+    def test_other_types(self) -> None:
+        """
+        Non-string keys and tuples go through the standard library, and
+        come out the same.
+        """
+        for value in ({1: "x", "y": (1, 2)}, {"a": [{"b": {2: None}}]}, (1, [], {})):
+            self.assertEqual(wire.pretty(value), json.dumps(value, indent=2, ensure_ascii=False))
+
+    def test_task_document(self) -> None:
+        """
+        A status document, the shape C{result.json} holds.
+        """
+        snapshot = wire.render_status(_full_record(), ("out\u00e9\n\u0001", True), ("", False), STAMP_MS)
+        self.assertEqual(wire.pretty(snapshot), json.dumps(snapshot, indent=2, ensure_ascii=False))
