@@ -680,15 +680,18 @@ def _finish_in_txn(
         if also is not None:
             also(conn)
         row = conn.execute(
-            f"SELECT 1 FROM tasks WHERE task_id = ? AND status IN ({marks})",
+            "SELECT reservation_json, reserved_at_ms IS NOT NULL AND released_at_ms IS NULL"
+            f" FROM tasks WHERE task_id = ? AND status IN ({marks})",
             (task_id, *from_statuses),
         ).fetchone()
         if row is None:
             return False
-        _release_in_txn(conn, task_id, now_ms, "task resources released")
+        reservation_json, reserved = row
+        # The reservation is released in the same statement.
         conn.execute(
             "UPDATE tasks SET status = ?, finished_at_ms = ?, updated_at_ms = ?, duration_ms = ?,"
-            " exit_code = ?, exit_signal = ?, error_code = ?, error_json = ?, usage_json = ?"
+            " exit_code = ?, exit_signal = ?, error_code = ?, error_json = ?, usage_json = ?,"
+            " released_at_ms = CASE WHEN ? THEN ? ELSE released_at_ms END"
             " WHERE task_id = ?",
             (
                 outcome.status,
@@ -700,9 +703,14 @@ def _finish_in_txn(
                 None if outcome.error is None else outcome.error.code,
                 error_json,
                 usage_json,
+                bool(reserved),
+                now_ms,
                 task_id,
             ),
         )
+        if reserved:
+            data = None if reservation_json is None else json.loads(reservation_json)
+            append_event(conn, task_id, "resource_released", "task resources released", now_ms, data)
         event_type, message = _TERMINAL_EVENT[outcome.status]
         append_event(conn, task_id, event_type, message, now_ms)
         if settle is not None:
