@@ -8,7 +8,10 @@ Standard library only; blocking but cheap (one small C{/proc} read).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
+from typing import Any
 
 SUPERVISOR_MARKERS = (b"internal-supervisor", b"internal-shim")
 
@@ -68,3 +71,41 @@ def group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def reset_peak_rss(proc: str = "/proc") -> bool:
+    """
+    Give freed heap memory back to the system (C{malloc_trim}, where the C
+    library has it) and reset this process's peak resident size to its
+    current size (Linux C{clear_refs} 5).  A child spawned through
+    C{vfork} reports its parent's peak as its own C{ru_maxrss}, so the
+    supervisor resets its peak after a passing spike (rendering a large
+    output preview) rather than have later tasks report it.
+
+    @return: whether the kernel took the reset.
+    """
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+    try:
+        fd = os.open(f"{proc}/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        os.write(fd, b"5")
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+@functools.lru_cache(maxsize=None)
+def _libc() -> Any:
+    """
+    The C library, or C{None} where it cannot be loaded.
+    """
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None

@@ -35,12 +35,15 @@ import attrs
 
 from execgo import launcher, outcome, taskdb, wire
 from execgo.cgroups import Cgroups, TaskCgroup
-from execgo.procinfo import group_alive, kill_group
+from execgo.procinfo import group_alive, kill_group, reset_peak_rss
 from execgo.models import STATUS_ACCEPTED, Usage
 
 #: The largest terminal snapshot sent with a C{finished} report (compact
 #: JSON); bigger ones (long output previews) are read from the store.
 REPORTED_STATUS_MAX_BYTES = 32 * 1024
+#: Output previews longer than this (in characters) make a rendering
+#: spike worth forgetting: the supervisor resets its peak RSS after it.
+PEAK_RESET_PREVIEW_CHARS = 256 * 1024
 KILL_FLAG_POLL_S = 0.025
 START_RECORD_DELAY_S = 0.005
 GROUP_DRAIN_STEP_S = 0.002
@@ -70,6 +73,24 @@ class Running:
     setup_error: Optional[str] = None
     status_fd: Optional[int] = None
     grace_s: Optional[float] = None
+
+
+def _previews(status: Dict[str, Any]) -> int:
+    """
+    The characters of a snapshot's two output previews.
+    """
+    return len(status.get("stdout", "")) + len(status.get("stderr", ""))
+
+
+def _reportable(status: Dict[str, Any]) -> bool:
+    """
+    Whether a terminal snapshot is small enough to go with its report:
+    measured as it is sent, after a cheap look at the output previews so
+    that a large one is never encoded just to be measured.
+    """
+    if _previews(status) > REPORTED_STATUS_MAX_BYTES:
+        return False
+    return len(json.dumps(status, separators=(",", ":"))) <= REPORTED_STATUS_MAX_BYTES
 
 
 @attrs.frozen
@@ -580,9 +601,14 @@ class Supervisor:
         self._starts_written(written)
         self.pending_finishes.pop(task_id, None)
         report: Dict[str, Any] = {"ev": "finished", "task_id": task_id}
-        if took and final and len(json.dumps(final[0], separators=(",", ":"))) <= REPORTED_STATUS_MAX_BYTES:
+        if took and final and _reportable(final[0]):
             report["status"] = final[0]
         self.emit(report)
+        if final and _previews(final[0]) > PEAK_RESET_PREVIEW_CHARS:
+            # Rendering it took memory for a moment: later workloads
+            # would report that peak as theirs (see reset_peak_rss).
+            final.clear()
+            reset_peak_rss()
 
     def _retry_finish(self, task_id: str, attempt: int) -> None:
         verdict = self.pending_finishes.get(task_id)

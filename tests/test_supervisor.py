@@ -456,6 +456,19 @@ class SupervisorTests(EngineTestCase):
         # The report carries no snapshot of a write that did not happen.
         self.assertEqual(self.messages, [{"ev": "finished", "task_id": "race"}])
 
+    def test_peak_reset_after_large_preview(self) -> None:
+        """
+        Finishing a task whose output preview is large resets the
+        supervisor's peak RSS (later workloads would report it as theirs);
+        a small one does not.
+        """
+        resets: List[bool] = []
+        self.patch(supervisor_module, "reset_peak_rss", lambda: resets.append(True) or True)
+        self.run_task("quiet", shell("echo hi"))
+        self.assertEqual(resets, [])
+        self.run_task("loud", shell("head -c 300000 /dev/zero | tr '\\0' a"))
+        self.assertEqual(resets, [True])
+
     def test_report_carries_small_status(self) -> None:
         """
         The C{finished} report carries the terminal snapshot (what
