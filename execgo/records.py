@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import attrs
 
@@ -132,16 +132,13 @@ class TaskRecord:
         context = load("control_context_json")
         error = load("error_json")
         usage = load("usage_json")
-        reservation = load("reservation_json")
         return cls(
             task_id=row["task_id"],
-            status=row["status"],
             execution=ExecutionSpec.from_json(load("execution_json")),
             limits=ResourceLimits.from_json(load("limits_json")),
             sandbox=SandboxPolicy.from_json(load("sandbox_json")),
             metadata=load("metadata_json") or {},
             created_at_ms=row["created_at_ms"],
-            updated_at_ms=row["updated_at_ms"],
             paths=TaskPaths(
                 task_dir=row["task_dir"],
                 workspace_dir=row["workspace_dir"],
@@ -153,23 +150,55 @@ class TaskRecord:
             ),
             plan=None if plan is None else ExecutionPlan.from_json(plan),
             control_context=None if context is None else ControlContext.from_json(context),
-            started_at_ms=row["started_at_ms"],
             finished_at_ms=row["finished_at_ms"],
             duration_ms=row["duration_ms"],
-            shim_pid=row["shim_pid"],
-            pid=row["pid"],
-            pgid=row["pgid"],
             exit_code=row["exit_code"],
             exit_signal=row["exit_signal"],
             error=None if error is None else ErrorInfo.from_json(error),
             usage=None if usage is None else Usage.from_json(usage),
-            kill_requested=bool(row["kill_requested"]),
-            kill_requested_at_ms=row["kill_requested_at_ms"],
-            timeout_triggered=bool(row["timeout_triggered"]),
-            reservation=None if reservation is None else Reservation.from_json(reservation),
-            reserved_at_ms=row["reserved_at_ms"],
-            released_at_ms=row["released_at_ms"],
+            **changing_fields(row),
         )
+
+    def refreshed(self, row: sqlite3.Row) -> "TaskRecord":
+        """
+        This record with the L{CHANGING_COLUMNS} of C{row} (a fresh read of
+        the same task).
+        """
+        return attrs.evolve(
+            self,
+            paths=attrs.evolve(self.paths, script_path=row["script_path"]),
+            **changing_fields(row),
+        )
+
+
+#: The columns a non-terminal task's transitions change (claim, start,
+#: timeout, kill, recovery); the rest of a row is fixed until its end.
+CHANGING_COLUMNS = (
+    "status, updated_at_ms, shim_pid, pid, pgid, started_at_ms, script_path, kill_requested,"
+    " kill_requested_at_ms, timeout_triggered, reservation_json, reserved_at_ms, released_at_ms"
+)
+
+
+def changing_fields(row: sqlite3.Row) -> Dict[str, Any]:
+    """
+    The L{TaskRecord} fields of the L{CHANGING_COLUMNS} but C{script_path}
+    (a path), decoded from C{row}.
+    """
+    reservation = row["reservation_json"]
+    return dict(
+        status=row["status"],
+        updated_at_ms=row["updated_at_ms"],
+        shim_pid=row["shim_pid"],
+        pid=row["pid"],
+        pgid=row["pgid"],
+        started_at_ms=row["started_at_ms"],
+        kill_requested=bool(row["kill_requested"]),
+        kill_requested_at_ms=row["kill_requested_at_ms"],
+        timeout_triggered=bool(row["timeout_triggered"]),
+        reservation=None if reservation is None else Reservation.from_json(json.loads(reservation)),
+        reserved_at_ms=row["reserved_at_ms"],
+        released_at_ms=row["released_at_ms"],
+    )
 
 
 @attrs.frozen

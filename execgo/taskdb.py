@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 import attrs
 
 from execgo import errors, idempotency, tallies
-from execgo.records import Event, NewTask, Outcome, QueuedTask, TaskRecord
+from execgo.records import CHANGING_COLUMNS, Event, NewTask, Outcome, QueuedTask, TaskRecord
 from execgo.models import (
     STATUS_ACCEPTED,
     STATUS_CANCELLED,
@@ -404,40 +404,14 @@ def load_task(conn: sqlite3.Connection, task_id: str) -> Optional[TaskRecord]:
     return TaskRecord.from_row(rows[0]) if rows else None
 
 
-_CHANGING = (
-    "status, updated_at_ms, shim_pid, pid, pgid, started_at_ms, script_path, kill_requested,"
-    " kill_requested_at_ms, timeout_triggered, reservation_json, reserved_at_ms, released_at_ms"
-)
-
-
 def refresh(conn: sqlite3.Connection, record: TaskRecord) -> Optional[TaskRecord]:
     """
     C{record} with the columns a non-terminal task's transitions change
-    (claim, start, timeout, kill, recovery) read again, or C{None} when the
-    task is gone.  The rest of a row never changes before its end, so this
-    is a full L{load_task} for a fraction of the decoding.
+    read again (L{records.CHANGING_COLUMNS}), or C{None} when the task is
+    gone: a full L{load_task} for a fraction of the decoding.
     """
-    rows = _rows(conn, f"SELECT {_CHANGING} FROM tasks WHERE task_id = ?", (record.task_id,))
-    if not rows:
-        return None
-    row = rows[0]
-    reservation = row["reservation_json"]
-    return attrs.evolve(
-        record,
-        status=row["status"],
-        updated_at_ms=row["updated_at_ms"],
-        shim_pid=row["shim_pid"],
-        pid=row["pid"],
-        pgid=row["pgid"],
-        started_at_ms=row["started_at_ms"],
-        paths=attrs.evolve(record.paths, script_path=row["script_path"]),
-        kill_requested=bool(row["kill_requested"]),
-        kill_requested_at_ms=row["kill_requested_at_ms"],
-        timeout_triggered=bool(row["timeout_triggered"]),
-        reservation=None if reservation is None else Reservation.from_json(json.loads(reservation)),
-        reserved_at_ms=row["reserved_at_ms"],
-        released_at_ms=row["released_at_ms"],
-    )
+    rows = _rows(conn, f"SELECT {CHANGING_COLUMNS} FROM tasks WHERE task_id = ?", (record.task_id,))
+    return record.refreshed(rows[0]) if rows else None
 
 
 def load_events(conn: sqlite3.Connection, task_id: str, after_seq: int = 0) -> List[Event]:
