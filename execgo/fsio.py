@@ -15,6 +15,10 @@ import os
 from typing import Optional, Tuple
 
 _READ_CHUNK = 65536
+#: Control files are a few lines: reading them in small pieces spares the
+#: allocator a 64 KiB buffer (and the page faults of growing and trimming
+#: its heap) per read.
+_CONTROL_CHUNK = 4096
 
 
 def read_head(path: str, limit: int) -> Tuple[bytes, int]:
@@ -42,7 +46,7 @@ def read_text(path: str, limit: int = -1) -> Optional[str]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            data = _read_up_to(fd, limit if limit >= 0 else 1 << 62)
+            data = _read_up_to(fd, limit if limit >= 0 else 1 << 62, _CONTROL_CHUNK)
         finally:
             os.close(fd)
     except OSError:
@@ -50,10 +54,10 @@ def read_text(path: str, limit: int = -1) -> Optional[str]:
     return data.decode("utf-8", errors="replace")
 
 
-def _read_up_to(fd: int, wanted: int) -> bytes:
+def _read_up_to(fd: int, wanted: int, chunk_size: int = _READ_CHUNK) -> bytes:
     parts = []
     while wanted > 0:
-        chunk = os.read(fd, min(wanted, _READ_CHUNK))
+        chunk = os.read(fd, min(wanted, chunk_size))
         if not chunk:
             break
         parts.append(chunk)

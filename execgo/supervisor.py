@@ -44,6 +44,8 @@ REPORTED_STATUS_MAX_BYTES = 32 * 1024
 #: Output previews longer than this (in characters) make a rendering
 #: spike worth forgetting: the supervisor resets its peak RSS after it.
 PEAK_RESET_PREVIEW_CHARS = 256 * 1024
+#: The WAL size (pages) at which the supervisor's own commits checkpoint.
+SUPERVISOR_CHECKPOINT_PAGES = 10_000
 KILL_FLAG_POLL_S = 0.025
 START_RECORD_DELAY_S = 0.005
 GROUP_DRAIN_STEP_S = 0.002
@@ -148,6 +150,11 @@ class Supervisor:
         self.detect_cgroups = detect_cgroups or Cgroups.try_detect
         self._facilities: Dict[str, Optional[Cgroups]] = {}
         self.conn = taskdb.connect(db_path)
+        # Checkpoints (the only writes SQLite syncs to disk here) are left
+        # to the server, off the supervisor's path: only a WAL ten times
+        # the usual size, with no server to checkpoint it, makes this
+        # connection do one.
+        self.conn.execute(f"PRAGMA wal_autocheckpoint = {SUPERVISOR_CHECKPOINT_PAGES}")
         taskdb.init_schema(self.conn)
         self.grace_s = grace_s
         self.monotonic = monotonic
