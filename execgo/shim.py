@@ -186,12 +186,15 @@ class Loop:
             env = message.get("env")
             root = message.get("cgroup_root")
             for task_id in message.get("task_ids", ()):
-                self.supervisor.launch(
+                taken = self.supervisor.launch(
                     str(task_id),
                     grace_s=grace_s,
                     env=env if isinstance(env, dict) else None,
                     cgroup_root=root if isinstance(root, str) else None,
                 )
+                if not taken:
+                    # Only the server that sent the order holds a slot for it.
+                    connection.send({"ev": "declined", "task_id": str(task_id)})
         elif op == "kill":
             self.supervisor.kill(str(message.get("task_id")))
         elif op == "ping":

@@ -224,16 +224,18 @@ class Supervisor:
         grace_s: Optional[float] = None,
         env: Optional[Dict[str, str]] = None,
         cgroup_root: Optional[str] = None,
-    ) -> None:
+    ) -> bool:
         """
         Take the C{accepted} task C{task_id} (L{taskdb.claim}: it becomes
-        C{running} under this supervisor) and start it.  A task that is not
-        C{accepted} any more (it ended, or was taken already) is declined,
-        and the servers are told so, to free what they hold for it.  A
-        store that cannot take the claim now is retried every second.
+        C{running} under this supervisor) and start it.  A store that
+        cannot take the claim now is retried every second.
+
+        @return: C{False} when the task is declined: it is not C{accepted}
+            any more (it ended, or another order took it), so whoever sent
+            the order can free what it holds for it.
         """
         if task_id in self.by_task:
-            return
+            return True
         try:
             with taskdb.transaction(self.conn):
                 written = self._write_starts(self.conn)
@@ -244,13 +246,12 @@ class Supervisor:
             self.call_later(
                 FINISH_RETRY_S, lambda: self.launch(task_id, grace_s, env, cgroup_root)
             )
-            return
+            return True
         if record is None:
-            self.emit({"ev": "declined", "task_id": task_id})
-            return
+            return False
         if record.status == STATUS_ACCEPTED:
             self._finish(task_id, outcome.cancelled("task cancelled before execution"))
-            return
+            return True
         try:
             self._start(
                 record, grace_s, self.base_env if env is None else env, self._facility(cgroup_root)
@@ -258,6 +259,7 @@ class Supervisor:
         except Exception as e:
             self.log("supervisor error: " + traceback.format_exc())
             self._finish(task_id, outcome.failed("internal", f"supervisor error: {e}"))
+        return True
 
     def _facility(self, cgroup_root: Optional[str]) -> Optional[Cgroups]:
         """
