@@ -294,15 +294,19 @@ class Scheduler:
             released, self._released_during_resync = self._released_during_resync, None
             submitted, self._submitted_during_resync = self._submitted_during_resync, None
         self._load_ledger(state.active)
-        for task in self.dispatched.values():
-            # Sent and not reported on: still held, whatever the store
-            # said while the supervisor was taking it.
-            if task.task_id not in self.ledger.active:
-                self.ledger.reserve(task.task_id, task.tenant, task.reservation)
-        for task_id in released:
-            self.ledger.release(task_id)
         queued = [_queued(item) for item in state.queued]
         stored = {entry.task_id for entry in queued}
+        for task in list(self.dispatched.values()):
+            if task.task_id in self.ledger.active:
+                continue
+            if task.task_id in stored:
+                # Sent and not taken yet: still held.
+                self.ledger.reserve(task.task_id, task.tenant, task.reservation)
+            else:
+                # Ended (or gone) with no report to us: nothing to hold.
+                del self.dispatched[task.task_id]
+        for task_id in released:
+            self.ledger.release(task_id)
         for task_id in [task_id for task_id in self.queue if task_id not in stored]:
             # Gone from the queue behind our back (e.g. a shim took it).
             if len(queued) < self.max_queued and task_id not in submitted:

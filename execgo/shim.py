@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from execgo import taskdb, wire
 from execgo.cgroups import Cgroups
@@ -109,6 +109,14 @@ class _Connection:
             self.loop.drop(self)
 
 
+def _decline(connection: _Connection, task_id: str) -> Callable[[], None]:
+    """
+    What tells C{connection} that the launch order for C{task_id} was
+    declined.
+    """
+    return lambda: connection.send({"ev": "declined", "task_id": task_id})
+
+
 class Loop:
     """
     The supervisor daemon's event loop: control socket, C{SIGCHLD} wake-ups
@@ -186,15 +194,14 @@ class Loop:
             env = message.get("env")
             root = message.get("cgroup_root")
             for task_id in message.get("task_ids", ()):
-                taken = self.supervisor.launch(
+                self.supervisor.launch(
                     str(task_id),
                     grace_s=grace_s,
                     env=env if isinstance(env, dict) else None,
                     cgroup_root=root if isinstance(root, str) else None,
-                )
-                if not taken:
                     # Only the server that sent the order holds a slot for it.
-                    connection.send({"ev": "declined", "task_id": str(task_id)})
+                    on_declined=_decline(connection, str(task_id)),
+                )
         elif op == "kill":
             self.supervisor.kill(str(message.get("task_id")))
         elif op == "ping":

@@ -114,7 +114,7 @@ class Timer:
     """
 
     deadline: float
-    call: Callable[[], None]
+    call: Callable[[], object]
     cancelled: bool = False
 
     def cancel(self) -> None:
@@ -172,7 +172,7 @@ class Supervisor:
 
     # Timers
 
-    def call_later(self, delay: float, call: Callable[[], None]) -> Timer:
+    def call_later(self, delay: float, call: Callable[[], object]) -> Timer:
         """
         Schedule C{call} after C{delay} seconds.
         """
@@ -201,7 +201,7 @@ class Supervisor:
                 timer.cancelled = True
                 self._guard(timer.call)
 
-    def _guard(self, call: Callable[[], None]) -> None:
+    def _guard(self, call: Callable[[], object]) -> None:
         try:
             call()
         except Exception:
@@ -224,15 +224,17 @@ class Supervisor:
         grace_s: Optional[float] = None,
         env: Optional[Dict[str, str]] = None,
         cgroup_root: Optional[str] = None,
+        on_declined: Optional[Callable[[], None]] = None,
     ) -> bool:
         """
         Take the C{accepted} task C{task_id} (L{taskdb.claim}: it becomes
         C{running} under this supervisor) and start it.  A store that
         cannot take the claim now is retried every second.
 
-        @return: C{False} when the task is declined: it is not C{accepted}
-            any more (it ended, or another order took it), so whoever sent
-            the order can free what it holds for it.
+        @param on_declined: called when the task is declined, now or on a
+            retry, so whoever sent the order can free what it holds for it.
+        @return: C{False} when the task is declined now: it is not
+            C{accepted} any more (it ended, or another order took it).
         """
         if task_id in self.by_task:
             return True
@@ -244,10 +246,12 @@ class Supervisor:
         except sqlite3.Error as e:
             self.log(f"cannot take {task_id}: {e}")
             self.call_later(
-                FINISH_RETRY_S, lambda: self.launch(task_id, grace_s, env, cgroup_root)
+                FINISH_RETRY_S, lambda: self.launch(task_id, grace_s, env, cgroup_root, on_declined)
             )
             return True
         if record is None:
+            if on_declined is not None:
+                on_declined()
             return False
         if record.status == STATUS_ACCEPTED:
             self._finish(task_id, outcome.cancelled("task cancelled before execution"))

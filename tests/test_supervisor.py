@@ -13,6 +13,7 @@ import os
 import select
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -415,6 +416,32 @@ class SupervisorTests(EngineTestCase):
             self.events("quick")[-4:], ["resource_reserved", "started", "resource_released", "finished"]
         )
         self.assert_result_matches("quick")
+
+    def test_declined_on_retry(self) -> None:
+        """
+        A launch order whose claim the store could not take is retried;
+        if the task ended meanwhile, the order's sender is still told it
+        was declined.
+        """
+        self.patch(supervisor_module, "FINISH_RETRY_S", 0.01)
+        real_claim = taskdb.claim
+        calls: List[str] = []
+
+        def flaky_claim(*args: Any) -> Any:
+            calls.append("claim")
+            if len(calls) == 1:
+                raise sqlite3.OperationalError("database is locked")
+            return real_claim(*args)
+
+        self.patch(taskdb, "claim", flaky_claim)
+        declined: List[bool] = []
+        self.insert("late", command("/bin/true"))
+        self.assertTrue(self.supervisor.launch("late", on_declined=lambda: declined.append(True)))
+        self.assertEqual(declined, [])
+        taskdb.finish(self.conn, "late", taskdb.Outcome(status="cancelled"), 1)
+        self.drive(until=lambda: bool(declined), bound=1.0)
+        self.assertEqual((calls, declined), (["claim", "claim"], [True]))
+        self.assertTrue(any("cannot take late" in line for line in self.logged))
 
     def test_launch_takes_queued(self) -> None:
         """
