@@ -15,6 +15,7 @@ Standard library only: this runs in the supervisor process.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -155,17 +156,13 @@ def _apply_rlimits(rlimits: Sequence[RLimit]) -> Callable[[], None]:
     return preexec
 
 
-_devnull: List[int] = []
-
-
+@functools.lru_cache(maxsize=None)
 def _null_input() -> int:
     """
     A read-only descriptor of the null device, opened once: every workload's
     standard input (the child gets its own copy).
     """
-    if not _devnull:
-        _devnull.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-    return _devnull[0]
+    return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
 
 def prepare(spec: LaunchSpec) -> None:

@@ -13,6 +13,8 @@ import functools
 import os
 from typing import Any
 
+from execgo.fsio import write_control
+
 SUPERVISOR_MARKERS = (b"internal-supervisor", b"internal-shim")
 
 
@@ -88,16 +90,10 @@ def reset_peak_rss(proc: str = "/proc") -> bool:
     if trim is not None:
         trim(0)
     try:
-        fd = os.open(f"{proc}/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+        write_control(f"{proc}/self/clear_refs", "5")
     except OSError:
         return False
-    try:
-        os.write(fd, b"5")
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+    return True
 
 
 @functools.lru_cache(maxsize=None)
