@@ -71,7 +71,7 @@ class _Connection:
         self.waiting_to_write = False
 
     def send(self, message: Dict[str, Any]) -> None:
-        self.out += json.dumps(message, separators=(",", ":")).encode("utf-8") + b"\n"
+        self.out += wire.compact(message) + b"\n"
         self.flush()
 
     def flush(self) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import os
 import signal
 import sqlite3
@@ -38,8 +37,9 @@ from execgo.cgroups import Cgroups, TaskCgroup
 from execgo.procinfo import group_alive, kill_group, reset_peak_rss
 from execgo.models import STATUS_ACCEPTED, Usage
 
-#: The largest terminal snapshot sent with a C{finished} report (compact
-#: JSON); bigger ones (long output previews) are read from the store.
+#: The largest terminal snapshot (as C{result.json} text, which bounds its
+#: compact JSON) sent with a C{finished} report; bigger ones (long output
+#: previews, large metadata) are read from the store.
 REPORTED_STATUS_MAX_BYTES = 32 * 1024
 #: Output previews longer than this (in characters) make a rendering
 #: spike worth forgetting: the supervisor resets its peak RSS after it.
@@ -82,17 +82,6 @@ def _previews(status: Dict[str, Any]) -> int:
     The characters of a snapshot's two output previews.
     """
     return len(status.get("stdout", "")) + len(status.get("stderr", ""))
-
-
-def _reportable(status: Dict[str, Any]) -> bool:
-    """
-    Whether a terminal snapshot is small enough to go with its report:
-    measured as it is sent, after a cheap look at the output previews so
-    that a large one is never encoded just to be measured.
-    """
-    if _previews(status) > REPORTED_STATUS_MAX_BYTES:
-        return False
-    return len(json.dumps(status, separators=(",", ":"))) <= REPORTED_STATUS_MAX_BYTES
 
 
 @attrs.frozen
@@ -591,7 +580,7 @@ class Supervisor:
         """
         now = self.wall_ms()
         written: List[str] = []
-        final: List[Dict[str, Any]] = []
+        final: List[Tuple[Dict[str, Any], int]] = []
         try:
             if current is None:
                 current = taskdb.load_task(self.conn, task_id)
@@ -602,7 +591,9 @@ class Supervisor:
                 task_id,
                 verdict,
                 now,
-                prepare_result=lambda record: wire.prepare_result(record, now, final.append),
+                prepare_result=lambda record: wire.prepare_result(
+                    record, now, lambda status, size: final.append((status, size))
+                ),
                 current=current,
                 also=lambda conn: written.extend(self._write_starts(conn)),
             )
@@ -614,10 +605,11 @@ class Supervisor:
         self._starts_written(written)
         self.pending_finishes.pop(task_id, None)
         report: Dict[str, Any] = {"ev": "finished", "task_id": task_id}
-        if took and final and _reportable(final[0]):
-            report["status"] = final[0]
+        if took and final and final[0][1] <= REPORTED_STATUS_MAX_BYTES:
+            # Sent as compact JSON, no bigger than the result.json text.
+            report["status"] = final[0][0]
         self.emit(report)
-        if final and _previews(final[0]) > PEAK_RESET_PREVIEW_CHARS:
+        if final and _previews(final[0][0]) > PEAK_RESET_PREVIEW_CHARS:
             # Rendering it took memory for a moment: later workloads
             # would report that peak as theirs (see reset_peak_rss).
             final.clear()

@@ -332,20 +332,24 @@ _result_serial = iter(range(1, 1 << 62))
 
 
 def prepare_result(
-    record: TaskRecord, now_ms: int, rendered: Optional[Callable[[JSON], None]] = None
+    record: TaskRecord, now_ms: int, rendered: Optional[Callable[[JSON, int], None]] = None
 ) -> "Callable[[bool], None]":
     """
-    Render the terminal snapshot of C{record} (handed to C{rendered} too)
-    and write it beside the task's C{result.json}; the returned function
-    renames it into place (C{True}) or removes it (C{False}).
+    Render the terminal snapshot of C{record} and write it beside the
+    task's C{result.json}; the returned function renames it into place
+    (C{True}) or removes it (C{False}).
+
+    @param rendered: handed the snapshot and the size of the file's UTF-8
+        text, which bounds the snapshot's L{compact} encoding (the same
+        escapes, less white space).
     """
     final = snapshot(record, now_ms)
+    data = pretty(final).encode("utf-8")
     if rendered is not None:
-        rendered(final)
-    text = pretty(final)
+        rendered(final, len(data))
     path = record.paths.result_path
     temporary = f"{path}.tmp-{os.getpid()}-{next(_result_serial)}"
-    write_file(temporary, text.encode("utf-8"))
+    write_file(temporary, data)
 
     def settle(took: bool) -> None:
         if took:

@@ -529,6 +529,21 @@ class PrepareResultTests(SynchronousTestCase):
         wire.prepare_result(done, STAMP_MS)(False)
         self.assertEqual(os.listdir(done.paths.task_dir), [])
 
+    def test_rendered(self) -> None:
+        """
+        The caller is handed the snapshot and the size of the file's text,
+        which is at least the size of the snapshot's compact encoding.
+        """
+        done = self.terminal()
+        seen: list = []
+        wire.prepare_result(done, STAMP_MS, lambda status, size: seen.append((status, size)))(True)
+        with open(done.paths.result_path, "rb") as written:
+            data = written.read()
+        [(status, size)] = seen
+        self.assertEqual(status, json.loads(data))
+        self.assertEqual(size, len(data))
+        self.assertGreaterEqual(size, len(wire.compact(status)))
+
 class PrettyTests(SynchronousTestCase):
     """
     L{wire.pretty} writes exactly what C{json.dumps(indent=2,
