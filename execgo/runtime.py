@@ -41,6 +41,7 @@ from execgo.models import STATUS_RUNNING, TERMINAL_STATUSES, ControlContext, Res
 from execgo.policy import resolve_plan
 from execgo.procinfo import is_supervisor, kill_group
 from execgo.scheduler import QueuedTask, Scheduler
+from execgo.snapshots import TerminalSnapshots
 from execgo.store import Store
 from execgo.streams import Streams
 from execgo.supervisor_link import SupervisorLink
@@ -91,6 +92,7 @@ class Runtime:
         self.version = version
         self.cgroups = cgroups
         self.waiters = Waiters(reactor)
+        self.finished = TerminalSnapshots()
         self.streams = Streams(store, self.waiters)
         self.accepting = False
         self._gc_call: Any = None
@@ -184,6 +186,9 @@ class Runtime:
             soon as it is, or after this many milliseconds with its state
             then.
         """
+        kept = self.finished.get(task_id)
+        if kept is not None:
+            return kept
         watch = self.waiters.wait(task_id, wait_ms / 1000.0) if wait_ms > 0 else None
         try:
             if watch is not None and self.scheduler.knows_unfinished(task_id):
@@ -193,9 +198,7 @@ class Runtime:
                 if isinstance(notice, dict):
                     return notice
             else:
-                snapshot = await self.store.snapshot(task_id, self.now_ms())
-                if snapshot is None:
-                    raise errors.NotFound(task_id)
+                snapshot = await self._read_snapshot(task_id)
                 if watch is None or snapshot["status"] in TERMINAL_STATUSES:
                     return snapshot
                 await watch
@@ -204,9 +207,18 @@ class Runtime:
                 # Nobody awaits it any more: its CancelledError is expected.
                 watch.addErrback(lambda failure: failure.trap(defer.CancelledError))
                 watch.cancel()
+        return await self._read_snapshot(task_id)
+
+    async def _read_snapshot(self, task_id: str) -> JSON:
+        """
+        The snapshot from the store (kept when terminal);
+        L{errors.NotFound} for an unknown id.
+        """
         snapshot = await self.store.snapshot(task_id, self.now_ms())
         if snapshot is None:
             raise errors.NotFound(task_id)
+        if snapshot["status"] in TERMINAL_STATUSES:
+            self.finished.put(task_id, snapshot)
         return snapshot
 
     async def list_tasks(self, query: listing.ListQuery) -> JSON:
@@ -344,6 +356,8 @@ class Runtime:
                 timer.cancel()
             self.scheduler.released(task_id)
             final = message.get("status")
+            if isinstance(final, dict):
+                self.finished.put(task_id, final)
             self.waiters.notify(task_id, final if isinstance(final, dict) else True)
 
     def on_supervisor_lost(self, pid: int) -> None:
@@ -427,6 +441,7 @@ class Runtime:
         now = self.now_ms()
         cutoff = now - retention_ms if retention_ms <= now else now
         collected, failures = await self.store.gc(cutoff, GC_BATCH)
+        self.finished.discard_all(collected)
         for task_id, error in failures:
             log.warn("gc could not remove a task directory", task_id=task_id, error=error)
         return len(collected)

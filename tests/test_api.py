@@ -378,6 +378,48 @@ class LongPollTests(APITestsBase):
         self.assertEqual((code, status["task_id"], status["status"]), (200, "w", "accepted"))
         self.assertIn("artifacts", status)
 
+    @defer.inlineCallbacks
+    def test_reported_snapshot_kept(self) -> Any:
+        """
+        Later status requests for a reported task, with or without
+        C{wait_ms}, are answered from the kept report, not the store
+        (which this fake report never changed).
+        """
+        reported = {"task_id": "w", "status": "success", "note": "from the report"}
+        yield defer.ensureDeferred(
+            self.poll_until_reported({"ev": "finished", "task_id": "w", "status": reported})
+        )
+        for path in ("/api/v1/tasks/w", "/api/v1/tasks/w?wait_ms=5000"):
+            code, status, _ = yield defer.ensureDeferred(self.call("GET", path))
+            self.assertEqual((code, status), (200, reported))
+
+
+class KeptSnapshotTests(APITestsBase):
+    """
+    Terminal snapshots read from the store are kept, until GC deletes the
+    task.
+    """
+
+    config_overrides = {"result_retention_secs": 0}
+
+    @defer.inlineCallbacks
+    def test_kept_until_collected(self) -> Any:
+        """
+        A cancelled task's snapshot is kept after the first read; once GC
+        has deleted the task it is forgotten, and the task is 404.
+        """
+        yield defer.ensureDeferred(self.submit({"task_id": "g", **COMMAND}))
+        code, _, _ = yield defer.ensureDeferred(self.call("POST", "/api/v1/tasks/g/kill"))
+        self.assertEqual(code, 200)
+        code, first, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/g"))
+        self.assertEqual((code, first["status"]), (200, "cancelled"))
+        self.assertEqual(self.rt.runtime.finished.get("g"), first)
+        collected = yield defer.ensureDeferred(self.rt.runtime.collect_garbage())
+        self.assertEqual(collected, 1)
+        self.assertIsNone(self.rt.runtime.finished.get("g"))
+        code, decoded, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/g"))
+        self.assertEnvelope(code, decoded, 404, "not_found")
+
 
 class RoutingTests(APITestsBase):
     """

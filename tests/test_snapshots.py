@@ -1,0 +1,76 @@
+"""
+Tests for L{execgo.snapshots}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from execgo.snapshots import ENTRY_OVERHEAD, TerminalSnapshots
+
+
+def snapshot(task_id: str, stdout: str = "", stderr: str = "") -> Dict[str, Any]:
+    return {"task_id": task_id, "status": "success", "stdout": stdout, "stderr": stderr}
+
+
+class TerminalSnapshotsTests(SynchronousTestCase):
+    """
+    The bounded cache of finished tasks' snapshots.
+    """
+
+    def test_put_get_discard(self) -> None:
+        """
+        A kept snapshot is returned as stored (the same object) until it
+        is discarded; unknown ids give C{None}.
+        """
+        cache = TerminalSnapshots()
+        kept = snapshot("a")
+        cache.put("a", kept)
+        self.assertIs(cache.get("a"), kept)
+        self.assertIsNone(cache.get("b"))
+        cache.discard_all(["a", "b"])
+        self.assertIsNone(cache.get("a"))
+        self.assertEqual(len(cache), 0)
+
+    def test_put_replaces(self) -> None:
+        """
+        Storing a task again replaces its snapshot and counts it once.
+        """
+        cache = TerminalSnapshots(max_entries=2)
+        cache.put("a", snapshot("a", "old"))
+        cache.put("a", snapshot("a", "new"))
+        self.assertEqual(cache.get("a")["stdout"], "new")
+        self.assertEqual(len(cache), 1)
+
+    def test_entry_bound_evicts_least_recent(self) -> None:
+        """
+        Past C{max_entries}, the snapshot least recently stored or read
+        goes first.
+        """
+        cache = TerminalSnapshots(max_entries=2)
+        cache.put("a", snapshot("a"))
+        cache.put("b", snapshot("b"))
+        cache.get("a")
+        cache.put("c", snapshot("c"))
+        self.assertEqual([cache.get(k) is not None for k in "abc"], [True, False, True])
+
+    def test_byte_bound(self) -> None:
+        """
+        The previews count toward C{max_bytes}: large ones evict older
+        entries, and one that alone exceeds the bound is not kept.
+        """
+        cache = TerminalSnapshots(max_bytes=3 * ENTRY_OVERHEAD)
+        cache.put("a", snapshot("a"))
+        cache.put("b", snapshot("b", stdout="x" * ENTRY_OVERHEAD))
+        self.assertEqual(len(cache), 2)
+        cache.put("c", snapshot("c", stderr="y" * ENTRY_OVERHEAD))
+        self.assertEqual([cache.get(k) is not None for k in "abc"], [False, False, True])
+        cache.put("d", snapshot("d", stdout="z" * 3 * ENTRY_OVERHEAD))
+        self.assertIsNone(cache.get("d"))
+        self.assertIsNotNone(cache.get("c"))
+        cache.discard("c")
+        cache.put("e", snapshot("e", stdout="e" * ENTRY_OVERHEAD))
+        cache.put("f", snapshot("f"))
+        self.assertEqual(len(cache), 2)
