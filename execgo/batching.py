@@ -7,32 +7,81 @@ a pool thread: a condition variable, a wake-up of the reactor, and a
 fight for the GIL each way.  Under load that handoff, not SQLite, is what
 the server spends its time on.  A L{Batcher} keeps at most C{lanes} hops
 in flight per pool; jobs that arrive meanwhile wait and then go together
-in the next hop, each still run by itself (its own transaction, its own
-result or failure).  At low load a job goes at once, alone.
+in the next hop, each still run by itself (its own result or failure), in
+the order they came.  At low load a job goes at once, alone.
+
+Grouped writes (L{Batcher.run_grouped}) go one step further: consecutive
+ones in a hop commit together, in one transaction where each runs under
+its own savepoint.  Every commit rewrites the pages a write shares with
+its neighbours (the newest leaves of the tables and indexes, the tallies)
+and takes the store's write lock once: for a burst of submissions one
+commit instead of one each saves a quarter of their cost, and the
+supervisor meets the lock taken less often.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, ContextManager, List, Optional, Tuple
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-Job = Tuple[Callable[..., Any], Tuple[Any, ...]]
+#: C{(func, args, write)}: C{func(conn, *args)} runs first; when C{write}
+#: is given, C{write(conn, value)} then runs with its value, grouped.
+Job = Tuple[Callable[..., Any], Tuple[Any, ...], Optional[Callable[[Any, Any], Any]]]
+Result = Tuple[bool, Any]
+Group = Callable[[Any], ContextManager[Any]]
 
 
-def run_jobs(conn: Any, jobs: List[Job]) -> List[Tuple[bool, Any]]:
+def _call(func: Callable[..., Any], *args: Any) -> Result:
+    try:
+        return (True, func(*args))
+    except Exception:
+        return (False, Failure())
+
+
+def _write_group(
+    conn: Any, group: Optional[Group], writes: List[Tuple[int, Callable[[Any, Any], Any]]], results: List[Result]
+) -> None:
+    """
+    Run C{writes} in one C{group(conn)} transaction, each under a
+    savepoint: a write that fails is undone alone and fails alone; a
+    commit that fails fails them all.
+    """
+    assert group is not None, "grouped writes need a group transaction"
+    try:
+        with group(conn):
+            for index, write in writes:
+                conn.execute("SAVEPOINT grouped_write")
+                results[index] = _call(write, conn, results[index][1])
+                if not results[index][0]:
+                    conn.execute("ROLLBACK TO grouped_write")
+                conn.execute("RELEASE grouped_write")
+    except Exception:
+        failure = Failure()
+        for index, _ in writes:
+            if results[index][0]:
+                results[index] = (False, failure)
+
+
+def run_jobs(conn: Any, jobs: List[Job], group: Optional[Group] = None) -> List[Result]:
     """
     Run each job on C{conn} in order; a job's exception is its own result
-    and does not stop the others.
+    and does not stop the others.  The writes of consecutive grouped jobs
+    share one C{group} transaction, after their first steps.
     """
-    results: List[Tuple[bool, Any]] = []
-    for func, args in jobs:
-        try:
-            results.append((True, func(conn, *args)))
-        except Exception:
-            results.append((False, Failure()))
+    results: List[Result] = []
+    writes: List[Tuple[int, Callable[[Any, Any], Any]]] = []
+    for func, args, write in jobs:
+        if write is None and writes:
+            _write_group(conn, group, writes, results)
+            writes = []
+        results.append(_call(func, conn, *args))
+        if write is not None and results[-1][0]:
+            writes.append((len(results) - 1, write))
+    if writes:
+        _write_group(conn, group, writes, results)
     return results
 
 
@@ -43,20 +92,41 @@ class Batcher:
     @param pool: the adbapi pool the jobs run in.
     @param lanes: how many hops may be in flight at once (at most the
         pool's connection count).
+    @param group: the transaction (a context manager over a connection)
+        grouped writes share.
     """
 
-    def __init__(self, pool: adbapi.ConnectionPool, lanes: int = 1) -> None:
+    def __init__(self, pool: adbapi.ConnectionPool, lanes: int = 1, group: Optional[Group] = None) -> None:
         self.pool = pool
         self.lanes = lanes
-        self._waiting: List[Tuple[Callable[..., Any], Tuple[Any, ...], "defer.Deferred[Any]"]] = []
+        self.group = group
+        self._waiting: List[Tuple[Job, "defer.Deferred[Any]"]] = []
         self._in_flight = 0
 
     def run(self, func: Callable[..., Any], *args: Any) -> "defer.Deferred[Any]":
         """
         Run C{func(connection, *args)} in the pool, in the next hop.
         """
+        return self._queue((func, args, None))
+
+    def run_grouped(
+        self, prepare: Callable[[Any], Any], write: Callable[[Any, Any], Any]
+    ) -> "defer.Deferred[Any]":
+        """
+        Run C{prepare(connection)} in the next hop, outside any transaction
+        (checks, files), then, unless it failed, C{write(connection,
+        prepared)} in the transaction the hop's grouped writes share.
+
+        @return: a Deferred firing with what C{write} returns, or failing
+            with what C{prepare}, C{write} or the shared commit raised.
+        """
+        if self.group is None:
+            raise TypeError("this batcher has no group transaction")
+        return self._queue((prepare, (), write))
+
+    def _queue(self, job: Job) -> "defer.Deferred[Any]":
         d: defer.Deferred[Any] = defer.Deferred()
-        self._waiting.append((func, args, d))
+        self._waiting.append((job, d))
         if self._in_flight < self.lanes:
             self._send()
         return d
@@ -64,9 +134,8 @@ class Batcher:
     def _send(self) -> None:
         batch, self._waiting = self._waiting, []
         self._in_flight += 1
-        jobs = [(func, args) for func, args, _ in batch]
-        hop = self.pool.runWithConnection(run_jobs, jobs)
-        hop.addBoth(self._settle, [d for _, _, d in batch])
+        hop = self.pool.runWithConnection(run_jobs, [job for job, _ in batch], self.group)
+        hop.addBoth(self._settle, [d for _, d in batch])
 
     def _settle(self, results: Any, waiters: List["defer.Deferred[Any]"]) -> None:
         # Jobs queued by the callbacks below wait for the next hop.

@@ -100,10 +100,11 @@ def prepare_submit(
     """
     The checks and files of submit (C{behavior.md} 3 steps 7-9): queue
     bound, late checks, duplicate id (before anything touches the disk),
-    then the task files.  L{submit_txn} runs it and the insert in one hop
-    of the writer thread (one handoff per submission).  A submission whose idempotency key is
-    stored already is answered first (L{idempotency.check}), so a retry of
-    an accepted submission never meets the queue bound.
+    then the task files.  L{Store.submit} runs it in the writer thread
+    and then L{insert_txn}, in the same hop.  A submission whose
+    idempotency key is stored already is answered first
+    (L{idempotency.check}), so a retry of an accepted submission never
+    meets the queue bound.
     """
     if task.idempotency_key is not None:
         idempotency.check(conn, task.idempotency_key, task.idempotency_hash)
@@ -129,22 +130,6 @@ def insert_txn(conn: Any, task: taskdb.NewTask, now_ms: int) -> None:
     except errors.Conflict:
         shutil.rmtree(task.paths.task_dir, ignore_errors=True)
         raise
-
-
-def submit_txn(
-    conn: Any,
-    task: taskdb.NewTask,
-    request_json: JSON,
-    max_queued: int,
-    check_late: Callable[[], None],
-    now_ms: int,
-    opened_s: float,
-) -> None:
-    """
-    L{prepare_submit} then L{insert_txn}, in one hop of the writer thread.
-    """
-    prepare_submit(conn, task, request_json, max_queued, check_late, now_ms, opened_s)
-    insert_txn(conn, task, now_ms)
 
 
 def finish_txn(
@@ -254,7 +239,7 @@ class Store:
         self.pool = pool
         self.reader = pool if reader is None else reader
         self.opened_s = time.time()
-        self._writes = Batcher(pool)
+        self._writes = Batcher(pool, group=taskdb.transaction)
         self._reads = self._writes if reader is None else Batcher(self.reader, reader_lanes)
 
     def run(self, func: Callable[..., Any], *args: Any) -> "Deferred[Any]":
@@ -285,11 +270,14 @@ class Store:
         now_ms: int,
     ) -> "Deferred[None]":
         """
-        Persist a validated, planned submission (checks, files and the
-        insert in one writer hop).
+        Persist a validated, planned submission: checks and files, then
+        the insert, which commits with the other submissions of its writer
+        hop.
         """
-        return self.run(
-            submit_txn, task, request.to_json(), max_queued, check_late, now_ms, self.opened_s
+        request_json = request.to_json()
+        return self._writes.run_grouped(
+            lambda conn: prepare_submit(conn, task, request_json, max_queued, check_late, now_ms, self.opened_s),
+            lambda conn, _: insert_txn(conn, task, now_ms),
         )
 
     def snapshot(self, task_id: str, now_ms: int) -> "Deferred[Optional[JSON]]":
