@@ -10,14 +10,8 @@ inside the groups (as C{clone3(CLONE_INTO_CGROUP)} would do), and the spawn
 stays on the fast C fork/exec path.  The memory limit is written after the
 supervisor has left the group, so a tiny limit can never make the kernel
 pick the supervisor as the OOM victim; the pids limit is written before the
-spawn above the request by the supervisor's thread count (its threads are
-counted while they are inside) and lowered to the request right after.
-
-Each such move takes the kernel's cgroup migration lock for writing, and
-when no migration happened for a while that first waits for an RCU grace
-period: the largest single wait on the supervisor's path per task.  A
-L{MigrationWarmer} starts that wait on a helper thread as soon as a launch
-order arrives, while the supervisor claims the task.
+spawn one above the request (the supervisor is counted while it is inside)
+and lowered to the request right after.
 
 Works on cgroup v2, on v1, and on hybrids such as this host (v1 C{memory}
 and C{pids} beside a controller-less v2 tree whose C{cgroup.kill} still
@@ -27,9 +21,7 @@ kills a whole task at once).  Standard library only.
 from __future__ import annotations
 
 import os
-import queue
 import signal
-import threading
 import time
 from typing import Dict, List, Mapping, Optional
 
@@ -268,9 +260,7 @@ class Cgroups:
                 if path is None and self.v2_limits:
                     path = group._file(V2, "pids.max")
                 if path is not None:
-                    # Every thread of the supervisor is counted while it
-                    # passes through.
-                    write_control(path, str(pids_max + threading.active_count()))
+                    write_control(path, str(pids_max + 1))
         except OSError:
             TaskCgroup(dirs).remove()
             raise
@@ -354,76 +344,3 @@ class Cgroups:
             path = group._file(PIDS, "pids.max") or (group._file(V2, "pids.max") if self.v2_limits else None)
             if path is not None:
                 write_control(path, str(pids_max))
-
-
-class MigrationWarmer:
-    """
-    A helper thread that takes the kernel's cgroup migration lock on
-    request, so that the supervisor's next move into a task's groups finds
-    it ready.
-
-    The lock (C{cgroup_threadgroup_rwsem}) is a per-CPU rwsem: taking it
-    for writing after it has been idle for about an RCU grace period waits
-    for a new grace period (0.3-0.6 ms on a loaded 2-core host; C{nowait}
-    on C{favordynmods} mounts avoids it).  Writing the helper's own thread
-    id to the C{tasks} (v1) or C{cgroup.threads} (v2) file of the group it
-    is already in moves nothing and changes no count, but takes the lock
-    the same way; a move that follows within a grace period does not wait.
-    Whatever fails here only stops the warming: nothing depends on it.
-
-    @param path: the thread-granular membership file of the supervisor's
-        own group, see L{for_home}.
-    @ivar failure: the error that ended the warming, if any.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.failure: Optional[OSError] = None
-        self._requests: "queue.SimpleQueue[bool]" = queue.SimpleQueue()
-        self._pending = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="execgo-cgroup-warmer", daemon=True)
-        self.thread.start()
-
-    @classmethod
-    def for_home(cls, home: Mapping[str, str]) -> Optional["MigrationWarmer"]:
-        """
-        A warmer on the supervisor's own v1 C{memory} or C{pids} group,
-        else its v2 group; C{None} when it has none.
-        """
-        for key, name in ((MEMORY, "tasks"), (PIDS, "tasks"), (V2, "cgroup.threads")):
-            if key in home:
-                return cls(os.path.join(home[key], name))
-        return None
-
-    def warm(self) -> None:
-        """
-        Take the lock soon, on the helper thread (requests made while one
-        is pending are merged).
-        """
-        if self.thread.is_alive() and not self._pending.is_set():
-            self._pending.set()
-            self._requests.put(True)
-
-    def stop(self) -> None:
-        """
-        Let the helper finish what was asked and end.
-        """
-        self._requests.put(False)
-        self.thread.join()
-
-    def _run(self) -> None:
-        tid = str(threading.get_native_id()).encode("ascii")
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
-        except OSError as e:
-            self.failure = e
-            return
-        try:
-            while self._requests.get():
-                self._pending.clear()
-                os.write(fd, tid)
-        except OSError as e:
-            self.failure = e
-        finally:
-            os.close(fd)
-

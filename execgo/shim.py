@@ -292,11 +292,7 @@ def run_daemon(
 
     try:
         supervisor = Supervisor(
-            database,
-            grace_ms / 1000.0,
-            log=log,
-            cgroups=Cgroups.try_detect(cgroup_root),
-            warm_migrations=True,
+            database, grace_ms / 1000.0, log=log, cgroups=Cgroups.try_detect(cgroup_root)
         )
         loop = Loop(supervisor, control_address(database), idle_exit_s)
         loop.bind()

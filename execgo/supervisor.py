@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import attrs
 
 from execgo import launcher, outcome, taskdb, wire
-from execgo.cgroups import Cgroups, MigrationWarmer, TaskCgroup
+from execgo.cgroups import Cgroups, TaskCgroup
 from execgo.procinfo import group_alive, kill_group, reset_peak_rss
 from execgo.models import STATUS_ACCEPTED, Usage
 
@@ -121,9 +121,6 @@ class Supervisor:
     @param db_path: the store file.
     @param grace_s: seconds between SIGTERM and SIGKILL.
     @param notify: called with each message for connected servers.
-    @param warm_migrations: whether a helper thread takes the cgroup
-        migration lock as each launch order arrives (L{MigrationWarmer}),
-        for the daemon; off, the supervisor has no thread of its own.
     """
 
     def __init__(
@@ -137,12 +134,8 @@ class Supervisor:
         detect_cgroups: Optional[Callable[[str], Optional[Cgroups]]] = None,
         log: Callable[[str], None] = lambda line: None,
         cgroups: Optional[Cgroups] = None,
-        warm_migrations: bool = False,
     ) -> None:
         self.cgroups = cgroups
-        self.warmer = (
-            MigrationWarmer.for_home(cgroups.home) if warm_migrations and cgroups is not None else None
-        )
         self.detect_cgroups = detect_cgroups or Cgroups.try_detect
         self._facilities: Dict[str, Optional[Cgroups]] = {}
         self.conn = taskdb.connect(db_path)
@@ -234,8 +227,6 @@ class Supervisor:
         """
         if task_id in self.by_task:
             return True
-        if self.warmer is not None:
-            self.warmer.warm()
         try:
             with taskdb.transaction(self.conn):
                 written = self._write_starts(self.conn)
@@ -639,10 +630,7 @@ class Supervisor:
 
     def close(self) -> None:
         """
-        Write what is pending, close the store connection and stop the
-        warmer.
+        Write what is pending and close the store connection.
         """
         self._flush_starts()
         self.conn.close()
-        if self.warmer is not None:
-            self.warmer.stop()

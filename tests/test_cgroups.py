@@ -9,14 +9,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import uuid
 from typing import Dict
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from execgo.probe import detect_cgroup_layout
-from execgo.cgroups import MEMORY, PIDS, V2, Cgroups, MigrationWarmer, TaskCgroup, own_groups
+from execgo.cgroups import MEMORY, PIDS, V2, Cgroups, TaskCgroup, own_groups
 
 CGROUP_FS = "/sys/fs/cgroup"
 REAL_ROOT = "/sys/fs/cgroup/execgo-runtime"
@@ -110,32 +109,27 @@ class CreateTests(FakeTreeMixin, SynchronousTestCase):
             self.assertEqual(os.listdir(directory), [])
         self.assertFalse(os.path.exists(os.path.join(cgroups.bases[PIDS], "t1")))
 
-    def test_v1_pids_limit_above(self) -> None:
+    def test_v1_pids_limit_one_above(self) -> None:
         """
         With pids limited through v1 the pids group is made too, and its
-        C{pids.max} is written above the request by this process's thread
-        count (its threads are counted while they pass through); nothing
-        goes to the v2 group.
+        C{pids.max} is written one above the request (the supervisor is
+        counted while it passes through); nothing goes to the v2 group.
         """
         cgroups = self.facility()
         group = cgroups.create("t2", V1_PIDS, 16)
         self.assertEqual(sorted(group.dirs), sorted([V2, MEMORY, PIDS]))
-        self.assertEqual(
-            read(os.path.join(group.dirs[PIDS], "pids.max")), str(16 + threading.active_count())
-        )
+        self.assertEqual(read(os.path.join(group.dirs[PIDS], "pids.max")), "17")
         self.assertFalse(os.path.exists(os.path.join(group.dirs[V2], "pids.max")))
 
-    def test_v2_pids_limit_above(self) -> None:
+    def test_v2_pids_limit_one_above(self) -> None:
         """
         On a pure v2 tree the pids limit goes to the v2 group's
-        C{pids.max}, above the request by the thread count.
+        C{pids.max}, one above the request.
         """
         cgroups = self.facility((V2,), v2_limits=True)
         group = cgroups.create("t3", {"pids_max": "cgroup_v2"}, 5)
         self.assertEqual(list(group.dirs), [V2])
-        self.assertEqual(
-            read(os.path.join(group.dirs[V2], "pids.max")), str(5 + threading.active_count())
-        )
+        self.assertEqual(read(os.path.join(group.dirs[V2], "pids.max")), "6")
 
     def test_enables_v2_controllers_once(self) -> None:
         """
@@ -575,7 +569,7 @@ class RealHostTests(SynchronousTestCase):
     def test_create_enter_leave_remove(self) -> None:
         """
         C{detect} finds the v2 tree and the v1 memory and pids hierarchies;
-        a task's groups are made with C{pids.max} above the request;
+        a task's groups are made with C{pids.max} one above the request;
         this process enters them (C{/proc/self/cgroup} shows the task in
         every hierarchy) and leaves them (its groups are as before); the
         final limits are written; the empty groups are removed.
@@ -593,9 +587,7 @@ class RealHostTests(SynchronousTestCase):
         group = cgroups.create(task_id, V1_PIDS, 1000)
         self.addCleanup(self.restore, cgroups, group)
         self.assertEqual(sorted(group.dirs), sorted([V2, MEMORY, PIDS]))
-        self.assertEqual(
-            read(os.path.join(group.dirs[PIDS], "pids.max")).strip(), str(1000 + threading.active_count())
-        )
+        self.assertEqual(read(os.path.join(group.dirs[PIDS], "pids.max")).strip(), "1001")
         cgroups.enter(group)
         try:
             inside = self.own_cgroup()
@@ -628,80 +620,3 @@ class RealHostTests(SynchronousTestCase):
         """
         cgroups.leave(group)
         group.remove()
-
-
-class MigrationWarmerTests(SynchronousTestCase):
-    """
-    L{MigrationWarmer}: its helper thread writes its own thread id to the
-    membership file it was given, on request.
-    """
-
-    def test_writes_own_thread_id(self) -> None:
-        """
-        After C{warm}, the helper has written its thread id (not this
-        thread's); C{stop} ends the thread once the request is done.
-        """
-        path = self.mktemp()
-        write(path)
-        warmer = MigrationWarmer(path)
-        warmer.warm()
-        warmer.stop()
-        self.assertFalse(warmer.thread.is_alive())
-        self.assertIsNone(warmer.failure)
-        tid = str(warmer.thread.native_id)
-        self.assertNotEqual(tid, str(threading.get_native_id()))
-        text = read(path)
-        self.assertTrue(text and text == tid * (len(text) // len(tid)), text)
-
-    def test_unusable_file_stops_warming(self) -> None:
-        """
-        When the file cannot be opened the helper just ends: C{warm} does
-        nothing and raises nothing.
-        """
-        warmer = MigrationWarmer(os.path.join(self.mktemp(), "missing", "tasks"))
-        warmer.thread.join()
-        warmer.warm()
-        warmer.stop()
-        self.assertFalse(warmer.thread.is_alive())
-        self.assertIsInstance(warmer.failure, FileNotFoundError)
-
-    def test_for_home(self) -> None:
-        """
-        The thread-granular file of the v1 memory group is preferred, then
-        v1 pids, then v2; no own group, no warmer.
-        """
-        cases = [
-            ({V2: "/a", MEMORY: "/b", PIDS: "/c"}, "/b/tasks"),
-            ({V2: "/a", PIDS: "/c"}, "/c/tasks"),
-            ({V2: "/a"}, "/a/cgroup.threads"),
-        ]
-        for home, expected in cases:
-            warmer = MigrationWarmer.for_home(home)
-            assert warmer is not None
-            warmer.stop()
-            self.assertEqual(warmer.path, expected)
-        self.assertIsNone(MigrationWarmer.for_home({}))
-
-    def test_real_home_unchanged(self) -> None:
-        """
-        On this host's real v1 memory hierarchy the warming write is
-        accepted and moves nothing: the helper thread ends without an
-        error, and this process's groups are as before.
-        """
-        if os.geteuid() != 0:
-            raise self.skipTest("needs root to write cgroup membership")
-        layout = detect_cgroup_layout()
-        if "memory" not in layout.v1_mounts:
-            raise self.skipTest("no v1 memory hierarchy")
-        home = own_groups(read("/proc/self/cgroup"), {MEMORY: layout.v1_mounts["memory"]})
-        before = read("/proc/self/cgroup")
-        warmer = MigrationWarmer(os.path.join(home[MEMORY], "tasks"))
-        tid = warmer.thread.native_id
-        for _ in range(3):
-            warmer.warm()
-        inside = read(f"/proc/self/task/{tid}/cgroup")
-        warmer.stop()
-        self.assertIsNone(warmer.failure)
-        self.assertEqual(read("/proc/self/cgroup"), before)
-        self.assertEqual(inside, before)
-

@@ -23,7 +23,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from execgo import supervisor as supervisor_module, taskdb, wire
 from execgo.models import ErrorInfo, Reservation, ResourceLimits
-from execgo.cgroups import MEMORY, Cgroups
 from execgo.procinfo import group_alive
 from execgo.shim import Loop
 from execgo.supervisor import Supervisor
@@ -731,36 +730,6 @@ class TimerTests(StoreMixin, SynchronousTestCase):
         [line] = self.logged
         self.assertTrue(line.startswith("supervisor error: "))
         self.assertIn("RuntimeError: boom", line)
-
-
-class WarmingTests(StoreMixin, SynchronousTestCase):
-    """
-    C{warm_migrations}: a launch order starts the cgroup lock warming
-    before the claim.
-    """
-
-    def test_launch_warms(self) -> None:
-        """
-        With warming on, each launch order (even one declined) makes the
-        helper write its thread id to the home group's C{tasks} file;
-        C{close} stops the helper.  Off (the default), there is no helper.
-        """
-        self.make_store()
-        home = self.mktemp()
-        os.makedirs(home)
-        tasks = os.path.join(home, "tasks")
-        open(tasks, "w").close()
-        cgroups = Cgroups({}, {MEMORY: home}, v2_limits=False)
-        plain = Supervisor(self.db, 0.2, cgroups=cgroups)
-        self.assertIsNone(plain.warmer)
-        plain.close()
-        supervisor = Supervisor(self.db, 0.2, cgroups=cgroups, warm_migrations=True)
-        assert supervisor.warmer is not None
-        self.assertFalse(supervisor.launch("unknown"))
-        supervisor.close()
-        self.assertFalse(supervisor.warmer.thread.is_alive())
-        with open(tasks) as f:
-            self.assertEqual(f.read(), str(supervisor.warmer.thread.native_id))
 
 
 class ShimProcessTests(StoreMixin, SynchronousTestCase):
