@@ -97,7 +97,7 @@ class JSONLinesObserver:
             "timestamp": format_ns(self._event_ns(event)),
             "level": _NAMES.get(level, "INFO"),
             "target": event.get("log_namespace", "execgo"),
-            "message": formatEvent(event),
+            "message": _message(event),
         }
         for key, value in event.items():
             if key.startswith("log_") or key in ("format", "system", "isError", "message", "time"):
@@ -116,6 +116,17 @@ class JSONLinesObserver:
             self.out.flush()
         except (OSError, ValueError):
             pass
+
+
+def _message(event: Dict[str, Any]) -> str:
+    """
+    The event's message: its format as is when that has no fields (such as
+    the per-task C{task dispatched}), else Twisted's formatting.
+    """
+    text = event.get("log_format")
+    if isinstance(text, str) and "{" not in text and "}" not in text:
+        return text
+    return formatEvent(event)
 
 
 _PLAIN = (str, int, bool, type(None))

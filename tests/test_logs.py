@@ -115,6 +115,19 @@ class JSONLinesObserverTests(SynchronousTestCase):
         self.assertFalse([key for key in line if key.startswith("log_")])
         self.assertTrue(self.out.getvalue().endswith("}\n"))
 
+    def test_messages(self) -> None:
+        """
+        A format without fields is the message as is; one with fields or
+        escaped braces is formatted by Twisted.
+        """
+        self.log.info("task dispatched", task_id="t1")
+        self.log.info("a {{literal}} brace")
+        self.log.info("a }} and {n}", n=1)
+        self.assertEqual(
+            [line["message"] for line in lines(self.out)],
+            ["task dispatched", "a {literal} brace", "a } and 1"],
+        )
+
     def test_levels(self) -> None:
         """
         Levels are named C{DEBUG}, C{INFO}, C{WARN}, C{ERROR}.
