@@ -35,7 +35,7 @@ import attrs
 from execgo import launcher, outcome, taskdb, wire
 from execgo.cgroups import Cgroups, TaskCgroup
 from execgo.procinfo import group_alive, kill_group, reset_peak_rss
-from execgo.models import STATUS_ACCEPTED, Usage
+from execgo.models import STATUS_ACCEPTED, STATUS_RUNNING, Usage
 
 #: The largest terminal snapshot (as C{result.json} text, which bounds its
 #: compact JSON) sent with a C{finished} report; bigger ones (long output
@@ -51,6 +51,31 @@ START_RECORD_DELAY_S = 0.005
 GROUP_DRAIN_STEP_S = 0.002
 GROUP_DRAIN_LIMIT_S = 2.0
 FINISH_RETRY_S = 1.0
+
+
+@attrs.define
+class Ending:
+    """
+    A task's terminal write in the making: its verdict, the record it is
+    rendered from, its C{result.json} waiting to be put in place (C{settle})
+    and the snapshot rendered for the report (C{final}, with the size of its
+    file text).
+    """
+
+    task_id: str
+    verdict: taskdb.Outcome
+    attempt: int = 0
+    current: Optional[taskdb.TaskRecord] = None
+    eligible: bool = False
+    settle: Optional[taskdb.Settle] = None
+    final: Optional[Tuple[Dict[str, Any], int]] = None
+    took: bool = False
+
+    def rendered(self, status: Dict[str, Any], size: int) -> None:
+        """
+        Keep the snapshot rendered for C{result.json}, for the report.
+        """
+        self.final = (status, size)
 
 
 @attrs.define
@@ -157,6 +182,7 @@ class Supervisor:
         self.listeners: List[Callable[[Dict[str, Any]], None]] = []
         self.pending_finishes: Dict[str, taskdb.Outcome] = {}
         self.pending_starts: Dict[str, StartRecord] = {}
+        self._endings: Optional[List[Ending]] = None
         self._starts_timer: Optional[Timer] = None
 
     # Timers
@@ -467,6 +493,15 @@ class Supervisor:
         killed before the leader is reaped (while its zombie still holds
         the group id), so nothing of a finished task lingers.
         """
+        self._endings = []
+        try:
+            self._reap_all()
+        finally:
+            endings, self._endings = self._endings, None
+            if endings:
+                self._end(endings)
+
+    def _reap_all(self) -> None:
         while True:
             try:
                 info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -574,46 +609,100 @@ class Supervisor:
     ) -> None:
         """
         Write the terminal record and, before it commits, C{result.json};
-        then tell the servers.  A store that cannot take the write (disk
-        full, locked) is retried every second, so no task is left
-        C{running} once the store recovers.
+        then tell the servers.  The ends met while reaping are written
+        together when the reaping is done (L{reap}): one transaction for
+        the tasks that ended at once.
+        """
+        ending = Ending(task_id, verdict, attempt, current)
+        if self._endings is not None:
+            self._endings.append(ending)
+        else:
+            self._end([ending])
+
+    def _end(self, endings: List["Ending"]) -> None:
+        """
+        Render each task's C{result.json} aside, write every terminal
+        record (and the pending start records) in one transaction, then
+        report.  A store that cannot take the write (disk full, locked) is
+        retried every second, task by task, so no task is left C{running}
+        once the store recovers.
         """
         now = self.wall_ms()
-        written: List[str] = []
-        final: List[Tuple[Dict[str, Any], int]] = []
         try:
-            if current is None:
-                current = taskdb.load_task(self.conn, task_id)
-            if current is not None:
-                current = self._as_started(current)
-            took = taskdb.finish(
-                self.conn,
-                task_id,
-                verdict,
-                now,
-                prepare_result=lambda record: wire.prepare_result(
-                    record, now, lambda status, size: final.append((status, size))
-                ),
-                current=current,
-                also=lambda conn: written.extend(self._write_starts(conn)),
-            )
+            for ending in endings:
+                self._prepare_ending(ending, now)
+            written = self._write_endings([e for e in endings if e.eligible], now)
         except (sqlite3.Error, OSError) as e:
-            self.log(f"cannot record the end of {task_id} (attempt {attempt + 1}): {e}")
-            self.pending_finishes[task_id] = verdict
-            self.call_later(FINISH_RETRY_S, lambda: self._retry_finish(task_id, attempt + 1))
+            for ending in endings:
+                taskdb.discard_result(ending.settle)
+                self.log(f"cannot record the end of {ending.task_id} (attempt {ending.attempt + 1}): {e}")
+                self._retry_later(ending)
             return
         self._starts_written(written)
-        self.pending_finishes.pop(task_id, None)
-        report: Dict[str, Any] = {"ev": "finished", "task_id": task_id}
-        if took and final and final[0][1] <= REPORTED_STATUS_MAX_BYTES:
+        for ending in endings:
+            self._report(ending)
+
+    def _prepare_ending(self, ending: "Ending", now: int) -> None:
+        current = ending.current
+        if current is None:
+            current = taskdb.load_task(self.conn, ending.task_id)
+        if current is None:
+            return
+        ending.eligible, ending.settle = taskdb.prepare_terminal(
+            self.conn,
+            ending.task_id,
+            ending.verdict,
+            now,
+            (STATUS_ACCEPTED, STATUS_RUNNING),
+            lambda record: wire.prepare_result(record, now, ending.rendered),
+            self._as_started(current),
+        )
+
+    def _write_endings(self, endings: List["Ending"], now: int) -> List[str]:
+        """
+        The terminal writes of C{endings}, in one transaction with the
+        pending start records, each C{result.json} put in place after the
+        last write and before the commit; the start records written.
+        """
+        if not endings:
+            return []
+        try:
+            with taskdb.transaction(self.conn):
+                written = self._write_starts(self.conn)
+                for ending in endings:
+                    ending.took = taskdb.write_terminal(
+                        self.conn, ending.task_id, ending.verdict, now, (STATUS_ACCEPTED, STATUS_RUNNING), None
+                    )
+                for ending in endings:
+                    if ending.took:
+                        taskdb.place_result(ending.settle)
+        except BaseException:
+            for ending in endings:
+                ending.took = False
+            raise
+        for ending in endings:
+            if not ending.took:
+                taskdb.discard_result(ending.settle)
+        return written
+
+    def _report(self, ending: "Ending") -> None:
+        self.pending_finishes.pop(ending.task_id, None)
+        report: Dict[str, Any] = {"ev": "finished", "task_id": ending.task_id}
+        final = ending.final
+        if ending.took and final is not None and final[1] <= REPORTED_STATUS_MAX_BYTES:
             # Sent as compact JSON, no bigger than the result.json text.
-            report["status"] = final[0][0]
+            report["status"] = final[0]
         self.emit(report)
-        if final and _previews(final[0][0]) > PEAK_RESET_PREVIEW_CHARS:
+        if final is not None and _previews(final[0]) > PEAK_RESET_PREVIEW_CHARS:
             # Rendering it took memory for a moment: later workloads
             # would report that peak as theirs (see reset_peak_rss).
-            final.clear()
+            ending.final = None
             reset_peak_rss()
+
+    def _retry_later(self, ending: "Ending") -> None:
+        task_id, attempt = ending.task_id, ending.attempt + 1
+        self.pending_finishes[task_id] = ending.verdict
+        self.call_later(FINISH_RETRY_S, lambda: self._retry_finish(task_id, attempt))
 
     def _retry_finish(self, task_id: str, attempt: int) -> None:
         verdict = self.pending_finishes.get(task_id)

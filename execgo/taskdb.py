@@ -588,15 +588,67 @@ def terminal_view(record: TaskRecord, outcome: Outcome, now_ms: int) -> TaskReco
     )
 
 
+#: Puts a prepared C{result.json} in place (C{True}) or throws it away.
+Settle = Callable[[bool], None]
+
+
+def prepare_terminal(
+    conn: sqlite3.Connection,
+    task_id: str,
+    outcome: Outcome,
+    now_ms: int,
+    from_statuses: Sequence[str],
+    prepare_result: Callable[[TaskRecord], Settle],
+    current: Optional[TaskRecord] = None,
+) -> Tuple[bool, Optional[Settle]]:
+    """
+    The first half of L{finish}, before any lock: whether the task (as
+    given, else read) is still in one of C{from_statuses}, and if so its
+    C{result.json} rendered aside from its terminal view (no C{settle} when
+    that failed with an C{OSError}, which does not prevent the write).
+    """
+    if current is None:
+        current = load_task(conn, task_id)
+    if current is None or current.status not in from_statuses:
+        return False, None
+    try:
+        return True, prepare_result(terminal_view(current, outcome, now_ms))
+    except OSError:
+        return True, None
+
+
+def place_result(settle: Optional[Settle]) -> None:
+    """
+    Put a prepared C{result.json} in place (inside the terminal write's
+    transaction, before it commits); a failure does not stop the write.
+    """
+    if settle is not None:
+        try:
+            settle(True)
+        except OSError:
+            pass
+
+
+def discard_result(settle: Optional[Settle]) -> None:
+    """
+    Throw away a prepared C{result.json} whose terminal write did not
+    happen (nothing when it was never made or is already in place).
+    """
+    if settle is not None:
+        try:
+            settle(False)
+        except OSError:
+            pass
+
+
 def finish(
     conn: sqlite3.Connection,
     task_id: str,
     outcome: Outcome,
     now_ms: int,
     from_statuses: Sequence[str] = (STATUS_ACCEPTED, STATUS_RUNNING),
-    prepare_result: Optional[Callable[[TaskRecord], Callable[[bool], None]]] = None,
+    prepare_result: Optional[Callable[[TaskRecord], Settle]] = None,
     current: Optional[TaskRecord] = None,
-    also: Optional[Callable[[sqlite3.Connection], None]] = None,
 ) -> bool:
     """
     Write the terminal record, release the reservation and append the
@@ -612,47 +664,44 @@ def finish(
         not prevent the terminal write.
     @param current: the task as just read by the caller (else it is read
         here), what C{result.json} is rendered from.
-    @param also: other writes to commit in the same transaction, first
-        (the supervisor's pending start records).
     @return: whether this call made the task terminal.
     """
-    settle: Optional[Callable[[bool], None]] = None
+    settle: Optional[Settle] = None
     if prepare_result is not None:
-        if current is None:
-            current = load_task(conn, task_id)
-        if current is None or current.status not in from_statuses:
+        eligible, settle = prepare_terminal(
+            conn, task_id, outcome, now_ms, from_statuses, prepare_result, current
+        )
+        if not eligible:
             return False
-        try:
-            settle = prepare_result(terminal_view(current, outcome, now_ms))
-        except OSError:
-            settle = None
     took = False
     try:
-        took = _finish_in_txn(conn, task_id, outcome, now_ms, from_statuses, settle, also)
+        took = write_terminal(conn, task_id, outcome, now_ms, from_statuses, settle)
     finally:
-        if settle is not None and not took:
-            try:
-                settle(False)
-            except OSError:
-                pass
+        if not took:
+            discard_result(settle)
     return took
 
 
-def _finish_in_txn(
+def write_terminal(
     conn: sqlite3.Connection,
     task_id: str,
     outcome: Outcome,
     now_ms: int,
     from_statuses: Sequence[str],
-    settle: Optional[Callable[[bool], None]],
-    also: Optional[Callable[[sqlite3.Connection], None]] = None,
+    settle: Optional[Settle],
 ) -> bool:
+    """
+    The write half of L{finish}: in one transaction (or the caller's), and
+    only if the task is still in one of C{from_statuses}, the terminal
+    record, the release and the terminal event; C{settle(True)} just
+    before the commit.
+
+    @return: whether this call made the task terminal.
+    """
     marks = ", ".join("?" for _ in from_statuses)
     error_json = None if outcome.error is None else dumps(outcome.error.to_json())
     usage_json = None if outcome.usage is None else dumps(outcome.usage.to_json())
     with transaction(conn):
-        if also is not None:
-            also(conn)
         row = conn.execute(
             "SELECT reservation_json, reserved_at_ms IS NOT NULL AND released_at_ms IS NULL"
             f" FROM tasks WHERE task_id = ? AND status IN ({marks})",
@@ -687,11 +736,7 @@ def _finish_in_txn(
             append_event(conn, task_id, "resource_released", "task resources released", now_ms, data)
         event_type, message = _TERMINAL_EVENT[outcome.status]
         append_event(conn, task_id, event_type, message, now_ms)
-        if settle is not None:
-            try:
-                settle(True)
-            except OSError:
-                pass
+        place_result(settle)
     return True
 
 

@@ -238,6 +238,78 @@ class SupervisorTests(EngineTestCase):
         self.assertIsNone(self.supervisor.next_delay())
         self.assertEqual(self.logged, [])
 
+    def test_ends_reaped_together_commit_once(self) -> None:
+        """
+        Workloads found ended by one reaping are written in one
+        transaction (with the start record still pending), each with its
+        own outcome, C{result.json} and report.
+        """
+        ids = ["b1", "b2", "b3"]
+        for task_id in ids:
+            self.insert(task_id, command("/bin/sh", "-c", f"exit {ids.index(task_id)}"))
+            self.assertTrue(self.supervisor.launch(task_id))
+        pids = [self.supervisor.by_task[task_id].pid for task_id in ids]
+
+        def exited(pid: int) -> bool:
+            return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+        self.assertTrue(wait_for(lambda: all(exited(pid) for pid in pids)))
+        self.assertTrue(self.supervisor.pending_starts)
+        statements: List[str] = []
+        self.supervisor.conn.set_trace_callback(statements.append)
+        self.supervisor.reap()
+        self.supervisor.conn.set_trace_callback(None)
+        self.assertEqual((statements.count("BEGIN IMMEDIATE"), statements.count("COMMIT")), (1, 1))
+        self.assertFalse(self.supervisor.busy)
+        self.assertEqual([self.load(task_id).exit_code for task_id in ids], [0, 1, 2])
+        for task_id in ids:
+            self.assertEqual(self.events(task_id)[-3:-1], ["started", "resource_released"])
+            self.assert_result_matches(task_id)
+        finished = [m for m in self.messages if m["ev"] == "finished"]
+        self.assertEqual([m["task_id"] for m in finished], ids)
+        self.assertEqual([m["status"]["exit_code"] for m in finished], [0, 1, 2])
+
+    def test_failed_end_write_retried(self) -> None:
+        """
+        When the store refuses the write of ends reaped together, nothing
+        of it stays (no terminal row, no report, no result file aside) and
+        each task is written again a moment later.
+        """
+        self.patch(supervisor_module, "FINISH_RETRY_S", 0.01)
+        real_write = taskdb.write_terminal
+        calls: List[str] = []
+
+        def flaky_write(conn: Any, task_id: str, *args: Any) -> Any:
+            calls.append(task_id)
+            if len(calls) == 2:
+                raise sqlite3.OperationalError("disk I/O error")
+            return real_write(conn, task_id, *args)
+
+        self.patch(taskdb, "write_terminal", flaky_write)
+        ids = ["r1", "r2"]
+        for task_id in ids:
+            self.insert(task_id, command("/bin/true"))
+            self.supervisor.launch(task_id)
+        pids = [self.supervisor.by_task[task_id].pid for task_id in ids]
+        self.assertTrue(
+            wait_for(lambda: all(os.waitid(os.P_PID, p, os.WEXITED | os.WNOHANG | os.WNOWAIT) for p in pids))
+        )
+        self.supervisor.reap()
+        self.assertEqual(calls, ids)
+        self.assertEqual([self.load(task_id).status for task_id in ids], ["running", "running"])
+        self.assertEqual([m for m in self.messages if m["ev"] == "finished"], [])
+        self.assertEqual(sorted(self.supervisor.pending_finishes), ids)
+        for task_id in ids:
+            self.assertEqual(
+                [name for name in os.listdir(self.load(task_id).paths.task_dir) if "result" in name], []
+            )
+            self.assertTrue(any(f"cannot record the end of {task_id}" in line for line in self.logged))
+        self.drive(bound=2.0)
+        self.assertEqual([self.load(task_id).status for task_id in ids], ["success", "success"])
+        for task_id in ids:
+            self.assert_result_matches(task_id)
+        self.assertEqual(sorted(m["task_id"] for m in self.messages if m["ev"] == "finished"), ids)
+
     def test_exit_nonzero(self) -> None:
         """
         A non-zero exit is C{failed}/C{exit_nonzero}.
