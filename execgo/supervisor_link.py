@@ -100,6 +100,17 @@ class _ControlProtocol(LineOnlyReceiver):
 
     def send(self, message: Dict[str, Any]) -> None:
         self.sendLine(json.dumps(message, separators=(",", ":")).encode("utf-8"))
+        # Hand the line to the kernel now, not when the reactor next polls:
+        # an order would wait behind every other event of this iteration
+        # (HTTP requests, each a fraction of a millisecond) while the
+        # supervisor, which every task passes through, may sit idle.  What
+        # cannot be written now stays buffered for the reactor, and an
+        # error is left for the reactor to find on its own write.
+        transport = self.transport
+        if getattr(transport, "connected", False) and not getattr(transport, "disconnecting", True):
+            flush = getattr(transport, "doWrite", None)
+            if flush is not None:
+                flush()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         if not self.hello.called:
