@@ -26,7 +26,8 @@ reservation and no waiting task, no workload process and no per-task cgroup
 is left, and the supervisor survived every crash.
 
 It prints the counts and exits 1 on any violation (2 for a bad command
-line).  Standard library only; the tasks are C{/bin/sh} commands.  See
+line).  Standard library only (and execgo's own C{/proc} helper, from the
+interpreter that runs the server); the tasks are C{/bin/sh} commands.  See
 C{docs/operations.md}.
 """
 
@@ -51,10 +52,11 @@ import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from execgo.procinfo import supervisor_pids
+
 TERMINAL = ("success", "failed", "cancelled")
 TERMINAL_EVENTS = {"finished": "success", "failed": "failed", "cancelled": "cancelled"}
 FIRST_EVENTS = ["submitted", "accepted", "planned"]
-SUPERVISOR_MARKERS = ("internal-supervisor", "internal-shim")
 PR_SET_CHILD_SUBREAPER = 36
 CGROUP_FS = "/sys/fs/cgroup"
 DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup/execgo-runtime"
@@ -186,38 +188,6 @@ def process_alive(pid: int) -> bool:
     except IndexError:
         return False
     return state not in (b"Z", b"X")
-
-
-def supervisor_pids(data_dir: str) -> List[int]:
-    """
-    Live supervisor (or shim) processes whose command line names
-    C{data_dir} or a file inside it.  A child of one of them with the same
-    command line is a workload caught between C{vfork} and C{exec} (it
-    shares its parent's memory, so its C{cmdline} too), not a supervisor.
-    """
-    root = os.path.abspath(data_dir)
-    found = []
-    for pid in all_pids():
-        raw = _read(f"/proc/{pid}/cmdline")
-        if not raw:
-            continue
-        argv = [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
-        if not any(marker in argv for marker in SUPERVISOR_MARKERS):
-            continue
-        if any(arg == root or arg.startswith(root + os.sep) for arg in argv) and process_alive(pid):
-            found.append(pid)
-    return [pid for pid in found if _parent(pid) not in found]
-
-
-def _parent(pid: int) -> Optional[int]:
-    """
-    The parent pid of C{pid}, if it can be read.
-    """
-    raw = _read(f"/proc/{pid}/stat")
-    if not raw:
-        return None
-    fields = raw.rsplit(b")", 1)[-1].split()
-    return int(fields[1]) if len(fields) > 1 else None
 
 
 def workload_pids(directory: str) -> List[int]:

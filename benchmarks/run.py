@@ -59,13 +59,13 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from benchmarks import loadgen  # noqa: E402 -- after the path set-up above
+from execgo.procinfo import supervisor_pids  # noqa: E402
 
 SECTIONS = ("throughput", "latency", "spawn", "scale", "output", "cli")
 TERMINAL = ("success", "failed", "cancelled")
 TRUE_TASK = {"execution": {"kind": "command", "program": "/bin/true"}}
 MIB = 1 << 20
 LONG_POLL_MS = 2000
-SUPERVISOR_MARKERS = ("internal-supervisor", "internal-shim")
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -300,19 +300,6 @@ def all_pids() -> Iterator[int]:
     for name in os.listdir("/proc"):
         if name.isdigit():
             yield int(name)
-
-
-def supervisor_pids(data_dir: str) -> List[int]:
-    """
-    The supervisor (or shim) processes of C{data_dir}: their command line
-    names that directory as one argument.
-    """
-    found = []
-    for pid in all_pids():
-        args = proc_cmdline(pid)
-        if data_dir in args and any(marker in args for marker in SUPERVISOR_MARKERS):
-            found.append(pid)
-    return found
 
 
 def processes_under(root: str) -> List[int]:

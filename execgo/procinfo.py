@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-from typing import Any
+from typing import Any, List, Optional
 
 from execgo.fsio import write_control
 
@@ -46,6 +46,46 @@ def is_supervisor(pid: int, proc: str = "/proc") -> bool:
     except OSError:
         return False
     return any(marker in text for marker in SUPERVISOR_MARKERS)
+
+
+def _argv(pid: int, proc: str) -> List[bytes]:
+    try:
+        with open(f"{proc}/{pid}/cmdline", "rb") as cmdline:
+            return [part for part in cmdline.read().split(b"\0") if part]
+    except OSError:
+        return []
+
+
+def _parent(pid: int, proc: str) -> Optional[int]:
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def supervisor_pids(data_dir: str, proc: str = "/proc") -> List[int]:
+    """
+    The live supervisor (or shim) processes of C{data_dir}: those whose
+    command line names it, or a file inside it, beside the subcommand.  A
+    child of one of them with the same command line is a workload caught
+    between C{vfork} and C{exec} (it shares its parent's memory, so its
+    C{cmdline} too), not a supervisor.  For tests and benchmarks that must
+    find or end them.
+    """
+    root = os.path.abspath(data_dir).encode()
+    found = []
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        argv = _argv(pid, proc)
+        if not any(marker in argv for marker in SUPERVISOR_MARKERS):
+            continue
+        if any(arg == root or arg.startswith(root + b"/") for arg in argv) and is_running(pid, proc):
+            found.append(pid)
+    return [pid for pid in found if _parent(pid, proc) not in found]
 
 
 def kill_group(pgid: int, signum: int) -> bool:

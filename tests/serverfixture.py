@@ -41,7 +41,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-SUPERVISOR_MARKERS = ("internal-supervisor", "internal-shim")
+from execgo.procinfo import supervisor_pids
+
 SERVE_COMMAND: Tuple[str, ...] = (sys.executable, "-m", "execgo", "serve")
 
 
@@ -163,25 +164,6 @@ def process_exists(pid: int) -> bool:
 
 def _all_pids() -> List[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def supervisor_pids(data_dir: str) -> List[int]:
-    """
-    Live supervisor (or shim) processes whose command line names
-    C{data_dir} (or a file inside it).
-    """
-    root = os.path.abspath(data_dir)
-    found = []
-    for pid in _all_pids():
-        raw = _read(f"/proc/{pid}/cmdline")
-        if not raw or not process_alive(pid):
-            continue
-        argv = [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
-        if not any(marker in argv for marker in SUPERVISOR_MARKERS):
-            continue
-        if any(arg == root or arg.startswith(root + os.sep) for arg in argv):
-            found.append(pid)
-    return found
 
 
 def workload_pids(directory: str) -> List[int]:

@@ -64,3 +64,36 @@ class GroupTests(SynchronousTestCase):
         child.wait()
         self.assertFalse(procinfo.group_alive(child.pid))
         self.assertFalse(procinfo.kill_group(child.pid, signal.SIGKILL))
+
+
+class SupervisorPidsTests(SynchronousTestCase):
+    """
+    L{procinfo.supervisor_pids} over a fake C{/proc}.
+    """
+
+    def process(self, proc: str, pid: int, ppid: int, state: str, *argv: str) -> None:
+        os.makedirs(os.path.join(proc, str(pid)))
+        with open(os.path.join(proc, str(pid), "stat"), "w") as stat:
+            stat.write(f"{pid} (python3) {state} {ppid} {pid} {pid} 0\n")
+        with open(os.path.join(proc, str(pid), "cmdline"), "wb") as cmdline:
+            cmdline.write(b"\0".join(arg.encode() for arg in argv) + b"\0")
+
+    def test_finds_supervisors_of_the_directory(self) -> None:
+        """
+        Live supervisors and shims naming the directory (or a file in it)
+        are found; a vfork child sharing its parent's command line, a
+        zombie, another directory's supervisor (even one whose path starts
+        the same) and a plain process naming the directory are not.
+        """
+        proc = self.mktemp()
+        data = "/srv/data"
+        execgo = ("python3", "-m", "execgo")
+        self.process(proc, 10, 1, "S", *execgo, "internal-supervisor", "--database", f"{data}/runtime.db")
+        self.process(proc, 11, 10, "R", *execgo, "internal-supervisor", "--database", f"{data}/runtime.db")
+        self.process(proc, 12, 1, "S", *execgo, "internal-shim", "--data-dir", data)
+        self.process(proc, 13, 1, "Z", *execgo, "internal-supervisor", "--data-dir", data)
+        self.process(proc, 14, 1, "S", *execgo, "internal-supervisor", "--data-dir", "/srv/data2")
+        self.process(proc, 15, 1, "S", "sleep", f"{data}/x")
+        os.makedirs(os.path.join(proc, "self"))
+        self.assertEqual(sorted(procinfo.supervisor_pids(data, proc)), [10, 12])
+
