@@ -52,7 +52,7 @@ import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from execgo.procinfo import supervisor_pids
+from execgo.procinfo import supervisor_pids, workload_pids
 
 TERMINAL = ("success", "failed", "cancelled")
 TERMINAL_EVENTS = {"finished": "success", "failed": "failed", "cancelled": "cancelled"}
@@ -174,41 +174,6 @@ def all_pids() -> Iterator[int]:
     for name in os.listdir("/proc"):
         if name.isdigit():
             yield int(name)
-
-
-def process_alive(pid: int) -> bool:
-    """
-    Whether C{pid} is a live process; a zombie is dead.
-    """
-    stat = _read(f"/proc/{pid}/stat")
-    if stat is None:
-        return False
-    try:
-        state = stat.rsplit(b")", 1)[1].split()[0]
-    except IndexError:
-        return False
-    return state not in (b"Z", b"X")
-
-
-def workload_pids(directory: str) -> List[int]:
-    """
-    Live processes (this one excluded) whose working directory is inside
-    C{directory}: every workload runs in C{<task_dir>/workspace}.
-    """
-    root = os.path.realpath(directory) + os.sep
-    found = []
-    for pid in all_pids():
-        if pid == os.getpid():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{pid}/cwd")
-        except OSError:
-            continue
-        if cwd.endswith(" (deleted)"):
-            cwd = cwd[: -len(" (deleted)")]
-        if (cwd + os.sep).startswith(root) and process_alive(pid):
-            found.append(pid)
-    return found
 
 
 def task_cgroup_dirs(task_id: str, cgroup_root: str = DEFAULT_CGROUP_ROOT) -> List[str]:

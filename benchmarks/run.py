@@ -27,16 +27,15 @@ harness exits 1.  Goals that are not met do not change the exit status
 
 The load generator uses the standard library only (C{http.client},
 C{threading}, C{subprocess}); it imports C{execgo.taskdb} to fill a store and
-C{execgo.launcher} to time the runtime's own spawn function.  See
+C{execgo.launcher} to time the runtime's own spawn function, and shares the
+chaos harness's process helpers (C{benchmarks/chaos.py}).  See
 C{benchmarks/README.md} for what each figure means.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
-import datetime
 import http.client
 import json
 import math
@@ -45,7 +44,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +57,16 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from benchmarks import loadgen  # noqa: E402 -- after the path set-up above
+from benchmarks.chaos import (  # noqa: E402
+    all_pids,
+    become_subreaper,
+    clean_environ,
+    free_port,
+    kill_and_reap,
+    parse_timestamp_ms,
+    percentile,
+    reap_zombies,
+)
 from execgo.procinfo import supervisor_pids  # noqa: E402
 
 SECTIONS = ("throughput", "latency", "spawn", "scale", "output", "cli")
@@ -229,44 +237,6 @@ def log(message: str) -> None:
     sys.stderr.flush()
 
 
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """
-    The nearest-rank percentile (C{fraction} in (0, 1]) of C{values}.
-    """
-    ordered = sorted(values)
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[rank - 1]
-
-
-def parse_timestamp_ms(text: str) -> int:
-    """
-    Milliseconds since the epoch of an RFC 3339 C{...Z} timestamp.
-    """
-    base, _, fraction = text.rstrip("Z").partition(".")
-    moment = datetime.datetime.strptime(base, "%Y-%m-%dT%H:%M:%S")
-    seconds = int(moment.replace(tzinfo=datetime.timezone.utc).timestamp())
-    return seconds * 1000 + (int((fraction + "000")[:3]) if fraction else 0)
-
-
-def free_port() -> int:
-    """
-    A TCP port on 127.0.0.1 that nothing listens on right now.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def clean_environ() -> Dict[str, str]:
-    """
-    This environment without C{EXECGO_RUNTIME_*} and C{RUST_LOG}, so the
-    caller's shell cannot change the server's settings.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EXECGO_RUNTIME_")}
-    env.pop("RUST_LOG", None)
-    return env
-
-
 def proc_status_kib(pid: int, field: str) -> Optional[int]:
     """
     A C{kB} field (C{VmRSS}, C{VmHWM}) of C{/proc/<pid>/status}, or
@@ -293,15 +263,6 @@ def proc_cmdline(pid: int) -> List[str]:
         return []
 
 
-def all_pids() -> Iterator[int]:
-    """
-    Every pid in C{/proc}.
-    """
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            yield int(name)
-
-
 def processes_under(root: str) -> List[int]:
     """
     Processes whose working directory is inside C{root} (workloads of our
@@ -319,51 +280,6 @@ def processes_under(root: str) -> List[int]:
         if cwd == root or cwd.startswith(prefix):
             found.append(pid)
     return found
-
-
-def kill_and_reap(pids: Sequence[int]) -> None:
-    """
-    SIGKILL each pid and reap it when it is our child (this process is a
-    child subreaper, so orphaned supervisors become its children).
-    """
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            continue
-    for pid in pids:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-        except OSError:
-            pass
-
-
-def become_subreaper() -> None:
-    """
-    Make this process the child subreaper of its descendants, so the
-    supervisors a stopped server leaves behind can be reaped here (PID 1
-    on some hosts never reaps).  Best effort.
-    """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-def reap_zombies() -> None:
-    """
-    Reap every exited child without blocking.
-    """
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 # -- HTTP ------------------------------------------------------------------------

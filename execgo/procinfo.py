@@ -88,6 +88,27 @@ def supervisor_pids(data_dir: str, proc: str = "/proc") -> List[int]:
     return [pid for pid in found if _parent(pid, proc) not in found]
 
 
+def workload_pids(directory: str, proc: str = "/proc") -> List[int]:
+    """
+    The live processes (this one excluded) whose working directory is
+    inside C{directory}: every workload runs in C{<task_dir>/workspace}.
+    For tests and benchmarks that must find or end them.
+    """
+    root = os.path.realpath(directory) + os.sep
+    found = []
+    for name in os.listdir(proc):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(f"{proc}/{name}/cwd")
+        except OSError:
+            continue
+        cwd = cwd.removesuffix(" (deleted)")
+        if (cwd + os.sep).startswith(root) and is_running(int(name), proc):
+            found.append(int(name))
+    return found
+
+
 def kill_group(pgid: int, signum: int) -> bool:
     """
     Signal a process group; C{False} when it is gone (not an error).

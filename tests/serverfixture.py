@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from execgo.procinfo import supervisor_pids
+from execgo.procinfo import supervisor_pids, workload_pids
 
 SERVE_COMMAND: Tuple[str, ...] = (sys.executable, "-m", "execgo", "serve")
 
@@ -160,31 +160,6 @@ def process_exists(pid: int) -> bool:
     Whether C{/proc/<pid>} exists at all, zombies included.
     """
     return process_state(pid) is not None
-
-
-def _all_pids() -> List[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def workload_pids(directory: str) -> List[int]:
-    """
-    Live processes whose working directory is inside C{directory} (every
-    workload runs in C{<task_dir>/workspace}).
-    """
-    root = os.path.realpath(directory) + os.sep
-    found = []
-    for pid in _all_pids():
-        if pid == os.getpid():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{pid}/cwd")
-        except OSError:
-            continue
-        if cwd.endswith(" (deleted)"):
-            cwd = cwd[: -len(" (deleted)")]
-        if (cwd + os.sep).startswith(root) and process_alive(pid):
-            found.append(pid)
-    return found
 
 
 def _sigkill(pids: Sequence[int]) -> None:

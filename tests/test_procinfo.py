@@ -97,3 +97,29 @@ class SupervisorPidsTests(SynchronousTestCase):
         os.makedirs(os.path.join(proc, "self"))
         self.assertEqual(sorted(procinfo.supervisor_pids(data, proc)), [10, 12])
 
+
+class WorkloadPidsTests(SynchronousTestCase):
+    """
+    L{procinfo.workload_pids} over the real C{/proc}.
+    """
+
+    def sleeper(self, cwd: str) -> "subprocess.Popen[bytes]":
+        process = subprocess.Popen(["sleep", "30"], cwd=cwd)
+        self.addCleanup(process.wait)
+        self.addCleanup(process.kill)
+        return process
+
+    def test_workload_pids(self) -> None:
+        """
+        A live process working inside the directory is found, once it is
+        reaped it is not, and a process working elsewhere never is.
+        """
+        inside = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(inside, "workspace"))
+        worker = self.sleeper(os.path.join(inside, "workspace"))
+        self.sleeper("/")
+        self.assertEqual(procinfo.workload_pids(inside), [worker.pid])
+        worker.kill()
+        worker.wait()
+        self.assertEqual(procinfo.workload_pids(inside), [])
+
