@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred
 from execgo import errors, idempotency, outcome, taskdb, wire
 from execgo.batching import Batcher
 from execgo.fsio import write_file
-from execgo.models import STATUS_ACCEPTED, STATUS_RUNNING, SubmitRequest
+from execgo.models import STATUS_ACCEPTED, SubmitRequest
 
 JSON = Dict[str, Any]
 
@@ -309,7 +309,7 @@ class Store:
         task_id: str,
         verdict: taskdb.Outcome,
         now_ms: int,
-        from_statuses: Sequence[str] = (STATUS_ACCEPTED, STATUS_RUNNING),
+        from_statuses: Sequence[str] = taskdb.UNFINISHED,
     ) -> "Deferred[bool]":
         """
         Make a task terminal (conditionally) and write its C{result.json}.

@@ -35,7 +35,7 @@ import attrs
 from execgo import launcher, outcome, taskdb, wire
 from execgo.cgroups import Cgroups, TaskCgroup
 from execgo.procinfo import group_alive, kill_group, reset_peak_rss
-from execgo.models import STATUS_ACCEPTED, STATUS_RUNNING, Usage
+from execgo.models import STATUS_ACCEPTED, Usage
 
 #: The largest terminal snapshot (as C{result.json} text, which bounds its
 #: compact JSON) sent with a C{finished} report; bigger ones (long output
@@ -653,7 +653,7 @@ class Supervisor:
             ending.task_id,
             ending.verdict,
             now,
-            (STATUS_ACCEPTED, STATUS_RUNNING),
+            taskdb.UNFINISHED,
             lambda record: wire.prepare_result(record, now, ending.rendered),
             self._as_started(current),
         )
@@ -671,7 +671,7 @@ class Supervisor:
                 written = self._write_starts(self.conn)
                 for ending in endings:
                     ending.took = taskdb.write_terminal(
-                        self.conn, ending.task_id, ending.verdict, now, (STATUS_ACCEPTED, STATUS_RUNNING), None
+                        self.conn, ending.task_id, ending.verdict, now, taskdb.UNFINISHED, None
                     )
                 for ending in endings:
                     if ending.took:

@@ -121,6 +121,8 @@ _SCHEMA = [
 ]
 
 BUSY_TIMEOUT_MS = 5000
+#: The statuses a terminal write may leave.
+UNFINISHED = (STATUS_ACCEPTED, STATUS_RUNNING)
 
 
 def dumps(value: Any) -> str:
@@ -646,7 +648,7 @@ def finish(
     task_id: str,
     outcome: Outcome,
     now_ms: int,
-    from_statuses: Sequence[str] = (STATUS_ACCEPTED, STATUS_RUNNING),
+    from_statuses: Sequence[str] = UNFINISHED,
     prepare_result: Optional[Callable[[TaskRecord], Settle]] = None,
     current: Optional[TaskRecord] = None,
 ) -> bool:
