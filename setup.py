@@ -6,7 +6,7 @@ script and the C{execgo} twistd plugin dropin.
 import re
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 HERE = Path(__file__).parent
 VERSION = re.search(
@@ -21,7 +21,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests*", "benchmarks*"]) + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/execgo_plugin.py"]},
+    package_data={"twisted": ["plugins/execgo_plugin.py"], "execgo": ["_spawn.pyi"]},
+    # Optional: without a compiler the install still works and the caller
+    # falls back to subprocess.Popen.
+    ext_modules=[Extension("execgo._spawn", ["execgo/_spawn.c"], optional=True)],
     install_requires=[
         "twisted>=25.5",
         "klein>=23.5",
