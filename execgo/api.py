@@ -279,10 +279,13 @@ class RuntimeAPI:
     @app.route("/readyz", methods=["GET"])
     async def readyz(self, request: IRequest) -> bytes:
         """
-        Readiness: the storage initialisation runs again.
+        Readiness: the supervisor answers (else 503 with the reason) and
+        the storage initialisation runs again.
         """
         try:
             await self.runtime.ready()
+        except errors.ExecgoError:
+            raise
         except Exception as e:
             raise errors.Internal(f"sqlite error: {e}") from None
         return _json(request, {"status": "ready", "version": self.runtime.version})

@@ -66,6 +66,8 @@ class Capabilities:
     @ivar cgroup_v2: a cgroup v2 tree with both the C{memory} and C{pids}
         controllers exists (detection, not writability).
     @ivar overrides: configured overrides, C{api.md} naming.
+    @ivar privilege_drop: tasks run without the runtime's privileges (a
+        uid of their own, or an unprivileged C{--task-user}).
     """
 
     runtime_id: str
@@ -93,6 +95,7 @@ class Capabilities:
     cgroup_bases: Mapping[str, str] = attrs.field(factory=dict)
     warnings: Tuple[str, ...] = ()
     overrides: Mapping[str, str] = attrs.field(factory=dict)
+    privilege_drop: bool = False
 
     snapshot_version = SNAPSHOT_VERSION
     cpu_quota = False
@@ -208,6 +211,7 @@ class Capabilities:
             },
             "stable_semantics": list(STABLE_SEMANTICS),
             "enhanced_semantics": list(self.enhanced_semantics),
+            "privilege_drop": self.privilege_drop,
         }
         if self.warnings:
             out["warnings"] = list(self.warnings)
@@ -236,6 +240,7 @@ def build_capabilities(
     disable_linux_sandbox: bool,
     data_dir: str,
     cgroup_root: str,
+    privilege_drop: bool = False,
 ) -> Capabilities:
     """
     Turn host facts and configuration into the snapshot (pure).
@@ -314,4 +319,5 @@ def build_capabilities(
         cgroup_bases=bases,
         warnings=tuple(warnings),
         overrides=overrides,
+        privilege_drop=privilege_drop,
     )

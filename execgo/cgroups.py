@@ -253,6 +253,10 @@ class Cgroups:
                     os.mkdir(directory)
                 except FileExistsError:
                     pass
+                # Readable (a workload may size itself by its limits),
+                # writable by the runtime alone: a task cannot leave its
+                # groups or change their limits.
+                os.chmod(directory, 0o755)
                 dirs[key] = directory
             group = TaskCgroup(dirs, self.v2_limits)
             if pids_max is not None:

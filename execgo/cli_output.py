@@ -51,6 +51,7 @@ _PLAN: _Schema = (
     ("degraded", _B, True),
     ("fallback_reasons", _LIST, False),
     ("capability_warnings", _LIST, False),
+    ("run_as", (("uid", _U, True), ("gid", _U, True)), False),
 )
 _ERROR: _Schema = (("code", _S, True), ("message", _S, True), ("details", _ANY, False))
 _USAGE: _Schema = (

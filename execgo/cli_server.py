@@ -28,7 +28,9 @@ def _serve_options(command: Any) -> Any:
         if setting.kind == "bool":
             option = click.option(flag, setting.attr, is_flag=True, default=None, help=setting.help)
         elif setting.kind == "multi":
-            option = click.option(flag, setting.attr, multiple=True, metavar="SPEC", help=setting.help)
+            option = click.option(
+                flag, setting.attr, multiple=True, metavar=setting.metavar, help=setting.help
+            )
         elif setting.kind == "uint":
             option = click.option(flag, setting.attr, type=_UINT, default=None, help=setting.help)
         elif setting.kind == "mode":
@@ -51,8 +53,9 @@ def config_from_click(params: Dict[str, Any]) -> RuntimeConfig:
     environment variable is a usage error (exit 2).
     """
     values = dict(params)
-    if not values.get("tenant_quotas"):
-        values["tenant_quotas"] = None
+    for name in ("tenant_quotas", "sandbox_rootfs_roots"):
+        if not values.get(name):
+            values[name] = None
     for name in ("disable_linux_sandbox", "disable_cgroup"):
         if not values.get(name):
             values[name] = None
@@ -82,18 +85,15 @@ def register(cli: click.Group) -> None:
     @cli.command("internal-supervisor", hidden=True, context_settings=_CONTEXT)
     @click.option("--database", required=True)
     @click.option("--data-dir", "data_dir", required=True)
-    @click.option("--termination-grace-ms", "grace_ms", type=_UINT, required=True)
-    @click.option("--cgroup-root", "cgroup_root", required=True)
     @click.option("--idle-exit-secs", "idle_exit", type=_UINT, default=10)
-    def internal_supervisor(
-        database: str, data_dir: str, grace_ms: int, cgroup_root: str, idle_exit: int
-    ) -> None:
+    def internal_supervisor(database: str, data_dir: str, idle_exit: int) -> None:
         """
-        Supervise the workloads of one data directory (started by serve).
+        Supervise the workloads of one data directory (started by serve,
+        with the settings it wrote in the data directory).
         """
         from execgo.shim import run_daemon
 
-        sys.exit(run_daemon(database, data_dir, grace_ms, cgroup_root, float(idle_exit)))
+        sys.exit(run_daemon(database, data_dir, float(idle_exit)))
 
     @cli.command("internal-shim", hidden=True, context_settings=_CONTEXT)
     @click.option("--database", required=True)
@@ -109,7 +109,7 @@ def register(cli: click.Group) -> None:
         """
         from execgo.shim import run_shim
 
-        sys.exit(run_shim(database, task_id, grace_ms, cgroup_root))
+        sys.exit(run_shim(database, data_dir, task_id, grace_ms, cgroup_root))
 
 
 __all__: List[str] = ["register", "config_from_click"]

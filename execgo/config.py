@@ -16,6 +16,7 @@ import attrs
 
 from execgo import errors
 from execgo.models import MODE_ADAPTIVE, MODE_STRICT
+from execgo.privileges import parse_uid_range
 
 DEFAULT_LISTEN_ADDR = "127.0.0.1:8080"
 DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup/execgo-runtime"
@@ -102,6 +103,25 @@ class RuntimeConfig:
     capacity_pids: Optional[int] = None
     tenant_quotas: Tuple[str, ...] = ()
     auth_token_file: Optional[str] = None
+    task_uid_range: Optional[str] = None
+    task_user: Optional[str] = None
+    sandbox_rootfs_roots: Tuple[str, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if self.task_uid_range is not None:
+            parse_uid_range(self.task_uid_range)
+        if self.task_uid_range is not None and self.task_user is not None:
+            raise errors.InvalidInput("--task-uid-range and --task-user exclude each other")
+        for root in self.sandbox_rootfs_roots:
+            if not os.path.isabs(root) or "\0" in root:
+                raise errors.InvalidInput(f"--sandbox-rootfs-root must be an absolute path, got '{root}'")
+
+    @property
+    def rootfs_roots_abs(self) -> Tuple[str, ...]:
+        """
+        The allowed rootfs roots, normalised (no C{..}, no trailing slash).
+        """
+        return tuple(os.path.normpath(root) for root in self.sandbox_rootfs_roots)
 
     @property
     def data_dir_abs(self) -> str:
@@ -144,6 +164,9 @@ class RuntimeConfig:
             "cgroup_root": self.cgroup_root,
             "default_capability_mode": self.default_capability_mode,
             "cgroup_enabled": not self.disable_cgroup,
+            "task_uid_range": self.task_uid_range,
+            "task_user": self.task_user,
+            "sandbox_rootfs_roots": list(self.sandbox_rootfs_roots),
         }
 
 
@@ -157,8 +180,13 @@ def apply_environment(config: RuntimeConfig, environ: Mapping[str, str], given: 
     """
     changes: Dict[str, object] = {}
     prefix = "EXECGO_RUNTIME_"
-    if "runtime_id" not in given and prefix + "ID" in environ:
-        changes["runtime_id"] = environ[prefix + "ID"]
+    for setting, suffix in (
+        ("runtime_id", "ID"),
+        ("task_uid_range", "TASK_UID_RANGE"),
+        ("task_user", "TASK_USER"),
+    ):
+        if setting not in given and prefix + suffix in environ:
+            changes[setting] = environ[prefix + suffix]
     name = prefix + "DEFAULT_CAPABILITY_MODE"
     if "default_capability_mode" not in given and name in environ:
         try:
@@ -194,6 +222,7 @@ class Setting:
     kind: str
     help: str
     envvar: Optional[str] = None
+    metavar: str = "SPEC"
 
 
 SERVE_SETTINGS: Tuple[Setting, ...] = (
@@ -259,6 +288,27 @@ SERVE_SETTINGS: Tuple[Setting, ...] = (
         "str",
         "require bearer tokens listed in this file (TOKEN tenant=NAME owner=NAME a line; re-read on SIGHUP)",
     ),
+    Setting(
+        "task-uid-range",
+        "task_uid_range",
+        "str",
+        "uids (gid equal) for running tasks, one each, when run as root [1879048192-1879113727]",
+        "EXECGO_RUNTIME_TASK_UID_RANGE",
+    ),
+    Setting(
+        "task-user",
+        "task_user",
+        "str",
+        "run every task as this one account instead (root: trust every tenant with the host)",
+        "EXECGO_RUNTIME_TASK_USER",
+    ),
+    Setting(
+        "sandbox-rootfs-root",
+        "sandbox_rootfs_roots",
+        "multi",
+        "a directory chroot root filesystems must lie under, repeatable [none: chroot refused]",
+        metavar="DIR",
+    ),
 )
 
 
@@ -270,7 +320,8 @@ def build_config(values: Mapping[str, object], environ: Mapping[str, str]) -> Ru
     @raise errors.InvalidInput: for a malformed environment variable.
     """
     given = {name: value for name, value in values.items() if value is not None}
-    if "tenant_quotas" in given:
-        given["tenant_quotas"] = tuple(given["tenant_quotas"])  # type: ignore[arg-type]
+    for name in ("tenant_quotas", "sandbox_rootfs_roots"):
+        if name in given:
+            given[name] = tuple(given[name])  # type: ignore[arg-type]
     config = RuntimeConfig(**given)  # type: ignore[arg-type]
     return apply_environment(config, environ, frozenset(given))

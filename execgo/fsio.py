@@ -74,7 +74,7 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def write_file(path: str, data: bytes, exclusive: bool = False, mode: int = 0o644) -> None:
+def write_file(path: str, data: bytes, exclusive: bool = False, mode: int = 0o600) -> None:
     """
     Create (or with C{exclusive}, only create) C{path} holding C{data}.
 

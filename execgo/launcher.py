@@ -2,8 +2,9 @@
 """
 Turning a stored task into a running workload process.
 
-L{build_launch} is pure: it derives the command line, environment, working
-directory and limits from a task record and the plan.  L{spawn} starts the
+L{build_launch} derives the command line, environment, working directory,
+limits and identity from a task record and the plan (and resolves a
+chroot's root filesystem).  L{spawn} starts the
 process through the standard library's C fork/exec path (C{vfork} where the
 kernel allows it), in a new session so the workload leads its own process
 group, with its output going straight to the task's log files: no pipes, so
@@ -25,11 +26,19 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import attrs
 
-from execgo import sandbox
-from execgo.models import PROFILE_LINUX_SANDBOX, ExecutionPlan
+from execgo import privileges, sandbox
+from execgo.models import PROFILE_LINUX_SANDBOX, ExecutionPlan, RunAs
 from execgo.records import TaskRecord
+from execgo.validation import under_roots
+
+try:
+    from execgo import _spawn
+except ImportError:  # built without a C compiler: subprocess serves
+    _spawn = None  # type: ignore[assignment]
 
 INHERITED_ENV = ("PATH", "HOME", "LANG", "TMPDIR", "USER")
+#: What a workload with an identity of its own creates is its own alone.
+TASK_UMASK = 0o077
 
 RLimit = Tuple[int, int, int]
 
@@ -62,6 +71,8 @@ class LaunchSpec:
     script_path: Optional[str] = None
     script_text: Optional[str] = None
     sandbox: Optional[Mapping[str, Any]] = None
+    task_dir: Optional[str] = None
+    run_as: Optional[RunAs] = None
 
 
 @attrs.frozen
@@ -75,14 +86,49 @@ class Spawned:
     status_fd: Optional[int] = None
 
 
-def child_environment(base: Mapping[str, str], extra: Mapping[str, str]) -> dict:
+def child_environment(
+    base: Mapping[str, str], extra: Mapping[str, str], home: Optional[str] = None
+) -> dict:
     """
     The workload environment: C{PATH}, C{HOME}, C{LANG}, C{TMPDIR} and
     C{USER} from C{base} when set, overridden by the task's own C{env}.
+
+    @param home: for a task that does not run as the runtime's user, its
+        workspace, which replaces C{HOME}; C{USER} (the runtime's user's
+        name) is then not passed.
     """
     env = {name: base[name] for name in INHERITED_ENV if name in base}
+    if home is not None:
+        env.pop("USER", None)
+        env["HOME"] = home
     env.update(extra)
     return env
+
+
+def switched_identity(run_as: Optional[RunAs]) -> Optional[RunAs]:
+    """
+    The identity a workload must be given, or C{None} when it runs as this
+    process does (no task identity, or the runtime's own).
+    """
+    if run_as is None or (run_as.uid == os.geteuid() and run_as.gid == os.getegid()):
+        return None
+    return run_as
+
+
+def resolve_rootfs(rootfs: str, roots: Sequence[str]) -> str:
+    """
+    The real path of a chroot's root filesystem, checked against the
+    allowed roots (resolved too), so a link cannot lead the chroot
+    anywhere else.  Blocking (a few C{lstat}s).
+
+    @raise SandboxSetupError: when it does not exist or lies elsewhere.
+    """
+    real = os.path.realpath(rootfs)
+    if not os.path.isdir(real):
+        raise SandboxSetupError(f"chroot {rootfs}: No such directory")
+    if not under_roots(real, [os.path.realpath(root) for root in roots]):
+        raise SandboxSetupError(f"chroot {rootfs}: not under an allowed --sandbox-rootfs-root")
+    return real
 
 
 def rlimits_for(plan: ExecutionPlan) -> Tuple[RLimit, ...]:
@@ -106,12 +152,24 @@ def rlimits_for(plan: ExecutionPlan) -> Tuple[RLimit, ...]:
     return tuple(limits)
 
 
-def build_launch(record: TaskRecord, plan: ExecutionPlan, base_env: Mapping[str, str]) -> LaunchSpec:
+def build_launch(
+    record: TaskRecord,
+    plan: ExecutionPlan,
+    base_env: Mapping[str, str],
+    rootfs_roots: Sequence[str] = (),
+) -> LaunchSpec:
     """
-    Derive the launch of a task (C{behavior.md} 7.2).
+    Derive the launch of a task: its command line (a script is run from
+    its file by an interpreter, or by C{/bin/sh -c}), environment, working
+    directory, limits, identity and sandbox.
+
+    @raise SandboxSetupError: when its chroot's root filesystem is missing
+        or not under one of C{rootfs_roots}.
     """
     execution = record.execution
-    env = child_environment(base_env, execution.env)
+    run_as = switched_identity(record.run_as)
+    workspace = record.paths.workspace_dir
+    env = child_environment(base_env, execution.env, workspace if run_as is not None else None)
     script_path = None
     script_text = None
     if execution.kind == "script":
@@ -127,24 +185,32 @@ def build_launch(record: TaskRecord, plan: ExecutionPlan, base_env: Mapping[str,
     effective = plan.effective_sandbox
     if effective.profile == PROFILE_LINUX_SANDBOX:
         namespaces = effective.namespaces.to_json() if effective.namespaces else {}
+        rootfs = None
+        if effective.chroot and effective.rootfs:
+            rootfs = resolve_rootfs(effective.rootfs, rootfs_roots)
         sandbox_config = {
             "namespaces": namespaces,
             "hostname": ("execgo-" + record.task_id)[:64],
-            "rootfs": os.path.abspath(effective.rootfs) if effective.chroot and effective.rootfs else None,
-            "cwd": record.paths.workspace_dir,
+            "rootfs": rootfs,
+            "staging": os.path.join(record.paths.task_dir, "sandbox"),
+            "cwd": workspace,
             "argv": list(argv),
             "env": env,
+            "uid": None if run_as is None else run_as.uid,
+            "gid": None if run_as is None else run_as.gid,
         }
     return LaunchSpec(
         argv=argv,
         env=env,
-        cwd=record.paths.workspace_dir,
+        cwd=workspace,
         stdout_path=record.paths.stdout_path,
         stderr_path=record.paths.stderr_path,
         rlimits=rlimits_for(plan),
         script_path=script_path,
         script_text=script_text,
         sandbox=sandbox_config,
+        task_dir=record.paths.task_dir,
+        run_as=run_as,
     )
 
 
@@ -212,35 +278,32 @@ def spawn(spec: LaunchSpec) -> Spawned:
     """
     Start the workload (or, for a sandboxed task, the sandbox wrapper that
     becomes it) and return its pid, also its process group and session id.
-    The logs are truncated; stdin is the null device.
+    The logs are truncated; stdin is the null device.  A task with an
+    identity of its own is given its workspace and script first
+    (L{privileges.grant}), and runs with that uid and gid, no
+    supplementary groups and umask 077; a sandboxed one drops them in the
+    wrapper, after the steps that need root.
 
     @raise LaunchError: with the OS error when anything fails.
     """
     status_r = status_w = None
     try:
         prepare(spec)
+        if spec.run_as is not None and spec.task_dir is not None:
+            privileges.grant(spec.task_dir, spec.cwd, spec.script_path, spec.run_as)
         argv = list(spec.argv)
+        run_as = spec.run_as
         if spec.sandbox is not None:
             _check_program(spec.sandbox)
             status_r, status_w = os.pipe2(os.O_CLOEXEC)
             argv = _sandbox_argv(spec.sandbox, status_w)
+            run_as = None
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-        stdout = os.open(spec.stdout_path, flags, 0o644)
+        stdout = os.open(spec.stdout_path, flags, 0o600)
         try:
-            stderr = os.open(spec.stderr_path, flags, 0o644)
+            stderr = os.open(spec.stderr_path, flags, 0o600)
             try:
-                process = subprocess.Popen(
-                    argv,
-                    cwd=spec.cwd,
-                    env=spec.env,
-                    stdin=_null_input(),
-                    stdout=stdout,
-                    stderr=stderr,
-                    close_fds=True,
-                    pass_fds=() if status_w is None else (status_w,),
-                    start_new_session=True,
-                    preexec_fn=_apply_rlimits(spec.rlimits) if spec.rlimits else None,
-                )
+                pid = _start_process(argv, spec, run_as, stdout, stderr, status_w)
             finally:
                 os.close(stderr)
         finally:
@@ -252,12 +315,71 @@ def spawn(spec: LaunchSpec) -> Spawned:
     finally:
         if status_w is not None:
             os.close(status_w)
+    if status_r is not None:
+        os.set_blocking(status_r, False)
+    return Spawned(pid=pid, status_fd=status_r)
+
+
+def _start_process(
+    argv: List[str],
+    spec: LaunchSpec,
+    run_as: Optional[RunAs],
+    stdout: int,
+    stderr: int,
+    keep_fd: Optional[int],
+) -> int:
+    """
+    Fork and exec through C{vfork}: with the C{_spawn} extension when it
+    was built (it changes the ids in the child, which CPython's own fast
+    path refuses to do), else with C{subprocess} (whose path for a change
+    of ids forks the whole supervisor, two to three times slower).
+    """
+    if _spawn is not None:
+        environment = os.environ if spec.env is None else spec.env
+        return _spawn.spawn(
+            _executables(argv[0], environment),
+            [os.fsencode(arg) for arg in argv],
+            [os.fsencode(f"{name}={value}") for name, value in environment.items()],
+            os.fsencode(spec.cwd),
+            _null_input(),
+            stdout,
+            stderr,
+            -1 if keep_fd is None else keep_fd,
+            -1 if run_as is None else run_as.uid,
+            -1 if run_as is None else run_as.gid,
+            -1 if run_as is None else TASK_UMASK,
+            list(spec.rlimits),
+        )
+    process = subprocess.Popen(
+        argv,
+        cwd=spec.cwd,
+        env=spec.env,
+        stdin=_null_input(),
+        stdout=stdout,
+        stderr=stderr,
+        close_fds=True,
+        pass_fds=() if keep_fd is None else (keep_fd,),
+        start_new_session=True,
+        preexec_fn=_apply_rlimits(spec.rlimits) if spec.rlimits else None,
+        user=None if run_as is None else run_as.uid,
+        group=None if run_as is None else run_as.gid,
+        extra_groups=None if run_as is None else [],
+        umask=-1 if run_as is None else TASK_UMASK,
+    )
     # The supervisor reaps every child itself (it is a subreaper and needs
     # the rusage); mark the Popen finished so it never waits on the pid.
     process.returncode = 0
-    if status_r is not None:
-        os.set_blocking(status_r, False)
-    return Spawned(pid=process.pid, status_fd=status_r)
+    return process.pid
+
+
+def _executables(program: str, environment: Mapping[str, str]) -> List[bytes]:
+    """
+    The paths to try for C{program}: itself when it names a path, else
+    each directory of the workload's C{PATH} (as C{execvpe} would).
+    """
+    if "/" in program:
+        return [os.fsencode(program)]
+    return [os.fsencode(os.path.join(directory, program)) for directory in os.get_exec_path(environment)]
 
 
 def read_status(status_fd: Optional[int]) -> Optional[str]:

@@ -362,6 +362,22 @@ class Reservation:
 
 
 @attrs.frozen
+class RunAs:
+    """
+    The uid and gid a task's processes run as (the plan's C{run_as}).
+    """
+
+    uid: int
+    gid: int
+
+    def to_json(self) -> JSON:
+        """
+        Render: uid, gid.
+        """
+        return {"uid": self.uid, "gid": self.gid}
+
+
+@attrs.frozen
 class ResourceEnforcement:
     """
     Which requested limits will really be enforced, and by what.

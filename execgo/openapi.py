@@ -373,6 +373,13 @@ def _model_schemas() -> JSON:
         "metadata": {"purpose": "example"},
     }
     schemas.update({name: _model_schema(model, False) for name, model in RESPONSE_MODELS})
+    schemas["ExecutionPlan"]["properties"]["run_as"] = {
+        "anyOf": [_shape({"uid": _UINT, "gid": _UINT}), {"type": "null"}],
+        "description": (
+            "In a task's status: the uid and gid its processes run as, null until "
+            "it is launched (without root, the runtime's own)."
+        ),
+    }
     schemas["RuntimeErrorInfo"]["properties"]["details"] = {
         "description": "Any JSON; currently never emitted."
     }
@@ -490,6 +497,9 @@ def _capabilities() -> JSON:
             ),
             "stable_semantics?": _STRINGS,
             "enhanced_semantics?": _STRINGS,
+            "privilege_drop": dict(
+                _BOOL, description="Tasks run without the runtime's privileges (a uid of their own)."
+            ),
             "warnings?": _STRINGS,
             "degraded": _BOOL,
             "overrides?": _STRING_MAP,
@@ -580,6 +590,9 @@ def _other_schemas() -> JSON:
                 "cgroup_root": _STRING,
                 "default_capability_mode": _enum(_MODES),
                 "cgroup_enabled": _BOOL,
+                "task_uid_range": {"type": ["string", "null"]},
+                "task_user": {"type": ["string", "null"]},
+                "sandbox_rootfs_roots": _STRINGS,
             }
         ),
         "RuntimeResources": _resources(),
@@ -618,7 +631,7 @@ _RAISES: Mapping[str, Tuple[Type[errors.ExecgoError], ...]] = {
     "getTaskStderr": (errors.InvalidInput, errors.NotFound, *_STORAGE),
     "getTaskEvents": (errors.InvalidInput, errors.NotFound, *_STORAGE),
     "getRuntimeResources": _STORAGE,
-    "readyz": (errors.Internal,),
+    "readyz": (errors.Internal, errors.Unavailable),
 }
 # Operations open to everyone even when the server requires bearer tokens
 # (--auth-token-file); every other one may answer 401.
@@ -942,7 +955,9 @@ def _paths() -> JSON:
         },
         "/healthz": {"get": _operation("healthz", "Liveness", _json("Alive", _ref("Health")))},
         "/readyz": {
-            "get": _operation("readyz", "Readiness: storage usable", _json("Ready", _ref("Ready")))
+            "get": _operation(
+                "readyz", "Readiness: the supervisor answers and storage is usable", _json("Ready", _ref("Ready"))
+            )
         },
         "/metrics": {
             "get": _operation(

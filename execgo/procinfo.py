@@ -16,6 +16,7 @@ from typing import Any, List, Optional
 from execgo.fsio import write_control
 
 SUPERVISOR_MARKERS = (b"internal-supervisor", b"internal-shim")
+PR_SET_NO_NEW_PRIVS = 38
 
 
 def is_running(pid: int, proc: str = "/proc") -> bool:
@@ -155,6 +156,16 @@ def reset_peak_rss(proc: str = "/proc") -> bool:
     except OSError:
         return False
     return True
+
+
+def set_no_new_privs() -> bool:
+    """
+    Set C{no_new_privs} on this process (inherited by everything it
+    starts: no set-user-id program or file capability can raise their
+    rights); C{False} where the kernel refuses.
+    """
+    libc = _libc()
+    return libc is not None and libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
 
 
 @functools.lru_cache(maxsize=None)

@@ -22,6 +22,7 @@ from execgo.models import (
     ExecutionSpec,
     Reservation,
     ResourceLimits,
+    RunAs,
     SandboxPolicy,
     Usage,
 )
@@ -89,6 +90,7 @@ class TaskRecord:
     reservation: Optional[Reservation] = None
     reserved_at_ms: Optional[int] = None
     released_at_ms: Optional[int] = None
+    run_as: Optional[RunAs] = None
 
     @property
     def terminal(self) -> bool:
@@ -175,7 +177,8 @@ class TaskRecord:
 #: timeout, kill, recovery); the rest of a row is fixed until its end.
 CHANGING_COLUMNS = (
     "status, updated_at_ms, shim_pid, pid, pgid, started_at_ms, script_path, kill_requested,"
-    " kill_requested_at_ms, timeout_triggered, reservation_json, reserved_at_ms, released_at_ms"
+    " kill_requested_at_ms, timeout_triggered, reservation_json, reserved_at_ms, released_at_ms,"
+    " run_uid, run_gid"
 )
 
 
@@ -198,6 +201,7 @@ def changing_fields(row: sqlite3.Row) -> Dict[str, Any]:
         reservation=None if reservation is None else Reservation.from_json(json.loads(reservation)),
         reserved_at_ms=row["reserved_at_ms"],
         released_at_ms=row["released_at_ms"],
+        run_as=None if row["run_uid"] is None else RunAs(row["run_uid"], row["run_gid"]),
     )
 
 

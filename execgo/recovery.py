@@ -30,12 +30,15 @@ class RecoveryAction:
         task holds none.
     @ivar kill_pgid: for L{LOST}, a workload process group to kill so that
         nothing of a lost task survives it.
+    @ivar record: for L{LOST}, the task (its uid's processes are killed
+        and its files handed back before its end is written).
     """
 
     kind: str
     task_id: str
     reservation: Optional[Reservation] = None
     kill_pgid: Optional[int] = None
+    record: Optional[TaskRecord] = None
 
 
 def plan_recovery(
@@ -56,5 +59,5 @@ def plan_recovery(
                     rebuild = Reservation.for_limits(record.limits)
                 actions.append(RecoveryAction(RECOVERED, record.task_id, reservation=rebuild))
             else:
-                actions.append(RecoveryAction(LOST, record.task_id, kill_pgid=record.pgid))
+                actions.append(RecoveryAction(LOST, record.task_id, kill_pgid=record.pgid, record=record))
     return actions

@@ -26,6 +26,7 @@ from execgo import (
     listing,
     metrics,
     outcome,
+    privileges,
     recovery,
     tallies,
     taskdb,
@@ -39,6 +40,7 @@ from execgo.config import RuntimeConfig
 from execgo.ledger import ActiveReservation, Capacity, check_admission, render_resources
 from execgo.models import STATUS_RUNNING, TERMINAL_STATUSES, ControlContext, Reservation, SubmitRequest
 from execgo.policy import resolve_plan
+from execgo.privileges import TaskIdentity
 from execgo.procinfo import is_supervisor, kill_group
 from execgo.scheduler import QueuedTask, Scheduler
 from execgo.snapshots import TerminalSnapshots
@@ -61,6 +63,8 @@ class Runtime:
     @param started_at: the C{/runtime/info} start timestamp.
     @param cgroups: the per-task cgroup facility, to clean up after tasks
         whose supervisor is gone (C{None} when cgroups are off).
+    @param identity: who tasks run as, to kill what is left of a lost
+        task's uid and hand its files back.
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class Runtime:
         started_at: str,
         version: str,
         cgroups: Optional[Cgroups] = None,
+        identity: Optional[TaskIdentity] = None,
     ) -> None:
         self.reactor = reactor
         self.config = config
@@ -91,6 +96,7 @@ class Runtime:
         self.started_at = started_at
         self.version = version
         self.cgroups = cgroups
+        self.identity = identity
         self.waiters = Waiters(reactor)
         self.finished = TerminalSnapshots()
         self.streams = Streams(store, self.waiters)
@@ -115,6 +121,7 @@ class Runtime:
             is L{errors.Conflict}.
         """
         request = validation.parse_submit(body)
+        validation.check_rootfs(request.sandbox, self.config.rootfs_roots_abs)
         if principal is not None:
             request = _as_principal(request, principal)
         digest = None if idempotency_key is None else idempotency.request_hash(request.to_json())
@@ -333,8 +340,14 @@ class Runtime:
 
     async def ready(self) -> None:
         """
-        Re-run the (idempotent) storage initialisation.
+        Check the supervisor answers, and re-run the (idempotent) storage
+        initialisation.
+
+        @raise errors.Unavailable: naming what is wrong.
         """
+        reason = self.link.health()
+        if reason is not None:
+            raise errors.Unavailable(reason)
         await self.store.init_schema()
 
     # Supervisor reports
@@ -414,10 +427,30 @@ class Runtime:
             kill_group(action.kill_pgid, signal.SIGKILL)
         if self.cgroups is not None:
             await deferToThread(self.cgroups.discard, action.task_id)
+        if action.record is not None:
+            await deferToThread(self._bury, action.record)
         await self.store.finish(
             action.task_id, outcome.failed("internal", message), self.now_ms(), (STATUS_RUNNING,)
         )
         self.waiters.notify(action.task_id)
+
+    def _bury(self, record: taskdb.TaskRecord) -> None:
+        """
+        What is left of a lost task before its end frees its uid: every
+        process of that uid killed, its files handed back (blocking: run
+        in a thread).
+        """
+        identity, run_as = self.identity, record.run_as
+        if identity is None or run_as is None or run_as.uid == identity.owner_uid:
+            return
+        try:
+            if identity.per_task:
+                privileges.kill_user(run_as.uid)
+            privileges.reclaim(
+                record.paths.task_dir, record.paths.script_path, identity.owner_uid, identity.owner_gid
+            )
+        except OSError as e:
+            log.warn("cannot hand back the files of {task_id}", task_id=record.task_id, error=str(e))
 
     def start_gc(self) -> None:
         """

@@ -14,10 +14,13 @@ pipe (its number is C{status_fd} in the configuration).  This program, in order:
  5. with a pid namespace, unshares it and forks: the child is the first
     process (pid 1) of the namespace and this process stays as its parent,
     relaying termination signals and finally dying the way the child died;
- 6. in the workload process: mounts a fresh C{/proc} (pid and mount
-    namespaces), bind-mounts the workspace into the root when it chroots
-    (so the workspace stays reachable at the same path), chroots, changes
-    to the working directory and execs.
+ 6. in the workload process: when it chroots, lays an overlay over the
+    root filesystem (its upper layer in the task directory: nothing is
+    ever created inside the rootfs itself) and bind-mounts the workspace
+    into it at the same path; mounts a fresh C{/proc} (pid and mount
+    namespaces); chroots; changes to the working directory; takes the
+    task's uid and gid (no groups, no capabilities: a chroot cannot be
+    left without C{CAP_SYS_CHROOT}) and execs.
 
 Any failure before the exec writes one line to that pipe (C{setup: ...}
 for the sandbox, C{exec: ...} for the program itself) and exits 127; a
@@ -74,14 +77,14 @@ def _unshare(flags: int, what: str) -> None:
     _check(_libc.unshare(flags), f"unshare {what}")
 
 
-def _mount(source: str, target: str, fstype: str, flags: int, what: str) -> None:
+def _mount(source: str, target: str, fstype: str, flags: int, what: str, data: str = "") -> None:
     _check(
         _libc.mount(
             source.encode() if source else None,
             target.encode(),
             fstype.encode() if fstype else None,
             ctypes.c_ulong(flags),
-            None,
+            data.encode() if data else None,
         ),
         what,
     )
@@ -101,33 +104,95 @@ def _report(line: str) -> None:
         pass
 
 
+def _passable_dirs(path: str) -> None:
+    """
+    Make C{path} and its missing parents, each mode 0711 (the workload,
+    whose uid owns none of them, must pass through to its workspace).
+    """
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for directory in reversed(missing):
+        os.mkdir(directory)
+        os.chmod(directory, 0o711)
+
+
+def _overlay_root(rootfs: str, staging: str, cwd: str) -> str:
+    """
+    The root the workload is chrooted into: the rootfs under an overlay
+    whose upper layer is in the task directory, so nothing the sandbox
+    (the workspace's mount point) or the workload creates ever lands in
+    the rootfs itself; the workspace bound in at its own path.
+    """
+    for name in ("", "upper", "work", "root"):
+        os.makedirs(os.path.join(staging, name), mode=0o700, exist_ok=True)
+    lower = os.open(rootfs, os.O_PATH | os.O_DIRECTORY)
+    os.chdir(staging)
+    # Paths by descriptor and relative to the staging directory: no
+    # character of a path can be read as an option separator.
+    _mount(
+        "overlay",
+        "root",
+        "overlay",
+        0,
+        "overlay rootfs",
+        f"lowerdir=/proc/self/fd/{lower},upperdir=upper,workdir=work",
+    )
+    os.close(lower)
+    root = os.path.join(staging, "root")
+    os.chmod(root, 0o755)
+    inside = os.path.join(root, cwd.lstrip("/"))
+    try:
+        _passable_dirs(inside)
+    except OSError as e:
+        raise SetupError(f"bind workspace: {e.strerror}: {cwd}") from None
+    _mount(cwd, inside, "", MS_BIND | MS_REC, "bind workspace")
+    return root
+
+
+def _drop_privileges(config: dict) -> None:
+    """
+    Become the task's uid and gid, with no supplementary groups, no
+    capabilities (the kernel clears them when every uid is non-zero) and
+    umask 077; C{no_new_privs} comes from the supervisor.
+    """
+    uid, gid = config.get("uid"), config.get("gid")
+    if gid is not None:
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+    if uid is not None:
+        os.setresuid(uid, uid, uid)
+        os.umask(0o077)
+
+
 def _enter_workload(config: dict) -> None:
     """
     The last steps, in the process that becomes the workload: /proc,
-    chroot with the workspace bound in, cwd, exec.
+    chroot with the workspace bound in, cwd, the task's identity, exec.
     """
     namespaces = config["namespaces"]
     rootfs = config.get("rootfs")
     cwd = config["cwd"]
+    root = rootfs
     if namespaces.get("mount"):
         if rootfs:
-            inside = os.path.join(rootfs, cwd.lstrip("/"))
-            os.makedirs(inside, exist_ok=True)
-            _mount(cwd, inside, "", MS_BIND | MS_REC, "bind workspace")
-            proc = os.path.join(rootfs, "proc")
+            root = _overlay_root(rootfs, config["staging"], cwd)
+            proc = os.path.join(root, "proc")
         else:
             proc = "/proc"
         if namespaces.get("pid") and os.path.isdir(proc):
             _mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mount /proc")
-    if rootfs:
+    if root:
         try:
-            os.chroot(rootfs)
+            os.chroot(root)
         except OSError as e:
             raise SetupError(f"chroot {rootfs}: {e.strerror}") from None
     try:
         os.chdir(cwd)
     except OSError as e:
         raise SetupError(f"chdir {cwd}: {e.strerror}") from None
+    _drop_privileges(config)
     argv = config["argv"]
     try:
         os.execvpe(argv[0], argv, config["env"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import time
 from typing import Any, Mapping, Optional
 
@@ -26,8 +27,10 @@ from execgo.capabilities import build_capabilities
 from execgo.probe import probe_host
 from execgo.cgroups import Cgroups
 from execgo.config import RuntimeConfig, parse_listen_addr
+from execgo.control import ChannelError, SupervisorSettings, prepare_run_dir, write_settings
 from execgo.launcher import INHERITED_ENV
 from execgo.ledger import Ledger, parse_tenant_quotas
+from execgo.privileges import PASSAGE_MODE, open_passage, resolve_identity
 from execgo.runtime import Runtime
 from execgo.scheduler import Scheduler
 from execgo.store import Store, open_pool
@@ -48,13 +51,17 @@ def wall_ms() -> int:
 
 def prepare_data_dir(data_dir: str) -> None:
     """
-    Create C{<data_dir>} and C{<data_dir>/tasks} and prove both writable
-    by writing a probe file (blocking; run in a thread).
+    Create C{<data_dir>} and C{<data_dir>/tasks}, give both mode 0711
+    (tasks pass through them to their own workspace; nobody but the
+    runtime can list or read them), and prove them writable by writing a
+    probe file (blocking; run in a thread).
 
     @raise OSError: when the directory cannot be used.
     """
     tasks = os.path.join(data_dir, "tasks")
     os.makedirs(tasks, exist_ok=True)
+    for directory in (data_dir, tasks):
+        os.chmod(directory, PASSAGE_MODE)
     probe = os.path.join(tasks, f".execgo-runtime-probe-{os.getpid()}")
     with open(probe, "w") as out:
         out.write("probe")
@@ -70,6 +77,31 @@ def listen_description(listen_addr: str) -> str:
     if ":" in host:
         return f"tcp6:port={port}:interface={escaped}"
     return f"tcp:port={port}:interface={escaped}"
+
+
+def private_token_file(path: str) -> Optional[int]:
+    """
+    Make the token file readable by its owner alone when it is not (a
+    task must never read it); blocking.
+
+    @return: the mode it had when it was changed, else C{None}.
+    """
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077 and os.stat(path).st_uid == os.geteuid():
+        os.chmod(path, mode & 0o700)
+        return mode
+    return None
+
+
+def private_store(database: str) -> None:
+    """
+    The store and its WAL side files: the runtime's alone (mode 0600).
+    """
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.chmod(database + suffix, 0o600)
+        except FileNotFoundError:
+            pass
 
 
 class RuntimeService(service.Service):
@@ -89,6 +121,12 @@ class RuntimeService(service.Service):
         self.environ = dict(environ)
         self.quotas = parse_tenant_quotas(config.tenant_quotas)
         parse_listen_addr(config.listen_addr)
+        self.identity = resolve_identity(config.task_uid_range, config.task_user, os.geteuid(), os.getegid())
+        if self.identity.size < config.max_running_tasks:
+            raise errors.InvalidInput(
+                f"task uid range {config.task_uid_range} holds {self.identity.size} uids,"
+                f" fewer than --max-running-tasks {config.max_running_tasks}"
+            )
         self.runtime: Optional[Runtime] = None
         self.site: Optional[APISite] = None
         self.tokens: Optional[Tokens] = None
@@ -112,13 +150,35 @@ class RuntimeService(service.Service):
         """
         config = self.config
         data_dir = config.data_dir_abs
+        # Whatever the server creates is private unless it says otherwise.
+        os.umask(0o077)
         if config.auth_token_file is not None:
             self.tokens = Tokens(await deferToThread(read_tokens, config.auth_token_file))
             self._install_reload()
+            if self.identity.drops:
+                was = await deferToThread(private_token_file, config.auth_token_file)
+                if was is not None:
+                    log.warn(
+                        "token file {path} was mode {mode}: made it readable by its owner alone",
+                        path=config.auth_token_file,
+                        mode=oct(was),
+                    )
         try:
             await deferToThread(prepare_data_dir, data_dir)
-        except OSError as e:
+            await deferToThread(prepare_run_dir, data_dir)
+            if self.identity.drops:
+                opened, closed = await deferToThread(open_passage, data_dir)
+        except (OSError, ChannelError) as e:
             raise errors.Internal(f"io error: cannot use data directory {data_dir}: {e}") from None
+        if self.identity.drops:
+            for directory in opened:
+                log.warn("made {directory} passable (o+x) so tasks reach their workspace", directory=directory)
+            for directory in closed:
+                log.warn(
+                    "tasks cannot pass through {directory}: they will not reach their workspace"
+                    " or script by absolute path (give it o+x or move the data directory)",
+                    directory=directory,
+                )
         self._store = store = Store(
             open_pool(self.reactor, config.database_path),
             open_pool(self.reactor, config.database_path, connections=2),
@@ -126,6 +186,7 @@ class RuntimeService(service.Service):
         )
         try:
             await store.init_schema()
+            await deferToThread(private_store, config.database_path)
         except Exception as e:
             raise errors.Internal(f"sqlite error: cannot open {config.database_path}: {e}") from None
         runtime_id = config.effective_runtime_id(self.environ)
@@ -143,23 +204,27 @@ class RuntimeService(service.Service):
             disable_linux_sandbox=config.disable_linux_sandbox,
             data_dir=config.data_dir,
             cgroup_root=config.cgroup_root,
+            privilege_drop=self.identity.drops,
         )
         ledger = Ledger(capabilities.capacity, self.quotas)
         cgroups = None
         if not config.disable_cgroup:
             cgroups = await deferToThread(Cgroups.try_detect, config.cgroup_root)
-        runtime_holder: list = []
-        self._link = link = SupervisorLink(
-            self.reactor,
-            config.database_path,
-            supervisor_command(
-                config.database_path, data_dir, config.termination_grace_ms, config.cgroup_root
-            ),
-            on_message=lambda message: runtime_holder[0].on_supervisor_message(message),
-            on_lost=lambda pid: runtime_holder[0].on_supervisor_lost(pid),
+        settings = SupervisorSettings(
             grace_ms=config.termination_grace_ms,
             env={name: self.environ[name] for name in INHERITED_ENV if name in self.environ},
             cgroup_root=config.cgroup_root,
+            identity=self.identity,
+            rootfs_roots=config.rootfs_roots_abs,
+        )
+        await deferToThread(write_settings, data_dir, settings)
+        runtime_holder: list = []
+        self._link = link = SupervisorLink(
+            self.reactor,
+            data_dir,
+            supervisor_command(config.database_path, data_dir),
+            on_message=lambda message: runtime_holder[0].on_supervisor_message(message),
+            on_lost=lambda pid: runtime_holder[0].on_supervisor_lost(pid),
         )
         self._scheduler = scheduler = Scheduler(
             self.reactor,
@@ -183,6 +248,7 @@ class RuntimeService(service.Service):
             started_at=format_ns(time.time_ns()),
             version=__version__,
             cgroups=cgroups,
+            identity=self.identity,
         )
         runtime_holder.append(runtime)
         await runtime.recover()

@@ -13,8 +13,6 @@ Standard library only (plus C{attrs}).
 from __future__ import annotations
 
 import ctypes
-import errno
-import hashlib
 import json
 import os
 import selectors
@@ -24,27 +22,12 @@ import sys
 import time
 from typing import Any, Callable, Dict, Optional
 
-from execgo import taskdb, wire
-from execgo.cgroups import Cgroups
+from execgo import control, privileges, taskdb, wire
+from execgo.control import MAX_LINE
+from execgo.launcher import INHERITED_ENV
 from execgo.supervisor import Supervisor
 
 PR_SET_CHILD_SUBREAPER = 36
-MAX_LINE = 64 * 1024
-
-
-def control_address(database: str) -> str:
-    """
-    The abstract Unix socket name of the supervisor of a store.
-
-    It names the store file by path and by inode, so a data directory that
-    was deleted and made anew gets a new supervisor rather than the one
-    still holding the old, unlinked database.  Abstract names have no
-    path-length limit and leave no stale file behind.
-    """
-    path = os.path.realpath(database)
-    stat = os.stat(path)
-    digest = hashlib.sha256(path.encode("utf-8")).hexdigest()[:32]
-    return f"\0execgo-runtime/{digest}/{stat.st_dev:x}:{stat.st_ino:x}"
 
 
 def become_subreaper() -> bool:
@@ -122,13 +105,28 @@ class Loop:
     The supervisor daemon's event loop: control socket, C{SIGCHLD} wake-ups
     and timers around one L{Supervisor}.
 
+    Only a process of this process's own uid may talk to it (checked with
+    C{SO_PEERCRED} on every connection, beside the socket's private
+    directory); any other is refused and the attempt logged.  Each
+    admitted connection makes the supervisor read the settings file again
+    (L{control.read_settings}): a server started with other settings
+    than the one before takes effect for the tasks launched from then on.
+
+    @param data_dir: the data directory served.
     @param idle_exit_s: exit after this long with no workload and no server.
     """
 
-    def __init__(self, supervisor: Supervisor, address: str, idle_exit_s: float) -> None:
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        data_dir: str,
+        idle_exit_s: float,
+        log: Callable[[str], None] = lambda line: None,
+    ) -> None:
         self.supervisor = supervisor
-        self.address = address
+        self.data_dir = data_dir
         self.idle_exit_s = idle_exit_s
+        self.log = log
         self.selector = selectors.DefaultSelector()
         self.connections: Dict[int, _Connection] = {}
         self.listener: Optional[socket.socket] = None
@@ -136,14 +134,13 @@ class Loop:
         self._idle_since: Optional[float] = None
         supervisor.listeners.append(self.broadcast)
 
-    def bind(self) -> None:
+    def bind(self, listener: Optional[socket.socket] = None) -> None:
         """
-        Bind the control socket; C{OSError} (C{EADDRINUSE}) when another
-        supervisor already serves this data directory.
+        Serve the control socket (L{control.bind_listener}, with the
+        supervisor lock held, unless a bound C{listener} is given).
         """
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(self.address)
-        listener.listen(64)
+        if listener is None:
+            listener = control.bind_listener(self.data_dir)
         listener.setblocking(False)
         self.listener = listener
         self.selector.register(listener, selectors.EVENT_READ, self._accept)
@@ -154,6 +151,18 @@ class Loop:
             sock, _ = self.listener.accept()
         except OSError:
             return
+        try:
+            peer = control.peer_credentials(sock)
+        except OSError:
+            sock.close()
+            return
+        if peer.uid != os.geteuid():
+            self.log(f"refused a control connection from pid {peer.pid} uid {peer.uid} gid {peer.gid}")
+            sock.close()
+            return
+        settings = control.read_settings(self.data_dir)
+        if settings is not None:
+            self.supervisor.configure(settings)
         sock.setblocking(False)
         connection = _Connection(sock, self)
         self.connections[sock.fileno()] = connection
@@ -183,25 +192,21 @@ class Loop:
             connection.send(message)
 
     def handle(self, connection: _Connection, line: bytes) -> None:
+        """
+        One order: C{launch} (task ids), C{kill} (a task id), C{ping},
+        C{shutdown}.  Nothing but ids is read from an order: how a task
+        runs comes from the store and the settings.
+        """
         try:
             message = json.loads(line)
             op = message["op"]
         except (ValueError, KeyError, TypeError):
             return
         if op == "launch":
-            grace_ms = message.get("grace_ms")
-            grace_s = grace_ms / 1000.0 if isinstance(grace_ms, int) else None
-            env = message.get("env")
-            root = message.get("cgroup_root")
-            for task_id in message.get("task_ids", ()):
-                self.supervisor.launch(
-                    str(task_id),
-                    grace_s=grace_s,
-                    env=env if isinstance(env, dict) else None,
-                    cgroup_root=root if isinstance(root, str) else None,
-                    # Only the server that sent the order holds a slot for it.
-                    on_declined=_decline(connection, str(task_id)),
-                )
+            task_ids = message.get("task_ids")
+            for task_id in task_ids if isinstance(task_ids, list) else ():
+                # Only the server that sent the order holds a slot for it.
+                self.supervisor.launch(str(task_id), on_declined=_decline(connection, str(task_id)))
         elif op == "kill":
             self.supervisor.kill(str(message.get("task_id")))
         elif op == "ping":
@@ -265,42 +270,64 @@ def _to_devnull() -> None:
     os.close(null)
 
 
-def run_daemon(
-    database: str, data_dir: str, grace_ms: int, cgroup_root: str, idle_exit_s: float = 10.0
-) -> int:
+def _file_log(path: str) -> Callable[[str], None]:
     """
-    The C{internal-supervisor} subcommand: become a session leader and
-    subreaper, bind the control socket, print C{ready <pid>} on stdout, put
-    stdio on the null device and serve.
+    A logger appending JSON lines to C{path} (errors ignored: the
+    supervisor keeps running without its log).
+    """
+
+    def log(line: str) -> None:
+        stamp = wire.format_ms(time.time_ns() // 1_000_000)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, (json.dumps({"timestamp": stamp, "level": "ERROR", "message": line}) + "\n").encode())
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+    return log
+
+
+def _supervisor(database: str, settings: control.SupervisorSettings, log: Callable[[str], None]) -> Supervisor:
+    supervisor = Supervisor(database, settings.grace_ms / 1000.0, log=log)
+    supervisor.configure(settings)
+    return supervisor
+
+
+def run_daemon(database: str, data_dir: str, idle_exit_s: float = 10.0) -> int:
+    """
+    The C{internal-supervisor} subcommand: restrict itself
+    (L{privileges.restrict_self}), become a session leader and subreaper,
+    take the data directory's supervisor lock, bind the control socket,
+    print C{ready <pid>} on stdout, put stdio on the null device and serve
+    with the settings the server wrote.
 
     @return: the exit code (0 normal, 1 already running or failed to start).
     """
+    privileges.restrict_self()
     try:
         os.setsid()
     except OSError:
         pass
     become_subreaper()
-    log_path = os.path.join(data_dir, "supervisor.log")
-
-    def log(line: str) -> None:
-        stamp = wire.format_ms(time.time_ns() // 1_000_000)
-        try:
-            with open(log_path, "a", encoding="utf-8") as out:
-                out.write(json.dumps({"timestamp": stamp, "level": "ERROR", "message": line}) + "\n")
-        except OSError:
-            pass
-
+    log = _file_log(os.path.join(data_dir, "supervisor.log"))
     try:
-        supervisor = Supervisor(
-            database, grace_ms / 1000.0, log=log, cgroups=Cgroups.try_detect(cgroup_root)
-        )
-        loop = Loop(supervisor, control_address(database), idle_exit_s)
-        loop.bind()
-    except OSError as e:
-        if e.errno == errno.EADDRINUSE:
+        control.prepare_run_dir(data_dir)
+        lock = control.lock_supervisor(data_dir)
+        if lock is None:
             sys.stdout.write("busy\n")
-        else:
-            sys.stderr.write(f"io error: {e}\n")
+            sys.stdout.flush()
+            return 1
+        settings = control.read_settings(data_dir)
+        if settings is None:
+            raise control.ChannelError(f"no supervisor settings in {control.run_dir(data_dir)}")
+        supervisor = _supervisor(database, settings, log)
+        loop = Loop(supervisor, data_dir, idle_exit_s, log)
+        loop.bind()
+    except (OSError, control.ChannelError) as e:
+        sys.stderr.write(f"io error: {e}\n")
         sys.stdout.flush()
         return 1
     sys.stdout.write(f"ready {os.getpid()}\n")
@@ -313,16 +340,30 @@ def run_daemon(
     return 0
 
 
-def run_shim(database: str, task_id: str, grace_ms: int, cgroup_root: str) -> int:
+def run_shim(database: str, data_dir: str, task_id: str, grace_ms: int, cgroup_root: str) -> int:
     """
-    The C{internal-shim} subcommand: supervise one task to completion.
+    The C{internal-shim} subcommand: supervise one task to completion,
+    with the identity and rootfs roots of the server's settings file
+    (the default identity when there is none).
 
     @return: 0 when the task was finalised or needed nothing; 1 on an
         internal error.
     """
+    privileges.restrict_self()
     become_subreaper()
+    written = control.read_settings(data_dir)
     try:
-        supervisor = Supervisor(database, grace_ms / 1000.0, cgroups=Cgroups.try_detect(cgroup_root))
+        identity = written.identity if written is not None else privileges.resolve_identity(
+            None, None, os.geteuid(), os.getegid()
+        )
+        settings = control.SupervisorSettings(
+            grace_ms=grace_ms,
+            env={name: os.environ[name] for name in INHERITED_ENV if name in os.environ},
+            cgroup_root=cgroup_root,
+            identity=identity,
+            rootfs_roots=() if written is None else written.rootfs_roots,
+        )
+        supervisor = _supervisor(database, settings, _file_log(os.path.join(data_dir, "supervisor.log")))
     except Exception:
         return 1
     try:

@@ -83,9 +83,9 @@ def _create_task_files(
     paths = task.paths
     _claim_task_dir(paths.task_dir, now_s, opened_s)
     os.makedirs(paths.workspace_dir, exist_ok=True)
-    write_file(paths.request_path, wire.pretty(request_json).encode("utf-8"), exclusive=True)
+    write_file(paths.request_path, wire.pretty(request_json).encode("utf-8"), exclusive=True, mode=0o600)
     for log in (paths.stdout_path, paths.stderr_path):
-        os.close(os.open(log, os.O_WRONLY | os.O_CREAT, 0o644))
+        os.close(os.open(log, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 def prepare_submit(

@@ -32,10 +32,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import attrs
 
-from execgo import launcher, outcome, taskdb, wire
+from execgo import launcher, outcome, privileges, taskdb, wire
 from execgo.cgroups import Cgroups, TaskCgroup
+from execgo.control import SupervisorSettings
 from execgo.procinfo import group_alive, kill_group, reset_peak_rss
 from execgo.models import STATUS_ACCEPTED, Usage
+from execgo.privileges import TaskIdentity
 
 #: The largest terminal snapshot (as C{result.json} text, which bounds its
 #: compact JSON) sent with a C{finished} report; bigger ones (long output
@@ -99,7 +101,7 @@ class Running:
     cgroup: Optional[TaskCgroup] = None
     setup_error: Optional[str] = None
     status_fd: Optional[int] = None
-    grace_s: Optional[float] = None
+    grace_s: float = 0.0
 
 
 def _previews(status: Dict[str, Any]) -> int:
@@ -145,6 +147,10 @@ class Supervisor:
 
     @param db_path: the store file.
     @param grace_s: seconds between SIGTERM and SIGKILL.
+    @param identity: who tasks run as (C{None}: as this process, with
+        nothing recorded).
+    @param rootfs_roots: the directories a chroot's root filesystem must
+        lie under.
     @param notify: called with each message for connected servers.
     """
 
@@ -159,10 +165,14 @@ class Supervisor:
         detect_cgroups: Optional[Callable[[str], Optional[Cgroups]]] = None,
         log: Callable[[str], None] = lambda line: None,
         cgroups: Optional[Cgroups] = None,
+        identity: Optional[TaskIdentity] = None,
+        rootfs_roots: Tuple[str, ...] = (),
     ) -> None:
         self.cgroups = cgroups
         self.detect_cgroups = detect_cgroups or Cgroups.try_detect
         self._facilities: Dict[str, Optional[Cgroups]] = {}
+        self.identity = identity
+        self.rootfs_roots = rootfs_roots
         self.conn = taskdb.connect(db_path)
         # Checkpoints (the only writes SQLite syncs to disk here) are left
         # to the server, off the supervisor's path: only a WAL ten times
@@ -184,6 +194,17 @@ class Supervisor:
         self.pending_starts: Dict[str, StartRecord] = {}
         self._endings: Optional[List[Ending]] = None
         self._starts_timer: Optional[Timer] = None
+
+    def configure(self, settings: SupervisorSettings) -> None:
+        """
+        Run the tasks launched from now on with C{settings} (what the
+        server that connected last wrote; running tasks keep theirs).
+        """
+        self.grace_s = settings.grace_ms / 1000.0
+        self.base_env = dict(settings.env)
+        self.cgroups = self._facility(settings.cgroup_root)
+        self.identity = settings.identity
+        self.rootfs_roots = settings.rootfs_roots
 
     # Timers
 
@@ -233,18 +254,12 @@ class Supervisor:
 
     # Launching
 
-    def launch(
-        self,
-        task_id: str,
-        grace_s: Optional[float] = None,
-        env: Optional[Dict[str, str]] = None,
-        cgroup_root: Optional[str] = None,
-        on_declined: Optional[Callable[[], None]] = None,
-    ) -> bool:
+    def launch(self, task_id: str, on_declined: Optional[Callable[[], None]] = None) -> bool:
         """
         Take the C{accepted} task C{task_id} (L{taskdb.claim}: it becomes
-        C{running} under this supervisor) and start it.  A store that
-        cannot take the claim now is retried every second.
+        C{running} under this supervisor, with a uid of its own) and start
+        it.  A store that cannot take the claim now is retried every
+        second.
 
         @param on_declined: called when the task is declined, now or on a
             retry, so whoever sent the order can free what it holds for it.
@@ -256,13 +271,14 @@ class Supervisor:
         try:
             with taskdb.transaction(self.conn):
                 written = self._write_starts(self.conn)
-                record = taskdb.claim(self.conn, task_id, os.getpid(), self.wall_ms())
+                record = taskdb.claim(self.conn, task_id, os.getpid(), self.wall_ms(), self.identity)
             self._starts_written(written)
+        except taskdb.NoIdentity as e:
+            self._finish(task_id, outcome.failed("launch_failed", f"no free task uid: all of {e} are in use"))
+            return True
         except sqlite3.Error as e:
             self.log(f"cannot take {task_id}: {e}")
-            self.call_later(
-                FINISH_RETRY_S, lambda: self.launch(task_id, grace_s, env, cgroup_root, on_declined)
-            )
+            self.call_later(FINISH_RETRY_S, lambda: self.launch(task_id, on_declined))
             return True
         if record is None:
             if on_declined is not None:
@@ -272,35 +288,30 @@ class Supervisor:
             self._finish(task_id, outcome.cancelled("task cancelled before execution"))
             return True
         try:
-            self._start(
-                record, grace_s, self.base_env if env is None else env, self._facility(cgroup_root)
-            )
+            self._start(record, self.cgroups)
         except Exception as e:
             self.log("supervisor error: " + traceback.format_exc())
+            self._hand_back(record, drained=True)
             self._finish(task_id, outcome.failed("internal", f"supervisor error: {e}"))
         return True
 
-    def _facility(self, cgroup_root: Optional[str]) -> Optional[Cgroups]:
+    def _facility(self, cgroup_root: str) -> Optional[Cgroups]:
         """
-        The cgroup facility for a root given with a launch order (each
-        server states its own C{--cgroup-root}), else the default one.
+        The cgroup facility for a root (detected once per root).
         """
-        if cgroup_root is None:
-            return self.cgroups
         if cgroup_root not in self._facilities:
             self._facilities[cgroup_root] = self.detect_cgroups(cgroup_root)
         return self._facilities[cgroup_root]
 
-    def _start(
-        self,
-        record: taskdb.TaskRecord,
-        grace_s: Optional[float],
-        env: Dict[str, str],
-        facility: Optional[Cgroups],
-    ) -> None:
+    def _start(self, record: taskdb.TaskRecord, facility: Optional[Cgroups]) -> None:
         plan = wire.plan_of(record)
         enforcement = plan.resource_enforcement
-        spec = launcher.build_launch(record, plan, env)
+        try:
+            spec = launcher.build_launch(record, plan, self.base_env, self.rootfs_roots)
+        except launcher.SandboxSetupError as e:
+            self._hand_back(record, drained=True)
+            self._finish(record.task_id, outcome.failed("sandbox_setup_failed", f"sandbox: {e}"))
+            return
         group = None
         if enforcement.cgroup_enforced and facility is not None:
             try:
@@ -310,6 +321,7 @@ class Supervisor:
                     enforcement.pids_max if enforcement.pids_enforced else None,
                 )
             except OSError as e:
+                self._hand_back(record, drained=True)
                 self._finish(
                     record.task_id, outcome.failed("sandbox_setup_failed", f"configure cgroup: {e}")
                 )
@@ -323,6 +335,7 @@ class Supervisor:
                 verdict = outcome.failed("sandbox_setup_failed", f"sandbox: {e}")
             else:
                 verdict = outcome.failed("launch_failed", f"spawn process: {e}")
+            self._hand_back(record, drained=True)
             self._finish(record.task_id, verdict)
             return
         pid = spawned.pid
@@ -334,7 +347,7 @@ class Supervisor:
             started_mono=started_mono,
             record=record,
             cgroup=group,
-            grace_s=grace_s,
+            grace_s=self.grace_s,
         )
         self.by_pid[pid] = run
         self.by_task[record.task_id] = run
@@ -463,8 +476,7 @@ class Supervisor:
         if run.cgroup is not None:
             run.cgroup.signal(signal.SIGTERM)
         if run.kill_timer is None:
-            grace = self.grace_s if run.grace_s is None else run.grace_s
-            run.kill_timer = self.call_later(grace, lambda: self._kill_now(run))
+            run.kill_timer = self.call_later(run.grace_s, lambda: self._kill_now(run))
 
     def _kill_now(self, run: Running) -> None:
         kill_group(run.pid, signal.SIGKILL)
@@ -551,6 +563,7 @@ class Supervisor:
     def _complete(self, run: Running) -> None:
         self.by_task.pop(run.task_id, None)
         assert run.exit_status is not None and run.usage is not None
+        self._hand_back(run.record, drained=run.cgroup is not None and not run.cgroup.populated())
         usage, oom_killed = run.usage, False
         if run.cgroup is not None:
             oom_killed = run.cgroup.oom_killed()
@@ -587,6 +600,25 @@ class Supervisor:
             )
         )
         self._finish(run.task_id, verdict, current=current)
+
+    def _hand_back(self, record: taskdb.TaskRecord, drained: bool) -> None:
+        """
+        Before a task's end is written (which frees its uid for another
+        task): kill every process of its uid unless its cgroups are known
+        empty (it cannot leave them), and give its workspace and script
+        back to the runtime's user.
+        """
+        identity, run_as = self.identity, record.run_as
+        if identity is None or run_as is None or run_as.uid == identity.owner_uid:
+            return
+        try:
+            if identity.per_task and not drained:
+                privileges.kill_user(run_as.uid)
+            privileges.reclaim(
+                record.paths.task_dir, record.paths.script_path, identity.owner_uid, identity.owner_gid
+            )
+        except OSError as e:
+            self.log(f"cannot hand back the files of {record.task_id}: {e}")
 
     def _pids_limit_event(self, run: Running, hits: int) -> None:
         limit = wire.plan_of(run.record).resource_enforcement.pids_max

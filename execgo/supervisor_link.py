@@ -6,15 +6,26 @@ when it is gone.
 The supervisor is started as a child process through C{spawnProcess} with a
 L{BoundedOutputProtocol}, which reads its start-up line and keeps a bounded
 tail of whatever it prints; it then detaches into its own session.  Orders
-(C{launch}, C{kill}) and reports (C{started}, C{finished}) travel as JSON
-lines over the supervisor's abstract Unix socket, read by a line receiver
-with a line-length cap, so no peer can make the server buffer without bound.
+(C{launch}, C{kill}, C{ping}) and reports (C{finished}, C{declined},
+C{pong}) travel as JSON lines over the supervisor's Unix socket in the data
+directory's private C{run/} directory (L{execgo.control}), read by a line
+receiver with a line-length cap, so no peer can make the server buffer
+without bound.  The server talks only to the process the kernel says is at
+the other end (C{SO_PEERCRED}) when that is a supervisor of its own uid
+whose pid matches its greeting.
+
+The link also watches the supervisor: it pings it every second; after a
+few seconds without an answer it reports itself unhealthy (C{/readyz}
+says why), and after longer it kills the supervisor (a stopped or wedged
+one would never end its tasks), which the server then treats like any
+lost supervisor.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -24,7 +35,16 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
-from execgo.shim import MAX_LINE, control_address
+from execgo import control
+from execgo.control import MAX_LINE
+from execgo.procinfo import is_supervisor
+
+#: How often the supervisor is pinged.
+PING_INTERVAL_S = 1.0
+#: Silence after which the server says it is not ready.
+UNHEALTHY_AFTER_S = 3.0
+#: Silence after which the supervisor is killed and replaced.
+REPLACE_AFTER_S = 10.0
 
 log = Logger()
 
@@ -123,38 +143,38 @@ class SupervisorLink:
     A connection to the supervisor of one data directory, started on demand.
 
     @param reactor: provides C{IReactorProcess}, C{IReactorUNIX}, C{IReactorTime}.
+    @param data_dir: the data directory (its C{run/} holds the socket).
     @param command: the argv that starts a supervisor (C{internal-supervisor ...}).
-    @param on_message: called with each report (C{started}, C{finished}).
+    @param on_message: called with each report (C{finished}, C{declined}).
     @param on_lost: called with the pid of a supervisor whose connection closed.
-    @param grace_ms: the SIGTERM to SIGKILL grace sent with every launch,
-        and C{env} (what workloads inherit: C{PATH}, C{HOME}, C{LANG},
-        C{TMPDIR}, C{USER}) and C{cgroup_root} likewise: a supervisor
-        started by an earlier server must follow this server's settings.
+    @param kill: C{os.kill}, injected.
+    @param supervisor_alive: whether a pid is a live execgo supervisor.
     """
 
     def __init__(
         self,
         reactor: Any,
-        database: str,
+        data_dir: str,
         command: Sequence[str],
         on_message: Callable[[Dict[str, Any]], None],
         on_lost: Callable[[int], None],
-        grace_ms: Optional[int] = None,
-        env: Optional[Dict[str, str]] = None,
-        cgroup_root: Optional[str] = None,
+        kill: Callable[[int, int], None] = os.kill,
+        supervisor_alive: Callable[[int], bool] = is_supervisor,
     ) -> None:
         self.reactor = reactor
-        self.grace_ms = grace_ms
-        self.env = env
-        self.cgroup_root = cgroup_root
-        self.database = database
+        self.data_dir = data_dir
         self.command = list(command)
         self.on_message = on_message
         self.on_lost = on_lost
+        self.kill_process = kill
+        self.supervisor_alive = supervisor_alive
         self.protocol: Optional[_ControlProtocol] = None
         self.pid: Optional[int] = None
         self.children: List[BoundedOutputProtocol] = []
         self.closing = False
+        self._ping_call: Any = None
+        self._seq = 0
+        self._last_heard = 0.0
 
     @property
     def connected(self) -> bool:
@@ -179,15 +199,47 @@ class SupervisorLink:
         return await self._connect()
 
     async def _connect(self) -> int:
-        endpoint = UNIXClientEndpoint(self.reactor, control_address(self.database), timeout=5)
-        factory = protocol.Factory.forProtocol(lambda: _ControlProtocol(self))
-        factory.noisy = False
-        control = await endpoint.connect(factory)
-        hello = await control.hello
-        self.protocol = control
-        self.pid = int(hello["pid"])
+        with control.reachable(control.socket_path(self.data_dir)) as address:
+            endpoint = UNIXClientEndpoint(self.reactor, address, timeout=5)
+            factory = protocol.Factory.forProtocol(lambda: _ControlProtocol(self))
+            factory.noisy = False
+            control_protocol = await endpoint.connect(factory)
+        try:
+            hello = await control_protocol.hello
+            pid = self._check_peer(control_protocol, hello)
+        except BaseException:
+            if control_protocol.transport is not None:
+                control_protocol.transport.loseConnection()
+            raise
+        self.protocol = control_protocol
+        self.pid = pid
+        self._last_heard = self.reactor.seconds()
+        self._schedule_ping()
         log.info("connected to supervisor {pid}", pid=self.pid)
         return self.pid
+
+    def _check_peer(self, control_protocol: "_ControlProtocol", hello: Dict[str, Any]) -> int:
+        """
+        The supervisor's pid, once the kernel's word on the peer agrees
+        with its greeting: our uid, the pid it claims, an execgo
+        supervisor.
+
+        @raise SupervisorStartError: when it does not.
+        """
+        handle = getattr(control_protocol.transport, "getHandle", lambda: None)()
+        if handle is None:
+            raise SupervisorStartError("the control connection has no socket")
+        peer = control.peer_credentials(handle)
+        claimed = hello.get("pid")
+        if peer.uid != os.geteuid() or peer.pid != claimed or not self.supervisor_alive(peer.pid):
+            log.error(
+                "refused the control peer pid {pid} uid {uid} (claims pid {claimed})",
+                pid=peer.pid,
+                uid=peer.uid,
+                claimed=claimed,
+            )
+            raise SupervisorStartError(f"control peer pid {peer.pid} uid {peer.uid} is not our supervisor")
+        return peer.pid
 
     async def _start(self) -> None:
         child = BoundedOutputProtocol()
@@ -203,36 +255,94 @@ class SupervisorLink:
 
     def received(self, message: Dict[str, Any]) -> None:
         """
-        A report from the supervisor.
+        A report from the supervisor (any line is a sign of life).
         """
-        self.on_message(message)
+        self._last_heard = self.reactor.seconds()
+        if message.get("ev") != "pong":
+            self.on_message(message)
 
-    def disconnected(self, control: _ControlProtocol) -> None:
+    def disconnected(self, control_protocol: _ControlProtocol) -> None:
         """
         The control connection closed: forget it and report the loss.
         """
-        if control is not self.protocol:
+        if control_protocol is not self.protocol:
             return
         pid = self.pid
         self.protocol = None
         self.pid = None
+        self._cancel_ping()
         if pid is not None and not self.closing:
             self.on_lost(pid)
 
+    # Watching
+
+    def silence(self) -> float:
+        """
+        Seconds since the supervisor was last heard from (0 while no
+        supervisor is connected).
+        """
+        if self.protocol is None:
+            return 0.0
+        return max(0.0, self.reactor.seconds() - self._last_heard)
+
+    def health(self) -> Optional[str]:
+        """
+        Why the supervisor is not healthy, or C{None} when it is: it
+        answered within L{UNHEALTHY_AFTER_S}.
+        """
+        silent = self.silence()
+        if silent >= UNHEALTHY_AFTER_S:
+            return f"supervisor {self.pid} has not answered for {int(silent * 1000)} ms"
+        return None
+
+    def _schedule_ping(self) -> None:
+        self._cancel_ping()
+        self._ping_call = self.reactor.callLater(PING_INTERVAL_S, self._ping)
+
+    def _cancel_ping(self) -> None:
+        if self._ping_call is not None and self._ping_call.active():
+            self._ping_call.cancel()
+        self._ping_call = None
+
+    def _ping(self) -> None:
+        self._ping_call = None
+        if self.protocol is None:
+            return
+        silent = self.silence()
+        if silent >= REPLACE_AFTER_S and self.pid is not None:
+            log.error(
+                "supervisor {pid} has not answered for {ms} ms: killing it",
+                pid=self.pid,
+                ms=int(silent * 1000),
+            )
+            self._kill_stuck(self.pid)
+        elif silent >= UNHEALTHY_AFTER_S:
+            log.warn("supervisor {pid} has not answered for {ms} ms", pid=self.pid, ms=int(silent * 1000))
+        self._seq += 1
+        self.protocol.send({"op": "ping", "seq": self._seq})
+        self._schedule_ping()
+
+    def _kill_stuck(self, pid: int) -> None:
+        """
+        End a supervisor that stopped answering; its connection then
+        closes and L{on_lost} fails its tasks and starts a new one.
+        """
+        try:
+            self.kill_process(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        if self.protocol is not None:
+            self.protocol.transport.loseConnection()
+
+    # Orders
+
     def launch(self, task_ids: Sequence[str]) -> bool:
         """
-        Order the supervisor to start these dispatched tasks.
+        Order the supervisor to start these dispatched tasks (ids only).
         """
         if self.protocol is None:
             return False
-        order: Dict[str, Any] = {"op": "launch", "task_ids": list(task_ids)}
-        if self.grace_ms is not None:
-            order["grace_ms"] = self.grace_ms
-        if self.env is not None:
-            order["env"] = self.env
-        if self.cgroup_root is not None:
-            order["cgroup_root"] = self.cgroup_root
-        self.protocol.send(order)
+        self.protocol.send({"op": "launch", "task_ids": list(task_ids)})
         return True
 
     def kill(self, task_id: str) -> bool:
@@ -249,6 +359,7 @@ class SupervisorLink:
         Drop the connection (the supervisor keeps running its tasks).
         """
         self.closing = True
+        self._cancel_ping()
         if self.protocol is None:
             return defer.succeed(None)
         done: defer.Deferred[None] = defer.Deferred()
@@ -259,23 +370,9 @@ class SupervisorLink:
         return done
 
 
-def supervisor_command(
-    database: str, data_dir: str, grace_ms: int, cgroup_root: str, executable: str = sys.executable
-) -> List[str]:
+def supervisor_command(database: str, data_dir: str, executable: str = sys.executable) -> List[str]:
     """
-    The argv that starts a supervisor for this data directory.
+    The argv that starts a supervisor for this data directory (its
+    settings are in the data directory, not on its command line).
     """
-    return [
-        executable,
-        "-m",
-        "execgo",
-        "internal-supervisor",
-        "--database",
-        database,
-        "--data-dir",
-        data_dir,
-        "--termination-grace-ms",
-        str(grace_ms),
-        "--cgroup-root",
-        cgroup_root,
-    ]
+    return [executable, "-m", "execgo", "internal-supervisor", "--database", database, "--data-dir", data_dir]

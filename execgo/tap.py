@@ -53,12 +53,19 @@ class ServeOptions(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["tenant-quota"] = []
+        self["sandbox-rootfs-root"] = []
 
     def opt_tenant_quota(self, spec: str) -> None:
         """
         NAME=slots:N[,memory:BYTES][,pids:N], repeatable.
         """
         self["tenant-quota"].append(spec)
+
+    def opt_sandbox_rootfs_root(self, directory: str) -> None:
+        """
+        A directory chroot root filesystems must lie under, repeatable.
+        """
+        self["sandbox-rootfs-root"].append(directory)
 
     def config(self, environ: Mapping[str, str]) -> RuntimeConfig:
         """

@@ -17,11 +17,12 @@ import json
 import sqlite3
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import attrs
 
 from execgo import errors, idempotency, tallies
+from execgo.privileges import TaskIdentity
 from execgo.records import CHANGING_COLUMNS, Event, NewTask, Outcome, QueuedTask, TaskRecord
 from execgo.models import (
     STATUS_ACCEPTED,
@@ -76,6 +77,8 @@ _TASK_COLUMNS = (
     ("owner", "TEXT"),
     ("idempotency_key", "TEXT"),
     ("idempotency_hash", "TEXT"),
+    ("run_uid", "INTEGER"),
+    ("run_gid", "INTEGER"),
 )
 
 _SCHEMA = [
@@ -466,16 +469,31 @@ def load_by_status(conn: sqlite3.Connection, statuses: Sequence[str], limit: int
     ]
 
 
-def claim(conn: sqlite3.Connection, task_id: str, shim_pid: int, now_ms: int) -> Optional[TaskRecord]:
+class NoIdentity(Exception):
+    """
+    Every uid of the task uid range is held by a running task.
+    """
+
+
+def claim(
+    conn: sqlite3.Connection,
+    task_id: str,
+    shim_pid: int,
+    now_ms: int,
+    identity: Optional[TaskIdentity] = None,
+) -> Optional[TaskRecord]:
     """
     Take an C{accepted} task for launching under supervisor C{shim_pid}:
-    move it to C{running} with its reservation (event C{resource_reserved}),
-    all in one transaction, so of two launch orders for one task only one
-    ever starts it.
+    move it to C{running} with its reservation (event C{resource_reserved})
+    and, with an C{identity}, the uid and gid it runs as (one no other
+    running task holds), all in one transaction, so of two launch orders
+    for one task only one ever starts it, and no two running tasks share
+    a uid.
 
     @return: the task as it now stands; an C{accepted} task flagged for kill
         comes back unchanged (the caller cancels it); C{None}, changing
         nothing, when the task is unknown or not C{accepted}.
+    @raise NoIdentity: changing nothing, when no uid is free.
     """
     with transaction(conn):
         rows = _rows(conn, "SELECT * FROM tasks WHERE task_id = ?", (task_id,))
@@ -484,11 +502,25 @@ def claim(conn: sqlite3.Connection, task_id: str, shim_pid: int, now_ms: int) ->
         record = TaskRecord.from_row(rows[0])
         if record.status != STATUS_ACCEPTED or record.kill_requested:
             return record if record.status == STATUS_ACCEPTED else None
+        run_as = None
+        if identity is not None:
+            run_as = identity.pick(running_uids(conn) if identity.per_task else frozenset())
+            if run_as is None:
+                raise NoIdentity(identity.describe())
         reservation = Reservation.for_limits(record.limits)
         conn.execute(
-            "UPDATE tasks SET status = ?, shim_pid = ?, reservation_json = ?,"
-            " reserved_at_ms = ?, released_at_ms = NULL, updated_at_ms = ? WHERE task_id = ?",
-            (STATUS_RUNNING, shim_pid, dumps(reservation.to_json()), now_ms, now_ms, task_id),
+            "UPDATE tasks SET status = ?, shim_pid = ?, reservation_json = ?, reserved_at_ms = ?,"
+            " released_at_ms = NULL, updated_at_ms = ?, run_uid = ?, run_gid = ? WHERE task_id = ?",
+            (
+                STATUS_RUNNING,
+                shim_pid,
+                dumps(reservation.to_json()),
+                now_ms,
+                now_ms,
+                None if run_as is None else run_as.uid,
+                None if run_as is None else run_as.gid,
+                task_id,
+            ),
         )
         append_event(
             conn, task_id, "resource_reserved", "task resources reserved", now_ms, reservation.to_json()
@@ -501,7 +533,20 @@ def claim(conn: sqlite3.Connection, task_id: str, shim_pid: int, now_ms: int) ->
         reserved_at_ms=now_ms,
         released_at_ms=None,
         updated_at_ms=now_ms,
+        run_as=run_as,
     )
+
+
+def running_uids(conn: sqlite3.Connection) -> Set[int]:
+    """
+    The uids the running tasks hold.
+    """
+    return {
+        int(row[0])
+        for row in conn.execute(
+            "SELECT run_uid FROM tasks WHERE status = ? AND run_uid IS NOT NULL", (STATUS_RUNNING,)
+        )
+    }
 
 
 def record_start(

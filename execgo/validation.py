@@ -30,8 +30,9 @@ and the L{execgo.errors} hierarchy, so the CLI can use it without Twisted.
 from __future__ import annotations
 
 import json
+import posixpath
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 from execgo.errors import InvalidInput, PayloadTooLarge
@@ -491,6 +492,40 @@ def check_output_limits(request: SubmitRequest) -> None:
     for name in ("stdout_max_bytes", "stderr_max_bytes"):
         if getattr(request.limits, name) > OUTPUT_LIMIT_MAX:
             _fail(f"limits.{name}", f"must be at most {OUTPUT_LIMIT_MAX}")
+
+
+def under_roots(path: str, roots: Sequence[str]) -> bool:
+    """
+    Whether C{path} is one of C{roots} or lies below one (both taken as
+    given: normalise or resolve them first).
+    """
+    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+
+
+def check_rootfs(sandbox: SandboxPolicy, roots: Sequence[str]) -> None:
+    """
+    A chroot's C{rootfs} must be an absolute path, without C{..}, that is
+    one of the operator's C{--sandbox-rootfs-root} directories (given
+    normalised) or lies below one; without such roots no chroot is
+    allowed.  Lexical: the supervisor resolves links at launch and checks
+    again.
+
+    @raise InvalidInput: naming the allowed roots.
+    """
+    if not sandbox.chroot or sandbox.rootfs is None:
+        return
+    rootfs = sandbox.rootfs
+    allowed = ", ".join(roots) if roots else "none are configured"
+    if (
+        not rootfs.startswith("/")
+        or "\0" in rootfs
+        or ".." in rootfs.split("/")
+        or not under_roots(posixpath.normpath(rootfs), roots)
+    ):
+        _fail(
+            "sandbox.rootfs",
+            f"must be an absolute path under an allowed root (--sandbox-rootfs-root: {allowed})",
+        )
 
 
 def parse_submit(body: bytes) -> SubmitRequest:

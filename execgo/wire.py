@@ -290,7 +290,9 @@ def render_status(
         out["usage"] = record.usage.to_json()
     elif duration is not None:
         out["usage"] = Usage(duration_ms=duration).to_json()
-    out["execution_plan"] = plan_of(record).to_json()
+    plan = plan_of(record).to_json()
+    plan["run_as"] = None if record.run_as is None else record.run_as.to_json()
+    out["execution_plan"] = plan
     if record.reservation is not None:
         out["reservation"] = record.reservation.to_json()
     out["artifacts"] = artifacts(record.paths)

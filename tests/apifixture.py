@@ -50,6 +50,9 @@ class FakeLink:
         self.kills.append(task_id)
         return False
 
+    def health(self) -> Optional[str]:
+        return None
+
 
 def fake_capabilities(**overrides: Any) -> Capabilities:
     """

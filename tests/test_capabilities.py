@@ -642,6 +642,7 @@ CONTRACT_EXAMPLE = """
   "stable_semantics": ["submit", "status", "events", "stdout_stderr", "timeout",
     "kill", "artifacts", "result_persistence", "recovery"],
   "enhanced_semantics": ["resource_ledger"],
+  "privilege_drop": false,
   "warnings": ["linux_sandbox is unavailable without root-equivalent namespace permissions",
     "cgroup v2 detected but cgroup root is not writable: /sys/fs/cgroup/execgo-runtime"],
   "degraded": true,
@@ -666,7 +667,8 @@ class BuildCapabilitiesTests(SynchronousTestCase):
     def test_contract_example(self) -> None:
         """
         An unprivileged v2 host with every override renders the contract's
-        example exactly (with the added C{resources.cgroup}).
+        example exactly (with the added C{resources.cgroup} and
+        C{privilege_drop}).
         """
         facts = HostFacts(
             euid=1000,

@@ -264,7 +264,8 @@ class EnvironmentTests(SynchronousTestCase):
     def test_settings_table(self) -> None:
         """
         Every setting names a config attribute; exactly the six
-        contract variables are attached to their settings.
+        contract variables and the two of the task identity are attached
+        to their settings.
         """
         names = {field.name for field in attrs.fields(RuntimeConfig)}
         for setting in SERVE_SETTINGS:
@@ -278,6 +279,8 @@ class EnvironmentTests(SynchronousTestCase):
                 "disable-cgroup": "EXECGO_RUNTIME_DISABLE_CGROUP",
                 "capacity-memory-bytes": "EXECGO_RUNTIME_CAPACITY_MEMORY_BYTES",
                 "capacity-pids": "EXECGO_RUNTIME_CAPACITY_PIDS",
+                "task-uid-range": "EXECGO_RUNTIME_TASK_UID_RANGE",
+                "task-user": "EXECGO_RUNTIME_TASK_USER",
             },
         )
 
@@ -290,7 +293,8 @@ class ToJsonTests(SynchronousTestCase):
     def test_keys_and_order(self) -> None:
         """
         Every contract key, in order, with the configured (possibly
-        relative) data directory; not the sandbox flag, overrides or quotas.
+        relative) data directory; not the sandbox flag, overrides or quotas;
+        then the task identity and the allowed rootfs roots.
         """
         config = RuntimeConfig(
             disable_cgroup=True, disable_linux_sandbox=True, capacity_pids=5,
@@ -312,6 +316,9 @@ class ToJsonTests(SynchronousTestCase):
                 ("cgroup_root", DEFAULT_CGROUP_ROOT),
                 ("default_capability_mode", "strict"),
                 ("cgroup_enabled", False),
+                ("task_uid_range", None),
+                ("task_user", None),
+                ("sandbox_rootfs_roots", []),
             ],
         )
         self.assertIs(RuntimeConfig().to_json("r")["cgroup_enabled"], True)

@@ -545,7 +545,14 @@ class TaskExecutionTests(SharedServerCase):
             self.assertEqual(event["task_id"], task_id)
             self.assertRegex(event["timestamp"], STORE_TIMESTAMP)
         planned = events[2]["data"]
-        self.assertEqual(planned, status["execution_plan"])
+        run_as = status["execution_plan"]["run_as"]
+        self.assertEqual({**planned, "run_as": run_as}, status["execution_plan"])
+        if os.geteuid() == 0:
+            # A uid of its own from the default range, gid equal.
+            self.assertGreaterEqual(run_as["uid"], 0x70000000)
+            self.assertEqual(run_as["gid"], run_as["uid"])
+        else:
+            self.assertEqual(run_as, {"uid": os.geteuid(), "gid": os.getegid()})
         self.assertEqual(list(planned), sorted(planned))
         self.assertEqual(events[3]["data"], {"task_slots": 1})
         self.assertEqual(events[5]["data"], {"task_slots": 1})
@@ -629,6 +636,9 @@ class TaskExecutionTests(SharedServerCase):
             for name in ("PATH", "HOME", "LANG", "TMPDIR")
             if name in server_env
         }
+        if os.geteuid() == 0:
+            # A task with a uid of its own has its workspace as home.
+            expected["HOME"] = os.path.join(self.task_dir(task_id), "workspace")
         expected.update({"USER": "task-user", "EXTRA_VAR": "x=y"})
         self.assertEqual(seen, expected)
 
@@ -1669,6 +1679,9 @@ class ConfiguredServerTests(SharedServerCase):
             "cgroup_root": "/x",
             "default_capability_mode": "strict",
             "cgroup_enabled": False,
+            "task_uid_range": None,
+            "task_user": None,
+            "sandbox_rootfs_roots": [],
         }
         self.assertEqual(config, expected)
         self.assertEqual(list(config), list(expected))
@@ -2487,16 +2500,16 @@ class RestartConfigurationTests(OwnServerCase):
 
     async def test_new_environment_reaches_workloads(self) -> None:
         """
-        Workloads get C{USER} (and the other inherited variables) from the
+        Workloads get C{LANG} (and the other inherited variables) from the
         server that dispatched them (C{behavior.md} 7.2), not from an
         earlier server.
         """
-        await self.start_server(*GRACE, env=clean_environ({"USER": "first-user"}))
+        await self.start_server(*GRACE, env=clean_environ({"LANG": "first-lang"}))
         first = await self.submit(command("env", task_id=unique("envfirst")))
-        self.assertIn("USER=first-user\n", (await self.wait_terminal(first))["stdout"])
-        await self.restart_with({"USER": "second-user"}, [])
+        self.assertIn("LANG=first-lang\n", (await self.wait_terminal(first))["stdout"])
+        await self.restart_with({"LANG": "second-lang"}, [])
         second = await self.submit(command("env", task_id=unique("envsecond")))
-        self.assertIn("USER=second-user\n", (await self.wait_terminal(second))["stdout"])
+        self.assertIn("LANG=second-lang\n", (await self.wait_terminal(second))["stdout"])
 
 
     async def test_new_cgroup_root_reaches_workloads(self) -> None:

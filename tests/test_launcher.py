@@ -9,12 +9,13 @@ import os
 import resource
 import signal
 import stat
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from execgo import launcher
-from execgo.models import ExecutionSpec, Namespaces, ResourceLimits, SandboxPolicy
+from execgo.models import ExecutionSpec, Namespaces, ResourceLimits, RunAs, SandboxPolicy
 from tests.fakes import command, plan_for, record, shell
 
 BASE_ENV = {
@@ -248,6 +249,54 @@ class SpawnTests(SynchronousTestCase):
         with open(os.path.join(self.task_dir, name), encoding="utf-8") as f:
             return f.read()
 
+    def identity_run(self) -> List[str]:
+        """
+        Run a workload as uid and gid 1879048292 and return what it says
+        of itself: uid, groups, effective capabilities, no_new_privs,
+        umask, and the owner and mode of its working directory.
+        """
+        if os.geteuid() != 0:
+            raise self.skipTest("needs root to give a workload another uid")
+        uid = 0x70000000 + 100
+        spec = attrs.evolve(
+            self.spec(
+                ("/bin/sh", "-c", "id -u; id -G; grep -E '^(CapEff|NoNewPrivs|Umask)' /proc/self/status;"
+                 " stat -c '%u %a' ."),
+                script="true\n",
+            ),
+            task_dir=self.task_dir,
+            run_as=RunAs(uid, uid),
+        )
+        pid = self.start(spec)
+        self.assertEqual(self.wait(pid), 0, self.read("stderr.log"))
+        self.assertEqual(os.stat(os.path.join(self.task_dir, "script.sh")).st_uid, uid)
+        self.assertEqual(os.stat(self.task_dir).st_mode & 0o777, 0o711)
+        return self.read("stdout.log").splitlines()
+
+    def test_identity(self) -> None:
+        """
+        A workload with an identity of its own runs with that uid and gid
+        only, no capabilities, C{no_new_privs}, umask 077, in its own 0700
+        workspace (through the C{_spawn} extension where it is built).
+        """
+        uid = str(0x70000000 + 100)
+        self.assertEqual(
+            self.identity_run(),
+            [uid, uid, "Umask:\t0077", "CapEff:\t0000000000000000", "NoNewPrivs:\t1", f"{uid} 700"],
+        )
+
+    def test_identity_without_extension(self) -> None:
+        """
+        Without the C{_spawn} extension, C{subprocess} gives the workload
+        the same identity.  (C{no_new_privs} then comes from the
+        supervisor, which sets it on itself: not in this test process.)
+        """
+        self.patch(launcher, "_spawn", None)
+        uid = str(0x70000000 + 100)
+        lines = self.identity_run()
+        self.assertEqual(lines[:4], [uid, uid, "Umask:\t0077", "CapEff:\t0000000000000000"])
+        self.assertEqual(lines[-1], f"{uid} 700")
+
     def test_output_cwd_env(self) -> None:
         """
         Output goes to the log files, the working directory is the (created)
@@ -262,7 +311,8 @@ class SpawnTests(SynchronousTestCase):
 
     def test_logs_truncated(self) -> None:
         """
-        Existing log files are truncated, and created with mode 0644.
+        Existing log files are truncated, and created with mode 0600 (the
+        runtime's alone: a workload reaches its logs only as descriptors).
         """
         with open(os.path.join(self.task_dir, "stdout.log"), "w") as f:
             f.write("old content that is long\n")
@@ -270,7 +320,7 @@ class SpawnTests(SynchronousTestCase):
         self.assertEqual(self.wait(pid), 0)
         self.assertEqual(self.read("stdout.log"), "new\n")
         mode = stat.S_IMODE(os.stat(os.path.join(self.task_dir, "stderr.log")).st_mode)
-        self.assertEqual(mode & ~0o022, 0o644 & ~0o022)
+        self.assertEqual(mode, 0o600)
 
     def test_exit_code(self) -> None:
         """

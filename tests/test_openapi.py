@@ -441,7 +441,7 @@ class DocumentTests(SynchronousTestCase):
             ("get", "/api/v1/runtime/config"): auth,
             ("get", "/api/v1/runtime/resources"): {**storage, **auth},
             ("get", "/healthz"): {},
-            ("get", "/readyz"): {"500": ["internal"]},
+            ("get", "/readyz"): {"500": ["internal"], "503": ["internal"]},
             ("get", "/api/v1/openapi.json"): {},
             ("get", "/metrics"): {**auth, "500": None},
         }
@@ -705,7 +705,8 @@ class ModelDriftTests(SynchronousTestCase):
     def test_response_fields(self) -> None:
         """
         Each response schema generated from a model lists that model's
-        attrs fields (plus the never-emitted C{details} of an error), and
+        attrs fields (plus the never-emitted C{details} of an error, and the
+        plan's C{run_as}, which a status adds from the running task), and
         requires exactly what C{api.md} says is always present.
         """
         schemas = document()["components"]["schemas"]
@@ -734,7 +735,7 @@ class ModelDriftTests(SynchronousTestCase):
         }
         self.assertEqual(sorted(always), sorted(name for name, _ in openapi.RESPONSE_MODELS))
         for name, model in openapi.RESPONSE_MODELS:
-            extra = {"details"} if model is ErrorInfo else set()
+            extra = {"details"} if model is ErrorInfo else {"run_as"} if name == "ExecutionPlan" else set()
             self.assertEqual(
                 set(schemas[name]["properties"]), {f.name for f in attrs.fields(model)} | extra, name
             )

@@ -89,11 +89,12 @@ class PlanRecoveryTests(SynchronousTestCase):
     def test_running_supervisor_gone(self) -> None:
         """
         A running task whose supervisor is gone is lost; its workload group
-        is named for killing.
+        is named for killing, and the task itself (its uid's processes are
+        killed and its files handed back).
         """
         task = record("r", "running", shim_pid=10, pid=11, reservation=Reservation(), reserved_at_ms=1)
         self.assertEqual(
-            plan_recovery([task], Probe({99})), [RecoveryAction(LOST, "r", kill_pgid=11)]
+            plan_recovery([task], Probe({99})), [RecoveryAction(LOST, "r", kill_pgid=11, record=task)]
         )
 
     def test_running_without_supervisor_pid(self) -> None:
@@ -101,10 +102,8 @@ class PlanRecoveryTests(SynchronousTestCase):
         A running task with no recorded supervisor is lost without probing.
         """
         probe = Probe({0})
-        self.assertEqual(
-            plan_recovery([record("r", "running")], probe),
-            [RecoveryAction(LOST, "r", kill_pgid=None)],
-        )
+        task = record("r", "running")
+        self.assertEqual(plan_recovery([task], probe), [RecoveryAction(LOST, "r", kill_pgid=None, record=task)])
         self.assertEqual(probe.asked, [])
 
     def test_terminal_untouched(self) -> None:

@@ -14,6 +14,7 @@ import select
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from typing import Any, Callable, List, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo import supervisor as supervisor_module, taskdb, wire
+from execgo import control, privileges, supervisor as supervisor_module, taskdb, wire
 from execgo.models import ErrorInfo, Reservation, ResourceLimits
 from execgo.procinfo import group_alive
 from execgo.shim import Loop
@@ -889,7 +890,10 @@ class LoopTests(EngineTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.loop = Loop(self.supervisor, f"\0execgo-test-{os.getpid()}-{id(self)}", 10.0)
+        self.data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.data_dir)
+        control.prepare_run_dir(self.data_dir)
+        self.loop = Loop(self.supervisor, self.data_dir, 10.0, self.logged.append)
         self.loop.bind()
         self.addCleanup(lambda: self.loop.listener.close() if self.loop.listener else None)
 
@@ -900,11 +904,99 @@ class LoopTests(EngineTestCase):
         """
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.addCleanup(client.close)
-        client.connect(self.loop.address)
+        with control.reachable(control.socket_path(self.data_dir)) as address:
+            client.connect(address)
         self.loop._accept()
         client.settimeout(2.0)
         self.assertIn(b'"ev":"hello"', client.recv(65536))
         return client, list(self.loop.connections.values())[-1]
+
+    def test_socket_private(self) -> None:
+        """
+        The socket lives in a directory only the runtime's uid may enter,
+        and is itself mode 0600.
+        """
+        run = control.run_dir(self.data_dir)
+        self.assertEqual(stat.S_IMODE(os.stat(run).st_mode), 0o700)
+        self.assertEqual(stat.S_IMODE(os.stat(control.socket_path(self.data_dir)).st_mode), 0o600)
+
+    def test_other_uid_refused(self) -> None:
+        """
+        Behind the private directory, the supervisor checks each peer
+        itself: with the directory and socket opened up to everyone, a
+        process of another uid connects, is refused at once with nothing
+        said to it, and the attempt is logged.
+        """
+        if os.geteuid() != 0:
+            raise self.skipTest("needs root to act as another uid")
+        os.chmod(control.run_dir(self.data_dir), 0o711)
+        os.chmod(control.socket_path(self.data_dir), 0o666)
+        os.chmod(os.path.dirname(self.data_dir), 0o711)
+        parent = self.data_dir
+        while parent != "/":
+            if stat.S_IMODE(os.stat(parent).st_mode) & 0o001 == 0:
+                raise self.skipTest(f"{parent} is not passable for other users")
+            parent = os.path.dirname(parent)
+        reader, writer = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                os.setresgid(65534, 65534, 65534)
+                os.setresuid(65534, 65534, 65534)
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                with control.reachable(control.socket_path(self.data_dir)) as address:
+                    client.connect(address)
+                os.write(writer, b"c")
+                client.settimeout(5)
+                os.write(writer, client.recv(100) or b"-")
+            except OSError as e:
+                os.write(writer, f"E{e.errno}".encode())
+            os._exit(0)
+        os.close(writer)
+        self.assertEqual(os.read(reader, 100), b"c")
+        self.loop._accept()
+        self.assertEqual(os.read(reader, 100), b"-")
+        os.close(reader)
+        os.waitpid(pid, 0)
+        self.assertEqual(self.loop.connections, {})
+        self.assertTrue(
+            any("refused a control connection" in line and "uid 65534" in line for line in self.logged),
+            self.logged,
+        )
+
+    def test_order_carries_ids_only(self) -> None:
+        """
+        A launch order that names an environment, a cgroup root or a grace
+        period runs the task with the supervisor's own settings.
+        """
+        client, side = self.connect()
+        self.insert("ids", shell("echo PATH=$PATH"))
+        self.loop.handle(
+            side,
+            b'{"op":"launch","task_ids":["ids"],"env":{"PATH":"/evil"},"cgroup_root":"/tmp/x","grace_ms":1}',
+        )
+        self.drive()
+        self.assertIn(f"PATH={BASE_ENV['PATH']}", self.read_file(self.load("ids").paths.stdout_path))
+        self.assertEqual(self.supervisor.grace_s, 0.2)
+
+    def test_settings_reloaded_on_connect(self) -> None:
+        """
+        Each admitted connection makes the supervisor take the settings
+        file's values (a newly started server's).
+        """
+        settings = control.SupervisorSettings(
+            grace_ms=1234,
+            env={"PATH": "/usr/bin:/bin"},
+            cgroup_root="/sys/fs/cgroup/execgo-test-none",
+            identity=privileges.TaskIdentity(kind=privileges.SELF, owner_uid=os.geteuid(), owner_gid=os.getegid()),
+            rootfs_roots=("/srv/roots",),
+        )
+        control.write_settings(self.data_dir, settings)
+        self.connect()
+        self.assertEqual(self.supervisor.grace_s, 1.234)
+        self.assertEqual(self.supervisor.base_env, {"PATH": "/usr/bin:/bin"})
+        self.assertEqual(self.supervisor.rootfs_roots, ("/srv/roots",))
+        self.assertEqual(self.supervisor.identity, settings.identity)
 
     def test_declined_to_the_sender_only(self) -> None:
         """

@@ -299,7 +299,7 @@ class RenderStatusTests(SynchronousTestCase):
             ],
         )
         self.assertNotIn("script_path", out["artifacts"])
-        self.assertEqual(out["execution_plan"], plan_for().to_json())
+        self.assertEqual(out["execution_plan"], {**plan_for().to_json(), "run_as": None})
 
     def test_running_live_duration(self) -> None:
         """
@@ -368,7 +368,7 @@ class RenderStatusTests(SynchronousTestCase):
         """
         old = record("o", "accepted", plan=None, limits=ResourceLimits(cpu_time_sec=3))
         out = wire.render_status(old, ("", False), ("", False), STAMP_MS)
-        self.assertEqual(out["execution_plan"], wire.synthesise_plan(old).to_json())
+        self.assertEqual(out["execution_plan"], {**wire.synthesise_plan(old).to_json(), "run_as": None})
         self.assertTrue(out["execution_plan"]["resource_enforcement"]["cpu_time_enforced"])
 
     def test_snapshot_reads_logs(self) -> None:

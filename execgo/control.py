@@ -1,0 +1,269 @@
+# -*- test-case-name: tests.test_control -*-
+"""
+The supervisor's control channel, as both ends see it: where its socket
+lives, who may use it, and the settings it runs tasks with.
+
+The channel is a Unix stream socket in C{<data_dir>/run/}, a directory
+only the runtime's own uid may enter (mode 0700): no other local user can
+connect to it, bind it first or replace it.  Both ends also check the
+peer's credentials (C{SO_PEERCRED}): the supervisor talks only to a
+process of its own uid, and the server only to the supervisor whose pid
+the socket reports.  Orders carry task ids and nothing else; what a task
+runs with (its environment, cgroup root, grace period, identity, allowed
+root filesystems) comes from the store and from L{SupervisorSettings},
+which the server writes into the same private directory before it
+connects, and which the supervisor reads again on every connection.
+
+Standard library (plus C{attrs}) only: the supervisor imports it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import struct
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import attrs
+
+from execgo.privileges import TaskIdentity
+
+#: The longest line either end accepts.
+MAX_LINE = 64 * 1024
+#: The longest socket path C{bind}/C{connect} take directly (C{sun_path}
+#: holds 108 bytes with the terminating NUL); longer ones go through a
+#: descriptor of their directory (L{reachable}).
+_SUN_PATH_MAX = 107
+
+RUN_DIR = "run"
+SOCKET_NAME = "supervisor.sock"
+LOCK_NAME = "supervisor.lock"
+SETTINGS_NAME = "settings.json"
+
+
+class ChannelError(Exception):
+    """
+    The control directory cannot be used safely (wrong owner, not a
+    directory), or a peer is not who it must be.
+    """
+
+
+def run_dir(data_dir: str) -> str:
+    """
+    The private directory of the control channel: C{<data_dir>/run}.
+    """
+    return os.path.join(os.path.abspath(data_dir), RUN_DIR)
+
+
+def prepare_run_dir(data_dir: str) -> str:
+    """
+    Create the control directory (mode 0700) or check the existing one:
+    it must be a real directory owned by this uid; its mode is set to 0700
+    whatever it was.  Blocking (a few system calls).
+
+    @raise ChannelError: when it is not a directory of ours.
+    @return: its path.
+    """
+    path = run_dir(data_dir)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise ChannelError(f"{path} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise ChannelError(f"{path} belongs to uid {info.st_uid}, not to the runtime's uid {os.geteuid()}")
+    os.chmod(path, 0o700)
+    return path
+
+
+def socket_path(data_dir: str) -> str:
+    """
+    The control socket of a data directory.
+    """
+    return os.path.join(run_dir(data_dir), SOCKET_NAME)
+
+
+class reachable:
+    """
+    A context manager giving a path that C{bind}/C{connect} accept for
+    C{path}: C{path} itself when it is short enough, else
+    C{/proc/self/fd/<n>/<name>} through a descriptor of its directory,
+    held open until the block ends.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: Optional[int] = None
+
+    def __enter__(self) -> str:
+        if len(os.fsencode(self.path)) <= _SUN_PATH_MAX:
+            return self.path
+        directory, name = os.path.split(self.path)
+        self._fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        return f"/proc/self/fd/{self._fd}/{name}"
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+@attrs.frozen
+class PeerCredentials:
+    """
+    The process at the other end of a Unix socket, as the kernel saw it
+    when the connection was made.
+    """
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: socket.socket) -> PeerCredentials:
+    """
+    C{SO_PEERCRED} of a connected Unix socket.
+    """
+    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", data)
+    return PeerCredentials(pid, uid, gid)
+
+
+def lock_supervisor(data_dir: str) -> Optional[int]:
+    """
+    Take the lock that makes one supervisor per data directory (held for
+    the process's life).
+
+    @return: the locked descriptor, or C{None} when another supervisor
+        holds it.
+    """
+    path = os.path.join(run_dir(data_dir), LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return None
+        raise
+    return fd
+
+
+def bind_listener(data_dir: str) -> socket.socket:
+    """
+    Bind and listen on the control socket, replacing a stale socket file
+    (call with the supervisor lock held: no live supervisor owns it).
+    """
+    path = socket_path(data_dir)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        with reachable(path) as address:
+            listener.bind(address)
+        os.chmod(path, 0o600)
+        listener.listen(64)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+@attrs.frozen
+class SupervisorSettings:
+    """
+    How the supervisor of a data directory runs tasks, as the server that
+    talks to it configured it.
+
+    @ivar grace_ms: SIGTERM to SIGKILL.
+    @ivar env: what workloads inherit (C{PATH}, C{HOME}, C{LANG},
+        C{TMPDIR}, C{USER} of the server's environment).
+    @ivar cgroup_root: the per-task cgroup root.
+    @ivar identity: which uid and gid tasks run as.
+    @ivar rootfs_roots: the directories a chroot's root filesystem must
+        lie under.
+    """
+
+    grace_ms: int
+    env: Mapping[str, str]
+    cgroup_root: str
+    identity: TaskIdentity
+    rootfs_roots: Tuple[str, ...] = ()
+
+    def to_json(self) -> Dict[str, Any]:
+        """
+        The settings file's content.
+        """
+        return {
+            "grace_ms": self.grace_ms,
+            "env": dict(self.env),
+            "cgroup_root": self.cgroup_root,
+            "identity": self.identity.to_json(),
+            "rootfs_roots": list(self.rootfs_roots),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "SupervisorSettings":
+        """
+        Read back L{to_json} (the server wrote it; a malformed file is a
+        C{ValueError}).
+        """
+        try:
+            env = data["env"]
+            if not isinstance(env, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+            ):
+                raise ValueError("env must map strings to strings")
+            return cls(
+                grace_ms=int(data["grace_ms"]),
+                env=dict(env),
+                cgroup_root=str(data["cgroup_root"]),
+                identity=TaskIdentity.from_json(data["identity"]),
+                rootfs_roots=tuple(str(root) for root in data.get("rootfs_roots", ())),
+            )
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"malformed supervisor settings: {e}") from None
+
+
+def write_settings(data_dir: str, settings: SupervisorSettings) -> None:
+    """
+    Write the settings file (mode 0600, in the private directory) by
+    rename, so a supervisor never reads half of it.  Blocking.
+    """
+    path = os.path.join(run_dir(data_dir), SETTINGS_NAME)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, json.dumps(settings.to_json(), sort_keys=True).encode("utf-8"))
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+
+
+def read_settings(data_dir: str) -> Optional[SupervisorSettings]:
+    """
+    The settings the server wrote, or C{None} when there are none (yet)
+    or they cannot be read.
+    """
+    path = os.path.join(run_dir(data_dir), SETTINGS_NAME)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            return None
+        data = os.read(fd, 1 << 20)
+    finally:
+        os.close(fd)
+    try:
+        return SupervisorSettings.from_json(json.loads(data))
+    except ValueError:
+        return None

@@ -1,0 +1,153 @@
+"""
+Tests for L{execgo.control}: the control channel's private directory,
+its socket, the one-supervisor lock, peer credentials and the settings
+file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from execgo import control, privileges
+
+
+def settings(**changes: object) -> control.SupervisorSettings:
+    """
+    Supervisor settings with test values.
+    """
+    values: dict = dict(
+        grace_ms=250,
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        cgroup_root="/sys/fs/cgroup/execgo-test",
+        identity=privileges.TaskIdentity(kind=privileges.RANGE, owner_uid=0, owner_gid=0, first=10, last=19),
+        rootfs_roots=("/srv/rootfs",),
+    )
+    values.update(changes)
+    return control.SupervisorSettings(**values)
+
+
+class RunDirTests(SynchronousTestCase):
+    """
+    L{control.prepare_run_dir}.
+    """
+
+    def setUp(self) -> None:
+        self.data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.data_dir)
+
+    def test_private(self) -> None:
+        """
+        Created mode 0700; an existing one is set back to 0700.
+        """
+        path = control.prepare_run_dir(self.data_dir)
+        self.assertEqual(path, os.path.join(self.data_dir, "run"))
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o700)
+        os.chmod(path, 0o777)
+        control.prepare_run_dir(self.data_dir)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o700)
+
+    def test_not_ours_refused(self) -> None:
+        """
+        A directory of another uid (or a link, or a file) is not used.
+        """
+        path = control.run_dir(self.data_dir)
+        os.symlink("/tmp", path)
+        self.assertRaises(control.ChannelError, control.prepare_run_dir, self.data_dir)
+        os.unlink(path)
+        if os.geteuid() == 0:
+            os.mkdir(path)
+            os.chown(path, 65534, 65534)
+            error = self.assertRaises(control.ChannelError, control.prepare_run_dir, self.data_dir)
+            self.assertIn("65534", str(error))
+
+
+class SocketTests(SynchronousTestCase):
+    """
+    The listener, long paths, the lock and peer credentials.
+    """
+
+    def setUp(self) -> None:
+        # Deep enough that the socket path is longer than sun_path holds.
+        self.data_dir = os.path.abspath(os.path.join(self.mktemp(), "d" * 60, "e" * 60))
+        os.makedirs(self.data_dir)
+        control.prepare_run_dir(self.data_dir)
+
+    def test_long_path_listener(self) -> None:
+        """
+        A socket path over the C{sun_path} limit is bound and reached
+        through a descriptor of its directory; the socket is mode 0600.
+        """
+        path = control.socket_path(self.data_dir)
+        self.assertGreater(len(path), 108)
+        listener = control.bind_listener(self.data_dir)
+        self.addCleanup(listener.close)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(client.close)
+        with control.reachable(path) as address:
+            self.assertTrue(address.startswith("/proc/self/fd/"))
+            client.connect(address)
+        server_side, _ = listener.accept()
+        self.addCleanup(server_side.close)
+        credentials = control.peer_credentials(server_side)
+        self.assertEqual(credentials, control.PeerCredentials(os.getpid(), os.geteuid(), os.getegid()))
+
+    def test_stale_socket_replaced(self) -> None:
+        """
+        A socket file left by a supervisor that died is replaced.
+        """
+        first = control.bind_listener(self.data_dir)
+        first.close()
+        second = control.bind_listener(self.data_dir)
+        self.addCleanup(second.close)
+        self.assertTrue(stat.S_ISSOCK(os.stat(control.socket_path(self.data_dir)).st_mode))
+
+    def test_one_lock(self) -> None:
+        """
+        The supervisor lock is held once: a second taker is told no.
+        """
+        held = control.lock_supervisor(self.data_dir)
+        self.assertIsNotNone(held)
+        assert held is not None
+        self.addCleanup(os.close, held)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child: a second supervisor
+            os._exit(0 if control.lock_supervisor(self.data_dir) is None else 1)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.WEXITSTATUS(status), 0)
+
+
+class SettingsTests(SynchronousTestCase):
+    """
+    The settings file.
+    """
+
+    def setUp(self) -> None:
+        self.data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.data_dir)
+        control.prepare_run_dir(self.data_dir)
+
+    def test_round_trip(self) -> None:
+        """
+        Written (mode 0600) and read back the same.
+        """
+        control.write_settings(self.data_dir, settings())
+        path = os.path.join(control.run_dir(self.data_dir), control.SETTINGS_NAME)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.assertEqual(control.read_settings(self.data_dir), settings())
+
+    def test_missing_or_malformed(self) -> None:
+        """
+        No file, or one that does not parse: no settings.
+        """
+        self.assertIsNone(control.read_settings(self.data_dir))
+        path = os.path.join(control.run_dir(self.data_dir), control.SETTINGS_NAME)
+        for text in ("not json", json.dumps({"grace_ms": 1}), json.dumps({**settings().to_json(), "env": {"A": 1}})):
+            with open(path, "w") as out:
+                out.write(text)
+            self.assertIsNone(control.read_settings(self.data_dir), text)
