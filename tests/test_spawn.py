@@ -504,3 +504,18 @@ class CredentialTests(SpawnTestsBase):
         status = self.status(uid=0, gid=0)
         self.assertEqual(status["Uid"].split(), ["0"] * 4)
         self.assertEqual(status["Groups"], "")
+
+
+class BuiltTests(SynchronousTestCase):
+    """
+    Where the project is built for CI, the extension must be there: a
+    silently missing one would leave workloads on the slow path.
+    """
+
+    def test_built_in_ci(self) -> None:
+        """
+        With C{CI} set (C{.ci/run}), C{execgo._spawn} imports.
+        """
+        if not os.environ.get("CI"):
+            raise SkipTest("only checked in CI, where a C compiler is installed")
+        self.assertIsNotNone(_spawn)
