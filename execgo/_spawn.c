@@ -5,7 +5,7 @@
  * but CPython's _posixsubprocess only takes its vfork() path when no
  * credential change is asked for: Popen(user=, group=, extra_groups=) fork()s,
  * copying the page tables of the whole supervisor, a cost that grows with its
- * memory.  The reason (bpo-35823): glibc's set*id()/setgroups() give POSIX
+ * memory.  The reason: glibc's set*id()/setgroups() give POSIX
  * per-process semantics by signalling every thread (SIGSETXID) through the
  * library's thread list, which must not run in a child that borrows the
  * parent's memory.  The kernel calls only change the calling thread, which in
@@ -129,7 +129,7 @@ child_exec(const struct plan *p, volatile struct failure *f)
     int fds[3], i, err = ENOENT, first = 0;
 
     /* A source already at 0..2 could be overwritten by an earlier dup2()
-     * (CPython bpo-12607): copy those above 2 first.  Then every dup2() is
+     * (a known CPython pitfall): copy those above 2 first.  Then every dup2() is
      * between different fds, which clears FD_CLOEXEC on 0, 1 and 2. */
     for (i = 0; i < 3; i++)
         if ((fds[i] = p->stdio[i]) < 3
