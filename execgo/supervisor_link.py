@@ -373,6 +373,9 @@ class SupervisorLink:
 def supervisor_command(database: str, data_dir: str, executable: str = sys.executable) -> List[str]:
     """
     The argv that starts a supervisor for this data directory (its
-    settings are in the data directory, not on its command line).
+    settings are in the data directory, not on its command line).  C{-P}:
+    the package comes from where it is installed, not from a checkout
+    that happens to be the working directory (which lacks the built
+    C{_spawn} extension after a plain C{pip install .}).
     """
-    return [executable, "-m", "execgo", "internal-supervisor", "--database", database, "--data-dir", data_dir]
+    return [executable, "-P", "-m", "execgo", "internal-supervisor", "--database", database, "--data-dir", data_dir]
