@@ -18,7 +18,11 @@ whether it was met:
     100,000 stored tasks against an empty store;
  5. output: server peak RSS and MB/s while a task writes 1 GiB to stdout,
     against the idle server and a plain C{head} writing to the same disk;
- 6. CLI: wall time of C{execgo-runtime status} against C{curl}.
+ 6. CLI: wall time of C{execgo-runtime status} against C{curl};
+ 7. memory: server and supervisor peak RSS while six concurrent status
+    requests read a task with 300 MB of stdout (C{benchmarks/limits.py});
+ 8. listener: C{/healthz} and submit times with 300 slow clients and
+    1,100 idle connections under C{ulimit -n 1024} (same module).
 
 A figure is only honest if every task of it succeeded and nothing was
 skipped: a figure whose run had a failure is printed as C{INVALID} and the
@@ -56,7 +60,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from benchmarks import loadgen  # noqa: E402 -- after the path set-up above
+from benchmarks import limits, loadgen  # noqa: E402 -- after the path set-up above
 from benchmarks.chaos import (  # noqa: E402
     all_pids,
     become_subreaper,
@@ -69,7 +73,7 @@ from benchmarks.chaos import (  # noqa: E402
 )
 from execgo.procinfo import supervisor_pids  # noqa: E402
 
-SECTIONS = ("throughput", "latency", "spawn", "scale", "output", "cli")
+SECTIONS = ("throughput", "latency", "spawn", "scale", "output", "cli", "memory", "listener")
 TERMINAL = ("success", "failed", "cancelled")
 TRUE_TASK = {"execution": {"kind": "command", "program": "/bin/true"}}
 MIB = 1 << 20
@@ -104,6 +108,11 @@ class Sizes:
     metrics_samples: int = 20
     output_bytes: int = 1 << 30
     cli_runs: int = 10
+    memory_output_bytes: int = 300 * 1000 * 1000
+    slow_clients: int = 300
+    idle_clients: int = 1100
+    nofile: int = 1024
+    listener_probes: int = 20
 
 
 QUICK = Sizes(
@@ -116,6 +125,11 @@ QUICK = Sizes(
     metrics_samples=5,
     output_bytes=8 * MIB,
     cli_runs=2,
+    memory_output_bytes=24 * MIB,
+    slow_clients=40,
+    idle_clients=200,
+    nofile=256,
+    listener_probes=5,
 )
 
 
@@ -153,6 +167,14 @@ FIGURE_SPECS: Tuple[FigureSpec, ...] = (
     FigureSpec("output.supervisor_peak_rss_mib", "output", "supervisor peak RSS (VmHWM)", "MiB", "-"),
     FigureSpec("output.mib_per_s", "output", "stdout to disk", "MiB/s", "-"),
     FigureSpec("cli.status_wall_s", "cli", "execgo-runtime status, median", "s", "<= 0.3 s"),
+    FigureSpec(
+        "memory.server_peak_rss_mib", "memory", "server VmHWM, 6 status GETs of 300 MB output", "MiB", "<= 200 MiB"
+    ),
+    FigureSpec(
+        "memory.supervisor_peak_rss_mib", "memory", "supervisor VmRSS rendering result.json", "MiB", "<= 100 MiB"
+    ),
+    FigureSpec("listener.healthz_max_ms", "listener", "/healthz, slow + idle clients, max", "ms", "<= 100 ms"),
+    FigureSpec("listener.submit_max_ms", "listener", "submit, slow + idle clients, max", "ms", "<= 100 ms"),
 )
 FIGURE_KEYS = tuple(spec.key for spec in FIGURE_SPECS)
 _SPEC_BY_KEY = {spec.key: spec for spec in FIGURE_SPECS}
@@ -404,6 +426,8 @@ class Server:
     def __init__(self, data_dir: str, args: Sequence[str] = ()) -> None:
         self.data_dir = data_dir
         self.args = list(args)
+        #: The server's descriptor limit (soft and hard), when not inherited.
+        self.nofile: Optional[int] = None
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir.rstrip("/") + ".log"
@@ -430,6 +454,7 @@ class Server:
                 env=clean_environ(),
                 cwd=os.path.dirname(self.data_dir),
                 start_new_session=True,
+                preexec_fn=None if self.nofile is None else self._limit_descriptors,
             )
         deadline = started + timeout
         while True:
@@ -448,6 +473,11 @@ class Server:
             if time.perf_counter() > deadline:
                 raise BenchError(f"server not healthy after {timeout:.0f}s: {self.log_tail()}")
             time.sleep(0.002)
+
+    def _limit_descriptors(self) -> None:
+        # In the child, before exec: what `ulimit -n N` does.
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def log_tail(self) -> str:
         """
@@ -1396,11 +1426,13 @@ RUNNERS: Dict[str, Callable[[Context], List[Figure]]] = {
     "scale": run_scale,
     "output": run_output,
     "cli": run_cli,
+    "memory": lambda ctx: limits.run_memory(ctx, sys.modules[__name__]),
+    "listener": lambda ctx: limits.run_listener(ctx, sys.modules[__name__]),
 }
 
 # Run order: the spawn figures on a quiet machine first, then what shares
 # the main server, then the sections that start servers of their own.
-RUN_ORDER = ("spawn", "throughput", "latency", "cli", "output", "scale")
+RUN_ORDER = ("spawn", "throughput", "latency", "cli", "output", "memory", "listener", "scale")
 
 
 # -- report ----------------------------------------------------------------------------

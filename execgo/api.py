@@ -4,7 +4,10 @@ The HTTP API (C{api.md}) as a Klein app on an object.
 
 Handlers only translate HTTP to L{execgo.runtime.Runtime} calls and back;
 every error becomes the contract's envelope in one place (L{RuntimeAPI.error}),
-and nothing a client sends can produce a 5xx.
+and nothing a client sends can produce a 5xx.  With authentication each
+handler hands the request's principal on: the runtime applies tenancy to
+every operation on tasks, and the views that span tenants are for admins
+(L{execgo.auth.require_admin}).
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
-from execgo import errors, idempotency, listing, metrics, openapi, wire
-from execgo.auth import Principal, Tokens
+from execgo import errors, idempotency, listing, metrics, openapi, responses, wire
+from execgo.auth import Principal, Tokens, require_admin
 from execgo.runtime import Runtime
 from execgo.validation import MAX_BODY_BYTES
 
@@ -157,9 +161,26 @@ class RuntimeAPI:
 
     def resource(self) -> Any:
         """
-        The twisted.web resource to serve.
+        The twisted.web resource to serve: the Klein app behind
+        L{Utf8Paths}.
         """
-        return self.app.resource()
+        return Utf8Paths(self.app.resource())
+
+    async def _snapshot(self, request: IRequest, snapshot: Any) -> bytes:
+        """
+        Answer a status snapshot: one body when its previews are small,
+        else streamed under the preview budget (L{responses.send_snapshot}).
+        """
+        runtime = self.runtime
+        idle_ms = runtime.config.idle_connection_timeout_ms
+        return await responses.send_snapshot(
+            request,
+            snapshot,
+            _json,
+            budget=getattr(runtime.store, "budget", None),
+            reactor=runtime.reactor,
+            stall_s=idle_ms / 1000.0 if idle_ms else None,
+        )
 
     def _accepting(self) -> None:
         if not self.runtime.accepting:
@@ -182,8 +203,8 @@ class RuntimeAPI:
         C{status}, C{tenant}, C{owner} and C{label=k:v}, cut by C{limit} and
         C{cursor} (L{listing.parse_query}).
         """
-        self._principal(request)
-        return _json(request, await self.runtime.list_tasks(listing.parse_query(request.args)))
+        principal = self._principal(request)
+        return _json(request, await self.runtime.list_tasks(listing.parse_query(request.args), principal))
 
     @app.route("/api/v1/tasks/<task_id>/stdout", methods=["GET"])
     async def stdout(self, request: IRequest, task_id: str) -> bytes:
@@ -200,10 +221,10 @@ class RuntimeAPI:
         return await self._log(request, task_id, "stderr")
 
     async def _log(self, request: IRequest, task_id: str, name: str) -> bytes:
-        self._principal(request)
+        principal = self._principal(request)
         offset = _uint_arg(request, b"offset", MAX_OFFSET)
         follow = _bool_arg(request, b"follow")
-        return await self.runtime.streams.log(request, task_id, name, offset, follow)
+        return await self.runtime.stream_log(request, task_id, name, offset, follow, principal)
 
     @app.route("/api/v1/tasks/<task_id>", methods=["GET"])
     async def status(self, request: IRequest, task_id: str) -> bytes:
@@ -211,9 +232,9 @@ class RuntimeAPI:
         C{GET /api/v1/tasks/{id}}, with C{?wait_ms=N} to long-poll for the
         terminal state.
         """
-        self._principal(request)
+        principal = self._principal(request)
         wait_ms = _uint_arg(request, b"wait_ms", MAX_WAIT_MS)
-        return _json(request, await self.runtime.status(task_id, wait_ms))
+        return await self._snapshot(request, await self.runtime.status(task_id, wait_ms, principal))
 
     @app.route("/api/v1/tasks/<task_id>/kill", methods=["POST"])
     async def kill(self, request: IRequest, task_id: str) -> bytes:
@@ -222,7 +243,7 @@ class RuntimeAPI:
         """
         principal = self._principal(request)
         owner = owner_from(request) if principal is None else principal.owner
-        return _json(request, await self.runtime.kill(task_id, owner))
+        return await self._snapshot(request, await self.runtime.kill(task_id, owner, principal))
 
     @app.route("/api/v1/tasks/<task_id>/events", methods=["GET"])
     async def events(self, request: IRequest, task_id: str) -> bytes:
@@ -231,11 +252,11 @@ class RuntimeAPI:
         the JSON array of the events after C{after_seq}, or with C{follow}
         an NDJSON stream of them that ends after the terminal event.
         """
-        self._principal(request)
+        principal = self._principal(request)
         after_seq = _uint_arg(request, b"after_seq", MAX_OFFSET)
         if _bool_arg(request, b"follow"):
-            return await self.runtime.streams.events(request, task_id, after_seq)
-        return _json(request, await self.runtime.events(task_id, after_seq))
+            return await self.runtime.stream_events(request, task_id, after_seq, principal)
+        return _json(request, await self.runtime.events(task_id, after_seq, principal))
 
     @app.route("/api/v1/runtime/info", methods=["GET"])
     def info(self, request: IRequest) -> bytes:
@@ -264,9 +285,10 @@ class RuntimeAPI:
     @app.route("/api/v1/runtime/resources", methods=["GET"])
     async def resources(self, request: IRequest) -> bytes:
         """
-        C{GET /api/v1/runtime/resources}.
+        C{GET /api/v1/runtime/resources} (every tenant's reservations:
+        admins only, with authentication).
         """
-        self._principal(request)
+        require_admin(self._principal(request), "/api/v1/runtime/resources")
         return _json(request, await self.runtime.resources())
 
     @app.route("/healthz", methods=["GET"])
@@ -300,9 +322,10 @@ class RuntimeAPI:
     @app.route("/metrics", methods=["GET"])
     async def metrics(self, request: IRequest) -> bytes:
         """
-        Prometheus text exposition.
+        Prometheus text exposition (every tenant's counts: admins only,
+        with authentication).
         """
-        self._principal(request)
+        require_admin(self._principal(request), "/metrics")
         try:
             text = await self.runtime.metrics()
         except Exception as e:
@@ -339,6 +362,48 @@ class RuntimeAPI:
 def _allowed(exception: Any) -> list:
     methods = getattr(exception, "valid_methods", None) or []
     return [method.encode("ascii") for method in methods]
+
+
+class Utf8Paths(Resource):
+    """
+    Refuse a request whose path or host is not UTF-8 once percent-decoded
+    (C{/api/v1/tasks/%ff}) with C{400 invalid_input} and the envelope.
+
+    Klein decodes both before routing and answers such a request itself,
+    with a C{text/html} body and a logged traceback per request (anyone
+    can send them, with no token); this check runs first and logs one
+    line at debug level.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def render(self, request: IRequest) -> Any:
+        problem = None
+        if not all(_is_utf8(segment) for segment in (*request.prepath, *request.postpath)):
+            problem = "the request path is not valid percent-encoded UTF-8"
+        elif not _is_utf8(request.getRequestHostname()):
+            problem = "the Host header is not valid UTF-8"
+        if problem is None:
+            return self._inner.render(request)
+        log.debug(
+            "refused a request: {problem}: {uri}",
+            problem=problem,
+            uri=request.uri.decode("ascii", "backslashreplace")[:256],
+        )
+        error = errors.InvalidInput(problem)
+        return _json(request, error.envelope(), error.http_status)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class APISite(server.Site):

@@ -3,12 +3,18 @@
 Optional bearer-token authentication (issue 5; off unless
 C{--auth-token-file} is given).
 
-The token file has one token a line, C{TOKEN tenant=NAME owner=NAME}, with
-C{#} comments and blank lines allowed.  A token stands for a tenant and an
-owner: they override whatever a submission's body claims, and a kill is
-gated by the token's owner.  The file is read at start (an error there
-stops the server) and again on C{SIGHUP} (an error there keeps the tokens
-in force and is logged).
+The token file has one token a line, C{TOKEN tenant=NAME owner=NAME
+[role=admin]}, with C{#} comments and blank lines allowed.  A token stands
+for a tenant and an owner: they override whatever a submission's body
+claims, and a kill is gated by the token's owner.  The file is read at
+start (an error there stops the server) and again on C{SIGHUP} (an error
+there keeps the tokens in force and is logged).
+
+With tokens, tenancy is a boundary, and its rules are here: a principal
+sees only the tasks of its own tenant (L{visible}); an admin sees and
+kills every task and alone reads the views that span tenants
+(L{require_admin}).  Without tokens there is no principal (C{None}) and
+the runtime is one trust domain.
 """
 
 from __future__ import annotations
@@ -19,14 +25,43 @@ import attrs
 
 from execgo import errors
 
+#: The roles a token may carry (C{role=NAME}); without one a token is a
+#: tenant's.
+ROLES = ("admin",)
+_FORMAT = "'TOKEN tenant=NAME owner=NAME [role=admin]'"
+
+
 @attrs.frozen
 class Principal:
     """
     Who a token speaks for.
+
+    @ivar admin: the token carries C{role=admin}: it sees every tenant.
     """
 
     tenant: Optional[str] = None
     owner: Optional[str] = None
+    admin: bool = False
+
+
+def visible(principal: Optional[Principal], tenant: Optional[str]) -> bool:
+    """
+    Whether C{principal} may see (and act on) a task of C{tenant}: always
+    without authentication (C{None}) and for an admin, else only a task of
+    its own tenant (a token without a tenant sees the tasks without one).
+    """
+    return principal is None or principal.admin or principal.tenant == tenant
+
+
+def require_admin(principal: Optional[Principal], what: str) -> None:
+    """
+    Refuse C{what} (a view that spans tenants) to a principal that is not
+    an admin; without authentication everyone may.
+
+    @raise errors.PermissionDenied: for a principal without C{role=admin}.
+    """
+    if principal is not None and not principal.admin:
+        raise errors.PermissionDenied(f"{what} requires a token with role=admin")
 
 
 def parse_tokens(text: str, source: str = "token file") -> Dict[str, Principal]:
@@ -44,14 +79,18 @@ def parse_tokens(text: str, source: str = "token file") -> Dict[str, Principal]:
         values: Dict[str, str] = {}
         for field in fields:
             key, sep, value = field.partition("=")
-            if not sep or key not in ("tenant", "owner") or not value:
+            if not sep or key not in ("tenant", "owner", "role") or not value:
+                raise errors.InvalidInput(f"{source} line {number}: expected {_FORMAT}, got {field!r}")
+            if key == "role" and value not in ROLES:
                 raise errors.InvalidInput(
-                    f"{source} line {number}: expected 'TOKEN tenant=NAME owner=NAME', got {field!r}"
+                    f"{source} line {number}: unknown role {value!r} (expected {_FORMAT})"
                 )
             values[key] = value
         if token in tokens:
             raise errors.InvalidInput(f"{source} line {number}: token listed twice")
-        tokens[token] = Principal(tenant=values.get("tenant"), owner=values.get("owner"))
+        tokens[token] = Principal(
+            tenant=values.get("tenant"), owner=values.get("owner"), admin=values.get("role") == "admin"
+        )
     return tokens
 
 

@@ -21,6 +21,10 @@ from execgo.privileges import parse_uid_range
 DEFAULT_LISTEN_ADDR = "127.0.0.1:8080"
 DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup/execgo-runtime"
 UINT64_MAX = 2**64 - 1
+#: The largest output limit the contract admits at all (2^63-1).
+OUTPUT_LIMIT_MAX = 2**63 - 1
+#: The server's ceiling for a task's inline output previews (16 MiB).
+DEFAULT_MAX_OUTPUT_PREVIEW_BYTES = 16 * 1024 * 1024
 
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -106,8 +110,17 @@ class RuntimeConfig:
     task_uid_range: Optional[str] = None
     task_user: Optional[str] = None
     sandbox_rootfs_roots: Tuple[str, ...] = ()
+    max_output_preview_bytes: int = DEFAULT_MAX_OUTPUT_PREVIEW_BYTES
+    request_header_timeout_ms: int = 10_000
+    idle_connection_timeout_ms: int = 60_000
+    max_connections: int = 0
 
     def __attrs_post_init__(self) -> None:
+        if not 0 < self.max_output_preview_bytes <= OUTPUT_LIMIT_MAX:
+            raise errors.InvalidInput(
+                f"--max-output-preview-bytes must be between 1 and {OUTPUT_LIMIT_MAX},"
+                f" got {self.max_output_preview_bytes}"
+            )
         if self.task_uid_range is not None:
             parse_uid_range(self.task_uid_range)
         if self.task_uid_range is not None and self.task_user is not None:
@@ -167,6 +180,10 @@ class RuntimeConfig:
             "task_uid_range": self.task_uid_range,
             "task_user": self.task_user,
             "sandbox_rootfs_roots": list(self.sandbox_rootfs_roots),
+            "max_output_preview_bytes": self.max_output_preview_bytes,
+            "request_header_timeout_ms": self.request_header_timeout_ms,
+            "idle_connection_timeout_ms": self.idle_connection_timeout_ms,
+            "max_connections": self.max_connections,
         }
 
 
@@ -202,6 +219,7 @@ def apply_environment(config: RuntimeConfig, environ: Mapping[str, str], given: 
     for setting, suffix in (
         ("capacity_memory_bytes", "CAPACITY_MEMORY_BYTES"),
         ("capacity_pids", "CAPACITY_PIDS"),
+        ("max_output_preview_bytes", "MAX_OUTPUT_PREVIEW_BYTES"),
     ):
         if setting not in given and prefix + suffix in environ:
             changes[setting] = parse_uint_env(prefix + suffix, environ[prefix + suffix])
@@ -286,7 +304,8 @@ SERVE_SETTINGS: Tuple[Setting, ...] = (
         "auth-token-file",
         "auth_token_file",
         "str",
-        "require bearer tokens listed in this file (TOKEN tenant=NAME owner=NAME a line; re-read on SIGHUP)",
+        "require bearer tokens listed in this file"
+        " (TOKEN tenant=NAME owner=NAME [role=admin] a line; re-read on SIGHUP)",
     ),
     Setting(
         "task-uid-range",
@@ -308,6 +327,31 @@ SERVE_SETTINGS: Tuple[Setting, ...] = (
         "multi",
         "a directory chroot root filesystems must lie under, repeatable [none: chroot refused]",
         metavar="DIR",
+    ),
+    Setting(
+        "max-output-preview-bytes",
+        "max_output_preview_bytes",
+        "uint",
+        "ceiling for a task's stdout_max_bytes and stderr_max_bytes (inline previews) [16777216]",
+        "EXECGO_RUNTIME_MAX_OUTPUT_PREVIEW_BYTES",
+    ),
+    Setting(
+        "request-header-timeout-ms",
+        "request_header_timeout_ms",
+        "uint",
+        "close a connection whose request headers (then body) take longer; 0: never [10000]",
+    ),
+    Setting(
+        "idle-connection-timeout-ms",
+        "idle_connection_timeout_ms",
+        "uint",
+        "close a connection with no request in flight after this long; 0: never [60000]",
+    ),
+    Setting(
+        "max-connections",
+        "max_connections",
+        "uint",
+        "open client connections at most; 0: derived from the descriptor limit [0]",
     ),
 )
 

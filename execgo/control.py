@@ -189,6 +189,10 @@ class SupervisorSettings:
     @ivar identity: which uid and gid tasks run as.
     @ivar rootfs_roots: the directories a chroot's root filesystem must
         lie under.
+    @ivar max_output_preview_bytes: the server's preview ceiling, which
+        bounds the previews in C{result.json} whatever limits a task was
+        stored with (C{None}, as in settings written before it existed:
+        the tasks' own limits alone).
     """
 
     grace_ms: int
@@ -196,6 +200,7 @@ class SupervisorSettings:
     cgroup_root: str
     identity: TaskIdentity
     rootfs_roots: Tuple[str, ...] = ()
+    max_output_preview_bytes: Optional[int] = None
 
     def to_json(self) -> Dict[str, Any]:
         """
@@ -207,6 +212,7 @@ class SupervisorSettings:
             "cgroup_root": self.cgroup_root,
             "identity": self.identity.to_json(),
             "rootfs_roots": list(self.rootfs_roots),
+            "max_output_preview_bytes": self.max_output_preview_bytes,
         }
 
     @classmethod
@@ -227,9 +233,21 @@ class SupervisorSettings:
                 cgroup_root=str(data["cgroup_root"]),
                 identity=TaskIdentity.from_json(data["identity"]),
                 rootfs_roots=tuple(str(root) for root in data.get("rootfs_roots", ())),
+                max_output_preview_bytes=_optional_positive(data.get("max_output_preview_bytes")),
             )
         except (KeyError, TypeError) as e:
             raise ValueError(f"malformed supervisor settings: {e}") from None
+
+
+def _optional_positive(value: Any) -> Optional[int]:
+    """
+    A positive integer setting, or C{None} when absent.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return value
 
 
 def write_settings(data_dir: str, settings: SupervisorSettings) -> None:

@@ -7,7 +7,16 @@ hash of the normalised request.  A later submission with the same key and
 the same normalised request is a retry: it gets the first submission's
 answer and creates nothing; with a different request it is a conflict.
 Keys live as long as their task (GC deletes them with the row); a unique
-index decides between concurrent first submissions.
+index on C{(idempotency_key, idempotency_scope)} decides between
+concurrent first submissions.
+
+A key belongs to a L{Scope}.  Without authentication there is one, the
+open scope (C{""}), as there always was.  With authentication each tenant
+has its own (C{"tenant:NAME"}; C{"tenant:"} for tokens without a tenant):
+the same key sent by two tenants makes two tasks, and a tenant learns
+nothing of another's keys.  A key stored in the open scope (sent without
+authentication, or stored before keys had scopes) counts, with
+authentication, for the tenant of its task.
 
 Standard library only (L{execgo.taskdb} uses it inside its transactions).
 """
@@ -17,13 +26,44 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from execgo import errors
 
 HEADER = b"idempotency-key"
 MAX_KEY_LENGTH = 255
 REUSED = "idempotency key reused with a different request"
+#: The scope stored with keys sent without authentication.
+OPEN = ""
+TENANT_PREFIX = "tenant:"
+
+
+class Scope(NamedTuple):
+    """
+    Where a submission's key is looked up and stored.
+
+    @ivar name: stored with the key (C{idempotency_scope}).
+    @ivar bounded: with authentication: only the keys of this scope, and
+        the open-scope keys of tasks of C{tenant}, count; without, every
+        stored key does.
+    @ivar tenant: the submitting token's tenant (when C{bounded}).
+    """
+
+    name: str = OPEN
+    bounded: bool = False
+    tenant: Optional[str] = None
+
+
+#: The scope of every key sent without authentication.
+OPEN_SCOPE = Scope()
+
+
+def tenant_scope(tenant: Optional[str]) -> Scope:
+    """
+    The scope of the keys sent with a token of C{tenant} (C{None}: a
+    token without a tenant).
+    """
+    return Scope(TENANT_PREFIX + (tenant or ""), True, tenant)
 
 
 class KeyReused(errors.Conflict):
@@ -80,34 +120,49 @@ def request_hash(normalised: Dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def lookup(conn: sqlite3.Connection, key: str) -> Optional[Tuple[str, Optional[str]]]:
+def lookup(
+    conn: sqlite3.Connection, key: str, scope: Scope = OPEN_SCOPE
+) -> List[Tuple[str, Optional[str]]]:
     """
-    C{(task_id, request hash)} of the task stored with C{key}, or C{None}.
+    C{(task_id, request hash)} of the tasks stored with C{key} that count
+    in C{scope} (at most two when it is bounded: its own and an open one),
+    those of C{scope} itself first.
     """
-    row = conn.execute(
-        "SELECT task_id, idempotency_hash FROM tasks WHERE idempotency_key = ?", (key,)
-    ).fetchone()
-    return None if row is None else (row[0], row[1])
+    if not scope.bounded:
+        rows = conn.execute(
+            "SELECT task_id, idempotency_hash FROM tasks WHERE idempotency_key = ?"
+            " ORDER BY idempotency_scope = ? DESC",
+            (key, scope.name),
+        )
+    else:
+        rows = conn.execute(
+            "SELECT task_id, idempotency_hash FROM tasks WHERE idempotency_key = ?"
+            " AND (idempotency_scope = ? OR (idempotency_scope = ? AND tenant IS ?))"
+            " ORDER BY idempotency_scope = ? DESC",
+            (key, scope.name, OPEN, scope.tenant, scope.name),
+        )
+    return [(row[0], row[1]) for row in rows.fetchall()]
 
 
-def check(conn: sqlite3.Connection, key: str, digest: Optional[str]) -> None:
+def check(conn: sqlite3.Connection, key: str, digest: Optional[str], scope: Scope = OPEN_SCOPE) -> None:
     """
-    Compare a submission with the task stored under its key, if any.
+    Compare a submission with the tasks stored under its key in its
+    scope, if any.
 
     @raise Replay: the key is stored with the same request hash.
     @raise KeyReused: the key is stored with another request.
     """
-    found = lookup(conn, key)
-    if found is None:
+    found = lookup(conn, key, scope)
+    if not found:
         return
-    task_id, stored = found
-    if stored != digest:
-        raise KeyReused()
-    raise Replay(task_id)
+    for task_id, stored in found:
+        if stored == digest:
+            raise Replay(task_id)
+    raise KeyReused()
 
 
 def settle_conflict(
-    conn: sqlite3.Connection, key: str, digest: Optional[str], task_id: str
+    conn: sqlite3.Connection, key: str, digest: Optional[str], task_id: str, scope: Scope = OPEN_SCOPE
 ) -> Optional[bool]:
     """
     After a submission with a key lost a race on its task id: L{check} the
@@ -117,6 +172,6 @@ def settle_conflict(
     @raise Replay: as L{check}.
     @raise KeyReused: as L{check}.
     """
-    check(conn, key, digest)
+    check(conn, key, digest, scope)
     exists = conn.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
     return True if exists is not None else None

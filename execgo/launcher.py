@@ -308,7 +308,7 @@ def spawn(spec: LaunchSpec) -> Spawned:
                 os.close(stderr)
         finally:
             os.close(stdout)
-    except (OSError, ValueError, subprocess.SubprocessError) as e:
+    except (OSError, ValueError, OverflowError, subprocess.SubprocessError) as e:
         if status_r is not None:
             os.close(status_r)
         raise LaunchError(str(e)) from None

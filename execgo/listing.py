@@ -40,6 +40,7 @@ MAX_LABELS = 32
 _CURSOR_VERSION = "1"
 _CURSOR_TEXT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CURSOR_RAW = re.compile(r"1:(\d{1,19}):(\d{1,19})")
+_CURSOR_INT_MAX = 2**63 - 1
 
 
 @attrs.frozen
@@ -50,6 +51,8 @@ class ListQuery:
     @ivar labels: C{(key, value)} pairs that must all match.
     @ivar after: the C{(created_at_ms, rowid)} position of the previous
         page's last entry; the page holds only entries below it.
+    @ivar no_tenant: only tasks without a tenant (never from the query
+        string: see L{within_tenant}).
     """
 
     status: Optional[str] = None
@@ -58,6 +61,18 @@ class ListQuery:
     labels: Tuple[Tuple[str, str], ...] = ()
     limit: int = DEFAULT_LIMIT
     after: Optional[Tuple[int, int]] = None
+    no_tenant: bool = False
+
+
+def within_tenant(query: ListQuery, tenant: Optional[str]) -> Optional[ListQuery]:
+    """
+    C{query} narrowed to the tasks of C{tenant} (C{None}: the tasks without
+    a tenant), for a principal that sees only its own tenant; C{None} when
+    the query asks for another tenant's tasks, so the page is empty.
+    """
+    if query.tenant is not None and query.tenant != tenant:
+        return None
+    return attrs.evolve(query, tenant=tenant, no_tenant=tenant is None)
 
 
 def encode_cursor(created_at_ms: int, rowid: int) -> str:
@@ -83,7 +98,11 @@ def decode_cursor(text: str) -> Tuple[int, int]:
     match = _CURSOR_RAW.fullmatch(raw)
     if match is None:
         raise errors.InvalidInput("cursor: not a cursor from a previous page")
-    return int(match.group(1)), int(match.group(2))
+    position = int(match.group(1)), int(match.group(2))
+    # Both are SQLite integers (64-bit signed): 19 digits can be more.
+    if max(position) > _CURSOR_INT_MAX:
+        raise errors.InvalidInput("cursor: not a cursor from a previous page")
+    return position
 
 
 def _text(name: str, raw: Any) -> str:
@@ -183,6 +202,8 @@ def page_sql(query: ListQuery) -> Tuple[str, List[Any]]:
         if value is not None:
             where.append(f"t.{column} = ?")
             params.append(value)
+    if query.no_tenant:
+        where.append("t.tenant IS NULL")
     if query.after is not None:
         where.append(f"({created}, {rowid}) < (?, ?)")
         params += list(query.after)

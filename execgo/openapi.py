@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import attrs
 
-from execgo import __version__, errors, idempotency, listing
+from execgo import __version__, bounds, errors, idempotency, listing
 from execgo.ledger import Capacity
 from execgo.models import (
     ALL_STATUSES,
@@ -165,6 +165,13 @@ _OMITTED_WHEN_EMPTY = {
 _NO_EQUALS_IN_KEYS = {"propertyNames": {"pattern": "^[^=]*$"}}
 _NOT_EMPTY = {"minLength": 1}
 _POSITIVE = {"minimum": 1}
+# What the host accepts (execgo.bounds).  The runtime counts bytes of
+# UTF-8 where JSON Schema counts characters, so these are never stricter
+# than the runtime; the notes give the exact rules.
+_NO_NUL = "^[^\\u0000]*$"
+_PATH_COMPONENTS = f"^(?:[^/\\u0000]{{0,{bounds.NAME_MAX_BYTES}}}/)*[^/\\u0000]{{0,{bounds.NAME_MAX_BYTES}}}$"
+_ARG_STRING: JSON = {"type": "string", "pattern": _NO_NUL, "maxLength": bounds.ARG_STRING_MAX_BYTES}
+_ARG_STRINGS: JSON = {"items": _ARG_STRING}
 _OUTPUT_LIMIT = {"minimum": 1, "maximum": OUTPUT_LIMIT_MAX}
 _CONSTRAINTS: Mapping[Tuple[type, str], JSON] = {
     (SubmitRequest, "task_id"): {
@@ -173,13 +180,24 @@ _CONSTRAINTS: Mapping[Tuple[type, str], JSON] = {
         "pattern": "^[A-Za-z0-9._-]+$",
         "not": {"enum": [".", ".."]},
     },
-    (ExecutionSpec, "env"): _NO_EQUALS_IN_KEYS,
-    (ResourceLimits, "wall_time_ms"): _POSITIVE,
-    (ResourceLimits, "cpu_time_sec"): _POSITIVE,
-    (ResourceLimits, "memory_bytes"): _POSITIVE,
-    (ResourceLimits, "pids_max"): _POSITIVE,
+    (ExecutionSpec, "program"): {"pattern": _PATH_COMPONENTS, "maxLength": bounds.PATH_MAX_BYTES},
+    (ExecutionSpec, "args"): _ARG_STRINGS,
+    (ExecutionSpec, "interpreter"): _ARG_STRINGS,
+    (ExecutionSpec, "env"): {
+        "propertyNames": {"pattern": "^[^=\\u0000]*$"},
+        "additionalProperties": _ARG_STRING,
+    },
+    (ResourceLimits, "wall_time_ms"): {"minimum": 1, "maximum": bounds.WALL_TIME_MS_MAX},
+    (ResourceLimits, "cpu_time_sec"): {"minimum": 1, "maximum": bounds.CPU_TIME_SEC_MAX},
+    (ResourceLimits, "memory_bytes"): {"minimum": 1, "maximum": bounds.MEMORY_BYTES_MAX},
+    (ResourceLimits, "pids_max"): {"minimum": 1, "maximum": bounds.PIDS_MAX_MAX},
     (ResourceLimits, "stdout_max_bytes"): _OUTPUT_LIMIT,
     (ResourceLimits, "stderr_max_bytes"): _OUTPUT_LIMIT,
+    (SandboxPolicy, "workspace_subdir"): {
+        "pattern": _PATH_COMPONENTS,
+        "maxLength": bounds.WORKSPACE_SUBDIR_MAX_BYTES,
+    },
+    (SandboxPolicy, "rootfs"): {"pattern": _PATH_COMPONENTS, "maxLength": bounds.PATH_MAX_BYTES},
     (ControlContext, "control_plane_mode"): _NOT_EMPTY,
     (ControlContext, "tenant"): _NOT_EMPTY,
     (ControlContext, "owner"): _NOT_EMPTY,
@@ -187,23 +205,73 @@ _CONSTRAINTS: Mapping[Tuple[type, str], JSON] = {
     (ControlContext, "labels"): _NO_EQUALS_IN_KEYS,
 }
 
+# The server's preview ceiling is a setting, not part of the schema.
+_PREVIEW_NOTE = (
+    "Bounds only the inline preview of the status. At most the server's "
+    "--max-output-preview-bytes (default 16777216; GET /api/v1/runtime/config "
+    "shows it as max_output_preview_bytes): a larger value is invalid_input."
+)
+_PATH_NOTE = (
+    "A path: no NUL, at most {} bytes of UTF-8, each component at most "
+    f"{bounds.NAME_MAX_BYTES} bytes."
+)
+_ARG_NOTE = (
+    f"Each element is an argument string: no NUL, at most {bounds.ARG_STRING_MAX_BYTES} "
+    "bytes of UTF-8 (the kernel's limit for one argument)."
+)
 # What the schema does not state (or not exactly), in words.
 _NOTES: Mapping[Tuple[type, str], str] = {
     (SubmitRequest, "task_id"): (
         "Absent or null: a random UUID is generated. No surrounding white "
         "space. An existing id gets 409."
     ),
-    (ExecutionSpec, "program"): "kind command: required, not blank. kind script: absent, null or blank.",
-    (ExecutionSpec, "script"): "kind script: required, not blank. kind command: absent, null or blank.",
+    (ExecutionSpec, "program"): (
+        "kind command: required, not blank. kind script: absent, null or blank. "
+        f"{_PATH_NOTE.format(bounds.PATH_MAX_BYTES)}"
+    ),
+    (ExecutionSpec, "args"): _ARG_NOTE,
+    (ExecutionSpec, "script"): (
+        "kind script: required, not blank. kind command: absent, null or blank. "
+        "Without an interpreter it runs as /bin/sh -c SCRIPT, so it is an "
+        f"argument string: no NUL, at most {bounds.ARG_STRING_MAX_BYTES} bytes."
+    ),
     (ExecutionSpec, "interpreter"): (
         "kind script: when present, non-empty with a non-blank first element. "
-        "Ignored for kind command."
+        f"Ignored for kind command. {_ARG_NOTE} The first element is a path: "
+        f"at most {bounds.PATH_MAX_BYTES} bytes, each component at most "
+        f"{bounds.NAME_MAX_BYTES}."
     ),
-    (ExecutionSpec, "env"): "Keys are not blank and contain no '='.",
-    (ResourceLimits, "stdout_max_bytes"): "Bounds only the inline preview of the status.",
-    (ResourceLimits, "stderr_max_bytes"): "Bounds only the inline preview of the status.",
-    (SandboxPolicy, "workspace_subdir"): "Relative: no leading '/', no '..' component.",
-    (SandboxPolicy, "rootfs"): "Required (not blank) when chroot is true.",
+    (ExecutionSpec, "env"): (
+        "Keys are not blank and contain no '='. No NUL in keys or values; each "
+        f"NAME=value at most {bounds.ARG_STRING_MAX_BYTES} bytes of UTF-8 (the "
+        "kernel's limit for one environment string)."
+    ),
+    (ResourceLimits, "wall_time_ms"): (
+        f"At most {bounds.WALL_TIME_MS_MAX} (about 24.8 days): the longest timer "
+        "the supervisor can set."
+    ),
+    (ResourceLimits, "cpu_time_sec"): (
+        f"At most {bounds.CPU_TIME_SEC_MAX}: RLIMIT_CPU gets this soft limit and a "
+        "hard limit one second above, which must fit a signed 64-bit rlim_t "
+        "below RLIM_INFINITY."
+    ),
+    (ResourceLimits, "memory_bytes"): (
+        f"At most {bounds.MEMORY_BYTES_MAX}: the largest RLIMIT_AS the runtime "
+        "can set (a memory cgroup takes it too)."
+    ),
+    (ResourceLimits, "pids_max"): (
+        f"At most {bounds.PIDS_MAX_MAX}: the kernel's pids.max is at most "
+        "4194304, and the supervisor sets one more while it starts the task."
+    ),
+    (ResourceLimits, "stdout_max_bytes"): _PREVIEW_NOTE,
+    (ResourceLimits, "stderr_max_bytes"): _PREVIEW_NOTE,
+    (SandboxPolicy, "workspace_subdir"): (
+        "Relative: no leading '/', no '..' component. "
+        f"{_PATH_NOTE.format(bounds.WORKSPACE_SUBDIR_MAX_BYTES)}"
+    ),
+    (SandboxPolicy, "rootfs"): (
+        f"Required (not blank) when chroot is true. {_PATH_NOTE.format(bounds.PATH_MAX_BYTES)}"
+    ),
     (SandboxPolicy, "chroot"): "true requires profile linux_sandbox and a rootfs.",
     (ControlContext, "control_plane_mode"): "Not blank when present.",
     (ControlContext, "tenant"): "Not blank when present; the tenant quota key.",
@@ -593,6 +661,10 @@ def _other_schemas() -> JSON:
                 "task_uid_range": {"type": ["string", "null"]},
                 "task_user": {"type": ["string", "null"]},
                 "sandbox_rootfs_roots": _STRINGS,
+                "max_output_preview_bytes": _UINT,
+                "request_header_timeout_ms": _UINT,
+                "idle_connection_timeout_ms": _UINT,
+                "max_connections": _UINT,
             }
         ),
         "RuntimeResources": _resources(),
@@ -630,13 +702,41 @@ _RAISES: Mapping[str, Tuple[Type[errors.ExecgoError], ...]] = {
     "getTaskStdout": (errors.InvalidInput, errors.NotFound, *_STORAGE),
     "getTaskStderr": (errors.InvalidInput, errors.NotFound, *_STORAGE),
     "getTaskEvents": (errors.InvalidInput, errors.NotFound, *_STORAGE),
-    "getRuntimeResources": _STORAGE,
+    "getRuntimeResources": (errors.PermissionDenied, *_STORAGE),
+    "metrics": (errors.PermissionDenied,),
     "readyz": (errors.Internal, errors.Unavailable),
 }
 # Operations open to everyone even when the server requires bearer tokens
 # (--auth-token-file); every other one may answer 401.
 _PUBLIC = ("healthz", "readyz", "getOpenAPI")
 _BEARER = "bearerToken"
+# What tenancy means for each operation when bearer tokens are required.
+_PER_TASK = (
+    "With bearer tokens, a task of another tenant answers 404 not_found "
+    "exactly like an unknown id (a token with role=admin sees every tenant)."
+)
+_ADMIN_ONLY = (
+    "With bearer tokens, only a token with role=admin may read this (it "
+    "spans tenants); any other token gets 403 permission_denied."
+)
+_TENANCY: Mapping[str, str] = {
+    "getTask": _PER_TASK,
+    "killTask": _PER_TASK + " An admin's kill skips the owner check.",
+    "getTaskStdout": _PER_TASK,
+    "getTaskStderr": _PER_TASK,
+    "getTaskEvents": _PER_TASK,
+    "listTasks": (
+        "With bearer tokens, only the tasks of the token's tenant (tenant= "
+        "naming another tenant gives an empty page); a token with "
+        "role=admin lists every tenant."
+    ),
+    "submitTask": (
+        "With bearer tokens, Idempotency-Key values are per tenant: the "
+        "same key sent by two tenants makes two tasks."
+    ),
+    "getRuntimeResources": _ADMIN_ONLY,
+    "metrics": _ADMIN_ONLY,
+}
 
 
 def _error_classes() -> List[Type[errors.ExecgoError]]:
@@ -702,6 +802,8 @@ def _operation(
         raised = (*raised, errors.Unauthorized)
     responses: JSON = {"200": ok, **_error_responses(raised), **(more_responses or {})}
     operation: JSON = {"operationId": operation_id, "summary": summary}
+    if operation_id in _TENANCY:
+        operation["description"] = _TENANCY[operation_id]
     if parameters:
         operation["parameters"] = list(parameters)
     operation.update(extra)
@@ -956,7 +1058,9 @@ def _paths() -> JSON:
         "/healthz": {"get": _operation("healthz", "Liveness", _json("Alive", _ref("Health")))},
         "/readyz": {
             "get": _operation(
-                "readyz", "Readiness: the supervisor answers and storage is usable", _json("Ready", _ref("Ready"))
+                "readyz",
+                "Readiness: the supervisor answers and storage (data directory, store) is usable",
+                _json("Ready", _ref("Ready")),
             )
         },
         "/metrics": {
@@ -990,7 +1094,8 @@ def document(version: str = __version__) -> JSON:
                 "The HTTP API of the execgo task-execution runtime. Every error "
                 "produced by the runtime uses the envelope "
                 '{"error": {"code": ..., "message": ...}}; an unknown path gets '
-                "404 not_found and a wrong method 405 invalid_input."
+                "404 not_found, a wrong method 405 invalid_input, and a path "
+                "that is not valid UTF-8 once percent-decoded 400 invalid_input."
             ),
         },
         "paths": _paths(),
@@ -1003,7 +1108,11 @@ def document(version: str = __version__) -> JSON:
                     "description": (
                         "Required only when the server runs with "
                         "--auth-token-file; the token's tenant and owner then "
-                        "override the request's control_context."
+                        "override the request's control_context, and the "
+                        "token sees only its tenant's tasks (others answer "
+                        "404 like unknown ids) unless it has role=admin, "
+                        "which alone reads /api/v1/runtime/resources and "
+                        "/metrics (others: 403)."
                     ),
                 }
             },

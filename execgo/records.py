@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional
 
 import attrs
 
+from execgo.idempotency import OPEN_SCOPE, Scope
 from execgo.models import (
     TERMINAL_STATUSES,
     ControlContext,
@@ -245,6 +246,7 @@ class NewTask:
     paths: TaskPaths
     idempotency_key: Optional[str] = None
     idempotency_hash: Optional[str] = None
+    idempotency_scope: Scope = OPEN_SCOPE
 
 
 @attrs.frozen

@@ -6,10 +6,16 @@ kill, the runtime views, recovery, and reactions to the supervisor.
 L{Runtime} is built by L{execgo.service} from its parts (store, scheduler,
 supervisor link, capability snapshot) and used by L{execgo.api}; it owns no
 sockets and reads no global state.
+
+With authentication, the operations on one task take the request's
+principal and begin with L{Runtime.require_visible}: a task of another
+tenant is answered exactly like an unknown one.  Without authentication
+the principal is C{None} and every task is visible.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import uuid
 from typing import Any, Callable, Dict, List, Mapping, Optional
@@ -19,8 +25,10 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from twisted.web.iweb import IRequest
 
 from execgo import (
+    budget,
     errors,
     idempotency,
     listing,
@@ -33,7 +41,7 @@ from execgo import (
     validation,
     wire,
 )
-from execgo.auth import Principal
+from execgo.auth import Principal, visible
 from execgo.capabilities import Capabilities
 from execgo.cgroups import Cgroups
 from execgo.config import RuntimeConfig
@@ -47,6 +55,7 @@ from execgo.snapshots import TerminalSnapshots
 from execgo.store import Store
 from execgo.streams import Streams
 from execgo.supervisor_link import SupervisorLink
+from execgo.upkeep import Upkeep
 from execgo.waiters import Waiters
 
 log = Logger()
@@ -65,6 +74,9 @@ class Runtime:
         whose supervisor is gone (C{None} when cgroups are off).
     @param identity: who tasks run as, to kill what is left of a lost
         task's uid and hand its files back.
+    @param upkeep: the repairs after storage faults and the data
+        directory's readiness probe (default: over C{store} and
+        C{<data_dir>/tasks}).
     """
 
     def __init__(
@@ -83,6 +95,7 @@ class Runtime:
         version: str,
         cgroups: Optional[Cgroups] = None,
         identity: Optional[TaskIdentity] = None,
+        upkeep: Optional[Upkeep] = None,
     ) -> None:
         self.reactor = reactor
         self.config = config
@@ -97,6 +110,9 @@ class Runtime:
         self.version = version
         self.cgroups = cgroups
         self.identity = identity
+        if upkeep is None:
+            upkeep = Upkeep(store, os.path.join(config.data_dir_abs, "tasks"), now_ms, reactor)
+        self.upkeep = upkeep
         self.waiters = Waiters(reactor)
         self.finished = TerminalSnapshots()
         self.streams = Streams(store, self.waiters)
@@ -125,6 +141,7 @@ class Runtime:
         if principal is not None:
             request = _as_principal(request, principal)
         digest = None if idempotency_key is None else idempotency.request_hash(request.to_json())
+        scope = idempotency.OPEN_SCOPE if principal is None else idempotency.tenant_scope(principal.tenant)
         plan = resolve_plan(request, self.capabilities, self.config.default_capability_mode)
         reservation = Reservation.for_limits(request.limits)
         check_admission(reservation, self.capabilities.capacity, self.quotas, request.tenant)
@@ -142,6 +159,7 @@ class Runtime:
             ),
             idempotency_key=idempotency_key,
             idempotency_hash=digest,
+            idempotency_scope=scope,
         )
         now = self.now_ms()
         try:
@@ -149,7 +167,7 @@ class Runtime:
                 task,
                 request,
                 self.config.max_queued_tasks,
-                lambda: validation.check_output_limits(request),
+                lambda: _check_output(request, self.config.max_output_preview_bytes),
                 now,
             )
         except idempotency.Replay as replay:
@@ -157,14 +175,16 @@ class Runtime:
         except errors.Conflict as conflict:
             if idempotency_key is None or isinstance(conflict, idempotency.KeyReused):
                 raise
-            replayed = await self._settle_conflict(idempotency_key, digest, task_id)
+            replayed = await self._settle_conflict(idempotency_key, digest, task_id, scope)
             return {"task_id": replayed, "handle_id": replayed, "status": "accepted"}
         self.scheduler.submitted(
             QueuedTask(task_id=task_id, tenant=request.tenant, reservation=reservation, created_at_ms=now)
         )
         return {"task_id": task_id, "handle_id": task_id, "status": "accepted"}
 
-    async def _settle_conflict(self, key: str, digest: Optional[str], task_id: str) -> str:
+    async def _settle_conflict(
+        self, key: str, digest: Optional[str], task_id: str, scope: idempotency.Scope
+    ) -> str:
         """
         A keyed submission found its task id taken (by a concurrent first
         submission with the same key and id that has not committed yet, or
@@ -175,7 +195,7 @@ class Runtime:
         """
         for _ in range(100):
             try:
-                taken = await self.store.read(idempotency.settle_conflict, key, digest, task_id)
+                taken = await self.store.read(idempotency.settle_conflict, key, digest, task_id, scope)
             except idempotency.Replay as replay:
                 return replay.task_id
             if taken:
@@ -183,16 +203,43 @@ class Runtime:
             await _sleep(self.reactor, 0.01)
         raise errors.Conflict(f"task already exists: {task_id}")
 
+    # Tenancy
+
+    async def require_visible(self, task_id: str, principal: Optional[Principal]) -> None:
+        """
+        The tenancy check of every operation on one task, made before it
+        reads or changes anything: L{errors.NotFound} for an unknown task
+        and, with authentication, for a task C{principal} may not see
+        (L{auth.visible}), so the two cannot be told apart.
+
+        The task's tenant comes from memory when it is there (a kept
+        terminal snapshot, the dispatcher's queue and reservations), else
+        from the store.  A task's tenant never changes.
+        """
+        if principal is None or principal.admin:
+            return
+        kept = self.finished.kept(task_id)
+        if kept is not None:
+            known, tenant = True, kept.tenant
+        else:
+            known, tenant = self.scheduler.unfinished_tenant(task_id)
+        if not known:
+            known, tenant = await self.store.read(taskdb.tenant_of, task_id)
+        if not known or not visible(principal, tenant):
+            raise errors.NotFound(task_id)
+
     # Reading
 
-    async def status(self, task_id: str, wait_ms: int = 0) -> JSON:
+    async def status(self, task_id: str, wait_ms: int = 0, principal: Optional[Principal] = None) -> JSON:
         """
-        The status snapshot; L{errors.NotFound} for an unknown id.
+        The status snapshot; L{errors.NotFound} for an unknown id (or one
+        C{principal} may not see).
 
         @param wait_ms: long-poll: when the task is not terminal, answer as
             soon as it is, or after this many milliseconds with its state
             then.
         """
+        await self.require_visible(task_id, principal)
         kept = self.finished.get(task_id)
         if kept is not None:
             return kept
@@ -208,6 +255,10 @@ class Runtime:
                 snapshot = await self._read_snapshot(task_id)
                 if watch is None or snapshot["status"] in TERMINAL_STATUSES:
                     return snapshot
+                # Not sent: its previews (and their share of the preview
+                # budget) are not kept through the wait.
+                budget.release(snapshot)
+                del snapshot
                 await watch
         finally:
             if watch is not None and not watch.called:
@@ -221,38 +272,71 @@ class Runtime:
         The snapshot from the store (kept when terminal);
         L{errors.NotFound} for an unknown id.
         """
-        snapshot = await self.store.snapshot(task_id, self.now_ms())
-        if snapshot is None:
+        found = await self.store.snapshot(task_id, self.now_ms())
+        if found is None:
             raise errors.NotFound(task_id)
+        snapshot, tenant = found
         if snapshot["status"] in TERMINAL_STATUSES:
-            self.finished.put(task_id, snapshot)
+            self.finished.put(task_id, snapshot, tenant)
         return snapshot
 
-    async def list_tasks(self, query: listing.ListQuery) -> JSON:
+    async def list_tasks(self, query: listing.ListQuery, principal: Optional[Principal] = None) -> JSON:
         """
-        One page of the task listing, see L{listing.list_page}.
+        One page of the task listing, see L{listing.list_page}; with a
+        principal that is not an admin, of its own tenant's tasks only
+        (another C{tenant=} gives an empty page).
         """
+        if principal is not None and not principal.admin:
+            scoped = listing.within_tenant(query, principal.tenant)
+            if scoped is None:
+                return {"tasks": [], "next_cursor": None}
+            query = scoped
         return await self.store.read(listing.list_page, query, self.now_ms())
 
-    async def events(self, task_id: str, after_seq: int = 0) -> List[JSON]:
+    async def events(self, task_id: str, after_seq: int = 0, principal: Optional[Principal] = None) -> List[JSON]:
         """
         The event log (the events after C{after_seq}); L{errors.NotFound}
-        for an unknown id.
+        for an unknown id (or one C{principal} may not see).
         """
+        await self.require_visible(task_id, principal)
         events = await self.store.read(taskdb.events_if_exists, task_id, after_seq)
         if events is None:
             raise errors.NotFound(task_id)
         return [wire.render_event(event) for event in events]
 
+    async def stream_log(
+        self, request: IRequest, task_id: str, name: str, offset: int, follow: bool, principal: Optional[Principal]
+    ) -> bytes:
+        """
+        Serve a task's C{stdout} or C{stderr} (L{Streams.log}), once
+        L{require_visible} has passed: nothing is sent before.
+        """
+        await self.require_visible(task_id, principal)
+        return await self.streams.log(request, task_id, name, offset, follow)
+
+    async def stream_events(
+        self, request: IRequest, task_id: str, after_seq: int, principal: Optional[Principal]
+    ) -> bytes:
+        """
+        Serve a task's events as NDJSON (L{Streams.events}), once
+        L{require_visible} has passed: nothing is sent before.
+        """
+        await self.require_visible(task_id, principal)
+        return await self.streams.events(request, task_id, after_seq)
+
     # Kill
 
-    async def kill(self, task_id: str, owner: Optional[str]) -> JSON:
+    async def kill(self, task_id: str, owner: Optional[str], principal: Optional[Principal] = None) -> JSON:
         """
         Cancel a task (C{api.md} 5): queued tasks end at once; running ones
         are signalled by their supervisor (or directly, if none is
-        connected).
+        connected).  An admin's kill skips the owner check; a task
+        C{principal} may not see is L{errors.NotFound}, before the owner
+        check.
         """
-        result = await self.store.kill(task_id, owner, self.now_ms())
+        await self.require_visible(task_id, principal)
+        any_owner = principal is not None and principal.admin
+        result = await self.store.kill(task_id, owner, self.now_ms(), any_owner)
         record = result.record
         if result.cancelled_queued:
             self.scheduler.dequeued(task_id)
@@ -340,14 +424,16 @@ class Runtime:
 
     async def ready(self) -> None:
         """
-        Check the supervisor answers, and re-run the (idempotent) storage
-        initialisation.
+        Check the supervisor answers and the data directory can be written
+        (full, read only or not permitted: not ready), and re-run the
+        (idempotent) storage initialisation.
 
         @raise errors.Unavailable: naming what is wrong.
         """
         reason = self.link.health()
         if reason is not None:
             raise errors.Unavailable(reason)
+        await self.upkeep.check_writable()
         await self.store.init_schema()
 
     # Supervisor reports
@@ -367,10 +453,13 @@ class Runtime:
             timer = self._kill_timers.pop(task_id, None)
             if timer is not None and timer.active():
                 timer.cancel()
+            # Its tenant, for the snapshot kept below, from its reservation
+            # (a task unknown here is not kept: its next read is).
+            known, tenant = self.scheduler.unfinished_tenant(task_id)
             self.scheduler.released(task_id)
             final = message.get("status")
-            if isinstance(final, dict):
-                self.finished.put(task_id, final)
+            if isinstance(final, dict) and known:
+                self.finished.put(task_id, final, tenant)
             self.waiters.notify(task_id, final if isinstance(final, dict) else True)
 
     def on_supervisor_lost(self, pid: int) -> None:
@@ -399,7 +488,9 @@ class Runtime:
     async def recover(self) -> None:
         """
         Start-up recovery: apply L{recovery.plan_recovery} to every
-        non-terminal task, then rebuild the dispatcher from the store.
+        non-terminal task, then rebuild the dispatcher from the store;
+        then write the C{result.json} files a storage fault left out
+        (L{Upkeep.at_start}).
         """
         records = await self.store.by_status(("accepted", "running"))
         for action in recovery.plan_recovery(records, is_supervisor):
@@ -411,6 +502,7 @@ class Runtime:
             else:
                 await self._fail_lost(action, "recovery_lost")
         self.scheduler.load(await self.store.scheduler_state(self.config.max_queued_tasks))
+        await self.upkeep.at_start()
 
     async def fail_orphans(self, message: str) -> None:
         """
@@ -466,10 +558,13 @@ class Runtime:
 
     async def collect_garbage(self) -> int:
         """
-        Delete terminal tasks older than the retention period.
+        Delete terminal tasks older than the retention period, after the
+        repairs of L{Upkeep.run_pass} (missing C{result.json} files, task
+        directories without a row).
 
         @return: how many tasks were collected.
         """
+        await self.upkeep.run_pass()
         retention_ms = self.config.result_retention_secs * 1000
         now = self.now_ms()
         cutoff = now - retention_ms if retention_ms <= now else now
@@ -502,6 +597,15 @@ def _as_principal(request: SubmitRequest, principal: Principal) -> SubmitRequest
     context = request.control_context or ControlContext()
     context = attrs.evolve(context, tenant=principal.tenant, owner=principal.owner)
     return attrs.evolve(request, control_context=context)
+
+
+def _check_output(request: SubmitRequest, ceiling: int) -> None:
+    """
+    The late checks of the output limits: the contract's 2^63-1 bound,
+    then the server's preview ceiling (C{--max-output-preview-bytes}).
+    """
+    validation.check_output_limits(request)
+    validation.check_output_ceiling(request, ceiling)
 
 
 def _sleep(reactor: IReactorTime, seconds: float) -> "defer.Deferred[None]":

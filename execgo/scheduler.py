@@ -23,7 +23,7 @@ not take go back to the queue.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Set
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Set, Tuple
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -167,6 +167,19 @@ class Scheduler:
         reservation leaves the ledger).
         """
         return task_id in self.queue or task_id in self.ledger.active
+
+    def unfinished_tenant(self, task_id: str) -> Tuple[bool, Optional[str]]:
+        """
+        Whether the task is queued or holds a reservation here (as
+        L{knows_unfinished}), and if so its tenant.
+        """
+        queued = self.queue.get(task_id)
+        if queued is not None:
+            return True, queued.tenant
+        held = self.ledger.active.get(task_id)
+        if held is not None:
+            return True, held.tenant
+        return False, None
 
     # Cycles
 

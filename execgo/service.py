@@ -12,8 +12,9 @@ import os
 import signal
 import stat
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
+import attrs
 from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.internet.task import deferLater
@@ -22,6 +23,7 @@ from twisted.logger import Logger
 
 from execgo import __version__, errors
 from execgo.api import APISite, RuntimeAPI
+from execgo.budget import ByteBudget
 from execgo.auth import Tokens, read_tokens
 from execgo.capabilities import build_capabilities
 from execgo.probe import probe_host
@@ -30,6 +32,7 @@ from execgo.config import RuntimeConfig, parse_listen_addr
 from execgo.control import ChannelError, SupervisorSettings, prepare_run_dir, write_settings
 from execgo.launcher import INHERITED_ENV
 from execgo.ledger import Ledger, parse_tenant_quotas
+from execgo.listener import Listener, derive_max_connections, raise_descriptor_limit
 from execgo.privileges import PASSAGE_MODE, open_passage, resolve_identity
 from execgo.runtime import Runtime
 from execgo.scheduler import Scheduler
@@ -40,6 +43,12 @@ from execgo.wire import format_ns
 log = Logger()
 
 DRAIN_TIMEOUT_S = 10.0
+#: The preview budget, in ceilings: what large previews read at once may
+#: add up to (one task's two logs at the ceiling fill it).
+PREVIEW_BUDGET_CEILINGS = 2
+#: Connections the kernel queues for accepting (it caps this at
+#: C{net.core.somaxconn}).
+LISTEN_BACKLOG = 1024
 
 
 def wall_ms() -> int:
@@ -70,13 +79,15 @@ def prepare_data_dir(data_dir: str) -> None:
 
 def listen_description(listen_addr: str) -> str:
     """
-    The Twisted endpoint string for C{HOST:PORT}.
+    The Twisted endpoint string for C{HOST:PORT}, with a listen backlog
+    of L{LISTEN_BACKLOG} (Twisted's 50 makes a burst of connections wait
+    a second for SYN retransmits, cap or no cap).
     """
     host, port = parse_listen_addr(listen_addr)
     escaped = host.replace(":", "\\:")
     if ":" in host:
-        return f"tcp6:port={port}:interface={escaped}"
-    return f"tcp:port={port}:interface={escaped}"
+        return f"tcp6:port={port}:interface={escaped}:backlog={LISTEN_BACKLOG}"
+    return f"tcp:port={port}:interface={escaped}:backlog={LISTEN_BACKLOG}"
 
 
 def private_token_file(path: str) -> Optional[int]:
@@ -110,13 +121,23 @@ class RuntimeService(service.Service):
 
     @param reactor: the reactor everything is built on.
     @param environ: the environment (runtime id, probing, workloads).
+    @param descriptor_limit: raises this process's descriptor limit as far
+        as it goes and returns it (L{raise_descriptor_limit}); the
+        connection cap is derived from it.
     @ivar started: fires once the server listens (or fails to start).
     """
 
     name = "execgo"
 
-    def __init__(self, reactor: Any, config: RuntimeConfig, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        config: RuntimeConfig,
+        environ: Mapping[str, str],
+        descriptor_limit: Callable[[], int] = raise_descriptor_limit,
+    ) -> None:
         self.reactor = reactor
+        self.descriptor_limit = descriptor_limit
         self.config = config
         self.environ = dict(environ)
         self.quotas = parse_tenant_quotas(config.tenant_quotas)
@@ -131,6 +152,7 @@ class RuntimeService(service.Service):
         self.site: Optional[APISite] = None
         self.tokens: Optional[Tokens] = None
         self.port: Any = None
+        self.listener: Optional[Listener] = None
         self.started: defer.Deferred[Any] = defer.Deferred()
         self._store: Optional[Store] = None
         self._link: Optional[SupervisorLink] = None
@@ -148,7 +170,7 @@ class RuntimeService(service.Service):
         """
         Bring the server up; returns the listening port.
         """
-        config = self.config
+        self.config = config = self._limit_connections(self.config)
         data_dir = config.data_dir_abs
         # Whatever the server creates is private unless it says otherwise.
         os.umask(0o077)
@@ -183,6 +205,8 @@ class RuntimeService(service.Service):
             open_pool(self.reactor, config.database_path),
             open_pool(self.reactor, config.database_path, connections=2),
             reader_lanes=2,
+            preview_ceiling=config.max_output_preview_bytes,
+            budget=ByteBudget(PREVIEW_BUDGET_CEILINGS * config.max_output_preview_bytes),
         )
         try:
             await store.init_schema()
@@ -216,6 +240,7 @@ class RuntimeService(service.Service):
             cgroup_root=config.cgroup_root,
             identity=self.identity,
             rootfs_roots=config.rootfs_roots_abs,
+            max_output_preview_bytes=config.max_output_preview_bytes,
         )
         await deferToThread(write_settings, data_dir, settings)
         runtime_holder: list = []
@@ -256,18 +281,45 @@ class RuntimeService(service.Service):
         runtime.accepting = True
         scheduler.start()
         runtime.start_gc()
-        self.site = site = APISite(RuntimeAPI(runtime, self.tokens).resource())
+        idle_ms = config.idle_connection_timeout_ms
+        self.site = site = APISite(
+            RuntimeAPI(runtime, self.tokens).resource(),
+            reactor=self.reactor,
+            timeout=idle_ms / 1000.0 if idle_ms else None,
+        )
         site.displayTracebacks = False
+        header_ms = config.request_header_timeout_ms
+        self.listener = Listener(site, header_ms / 1000.0 if header_ms else None, config.max_connections)
         endpoint = endpoints.serverFromString(self.reactor, listen_description(config.listen_addr))
         try:
-            self.port = await endpoint.listen(site)
+            self.port = await endpoint.listen(self.listener)
         except Exception as e:
             runtime.accepting = False
             raise errors.Internal(f"io error: cannot listen on {config.listen_addr}: {e}") from None
         log.info(
-            "listening on {listen_addr}", listen_addr=config.listen_addr, runtime_id=runtime_id
+            "listening on {listen_addr}",
+            listen_addr=config.listen_addr,
+            runtime_id=runtime_id,
+            max_connections=config.max_connections,
         )
         return self.port
+
+    def _limit_connections(self, config: RuntimeConfig) -> RuntimeConfig:
+        """
+        Raise the descriptor limit and fix the connection cap below it:
+        the configuration with the cap in force (C{/runtime/config} shows
+        it).
+        """
+        limit = self.descriptor_limit()
+        cap = derive_max_connections(limit, config.max_connections)
+        if config.max_connections and cap < config.max_connections:
+            log.warn(
+                "--max-connections {wanted} is too close to the descriptor limit {limit}: using {cap}",
+                wanted=config.max_connections,
+                limit=limit,
+                cap=cap,
+            )
+        return attrs.evolve(config, max_connections=cap)
 
     def _install_reload(self) -> None:
         """

@@ -245,7 +245,7 @@ class Loop:
             delay = supervisor.next_delay()
             if not supervisor.busy and not self.connections:
                 delay = 0.5 if delay is None else min(delay, 0.5)
-            for key, _ in self.selector.select(delay):
+            for key, _ in self.selector.select(_bounded(delay)):
                 supervisor._guard(key.data)
 
     def _should_exit(self) -> bool:
@@ -261,6 +261,19 @@ class Loop:
         if self._idle_since is None:
             self._idle_since = now
         return now - self._idle_since >= self.idle_exit_s
+
+
+#: The longest single wait of a supervisor loop: C{epoll_wait} takes its
+#: timeout in milliseconds as a C int, and a timer further away (a task
+#: stored with a huge wall time) must not overflow it.
+MAX_WAIT_S = 3600.0
+
+
+def _bounded(delay: Optional[float]) -> float:
+    """
+    The wait for the next timer, at most L{MAX_WAIT_S} (also with none).
+    """
+    return MAX_WAIT_S if delay is None else min(delay, MAX_WAIT_S)
 
 
 def _to_devnull() -> None:
@@ -383,7 +396,7 @@ def run_shim(database: str, data_dir: str, task_id: str, grace_ms: int, cgroup_r
             supervisor.run_due_timers()
             if not supervisor.busy:
                 break
-            if selector.select(supervisor.next_delay()):
+            if selector.select(_bounded(supervisor.next_delay())):
                 os.read(wake_r, 4096)
         supervisor.reap()
         return 0

@@ -13,12 +13,18 @@ answers from them; GC forgets what it deletes.
 The cache is bounded by entry count and by the size of the previews it
 holds (a snapshot is dominated by its two output previews), so a burst of
 tasks with large output cannot grow the server.
+
+Each entry keeps its task's tenant too (a snapshot does not show it), so
+that with authentication the tenancy check of a read answered from here
+needs no store read either (L{execgo.runtime.Runtime.require_visible}).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from typing import Any, Dict, Iterable, Optional
+
+import attrs
 
 JSON = Dict[str, Any]
 
@@ -28,6 +34,16 @@ ENTRY_OVERHEAD = 1024
 
 def _weight(snapshot: JSON) -> int:
     return ENTRY_OVERHEAD + len(snapshot.get("stdout") or "") + len(snapshot.get("stderr") or "")
+
+
+@attrs.frozen
+class Kept:
+    """
+    One kept task: its terminal snapshot and its tenant.
+    """
+
+    snapshot: JSON
+    tenant: Optional[str]
 
 
 class TerminalSnapshots:
@@ -42,42 +58,50 @@ class TerminalSnapshots:
     def __init__(self, max_entries: int = 4096, max_bytes: int = 8 * 1024 * 1024) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self._entries: "OrderedDict[str, JSON]" = OrderedDict()
+        self._entries: "OrderedDict[str, Kept]" = OrderedDict()
         self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    def kept(self, task_id: str) -> Optional[Kept]:
+        """
+        The kept snapshot and tenant of C{task_id}, or C{None} when not kept.
+        """
+        kept = self._entries.get(task_id)
+        if kept is not None:
+            self._entries.move_to_end(task_id)
+        return kept
+
     def get(self, task_id: str) -> Optional[JSON]:
         """
         The terminal snapshot of C{task_id}, or C{None} when not kept.
         """
-        snapshot = self._entries.get(task_id)
-        if snapshot is not None:
-            self._entries.move_to_end(task_id)
-        return snapshot
+        kept = self.kept(task_id)
+        return None if kept is None else kept.snapshot
 
-    def put(self, task_id: str, snapshot: JSON) -> None:
+    def put(self, task_id: str, snapshot: JSON, tenant: Optional[str]) -> None:
         """
-        Keep C{snapshot}, the terminal state of C{task_id}.
+        Keep C{snapshot}, the terminal state of C{task_id}, a task of
+        C{tenant}.
         """
         self.discard(task_id)
         weight = _weight(snapshot)
         if weight > self.max_bytes:
             return
-        self._entries[task_id] = snapshot
+        self._entries[task_id] = Kept(snapshot, tenant)
         self._bytes += weight
         while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
-            self._bytes -= _weight(evicted)
+            self._bytes -= _weight(evicted.snapshot)
 
     def discard(self, task_id: str) -> None:
         """
         Forget C{task_id} (GC deleted it).
         """
-        snapshot = self._entries.pop(task_id, None)
-        if snapshot is not None:
-            self._bytes -= _weight(snapshot)
+        kept = self._entries.pop(task_id, None)
+        if kept is not None:
+            self._bytes -= _weight(kept.snapshot)
 
     def discard_all(self, task_ids: Iterable[str]) -> None:
         """

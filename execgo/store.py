@@ -12,6 +12,7 @@ hop as its database work.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -23,6 +24,7 @@ from twisted.internet.defer import Deferred
 
 from execgo import errors, idempotency, outcome, taskdb, wire
 from execgo.batching import Batcher
+from execgo.budget import SMALL_PREVIEW_BYTES, ByteBudget, HeldSnapshot, Hold
 from execgo.fsio import write_file
 from execgo.models import STATUS_ACCEPTED, SubmitRequest
 
@@ -54,6 +56,9 @@ class SchedulerState:
 
 
 CLAIM_STALE_S = 60.0
+#: Reads of one snapshot under the preview budget before giving up (the
+#: last one holds the whole budget, so it always succeeds).
+BUDGET_ATTEMPTS = 3
 
 
 def _claim_task_dir(task_dir: str, now_s: float, opened_s: float = 0.0) -> None:
@@ -107,7 +112,7 @@ def prepare_submit(
     meets the queue bound.
     """
     if task.idempotency_key is not None:
-        idempotency.check(conn, task.idempotency_key, task.idempotency_hash)
+        idempotency.check(conn, task.idempotency_key, task.idempotency_hash, task.idempotency_scope)
     if taskdb.count_accepted(conn) >= max_queued:
         raise errors.QueueFull()
     check_late()
@@ -115,9 +120,30 @@ def prepare_submit(
         raise errors.Conflict(f"task already exists: {task.task_id}")
     try:
         _create_task_files(task, request_json, now_ms / 1000.0, opened_s)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         shutil.rmtree(task.paths.task_dir, ignore_errors=True)
-        raise errors.from_storage(e) from None
+        raise _task_files_error(e) from None
+
+
+def _task_files_error(error: Exception) -> errors.ExecgoError:
+    """
+    The error for task files that could not be made: a path the file
+    system refuses (NUL, too long: L{execgo.bounds} refuses those first,
+    this is the backstop) is the request's fault, anything else the
+    storage's.
+    """
+    if isinstance(error, ValueError) or getattr(error, "errno", None) == errno.ENAMETOOLONG:
+        reason = os.strerror(errno.ENAMETOOLONG) if isinstance(error, OSError) else str(error)
+        return errors.InvalidInput(f"sandbox.workspace_subdir: the file system refuses the workspace path ({reason})")
+    return errors.from_storage(error)
+
+
+def remove_task_dir(conn: Any, task_dir: str) -> None:
+    """
+    Remove the files of a submission whose row was not committed (best
+    effort: what stays is collected later, L{execgo.upkeep}).
+    """
+    shutil.rmtree(task_dir, ignore_errors=True)
 
 
 def insert_txn(conn: Any, task: taskdb.NewTask, now_ms: int) -> None:
@@ -133,10 +159,16 @@ def insert_txn(conn: Any, task: taskdb.NewTask, now_ms: int) -> None:
 
 
 def finish_txn(
-    conn: Any, task_id: str, verdict: taskdb.Outcome, now_ms: int, from_statuses: Sequence[str]
+    conn: Any,
+    task_id: str,
+    verdict: taskdb.Outcome,
+    now_ms: int,
+    from_statuses: Sequence[str],
+    ceiling: Optional[int] = None,
 ) -> bool:
     """
-    A terminal write with its C{result.json}, written before the commit.
+    A terminal write with its C{result.json}, written before the commit
+    (its previews bounded by C{ceiling} too, see L{wire.snapshot}).
     """
     return taskdb.finish(
         conn,
@@ -144,26 +176,77 @@ def finish_txn(
         verdict,
         now_ms,
         from_statuses,
-        prepare_result=lambda record: wire.prepare_result(record, now_ms),
+        prepare_result=lambda record: wire.prepare_result(record, now_ms, ceiling=ceiling),
     )
 
 
-def snapshot_txn(conn: Any, task_id: str, now_ms: int) -> Optional[JSON]:
+@attrs.frozen
+class NeedBudget:
     """
-    The status snapshot of a task, previews included, or C{None}.
+    A snapshot read that stopped before reading: its previews add up to
+    C{amount} bytes, more than it was allowed to read.
+    """
+
+    amount: int
+
+
+def preview_need(record: taskdb.TaskRecord, ceiling: Optional[int]) -> int:
+    """
+    The bytes reading both previews of C{record} takes now: each log's
+    size, at most its limit and C{ceiling} (blocking: two C{stat}s).
+    """
+    need = 0
+    for path, limit in (
+        (record.paths.stdout_path, record.limits.stdout_max_bytes),
+        (record.paths.stderr_path, record.limits.stderr_max_bytes),
+    ):
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            continue
+        need += min(size, limit if ceiling is None else min(limit, ceiling))
+    return need
+
+
+def snapshot_txn(
+    conn: Any, task_id: str, now_ms: int, ceiling: Optional[int] = None, allowance: Optional[int] = None
+) -> "Optional[Tuple[JSON, Optional[str]] | NeedBudget]":
+    """
+    The status snapshot of a task, previews included, and its tenant; or
+    C{None}.
+
+    @param ceiling: bounds each preview (L{wire.snapshot}).
+    @param allowance: when not C{None}, the bytes the previews may take:
+        a task whose previews need more is not read (L{NeedBudget}).
     """
     record = taskdb.load_task(conn, task_id)
-    return None if record is None else wire.snapshot(record, now_ms)
+    if record is None:
+        return None
+    if allowance is not None:
+        need = preview_need(record, ceiling)
+        if need > allowance:
+            return NeedBudget(need)
+    return (wire.snapshot(record, now_ms, ceiling), record.tenant)
 
 
-def kill_txn(conn: Any, task_id: str, owner: Optional[str], now_ms: int) -> KillResult:
+def kill_txn(
+    conn: Any,
+    task_id: str,
+    owner: Optional[str],
+    now_ms: int,
+    any_owner: bool = False,
+    ceiling: Optional[int] = None,
+) -> KillResult:
     """
     The store half of a kill (C{api.md} 5 checks, C{behavior.md} 9).
+
+    @param any_owner: skip the owner check (an admin token's kill).
+    @param ceiling: bounds the previews (L{wire.snapshot}).
     """
     record = taskdb.load_task(conn, task_id)
     if record is None:
         raise errors.NotFound(task_id)
-    if record.owner is not None and owner != record.owner:
+    if not any_owner and record.owner is not None and owner != record.owner:
         raise errors.PermissionDenied(f"kill requires owner '{record.owner}'")
     flagged = False
     cancelled = False
@@ -176,11 +259,12 @@ def kill_txn(conn: Any, task_id: str, owner: Optional[str], now_ms: int) -> Kill
                 outcome.cancelled("task cancelled before execution"),
                 now_ms,
                 (STATUS_ACCEPTED,),
+                ceiling,
             )
     record = taskdb.load_task(conn, task_id)
     assert record is not None
     return KillResult(
-        snapshot=wire.snapshot(record, now_ms),
+        snapshot=wire.snapshot(record, now_ms, ceiling),
         record=record,
         flagged=flagged,
         cancelled_queued=cancelled,
@@ -228,6 +312,10 @@ class Store:
 
     @param pool: the writer pool, see L{open_pool}.
     @param reader: the reader pool (defaults to the writer).
+    @param preview_ceiling: C{--max-output-preview-bytes}: no preview read
+        here is longer (C{None}: the tasks' own limits alone).
+    @param budget: the byte budget large preview reads share (C{None}:
+        none); see L{snapshot}.
     """
 
     def __init__(
@@ -235,9 +323,13 @@ class Store:
         pool: adbapi.ConnectionPool,
         reader: Optional[adbapi.ConnectionPool] = None,
         reader_lanes: int = 1,
+        preview_ceiling: Optional[int] = None,
+        budget: Optional[ByteBudget] = None,
     ) -> None:
         self.pool = pool
         self.reader = pool if reader is None else reader
+        self.preview_ceiling = preview_ceiling
+        self.budget = budget
         self.opened_s = time.time()
         self._writes = Batcher(pool, group=taskdb.transaction)
         self._reads = self._writes if reader is None else Batcher(self.reader, reader_lanes)
@@ -272,19 +364,74 @@ class Store:
         """
         Persist a validated, planned submission: checks and files, then
         the insert, which commits with the other submissions of its writer
-        hop.
+        hop.  When the row does not commit (the insert or the hop's shared
+        commit failed), the files this submission made are removed, so no
+        task directory is left without a row.
         """
         request_json = request.to_json()
-        return self._writes.run_grouped(
-            lambda conn: prepare_submit(conn, task, request_json, max_queued, check_late, now_ms, self.opened_s),
-            lambda conn, _: insert_txn(conn, task, now_ms),
-        )
+        made: List[bool] = []
 
-    def snapshot(self, task_id: str, now_ms: int) -> "Deferred[Optional[JSON]]":
+        def prepare(conn: Any) -> None:
+            prepare_submit(conn, task, request_json, max_queued, check_late, now_ms, self.opened_s)
+            made.append(True)
+
+        def undo(failure: Any) -> Any:
+            # insert_txn removed them already on a conflict.
+            if made and not failure.check(errors.Conflict):
+                return self.run(remove_task_dir, task.paths.task_dir).addBoth(lambda _: failure)
+            return failure
+
+        d = self._writes.run_grouped(prepare, lambda conn, _: insert_txn(conn, task, now_ms))
+        d.addErrback(undo)
+        return d
+
+    def snapshot(self, task_id: str, now_ms: int) -> "Deferred[Optional[Tuple[JSON, Optional[str]]]]":
         """
-        The status snapshot of a task, or C{None} when unknown.
+        The status snapshot of a task and its tenant, or C{None} when
+        unknown.
+
+        With a budget, previews adding up to more than
+        L{SMALL_PREVIEW_BYTES} are read only under a reservation of what
+        they take (waited for on the reactor, never in the reader thread);
+        the snapshot then carries it (a L{HeldSnapshot}) for whoever sends
+        it to release.
         """
-        return self.read(snapshot_txn, task_id, now_ms)
+        if self.budget is None:
+            return self.read(snapshot_txn, task_id, now_ms, self.preview_ceiling)
+        return Deferred.fromCoroutine(self._budgeted_snapshot(self.budget, task_id, now_ms))
+
+    async def _budgeted_snapshot(
+        self, budget: ByteBudget, task_id: str, now_ms: int
+    ) -> Optional[Tuple[JSON, Optional[str]]]:
+        began = time.monotonic()
+        hold: Optional[Hold] = None
+        try:
+            for attempt in range(BUDGET_ATTEMPTS):
+                allowance: Optional[int] = SMALL_PREVIEW_BYTES
+                if hold is not None:
+                    # Holding the whole budget, the read takes what it needs.
+                    allowance = None if hold.amount >= budget.capacity else max(hold.amount, SMALL_PREVIEW_BYTES)
+                # The clock moves on while a read waits for its turn.
+                now = now_ms + int((time.monotonic() - began) * 1000)
+                found = await self.read(snapshot_txn, task_id, now, self.preview_ceiling, allowance)
+                if not isinstance(found, NeedBudget):
+                    if found is None or hold is None:
+                        return found
+                    held, hold = hold, None
+                    return HeldSnapshot(found[0], held), found[1]
+                if hold is not None:
+                    hold.release()
+                    hold = None
+                # A running task's logs grow: ask for a little more than
+                # measured, and for everything the budget has at the last try.
+                want = found.amount + found.amount // 4 + SMALL_PREVIEW_BYTES
+                if attempt >= BUDGET_ATTEMPTS - 2:
+                    want = budget.capacity
+                hold = await budget.take(want)
+            raise errors.Internal(f"cannot reserve the previews of {task_id}")
+        finally:
+            if hold is not None:
+                hold.release()
 
     def load(self, task_id: str) -> "Deferred[Optional[taskdb.TaskRecord]]":
         """
@@ -298,11 +445,14 @@ class Store:
         """
         return self.read(taskdb.load_events, task_id, after_seq)
 
-    def kill(self, task_id: str, owner: Optional[str], now_ms: int) -> "Deferred[KillResult]":
+    def kill(
+        self, task_id: str, owner: Optional[str], now_ms: int, any_owner: bool = False
+    ) -> "Deferred[KillResult]":
         """
-        Check and record a kill request.
+        Check and record a kill request (C{any_owner}: without the owner
+        check).
         """
-        return self.run(kill_txn, task_id, owner, now_ms)
+        return self.run(kill_txn, task_id, owner, now_ms, any_owner, self.preview_ceiling)
 
     def finish(
         self,
@@ -314,7 +464,7 @@ class Store:
         """
         Make a task terminal (conditionally) and write its C{result.json}.
         """
-        return self.run(finish_txn, task_id, verdict, now_ms, tuple(from_statuses))
+        return self.run(finish_txn, task_id, verdict, now_ms, tuple(from_statuses), self.preview_ceiling)
 
     def scheduler_state(self, max_queued: int) -> "Deferred[SchedulerState]":
         """

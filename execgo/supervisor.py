@@ -43,8 +43,9 @@ from execgo.privileges import TaskIdentity
 #: compact JSON) sent with a C{finished} report; bigger ones (long output
 #: previews, large metadata) are read from the store.
 REPORTED_STATUS_MAX_BYTES = 32 * 1024
-#: Output previews longer than this (in characters) make a rendering
-#: spike worth forgetting: the supervisor resets its peak RSS after it.
+#: A C{result.json} longer than this (in bytes: its previews are most of
+#: it) makes a rendering spike worth forgetting: the supervisor resets its
+#: peak RSS after it.
 PEAK_RESET_PREVIEW_CHARS = 256 * 1024
 #: The WAL size (pages) at which the supervisor's own commits checkpoint.
 SUPERVISOR_CHECKPOINT_PAGES = 10_000
@@ -75,9 +76,11 @@ class Ending:
 
     def rendered(self, status: Dict[str, Any], size: int) -> None:
         """
-        Keep the snapshot rendered for C{result.json}, for the report.
+        Keep the snapshot rendered for C{result.json}, for the report, when
+        it is small enough to be reported: a larger one (long previews) is
+        not held while the other endings of a reaping are rendered.
         """
-        self.final = (status, size)
+        self.final = (status if size <= REPORTED_STATUS_MAX_BYTES else {}, size)
 
 
 @attrs.define
@@ -102,13 +105,6 @@ class Running:
     setup_error: Optional[str] = None
     status_fd: Optional[int] = None
     grace_s: float = 0.0
-
-
-def _previews(status: Dict[str, Any]) -> int:
-    """
-    The characters of a snapshot's two output previews.
-    """
-    return len(status.get("stdout", "")) + len(status.get("stderr", ""))
 
 
 @attrs.frozen
@@ -151,6 +147,8 @@ class Supervisor:
         nothing recorded).
     @param rootfs_roots: the directories a chroot's root filesystem must
         lie under.
+    @param preview_ceiling: bounds the previews of C{result.json}
+        (C{--max-output-preview-bytes}; C{None}: the tasks' limits alone).
     @param notify: called with each message for connected servers.
     """
 
@@ -167,7 +165,9 @@ class Supervisor:
         cgroups: Optional[Cgroups] = None,
         identity: Optional[TaskIdentity] = None,
         rootfs_roots: Tuple[str, ...] = (),
+        preview_ceiling: Optional[int] = None,
     ) -> None:
+        self.preview_ceiling = preview_ceiling
         self.cgroups = cgroups
         self.detect_cgroups = detect_cgroups or Cgroups.try_detect
         self._facilities: Dict[str, Optional[Cgroups]] = {}
@@ -205,6 +205,7 @@ class Supervisor:
         self.cgroups = self._facility(settings.cgroup_root)
         self.identity = settings.identity
         self.rootfs_roots = settings.rootfs_roots
+        self.preview_ceiling = settings.max_output_preview_bytes
 
     # Timers
 
@@ -686,7 +687,7 @@ class Supervisor:
             ending.verdict,
             now,
             taskdb.UNFINISHED,
-            lambda record: wire.prepare_result(record, now, ending.rendered),
+            lambda record: wire.prepare_result(record, now, ending.rendered, self.preview_ceiling),
             self._as_started(current),
         )
 
@@ -694,7 +695,9 @@ class Supervisor:
         """
         The terminal writes of C{endings}, in one transaction with the
         pending start records, each C{result.json} put in place after the
-        last write and before the commit; the start records written.
+        last write and before the commit (a task whose file could not be
+        written or placed is marked, L{taskdb.mark_result_missing}); the
+        start records written.
         """
         if not endings:
             return []
@@ -706,8 +709,11 @@ class Supervisor:
                         self.conn, ending.task_id, ending.verdict, now, taskdb.UNFINISHED, None
                     )
                 for ending in endings:
-                    if ending.took:
-                        taskdb.place_result(ending.settle)
+                    if ending.took and not taskdb.place_result(ending.settle):
+                        # Ended all the same; the server writes the file
+                        # once the data directory takes it.
+                        taskdb.mark_result_missing(self.conn, ending.task_id)
+                        self.log(f"cannot write the result.json of {ending.task_id}; marked for repair")
         except BaseException:
             for ending in endings:
                 ending.took = False
@@ -725,7 +731,7 @@ class Supervisor:
             # Sent as compact JSON, no bigger than the result.json text.
             report["status"] = final[0]
         self.emit(report)
-        if final is not None and _previews(final[0]) > PEAK_RESET_PREVIEW_CHARS:
+        if final is not None and final[1] > PEAK_RESET_PREVIEW_CHARS:
             # Rendering it took memory for a moment: later workloads
             # would report that peak as theirs (see reset_peak_rss).
             ending.final = None

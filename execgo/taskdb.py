@@ -79,6 +79,10 @@ _TASK_COLUMNS = (
     ("idempotency_hash", "TEXT"),
     ("run_uid", "INTEGER"),
     ("run_gid", "INTEGER"),
+    ("idempotency_scope", "TEXT"),
+    # 1 while a terminal task's result.json could not be written (a full
+    # or read-only data directory): GC writes it once it can (upkeep).
+    ("result_missing", "INTEGER"),
 )
 
 _SCHEMA = [
@@ -119,9 +123,18 @@ _SCHEMA = [
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS idx_task_labels_kv"
     " ON task_labels(key, value, created_at_ms, task_rowid)",
-    "CREATE UNIQUE INDEX IF NOT EXISTS idx_tasks_idempotency ON tasks(idempotency_key)"
-    " WHERE idempotency_key IS NOT NULL",
+    # A key is unique within its scope (execgo.idempotency.Scope); the key
+    # comes first so that a lookup by key alone uses the index too.
+    "CREATE UNIQUE INDEX IF NOT EXISTS idx_tasks_idempotency_scope"
+    " ON tasks(idempotency_key, idempotency_scope) WHERE idempotency_key IS NOT NULL",
+    # Only the few tasks waiting for their result.json: finding them is
+    # one probe of an (almost always) empty index.
+    "CREATE INDEX IF NOT EXISTS idx_tasks_result_missing ON tasks(result_missing)"
+    " WHERE result_missing = 1",
 ]
+#: The index of keys before they had scopes (unique per key), replaced by
+#: idx_tasks_idempotency_scope.
+_UNSCOPED_KEY_INDEX = "idx_tasks_idempotency"
 
 BUSY_TIMEOUT_MS = 5000
 #: The statuses a terminal write may leave.
@@ -176,16 +189,42 @@ def init_schema(conn: sqlite3.Connection) -> None:
                 decl = decl.replace(" PRIMARY KEY", "").replace(" NOT NULL", "")
                 conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {decl}")
         labels_fresh = not _table_exists(conn, "task_labels")
+        if "idempotency_scope" not in present or _index_exists(conn, _UNSCOPED_KEY_INDEX):
+            _scope_keys(conn)
         for statement in _SCHEMA[3:]:
             conn.execute(statement)
+        conn.execute(f"DROP INDEX IF EXISTS {_UNSCOPED_KEY_INDEX}")
         if labels_fresh:
             _backfill_labels(conn)
         tallies.install(conn)
 
 
+def _scope_keys(conn: sqlite3.Connection) -> None:
+    """
+    Put the keys stored before keys had scopes into the open scope (those
+    stored with authentication then still count for their task's tenant,
+    see L{idempotency.lookup}).  Runs in L{init_schema}'s transaction
+    whenever the column is new or the old index is still there (a store
+    an earlier version wrote to since), before the new index is made and
+    the old one dropped: the keys are unique already, so the new index
+    cannot fail, and a failure of any step leaves the store as it was.
+    """
+    conn.execute(
+        "UPDATE tasks SET idempotency_scope = ? WHERE idempotency_key IS NOT NULL AND idempotency_scope IS NULL",
+        (idempotency.OPEN,),
+    )
+
+
 def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
     return (
         conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+        is not None
+    )
+
+
+def _index_exists(conn: sqlite3.Connection, name: str) -> bool:
+    return (
+        conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)).fetchone()
         is not None
     )
 
@@ -325,6 +364,14 @@ def task_exists(conn: sqlite3.Connection, task_id: str) -> bool:
     return conn.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone() is not None
 
 
+def tenant_of(conn: sqlite3.Connection, task_id: str) -> Tuple[bool, Optional[str]]:
+    """
+    Whether the task exists, and its tenant (the C{tenant} column).
+    """
+    row = conn.execute("SELECT tenant FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+    return (False, None) if row is None else (True, row[0])
+
+
 def count_accepted(conn: sqlite3.Connection) -> int:
     """
     The number of tasks in C{accepted}, from the trigger-kept tally (O(1),
@@ -371,6 +418,7 @@ def insert_task(conn: sqlite3.Connection, task: NewTask, now_ms: int) -> None:
     if task.idempotency_key is not None:
         values["idempotency_key"] = task.idempotency_key
         values["idempotency_hash"] = task.idempotency_hash
+        values["idempotency_scope"] = task.idempotency_scope.name
     names = ", ".join(values)
     marks = ", ".join("?" for _ in values)
     with transaction(conn):
@@ -380,7 +428,7 @@ def insert_task(conn: sqlite3.Connection, task: NewTask, now_ms: int) -> None:
             if task.idempotency_key is not None:
                 # A concurrent first submission with this key won: answer
                 # like a retry (or 409 if it carried another request).
-                idempotency.check(conn, task.idempotency_key, task.idempotency_hash)
+                idempotency.check(conn, task.idempotency_key, task.idempotency_hash, task.idempotency_scope)
             raise errors.Conflict(f"task already exists: {task.task_id}") from None
         if task.control_context is not None and task.control_context.labels:
             _insert_labels(conn, task.task_id, task.control_context.labels, now_ms, int(cursor.lastrowid or 0))
@@ -651,8 +699,9 @@ def prepare_terminal(
     """
     The first half of L{finish}, before any lock: whether the task (as
     given, else read) is still in one of C{from_statuses}, and if so its
-    C{result.json} rendered aside from its terminal view (no C{settle} when
-    that failed with an C{OSError}, which does not prevent the write).
+    C{result.json} rendered aside from its terminal view (L{unwritten}
+    when that failed with an C{OSError}, which does not prevent the write:
+    placing it fails, and the write marks the task, see L{place_result}).
     """
     if current is None:
         current = load_task(conn, task_id)
@@ -661,19 +710,42 @@ def prepare_terminal(
     try:
         return True, prepare_result(terminal_view(current, outcome, now_ms))
     except OSError:
-        return True, None
+        return True, unwritten
 
 
-def place_result(settle: Optional[Settle]) -> None:
+def unwritten(took: bool) -> None:
+    """
+    The L{Settle} of a C{result.json} that could not be written aside:
+    nothing to remove, and nothing to put in place.
+    """
+    if took:
+        raise OSError("result.json could not be written")
+
+
+def place_result(settle: Optional[Settle]) -> bool:
     """
     Put a prepared C{result.json} in place (inside the terminal write's
     transaction, before it commits); a failure does not stop the write.
+
+    @return: C{False} when a C{result.json} was due and is not in place
+        (it could not be written aside, or renamed): the caller marks the
+        task with L{mark_result_missing} in the same transaction.
     """
     if settle is not None:
         try:
             settle(True)
         except OSError:
-            pass
+            return False
+    return True
+
+
+def mark_result_missing(conn: sqlite3.Connection, task_id: str) -> None:
+    """
+    Note, in the caller's transaction, that a terminal task has no
+    C{result.json}: the server's GC writes it from the row once the data
+    directory takes it (L{execgo.upkeep.repair_results}).
+    """
+    conn.execute("UPDATE tasks SET result_missing = 1 WHERE task_id = ?", (task_id,))
 
 
 def discard_result(settle: Optional[Settle]) -> None:
@@ -783,7 +855,8 @@ def write_terminal(
             append_event(conn, task_id, "resource_released", "task resources released", now_ms, data)
         event_type, message = _TERMINAL_EVENT[outcome.status]
         append_event(conn, task_id, event_type, message, now_ms)
-        place_result(settle)
+        if not place_result(settle):
+            mark_result_missing(conn, task_id)
     return True
 
 

@@ -35,6 +35,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
+from execgo import bounds
 from execgo.errors import InvalidInput, PayloadTooLarge
 from execgo.models import (
     DEFAULT_OUTPUT_MAX_BYTES,
@@ -57,6 +58,7 @@ __all__ = [
     "OUTPUT_LIMIT_MAX",
     "TASK_ID_MAX_LENGTH",
     "UINT64_MAX",
+    "check_output_ceiling",
     "check_output_limits",
     "decode_submit",
     "parse_json_body",
@@ -468,6 +470,12 @@ def validate_submit(request: SubmitRequest) -> None:
     C{limits} (with the zero-limit rule of C{decisions.md} item 4),
     C{sandbox}, C{policy} (no rules), C{control_context}.
 
+    Each group is followed by what the host accepts of it
+    (L{execgo.bounds}): no NUL in a string that becomes a path, an
+    argument or an environment entry, paths and argument strings within
+    the kernel's lengths, limits within what C{setrlimit}, the cgroup
+    files and the supervisor's timer take.
+
     The 2^63-1 bound on output limits is not checked here; see
     L{check_output_limits}.
 
@@ -475,8 +483,11 @@ def validate_submit(request: SubmitRequest) -> None:
     """
     _validate_task_id(request.task_id)
     _validate_execution(request.execution)
+    bounds.check_execution(request.execution)
     _validate_limits(request.limits)
+    bounds.check_limits(request.limits)
     _validate_sandbox(request.sandbox)
+    bounds.check_sandbox(request.sandbox)
     if request.control_context is not None:
         _validate_control_context(request.control_context)
 
@@ -492,6 +503,21 @@ def check_output_limits(request: SubmitRequest) -> None:
     for name in ("stdout_max_bytes", "stderr_max_bytes"):
         if getattr(request.limits, name) > OUTPUT_LIMIT_MAX:
             _fail(f"limits.{name}", f"must be at most {OUTPUT_LIMIT_MAX}")
+
+
+def check_output_ceiling(request: SubmitRequest, ceiling: int) -> None:
+    """
+    Reject output limits above the server's preview ceiling
+    (C{--max-output-preview-bytes}): a status snapshot and C{result.json}
+    hold up to that many bytes of each log, so the ceiling is what bounds
+    the memory one snapshot takes.  Checked with L{check_output_limits},
+    after it (a limit above 2^63-1 keeps the contract's message).
+
+    @raise InvalidInput: naming the field, the ceiling and the flag.
+    """
+    for name in ("stdout_max_bytes", "stderr_max_bytes"):
+        if getattr(request.limits, name) > ceiling:
+            _fail(f"limits.{name}", f"must be at most {ceiling} (--max-output-preview-bytes)")
 
 
 def under_roots(path: str, roots: Sequence[str]) -> bool:

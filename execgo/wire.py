@@ -12,11 +12,13 @@ reactor thread.
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from execgo.fsio import read_head, write_file
+from execgo import jsonstream
+from execgo.fsio import read_head_text, write_chunks
 from execgo.models import (
     MODE_ADAPTIVE,
     PROFILE_LINUX_SANDBOX,
@@ -176,14 +178,15 @@ def task_paths(
 def read_preview(path: str, max_bytes: int) -> Tuple[str, bool]:
     """
     The head of a log file, decoded with replacement, and whether the file
-    is longer than C{max_bytes}.  Never allocates more than it reads; a
-    missing file gives C{("", False)}.
+    is longer than C{max_bytes}.  Read and decoded a slice at a time
+    (L{read_head_text}): never more than one slice of bytes beside the
+    text; a missing file gives C{("", False)}.
     """
     try:
-        data, size = read_head(path, max_bytes)
+        text, size = read_head_text(path, max_bytes)
     except FileNotFoundError:
         return "", False
-    return data.decode("utf-8", errors="replace"), size > max_bytes
+    return text, size > max_bytes
 
 
 def synthesise_plan(record: TaskRecord) -> ExecutionPlan:
@@ -301,14 +304,24 @@ def render_status(
     return out
 
 
-def snapshot(record: TaskRecord, now_ms: int) -> JSON:
+def snapshot(record: TaskRecord, now_ms: int, ceiling: Optional[int] = None) -> JSON:
     """
     Read both previews (blocking) and render the status snapshot.
+
+    @param ceiling: the server's C{--max-output-preview-bytes}: no preview
+        is longer, whatever limits the task was stored with (submissions
+        above it are refused, but an older store may hold larger limits).
+        C{None}: the task's own limits alone.
     """
+    stdout_limit = record.limits.stdout_max_bytes
+    stderr_limit = record.limits.stderr_max_bytes
+    if ceiling is not None:
+        stdout_limit = min(stdout_limit, ceiling)
+        stderr_limit = min(stderr_limit, ceiling)
     return render_status(
         record,
-        read_preview(record.paths.stdout_path, record.limits.stdout_max_bytes),
-        read_preview(record.paths.stderr_path, record.limits.stderr_max_bytes),
+        read_preview(record.paths.stdout_path, stdout_limit),
+        read_preview(record.paths.stderr_path, stderr_limit),
         now_ms,
     )
 
@@ -334,29 +347,60 @@ _result_serial = iter(range(1, 1 << 62))
 
 
 def prepare_result(
-    record: TaskRecord, now_ms: int, rendered: Optional[Callable[[JSON, int], None]] = None
+    record: TaskRecord,
+    now_ms: int,
+    rendered: Optional[Callable[[JSON, int], None]] = None,
+    ceiling: Optional[int] = None,
 ) -> "Callable[[bool], None]":
     """
     Render the terminal snapshot of C{record} and write it beside the
     task's C{result.json}; the returned function renames it into place
-    (C{True}) or removes it (C{False}).
+    (C{True}) or removes it (C{False}).  Whatever fails, no temporary file
+    stays behind: one that could not be written whole (or renamed) is
+    removed before the error goes on.
+
+    The file is written as it is rendered (L{jsonstream.chunks}): besides
+    the snapshot, only a slice of a preview's escaped text is in memory at
+    once, however much escaping lengthens it.
 
     @param rendered: handed the snapshot and the size of the file's UTF-8
         text, which bounds the snapshot's L{compact} encoding (the same
         escapes, less white space).
+    @param ceiling: bounds the previews (L{snapshot}).
     """
-    final = snapshot(record, now_ms)
-    data = pretty(final).encode("utf-8")
-    if rendered is not None:
-        rendered(final, len(data))
+    final = snapshot(record, now_ms, ceiling)
     path = record.paths.result_path
     temporary = f"{path}.tmp-{os.getpid()}-{next(_result_serial)}"
-    write_file(temporary, data)
+    try:
+        size = write_chunks(temporary, jsonstream.chunks(final, pretty))
+        if size == 0:
+            raise OSError(errno.EIO, "nothing was written", temporary)
+    except BaseException:
+        # A file that could not be written whole is no result: a full
+        # disk would otherwise keep one empty file per retry.
+        _remove_quietly(temporary)
+        raise
+    if rendered is not None:
+        rendered(final, size)
 
     def settle(took: bool) -> None:
         if took:
-            os.replace(temporary, path)
+            try:
+                os.replace(temporary, path)
+            except OSError:
+                _remove_quietly(temporary)
+                raise
         else:
             os.unlink(temporary)
 
     return settle
+
+
+def _remove_quietly(path: str) -> None:
+    """
+    Remove a temporary file if it is there (and can be removed).
+    """
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -9,7 +9,7 @@ so there are no sockets.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from treq.testing import StubTreq
 from twisted.internet import defer, reactor
@@ -17,6 +17,7 @@ from twisted.internet.task import deferLater
 
 from execgo.api import RuntimeAPI
 from execgo.auth import Tokens
+from execgo.budget import ByteBudget
 from execgo.capabilities import Capabilities
 from execgo.config import RuntimeConfig
 from execgo.ledger import Capacity, Ledger, parse_tenant_quotas
@@ -24,6 +25,7 @@ from execgo.runtime import Runtime
 from execgo.scheduler import Scheduler
 from execgo.service import prepare_data_dir, wall_ms
 from execgo.store import Store, open_pool
+from execgo.upkeep import Upkeep
 
 
 class FakeLink:
@@ -70,6 +72,10 @@ def fake_capabilities(**overrides: Any) -> Capabilities:
 class InProcessRuntime:
     """
     A runtime over a temp data directory, serving its API through StubTreq.
+
+    @param budget: the preview budget of its store (none by default).
+    @param probe: replaces the data directory's readiness probe
+        (L{execgo.upkeep.probe_writable}).
     """
 
     def __init__(
@@ -77,11 +83,17 @@ class InProcessRuntime:
         data_dir: str,
         config: Optional[RuntimeConfig] = None,
         tokens: Optional[Tokens] = None,
+        budget: Optional[ByteBudget] = None,
+        probe: Optional[Callable[[str], None]] = None,
         **caps: Any,
     ) -> None:
         self.config = config or RuntimeConfig(data_dir=data_dir)
         prepare_data_dir(self.config.data_dir_abs)
-        self.store = Store(open_pool(reactor, self.config.database_path))
+        self.store = Store(
+            open_pool(reactor, self.config.database_path),
+            preview_ceiling=self.config.max_output_preview_bytes,
+            budget=budget,
+        )
         self.link = FakeLink()
         self.capabilities = fake_capabilities(**caps)
         quotas = parse_tenant_quotas(self.config.tenant_quotas)
@@ -106,6 +118,9 @@ class InProcessRuntime:
             now_ms=wall_ms,
             started_at="2026-01-01T00:00:00Z",
             version="1.1.0",
+            upkeep=None if probe is None else Upkeep(
+                self.store, os.path.join(self.config.data_dir_abs, "tasks"), wall_ms, reactor, probe=probe
+            ),
         )
         self.api = RuntimeAPI(self.runtime, tokens)
         self.treq = StubTreq(self.api.resource())

@@ -39,6 +39,10 @@ FIGURE_KEYS = (
     "output.supervisor_peak_rss_mib",
     "output.mib_per_s",
     "cli.status_wall_s",
+    "memory.server_peak_rss_mib",
+    "memory.supervisor_peak_rss_mib",
+    "listener.healthz_max_ms",
+    "listener.submit_max_ms",
 )
 
 

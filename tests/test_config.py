@@ -264,8 +264,8 @@ class EnvironmentTests(SynchronousTestCase):
     def test_settings_table(self) -> None:
         """
         Every setting names a config attribute; exactly the six
-        contract variables and the two of the task identity are attached
-        to their settings.
+        contract variables, the two of the task identity and the preview
+        ceiling's are attached to their settings.
         """
         names = {field.name for field in attrs.fields(RuntimeConfig)}
         for setting in SERVE_SETTINGS:
@@ -281,6 +281,7 @@ class EnvironmentTests(SynchronousTestCase):
                 "capacity-pids": "EXECGO_RUNTIME_CAPACITY_PIDS",
                 "task-uid-range": "EXECGO_RUNTIME_TASK_UID_RANGE",
                 "task-user": "EXECGO_RUNTIME_TASK_USER",
+                "max-output-preview-bytes": "EXECGO_RUNTIME_MAX_OUTPUT_PREVIEW_BYTES",
             },
         )
 
@@ -294,7 +295,8 @@ class ToJsonTests(SynchronousTestCase):
         """
         Every contract key, in order, with the configured (possibly
         relative) data directory; not the sandbox flag, overrides or quotas;
-        then the task identity and the allowed rootfs roots.
+        then the task identity and the allowed rootfs roots; then the
+        preview ceiling and the listener's limits.
         """
         config = RuntimeConfig(
             disable_cgroup=True, disable_linux_sandbox=True, capacity_pids=5,
@@ -319,6 +321,10 @@ class ToJsonTests(SynchronousTestCase):
                 ("task_uid_range", None),
                 ("task_user", None),
                 ("sandbox_rootfs_roots", []),
+                ("max_output_preview_bytes", 16777216),
+                ("request_header_timeout_ms", 10000),
+                ("idle_connection_timeout_ms", 60000),
+                ("max_connections", 0),
             ],
         )
         self.assertIs(RuntimeConfig().to_json("r")["cgroup_enabled"], True)
@@ -330,3 +336,89 @@ class ToJsonTests(SynchronousTestCase):
         config = RuntimeConfig(data_dir="rel")
         self.assertEqual(config.data_dir_abs, os.path.abspath("rel"))
         self.assertEqual(config.database_path, os.path.join(os.path.abspath("rel"), "runtime.db"))
+
+
+class PreviewAndListenerSettingsTests(SynchronousTestCase):
+    """
+    C{--max-output-preview-bytes} (with its variable) and the listener's
+    limits, through L{build_config} and both option parsers.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        16 MiB of preview, a 10 s request timeout, a 60 s idle timeout and a
+        derived connection cap (0).
+        """
+        config = build_config({}, {})
+        self.assertEqual(
+            (
+                config.max_output_preview_bytes,
+                config.request_header_timeout_ms,
+                config.idle_connection_timeout_ms,
+                config.max_connections,
+            ),
+            (16777216, 10000, 60000, 0),
+        )
+
+    def test_environment_and_option(self) -> None:
+        """
+        C{EXECGO_RUNTIME_MAX_OUTPUT_PREVIEW_BYTES} sets the ceiling when
+        the option is absent; the option wins over it.
+        """
+        env = {"EXECGO_RUNTIME_MAX_OUTPUT_PREVIEW_BYTES": "4096"}
+        self.assertEqual(build_config({}, env).max_output_preview_bytes, 4096)
+        self.assertEqual(build_config({"max_output_preview_bytes": 100}, env).max_output_preview_bytes, 100)
+
+    def test_malformed_or_out_of_range(self) -> None:
+        """
+        A variable that is not a number, and a ceiling of 0 or above
+        2^63-1 (from either source), are refused.
+        """
+        for env in ({"EXECGO_RUNTIME_MAX_OUTPUT_PREVIEW_BYTES": "lots"},
+                    {"EXECGO_RUNTIME_MAX_OUTPUT_PREVIEW_BYTES": "0"}):
+            self.assertRaises(errors.InvalidInput, build_config, {}, env)
+        for value in (0, 2**63):
+            error = self.assertRaises(errors.InvalidInput, build_config, {"max_output_preview_bytes": value}, {})
+            self.assertIn("--max-output-preview-bytes", error.detail)
+
+    def test_twistd_options(self) -> None:
+        """
+        The twistd plugin takes the four flags (built from the same table).
+        """
+        from execgo.tap import ServeOptions
+
+        options = ServeOptions()
+        options.parseOptions([
+            "--max-output-preview-bytes", "1048576",
+            "--request-header-timeout-ms", "2000",
+            "--idle-connection-timeout-ms", "0",
+            "--max-connections", "300",
+        ])
+        config = options.config({})
+        self.assertEqual(
+            (config.max_output_preview_bytes, config.request_header_timeout_ms,
+             config.idle_connection_timeout_ms, config.max_connections),
+            (1048576, 2000, 0, 300),
+        )
+
+    def test_click_options(self) -> None:
+        """
+        C{execgo-runtime serve} takes the four flags too.
+        """
+        import click
+
+        from execgo.cli_server import config_from_click, register
+
+        group = click.Group()
+        register(group)
+        serve = group.commands["serve"]
+        context = serve.make_context("serve", [
+            "--max-output-preview-bytes", "2048", "--request-header-timeout-ms", "5",
+            "--idle-connection-timeout-ms", "7", "--max-connections", "9",
+        ])
+        config = config_from_click(dict(context.params))
+        self.assertEqual(
+            (config.max_output_preview_bytes, config.request_header_timeout_ms,
+             config.idle_connection_timeout_ms, config.max_connections),
+            (2048, 5, 7, 9),
+        )

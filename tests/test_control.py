@@ -141,6 +141,27 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
         self.assertEqual(control.read_settings(self.data_dir), settings())
 
+    def test_preview_ceiling(self) -> None:
+        """
+        The preview ceiling round-trips; a file written before it existed
+        still parses (no ceiling); a ceiling that is not a positive
+        integer makes the file malformed.
+        """
+        path = os.path.join(control.run_dir(self.data_dir), control.SETTINGS_NAME)
+        control.write_settings(self.data_dir, settings(max_output_preview_bytes=16777216))
+        self.assertEqual(control.read_settings(self.data_dir), settings(max_output_preview_bytes=16777216))
+        old = settings().to_json()
+        del old["max_output_preview_bytes"]
+        with open(path, "w") as out:
+            out.write(json.dumps(old))
+        read = control.read_settings(self.data_dir)
+        assert read is not None
+        self.assertIsNone(read.max_output_preview_bytes)
+        for bad in (0, "16", True):
+            with open(path, "w") as out:
+                out.write(json.dumps({**old, "max_output_preview_bytes": bad}))
+            self.assertIsNone(control.read_settings(self.data_dir), bad)
+
     def test_missing_or_malformed(self) -> None:
         """
         No file, or one that does not parse: no settings.

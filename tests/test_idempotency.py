@@ -19,6 +19,7 @@ from twisted.trial.util import suppress as SUPPRESS
 
 from execgo import errors, idempotency, outcome, taskdb
 from execgo.config import RuntimeConfig
+from execgo.models import ControlContext
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 from tests.fakes import new_task
 
@@ -131,7 +132,8 @@ class StoreTests(SynchronousTestCase):
 
     def test_old_store_gets_the_columns(self) -> None:
         """
-        A store from before keys gets both columns and the unique index.
+        A store from before keys gets the key columns and the unique index
+        (of keys within their scope).
         """
         path = os.path.join(self.data_dir, "old.db")
         conn = sqlite3.connect(path, isolation_level=None)
@@ -148,11 +150,127 @@ class StoreTests(SynchronousTestCase):
         taskdb.configure(conn)
         taskdb.init_schema(conn)
         columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
-        self.assertTrue({"idempotency_key", "idempotency_hash"} <= columns)
+        self.assertTrue({"idempotency_key", "idempotency_hash", "idempotency_scope"} <= columns)
         indexes = conn.execute("PRAGMA index_list(tasks)").fetchall()
-        unique = [row for row in indexes if row[1] == "idx_tasks_idempotency"]
+        unique = [row for row in indexes if row[1] == "idx_tasks_idempotency_scope"]
         self.assertEqual(len(unique), 1)
         self.assertEqual(unique[0][2], 1)
+
+
+class ScopeTests(SynchronousTestCase):
+    """
+    Keys within their scope (L{idempotency.Scope}) in the store, and the
+    migration of a store whose keys were unique across the runtime.
+    """
+
+    def setUp(self) -> None:
+        self.data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.data_dir)
+        self.conn = taskdb.connect(os.path.join(self.data_dir, "runtime.db"))
+        self.addCleanup(self.conn.close)
+        taskdb.init_schema(self.conn)
+
+    def insert(
+        self, task_id: str, key: str, digest: str, scope: idempotency.Scope, tenant: Optional[str] = None
+    ) -> None:
+        """
+        Insert a task of C{tenant} with this key, hash and scope.
+        """
+        task = attrs.evolve(
+            new_task(self.data_dir, task_id, control_context=ControlContext(tenant=tenant)),
+            idempotency_key=key,
+            idempotency_hash=digest,
+            idempotency_scope=scope,
+        )
+        taskdb.insert_task(self.conn, task, NOW)
+
+    def test_tenants_have_their_own_keys(self) -> None:
+        """
+        One key in two tenants' scopes makes two tasks; each tenant's
+        retry replays its own; the open scope (no authentication) sees
+        every key, as before keys had scopes.
+        """
+        alpha, beta = idempotency.tenant_scope("alpha"), idempotency.tenant_scope("beta")
+        self.insert("a1", "k", "ha", alpha, "alpha")
+        self.insert("b1", "k", "hb", beta, "beta")
+        with self.assertRaises(idempotency.Replay) as caught:
+            self.insert("a2", "k", "ha", alpha, "alpha")
+        self.assertEqual(caught.exception.task_id, "a1")
+        self.assertRaises(idempotency.KeyReused, idempotency.check, self.conn, "k", "other", beta)
+        idempotency.check(self.conn, "k", "ha", idempotency.tenant_scope(None))
+        with self.assertRaises(idempotency.Replay) as open_replay:
+            idempotency.check(self.conn, "k", "hb")
+        self.assertEqual(open_replay.exception.task_id, "b1")
+        self.assertRaises(idempotency.KeyReused, idempotency.check, self.conn, "k", "other")
+
+    def test_open_keys_count_for_their_tenant(self) -> None:
+        """
+        A key stored without authentication counts, with authentication,
+        for the tenant of its task only.
+        """
+        self.insert("o1", "k", "h", idempotency.OPEN_SCOPE, "alpha")
+        with self.assertRaises(idempotency.Replay):
+            idempotency.check(self.conn, "k", "h", idempotency.tenant_scope("alpha"))
+        idempotency.check(self.conn, "k", "h", idempotency.tenant_scope("beta"))
+        self.insert("b1", "k", "h", idempotency.tenant_scope("beta"), "beta")
+
+    def unscope(self) -> None:
+        """
+        Turn the store back into the layout of the version before scopes:
+        no scope column, keys unique across the runtime.
+        """
+        self.conn.execute("DROP INDEX idx_tasks_idempotency_scope")
+        self.conn.execute("ALTER TABLE tasks DROP COLUMN idempotency_scope")
+        self.conn.execute(
+            "CREATE UNIQUE INDEX idx_tasks_idempotency ON tasks(idempotency_key) WHERE idempotency_key IS NOT NULL"
+        )
+
+    def indexes(self) -> Dict[str, List[str]]:
+        """
+        The key indexes of C{tasks} and their columns.
+        """
+        names = [row[1] for row in self.conn.execute("PRAGMA index_list(tasks)") if "idempotency" in row[1]]
+        return {name: [row[2] for row in self.conn.execute(f"PRAGMA index_info({name})")] for name in names}
+
+    def test_migration(self) -> None:
+        """
+        Starting on a store of the version before scopes puts its keys in
+        the open scope and swaps the index, in one transaction, and again
+        changes nothing; its keys keep answering retries with and without
+        authentication (for their task's tenant), and other tenants may
+        reuse them.
+        """
+        self.insert("old-alpha", "k1", "h1", idempotency.OPEN_SCOPE, "alpha")
+        self.insert("old-none", "k2", "h2", idempotency.OPEN_SCOPE)
+        self.unscope()
+        self.assertEqual(self.indexes(), {"idx_tasks_idempotency": ["idempotency_key"]})
+        for _ in range(2):
+            taskdb.init_schema(self.conn)
+            self.assertEqual(
+                self.indexes(), {"idx_tasks_idempotency_scope": ["idempotency_key", "idempotency_scope"]}
+            )
+            scopes = dict(self.conn.execute("SELECT task_id, idempotency_scope FROM tasks"))
+            self.assertEqual(scopes, {"old-alpha": "", "old-none": ""})
+        alpha, untenanted = idempotency.tenant_scope("alpha"), idempotency.tenant_scope(None)
+        self.assertRaises(idempotency.Replay, idempotency.check, self.conn, "k1", "h1")
+        self.assertRaises(idempotency.Replay, idempotency.check, self.conn, "k1", "h1", alpha)
+        self.assertRaises(idempotency.Replay, idempotency.check, self.conn, "k2", "h2", untenanted)
+        self.insert("new-beta", "k1", "h1", idempotency.tenant_scope("beta"), "beta")
+        self.assertRaises(idempotency.Replay, self.insert, "dup", "k1", "h1", idempotency.OPEN_SCOPE)
+
+    def test_migration_after_downgrade(self) -> None:
+        """
+        Keys an earlier version stored (without a scope, next to its own
+        index) after the column was added are put in the open scope too.
+        """
+        self.insert("t1", "k", "h", idempotency.OPEN_SCOPE)
+        self.conn.execute("UPDATE tasks SET idempotency_scope = NULL")
+        self.conn.execute(
+            "CREATE UNIQUE INDEX idx_tasks_idempotency ON tasks(idempotency_key) WHERE idempotency_key IS NOT NULL"
+        )
+        taskdb.init_schema(self.conn)
+        self.assertEqual(list(self.conn.execute("SELECT idempotency_scope FROM tasks")), [("",)])
+        self.assertNotIn("idx_tasks_idempotency", self.indexes())
 
 
 class SubmitTestsBase(TestCase):

@@ -1125,23 +1125,27 @@ class TaskExecutionTests(SharedServerCase):
         _, request = read_json_file(status["artifacts"]["request_path"])
         self.assertEqual(request["metadata"], winner["metadata"])
 
-    async def test_huge_output_limit(self) -> None:
+    async def test_output_limit_ceiling(self) -> None:
         """
-        The largest allowed output limit (2^63-1) is accepted and the
-        preview still works (C{decisions.md} 14: no allocation of the limit).
+        By default an output limit above 16 MiB (the preview ceiling) is
+        refused at submit, naming the ceiling and its flag; the ceiling
+        itself is accepted, and its preview allocates only what the log
+        holds (C{decisions.md} 14).
         """
-        task_id = unique("hugecap")
-        limit = 2**63 - 1
-        await self.submit(
-            shell(
-                "echo small",
-                task_id=task_id,
-                limits={"stdout_max_bytes": limit, "stderr_max_bytes": limit},
-            )
+        refused = await self.api.post(
+            "/api/v1/tasks", shell("echo big", limits={"stdout_max_bytes": 2**63 - 1})
         )
+        self.assertEqual(refused.code, 400)
+        self.assertEqual(
+            refused.json()["error"]["message"],
+            "invalid input: limits.stdout_max_bytes: must be at most 16777216 (--max-output-preview-bytes)",
+        )
+        task_id = unique("ceiling")
+        await self.submit(shell("echo small", task_id=task_id, limits={"stdout_max_bytes": 16777216}))
         status = await self.wait_terminal(task_id)
-        self.assertEqual((status["status"], status["stdout"]), ("success", "small\n"))
-        self.assertIs(status["stdout_truncated"], False)
+        self.assertEqual(
+            (status["status"], status["stdout"], status["stdout_truncated"]), ("success", "small\n", False)
+        )
 
     async def test_owner_gated_kill(self) -> None:
         """
@@ -1649,6 +1653,10 @@ CONFIGURED_ARGS = [
     "--capacity-pids", "500",
     "--tenant-quota", "alice=slots:2,memory:1000000",
     "--tenant-quota", "bob=slots:0",
+    "--max-output-preview-bytes", "9223372036854775807",
+    "--request-header-timeout-ms", "5000",
+    "--idle-connection-timeout-ms", "30000",
+    "--max-connections", "500",
 ]  # fmt: skip
 
 
@@ -1682,9 +1690,32 @@ class ConfiguredServerTests(SharedServerCase):
             "task_uid_range": None,
             "task_user": None,
             "sandbox_rootfs_roots": [],
+            "max_output_preview_bytes": 2**63 - 1,
+            "request_header_timeout_ms": 5000,
+            "idle_connection_timeout_ms": 30000,
+            "max_connections": 500,
         }
         self.assertEqual(config, expected)
         self.assertEqual(list(config), list(expected))
+
+    async def test_huge_output_limit(self) -> None:
+        """
+        Where the operator raised the preview ceiling to 2^63-1, the
+        contract's largest output limit is accepted and the preview still
+        works (C{decisions.md} 14: no allocation of the limit).
+        """
+        task_id = unique("hugecap")
+        limit = 2**63 - 1
+        await self.submit(
+            shell(
+                "echo small",
+                task_id=task_id,
+                limits={"stdout_max_bytes": limit, "stderr_max_bytes": limit},
+            )
+        )
+        status = await self.wait_terminal(task_id)
+        self.assertEqual((status["status"], status["stdout"]), ("success", "small\n"))
+        self.assertIs(status["stdout_truncated"], False)
 
     async def test_info(self) -> None:
         """

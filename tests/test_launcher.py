@@ -300,6 +300,15 @@ class SpawnTests(SynchronousTestCase):
         self.assertEqual(lines[:4], [uid, uid, "Umask:\t0077", "CapEff:\t0000000000000000"])
         self.assertEqual(lines[-1], f"{uid} 700")
 
+    def test_oversized_limit_is_a_launch_error(self) -> None:
+        """
+        A limit no C type can hold (only a row stored before submissions
+        were checked against the kernel could carry one) is a launch
+        error, not an exception that escapes the supervisor.
+        """
+        spec = self.spec(("/bin/true",), rlimits=((resource.RLIMIT_CPU, 2**70, 2**70),))
+        self.assertRaises(launcher.LaunchError, launcher.spawn, spec)
+
     def test_output_cwd_env(self) -> None:
         """
         Output goes to the log files, the working directory is the (created)

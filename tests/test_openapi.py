@@ -222,6 +222,19 @@ def without(path: str) -> Dict[str, Any]:
     return obj
 
 
+def fitting(schema: Mapping[str, Any], length: int) -> str:
+    """
+    A string of C{length} ASCII characters matching the schema's
+    C{pattern} (ignoring its length bounds): C{a}s, or for a path pattern
+    C{a}s in components of at most 255 separated by C{/}.
+    """
+    pattern = schema.get("pattern")
+    for candidate in ("a" * length, ("a" * 255 + "/") * (length // 256) + "a" * (length % 256)):
+        if pattern is None or re.search(pattern.replace("$", r"\Z"), candidate):
+            return candidate
+    raise AssertionError(f"no string of {length} characters fits {pattern}")
+
+
 def decode_rejection(obj: Any) -> Optional[str]:
     """
     The detail of the decoder's rejection of C{obj}, or C{None}.
@@ -439,11 +452,11 @@ class DocumentTests(SynchronousTestCase):
             ("get", "/api/v1/runtime/info"): auth,
             ("get", "/api/v1/runtime/capabilities"): auth,
             ("get", "/api/v1/runtime/config"): auth,
-            ("get", "/api/v1/runtime/resources"): {**storage, **auth},
+            ("get", "/api/v1/runtime/resources"): {"403": ["permission_denied"], **storage, **auth},
             ("get", "/healthz"): {},
             ("get", "/readyz"): {"500": ["internal"], "503": ["internal"]},
             ("get", "/api/v1/openapi.json"): {},
-            ("get", "/metrics"): {**auth, "500": None},
+            ("get", "/metrics"): {**auth, "403": ["permission_denied"], "500": None},
         }
         doc = document()
         for (method, path), statuses in expected.items():
@@ -696,6 +709,28 @@ class IssueSixTests(SynchronousTestCase):
         self.assertIn("KeyReused", conflict["description"])
 
 
+class PreviewCeilingTests(SynchronousTestCase):
+    """
+    The document states the server's preview ceiling, which the schema
+    cannot (it is a setting).
+    """
+
+    def test_output_limits_name_the_ceiling(self) -> None:
+        """
+        Both output limits' descriptions name the flag and its default, and
+        C{RuntimeConfig} ends with the ceiling and the listener's limits.
+        """
+        schemas = document()["components"]["schemas"]
+        for name in ("stdout_max_bytes", "stderr_max_bytes"):
+            description = schemas["ResourceLimits"]["properties"][name]["description"]
+            self.assertIn("--max-output-preview-bytes", description)
+            self.assertIn("16777216", description)
+        self.assertEqual(
+            list(schemas["RuntimeConfig"]["properties"])[-4:],
+            ["max_output_preview_bytes", "request_header_timeout_ms", "idle_connection_timeout_ms", "max_connections"],
+        )
+
+
 class ModelDriftTests(SynchronousTestCase):
     """
     The response schemas name exactly the fields of the models that render
@@ -893,7 +928,8 @@ class RequestDriftTests(SynchronousTestCase):
                 if schema["minLength"] > 0:
                     edges += [("a" * (schema["minLength"] - 1), True)]
             if "maxLength" in schema:
-                edges += [("a" * schema["maxLength"], False), ("a" * (schema["maxLength"] + 1), True)]
+                longest = schema["maxLength"]
+                edges += [(fitting(schema, longest), False), (fitting(schema, longest + 1), True)]
             if "not" in schema:
                 edges += [(value, True) for value in schema["not"]["enum"]]
             for value, rejected in edges:
@@ -907,12 +943,15 @@ class RequestDriftTests(SynchronousTestCase):
             probed,
             {
                 "task_id",
+                "execution.program",
                 "limits.wall_time_ms",
                 "limits.cpu_time_sec",
                 "limits.memory_bytes",
                 "limits.pids_max",
                 "limits.stdout_max_bytes",
                 "limits.stderr_max_bytes",
+                "sandbox.workspace_subdir",
+                "sandbox.rootfs",
                 "control_context.control_plane_mode",
                 "control_context.tenant",
                 "control_context.owner",
@@ -1584,11 +1623,56 @@ class AuthenticatedConformanceTests(ConformanceMixin, TestCase):
 
     def tokens(self) -> Any:
         """
-        One token, for tenant C{alice}.
+        One token for tenant C{alice}, one for tenant C{bob}, one admin.
         """
         from execgo.auth import Principal, Tokens
 
-        return Tokens({"t0k": Principal(tenant="alice", owner="olga")})
+        return Tokens(
+            {
+                "t0k": Principal(tenant="alice", owner="olga"),
+                "b0b": Principal(tenant="bob", owner="bo"),
+                "adm": Principal(tenant="ops", owner="oncall", admin=True),
+            }
+        )
+
+    @defer.inlineCallbacks
+    def test_tenancy_answers(self) -> Any:
+        """
+        Another tenant's task answers the documented 404 on every per-task
+        operation, the admin-only views the documented 403 to other
+        tokens, and every operation a documented answer to an admin.
+        """
+        alice = {b"authorization": [b"Bearer t0k"]}
+        bob = {b"authorization": [b"Bearer b0b"]}
+        admin = {b"authorization": [b"Bearer adm"]}
+        code, _ = yield defer.ensureDeferred(
+            self.exchange("POST", "/api/v1/tasks", body={"task_id": "t", **BASE}, headers=alice)
+        )
+        self.assertEqual(code, 200)
+        for method, template in (
+            ("GET", "/api/v1/tasks/{id}"),
+            ("POST", "/api/v1/tasks/{id}/kill"),
+            ("GET", "/api/v1/tasks/{id}/stdout"),
+            ("GET", "/api/v1/tasks/{id}/stderr"),
+            ("GET", "/api/v1/tasks/{id}/events"),
+        ):
+            code, _ = yield defer.ensureDeferred(
+                self.exchange(method, template, template.replace("{id}", "t"), headers=bob)
+            )
+            self.assertEqual(code, 404, template)
+        for path in ("/api/v1/runtime/resources", "/metrics"):
+            code, _ = yield defer.ensureDeferred(self.exchange("GET", path, headers=bob))
+            self.assertEqual(code, 403, path)
+            code, _ = yield defer.ensureDeferred(self.exchange("GET", path, headers=admin))
+            self.assertEqual(code, 200, path)
+        code, page = yield defer.ensureDeferred(
+            self.exchange("GET", "/api/v1/tasks", "/api/v1/tasks?tenant=alice", headers=bob)
+        )
+        self.assertEqual((code, page["tasks"]), (200, []))
+        code, _ = yield defer.ensureDeferred(
+            self.exchange("POST", "/api/v1/tasks/{id}/kill", "/api/v1/tasks/t/kill", headers=admin)
+        )
+        self.assertEqual(code, 200)
 
     @defer.inlineCallbacks
     def test_every_operation(self) -> Any:

@@ -8,7 +8,7 @@ from typing import Any, Dict
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.snapshots import ENTRY_OVERHEAD, TerminalSnapshots
+from execgo.snapshots import ENTRY_OVERHEAD, Kept, TerminalSnapshots
 
 
 def snapshot(task_id: str, stdout: str = "", stderr: str = "") -> Dict[str, Any]:
@@ -22,14 +22,17 @@ class TerminalSnapshotsTests(SynchronousTestCase):
 
     def test_put_get_discard(self) -> None:
         """
-        A kept snapshot is returned as stored (the same object) until it
-        is discarded; unknown ids give C{None}.
+        A kept snapshot is returned as stored (the same object), with the
+        tenant it was kept for, until it is discarded; unknown ids give
+        C{None}.
         """
         cache = TerminalSnapshots()
         kept = snapshot("a")
-        cache.put("a", kept)
+        cache.put("a", kept, "t")
         self.assertIs(cache.get("a"), kept)
+        self.assertEqual(cache.kept("a"), Kept(kept, "t"))
         self.assertIsNone(cache.get("b"))
+        self.assertIsNone(cache.kept("b"))
         cache.discard_all(["a", "b"])
         self.assertIsNone(cache.get("a"))
         self.assertEqual(len(cache), 0)
@@ -39,8 +42,8 @@ class TerminalSnapshotsTests(SynchronousTestCase):
         Storing a task again replaces its snapshot and counts it once.
         """
         cache = TerminalSnapshots(max_entries=2)
-        cache.put("a", snapshot("a", "old"))
-        cache.put("a", snapshot("a", "new"))
+        cache.put("a", snapshot("a", "old"), None)
+        cache.put("a", snapshot("a", "new"), None)
         self.assertEqual(cache.get("a")["stdout"], "new")
         self.assertEqual(len(cache), 1)
 
@@ -50,10 +53,10 @@ class TerminalSnapshotsTests(SynchronousTestCase):
         goes first.
         """
         cache = TerminalSnapshots(max_entries=2)
-        cache.put("a", snapshot("a"))
-        cache.put("b", snapshot("b"))
+        cache.put("a", snapshot("a"), None)
+        cache.put("b", snapshot("b"), None)
         cache.get("a")
-        cache.put("c", snapshot("c"))
+        cache.put("c", snapshot("c"), None)
         self.assertEqual([cache.get(k) is not None for k in "abc"], [True, False, True])
 
     def test_byte_bound(self) -> None:
@@ -62,15 +65,15 @@ class TerminalSnapshotsTests(SynchronousTestCase):
         entries, and one that alone exceeds the bound is not kept.
         """
         cache = TerminalSnapshots(max_bytes=3 * ENTRY_OVERHEAD)
-        cache.put("a", snapshot("a"))
-        cache.put("b", snapshot("b", stdout="x" * ENTRY_OVERHEAD))
+        cache.put("a", snapshot("a"), None)
+        cache.put("b", snapshot("b", stdout="x" * ENTRY_OVERHEAD), None)
         self.assertEqual(len(cache), 2)
-        cache.put("c", snapshot("c", stderr="y" * ENTRY_OVERHEAD))
+        cache.put("c", snapshot("c", stderr="y" * ENTRY_OVERHEAD), None)
         self.assertEqual([cache.get(k) is not None for k in "abc"], [False, False, True])
-        cache.put("d", snapshot("d", stdout="z" * 3 * ENTRY_OVERHEAD))
+        cache.put("d", snapshot("d", stdout="z" * 3 * ENTRY_OVERHEAD), None)
         self.assertIsNone(cache.get("d"))
         self.assertIsNotNone(cache.get("c"))
         cache.discard("c")
-        cache.put("e", snapshot("e", stdout="e" * ENTRY_OVERHEAD))
-        cache.put("f", snapshot("f"))
+        cache.put("e", snapshot("e", stdout="e" * ENTRY_OVERHEAD), None)
+        cache.put("f", snapshot("f"), None)
         self.assertEqual(len(cache), 2)

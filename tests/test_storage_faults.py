@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from tests.serverfixture import ApiClient, ServerProcess, clean_environ, poll, run_process
+from tests.serverfixture import SERVE_COMMAND, ApiClient, ServerProcess, clean_environ, poll, run_process
 
 COMMAND = {"execution": {"kind": "command", "program": "/bin/echo", "args": ["hi"]}}
 
@@ -151,3 +151,151 @@ class StorageFaultTests(TestCase):
         holder.wait()
         reply = await api.post("/api/v1/tasks", json_body={"task_id": "unlocked", **COMMAND})
         self.assertEqual(reply.code, 200, reply.body)
+
+
+def _in_namespace(pid: int, *argv: str) -> None:
+    """
+    Run C{argv} in the mount namespace of process C{pid}.
+    """
+    subprocess.run(["nsenter", "-t", str(pid), "-m", *argv], check=True)
+
+
+class FaultRepairTests(TestCase):
+    """
+    Issue 12 with the real server: while the data directory cannot be
+    written the server says it is not ready, and what a fault left out or
+    behind is repaired once storage works.  The server runs in a private
+    mount namespace (C{unshare -m}), so a read-only bind mount made there
+    is seen by the server and its supervisor only.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        if not sys.platform.startswith("linux") or os.geteuid() != 0:
+            raise self.skipTest("mounts need root on Linux")
+        for tool in ("mount", "unshare", "nsenter"):
+            if shutil.which(tool) is None:
+                raise self.skipTest(f"no {tool} command")
+        self.root = os.path.abspath(self.mktemp())
+        os.makedirs(self.root)
+
+    async def start(self, data_dir: str, *args: str) -> Any:
+        """
+        A server in its own mount namespace; its API client.
+        """
+        server = ServerProcess(
+            reactor,
+            data_dir,
+            ["--termination-grace-ms", "300", *args],
+            command=["unshare", "-m", "--propagation", "private", *SERVE_COMMAND],
+        )
+        await server.start()
+        self.addCleanup(lambda: server.shutdown())
+        self.server = server
+        return server.client(self)
+
+    def read_only(self, path: str) -> None:
+        """
+        Make C{path} read-only for the server (a bind mount in its
+        namespace), until L{writable}.
+        """
+        _in_namespace(self.server.pid, "mount", "--bind", "-o", "ro", path, path)
+
+    def writable(self, path: str) -> None:
+        _in_namespace(self.server.pid, "umount", path)
+
+    async def test_readyz_read_only(self) -> None:
+        """
+        C{/readyz} answers 503 C{internal} with the reason while
+        C{<data_dir>/tasks} is read-only, and 200 once it is writable.
+        """
+        data_dir = os.path.join(self.root, "data")
+        api = await self.start(data_dir)
+        tasks = os.path.join(data_dir, "tasks")
+        self.assertEqual((await api.get("/readyz")).code, 200)
+        self.read_only(tasks)
+        reply = await api.get("/readyz")
+        self.assertEqual(reply.code, 503, reply.body)
+        self.assertEqual(reply.json()["error"]["code"], "internal")
+        self.assertIn(
+            f"data directory cannot be written: {tasks}: Read-only file system", reply.json()["error"]["message"]
+        )
+        self.writable(tasks)
+        self.assertEqual((await api.get("/readyz")).code, 200)
+        self.assertEqual([name for name in os.listdir(tasks) if "ready" in name], [])
+
+    async def test_readyz_full(self) -> None:
+        """
+        C{/readyz} answers 503 while the data directory's file system is
+        full, and 200 once there is room.
+        """
+        mount = os.path.join(self.root, "small")
+        _mount_tmpfs(mount, "size=4m")
+        self.addCleanup(_umount, mount)
+        api = await self.start(os.path.join(mount, "data"))
+        filler = os.path.join(mount, "filler")
+        with open(filler, "wb") as out:
+            try:
+                while True:
+                    out.write(b"\0" * 65536)
+                    out.flush()
+            except OSError:
+                pass
+        reply = await api.get("/readyz")
+        self.assertEqual(reply.code, 503, reply.body)
+        self.assertIn("No space left on device", reply.json()["error"]["message"])
+        os.unlink(filler)
+        self.assertEqual((await api.get("/readyz")).code, 200)
+
+    async def test_result_written_once_writable(self) -> None:
+        """
+        A task that ends while its directory is read-only ends all the
+        same, without C{result.json} (and without temporaries); once the
+        directory is writable again the next GC pass writes it, equal to
+        the task's status.
+        """
+        data_dir = os.path.join(self.root, "data")
+        api = await self.start(data_dir)
+        reply = await api.post(
+            "/api/v1/tasks",
+            json_body={"task_id": "ro", "execution": {"kind": "command", "program": "/bin/sleep", "args": ["1"]}},
+        )
+        self.assertEqual(reply.code, 200, reply.body)
+
+        async def status_in(*wanted: str) -> Any:
+            status = (await api.get("/api/v1/tasks/ro")).json()
+            return status if status["status"] in wanted else None
+
+        async def started() -> bool:
+            status = await status_in("running")
+            return status is not None and "pid" in status
+
+        await poll(reactor, started, timeout=10, what="the task to start")
+        task_dir = os.path.join(data_dir, "tasks", "ro")
+        self.read_only(task_dir)
+        status = await poll(
+            reactor, lambda: status_in("success", "failed", "cancelled"), timeout=10, what="the task to end"
+        )
+        self.assertEqual(status["status"], "success", status)
+        result = os.path.join(task_dir, "result.json")
+        self.assertFalse(os.path.exists(result))
+        self.writable(task_dir)
+        await poll(reactor, lambda: os.path.exists(result), timeout=10, what="result.json")
+        with open(result, encoding="utf-8") as f:
+            self.assertEqual(json.load(f), (await api.get("/api/v1/tasks/ro")).json())
+        self.assertEqual([name for name in os.listdir(task_dir) if ".tmp-" in name], [])
+
+    async def test_directory_without_row_collected(self) -> None:
+        """
+        What a server killed between making a task directory and its row
+        leaves behind is removed after the restart, by the first GC pass.
+        """
+        data_dir = os.path.join(self.root, "data")
+        leftover = os.path.join(data_dir, "tasks", "cut-off")
+        os.makedirs(os.path.join(leftover, "workspace"))
+        for name in ("request.json", "stdout.log", "stderr.log"):
+            open(os.path.join(leftover, name), "w").close()
+        api = await self.start(data_dir)
+        await poll(reactor, lambda: not os.path.exists(leftover), timeout=10, what="the leftover to go")
+        self.assertEqual((await api.get("/api/v1/tasks/cut-off")).code, 404)

@@ -581,6 +581,32 @@ class SupervisorTests(EngineTestCase):
         self.assertEqual(self.result_json("big")["stdout"], "a" * 40000)
         self.assertEqual(by_task["big"], {"ev": "finished", "task_id": "big"})
 
+    def test_preview_ceiling_from_settings(self) -> None:
+        """
+        The preview ceiling the server's settings carry bounds
+        C{result.json} even for a task stored with a limit of 2^63-1 (an
+        older store).
+        """
+        self.supervisor = Supervisor(
+            self.db, 0.2, base_env=BASE_ENV, log=self.logged.append, detect_cgroups=lambda root: self.cgroups
+        )
+        self.addCleanup(self.supervisor.close)
+        self.supervisor.configure(
+            control.SupervisorSettings(
+                grace_ms=200,
+                env=BASE_ENV,
+                cgroup_root="/sys/fs/cgroup/execgo-test",
+                identity=privileges.TaskIdentity(kind=privileges.SELF, owner_uid=os.geteuid(), owner_gid=os.getegid()),
+                max_output_preview_bytes=1000,
+            )
+        )
+        self.assertEqual(self.supervisor.preview_ceiling, 1000)
+        self.run_task(
+            "old", shell("head -c 5000 /dev/zero | tr '\\0' a"), limits=ResourceLimits(stdout_max_bytes=2**63 - 1)
+        )
+        written = self.result_json("old")
+        self.assertEqual((written["stdout"], written["stdout_truncated"]), ("a" * 1000, True))
+
 
     def test_no_second_workload(self) -> None:
         """
@@ -910,6 +936,18 @@ class LoopTests(EngineTestCase):
         client.settimeout(2.0)
         self.assertIn(b'"ev":"hello"', client.recv(65536))
         return client, list(self.loop.connections.values())[-1]
+
+    def test_waits_bounded(self) -> None:
+        """
+        No single wait of a supervisor loop is longer than an hour, so a
+        timer of a task stored with a huge wall time cannot overflow
+        C{epoll_wait}'s millisecond timeout.
+        """
+        from execgo.shim import MAX_WAIT_S, _bounded
+
+        self.assertEqual(_bounded(None), MAX_WAIT_S)
+        self.assertEqual(_bounded(float(2**40)), MAX_WAIT_S)
+        self.assertEqual(_bounded(0.25), 0.25)
 
     def test_socket_private(self) -> None:
         """

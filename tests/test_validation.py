@@ -27,6 +27,7 @@ from execgo.validation import (
     MAX_BODY_BYTES,
     OUTPUT_LIMIT_MAX,
     UINT64_MAX,
+    check_output_ceiling,
     check_output_limits,
     decode_submit,
     parse_json_body,
@@ -1230,6 +1231,39 @@ class CheckOutputLimitsTests(_InvalidInputMixin, SynchronousTestCase):
             limits=ResourceLimits(stdout_max_bytes=UINT64_MAX, stderr_max_bytes=UINT64_MAX)
         )
         self.assertInvalid(check_output_limits, request, "limits.stdout_max_bytes")
+
+
+class CheckOutputCeilingTests(_InvalidInputMixin, SynchronousTestCase):
+    """
+    L{check_output_ceiling} bounds the output limits by the server's
+    C{--max-output-preview-bytes}.
+    """
+
+    def test_at_ceiling(self) -> None:
+        """
+        Limits equal to the ceiling (and below it) are accepted.
+        """
+        check_output_ceiling(model(limits=ResourceLimits(stdout_max_bytes=4096, stderr_max_bytes=4096)), 4096)
+        check_output_ceiling(model(limits=ResourceLimits(stdout_max_bytes=1, stderr_max_bytes=4095)), 4096)
+
+    def test_above_ceiling(self) -> None:
+        """
+        One byte above the ceiling is C{invalid_input} naming the field,
+        the ceiling and the flag, for either stream.
+        """
+        for name in ("stdout_max_bytes", "stderr_max_bytes"):
+            request = model(limits=ResourceLimits(**{name: 16777217}))
+            error = self.assertInvalid(lambda r: check_output_ceiling(r, 16777216), request, f"limits.{name}")
+            self.assertEqual(
+                error.detail, f"limits.{name}: must be at most 16777216 (--max-output-preview-bytes)"
+            )
+
+    def test_stdout_first(self) -> None:
+        """
+        With both limits above the ceiling, C{stdout_max_bytes} is reported.
+        """
+        request = model(limits=ResourceLimits(stdout_max_bytes=10, stderr_max_bytes=10))
+        self.assertInvalid(lambda r: check_output_ceiling(r, 5), request, "limits.stdout_max_bytes")
 
 
 class ParseSubmitTests(_InvalidInputMixin, SynchronousTestCase):

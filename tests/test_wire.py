@@ -9,6 +9,7 @@ import json
 import os
 from typing import Any
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from execgo import records, taskdb, wire
@@ -183,6 +184,20 @@ class ReadPreviewTests(SynchronousTestCase):
         """
         self.assertEqual(wire.read_preview(self.write(b"hello world"), 5), ("hello", True))
         self.assertEqual(wire.read_preview(self.write(b"hello"), 4), ("hell", True))
+
+    def test_many_slices(self) -> None:
+        """
+        A preview longer than one slice (read and decoded a slice at a
+        time) is exactly the bytes decoded at once, multibyte and invalid
+        sequences across slice boundaries included, whatever the cut.
+        """
+        data = ("x€😀é".encode("utf-8") + b"\xff\xc3") * 60_000
+        path = self.write(data)
+        for limit in (len(data), 500_001, 262_145, 262_143):
+            self.assertEqual(
+                wire.read_preview(path, limit),
+                (data[:limit].decode("utf-8", errors="replace"), limit < len(data)),
+            )
 
     def test_huge_limit(self) -> None:
         """
@@ -543,6 +558,28 @@ class PrepareResultTests(SynchronousTestCase):
         self.assertEqual(status, json.loads(data))
         self.assertEqual(size, len(data))
         self.assertGreaterEqual(size, len(wire.compact(status)))
+
+    def test_ceiling(self) -> None:
+        """
+        With a ceiling, a task stored with larger limits (an older store)
+        gets previews of at most the ceiling in C{result.json}; a long
+        preview full of escapes is written exactly as L{wire.pretty}
+        renders it.
+        """
+        done = self.terminal()
+        done = attrs.evolve(done, limits=attrs.evolve(done.limits, stdout_max_bytes=2**63 - 1))
+        with open(done.paths.stdout_path, "wb") as log:
+            log.write(b"\x00\xff\"x" * 100_000)
+        seen: list = []
+        wire.prepare_result(done, STAMP_MS, lambda status, size: seen.append((status, size)), 150_000)(True)
+        with open(done.paths.result_path, "rb") as written:
+            data = written.read()
+        [(status, size)] = seen
+        self.assertEqual(len(status["stdout"]), 150_000)
+        self.assertIs(status["stdout_truncated"], True)
+        self.assertEqual(data, wire.pretty(status).encode("utf-8"))
+        self.assertEqual(size, len(data))
+        self.assertEqual(wire.snapshot(done, STAMP_MS, 10)["stdout"], "\x00\ufffd\"x" * 2 + "\x00\ufffd")
 
 class PrettyTests(SynchronousTestCase):
     """
