@@ -18,6 +18,7 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from tests.serverfixture import SERVE_COMMAND, ApiClient, ServerProcess, clean_environ, poll, run_process
+from tests.test_upkeep import fill
 
 COMMAND = {"execution": {"kind": "command", "program": "/bin/echo", "args": ["hi"]}}
 
@@ -87,14 +88,7 @@ class StorageFaultTests(TestCase):
         await server.start()
         self.addCleanup(lambda: server.shutdown())
         api = server.client(self)
-        filler = os.path.join(mount, "filler")
-        with open(filler, "wb") as out:
-            try:
-                while True:
-                    out.write(b"\0" * 65536)
-                    out.flush()
-            except OSError:
-                pass
+        filler = fill(mount)
         before = set(os.listdir(os.path.join(data_dir, "tasks")))
         reply = await api.post("/api/v1/tasks", json_body={"task_id": "full", **COMMAND})
         self.assertEqual(reply.code, 507, reply.body)
@@ -234,14 +228,7 @@ class FaultRepairTests(TestCase):
         _mount_tmpfs(mount, "size=4m")
         self.addCleanup(_umount, mount)
         api = await self.start(os.path.join(mount, "data"))
-        filler = os.path.join(mount, "filler")
-        with open(filler, "wb") as out:
-            try:
-                while True:
-                    out.write(b"\0" * 65536)
-                    out.flush()
-            except OSError:
-                pass
+        filler = fill(mount)
         reply = await api.get("/readyz")
         self.assertEqual(reply.code, 503, reply.body)
         self.assertIn("No space left on device", reply.json()["error"]["message"])
