@@ -49,6 +49,9 @@ RANGE = "range"
 USER = "user"
 SELF = "self"
 
+#: The most workspace entries handed back one by one at a task's end.
+RECLAIM_ENTRIES = 10_000
+
 #: The modes of what a running task owns, and of the directories it must
 #: pass through to reach them (search only: it cannot list them).
 OWNED_DIR_MODE = 0o700
@@ -336,27 +339,45 @@ def grant(task_dir: str, workspace_dir: str, script_path: Optional[str], run_as:
         os.chown(script_path, run_as.uid, run_as.gid, follow_symlinks=False)
 
 
-def reclaim(task_dir: str, script_path: Optional[str], owner_uid: int, owner_gid: int) -> None:
+def reclaim(
+    task_dir: str,
+    script_path: Optional[str],
+    owner_uid: int,
+    owner_gid: int,
+    limit: int = RECLAIM_ENTRIES,
+) -> bool:
     """
     Hand a finished task's workspace and script back to the runtime's
-    user: the top of the workspace first (from then on no process of the
-    task's uid can reach anything below it), then every entry below it,
-    without following links.  Call only once no process of the task is
-    left.  Blocking; errors on single entries are ignored (the top is what
-    keeps a later task with the same uid out).
+    user: the script and the top of the workspace first (from then on no
+    process of the task's uid can reach anything below it: that is the
+    boundary), then the entries below it, without following links, at most
+    C{limit} of them (a task that made millions of files must not hold
+    the supervisor, which every task passes through, for long).  Call only
+    once no process of the task is left.  Blocking; errors on single
+    entries are ignored.
+
+    @return: whether every entry was handed back (C{False}: the walk
+        stopped at C{limit}; what is below keeps the task's uid, behind
+        the runtime's directory).
     """
-    top = os.path.join(task_dir, "workspace")
-    if os.path.lexists(top) and not os.path.islink(top):
-        os.chown(top, owner_uid, owner_gid, follow_symlinks=False)
-        os.chmod(top, OWNED_DIR_MODE)
-        for _, dirs, files, fd in os.fwalk(top, follow_symlinks=False):
-            for name in dirs + files:
-                try:
-                    os.chown(name, owner_uid, owner_gid, dir_fd=fd, follow_symlinks=False)
-                except OSError:
-                    pass
     if script_path is not None and os.path.lexists(script_path):
         os.chown(script_path, owner_uid, owner_gid, follow_symlinks=False)
+    top = os.path.join(task_dir, "workspace")
+    if not os.path.lexists(top) or os.path.islink(top):
+        return True
+    os.chown(top, owner_uid, owner_gid, follow_symlinks=False)
+    os.chmod(top, OWNED_DIR_MODE)
+    left = limit
+    for _, dirs, files, fd in os.fwalk(top, follow_symlinks=False):
+        for name in dirs + files:
+            if left <= 0:
+                return False
+            left -= 1
+            try:
+                os.chown(name, owner_uid, owner_gid, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                pass
+    return True
 
 
 def kill_user(uid: int) -> None:

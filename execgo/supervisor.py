@@ -615,11 +615,17 @@ class Supervisor:
         try:
             if identity.per_task and not drained:
                 privileges.kill_user(run_as.uid)
-            privileges.reclaim(
+            whole = privileges.reclaim(
                 record.paths.task_dir, record.paths.script_path, identity.owner_uid, identity.owner_gid
             )
         except OSError as e:
             self.log(f"cannot hand back the files of {record.task_id}: {e}")
+            return
+        if not whole:
+            self.log(
+                f"{record.task_id}: handed back its workspace's top and the first"
+                f" {privileges.RECLAIM_ENTRIES} entries below it; the rest keep uid {run_as.uid}"
+            )
 
     def _pids_limit_event(self, run: Running, hits: int) -> None:
         limit = wire.plan_of(run.record).resource_enforcement.pids_max

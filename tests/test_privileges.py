@@ -184,6 +184,25 @@ class FilesTests(SynchronousTestCase):
         if before is not None:
             self.assertEqual(os.stat("/etc/hostname").st_uid, before)
 
+    def test_reclaim_bounded(self) -> None:
+        """
+        Past its entry budget the walk stops (a task that made millions of
+        files cannot hold the supervisor): the top of the workspace is the
+        runtime's all the same, and the answer says the walk was cut.
+        """
+        workspace = os.path.join(self.task_dir, "workspace")
+        privileges.grant(self.task_dir, workspace, None, self.run_as)
+        for index in range(5):
+            path = os.path.join(workspace, f"f{index}")
+            with open(path, "w"):
+                pass
+            os.chown(path, self.run_as.uid, self.run_as.gid)
+        self.assertFalse(privileges.reclaim(self.task_dir, None, 0, 0, limit=2))
+        self.assertEqual(self.owner(workspace)[:2], (0, 0))
+        owners = sorted(os.stat(os.path.join(workspace, f"f{i}")).st_uid for i in range(5))
+        self.assertEqual(owners, [0, 0] + [self.run_as.uid] * 3)
+        self.assertTrue(privileges.reclaim(self.task_dir, None, 0, 0))
+
     def test_grant_refuses_a_link(self) -> None:
         """
         A workspace directory that is a link is never given away.
