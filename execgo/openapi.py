@@ -1095,7 +1095,13 @@ def document(version: str = __version__) -> JSON:
                 "produced by the runtime uses the envelope "
                 '{"error": {"code": ..., "message": ...}}; an unknown path gets '
                 "404 not_found, a wrong method 405 invalid_input, and a path "
-                "that is not valid UTF-8 once percent-decoded 400 invalid_input."
+                "that is not valid UTF-8 once percent-decoded 400 invalid_input. "
+                "The listener closes a connection whose request line and headers "
+                "take longer than --request-header-timeout-ms (default 10000) and "
+                "one idle, with no request in flight, for --idle-connection-timeout-ms "
+                "(default 60000; long-polls and follow streams are not idle); past "
+                "--max-connections (default: three quarters of the descriptor limit) "
+                "it closes the longest-idle connection, or answers 503 and closes."
             ),
         },
         "paths": _paths(),
