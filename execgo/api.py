@@ -13,7 +13,7 @@ every operation on tasks, and the views that span tenants are for admins
 from __future__ import annotations
 
 import io
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from klein import Klein
 from twisted.logger import Logger
@@ -60,6 +60,17 @@ def owner_from(request: IRequest) -> Optional[str]:
     return value.decode("ascii")
 
 
+def _streaming(request: IRequest) -> responses.StreamingRequest:
+    """
+    C{request} as the consumer a body sent a piece at a time registers
+    with.
+    """
+    # Klein hands a route the request the site made (a BoundedRequest, so a
+    # twisted.web Request, which is one); it types it as IRequest, which
+    # leaves out registerProducer and notifyFinish.
+    return cast(responses.StreamingRequest, request)
+
+
 class BoundedRequest(server.Request):
     """
     A request that keeps at most L{MAX_BODY_BYTES} of its body in memory
@@ -72,7 +83,9 @@ class BoundedRequest(server.Request):
     def gotLength(self, length: Optional[int]) -> None:
         if length is not None and length > MAX_BODY_BYTES:
             self.body_too_large = True
-        self.content = io.BytesIO()
+        # Twisted declares Request.content as a bare None (no annotation),
+        # so mypy takes None for its type; it is the body's file.
+        self.content = io.BytesIO()  # type: ignore[assignment]
 
     def process(self) -> None:
         site = getattr(self.channel, "site", None)
@@ -174,7 +187,7 @@ class RuntimeAPI:
         runtime = self.runtime
         idle_ms = runtime.config.idle_connection_timeout_ms
         return await responses.send_snapshot(
-            request,
+            _streaming(request),
             snapshot,
             _json,
             budget=getattr(runtime.store, "budget", None),
@@ -224,7 +237,7 @@ class RuntimeAPI:
         principal = self._principal(request)
         offset = _uint_arg(request, b"offset", MAX_OFFSET)
         follow = _bool_arg(request, b"follow")
-        return await self.runtime.stream_log(request, task_id, name, offset, follow, principal)
+        return await self.runtime.stream_log(_streaming(request), task_id, name, offset, follow, principal)
 
     @app.route("/api/v1/tasks/<task_id>", methods=["GET"])
     async def status(self, request: IRequest, task_id: str) -> bytes:
@@ -255,7 +268,7 @@ class RuntimeAPI:
         principal = self._principal(request)
         after_seq = _uint_arg(request, b"after_seq", MAX_OFFSET)
         if _bool_arg(request, b"follow"):
-            return await self.runtime.stream_events(request, task_id, after_seq, principal)
+            return await self.runtime.stream_events(_streaming(request), task_id, after_seq, principal)
         return _json(request, await self.runtime.events(task_id, after_seq, principal))
 
     @app.route("/api/v1/runtime/info", methods=["GET"])

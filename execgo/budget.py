@@ -109,7 +109,7 @@ class ByteBudget:
             waiter.callback(Hold(self, amount))
 
 
-class HeldSnapshot(dict):  # type: ignore[type-arg]
+class HeldSnapshot(dict):
     """
     A status snapshot whose previews were read under a reservation, which
     it carries until claimed (L{claim}) or until it is freed.

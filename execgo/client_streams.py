@@ -9,9 +9,10 @@ async iterator over anything pushed to a callback.
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable, Deque, Generic, Optional, Tuple, TypeVar
+from typing import Any, Callable, Deque, Generic, Optional, Tuple, TypeVar, cast
 
 from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -59,9 +60,15 @@ class BodyReceiver(Protocol):
         self._ended = False
         self.finished: Deferred[None] = Deferred(lambda _: self._stop())
 
+    def _producer(self) -> Optional[IPushProducer]:
+        # IResponse.deliverBody connects its protocol to an IPushProducer,
+        # which Protocol types as an ITransport (None before that).
+        return cast(Optional[IPushProducer], self.transport)
+
     def _stop(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
+        producer = self._producer()
+        if producer is not None:
+            producer.stopProducing()
 
     def _abort(self, failure: Failure) -> None:
         self._queue.clear()
@@ -89,8 +96,9 @@ class BodyReceiver(Protocol):
             return
         if isinstance(result, Deferred):
             self._pending = result
-            if self.transport is not None and not self._ended:
-                self.transport.pauseProducing()
+            producer = self._producer()
+            if producer is not None and not self._ended:
+                producer.pauseProducing()
             result.addCallbacks(self._consumed, self._abort)
 
     def _consumed(self, _: Any) -> None:
@@ -101,10 +109,12 @@ class BodyReceiver(Protocol):
             return
         if self._ended:
             self._end(self._lost)
-        elif self.transport is not None:
-            self.transport.resumeProducing()
+        else:
+            producer = self._producer()
+            if producer is not None:
+                producer.resumeProducing()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         """
         The body is over: end now, or once every queued piece is consumed.
         """
@@ -188,7 +198,7 @@ def _first_error(failure: Failure) -> Failure:
     The error itself rather than L{gatherResults}' wrapper.
     """
     if failure.check(FirstError):
-        return failure.value.subFailure  # type: ignore[no-any-return]
+        return failure.value.subFailure
     return failure
 
 

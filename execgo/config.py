@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import attrs
 
@@ -195,7 +195,8 @@ def apply_environment(config: RuntimeConfig, environ: Mapping[str, str], given: 
     @param given: the names of the settings given as options.
     @raise errors.InvalidInput: for a malformed variable.
     """
-    changes: Dict[str, object] = {}
+    # A keyword bag for attrs.evolve: each value's type is its setting's.
+    changes: Dict[str, Any] = {}
     prefix = "EXECGO_RUNTIME_"
     for setting, suffix in (
         ("runtime_id", "ID"),
@@ -363,9 +364,10 @@ def build_config(values: Mapping[str, object], environ: Mapping[str, str]) -> Ru
 
     @raise errors.InvalidInput: for a malformed environment variable.
     """
-    given = {name: value for name, value in values.items() if value is not None}
+    # A keyword bag for RuntimeConfig: each value's type is its setting's.
+    given: Dict[str, Any] = {name: value for name, value in values.items() if value is not None}
     for name in ("tenant_quotas", "sandbox_rootfs_roots"):
         if name in given:
-            given[name] = tuple(given[name])  # type: ignore[arg-type]
-    config = RuntimeConfig(**given)  # type: ignore[arg-type]
+            given[name] = tuple(given[name])
+    config = RuntimeConfig(**given)
     return apply_environment(config, environ, frozenset(given))

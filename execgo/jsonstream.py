@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 #: Strings longer than this (in characters) are streamed in slices of it.
 SLICE_CHARS = 64 * 1024
 
-_escape = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_escape = json.encoder.encode_basestring
 
 
 def compact_text(value: Any) -> str:

@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import resource
 from collections import OrderedDict
-from typing import Any, Callable, Optional, Set, Tuple
+from typing import Any, Callable, Optional, Set, Tuple, cast
 
 from twisted.internet import protocol
 from twisted.internet.protocol import connectionDone
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
@@ -63,6 +63,18 @@ BUSY_RESPONSE = (
     b"Connection: close\r\n"
     b"\r\n" % len(_BUSY_BODY)
 ) + _BUSY_BODY
+
+
+def _connected(connection: protocol.Protocol) -> ITCPTransport:
+    """
+    The transport of a connection the listener accepted.
+    """
+    # Every caller holds a connection that makeConnection has set up (its
+    # transport is then set, and Twisted never clears it).  The API listens
+    # on TCP (service.listen_description), whose transports are
+    # ITCPTransports: they have abortConnection, which ITransport lacks.
+    assert connection.transport is not None
+    return cast(ITCPTransport, connection.transport)
 
 
 def raise_descriptor_limit(
@@ -175,7 +187,7 @@ class LimitedChannel(http.HTTPChannel):
         The peer did not let the connection close: drop it.
         """
         self._abortingCall = None
-        self.transport.abortConnection()
+        _connected(self).abortConnection()
 
     def _arm(self) -> None:
         if self.header_timeout is not None and self._deadline is None:
@@ -201,8 +213,9 @@ class _Busy(protocol.Protocol):
         self.listener = listener
 
     def connectionMade(self) -> None:
-        self.transport.write(BUSY_RESPONSE)
-        self.transport.loseConnection()
+        transport = _connected(self)
+        transport.write(BUSY_RESPONSE)
+        transport.loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
         self.listener.overflowing -= 1
@@ -222,6 +235,8 @@ class Listener(protocol.Factory):
 
     def __init__(self, site: server.Site, header_timeout_s: Optional[float], max_connections: int) -> None:
         self.site = site
+        # Twisted types HTTPFactory.protocol as the method that builds its
+        # own channel, though a factory's protocol is there to be replaced.
         site.protocol = LimitedChannel  # type: ignore[assignment,method-assign]
         self.header_timeout_s = header_timeout_s
         self.max_connections = max_connections
@@ -237,7 +252,7 @@ class Listener(protocol.Factory):
         """
         The reactor of the site (every channel's timers run on it).
         """
-        return self.site.reactor  # type: ignore[no-any-return]
+        return self.site.reactor
 
     def doStart(self) -> None:
         super().doStart()
@@ -295,5 +310,5 @@ class Listener(protocol.Factory):
         self.open.discard(channel)
         channel.evicted = True
         self.evictions += 1
-        channel.transport.abortConnection()
+        _connected(channel).abortConnection()
         return True

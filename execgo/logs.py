@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import IO, Any, Callable, Dict, Mapping, Tuple
+from typing import IO, Any, Callable, Dict, Mapping, Tuple, cast
 
 from twisted.logger import ILogObserver, LogLevel, formatEvent
 from zope.interface import implementer
@@ -152,7 +152,7 @@ def _threshold(namespace: str, default: Any, targets: Mapping[str, Any]) -> Any:
     return default
 
 
-def make_observer(out: IO[str], environ: Mapping[str, str]) -> Callable[[Dict[str, Any]], None]:
+def make_observer(out: IO[str], environ: Mapping[str, str]) -> ILogObserver:
     """
     The JSON-lines observer behind the environment's level filter.
     """
@@ -170,4 +170,6 @@ def make_observer(out: IO[str], environ: Mapping[str, str]) -> Callable[[Dict[st
         if _RANK.get(event.get("log_level", LogLevel.info), 1) >= _RANK[level]:
             writer(event)
 
-    return observe
+    # A plain function is an observer (twisted.logger calls any callable);
+    # ILogObserver is how Twisted's signatures name one.
+    return cast(ILogObserver, observe)

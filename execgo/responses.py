@@ -22,11 +22,10 @@ so clients see no difference.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Protocol
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from execgo import jsonstream
@@ -38,6 +37,31 @@ JSON_TYPE = b"application/json"
 YIELD_BYTES = 1024 * 1024
 
 
+class StreamingRequest(Protocol):
+    """
+    What a body sent a piece at a time needs of its request: to start the
+    response and write it (as L{twisted.web.iweb.IRequest} declares), to
+    register a producer with it (the C{IConsumer} half) and to learn that
+    the client went away (C{notifyFinish}).  twisted.web's C{Request}, the
+    one the API is handed, is all of these; C{IRequest} names only the
+    first part.
+    """
+
+    method: bytes
+
+    def setResponseCode(self, code: int) -> None: ...
+
+    def setHeader(self, name: bytes, value: bytes) -> None: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None: ...
+
+    def unregisterProducer(self) -> None: ...
+
+    def notifyFinish(self) -> "defer.Deferred[None]": ...
+
+
 @implementer(IPushProducer)
 class BodyProducer:
     """
@@ -47,7 +71,7 @@ class BodyProducer:
     """
 
     def __init__(
-        self, request: IRequest, chunks: Iterator[bytes], reactor: IReactorTime, stall_s: Optional[float]
+        self, request: StreamingRequest, chunks: Iterator[bytes], reactor: IReactorTime, stall_s: Optional[float]
     ) -> None:
         self.request = request
         self.chunks = chunks
@@ -158,7 +182,7 @@ async def _encoded_length(snapshot: Any, reactor: IReactorTime) -> int:
 
 
 async def send_snapshot(
-    request: IRequest,
+    request: StreamingRequest,
     snapshot: Any,
     small: Any,
     *,
@@ -179,7 +203,7 @@ async def send_snapshot(
     if weight <= SMALL_PREVIEW_BYTES:
         if hold is not None:
             hold.release()
-        return small(request, snapshot)  # type: ignore[no-any-return]
+        return small(request, snapshot)
     try:
         if hold is None and budget is not None:
             hold = await budget.take(weight)

@@ -25,7 +25,6 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
-from twisted.web.iweb import IRequest
 
 from execgo import (
     budget,
@@ -50,6 +49,7 @@ from execgo.models import STATUS_RUNNING, TERMINAL_STATUSES, ControlContext, Res
 from execgo.policy import resolve_plan
 from execgo.privileges import TaskIdentity
 from execgo.procinfo import is_supervisor, kill_group
+from execgo.responses import StreamingRequest
 from execgo.scheduler import QueuedTask, Scheduler
 from execgo.snapshots import TerminalSnapshots
 from execgo.store import Store
@@ -305,7 +305,13 @@ class Runtime:
         return [wire.render_event(event) for event in events]
 
     async def stream_log(
-        self, request: IRequest, task_id: str, name: str, offset: int, follow: bool, principal: Optional[Principal]
+        self,
+        request: StreamingRequest,
+        task_id: str,
+        name: str,
+        offset: int,
+        follow: bool,
+        principal: Optional[Principal],
     ) -> bytes:
         """
         Serve a task's C{stdout} or C{stderr} (L{Streams.log}), once
@@ -315,7 +321,7 @@ class Runtime:
         return await self.streams.log(request, task_id, name, offset, follow)
 
     async def stream_events(
-        self, request: IRequest, task_id: str, after_seq: int, principal: Optional[Principal]
+        self, request: StreamingRequest, task_id: str, after_seq: int, principal: Optional[Principal]
     ) -> bytes:
         """
         Serve a task's events as NDJSON (L{Streams.events}), once

@@ -224,11 +224,11 @@ def _relay_until_exit(child: int) -> None:
         except ChildProcessError:
             os._exit(127)
     if os.WIFSIGNALED(status):
-        signum = os.WTERMSIG(status)
-        if signum not in (signal.SIGKILL, signal.SIGSTOP):
+        killed_by = os.WTERMSIG(status)
+        if killed_by not in (signal.SIGKILL, signal.SIGSTOP):
             # Those two cannot be caught, so need no reset (and refuse one).
-            signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+            signal.signal(killed_by, signal.SIG_DFL)
+        os.kill(os.getpid(), killed_by)
     os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 127)
 
 

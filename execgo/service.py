@@ -127,7 +127,9 @@ class RuntimeService(service.Service):
     @ivar started: fires once the server listens (or fails to start).
     """
 
-    name = "execgo"
+    # Twisted's Service declares name as a bare None (no annotation), so
+    # mypy takes None for its type; IService documents a str (or None).
+    name = "execgo"  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -348,9 +350,7 @@ class RuntimeService(service.Service):
         def failed(failure: Any) -> None:
             log.warn("token file not reloaded", error=str(failure.value))
 
-        d = deferToThread(read_tokens, self.config.auth_token_file)
-        d.addCallbacks(loaded, failed)
-        return d
+        return deferToThread(read_tokens, self.config.auth_token_file).addCallbacks(loaded, failed)
 
     async def _drain_requests(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """

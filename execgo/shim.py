@@ -175,10 +175,15 @@ class Loop:
 
     def want_write(self, connection: _Connection) -> None:
         if connection.sock.fileno() in self.connections:
+
+            def flush_then_read() -> None:
+                connection.flush()
+                connection.readable()
+
             self.selector.modify(
                 connection.sock,
                 selectors.EVENT_READ | selectors.EVENT_WRITE,
-                lambda: (connection.flush(), connection.readable()),
+                flush_then_read,
             )
 
     def drop(self, connection: _Connection) -> None:

@@ -42,11 +42,11 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from execgo import errors, taskdb, wire
 from execgo.models import TERMINAL_STATUSES
+from execgo.responses import StreamingRequest
 from execgo.store import Store
 from execgo.waiters import Waiters
 
@@ -156,7 +156,7 @@ class _Stream:
     transport, stopped (client gone or runtime stopping), its pending nap.
     """
 
-    def __init__(self, request: IRequest, waiters: Waiters, task_id: str) -> None:
+    def __init__(self, request: StreamingRequest, waiters: Waiters, task_id: str) -> None:
         self.request = request
         self.waiters = waiters
         self.task_id = task_id
@@ -303,7 +303,7 @@ class Streams:
         return len(self.active)
 
     def log(
-        self, request: IRequest, task_id: str, name: str, offset: int, follow: bool
+        self, request: StreamingRequest, task_id: str, name: str, offset: int, follow: bool
     ) -> "defer.Deferred[bytes]":
         """
         Serve the C{name} log (C{"stdout"} or C{"stderr"}) of a task from
@@ -320,7 +320,7 @@ class Streams:
             raise ValueError(name)
         return self._serve(request, task_id, lambda stream: self._log(stream, name, offset, follow))
 
-    def events(self, request: IRequest, task_id: str, after_seq: int) -> "defer.Deferred[bytes]":
+    def events(self, request: StreamingRequest, task_id: str, after_seq: int) -> "defer.Deferred[bytes]":
         """
         Serve a task's events after C{after_seq} as NDJSON, following new
         ones until the terminal event is out.
@@ -339,7 +339,7 @@ class Streams:
 
     def _serve(
         self,
-        request: IRequest,
+        request: StreamingRequest,
         task_id: str,
         body: Callable[[_Stream], Coroutine[Any, Any, bool]],
     ) -> "defer.Deferred[bytes]":

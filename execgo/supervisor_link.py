@@ -116,6 +116,16 @@ class _ControlProtocol(LineOnlyReceiver):
         self.link.received(message)
 
     def lineLengthExceeded(self, line: bytes) -> None:
+        self.lose_connection()
+
+    def lose_connection(self) -> None:
+        """
+        Close the connection to the supervisor.
+        """
+        # Only a connected protocol gets here (lines arrive, and the link
+        # keeps a protocol, only after makeConnection has set the
+        # transport, which Twisted never clears).
+        assert self.transport is not None
         self.transport.loseConnection()
 
     def send(self, message: Dict[str, Any]) -> None:
@@ -245,10 +255,13 @@ class SupervisorLink:
         child = BoundedOutputProtocol()
         self.children.append(child)
         child.ended.addBoth(lambda _: self.children.remove(child))
+        # Taken before the spawn: the protocol lets go of it once it fires.
+        ready = child.ready
+        assert ready is not None, "a new BoundedOutputProtocol has not fired yet"
         self.reactor.spawnProcess(
             child, self.command[0], self.command, env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r"}
         )
-        line = await child.ready
+        line = await ready
         if line.startswith("ready") or line.startswith("busy"):
             return
         raise SupervisorStartError(child.stderr_text() or line)
@@ -332,7 +345,7 @@ class SupervisorLink:
         except OSError:
             pass
         if self.protocol is not None:
-            self.protocol.transport.loseConnection()
+            self.protocol.lose_connection()
 
     # Orders
 
@@ -363,10 +376,9 @@ class SupervisorLink:
         if self.protocol is None:
             return defer.succeed(None)
         done: defer.Deferred[None] = defer.Deferred()
-        transport = self.protocol.transport
-        self.protocol = None
+        control_protocol, self.protocol = self.protocol, None
         self.reactor.callLater(0, done.callback, None)
-        transport.loseConnection()
+        control_protocol.lose_connection()
         return done
 
 

@@ -92,7 +92,7 @@ class _NotPlain(Exception):
     """
 
 
-_escape = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_escape = json.encoder.encode_basestring
 
 
 def _pretty(value: Any, indent: str, out: List[str]) -> None:
