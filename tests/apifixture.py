@@ -9,7 +9,7 @@ so there are no sockets.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional
 
 from treq.testing import StubTreq
 from twisted.internet import defer, reactor
@@ -26,34 +26,7 @@ from execgo.scheduler import Scheduler
 from execgo.service import prepare_data_dir, wall_ms
 from execgo.store import Store, open_pool
 from execgo.upkeep import Upkeep
-
-
-class FakeLink:
-    """
-    A supervisor link that is never connected: the dispatcher keeps every
-    task queued, and kills are recorded.
-    """
-
-    pid: Optional[int] = None
-
-    def __init__(self) -> None:
-        self.kills: List[str] = []
-        self.launches: List[List[str]] = []
-
-    @property
-    def connected(self) -> bool:
-        return False
-
-    def launch(self, task_ids: Sequence[str]) -> bool:
-        self.launches.append(list(task_ids))
-        return False
-
-    def kill(self, task_id: str) -> bool:
-        self.kills.append(task_id)
-        return False
-
-    def health(self) -> Optional[str]:
-        return None
+from tests.fakes import FakeLink
 
 
 def fake_capabilities(**overrides: Any) -> Capabilities:
@@ -94,7 +67,8 @@ class InProcessRuntime:
             preview_ceiling=self.config.max_output_preview_bytes,
             budget=budget,
         )
-        self.link = FakeLink()
+        # Never connected: the dispatcher keeps every task queued.
+        self.link = FakeLink(pid=None, connected=False)
         self.capabilities = fake_capabilities(**caps)
         quotas = parse_tenant_quotas(self.config.tenant_quotas)
         self.scheduler = Scheduler(

@@ -198,7 +198,7 @@ class FakeLink:
     """
     The supervisor link: connected or not, with a pid, recording every
     launch order it sent and every one it refused for want of a
-    connection.
+    connection, and every kill; always healthy.
     """
 
     def __init__(self, pid: Optional[int] = 4242, connected: bool = True) -> None:
@@ -206,6 +206,7 @@ class FakeLink:
         self.connected = connected
         self.launched: List[List[str]] = []
         self.refused: List[List[str]] = []
+        self.killed: List[str] = []
 
     def launch(self, task_ids: Sequence[str]) -> bool:
         """
@@ -217,6 +218,19 @@ class FakeLink:
             return False
         self.launched.append(list(task_ids))
         return True
+
+    def kill(self, task_id: str) -> bool:
+        """
+        Record the kill order; whether it could be sent.
+        """
+        self.killed.append(task_id)
+        return self.connected
+
+    def health(self) -> Optional[str]:
+        """
+        No reason to be unready.
+        """
+        return None
 
 
 @attrs.define
