@@ -17,7 +17,6 @@ from typing import Any, Callable, Mapping, Optional
 import attrs
 from twisted.application import service
 from twisted.internet import defer, endpoints
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
@@ -355,11 +354,22 @@ class RuntimeService(service.Service):
     async def _drain_requests(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """
         Let requests in flight finish (new submissions get 503 meanwhile),
-        for at most C{timeout_s}.
+        for at most C{timeout_s}: wait on their own C{notifyFinish}, again
+        for any that came in meanwhile on an open connection.
         """
         deadline = self.reactor.seconds() + timeout_s
-        while self.site is not None and self.site.inflight and self.reactor.seconds() < deadline:
-            await deferLater(self.reactor, 0.01, lambda: None)
+        while self.site is not None and self.site.inflight:
+            left = deadline - self.reactor.seconds()
+            if left <= 0:
+                return
+            finished = defer.DeferredList(
+                [request.notifyFinish() for request in list(self.site.inflight)], consumeErrors=True
+            )
+            finished.addTimeout(left, self.reactor)
+            try:
+                await finished
+            except defer.TimeoutError:
+                return
 
     def stopService(self) -> "defer.Deferred[None]":
         """
