@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_api -*-
 """
-The HTTP API (C{api.md}) as a Klein app on an object.
+The HTTP API (C{docs/api.md}) as a Klein app on an object.
 
 Handlers only translate HTTP to L{execgo.runtime.Runtime} calls and back;
 every error becomes the contract's envelope in one place (L{RuntimeAPI.error}),
@@ -49,7 +49,7 @@ def _json(request: IRequest, value: Any, code: int = 200) -> bytes:
 def owner_from(request: IRequest) -> Optional[str]:
     """
     The trimmed owner header; empty, missing or not visible ASCII counts as
-    no owner (C{api.md} 5).
+    no owner.
     """
     raw = request.getHeader(OWNER_HEADER)
     if raw is None:
@@ -447,5 +447,5 @@ class APISite(server.Site):
 
     def log(self, request: Any) -> None:
         """
-        No per-request access log (C{behavior.md} 16).
+        No per-request access log: the log holds the runtime's own records.
         """

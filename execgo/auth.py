@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_auth -*-
 """
-Optional bearer-token authentication (issue 5; off unless
-C{--auth-token-file} is given).
+Optional bearer-token authentication (off unless C{--auth-token-file} is
+given).
 
 The token file has one token a line, C{TOKEN tenant=NAME owner=NAME
 [role=admin]}, with C{#} comments and blank lines allowed.  A token stands

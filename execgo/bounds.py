@@ -59,7 +59,8 @@ ARG_STRING_MAX_BYTES = 32 * 4096 - 1
 #: no limit at all.
 RLIMIT_MAX = 2**63 - 1
 #: C{RLIMIT_CPU}: the soft limit is C{cpu_time_sec} and the hard one a
-#: second above it (C{decisions.md} item 7); both must fit L{RLIMIT_MAX}.
+#: second above it (so SIGXCPU comes before SIGKILL); both must fit
+#: L{RLIMIT_MAX}.
 CPU_TIME_SEC_MAX = RLIMIT_MAX - 1
 #: C{RLIMIT_AS} where no cgroup can be used; a memory cgroup takes any
 #: 64-bit value (and rounds it down to pages), so the rlimit is the bound.

@@ -53,8 +53,8 @@ def normalise_arch(machine: str) -> str:
 @attrs.frozen
 class Capabilities:
     """
-    The capability snapshot (C{api.md} section 8) with the detail plan
-    resolution and the supervisor need.
+    The capability snapshot (C{GET /api/v1/runtime/capabilities}) with the
+    detail plan resolution and the supervisor need.
 
     @ivar namespaces: namespace name to whether it is supported.
     @ivar memory_mechanism: C{"cgroup_v2"}/C{"cgroup_v1"} when a writable
@@ -65,7 +65,9 @@ class Capabilities:
         per-task groups go under, for the available mechanisms.
     @ivar cgroup_v2: a cgroup v2 tree with both the C{memory} and C{pids}
         controllers exists (detection, not writability).
-    @ivar overrides: configured overrides, C{api.md} naming.
+    @ivar overrides: configured overrides, as the snapshot names them
+        (C{capacity_memory_bytes}, C{capacity_pids}, C{cgroup},
+        C{linux_sandbox}).
     @ivar privilege_drop: tasks run without the runtime's privileges (a
         uid of their own, or an unprivileged C{--task-user}).
     """
@@ -173,8 +175,9 @@ class Capabilities:
 
     def to_json(self) -> JSON:
         """
-        Render C{api.md} section 8, with C{resources.cgroup} (the mechanism
-        of each available cgroup capability) added after C{capacity}.
+        Render the snapshot as the API answers it, with C{resources.cgroup}
+        (the mechanism of each available cgroup capability) added after
+        C{capacity}.
         """
         out: JSON = {
             "runtime_id": self.runtime_id,
@@ -248,7 +251,7 @@ def build_capabilities(
     The sandbox is available on Linux, when not disabled, if at least one
     namespace could really be unshared; C{chroot} additionally needs
     euid 0.  Capacity: an override, else the smaller of the runtime's own
-    cgroup limit and the host's total (C{behavior.md} 5.1).
+    cgroup limit and the host's total.
     """
     os_name = normalise_os(facts.system)
     linux = os_name == "linux"

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_cli -*-
 """
-The C{execgo-runtime} command line (C{cli.md}, and issue 6's additions).
+The C{execgo-runtime} command line (documented in C{docs/cli.md}).
 
 L{cli} is the click group of L{execgo.cli_core} with every subcommand
 added: C{submit}, C{status}, C{wait}, C{kill}, C{run} and C{logs} from

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_cli -*-
 """
-The inspection subcommands issue 6 adds to C{execgo-runtime}: C{list},
-C{events}, C{info}, C{capabilities} and C{resources}.
+The inspection subcommands of C{execgo-runtime}: C{list}, C{events},
+C{info}, C{capabilities} and C{resources}.
 
 Each prints what the server answers, verbatim plus a newline, except
 C{list --all} (one task a line, across every page) and C{events --follow}

@@ -222,13 +222,13 @@ class CliEnvironment:
 
 class _Group(click.Group):
     """
-    The top-level group: commands listed in C{cli.md} order, and every
-    unexpected error turned into one C{<category>: <detail>} line.
+    The top-level group: commands listed in C{docs/cli.md} order, and
+    every unexpected error turned into one C{<category>: <detail>} line.
     """
 
     def list_commands(self, ctx: click.Context) -> List[str]:
         """
-        Known subcommands in contract order, then any others by name.
+        Known subcommands in C{docs/cli.md} order, then any others by name.
         """
         names = [name for name in _COMMAND_ORDER if name in self.commands]
         return names + sorted(set(self.commands) - set(names))

@@ -47,7 +47,7 @@ def wait_for_terminal(
     headers: Mapping[str, str],
 ) -> Dict[str, Any]:
     """
-    The C{wait} algorithm of C{cli.md} section 6 over long-poll requests.
+    The C{wait} algorithm (C{docs/cli.md} section 6) over long-poll requests.
 
     Each request is C{GET .../tasks/{id}?wait_ms=N} with C{N} the long-poll
     time capped by what is left of the timeout, so the command returns near

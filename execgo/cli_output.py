@@ -2,8 +2,8 @@
 """
 What the C{execgo-runtime} client subcommands print about a task.
 
-The pretty status of C{wait} and C{run} (C{cli.md} section 6: keys in
-C{api.md} order at every level, unknown keys and nulls dropped), the exit
+The pretty status of C{wait} and C{run} (C{docs/cli.md} section 6: keys in
+wire order at every level, unknown keys and nulls dropped), the exit
 code C{--exit-code} derives from a terminal status, the one-line summary
 C{run --follow} writes on stderr, and the elapsed-time line.  Pure: no I/O,
 no click, no Twisted.
@@ -100,7 +100,7 @@ TASK_STATUS_SCHEMA: _Schema = (
     ("metadata", _MAP, False),
 )
 """
-The C{TaskStatusResponse} of C{api.md} section 4.1: C{(key, kind, required)}
+The C{TaskStatusResponse} (the status snapshot): C{(key, kind, required)}
 in wire order, where C{kind} is a scalar kind or a nested schema.
 """
 
@@ -158,7 +158,7 @@ def _normalise_object(schema: _Schema, value: Any, where: str) -> Dict[str, Any]
 
 def decode_task_status(body: bytes) -> Dict[str, Any]:
     """
-    Decode a C{TaskStatusResponse}: keys in C{api.md} order at every level,
+    Decode a C{TaskStatusResponse}: keys in wire order at every level,
     unknown keys and nulls dropped, string maps sorted, empty optional lists
     and maps left out.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli_server -*-
+# -*- test-case-name: tests.test_config,tests.test_integration,tests.test_supervisor -*-
 """
 The server-side subcommands of C{execgo-runtime}: C{serve}, and the hidden
 C{internal-supervisor} and C{internal-shim}.

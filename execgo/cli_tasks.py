@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_cli -*-
 """
 The task subcommands of C{execgo-runtime}: C{submit}, C{status}, C{wait},
-C{kill} and C{run} of C{cli.md} (with issue 6's long-poll, C{--exit-code},
-C{run --follow} and the elapsed-time line), and C{logs}.
+C{kill} and C{run} (with the long-poll, C{--exit-code}, C{run --follow} and
+the elapsed-time line), and C{logs}: sections 4 to 9 of C{docs/cli.md}.
 
 Registered on the group by L{execgo.cli}; standard library and click only.
 """
@@ -61,7 +61,7 @@ _exit_code_option = click.option(
 
 def _request_options(command: Any) -> Any:
     """
-    The options C{submit} and C{run} share (C{cli.md} sections 4 and 8).
+    The options C{submit} and C{run} share (C{docs/cli.md} sections 4 and 8).
     """
     for decorator in reversed(
         (
@@ -91,7 +91,7 @@ def _request_options(command: Any) -> Any:
 
 def load_request(file_path: Optional[str], json_text: Optional[str]) -> bytes:
     """
-    Read, decode and normalise a submit request (C{cli.md} section 4).
+    Read, decode and normalise a submit request (C{docs/cli.md} section 4).
 
     @return: the compact JSON body to send.
     """

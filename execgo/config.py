@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_config -*-
 """
-The server's settings (C{cli.md} section 2, C{behavior.md} section 15) as one
-frozen value, with the rules that derive the rest from them.
+The server's settings (the options of C{serve}, C{docs/cli.md} section 3) as
+one frozen value, with the rules that derive the rest from them.
 
 Pure: no I/O beyond reading the environment mapping it is given.
 """
@@ -190,7 +190,7 @@ class RuntimeConfig:
 def apply_environment(config: RuntimeConfig, environ: Mapping[str, str], given: frozenset) -> RuntimeConfig:
     """
     Fill settings not given on the command line from their environment
-    variables (C{cli.md} 1: the option wins).
+    variables (the option wins: C{docs/cli.md} section 1).
 
     @param given: the names of the settings given as options.
     @raise errors.InvalidInput: for a malformed variable.

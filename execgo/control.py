@@ -25,7 +25,7 @@ import json
 import os
 import socket
 import struct
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import attrs
 
@@ -285,3 +285,210 @@ def read_settings(data_dir: str) -> Optional[SupervisorSettings]:
         return SupervisorSettings.from_json(json.loads(data))
     except ValueError:
         return None
+
+
+# The messages, both ways: JSON lines whose "op" (orders, server to
+# supervisor) or "ev" (reports, supervisor to server) names the kind.
+# Orders carry ids only.
+
+
+@attrs.frozen
+class Launch:
+    """
+    Start these dispatched tasks (each still C{accepted}).
+    """
+
+    task_ids: Tuple[str, ...]
+
+    def to_json(self) -> Dict[str, Any]:
+        """
+        The wire form.
+        """
+        return {"op": "launch", "task_ids": list(self.task_ids)}
+
+
+@attrs.frozen
+class Kill:
+    """
+    Terminate a task (SIGTERM, then SIGKILL after the grace period).
+    """
+
+    task_id: str
+
+    def to_json(self) -> Dict[str, Any]:
+        """
+        The wire form.
+        """
+        return {"op": "kill", "task_id": self.task_id}
+
+
+@attrs.frozen
+class Ping:
+    """
+    Are you there?  (Answered by L{Pong} with the same C{seq}.)
+    """
+
+    seq: int
+
+    def to_json(self) -> Dict[str, Any]:
+        """
+        The wire form.
+        """
+        return {"op": "ping", "seq": self.seq}
+
+
+@attrs.frozen
+class Shutdown:
+    """
+    Exit once no workload runs.
+    """
+
+    def to_json(self) -> Dict[str, Any]:
+        """
+        The wire form.
+        """
+        return {"op": "shutdown"}
+
+
+@attrs.frozen
+class Hello:
+    """
+    The supervisor's greeting on a new connection: its pid and the tasks
+    it runs.
+    """
+
+    pid: int
+    running: Tuple[str, ...] = ()
+
+    def to_json(self) -> Dict[str, Any]:
+        """
+        The wire form.
+        """
+        return {"ev": "hello", "pid": self.pid, "running": list(self.running)}
+
+
+@attrs.frozen
+class Finished:
+    """
+    A task's end is written; C{status} is its terminal snapshot when that
+    is small enough to carry.
+    """
+
+    task_id: str
+    status: Optional[Dict[str, Any]] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        """
+        The wire form (C{status} only when carried).
+        """
+        out: Dict[str, Any] = {"ev": "finished", "task_id": self.task_id}
+        if self.status is not None:
+            out["status"] = self.status
+        return out
+
+
+@attrs.frozen
+class Declined:
+    """
+    A launch order was not taken: the task is not C{accepted} any more.
+    """
+
+    task_id: str
+
+    def to_json(self) -> Dict[str, Any]:
+        """
+        The wire form.
+        """
+        return {"ev": "declined", "task_id": self.task_id}
+
+
+@attrs.frozen
+class Pong:
+    """
+    The answer to a L{Ping}.
+    """
+
+    seq: Optional[int]
+
+    def to_json(self) -> Dict[str, Any]:
+        """
+        The wire form.
+        """
+        return {"ev": "pong", "seq": self.seq}
+
+
+Order = Union[Launch, Kill, Ping, Shutdown]
+Report = Union[Hello, Finished, Declined, Pong]
+
+
+def encode(message: Union[Order, Report]) -> bytes:
+    """
+    One message as a line's content: compact UTF-8 JSON, no newline.
+    """
+    return json.dumps(message.to_json(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _object(line: bytes) -> Optional[Dict[str, Any]]:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _text(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) else None
+
+
+def _seq(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def decode_order(line: bytes) -> Optional[Order]:
+    """
+    The order a line holds, or C{None} for anything else (a malformed or
+    unknown line is ignored; fields beyond an order's ids are never read).
+    """
+    data = _object(line)
+    if data is None:
+        return None
+    op = data.get("op")
+    if op == "launch":
+        ids = data.get("task_ids")
+        if not isinstance(ids, list):
+            return None
+        return Launch(tuple(task_id for task_id in ids if isinstance(task_id, str)))
+    if op == "kill":
+        task_id = _text(data.get("task_id"))
+        return None if task_id is None else Kill(task_id)
+    if op == "ping":
+        seq = _seq(data.get("seq"))
+        return None if seq is None else Ping(seq)
+    if op == "shutdown":
+        return Shutdown()
+    return None
+
+
+def decode_report(line: bytes) -> Optional[Report]:
+    """
+    The report a line holds, or C{None} for anything else.
+    """
+    data = _object(line)
+    if data is None:
+        return None
+    ev = data.get("ev")
+    task_id = _text(data.get("task_id"))
+    if ev == "hello":
+        pid = _seq(data.get("pid"))
+        running = data.get("running")
+        if pid is None:
+            return None
+        return Hello(pid, tuple(r for r in running if isinstance(r, str)) if isinstance(running, list) else ())
+    if ev == "finished" and task_id is not None:
+        status = data.get("status")
+        return Finished(task_id, status if isinstance(status, dict) else None)
+    if ev == "declined" and task_id is not None:
+        return Declined(task_id)
+    if ev == "pong":
+        return Pong(_seq(data.get("seq")))
+    return None

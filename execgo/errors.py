@@ -1,11 +1,12 @@
-# -*- test-case-name: tests.test_errors -*-
+# -*- test-case-name: tests.test_api,tests.test_openapi,tests.test_storage_faults -*-
 """
 One exception hierarchy for the whole runtime.
 
 Every error that can reach a caller is an L{ExecgoError}: it carries the wire
-error code and the HTTP status of C{api.md} section 2.2, and a message in the
-contract's C{<category>: <detail>} form.  The edges (the HTTP API and the
-CLI) map these to envelopes and exit codes; nothing else does.
+error code, the HTTP status that goes with it (the table of C{docs/api.md},
+"Errors"), and a message in the C{<category>: <detail>} form.  The edges
+(the HTTP API and the CLI) map these to envelopes and exit codes; nothing
+else does.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ class ExecgoError(Exception):
     """
     Root of every error the runtime reports.
 
-    @ivar code: the wire error code (C{api.md} section 2.2).
+    @ivar code: the wire error code (one of L{execgo.openapi.ERROR_CODES}).
     @ivar http_status: the HTTP status used when this is an endpoint error.
     @ivar prefix: the message category prefix, or C{""} for a bare message.
     """

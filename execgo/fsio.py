@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_fsio -*-
+# -*- test-case-name: tests.test_wire,tests.test_cgroups -*-
 """
 Whole-file reads and writes through plain C{os} calls.
 

@@ -10,7 +10,7 @@ C{http error: }.
 
 L{request} reads a whole response; L{stream} hands the body of a 2xx
 response to a callback piece by piece as it arrives (the log and event
-streams of issue 6), and tells a stream that broke off after its head
+streams), and tells a stream that broke off after its head
 (L{StreamInterrupted}, so the caller may resume it) from a request that got
 no answer at all.
 """

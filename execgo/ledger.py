@@ -5,8 +5,7 @@ The resource ledger: capacity, reservations and tenant quotas.
 Everything here is pure (no I/O): the dispatcher keeps a L{Ledger} mirroring
 the active reservations in the store (rebuilt from the store at start-up),
 the submit path calls L{check_admission}, and the resources endpoint renders
-the store's view with L{render_resources} (C{behavior.md} section 5,
-C{api.md} section 10).
+the store's view with L{render_resources}.
 """
 
 from __future__ import annotations
@@ -53,8 +52,10 @@ class Capacity:
 
 def parse_tenant_quota(spec: str) -> Tuple[str, Capacity]:
     """
-    Parse one C{--tenant-quota} value, C{NAME=KEY:VALUE[,KEY:VALUE...]}
-    (C{behavior.md} 5.4).
+    Parse one C{--tenant-quota} value, C{NAME=KEY:VALUE[,KEY:VALUE...]}:
+    C{KEY} is C{slots} (required), C{memory} or C{pids}, each C{VALUE} an
+    unsigned 64-bit integer; blank items are skipped and a repeated key
+    keeps its last value.
 
     @raise InvalidInput: when the specification breaks any rule; the detail
         quotes the specification.
@@ -146,9 +147,9 @@ def check_admission(
     tenant: Optional[str],
 ) -> None:
     """
-    The submit-time checks of C{behavior.md} 5.3: the single task against
-    the total capacity, then against its tenant's quota if it has one.
-    Current usage is not considered.
+    The submit-time checks: the single task against the total capacity,
+    then against its tenant's quota if it has one.  Current usage is not
+    considered.
 
     @raise InsufficientResources: naming what does not fit.
     """
@@ -271,8 +272,8 @@ class Ledger:
 
     def fits(self, reservation: Reservation, tenant: Optional[str]) -> bool:
         """
-        The dispatch-time check of C{behavior.md} 5.3: does the task fit on
-        top of the current usage, globally and within its tenant's quota?
+        The dispatch-time check: does the task fit on top of the current
+        usage, globally and within its tenant's quota?
         """
         if not _fits_on_top(reservation, self._reserved, self.capacity):
             return False
@@ -330,8 +331,8 @@ class ActiveReservation:
     """
     A task holding an unreleased reservation, as read from the store.
 
-    @ivar reserved_at: the reservation time as an C{api.md} timestamp, or
-        C{None} when unknown.
+    @ivar reserved_at: the reservation time, formatted as the API formats
+        timestamps (RFC 3339 in UTC), or C{None} when unknown.
     """
 
     task_id: str
@@ -397,7 +398,7 @@ def render_resources(
     accepted_waiting: int,
 ) -> JSON:
     """
-    The body of C{GET /api/v1/runtime/resources} (C{api.md} section 10).
+    The body of C{GET /api/v1/runtime/resources}.
 
     C{active} should come in creation order; it is (stably) ordered by
     reservation time here, so creation time breaks ties.

@@ -1,7 +1,6 @@
 # -*- test-case-name: tests.test_logs -*-
 """
-Structured JSON-lines logging on top of C{twisted.logger}
-(C{decisions.md} item 16, C{behavior.md} 16).
+Structured JSON-lines logging on top of C{twisted.logger}.
 
 Each event becomes one line: C{timestamp}, C{level} (C{INFO}, C{WARN}, ...),
 C{target} (the logger's namespace), C{message}, and the event's own fields.

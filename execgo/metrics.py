@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_metrics -*-
+# -*- test-case-name: tests.test_api,tests.test_integration -*-
 """
-Prometheus text exposition (C{api.md} 12 and issue 5).
+Prometheus text exposition (the families of C{docs/api.md}, "Metrics").
 
 The four contract families come first, unchanged in name and labels; the
 families this runtime adds follow.  Pure: L{render} turns a

@@ -1,10 +1,11 @@
-# -*- test-case-name: tests.test_models -*-
+# -*- test-case-name: tests.test_validation,tests.test_wire,tests.test_policy -*-
 """
 Frozen values shared by every part of the runtime.
 
 Each class renders itself to the wire form with C{to_json()} (a plain C{dict}
-whose key order is the order C{api.md} lists the fields in, absent optional
-fields left out) and reads a trusted wire form back with C{from_json()}.
+in wire order, the fixed key order of the API's answers that C{docs/api.md}
+describes, absent optional fields left out) and reads a trusted wire form
+back with C{from_json()}.
 Untrusted input never goes through C{from_json}: L{execgo.validation} parses
 it.  This module imports only C{attrs} so the supervisor and CLI stay light.
 """
@@ -257,10 +258,9 @@ class SubmitRequest:
     """
     A decoded submission with every default applied.
 
-    C{capability_mode} is C{None} when the request had no C{policy} (or a
-    null one); a present policy without a mode decodes to C{"adaptive"}, but
-    C{decisions.md} item 5 makes the server treat a policy without a mode like
-    an absent one, which is what C{policy_given_mode} records.
+    C{capability_mode} is C{None} when the request had no C{policy}, a null
+    one, or one without a mode: the server's default mode applies to all
+    three.
     """
 
     execution: ExecutionSpec
@@ -323,8 +323,8 @@ class SubmitRequest:
 @attrs.frozen
 class Reservation:
     """
-    What a task holds of the ledger while it runs (C{api.md}
-    C{TaskResourceReservation}).
+    What a task holds of the ledger while it runs (the status's
+    C{reservation}, a C{TaskResourceReservation} on the wire).
     """
 
     task_slots: int = 1
@@ -356,7 +356,8 @@ class Reservation:
     @classmethod
     def for_limits(cls, limits: ResourceLimits) -> "Reservation":
         """
-        The reservation a task with these limits makes (C{behavior.md} 5.2).
+        The reservation a task with these limits makes: one slot, plus its
+        memory and pids limits when set (enforced or not).
         """
         return cls(task_slots=1, memory_bytes=limits.memory_bytes, pids=limits.pids_max)
 
@@ -401,7 +402,7 @@ class ResourceEnforcement:
 
     def to_json(self) -> JSON:
         """
-        Render in C{api.md} 4.2 order; C{mechanisms} last and only if set.
+        Render in wire order; C{mechanisms} last and only if set.
         """
         out: JSON = {"wall_time_ms": self.wall_time_ms}
         if self.cpu_time_sec is not None:
@@ -454,7 +455,7 @@ class ExecutionPlan:
 
     def to_json(self) -> JSON:
         """
-        Render in C{api.md} 4.2 order, empty lists left out.
+        Render in wire order, empty lists left out.
         """
         out: JSON = {
             "capability_mode": self.capability_mode,
@@ -513,7 +514,8 @@ class ErrorInfo:
 @attrs.frozen
 class Usage:
     """
-    What a finished workload consumed (C{api.md} C{ResourceUsage}).
+    What a finished workload consumed (the status's C{usage}, a
+    C{ResourceUsage} on the wire).
     """
 
     duration_ms: int

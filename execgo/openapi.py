@@ -21,9 +21,9 @@ Whatever has a model is generated from it, so the document follows the code:
     error classes it raises, and each HTTP status documents their codes.
 
 The other response bodies (the status snapshot, events, runtime views) are
-written from C{api.md} with the runtime's additions (C{resources.cgroup},
-C{resource_enforcement.mechanisms}); the routes of issue 6 (listing, log
-and event streams, idempotent submission) take their bounds from the
+written out here with the runtime's additions (C{resources.cgroup},
+C{resource_enforcement.mechanisms}); the added routes (listing, log and
+event streams) and idempotent submission take their bounds from the
 modules that enforce them (L{execgo.listing}, L{execgo.idempotency}).  Response objects are closed
 (C{additionalProperties: false}) so that a field the runtime starts to emit
 without documenting it fails C{tests.test_openapi}, which also proves the
@@ -93,8 +93,9 @@ OPENAPI_VERSION = "3.1.0"
 PATH = "/api/v1/openapi.json"
 MAX_WAIT_MS = 600_000
 
-# Issue 6.  The stream constants live in execgo.streams, which imports
-# Twisted; tests.test_openapi checks these equal them.
+# The added routes and idempotent submission.  The stream constants live
+# in execgo.streams, which imports Twisted; tests.test_openapi checks
+# these equal them.
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 LOG_SIZE_HEADER = "X-Execgo-Log-Size"
 LOG_OFFSET_HEADER = "X-Execgo-Offset"
@@ -106,7 +107,7 @@ CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
 # (wire.render_status with include_output=False).
 OUTPUT_KEYS = ("stdout", "stderr", "stdout_truncated", "stderr_truncated")
 
-# api.md 2.2, in canonical order.
+# The wire error codes, in their canonical order.
 ERROR_CODES = (
     "invalid_input",
     "launch_failed",
@@ -125,7 +126,7 @@ ERROR_CODES = (
     "internal",
 )
 
-# Component names of the models, as api.md names them.  TaskPolicy has no
+# Component names of the models: the wire type names.  TaskPolicy has no
 # model: the decoder folds it into SubmitRequest.capability_mode.
 REQUEST_MODELS: Tuple[Tuple[str, type], ...] = (
     ("SubmitTaskRequest", SubmitRequest),
@@ -160,8 +161,9 @@ _OMITTED_WHEN_EMPTY = {
     (ResourceEnforcement, "mechanisms"),
 }
 
-# Semantic rules (api.md 3.2, 3.5, decisions.md items 3 and 4) that JSON
-# Schema states exactly; every request breaking one of them is refused.
+# Semantic rules of submit (the task_id rules, no '=' in keys, non-empty
+# strings, positive limits) that JSON Schema states exactly; every request
+# breaking one of them is refused.
 _NO_EQUALS_IN_KEYS = {"propertyNames": {"pattern": "^[^=]*$"}}
 _NOT_EMPTY = {"minLength": 1}
 _POSITIVE = {"minimum": 1}
@@ -459,7 +461,7 @@ def _model_schemas() -> JSON:
 
 def _status_fields() -> JSON:
     """
-    The keys of the status snapshot (C{api.md} 4.1), for L{_shape}.
+    The keys of the status snapshot, in wire order, for L{_shape}.
     """
     return {
         "task_id": _STRING,
@@ -603,7 +605,7 @@ def _resources() -> JSON:
 
 def _other_schemas() -> JSON:
     """
-    The response schemas written from C{api.md}.
+    The response schemas written out by hand.
     """
     return {
         "SubmitTaskResponse": _shape(
@@ -619,11 +621,10 @@ def _other_schemas() -> JSON:
                 "event_type": dict(
                     _STRING,
                     description=(
-                        "api.md 6.1 (submitted, accepted, planned, degraded, "
+                        "One of submitted, accepted, planned, degraded, "
                         "resource_reserved, started, kill_requested, "
                         "timeout_triggered, resource_released, finished, failed, "
-                        "cancelled, recovered) and runtime additions such as "
-                        "pids_limit_reached."
+                        "cancelled, recovered, and pids_limit_reached."
                     ),
                 ),
                 "timestamp": _TIMESTAMP,
@@ -671,7 +672,7 @@ def _other_schemas() -> JSON:
         "Health": _shape({"status": _enum(["ok"]), "version": _STRING}),
         "Ready": _shape({"status": _enum(["ready"]), "version": _STRING}),
         "ErrorResponse": _shape(
-            {"error": _ref("RuntimeErrorInfo")}, "The error envelope (decisions.md item 1)."
+            {"error": _ref("RuntimeErrorInfo")}, "The error envelope: every error the runtime answers has this shape."
         ),
     }
 

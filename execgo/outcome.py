@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_outcome -*-
 """
-Classification of a finished workload (C{behavior.md} 7.5 with
-C{decisions.md} item 7), and the fixed outcomes of tasks that never ran.
+Classification of a finished workload (the verdict table of L{classify}),
+and the fixed outcomes of tasks that never ran.
 
 Pure functions: everything the verdict depends on is an argument.
 """
@@ -66,8 +66,9 @@ def _cpu_limit_hit(exit: Exit) -> bool:
 
 def classify(exit: Exit) -> Outcome:
     """
-    The terminal outcome of a reaped workload; the first matching rule of
-    C{behavior.md} 7.5 wins.
+    The terminal outcome of a reaped workload; the first matching rule
+    wins: timeout, cancellation, OOM kill, CPU limit, exit code 0, another
+    exit code, a signal, anything else.
     """
     code, sig = exit.exit_code, exit.exit_signal
     if exit.timed_out:

@@ -1,11 +1,12 @@
 # -*- test-case-name: tests.test_policy -*-
 """
 Execution-plan resolution: what a request asked for against what the host
-offers (C{behavior.md} section 4, with C{decisions.md} item 8).
+offers.
 
 Pure: a validated L{SubmitRequest}, the cached L{Capabilities} and the
 server's default mode in, an L{ExecutionPlan} (or L{UnsupportedCapability})
-out.  Differences from the contract text, from C{decisions.md} item 8:
+out.  Memory and pids limits are enforced with a per-task cgroup for both
+sandbox profiles wherever the host has one, hence:
 
   - C{cgroup_enforced} means a per-task cgroup will be used, which is the
     case for both profiles whenever a memory or pids cgroup mechanism is
@@ -69,13 +70,13 @@ def resolve_plan(
     Resolve the execution plan of a validated request.
 
     The mode is the request's C{capability_mode}, or C{default_mode} when
-    it has none (no policy, or a policy without a mode: C{decisions.md}
-    item 5).  Resolution is strict when the mode is C{strict} or the
-    control context sets C{requires_strict_sandbox}; the plan still reports
-    the mode.
+    it has none (no policy, or a policy without a mode).  Resolution is
+    strict when the mode is C{strict} or the control context sets
+    C{requires_strict_sandbox}; the plan still reports the mode.
 
     @raise UnsupportedCapability: in strict resolution, at the first
-        capability the host lacks, in the order of C{behavior.md} section 4.
+        capability the host lacks, in this order: the sandbox profile,
+        chroot, each namespace, then the CPU, memory and pids limits.
     """
     mode = request.capability_mode or default_mode
     context = request.control_context

@@ -4,7 +4,7 @@ The host probe: raw L{HostFacts} gathered with blocking calls (run
 L{probe_host} once, off the reactor), and where per-task cgroups go.
 L{execgo.capabilities} turns the facts into the capability snapshot.
 
-Cgroup placement (C{decisions.md} item 8).  Per-task groups go under a
+Cgroup placement.  Per-task groups go under a
 I{base} directory per mechanism, derived from the configured C{cgroup_root}
 (default C{/sys/fs/cgroup/execgo-runtime}):
 

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_recovery -*-
 """
 What to do with each non-terminal stored task when the server starts, or
-when the supervisor it talks to is found gone (C{behavior.md} 11).
+when the supervisor it talks to is found gone (C{docs/architecture.md},
+"What survives a crash, and why").
 
 L{plan_recovery} is pure: given the tasks and a way to tell whether a
 recorded supervisor still lives, it returns one action per task.

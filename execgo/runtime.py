@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_runtime -*-
+# -*- test-case-name: tests.test_api,tests.test_upkeep,tests.test_integration -*-
 """
 The runtime's operations, independent of HTTP: submit, status, events,
 kill, the runtime views, recovery, and reactions to the supervisor.
@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from execgo import (
     budget,
+    control,
     errors,
     idempotency,
     listing,
@@ -127,7 +128,10 @@ class Runtime:
     ) -> JSON:
         """
         Decode, validate, plan, admit and persist a submission; wake the
-        dispatcher.  Checks run in the order of C{api.md} 3.5.
+        dispatcher.  Checks run in this order: decoding and validation,
+        the plan (in strict mode), capacity and the tenant's quota, then,
+        in the store, a stored idempotency key, the queue bound, the
+        output bounds and the duplicate id.
 
         @param principal: with authentication on, the token's tenant and
             owner, which replace what the body claims.
@@ -334,7 +338,7 @@ class Runtime:
 
     async def kill(self, task_id: str, owner: Optional[str], principal: Optional[Principal] = None) -> JSON:
         """
-        Cancel a task (C{api.md} 5): queued tasks end at once; running ones
+        Cancel a task: queued tasks end at once; running ones
         are signalled by their supervisor (or directly, if none is
         connected).  An admin's kill skips the owner check; a task
         C{principal} may not see is L{errors.NotFound}, before the owner
@@ -444,7 +448,7 @@ class Runtime:
 
     # Supervisor reports
 
-    def on_supervisor_message(self, message: Dict[str, Any]) -> None:
+    def on_supervisor_message(self, message: control.Report) -> None:
         """
         A task ended (its reservation is released in the store already;
         the report carries its terminal snapshot when that is small, which
@@ -452,10 +456,10 @@ class Runtime:
         supervisor declined a launch order because the task was not
         C{accepted} any more.
         """
-        if message.get("ev") == "declined":
-            self.scheduler.released(str(message.get("task_id")))
-        elif message.get("ev") == "finished":
-            task_id = str(message.get("task_id"))
+        if isinstance(message, control.Declined):
+            self.scheduler.released(message.task_id)
+        elif isinstance(message, control.Finished):
+            task_id = message.task_id
             timer = self._kill_timers.pop(task_id, None)
             if timer is not None and timer.active():
                 timer.cancel()
@@ -463,10 +467,10 @@ class Runtime:
             # (a task unknown here is not kept: its next read is).
             known, tenant = self.scheduler.unfinished_tenant(task_id)
             self.scheduler.released(task_id)
-            final = message.get("status")
-            if isinstance(final, dict) and known:
+            final = message.status
+            if final is not None and known:
                 self.finished.put(task_id, final, tenant)
-            self.waiters.notify(task_id, final if isinstance(final, dict) else True)
+            self.waiters.notify(task_id, final if final is not None else True)
 
     def on_supervisor_lost(self, pid: int) -> None:
         """

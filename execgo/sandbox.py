@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_sandbox -*-
+# -*- test-case-name: tests.test_enforcement,tests.test_isolation -*-
 """
 The C{linux_sandbox} exec wrapper: puts the workload into its own
 namespaces (and optionally a chroot), then execs it.

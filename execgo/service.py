@@ -1,7 +1,7 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.test_integration -*-
 """
 Composition of the server: every part is built here and handed its
-dependencies, and started in the order C{behavior.md} 15 gives: data
+dependencies, and started in this order: data
 directory, store, capability probe, ledger, recovery, supervisor, loops,
 then the listener.  Nothing listens before recovery has finished.
 """
@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Optional
 import attrs
 from twisted.application import service
 from twisted.internet import defer, endpoints
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
@@ -244,13 +245,8 @@ class RuntimeService(service.Service):
             max_output_preview_bytes=config.max_output_preview_bytes,
         )
         await deferToThread(write_settings, data_dir, settings)
-        runtime_holder: list = []
         self._link = link = SupervisorLink(
-            self.reactor,
-            data_dir,
-            supervisor_command(config.database_path, data_dir),
-            on_message=lambda message: runtime_holder[0].on_supervisor_message(message),
-            on_lost=lambda pid: runtime_holder[0].on_supervisor_lost(pid),
+            self.reactor, data_dir, supervisor_command(config.database_path, data_dir)
         )
         self._scheduler = scheduler = Scheduler(
             self.reactor,
@@ -276,7 +272,7 @@ class RuntimeService(service.Service):
             cgroups=cgroups,
             identity=self.identity,
         )
-        runtime_holder.append(runtime)
+        link.listen(runtime)
         await runtime.recover()
         await link.ensure()
         runtime.accepting = True
@@ -354,22 +350,14 @@ class RuntimeService(service.Service):
     async def _drain_requests(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """
         Let requests in flight finish (new submissions get 503 meanwhile),
-        for at most C{timeout_s}: wait on their own C{notifyFinish}, again
-        for any that came in meanwhile on an open connection.
+        for at most C{timeout_s}.
         """
+        # Polled rather than waited on each request's notifyFinish: that
+        # fires when the response is finished, not when it has left the
+        # transport, and the stop that follows would cut it off.
         deadline = self.reactor.seconds() + timeout_s
-        while self.site is not None and self.site.inflight:
-            left = deadline - self.reactor.seconds()
-            if left <= 0:
-                return
-            finished = defer.DeferredList(
-                [request.notifyFinish() for request in list(self.site.inflight)], consumeErrors=True
-            )
-            finished.addTimeout(left, self.reactor)
-            try:
-                await finished
-            except defer.TimeoutError:
-                return
+        while self.site is not None and self.site.inflight and self.reactor.seconds() < deadline:
+            await deferLater(self.reactor, 0.01, lambda: None)
 
     def stopService(self) -> "defer.Deferred[None]":
         """

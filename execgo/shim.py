@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_shim -*-
+# -*- test-case-name: tests.test_supervisor,tests.test_integration -*-
 """
 The supervisor processes' entry points: C{internal-supervisor} (one
 long-lived supervisor per data directory, serving the server over an
@@ -20,7 +20,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Callable, Dict, Optional
 
 from execgo import control, privileges, taskdb, wire
 from execgo.control import MAX_LINE
@@ -53,8 +53,8 @@ class _Connection:
         self.out = b""
         self.waiting_to_write = False
 
-    def send(self, message: Dict[str, Any]) -> None:
-        self.out += wire.compact(message) + b"\n"
+    def send(self, message: control.Report) -> None:
+        self.out += control.encode(message) + b"\n"
         self.flush()
 
     def flush(self) -> None:
@@ -97,7 +97,7 @@ def _decline(connection: _Connection, task_id: str) -> Callable[[], None]:
     What tells C{connection} that the launch order for C{task_id} was
     declined.
     """
-    return lambda: connection.send({"ev": "declined", "task_id": task_id})
+    return lambda: connection.send(control.Declined(task_id))
 
 
 class Loop:
@@ -167,7 +167,7 @@ class Loop:
         connection = _Connection(sock, self)
         self.connections[sock.fileno()] = connection
         self.selector.register(sock, selectors.EVENT_READ, connection.readable)
-        connection.send({"ev": "hello", "pid": os.getpid(), "running": sorted(self.supervisor.by_task)})
+        connection.send(control.Hello(os.getpid(), tuple(sorted(self.supervisor.by_task))))
 
     def want_read(self, connection: _Connection) -> None:
         if connection.sock.fileno() in self.connections:
@@ -192,31 +192,26 @@ class Loop:
             self.selector.unregister(connection.sock)
             connection.sock.close()
 
-    def broadcast(self, message: Dict[str, Any]) -> None:
+    def broadcast(self, message: control.Report) -> None:
         for connection in list(self.connections.values()):
             connection.send(message)
 
     def handle(self, connection: _Connection, line: bytes) -> None:
         """
-        One order: C{launch} (task ids), C{kill} (a task id), C{ping},
-        C{shutdown}.  Nothing but ids is read from an order: how a task
-        runs comes from the store and the settings.
+        One order (L{control.decode_order}): launch, kill, ping, shutdown;
+        anything else is ignored.  Nothing but ids is read from an order:
+        how a task runs comes from the store and the settings.
         """
-        try:
-            message = json.loads(line)
-            op = message["op"]
-        except (ValueError, KeyError, TypeError):
-            return
-        if op == "launch":
-            task_ids = message.get("task_ids")
-            for task_id in task_ids if isinstance(task_ids, list) else ():
+        order = control.decode_order(line)
+        if isinstance(order, control.Launch):
+            for task_id in order.task_ids:
                 # Only the server that sent the order holds a slot for it.
-                self.supervisor.launch(str(task_id), on_declined=_decline(connection, str(task_id)))
-        elif op == "kill":
-            self.supervisor.kill(str(message.get("task_id")))
-        elif op == "ping":
-            connection.send({"ev": "pong", "seq": message.get("seq")})
-        elif op == "shutdown":
+                self.supervisor.launch(task_id, on_declined=_decline(connection, task_id))
+        elif isinstance(order, control.Kill):
+            self.supervisor.kill(order.task_id)
+        elif isinstance(order, control.Ping):
+            connection.send(control.Pong(order.seq))
+        elif isinstance(order, control.Shutdown):
             self.stopping = True
 
     def run(self) -> None:

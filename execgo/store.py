@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store -*-
+# -*- test-case-name: tests.test_api,tests.test_upkeep,tests.test_storage_faults -*-
 """
 The server's asynchronous view of the task store.
 
@@ -103,9 +103,9 @@ def prepare_submit(
     opened_s: float = 0.0,
 ) -> None:
     """
-    The checks and files of submit (C{behavior.md} 3 steps 7-9): queue
-    bound, late checks, duplicate id (before anything touches the disk),
-    then the task files.  L{Store.submit} runs it in the writer thread
+    The last checks of a submission, then its files: queue bound, late
+    checks, duplicate id (before anything touches the disk), then the
+    task files.  L{Store.submit} runs it in the writer thread
     and then L{insert_txn}, in the same hop.  A submission whose
     idempotency key is stored already is answered first
     (L{idempotency.check}), so a retry of an accepted submission never
@@ -148,7 +148,8 @@ def remove_task_dir(conn: Any, task_dir: str) -> None:
 
 def insert_txn(conn: Any, task: taskdb.NewTask, now_ms: int) -> None:
     """
-    The row and its first events (step 10); on a conflict the files this
+    The row and its first events (C{submitted}, C{accepted}, C{planned},
+    and C{degraded} for a degraded plan); on a conflict the files this
     submission made are removed again.
     """
     try:
@@ -238,7 +239,9 @@ def kill_txn(
     ceiling: Optional[int] = None,
 ) -> KillResult:
     """
-    The store half of a kill (C{api.md} 5 checks, C{behavior.md} 9).
+    The store half of a kill: an unknown task, then the owner check; a
+    task not yet terminal gets its kill flag and, if still queued, is
+    cancelled.
 
     @param any_owner: skip the owner check (an admin token's kill).
     @param ceiling: bounds the previews (L{wire.snapshot}).

@@ -34,7 +34,7 @@ import attrs
 
 from execgo import launcher, outcome, privileges, taskdb, wire
 from execgo.cgroups import Cgroups, TaskCgroup
-from execgo.control import SupervisorSettings
+from execgo.control import Finished, Report, SupervisorSettings
 from execgo.procinfo import group_alive, kill_group, reset_peak_rss
 from execgo.models import STATUS_ACCEPTED, Usage
 from execgo.privileges import TaskIdentity
@@ -189,7 +189,7 @@ class Supervisor:
         self.by_task: Dict[str, Running] = {}
         self._timers: List[Tuple[float, int, Timer]] = []
         self._order = itertools.count()
-        self.listeners: List[Callable[[Dict[str, Any]], None]] = []
+        self.listeners: List[Callable[[Report], None]] = []
         self.pending_finishes: Dict[str, taskdb.Outcome] = {}
         self.pending_starts: Dict[str, StartRecord] = {}
         self._endings: Optional[List[Ending]] = None
@@ -246,7 +246,7 @@ class Supervisor:
 
     # Notifications
 
-    def emit(self, message: Dict[str, Any]) -> None:
+    def emit(self, message: Report) -> None:
         """
         Tell every connected server about a change.
         """
@@ -731,12 +731,12 @@ class Supervisor:
 
     def _report(self, ending: "Ending") -> None:
         self.pending_finishes.pop(ending.task_id, None)
-        report: Dict[str, Any] = {"ev": "finished", "task_id": ending.task_id}
         final = ending.final
+        carried = None
         if ending.took and final is not None and final[1] <= REPORTED_STATUS_MAX_BYTES:
             # Sent as compact JSON, no bigger than the result.json text.
-            report["status"] = final[0]
-        self.emit(report)
+            carried = final[0]
+        self.emit(Finished(ending.task_id, carried))
         if final is not None and final[1] > PEAK_RESET_PREVIEW_CHARS:
             # Rendering it took memory for a moment: later workloads
             # would report that peak as theirs (see reset_peak_rss).

@@ -23,11 +23,10 @@ lost supervisor.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
 from twisted.internet import defer, error, protocol
 from twisted.internet.endpoints import UNIXClientEndpoint
@@ -103,17 +102,17 @@ class _ControlProtocol(LineOnlyReceiver):
 
     def __init__(self, link: "SupervisorLink") -> None:
         self.link = link
-        self.hello: defer.Deferred[Dict[str, Any]] = defer.Deferred()
+        self.hello: defer.Deferred[control.Hello] = defer.Deferred()
 
     def lineReceived(self, line: bytes) -> None:
-        try:
-            message = json.loads(line)
-        except ValueError:
+        report = control.decode_report(line)
+        if report is None:
             return
-        if message.get("ev") == "hello" and not self.hello.called:
-            self.hello.callback(message)
+        if isinstance(report, control.Hello):
+            if not self.hello.called:
+                self.hello.callback(report)
             return
-        self.link.received(message)
+        self.link.received(report)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.lose_connection()
@@ -128,8 +127,8 @@ class _ControlProtocol(LineOnlyReceiver):
         assert self.transport is not None
         self.transport.loseConnection()
 
-    def send(self, message: Dict[str, Any]) -> None:
-        self.sendLine(json.dumps(message, separators=(",", ":")).encode("utf-8"))
+    def send(self, order: control.Order) -> None:
+        self.sendLine(control.encode(order))
         # Hand the line to the kernel now, not when the reactor next polls:
         # an order would wait behind every other event of this iteration
         # (HTTP requests, each a fraction of a millisecond) while the
@@ -148,15 +147,32 @@ class _ControlProtocol(LineOnlyReceiver):
         self.link.disconnected(self)
 
 
+class SupervisorListener(Protocol):
+    """
+    What the link tells about the supervisor (the runtime listens).
+    """
+
+    def on_supervisor_message(self, message: control.Report) -> None:
+        """
+        A report: C{finished} or C{declined}.
+        """
+
+    def on_supervisor_lost(self, pid: int) -> None:
+        """
+        The connection to supervisor C{pid} closed.
+        """
+
+
 class SupervisorLink:
     """
     A connection to the supervisor of one data directory, started on demand.
 
+    Reports go to the L{SupervisorListener} given to L{listen} (the runtime,
+    which is built after the link, as it orders through it).
+
     @param reactor: provides C{IReactorProcess}, C{IReactorUNIX}, C{IReactorTime}.
     @param data_dir: the data directory (its C{run/} holds the socket).
     @param command: the argv that starts a supervisor (C{internal-supervisor ...}).
-    @param on_message: called with each report (C{finished}, C{declined}).
-    @param on_lost: called with the pid of a supervisor whose connection closed.
     @param kill: C{os.kill}, injected.
     @param supervisor_alive: whether a pid is a live execgo supervisor.
     """
@@ -166,16 +182,13 @@ class SupervisorLink:
         reactor: Any,
         data_dir: str,
         command: Sequence[str],
-        on_message: Callable[[Dict[str, Any]], None],
-        on_lost: Callable[[int], None],
         kill: Callable[[int, int], None] = os.kill,
         supervisor_alive: Callable[[int], bool] = is_supervisor,
     ) -> None:
         self.reactor = reactor
         self.data_dir = data_dir
         self.command = list(command)
-        self.on_message = on_message
-        self.on_lost = on_lost
+        self.listener: Optional[SupervisorListener] = None
         self.kill_process = kill
         self.supervisor_alive = supervisor_alive
         self.protocol: Optional[_ControlProtocol] = None
@@ -185,6 +198,12 @@ class SupervisorLink:
         self._ping_call: Any = None
         self._seq = 0
         self._last_heard = 0.0
+
+    def listen(self, listener: SupervisorListener) -> None:
+        """
+        Send the reports and losses to C{listener} from now on.
+        """
+        self.listener = listener
 
     @property
     def connected(self) -> bool:
@@ -228,7 +247,7 @@ class SupervisorLink:
         log.info("connected to supervisor {pid}", pid=self.pid)
         return self.pid
 
-    def _check_peer(self, control_protocol: "_ControlProtocol", hello: Dict[str, Any]) -> int:
+    def _check_peer(self, control_protocol: "_ControlProtocol", hello: control.Hello) -> int:
         """
         The supervisor's pid, once the kernel's word on the peer agrees
         with its greeting: our uid, the pid it claims, an execgo
@@ -240,7 +259,7 @@ class SupervisorLink:
         if handle is None:
             raise SupervisorStartError("the control connection has no socket")
         peer = control.peer_credentials(handle)
-        claimed = hello.get("pid")
+        claimed = hello.pid
         if peer.uid != os.geteuid() or peer.pid != claimed or not self.supervisor_alive(peer.pid):
             log.error(
                 "refused the control peer pid {pid} uid {uid} (claims pid {claimed})",
@@ -266,13 +285,14 @@ class SupervisorLink:
             return
         raise SupervisorStartError(child.stderr_text() or line)
 
-    def received(self, message: Dict[str, Any]) -> None:
+    def received(self, message: control.Report) -> None:
         """
         A report from the supervisor (any line is a sign of life).
         """
         self._last_heard = self.reactor.seconds()
-        if message.get("ev") != "pong":
-            self.on_message(message)
+        if not isinstance(message, control.Pong):
+            if self.listener is not None:
+                self.listener.on_supervisor_message(message)
 
     def disconnected(self, control_protocol: _ControlProtocol) -> None:
         """
@@ -285,7 +305,8 @@ class SupervisorLink:
         self.pid = None
         self._cancel_ping()
         if pid is not None and not self.closing:
-            self.on_lost(pid)
+            if self.listener is not None:
+                self.listener.on_supervisor_lost(pid)
 
     # Watching
 
@@ -332,13 +353,13 @@ class SupervisorLink:
         elif silent >= UNHEALTHY_AFTER_S:
             log.warn("supervisor {pid} has not answered for {ms} ms", pid=self.pid, ms=int(silent * 1000))
         self._seq += 1
-        self.protocol.send({"op": "ping", "seq": self._seq})
+        self.protocol.send(control.Ping(self._seq))
         self._schedule_ping()
 
     def _kill_stuck(self, pid: int) -> None:
         """
         End a supervisor that stopped answering; its connection then
-        closes and L{on_lost} fails its tasks and starts a new one.
+        closes and the listener fails its tasks and starts a new one.
         """
         try:
             self.kill_process(pid, signal.SIGKILL)
@@ -355,7 +376,7 @@ class SupervisorLink:
         """
         if self.protocol is None:
             return False
-        self.protocol.send({"op": "launch", "task_ids": list(task_ids)})
+        self.protocol.send(control.Launch(tuple(task_ids)))
         return True
 
     def kill(self, task_id: str) -> bool:
@@ -364,7 +385,7 @@ class SupervisorLink:
         """
         if self.protocol is None:
             return False
-        self.protocol.send({"op": "kill", "task_id": task_id})
+        self.protocol.send(control.Kill(task_id))
         return True
 
     def close(self) -> "defer.Deferred[None]":

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tallies -*-
+# -*- test-case-name: tests.test_taskdb -*-
 """
 Aggregates of the task store, kept by SQLite triggers, so that C{/metrics}
 reads a few small tables instead of scanning every task.
@@ -9,8 +9,8 @@ moves them, whichever process (server or supervisor) writes it:
  - I{tallies} (table C{task_tallies}) describe the rows stored now: tasks
    by status, by tenant and status, by error code, and the histogram of
    recorded durations.  They go down when a task changes state or GC
-   deletes it, exactly like the contract's C{api.md} 12 families computed
-   from the rows.
+   deletes it, exactly like the contract's four C{/metrics} families
+   computed from the rows (C{docs/api.md}, "Metrics").
  - I{counters} (table C{runtime_counters}) never go down: submissions per
    tenant, finishes per status, code and tenant, and the queue-wait,
    dispatch-to-start and run-time histograms.  GC and restarts leave them

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.test_config,tests.test_integration -*-
 """
 The twistd plugin's options and service, and the foreground runner behind
 C{execgo-runtime serve}: the only server code that reaches the global

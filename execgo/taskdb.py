@@ -6,9 +6,9 @@ The server runs these through C{adbapi} (L{execgo.store}); the supervisor runs
 them directly on its own connection.  Both processes share one database in
 WAL mode, so every write is a short C{BEGIN IMMEDIATE} transaction, and every
 state transition is conditional (C{UPDATE ... WHERE status = ?}) so that the
-first terminal write wins and later ones change nothing (C{decisions.md}
-item 6).  Timestamps are integer milliseconds since the epoch.  The values
-read and written are in L{execgo.records}.
+first terminal write wins and later ones change nothing.  Timestamps are
+integer milliseconds since the epoch.  The values read and written are in
+L{execgo.records}.
 """
 
 from __future__ import annotations

@@ -7,19 +7,21 @@ so a caller can stop where it needs to (the CLI decodes but does not
 validate):
 
   1. L{parse_json_body}: the 2 MiB size limit, UTF-8 and JSON syntax.
-  2. L{decode_submit}: the schema of C{api.md} section 3.1, what a typed
+  2. L{decode_submit}: the schema of a C{SubmitTaskRequest}, what a typed
      deserializer would reject (missing keys, wrong JSON types, unknown enum
-     values, integers that are not 64-bit unsigned, C{null} where the contract
-     does not say "or null"), with every default filled in.
-  3. L{validate_submit}: the semantic rules of C{api.md} section 3.2, in that
-     order, plus C{decisions.md} items 3 and 4.
+     values, integers that are not 64-bit unsigned, C{null} in a field that
+     is required or has a default), with every default filled in.
+  3. L{validate_submit}: the semantic rules, one group of fields after the
+     other, stopping at the first failure.
 
-L{check_output_limits} is separate because the contract checks the 2^63-1
-output bound later in the submit flow (C{api.md} section 3.5).
+L{check_output_limits} is separate because the 2^63-1 output bound is
+checked later in the submit flow, after the capacity, quota and queue
+checks.
 
 Whatever the input, these functions raise nothing but L{InvalidInput} (or its
-subclass L{PayloadTooLarge}); C{decisions.md} item 1 turns every one of those
-into a C{400} (C{413}) envelope with code C{invalid_input}.  Details name the
+subclass L{PayloadTooLarge}); the API answers every one of those with a C{400}
+(C{413}) and the error envelope, code C{invalid_input}, whatever the request's
+C{Content-Type}.  Details name the
 offending field by its path, e.g. C{execution.args[2]: expected a string, got
 an integer}.
 
@@ -201,17 +203,17 @@ def _find_lone_surrogate(value: Any) -> bool:
 
 def decode_submit(obj: Any) -> SubmitRequest:
     """
-    Decode a parsed JSON value as a C{SubmitTaskRequest} (C{api.md} 3.1).
+    Decode a parsed JSON value as a C{SubmitTaskRequest}.
 
     Only the schema is checked here: the value must be an object; the
     required keys C{execution} and C{execution.kind} present; every field of
     the right JSON type; enum values known; unsigned integers real JSON
     integers (not booleans, not floats even when integral) between 0 and
-    L{UINT64_MAX}; C{null} only where the contract says "or null", where it
-    means the same as an absent key.  Unknown keys are ignored at every level
-    and defaults are filled in.  A C{policy} that is absent, C{null}, or an
-    object without C{capability_mode} decodes to C{capability_mode=None} (the
-    server default applies, C{decisions.md} item 5).
+    L{UINT64_MAX}; C{null} only in an optional field without a default,
+    where it means the same as an absent key.  Unknown keys are ignored at
+    every level and defaults are filled in.  A C{policy} that is absent,
+    C{null}, or an object without C{capability_mode} decodes to
+    C{capability_mode=None} (the server's default mode applies to all three).
 
     @param obj: a value as returned by L{parse_json_body}.
     @return: the decoded request, not yet validated (see L{validate_submit}).
@@ -294,7 +296,7 @@ def _decode_namespaces(value: Any, path: str) -> Namespaces:
 def _decode_policy(value: Any, path: str) -> str | None:
     """
     Decode a C{TaskPolicy} to its capability mode, or C{None} when the object
-    has no C{capability_mode} (C{decisions.md} item 5).
+    has no C{capability_mode}, so that the server's default mode applies.
     """
     return _Fields(value, path).default("capability_mode", _enum(_MODES), None)
 
@@ -465,10 +467,9 @@ def _describe(value: Any) -> str:
 
 def validate_submit(request: SubmitRequest) -> None:
     """
-    Apply the semantic rules of C{api.md} 3.2, in order, stopping at the first
-    failure: C{task_id} (3.3 and C{decisions.md} item 3), C{execution},
-    C{limits} (with the zero-limit rule of C{decisions.md} item 4),
-    C{sandbox}, C{policy} (no rules), C{control_context}.
+    Apply the semantic rules in this order, stopping at the first failure:
+    C{task_id} (L{_validate_task_id}), C{execution}, C{limits} (set limits
+    must not be zero), C{sandbox}, C{policy} (no rules), C{control_context}.
 
     Each group is followed by what the host accepts of it
     (L{execgo.bounds}): no NUL in a string that becomes a path, an
@@ -625,7 +626,7 @@ def _validate_execution(execution: ExecutionSpec) -> None:
 def _validate_limits(limits: ResourceLimits) -> None:
     """
     C{wall_time_ms} and both output limits must be positive; the optional
-    limits, when set, must not be zero (C{decisions.md} item 4).
+    limits, when set, must not be zero.
     """
     for name in ("wall_time_ms", "stdout_max_bytes", "stderr_max_bytes"):
         if getattr(limits, name) <= 0:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_waiters -*-
+# -*- test-case-name: tests.test_api,tests.test_streams -*-
 """
 Waiting for something to happen to a task, with a deadline: the basis of
 long-poll status requests.

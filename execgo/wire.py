@@ -139,8 +139,9 @@ def _pretty(value: Any, indent: str, out: List[str]) -> None:
 
 def script_extension(interpreter: Optional[Tuple[str, ...]]) -> str:
     """
-    The script file extension chosen from C{interpreter[0]}
-    (C{behavior.md} 7.2 step 4).
+    The script file extension chosen from C{interpreter[0]}: the first of
+    C{python}, C{bash}, C{zsh} and C{node} it contains gives C{py}, C{sh},
+    C{zsh} or C{js}; anything else (or no interpreter) gives C{sh}.
     """
     first = interpreter[0] if interpreter else ""
     for needle, extension in (("python", "py"), ("bash", "sh"), ("zsh", "zsh"), ("node", "js")):
@@ -191,7 +192,10 @@ def read_preview(path: str, max_bytes: int) -> Tuple[str, bool]:
 
 def synthesise_plan(record: TaskRecord) -> ExecutionPlan:
     """
-    The plan of a stored task that has none (C{behavior.md} 18).
+    The plan of a stored task that has none (a row written before plans
+    were stored): adaptive, the stored sandbox as both requested and
+    effective, every limit set taken as enforced (pids and OOM detection
+    only with C{linux_sandbox}), not degraded.
     """
     limits = record.limits
     cgroup = record.sandbox.profile == PROFILE_LINUX_SANDBOX
@@ -257,7 +261,7 @@ def render_status(
     include_output: bool = True,
 ) -> JSON:
     """
-    The C{TaskStatusResponse} of C{api.md} 4.1, in its key order.
+    The C{TaskStatusResponse} (the status snapshot), in wire order.
 
     @param stdout: the stdout preview and its truncation flag.
     @param stderr: the same for stderr.

@@ -16,6 +16,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.trial.util import suppress as SUPPRESS
 
+from execgo import control
 from execgo.config import RuntimeConfig
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 
@@ -129,7 +130,7 @@ class SubmitTests(APITestsBase):
     def test_decoding_errors_are_400(self) -> Any:
         """
         Every decoding rejection is 400 C{invalid_input} with the envelope,
-        whatever the content type (C{decisions.md} item 1).
+        whatever the content type: never a 415, a 422 or a plain-text body.
         """
         bad = [
             b"not json",
@@ -341,7 +342,7 @@ class LongPollTests(APITestsBase):
     C{GET /api/v1/tasks/{id}?wait_ms=N} answered by the supervisor's report.
     """
 
-    async def poll_until_reported(self, report: Dict[str, Any]) -> "tuple[int, Any]":
+    async def poll_until_reported(self, report: control.Report) -> "tuple[int, Any]":
         """
         Long-poll task C{w} (queued), deliver C{report} once the poll
         waits, and return the poll's answer.
@@ -365,7 +366,7 @@ class LongPollTests(APITestsBase):
         """
         reported = {"task_id": "w", "status": "success", "note": "from the report"}
         code, status = yield defer.ensureDeferred(
-            self.poll_until_reported({"ev": "finished", "task_id": "w", "status": reported})
+            self.poll_until_reported(control.Finished("w", reported))
         )
         self.assertEqual((code, status), (200, reported))
 
@@ -376,7 +377,7 @@ class LongPollTests(APITestsBase):
         poll to the store for the task's state.
         """
         code, status = yield defer.ensureDeferred(
-            self.poll_until_reported({"ev": "finished", "task_id": "w"})
+            self.poll_until_reported(control.Finished("w"))
         )
         self.assertEqual((code, status["task_id"], status["status"]), (200, "w", "accepted"))
         self.assertIn("artifacts", status)
@@ -390,7 +391,7 @@ class LongPollTests(APITestsBase):
         """
         reported = {"task_id": "w", "status": "success", "note": "from the report"}
         yield defer.ensureDeferred(
-            self.poll_until_reported({"ev": "finished", "task_id": "w", "status": reported})
+            self.poll_until_reported(control.Finished("w", reported))
         )
         for path in ("/api/v1/tasks/w", "/api/v1/tasks/w?wait_ms=5000"):
             code, status, _ = yield defer.ensureDeferred(self.call("GET", path))
@@ -513,7 +514,7 @@ class RuntimeViewTests(APITestsBase):
                 "execgo_runtime_task_duration_ms",
             ],
         )
-        # Issue 5's additions come after the contract's families.
+        # The runtime's own families come after the contract's four.
         self.assertIn('execgo_runtime_tasks_submitted_total{tenant=""} 1\n', text)
         self.assertIn(
             'execgo_runtime_tasks_finished_total{status="cancelled",code="cancelled",tenant=""} 1\n',

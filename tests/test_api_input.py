@@ -1,6 +1,6 @@
 """
 No 5xx, no traceback and nothing left on disk from anything a client
-sends (issue 12), through the real Klein resource, runtime and store in
+sends, through the real Klein resource, runtime and store in
 memory (L{tests.apifixture}): the cases found by hand, and a hypothesis
 fuzz of request paths and query strings.
 """

@@ -623,7 +623,8 @@ HYBRID_FACTS = HostFacts(
     namespaces=ALL_NS, chroot=True,
 )
 
-# api.md section 8's example, plus the added resources.cgroup object.
+# The contract's example snapshot (an unprivileged Linux host with
+# overrides), plus the added resources.cgroup object.
 CONTRACT_EXAMPLE = """
 {
   "runtime_id": "node-a",
@@ -800,7 +801,9 @@ class BuildCapabilitiesTests(SynchronousTestCase):
 
     def test_naming(self) -> None:
         """
-        OS and architecture identifiers follow C{api.md} section 8.
+        OS identifiers are lowercase, with C{Darwin} as C{macos};
+        architectures use C{x86_64} and C{aarch64} for C{amd64} and
+        C{arm64}.
         """
         self.assertEqual([normalise_os(s) for s in ("Linux", "Darwin", "FreeBSD")],
                          ["linux", "macos", "freebsd"])

@@ -1,5 +1,5 @@
 """
-Crash and restart under load (issue 5): C{benchmarks/chaos.py} run small
+Crash and restart under load: C{benchmarks/chaos.py} run small
 against the real server must find no violation; its checkers must flag
 what they are there to flag; and a runtime hole the full-size runs found
 (a submit cut off by a crash must not block its task id).

@@ -1,6 +1,6 @@
 """
-Tests for L{execgo.cli} (the client subcommands of C{cli.md} and issue 6)
-and L{execgo.httpclient}.
+Tests for L{execgo.cli} (the client subcommands of C{docs/cli.md}) and
+L{execgo.httpclient}.
 
 The CLI runs under C{click.testing.CliRunner} with its HTTP transport,
 stream transport and clock replaced through L{CliEnvironment}, so every
@@ -49,7 +49,7 @@ MINIMAL_NORMALISED = (
 SUBMITTED = b'{"task_id":"t1","handle_id":"t1","status":"accepted"}'
 NOT_FOUND = b'{"error":{"code":"not_found","message":"task not found: nope"}}'
 
-# A terminal status in api.md order (section 4.3 plus an error and metadata).
+# A terminal status in wire order, with an error and metadata.
 TERMINAL_STATUS: Dict[str, Any] = {
     "task_id": "t1",
     "handle_id": "t1",
@@ -305,7 +305,7 @@ class CliTestMixin:
 
 class GlobalBehaviourTests(CliTestMixin, SynchronousTestCase):
     """
-    Help, version and usage errors (C{cli.md} section 1).
+    Help, version and usage errors (C{docs/cli.md} section 1).
     """
 
     def test_top_level_help(self) -> None:
@@ -423,7 +423,7 @@ class GlobalBehaviourTests(CliTestMixin, SynchronousTestCase):
 
 class ServerUrlTests(CliTestMixin, SynchronousTestCase):
     """
-    C{--server} handling (C{cli.md} section 3).
+    C{--server} handling (C{docs/cli.md} section 2).
     """
 
     def url_for(self, server: str, task_id: str = "t1") -> str:
@@ -465,7 +465,7 @@ class ServerUrlTests(CliTestMixin, SynchronousTestCase):
 
 class SubmitTests(CliTestMixin, SynchronousTestCase):
     """
-    C{submit} (C{cli.md} section 4).
+    C{submit} (C{docs/cli.md} section 4).
     """
 
     def test_json(self) -> None:
@@ -614,7 +614,7 @@ class SubmitTests(CliTestMixin, SynchronousTestCase):
 
 class StatusAndKillTests(CliTestMixin, SynchronousTestCase):
     """
-    C{status} and C{kill} (C{cli.md} sections 5 and 7).
+    C{status} and C{kill} (C{docs/cli.md} sections 5 and 7).
     """
 
     def test_status_verbatim(self) -> None:
@@ -695,7 +695,7 @@ class StatusAndKillTests(CliTestMixin, SynchronousTestCase):
 
 class WaitTests(CliTestMixin, SynchronousTestCase):
     """
-    C{wait} (C{cli.md} section 6).
+    C{wait} (C{docs/cli.md} section 6).
     """
 
     def test_terminal_pretty(self) -> None:
@@ -826,7 +826,7 @@ class WaitTests(CliTestMixin, SynchronousTestCase):
 
 class RunTests(CliTestMixin, SynchronousTestCase):
     """
-    C{run} (C{cli.md} section 8).
+    C{run} (C{docs/cli.md} section 8).
     """
 
     def test_submit_then_wait(self) -> None:
@@ -894,9 +894,9 @@ class RunTests(CliTestMixin, SynchronousTestCase):
 
 class LongPollTests(CliTestMixin, SynchronousTestCase):
     """
-    C{wait} and C{run} long-poll (issue 6): each request carries C{wait_ms}
-    capped by what is left of the timeout, and a server that holds the
-    request is asked again without sleeping.
+    C{wait} and C{run} long-poll (C{docs/cli.md} section 6): each request
+    carries C{wait_ms} capped by what is left of the timeout, and a server
+    that holds the request is asked again without sleeping.
     """
 
     def test_held_requests_do_not_sleep(self) -> None:
@@ -1439,7 +1439,9 @@ class RuntimeCommandTests(CliTestMixin, SynchronousTestCase):
 
     def test_help_lists_new_commands(self) -> None:
         """
-        The top-level help lists issue 6's subcommands after the contract's.
+        The top-level help lists the subcommands in C{docs/cli.md} order:
+        C{logs}, C{events}, C{list}, C{info}, C{capabilities} and
+        C{resources} after the task subcommands.
         """
         text = self.invoke(["--help"]).stdout
         names = ["submit", "status", "wait", "kill", "run", "logs", "events", "list", "info",

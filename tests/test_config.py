@@ -27,7 +27,8 @@ from execgo.config import (
 
 class DeriveRuntimeIdTests(SynchronousTestCase):
     """
-    L{derive_runtime_id} (C{behavior.md} 15).
+    L{derive_runtime_id}: C{<host>-<listen address>}, with unsafe characters
+    replaced.
     """
 
     def test_contract_example(self) -> None:
@@ -288,7 +289,8 @@ class EnvironmentTests(SynchronousTestCase):
 
 class ToJsonTests(SynchronousTestCase):
     """
-    L{RuntimeConfig.to_json} (C{api.md} 9) and the derived paths.
+    L{RuntimeConfig.to_json} (the body of C{/api/v1/runtime/config}) and the
+    derived paths.
     """
 
     def test_keys_and_order(self) -> None:

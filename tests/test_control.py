@@ -172,3 +172,51 @@ class SettingsTests(SynchronousTestCase):
             with open(path, "w") as out:
                 out.write(text)
             self.assertIsNone(control.read_settings(self.data_dir), text)
+
+
+class MessageTests(SynchronousTestCase):
+    """
+    The typed messages of the channel and their one wire form.
+    """
+
+    def test_round_trip(self) -> None:
+        """
+        Every order and report decodes back from its encoding to itself.
+        """
+        orders = [control.Launch(("a", "b")), control.Kill("a"), control.Ping(7), control.Shutdown()]
+        reports = [
+            control.Hello(42, ("a",)),
+            control.Finished("a"),
+            control.Finished("a", {"task_id": "a", "status": "success"}),
+            control.Declined("a"),
+            control.Pong(7),
+        ]
+        for order in orders:
+            self.assertEqual(control.decode_order(control.encode(order)), order)
+        for report in reports:
+            self.assertEqual(control.decode_report(control.encode(report)), report)
+
+    def test_wire_form(self) -> None:
+        """
+        Compact JSON with C{op} for orders and C{ev} for reports.
+        """
+        self.assertEqual(control.encode(control.Launch(("t",))), b'{"op":"launch","task_ids":["t"]}')
+        self.assertEqual(control.encode(control.Finished("t")), b'{"ev":"finished","task_id":"t"}')
+
+    def test_orders_carry_ids_only(self) -> None:
+        """
+        Whatever else a launch order names is not read; ids that are not
+        strings are dropped.
+        """
+        line = b'{"op":"launch","task_ids":["a",1,null],"env":{"PATH":"/evil"},"cgroup_root":"/x","grace_ms":1}'
+        self.assertEqual(control.decode_order(line), control.Launch(("a",)))
+
+    def test_garbage_ignored(self) -> None:
+        """
+        Lines that are not a known, well-formed message decode to nothing.
+        """
+        for line in (b"", b"not json", b"[]", b'{"op":"format-disk"}', b'{"op":"kill"}', b'{"op":"ping","seq":"1"}',
+                     b'{"op":"launch","task_ids":"a"}'):
+            self.assertIsNone(control.decode_order(line), line)
+        for line in (b"{}", b'{"ev":"hello"}', b'{"ev":"finished"}', b'{"ev":"declined","task_id":3}'):
+            self.assertIsNone(control.decode_report(line), line)

@@ -143,8 +143,8 @@ class StructureTests(SynchronousTestCase):
 
     def test_chinese_in_step(self) -> None:
         """
-        C{cli.zh.md} has the same numbered sections and exactly the same
-        commands as C{cli.md}.
+        C{docs/cli.zh.md} has the same numbered sections and exactly the
+        same commands as C{docs/cli.md}.
         """
         english_blocks, english_headings = parse("cli.md")
         chinese_blocks, chinese_headings = parse("cli.zh.md")
@@ -178,7 +178,7 @@ class StructureTests(SynchronousTestCase):
 
     def test_api_fully_documented(self) -> None:
         """
-        Every route of the API and every metric family is in C{api.md}.
+        Every route of the API and every metric family is in C{docs/api.md}.
         """
         from execgo import metrics
         from execgo.api import RuntimeAPI

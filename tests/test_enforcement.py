@@ -1,5 +1,5 @@
 """
-The enforcement tier (issue 3): real limits, real namespaces and real
+The enforcement tier: real limits, real namespaces and real
 kills on this kind of machine — root, a hybrid cgroup layout (v1 C{memory}
 and C{pids} beside a controller-less v2 tree), every namespace available.
 

@@ -1,7 +1,7 @@
 """
 The integration tier: the real server as a process, real workloads, the
-real CLI, checked against the contract (C{api.md}, C{behavior.md},
-C{cli.md}, C{decisions.md}).
+real CLI, checked against the documented behaviour (C{docs/api.md},
+C{docs/cli.md}, C{docs/architecture.md}).
 
 Servers are started as a user would (L{tests.serverfixture}); tests of a
 class share one server where the flags allow it.  Every test ends with no
@@ -175,7 +175,7 @@ def read_json_file(path: str) -> Tuple[str, Any]:
 
 def pretty(value: Any) -> str:
     """
-    The pretty form of C{behavior.md} 13.2 and C{cli.md} 6 (two-space
+    The pretty form of C{result.json} and of C{wait}'s output (two-space
     indentation, raw UTF-8, no trailing newline).
     """
     return json.dumps(value, indent=2, ensure_ascii=False)
@@ -399,8 +399,8 @@ class IntegrationMixin:
     async def assert_result_file(self, status: Dict[str, Any]) -> None:
         """
         C{result.json} is pretty-printed and equals the terminal status the
-        API shows (C{decisions.md} 6).  It may appear up to a second late:
-        that window is pinned by
+        API shows (every terminal path writes it).  It may appear up to a
+        second late: that window is pinned by
         L{TaskExecutionTests.test_result_file_exists_once_terminal}.
         """
         path = status["artifacts"]["result_path"]
@@ -412,7 +412,7 @@ class IntegrationMixin:
     async def assert_gone(self, pids: Sequence[int]) -> None:
         """
         None of C{pids} is alive now, and each has been reaped within 2 s
-        (the supervisor reaps every descendant: C{decisions.md} 10).
+        (the supervisor, a child subreaper, reaps every descendant).
         """
         alive = [pid for pid in pids if process_alive(pid)]
         self.assertEqual(alive, [], "workload processes survived their task")
@@ -444,8 +444,9 @@ class SharedServerCase(IntegrationMixin, TestCase):
 
 class TaskExecutionTests(SharedServerCase):
     """
-    Workloads run, are limited, killed and classified as C{behavior.md} 7
-    says, and what the API shows matches the files on disk.
+    Workloads run, are limited, killed and classified as
+    C{docs/architecture.md} ("Limits and verdicts") says, and what the API
+    shows matches the files on disk.
     """
 
     server_env = {
@@ -560,8 +561,8 @@ class TaskExecutionTests(SharedServerCase):
     async def test_script_with_python_interpreter(self) -> None:
         """
         A script task with C{interpreter: ["python3"]} gets its script as
-        C{<task_dir>/script.py} by absolute path (C{decisions.md} 13) and
-        runs in the workspace.
+        C{<task_dir>/script.py} by absolute path (so the interpreter finds
+        it from the workspace) and runs in the workspace.
         """
         if shutil.which("python3", path=os.environ.get("PATH")) is None:
             raise self.skipTest("python3 is not on PATH")
@@ -645,7 +646,7 @@ class TaskExecutionTests(SharedServerCase):
     async def test_derived_runtime_id(self) -> None:
         """
         Without C{--runtime-id} the id is C{<HOSTNAME>-<listen addr>} with
-        unsafe characters replaced by C{-} (C{behavior.md} 15).
+        unsafe characters replaced by C{-}.
         """
         reply = await self.api.get("/api/v1/runtime/config")
         self.assertEqual(reply.code, 200)
@@ -768,7 +769,7 @@ class TaskExecutionTests(SharedServerCase):
     async def test_kill_reaches_daemonised_grandchild(self) -> None:
         """
         With a per-task cgroup, the kill also reaches a grandchild that left
-        the process group with C{setsid} (C{decisions.md} 9).
+        the process group with C{setsid} (signals go to the whole cgroup).
         """
         await self.require_cgroups()
         script = TREE_SCRIPT.replace("wait\n", "setsid sh -c 'sleep 60; true' &\nwait\n")
@@ -793,7 +794,8 @@ class TaskExecutionTests(SharedServerCase):
     async def test_cpu_time_limit(self) -> None:
         """
         A busy loop with C{cpu_time_sec: 1} ends C{failed} /
-        C{cpu_limit_exceeded} (C{decisions.md} 7).
+        C{cpu_limit_exceeded} (the hard C{RLIMIT_CPU} is a second above the
+        soft one, so the kernel sends SIGXCPU first).
         """
         task_id = unique("cpu")
         await self.submit(
@@ -869,7 +871,7 @@ class TaskExecutionTests(SharedServerCase):
         """
         Where cgroups are writable the workload is in its per-task cgroup
         from its first instruction, and the cgroup is removed when the task
-        ends (C{decisions.md} 8).
+        ends.
         """
         await self.require_cgroups()
         task_id = unique("cg")
@@ -953,8 +955,9 @@ class TaskExecutionTests(SharedServerCase):
 
     async def test_pids_limit_events_are_contract_events(self) -> None:
         """
-        Hitting C{pids_max} adds exactly one event type beyond C{api.md}
-        6.1: C{pids_limit_reached}, which issue 3 asks for.
+        Hitting C{pids_max} adds exactly one event type to the contract's
+        (C{EVENT_TYPES}): C{pids_limit_reached}, which says the limit was
+        hit.
         """
         await self.require_cgroups()
         task_id = unique("pidsev")
@@ -967,16 +970,16 @@ class TaskExecutionTests(SharedServerCase):
             )
         )
         await self.wait_terminal(task_id)
-        # Issue 3 asks for an event saying the pids limit was hit: the one
-        # event type the runtime adds to api.md 6.1.
+        # An event says the pids limit was hit: the one event type the
+        # runtime adds to the contract's (EVENT_TYPES).
         types = await self.event_types(task_id)
         self.assertEqual(set(types) - EVENT_TYPES, {"pids_limit_reached"})
 
     async def test_daemonised_grandchild_does_not_outlive_task(self) -> None:
         """
         A grandchild that left the process group (C{setsid}) does not
-        outlive a task that exited normally (C{decisions.md} 9-10,
-        C{behavior.md} 7.3 Recommended).
+        outlive a task that exited normally: at the end of a task everything
+        it started is killed and reaped.
         """
         await self.require_cgroups()
         task_id = unique("daemon")
@@ -1043,8 +1046,8 @@ class TaskExecutionTests(SharedServerCase):
     async def test_result_file_exists_once_terminal(self) -> None:
         """
         As soon as a task is terminal in the store (which is what the API
-        shows), its C{result.json} exists (C{decisions.md} 6).  The store
-        (C{behavior.md} 13.3) is read directly, far more often than HTTP
+        shows), its C{result.json} exists.  The store (C{runtime.db}) is
+        read directly, far more often than HTTP
         polling could, and each task's output makes its C{result.json}
         take a few milliseconds to render, so a window between the terminal
         write and the file write cannot go unseen.
@@ -1110,7 +1113,7 @@ class TaskExecutionTests(SharedServerCase):
         """
         Of ten concurrent submissions with one id exactly one wins; the
         losers get 409 and do not overwrite the winner's C{request.json}
-        (C{decisions.md} 3).
+        (the id is checked before anything is written).
         """
         task_id = unique("samedup")
         bodies = [command("true", task_id=task_id, metadata={"n": str(i)}) for i in range(10)]
@@ -1130,7 +1133,7 @@ class TaskExecutionTests(SharedServerCase):
         By default an output limit above 16 MiB (the preview ceiling) is
         refused at submit, naming the ceiling and its flag; the ceiling
         itself is accepted, and its preview allocates only what the log
-        holds (C{decisions.md} 14).
+        holds, never the limit.
         """
         refused = await self.api.post(
             "/api/v1/tasks", shell("echo big", limits={"stdout_max_bytes": 2**63 - 1})
@@ -1183,8 +1186,8 @@ TaskExecutionTests.shared = SharedServer(
 
 class RequestErrorTests(SharedServerCase):
     """
-    Every rejection of the contract uses the envelope and its status; no
-    request gets a 5xx (C{decisions.md} 1-3).
+    Every rejection uses the error envelope and its status; no request
+    gets a 5xx because of what it contains.
     """
 
     async def submit_raw(self, body: bytes, content_type: str = "application/json") -> Reply:
@@ -1253,8 +1256,8 @@ class RequestErrorTests(SharedServerCase):
 
     async def test_validation_failures(self) -> None:
         """
-        Zero limits (C{decisions.md} 4) and the rules of C{api.md} 3.2 are
-        400 C{invalid_input}.
+        Zero limits and the other semantic rules of submit are 400
+        C{invalid_input}.
         """
         ok = {"kind": "command", "program": "true"}
         bodies = [
@@ -1351,7 +1354,7 @@ class RequestErrorTests(SharedServerCase):
     async def test_duplicate_task_id(self) -> None:
         """
         Reusing an id is 409 C{conflict}, and the first task's files are
-        not touched (C{decisions.md} 3).
+        not touched.
         """
         task_id = unique("dup")
         await self.submit(command("true", task_id=task_id, metadata={"first": "1"}))
@@ -1427,7 +1430,9 @@ RequestErrorTests.shared = SharedServer(RequestErrorTests, GRACE)
 class CliTests(SharedServerCase):
     """
     The client subcommands as real processes against a real server
-    (C{cli.md} 4-8, C{decisions.md} 15).
+    (C{docs/cli.md} sections 4 to 8): C{wait} and C{run} exit 0 whatever
+    the task's outcome; an unknown task, a C{wait} timeout or an
+    unreachable server exit 1 with one line on stderr.
     """
 
     async def test_submit_kill_status(self) -> None:
@@ -1702,7 +1707,7 @@ class ConfiguredServerTests(SharedServerCase):
         """
         Where the operator raised the preview ceiling to 2^63-1, the
         contract's largest output limit is accepted and the preview still
-        works (C{decisions.md} 14: no allocation of the limit).
+        works (it allocates what the log holds, never the limit).
         """
         task_id = unique("hugecap")
         limit = 2**63 - 1
@@ -1800,7 +1805,7 @@ class ConfiguredServerTests(SharedServerCase):
         """
         The warning C{cgroup v2 detected but cgroup root is not writable:
         <root>} appears iff C{resources.cgroup_v2} is true and
-        C{cgroup_writable} false (C{api.md} 8, C{behavior.md} 14).
+        C{cgroup_writable} false.
         """
         caps = (await self.api.get("/api/v1/runtime/capabilities")).json()
         warnings = [SANDBOX_WARNING]
@@ -1877,9 +1882,9 @@ class ConfiguredServerTests(SharedServerCase):
         """
         With C{--default-capability-mode strict} and the sandbox disabled,
         a C{linux_sandbox} request is 400 C{unsupported_capability} with no
-        policy, with a policy without mode (C{decisions.md} 5), with a
-        strict policy, and with C{requires_strict_sandbox}; so is a pids
-        limit no cgroup can enforce.
+        policy, with a policy without mode (which takes the server's
+        default), with a strict policy, and with C{requires_strict_sandbox};
+        so is a pids limit no cgroup can enforce.
         """
         sandbox = {"profile": "linux_sandbox"}
         bodies = [
@@ -1987,7 +1992,7 @@ class ConfiguredServerTests(SharedServerCase):
 
     async def test_health_ready_metrics(self) -> None:
         """
-        C{/healthz}, C{/readyz} and C{/metrics} answer as C{api.md} 11-12 say.
+        C{/healthz}, C{/readyz} and C{/metrics} answer as C{docs/api.md} says.
         """
         self.assertEqual(
             (await self.api.get("/healthz")).json(), {"status": "ok", "version": VERSION}
@@ -2043,8 +2048,8 @@ class EnvironmentConfigTests(SharedServerCase):
 
     async def test_log_level_from_rust_log(self) -> None:
         """
-        Without C{EXECGO_RUNTIME_LOG}, C{RUST_LOG=warn} sets the level
-        (C{decisions.md} 16): no C{INFO} record is written, not even the
+        Without C{EXECGO_RUNTIME_LOG}, C{RUST_LOG=warn} sets the level: no
+        C{INFO} record is written, not even the
         listen and dispatch records.
         """
         task_id = await self.submit(command("true", task_id=unique("quiet")))
@@ -2412,8 +2417,7 @@ class CrashRecoveryTests(OwnServerCase):
         """
         A running task whose supervisor died with the server is
         C{failed} / C{internal} / C{recovery_lost} after the restart, with
-        duration 0 and a C{result.json} (C{behavior.md} 11); its workload
-        does not survive (C{decisions.md} 9).
+        duration 0 and a C{result.json}; its workload does not survive.
         """
         task_id, started = await self.lose_supervisor()
         status = await self.status(task_id)
@@ -2432,8 +2436,7 @@ class CrashRecoveryTests(OwnServerCase):
     async def test_lost_supervisor_cgroup_removed(self) -> None:
         """
         The per-task cgroup of a task lost in recovery is removed when the
-        task ends (C{decisions.md} 8: the cgroup is removed when the task
-        ends).
+        task ends.
         """
         task_id, _ = await self.lose_supervisor()
         self.assertEqual((await self.status(task_id))["status"], "failed")
@@ -2447,8 +2450,8 @@ class CrashRecoveryTests(OwnServerCase):
     async def test_supervisor_killed_while_serving(self) -> None:
         """
         If the supervisor dies while the server runs, its running task ends
-        C{failed} / C{internal} with a message saying why (C{decisions.md}
-        11), and new tasks still run under a new supervisor.
+        C{failed} / C{internal} with a message saying why, and new tasks
+        still run under a new supervisor.
         """
         await self.start_server(*GRACE)
         task_id = await self.submit(shell("sleep 30", task_id=unique("orphan")))
@@ -2532,8 +2535,7 @@ class RestartConfigurationTests(OwnServerCase):
     async def test_new_environment_reaches_workloads(self) -> None:
         """
         Workloads get C{LANG} (and the other inherited variables) from the
-        server that dispatched them (C{behavior.md} 7.2), not from an
-        earlier server.
+        server that dispatched them, not from an earlier server.
         """
         await self.start_server(*GRACE, env=clean_environ({"LANG": "first-lang"}))
         first = await self.submit(command("env", task_id=unique("envfirst")))
@@ -2546,8 +2548,7 @@ class RestartConfigurationTests(OwnServerCase):
     async def test_new_cgroup_root_reaches_workloads(self) -> None:
         """
         Per-task cgroups go under the C{--cgroup-root} of the server that
-        dispatched the task (C{behavior.md} 7.2 step 8), not that of an
-        earlier server.
+        dispatched the task, not that of an earlier server.
         """
         await self.start_server(*GRACE)
         caps = (await self.api.get("/api/v1/runtime/capabilities")).json()
@@ -2571,8 +2572,8 @@ class GarbageCollectionTests(OwnServerCase):
 
     def assert_structured_log(self, task_id: str) -> None:
         """
-        The server's standard output is JSON lines (C{behavior.md} 16) with
-        an C{INFO} listen record and a C{task dispatched} record.
+        The server's standard output is JSON lines with an C{INFO} listen
+        record and a C{task dispatched} record.
         """
         records = [
             json.loads(line) for line in self.server.log_text().splitlines() if line.startswith("{")

@@ -32,7 +32,8 @@ BASE_ENV = {
 
 class ChildEnvironmentTests(SynchronousTestCase):
     """
-    L{launcher.child_environment} (C{behavior.md} 7.2 step 2).
+    L{launcher.child_environment}: a few inherited variables, overridden by
+    the task's C{env}.
     """
 
     def test_only_inherited(self) -> None:
@@ -107,7 +108,7 @@ class RlimitsForTests(SynchronousTestCase):
 
 class BuildLaunchTests(SynchronousTestCase):
     """
-    L{launcher.build_launch} (C{behavior.md} 7.2 step 4).
+    L{launcher.build_launch}: how a task's workload is started.
     """
 
     def test_command(self) -> None:

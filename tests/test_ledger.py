@@ -45,7 +45,7 @@ class CapacityTests(SynchronousTestCase):
 
 class ParseTenantQuotaTests(SynchronousTestCase):
     """
-    L{parse_tenant_quota} follows every rule of C{behavior.md} 5.4.
+    L{parse_tenant_quota} follows every rule of the C{--tenant-quota} format.
     """
 
     def assertInvalid(self, spec: str) -> InvalidInput:
@@ -182,7 +182,8 @@ class ParseTenantQuotaTests(SynchronousTestCase):
 
 class CheckAdmissionTests(SynchronousTestCase):
     """
-    L{check_admission}: the submit-time checks of C{behavior.md} 5.3.
+    L{check_admission}: the submit-time checks of one task against the
+    capacity and its tenant's quota.
     """
 
     capacity = Capacity(task_slots=2, memory_bytes=1000, pids=50)
@@ -253,7 +254,8 @@ class CheckAdmissionTests(SynchronousTestCase):
 
 class LedgerTests(SynchronousTestCase):
     """
-    L{Ledger}: the dispatch-time checks of C{behavior.md} 5.3.
+    L{Ledger}: the dispatch-time checks (does a task fit on top of the
+    current usage).
     """
 
     def test_slots(self) -> None:
@@ -348,7 +350,7 @@ class LedgerTests(SynchronousTestCase):
 
 class RenderResourcesTests(SynchronousTestCase):
     """
-    L{render_resources} renders C{api.md} section 10.
+    L{render_resources} renders the body of C{/api/v1/runtime/resources}.
     """
 
     def test_empty(self) -> None:

@@ -1,5 +1,5 @@
 """
-Load (issue 5): C{benchmarks/load.py} run small against the real server --
+Load: C{benchmarks/load.py} run small against the real server --
 50 concurrent keep-alive clients polling status, reading events and
 submitting for 3 s -- must see no failed request, a bounded p99 and every
 submitted task succeed; its accounting helpers are checked directly.

@@ -84,8 +84,8 @@ NO_SCHEMATHESIS = (
 REQUEST = "SubmitTaskRequest"
 BASE: Dict[str, Any] = {"execution": {"kind": "command", "program": "p"}}
 
-# The endpoints of api.md section 1, those of issue 6 (listing, log
-# streams) and the runtime's own addition.
+# Every endpoint of docs/api.md: the contract's, those the runtime adds
+# (listing, log streams) and the document's own route.
 ENDPOINTS = {
     ("get", "/api/v1/tasks"),
     ("post", "/api/v1/tasks"),
@@ -295,8 +295,8 @@ class DocumentTests(SynchronousTestCase):
 
     def test_endpoints(self) -> None:
         """
-        Every endpoint of C{api.md} section 1 is there, plus the document's
-        own route, and nothing else; each operation has a unique id and a
+        Every endpoint of C{docs/api.md} is there, the document's own route
+        included, and nothing else; each operation has a unique id and a
         200 response.
         """
         doc = document()
@@ -384,7 +384,7 @@ class DocumentTests(SynchronousTestCase):
 
     def test_error_codes(self) -> None:
         """
-        L{openapi.ERROR_CODES} are the 15 codes of C{api.md} 2.2; every
+        L{openapi.ERROR_CODES} are the 15 wire error codes; every
         error class carries one of them; the envelope allows exactly them.
         """
         self.assertEqual(len(openapi.ERROR_CODES), 15)
@@ -404,8 +404,9 @@ class DocumentTests(SynchronousTestCase):
     def test_error_statuses(self) -> None:
         """
         Each operation documents the error statuses it can answer with
-        (C{api.md} 3.5, 4, 5, 10, 11; storage faults; 401 when tokens are
-        required), each with the codes that go with that status.
+        (rejections, unknown tasks, the owner check, storage faults; 401
+        when tokens are required), each with the codes that go with that
+        status.
         """
         storage = {"500": ["internal"], "503": ["internal"], "507": ["internal"]}
         auth = {"401": ["permission_denied"]}
@@ -558,8 +559,9 @@ def refused(call: Any, *args: Any) -> bool:
 
 class IssueSixTests(SynchronousTestCase):
     """
-    The routes of issue 6 (listing, log and event streams, idempotent
-    submission) are documented with the bounds of the code enforcing them.
+    The routes the runtime adds (listing, log and event streams) and
+    idempotent submission are documented with the bounds of the code
+    enforcing them.
     """
 
     def test_list_parameters(self) -> None:
@@ -742,7 +744,7 @@ class ModelDriftTests(SynchronousTestCase):
         Each response schema generated from a model lists that model's
         attrs fields (plus the never-emitted C{details} of an error, and the
         plan's C{run_as}, which a status adds from the running task), and
-        requires exactly what C{api.md} says is always present.
+        requires exactly the keys the API always emits.
         """
         schemas = document()["components"]["schemas"]
         always = {
@@ -1542,9 +1544,9 @@ class InProcessConformanceTests(ConformanceMixin, TestCase):
 
     async def issue_six(self, stdout_path: str) -> None:
         """
-        The routes of issue 6, once task C{s1} (tenant C{alice}, owner
-        C{olga}, label C{a:b}, stdout at C{stdout_path}) is cancelled and
-        C{c1} and another task are queued.
+        The added routes and idempotent submission, once task C{s1}
+        (tenant C{alice}, owner C{olga}, label C{a:b}, stdout at
+        C{stdout_path}) is cancelled and C{c1} and another task are queued.
         """
         tasks = "/api/v1/tasks"
         code, page = await self.exchange("GET", tasks, "/api/v1/tasks?limit=1")
@@ -1923,7 +1925,7 @@ class LiveSchemathesisTests(TestCase):
 
 def logged_errors(log: str) -> List[str]:
     """
-    The lines of a server log (JSON lines, C{behavior.md} 16) at level
+    The lines of a server log (JSON lines) at level
     C{ERROR} or above, or that are not JSON at all (a traceback).
     """
     found = []

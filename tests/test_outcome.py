@@ -1,6 +1,6 @@
 """
-Tests for L{execgo.outcome}: the classification table of C{behavior.md} 7.5
-with C{decisions.md} item 7.
+Tests for L{execgo.outcome}: the verdict table of a reaped workload, row
+by row, and the outcomes of tasks that never ran.
 """
 
 from __future__ import annotations
@@ -180,7 +180,8 @@ class ClassifyTests(SynchronousTestCase):
     def test_sigkill_at_cpu_limit(self) -> None:
         """
         SIGKILL with CPU usage at or above the limit is the hard limit
-        (C{decisions.md} item 7): C{cpu_limit_exceeded}.
+        (the hard C{RLIMIT_CPU}, a second above the soft one):
+        C{cpu_limit_exceeded}.
         """
         at_limit = Usage(duration_ms=3000, user_cpu_ms=1500, system_cpu_ms=500)
         self.assertVerdict(

@@ -138,7 +138,7 @@ class ModeTests(SynchronousTestCase):
 
 class SandboxTests(SynchronousTestCase):
     """
-    Profile, chroot and namespace resolution (steps 1 to 3).
+    Profile, chroot and namespace resolution.
     """
 
     def test_process_profile_untouched(self) -> None:
@@ -230,7 +230,7 @@ class SandboxTests(SynchronousTestCase):
 
 class EnforcementTests(SynchronousTestCase):
     """
-    Limit enforcement flags, mechanisms and their fallback reasons (step 4).
+    Limit enforcement flags, mechanisms and their fallback reasons.
     """
 
     def test_full_plan_json(self) -> None:
@@ -253,7 +253,7 @@ class EnforcementTests(SynchronousTestCase):
     def test_process_profile_uses_cgroup(self) -> None:
         """
         A process-profile task gets its per-task cgroup too, so its pids
-        limit is enforced (C{decisions.md} item 8).
+        limit is enforced.
         """
         plan = resolve_plan(request(limits=ALL_LIMITS), caps(), "strict")
         enforcement = plan.resource_enforcement

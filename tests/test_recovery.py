@@ -1,5 +1,6 @@
 """
-Tests for L{execgo.recovery.plan_recovery}: every case of C{behavior.md} 11.
+Tests for L{execgo.recovery.plan_recovery}: every case of start-up recovery
+(C{docs/architecture.md}, "What survives a crash, and why").
 """
 
 from __future__ import annotations

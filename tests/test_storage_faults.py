@@ -1,5 +1,5 @@
 """
-Storage faults with the real server (issue 5): a data directory it cannot
+Storage faults with the real server: a data directory it cannot
 use, a full file system, and a store that cannot take a write.  The file
 systems are small tmpfs mounts made by the test, so these run only as root
 on Linux.
@@ -156,11 +156,11 @@ def _in_namespace(pid: int, *argv: str) -> None:
 
 class FaultRepairTests(TestCase):
     """
-    Issue 12 with the real server: while the data directory cannot be
-    written the server says it is not ready, and what a fault left out or
-    behind is repaired once storage works.  The server runs in a private
-    mount namespace (C{unshare -m}), so a read-only bind mount made there
-    is seen by the server and its supervisor only.
+    Readiness and repair with the real server: while the data directory
+    cannot be written the server says it is not ready, and what a fault
+    left out or behind is repaired once storage works.  The server runs in
+    a private mount namespace (C{unshare -m}), so a read-only bind mount
+    made there is seen by the server and its supervisor only.
     """
 
     timeout = 60

@@ -140,7 +140,8 @@ class EngineTestCase(StoreMixin, SynchronousTestCase):
         )
         self.addCleanup(self.supervisor.close)
         self.messages: List[dict] = []
-        self.supervisor.listeners.append(self.messages.append)
+        # The reports in their wire form.
+        self.supervisor.listeners.append(lambda report: self.messages.append(report.to_json()))
         self.addCleanup(self.kill_leftovers)
 
     def kill_leftovers(self) -> None:

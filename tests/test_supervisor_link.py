@@ -12,6 +12,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from execgo import control
 from execgo.supervisor_link import _ControlProtocol
 
 
@@ -44,7 +45,7 @@ class SendTests(SynchronousTestCase):
     def sent(self, transport: Any) -> List[str]:
         proto = _ControlProtocol(link=None)  # type: ignore[arg-type]
         proto.makeConnection(transport)
-        proto.send({"op": "launch", "task_ids": ["t"]})
+        proto.send(control.Launch(("t",)))
         return transport.calls
 
     def test_flushed(self) -> None:
@@ -77,7 +78,7 @@ class RealSocketTests(TestCase):
         factory = protocol.Factory.forProtocol(lambda: proto)
         reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, factory)  # type: ignore[attr-defined]
         ours.close()
-        proto.send({"op": "ping", "seq": 1})
+        proto.send(control.Ping(1))
         theirs.setblocking(False)
         self.assertEqual(json.loads(theirs.recv(4096)), {"op": "ping", "seq": 1})
         proto.connectionLost = lambda reason=None: None  # type: ignore[method-assign]

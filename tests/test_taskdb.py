@@ -590,7 +590,7 @@ class FinishTests(StoreTestCase):
     def test_finish_only_once(self) -> None:
         """
         A second terminal write returns C{False} and changes nothing: no
-        field, no event (C{decisions.md} item 6).
+        field, no event.
         """
         self.running()
         self.assertTrue(taskdb.finish(self.conn, "t1", self.outcome, NOW + 100))
@@ -837,7 +837,7 @@ class QueryTests(StoreTestCase):
 
 class MetricsSnapshotTests(StoreTestCase):
     """
-    L{tallies.snapshot}: the C{api.md} 12 figures from trigger-kept tallies.
+    L{tallies.snapshot}: the C{/metrics} figures from trigger-kept tallies.
     """
 
     def test_empty(self) -> None:
@@ -892,8 +892,8 @@ class MetricsSnapshotTests(StoreTestCase):
 
     def test_gc_lowers_tallies_not_counters(self) -> None:
         """
-        Deleting a terminal task takes it out of the C{api.md} 12 figures
-        but leaves the counters that never go down.
+        Deleting a terminal task takes it out of the figures of the stored
+        rows but leaves the counters that never go down.
         """
         self.insert("a")
         taskdb.finish(self.conn, "a", taskdb.Outcome(status="success", duration_ms=5), NOW)

@@ -1,5 +1,5 @@
 """
-Tests for tenancy as a boundary when authentication is on (issue 12): a
+Tests for tenancy as a boundary when authentication is on: a
 token sees and touches only its own tenant's tasks, answered for others
 exactly as for unknown ones; C{role=admin} tokens see every tenant and
 alone read the views that span tenants; idempotency keys are per tenant;
@@ -21,7 +21,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.trial.util import suppress as SUPPRESS
 
-from execgo import errors
+from execgo import control, errors
 from execgo.auth import Principal, Tokens, parse_tokens, require_admin, visible
 from execgo.config import RuntimeConfig
 from execgo.snapshots import Kept
@@ -281,7 +281,7 @@ class BoundaryTests(TenancyTestsBase):
         yield defer.ensureDeferred(self.assert_unknown("/api/v1/tasks/a1?wait_ms=600000", "a1", "b-token"))
         self.assertEqual(len(runtime.waiters), 1)
         final = {"task_id": "a1", "status": "success"}
-        runtime.on_supervisor_message({"ev": "finished", "task_id": "a1", "status": final})
+        runtime.on_supervisor_message(control.Finished("a1", final))
         response = yield defer.ensureDeferred(self.rt.settle(pending))
         content = yield defer.ensureDeferred(self.rt.settle(response.content()))
         self.assertEqual((response.code, json.loads(content)), (200, final))
@@ -295,7 +295,7 @@ class BoundaryTests(TenancyTestsBase):
         """
         runtime = self.rt.runtime
         final = {"task_id": "b1", "status": "success"}
-        runtime.on_supervisor_message({"ev": "finished", "task_id": "b1", "status": final})
+        runtime.on_supervisor_message(control.Finished("b1", final))
         self.assertEqual(runtime.finished.kept("b1"), Kept(final, "beta"))
         yield defer.ensureDeferred(self.assert_unknown("/api/v1/tasks/b1", "b1", "a-token"))
         for token in ("b-token", "ops-token"):

@@ -416,7 +416,8 @@ class ParseJsonBodyTests(_InvalidInputMixin, SynchronousTestCase):
 
 class DecodeSubmitTests(_InvalidInputMixin, SynchronousTestCase):
     """
-    L{decode_submit} enforces the schema of C{api.md} 3.1 and fills defaults.
+    L{decode_submit} enforces the schema of a C{SubmitTaskRequest} and fills
+    defaults.
     """
 
     def test_minimal_defaults(self) -> None:
@@ -738,7 +739,8 @@ class DecodeSubmitTests(_InvalidInputMixin, SynchronousTestCase):
     def test_policy_without_mode(self) -> None:
         """
         A C{policy} that is absent, C{null}, or an object without
-        C{capability_mode} leaves the mode unset (C{decisions.md} item 5).
+        C{capability_mode} leaves the mode unset, so the server's default
+        mode applies.
         """
         self.assertIsNone(decode_submit(minimal()).capability_mode)
         for policy in (None, {}, {"other": "strict"}):
@@ -893,7 +895,7 @@ class DecodeSubmitTests(_InvalidInputMixin, SynchronousTestCase):
 
 class ValidateSubmitTests(_InvalidInputMixin, SynchronousTestCase):
     """
-    L{validate_submit} applies the rules of C{api.md} 3.2 in order.
+    L{validate_submit} applies the semantic rules in order.
     """
 
     def test_valid(self) -> None:
@@ -1054,8 +1056,8 @@ class ValidateSubmitTests(_InvalidInputMixin, SynchronousTestCase):
 
     def test_limits(self) -> None:
         """
-        Zero C{wall_time_ms}, output limits, and (C{decisions.md} item 4)
-        zero optional limits are rejected.
+        Zero C{wall_time_ms}, output limits, and zero optional limits
+        (C{cpu_time_sec}, C{memory_bytes}, C{pids_max}) are rejected.
         """
         for name in (
             "wall_time_ms",

@@ -76,7 +76,8 @@ class TimestampTests(SynchronousTestCase):
 
 class ScriptExtensionTests(SynchronousTestCase):
     """
-    L{wire.script_extension} (C{behavior.md} 7.2 step 4).
+    L{wire.script_extension}: the script file's extension from its
+    interpreter.
     """
 
     def test_table(self) -> None:
@@ -152,7 +153,8 @@ class TaskPathsTests(SynchronousTestCase):
 
 class ReadPreviewTests(SynchronousTestCase):
     """
-    L{wire.read_preview} (C{behavior.md} 8).
+    L{wire.read_preview}: the head of a log, decoded as UTF-8 with
+    replacement, and whether the log is longer.
     """
 
     def write(self, data: bytes) -> str:
@@ -252,7 +254,8 @@ def _full_record(**changes: Any) -> taskdb.TaskRecord:
 
 class RenderStatusTests(SynchronousTestCase):
     """
-    L{wire.render_status} follows C{api.md} 4.1 key order and presence.
+    L{wire.render_status} follows the status snapshot's key order and
+    presence rules.
     """
 
     def test_full_order(self) -> None:
@@ -407,7 +410,7 @@ class RenderStatusTests(SynchronousTestCase):
 
 class SynthesisePlanTests(SynchronousTestCase):
     """
-    L{wire.synthesise_plan} (C{behavior.md} 18).
+    L{wire.synthesise_plan}: the plan of a stored task that has none.
     """
 
     def test_process(self) -> None:
