@@ -248,12 +248,11 @@ def prepare(spec: LaunchSpec) -> None:
 def _check_program(config: Mapping[str, Any]) -> None:
     """
     Fail early, as a launch failure, when a sandboxed program cannot be
-    found (in the chroot, when there is one) on the workload's C{PATH}.
+    found (in the chroot, when there is one: L{resolve_rootfs} has checked
+    it exists) on the workload's C{PATH}.
     """
     program = config["argv"][0]
     root = config.get("rootfs") or "/"
-    if not os.path.isdir(root):
-        raise SandboxSetupError(f"chroot {root}: No such directory")
     if "/" in program:
         candidates = [program]
     else:

@@ -185,14 +185,10 @@ def _ids(path: str, field: int) -> Dict[int, str]:
     mapped to the names using them; a file that cannot be read has none.
     """
     found: Dict[int, str] = {}
-    try:
-        with open(path, encoding="utf-8", errors="replace") as lines:
-            for line in lines:
-                parts = line.rstrip("\n").split(":")
-                if len(parts) > field and parts[field].isdigit():
-                    found[int(parts[field])] = parts[0]
-    except OSError:
-        pass
+    for line in _lines(path):
+        parts = line.split(":")
+        if len(parts) > field and parts[field].isdigit():
+            found[int(parts[field])] = parts[0]
     return found
 
 
@@ -208,6 +204,10 @@ def _lookup_user(name: str, passwd: str) -> Tuple[int, int]:
 
 
 def _lines(path: str) -> Iterable[str]:
+    """
+    The lines of a small text file, without their newlines; none when it
+    cannot be read.
+    """
     try:
         with open(path, encoding="utf-8", errors="replace") as lines:
             return [line.rstrip("\n") for line in lines]
@@ -378,6 +378,30 @@ def reclaim(
             except OSError:
                 pass
     return True
+
+
+def hand_back(
+    identity: Optional[TaskIdentity],
+    run_as: Optional[RunAs],
+    task_dir: str,
+    script_path: Optional[str],
+    emptied: bool,
+) -> bool:
+    """
+    What a task's end needs before it is written (which frees the task's
+    uid): every process of its uid killed (L{kill_user}), unless its
+    cgroups are known C{emptied} (it cannot leave them), and its files
+    handed back to the runtime's user (L{reclaim}).  Nothing to do for a
+    task that ran as the runtime's own user.  Blocking.
+
+    @return: whether every entry of the workspace was handed back.
+    @raise OSError: when the workspace or the script cannot be handed back.
+    """
+    if identity is None or run_as is None or run_as.uid == identity.owner_uid:
+        return True
+    if identity.per_task and not emptied:
+        kill_user(run_as.uid)
+    return reclaim(task_dir, script_path, identity.owner_uid, identity.owner_gid)
 
 
 def kill_user(uid: int) -> None:

@@ -542,14 +542,9 @@ class Runtime:
         process of that uid killed, its files handed back (blocking: run
         in a thread).
         """
-        identity, run_as = self.identity, record.run_as
-        if identity is None or run_as is None or run_as.uid == identity.owner_uid:
-            return
         try:
-            if identity.per_task:
-                privileges.kill_user(run_as.uid)
-            privileges.reclaim(
-                record.paths.task_dir, record.paths.script_path, identity.owner_uid, identity.owner_gid
+            privileges.hand_back(
+                self.identity, record.run_as, record.paths.task_dir, record.paths.script_path, emptied=False
             )
         except OSError as e:
             log.warn("cannot hand back the files of {task_id}", task_id=record.task_id, error=str(e))

@@ -559,12 +559,17 @@ class Supervisor:
             self._kill_now(run)
             self.call_later(GROUP_DRAIN_STEP_S, lambda: self._drain(run))
             return
-        self._complete(run)
+        self._complete(run, drained=run.cgroup is not None and not alive)
 
-    def _complete(self, run: Running) -> None:
+    def _complete(self, run: Running, drained: bool) -> None:
+        """
+        Write the end of a task whose workload was reaped.
+
+        @param drained: its cgroups are empty (the drain saw them so).
+        """
         self.by_task.pop(run.task_id, None)
         assert run.exit_status is not None and run.usage is not None
-        self._hand_back(run.record, drained=run.cgroup is not None and not run.cgroup.populated())
+        self._hand_back(run.record, drained)
         usage, oom_killed = run.usage, False
         if run.cgroup is not None:
             oom_killed = run.cgroup.oom_killed()
@@ -604,19 +609,14 @@ class Supervisor:
 
     def _hand_back(self, record: taskdb.TaskRecord, drained: bool) -> None:
         """
-        Before a task's end is written (which frees its uid for another
-        task): kill every process of its uid unless its cgroups are known
-        empty (it cannot leave them), and give its workspace and script
-        back to the runtime's user.
+        Before a task's end is written: L{privileges.hand_back}, its
+        trouble logged.
+
+        @param drained: the task's cgroups are known empty.
         """
-        identity, run_as = self.identity, record.run_as
-        if identity is None or run_as is None or run_as.uid == identity.owner_uid:
-            return
         try:
-            if identity.per_task and not drained:
-                privileges.kill_user(run_as.uid)
-            whole = privileges.reclaim(
-                record.paths.task_dir, record.paths.script_path, identity.owner_uid, identity.owner_gid
+            whole = privileges.hand_back(
+                self.identity, record.run_as, record.paths.task_dir, record.paths.script_path, drained
             )
         except OSError as e:
             self.log(f"cannot hand back the files of {record.task_id}: {e}")
@@ -624,7 +624,7 @@ class Supervisor:
         if not whole:
             self.log(
                 f"{record.task_id}: handed back its workspace's top and the first"
-                f" {privileges.RECLAIM_ENTRIES} entries below it; the rest keep uid {run_as.uid}"
+                f" {privileges.RECLAIM_ENTRIES} entries below it; the rest keep its uid"
             )
 
     def _pids_limit_event(self, run: Running, hits: int) -> None:

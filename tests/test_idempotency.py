@@ -22,6 +22,7 @@ from execgo.config import RuntimeConfig
 from execgo.models import ControlContext
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 from tests.fakes import new_task
+from tests.test_supervisor import StoreMixin
 
 NOW = 1_700_000_000_000
 COMMAND = {"execution": {"kind": "command", "program": "/bin/true"}}
@@ -65,19 +66,14 @@ class ParseKeyTests(SynchronousTestCase):
         self.assertNotEqual(idempotency.request_hash({"a": 1}), idempotency.request_hash({"a": 2}))
 
 
-class StoreTests(SynchronousTestCase):
+class StoreTests(StoreMixin, SynchronousTestCase):
     """
     The key in the store: the unique column, L{idempotency.check} and the
     insert race.
     """
 
     def setUp(self) -> None:
-        self.data_dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.data_dir)
-        self.path = os.path.join(self.data_dir, "runtime.db")
-        self.conn = taskdb.connect(self.path)
-        self.addCleanup(self.conn.close)
-        taskdb.init_schema(self.conn)
+        self.make_store()
 
     def insert(self, task_id: str, key: Optional[str], digest: Optional[str]) -> None:
         """
@@ -157,18 +153,14 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(unique[0][2], 1)
 
 
-class ScopeTests(SynchronousTestCase):
+class ScopeTests(StoreMixin, SynchronousTestCase):
     """
     Keys within their scope (L{idempotency.Scope}) in the store, and the
     migration of a store whose keys were unique across the runtime.
     """
 
     def setUp(self) -> None:
-        self.data_dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.data_dir)
-        self.conn = taskdb.connect(os.path.join(self.data_dir, "runtime.db"))
-        self.addCleanup(self.conn.close)
-        taskdb.init_schema(self.conn)
+        self.make_store()
 
     def insert(
         self, task_id: str, key: str, digest: str, scope: idempotency.Scope, tenant: Optional[str] = None

@@ -174,6 +174,20 @@ class EngineTestCase(StoreMixin, SynchronousTestCase):
             delay = self.supervisor.next_delay()
             pause(STEP_S if delay is None else min(delay, STEP_S))
 
+    def launch_until_exited(self, task_ids: List[str]) -> None:
+        """
+        Insert and launch a C{/bin/true} task for each id, and wait until
+        every workload has exited, none reaped yet (so that one reaping
+        finds them all).
+        """
+        for task_id in task_ids:
+            self.insert(task_id, command("/bin/true"))
+            self.supervisor.launch(task_id)
+        pids = [self.supervisor.by_task[task_id].pid for task_id in task_ids]
+        self.assertTrue(
+            wait_for(lambda: all(os.waitid(os.P_PID, p, os.WEXITED | os.WNOHANG | os.WNOWAIT) for p in pids))
+        )
+
     def run_task(self, task_id: str, execution: Any, **kwargs: Any) -> taskdb.TaskRecord:
         """
         Insert, launch (taking the queued task over) and drive to the end.
@@ -289,13 +303,7 @@ class SupervisorTests(EngineTestCase):
 
         self.patch(taskdb, "write_terminal", flaky_write)
         ids = ["r1", "r2"]
-        for task_id in ids:
-            self.insert(task_id, command("/bin/true"))
-            self.supervisor.launch(task_id)
-        pids = [self.supervisor.by_task[task_id].pid for task_id in ids]
-        self.assertTrue(
-            wait_for(lambda: all(os.waitid(os.P_PID, p, os.WEXITED | os.WNOHANG | os.WNOWAIT) for p in pids))
-        )
+        self.launch_until_exited(ids)
         self.supervisor.reap()
         self.assertEqual(calls, ids)
         self.assertEqual([self.load(task_id).status for task_id in ids], ["running", "running"])

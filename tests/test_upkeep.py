@@ -25,7 +25,7 @@ from execgo import errors, store, supervisor as supervisor_module, taskdb, upkee
 from execgo.models import SandboxPolicy
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 from tests.fakes import command, new_task
-from tests.test_supervisor import EngineTestCase, StoreMixin, wait_for
+from tests.test_supervisor import EngineTestCase, StoreMixin
 
 NOW = 1_700_000_000_000
 
@@ -242,13 +242,7 @@ class EndRetryTests(EngineTestCase):
             raise sqlite3.OperationalError("database or disk is full")
 
         ids = ["f1", "f2"]
-        for task_id in ids:
-            self.insert(task_id, command("/bin/true"))
-            self.supervisor.launch(task_id)
-        pids = [self.supervisor.by_task[task_id].pid for task_id in ids]
-        self.assertTrue(
-            wait_for(lambda: all(os.waitid(os.P_PID, p, os.WEXITED | os.WNOHANG | os.WNOWAIT) for p in pids))
-        )
+        self.launch_until_exited(ids)
         filler = fill(self.data_dir)
         self.patch(taskdb, "write_terminal", refused)
         attempts = lambda: sum("cannot record the end" in line for line in self.logged)  # noqa: E731
