@@ -21,10 +21,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests*", "benchmarks*"]) + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/execgo_plugin.py"], "execgo": ["_spawn.pyi"]},
+    package_data={"twisted": ["plugins/execgo_plugin.py"], "execgo.host": ["_spawn.pyi"]},
     # Optional: without a compiler the install still works and the caller
     # falls back to subprocess.Popen.
-    ext_modules=[Extension("execgo._spawn", ["execgo/_spawn.c"], optional=True)],
+    ext_modules=[Extension("execgo.host._spawn", ["execgo/host/_spawn.c"], optional=True)],
     install_requires=[
         "twisted>=25.5",
         "klein>=23.5",
@@ -33,7 +33,7 @@ setup(
         "attrs>=23.1",
         "click>=8.1",
     ],
-    entry_points={"console_scripts": ["execgo-runtime = execgo.cli:main"]},
+    entry_points={"console_scripts": ["execgo-runtime = execgo.cli.main:main"]},
     classifiers=[
         "Framework :: Twisted",
         "Operating System :: POSIX :: Linux",

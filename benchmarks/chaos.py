@@ -52,7 +52,7 @@ import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from execgo.procinfo import supervisor_pids, workload_pids
+from execgo.host.procinfo import supervisor_pids, workload_pids
 
 TERMINAL = ("success", "failed", "cancelled")
 TERMINAL_EVENTS = {"finished": "success", "failed": "failed", "cancelled": "cancelled"}

@@ -30,8 +30,8 @@ harness exits 1.  Goals that are not met do not change the exit status
 (unless C{--fail-on-unmet}).
 
 The load generator uses the standard library only (C{http.client},
-C{threading}, C{subprocess}); it imports C{execgo.taskdb} to fill a store and
-C{execgo.launcher} to time the runtime's own spawn function, and shares the
+C{threading}, C{subprocess}); it imports C{execgo.store.taskdb} to fill a store and
+C{execgo.supervisor.launcher} to time the runtime's own spawn function, and shares the
 chaos harness's process helpers (C{benchmarks/chaos.py}).  See
 C{benchmarks/README.md} for what each figure means.
 """
@@ -71,7 +71,7 @@ from benchmarks.chaos import (  # noqa: E402
     percentile,
     reap_zombies,
 )
-from execgo.procinfo import supervisor_pids  # noqa: E402
+from execgo.host.procinfo import supervisor_pids  # noqa: E402
 
 SECTIONS = ("throughput", "latency", "spawn", "scale", "output", "cli", "memory", "listener")
 TERMINAL = ("success", "failed", "cancelled")
@@ -154,7 +154,7 @@ FIGURE_SPECS: Tuple[FigureSpec, ...] = (
     FigureSpec("spawn.floor_per_s", "spawn", "posix_spawn /bin/true + waitpid", "/s", "-"),
     FigureSpec("spawn.popen_per_s", "spawn", "Popen cwd+session+pipes", "/s", ">= 900/s"),
     FigureSpec("spawn.popen_4000fds_per_s", "spawn", "same, 4,000 open fds", "/s", ">= 500/s"),
-    FigureSpec("spawn.launcher_per_s", "spawn", "execgo.launcher.spawn", "/s", ">= 900/s"),
+    FigureSpec("spawn.launcher_per_s", "spawn", "execgo.supervisor.launcher.spawn", "/s", ">= 900/s"),
     FigureSpec("spawn.launcher_4000fds_per_s", "spawn", "same, 4,000 open fds", "/s", ">= 500/s"),
     FigureSpec("scale.startup_s", "scale", "start-up to /healthz, big store", "s", "<= 3 s"),
     FigureSpec("scale.submit_p50_ms", "scale", "submit p50, big store", "ms", "ratio <= 1.2"),
@@ -802,7 +802,7 @@ def spawn_worker(spawns: int, extra_fds: int, floor_only: bool) -> Dict[str, Any
     """
     Runs in its own process: spawns per second of C{posix_spawn} +
     C{waitpid} (the floor), of C{Popen} with a cwd, a new session and
-    pipes, and of C{execgo.launcher.spawn}; the last two again with
+    pipes, and of C{execgo.supervisor.launcher.spawn}; the last two again with
     C{extra_fds} more open file descriptors.
 
     Each rate is the median of L{SPAWN_ROUNDS} rounds of C{spawns /
@@ -839,7 +839,7 @@ def spawn_worker(spawns: int, extra_fds: int, floor_only: bool) -> Dict[str, Any
 
         launch: Optional[Callable[[], None]] = None
         try:
-            from execgo import launcher
+            from execgo.supervisor import launcher
 
             spec = launcher.LaunchSpec(
                 argv=("/bin/true",),
@@ -1044,7 +1044,7 @@ def empty_store(data_dir: str) -> None:
     """
     Create a data dir with an initialised, empty store.
     """
-    from execgo import taskdb
+    from execgo.store import taskdb
 
     os.makedirs(data_dir)
     conn = taskdb.connect(os.path.join(data_dir, "runtime.db"))
@@ -1069,7 +1069,7 @@ def fill_store(template_db: str, data_dir: str, count: int) -> float:
     """
     import sqlite3
 
-    from execgo import taskdb
+    from execgo.store import taskdb
 
     before = time.perf_counter()
     source = sqlite3.connect(template_db)

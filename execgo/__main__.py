@@ -2,6 +2,6 @@
 C{python -m execgo}: the same as the C{execgo-runtime} console script.
 """
 
-from execgo.cli import main
+from execgo.cli.main import main
 
 main()

@@ -29,7 +29,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import attrs
 
-from execgo.privileges import TaskIdentity
+from execgo.host.privileges import TaskIdentity
 
 #: The longest line either end accepts.
 MAX_LINE = 64 * 1024
@@ -174,6 +174,16 @@ def bind_listener(data_dir: str) -> socket.socket:
         listener.close()
         raise
     return listener
+
+#: The server's environment variables that workloads inherit.
+INHERITED_ENV = ("PATH", "HOME", "LANG", "TMPDIR", "USER")
+
+
+def inherited_env(environ: Mapping[str, str]) -> Dict[str, str]:
+    """
+    The part of C{environ} that workloads inherit (L{INHERITED_ENV}).
+    """
+    return {name: environ[name] for name in INHERITED_ENV if name in environ}
 
 
 @attrs.frozen

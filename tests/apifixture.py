@@ -15,17 +15,17 @@ from treq.testing import StubTreq
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
-from execgo.api import RuntimeAPI
-from execgo.auth import Tokens
-from execgo.budget import ByteBudget
-from execgo.capabilities import Capabilities
-from execgo.config import RuntimeConfig
-from execgo.ledger import Capacity, Ledger, parse_tenant_quotas
-from execgo.runtime import Runtime
-from execgo.scheduler import Scheduler
-from execgo.service import prepare_data_dir, wall_ms
-from execgo.store import Store, open_pool
-from execgo.upkeep import Upkeep
+from execgo.core.capabilities import Capabilities
+from execgo.core.config import RuntimeConfig
+from execgo.core.ledger import Capacity, Ledger, parse_tenant_quotas
+from execgo.server.budget import ByteBudget
+from execgo.server.database import Store, open_pool
+from execgo.server.runtime import Runtime
+from execgo.server.scheduler import Scheduler
+from execgo.server.service import prepare_data_dir, wall_ms
+from execgo.server.upkeep import Upkeep
+from execgo.server.web.api import RuntimeAPI
+from execgo.server.web.auth import Tokens
 from tests.fakes import FakeLink
 
 
@@ -48,7 +48,7 @@ class InProcessRuntime:
 
     @param budget: the preview budget of its store (none by default).
     @param probe: replaces the data directory's readiness probe
-        (L{execgo.upkeep.probe_writable}).
+        (L{execgo.server.upkeep.probe_writable}).
     """
 
     def __init__(

@@ -12,8 +12,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import attrs
 from twisted.internet import defer
 
-from execgo import taskdb, wire
-from execgo.models import (
+from execgo.core.models import (
     MODE_ADAPTIVE,
     ControlContext,
     ExecutionPlan,
@@ -23,7 +22,8 @@ from execgo.models import (
     ResourceLimits,
     SandboxPolicy,
 )
-from execgo.store import SchedulerState
+from execgo.server.database import SchedulerState
+from execgo.store import taskdb, wire
 
 DEFAULT_LIMITS = ResourceLimits()
 PROCESS_SANDBOX = SandboxPolicy()

@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from execgo.procinfo import supervisor_pids, workload_pids
+from execgo.host.procinfo import supervisor_pids, workload_pids
 
 SERVE_COMMAND: Tuple[str, ...] = (sys.executable, "-m", "execgo", "serve")
 

@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.api}: the real Klein resource over the real runtime and
+Tests for L{execgo.server.web.api}: the real Klein resource over the real runtime and
 store, in memory through StubTreq (the supervisor link is a fake that is
 never connected, so submitted tasks stay queued).
 """
@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 from twisted.trial.util import suppress as SUPPRESS
 
 from execgo import control
-from execgo.config import RuntimeConfig
+from execgo.core.config import RuntimeConfig
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 
 COMMAND = {"execution": {"kind": "command", "program": "/bin/true"}}

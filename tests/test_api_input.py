@@ -19,9 +19,9 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from execgo import bounds
-from execgo.api import Utf8Paths
-from execgo.errors import ExecgoError
+from execgo.core import bounds
+from execgo.core.errors import ExecgoError
+from execgo.server.web.api import Utf8Paths
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 from tests.test_api import APITestsBase
 

@@ -1,5 +1,5 @@
 """
-Tests for the optional bearer-token authentication (L{execgo.auth}, the API
+Tests for the optional bearer-token authentication (L{execgo.server.web.auth}, the API
 guard, the CLI's C{--token}, and SIGHUP reloads of a real server).
 """
 
@@ -14,9 +14,9 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.trial.util import suppress as SUPPRESS
 
-from execgo import errors
-from execgo.auth import Principal, Tokens, bearer, parse_tokens
-from execgo.config import RuntimeConfig
+from execgo.core import errors
+from execgo.core.config import RuntimeConfig
+from execgo.server.web.auth import Principal, Tokens, bearer, parse_tokens
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 from tests.serverfixture import ServerProcess, poll
 from tests.test_cli import CliTestMixin, FakeWorld, ok

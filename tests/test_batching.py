@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.batching}.
+Tests for L{execgo.server.batching}.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo import taskdb
-from execgo.batching import Batcher, run_jobs
+from execgo.server.batching import Batcher, run_jobs
+from execgo.store import taskdb
 
 
 def connection() -> sqlite3.Connection:

@@ -1,6 +1,6 @@
 """
-Tests for L{execgo.bounds}: what the host accepts of a submission, checked
-through the real validation pipeline (L{execgo.validation.parse_submit}),
+Tests for L{execgo.core.bounds}: what the host accepts of a submission, checked
+through the real validation pipeline (L{execgo.core.validation.parse_submit}),
 and each bound proved against the kernel where this host lets a test do so
 (a real spawn with the largest rlimits, a real pids cgroup, a real
 C{epoll} wait).
@@ -17,10 +17,11 @@ from typing import Any, Dict, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo import bounds, launcher
-from execgo.errors import InvalidInput
-from execgo.models import ResourceLimits
-from execgo.validation import parse_submit
+from execgo.core import bounds
+from execgo.core.errors import InvalidInput
+from execgo.core.models import ResourceLimits
+from execgo.core.validation import parse_submit
+from execgo.supervisor import launcher
 from tests.fakes import plan_for
 
 NUL = "\u0000"

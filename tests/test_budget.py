@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.budget}: the byte budget large previews share, and the
+Tests for L{execgo.server.budget}: the byte budget large previews share, and the
 reservation a snapshot carries until it is sent.
 """
 
@@ -10,7 +10,13 @@ import gc
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.budget import ByteBudget, HeldSnapshot, claim, preview_weight, release
+from execgo.server.budget import (
+    ByteBudget,
+    HeldSnapshot,
+    claim,
+    preview_weight,
+    release,
+)
 
 
 class ByteBudgetTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.capabilities}: the host probe against fake trees (and once
+Tests for L{execgo.core.capabilities}: the host probe against fake trees (and once
 against this host), and the pure snapshot and its JSON rendering.
 """
 
@@ -15,8 +15,14 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.capabilities import Capabilities, build_capabilities, normalise_arch, normalise_os
-from execgo.probe import (
+from execgo.core.capabilities import (
+    Capabilities,
+    build_capabilities,
+    normalise_arch,
+    normalise_os,
+)
+from execgo.core.ledger import Capacity
+from execgo.host.probe import (
     CgroupFacility,
     CgroupLayout,
     HostFacts,
@@ -24,7 +30,6 @@ from execgo.probe import (
     probe_host,
     probe_namespaces,
 )
-from execgo.ledger import Capacity
 
 ROOT = "/sys/fs/cgroup/execgo-runtime"
 ALL_NS = {"mount": True, "pid": True, "uts": True, "ipc": True, "net": True}

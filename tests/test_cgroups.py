@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.cgroups}: the per-task cgroup facility against fake
+Tests for L{execgo.host.cgroups}: the per-task cgroup facility against fake
 hierarchies in a temporary directory (plain directories and files standing
 for cgroupfs), and once against this host's real hierarchies.
 """
@@ -14,8 +14,8 @@ from typing import Dict
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.probe import detect_cgroup_layout
-from execgo.cgroups import MEMORY, PIDS, V2, Cgroups, TaskCgroup, own_groups
+from execgo.host.cgroups import MEMORY, PIDS, V2, Cgroups, TaskCgroup, own_groups
+from execgo.host.probe import detect_cgroup_layout
 
 CGROUP_FS = "/sys/fs/cgroup"
 REAL_ROOT = "/sys/fs/cgroup/execgo-runtime"

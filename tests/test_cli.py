@@ -1,11 +1,11 @@
 """
-Tests for L{execgo.cli} (the client subcommands of C{docs/cli.md}) and
-L{execgo.httpclient}.
+Tests for L{execgo.cli.main} (the client subcommands of C{docs/cli.md}) and
+L{execgo.cli.sync_http}.
 
 The CLI runs under C{click.testing.CliRunner} with its HTTP transport,
 stream transport and clock replaced through L{CliEnvironment}, so every
 request it would send is recorded and no test sleeps or opens a socket;
-the L{execgo.httpclient} tests talk to small servers on a loopback socket.
+the L{execgo.cli.sync_http} tests talk to small servers on a loopback socket.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import click
 from click.testing import CliRunner, Result
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo import __version__, httpclient
-from execgo.cli import (
+from execgo import __version__
+from execgo.cli import sync_http
+from execgo.cli.main import (
     STRICT_BOOL,
     UINT,
     CliEnvironment,
@@ -33,8 +34,8 @@ from execgo.cli import (
     env_flag,
     fail,
 )
-from execgo.cli_output import summary_line, task_exit_code
-from execgo.httpclient import Response, StreamInterrupted, TransportError
+from execgo.cli.output import summary_line, task_exit_code
+from execgo.cli.sync_http import Response, StreamInterrupted, TransportError
 
 SERVER = "http://127.0.0.1:8080"
 TASKS = f"{SERVER}/api/v1/tasks"
@@ -1505,7 +1506,7 @@ class OutputTests(SynchronousTestCase):
 
 class ParamTypeTests(SynchronousTestCase):
     """
-    The parameter types and helpers C{execgo.cli_server} reuses.
+    The parameter types and helpers C{execgo.cli.server} reuses.
     """
 
     def setUp(self) -> None:
@@ -1612,7 +1613,7 @@ class _OneShotServer:
 
 class HttpClientTests(SynchronousTestCase):
     """
-    L{httpclient.request} against a loopback socket.
+    L{sync_http.request} against a loopback socket.
     """
 
     def serve(self, answer: bytes) -> _OneShotServer:
@@ -1626,7 +1627,7 @@ class HttpClientTests(SynchronousTestCase):
         reason and body.
         """
         server = self.serve(b"HTTP/1.1 404 Nope\r\nContent-Length: 5\r\n\r\nhello")
-        response = httpclient.request(
+        response = sync_http.request(
             "GET", f"http://127.0.0.1:{server.port}/p/api/v1/tasks/a%2Fb", headers={"X-A": "b"}
         )
         self.assertEqual(response, Response(404, "Nope", b"hello"))
@@ -1644,7 +1645,7 @@ class HttpClientTests(SynchronousTestCase):
         server = self.serve(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
         )
-        response = httpclient.request("POST", f"http://127.0.0.1:{server.port}/k", body=b"")
+        response = sync_http.request("POST", f"http://127.0.0.1:{server.port}/k", body=b"")
         self.assertEqual(response.body, b"abcde")
         server.close()
         self.assertIn(b"Content-Length: 0\r\n", server.received)
@@ -1654,7 +1655,7 @@ class HttpClientTests(SynchronousTestCase):
         A POST sends its body with its length.
         """
         server = self.serve(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-        httpclient.request("POST", f"http://127.0.0.1:{server.port}/t", body=b'{"a":1}')
+        sync_http.request("POST", f"http://127.0.0.1:{server.port}/t", body=b'{"a":1}')
         server.close()
         self.assertTrue(server.received.endswith(b'Content-Length: 7\r\n\r\n{"a":1}'), server.received)
 
@@ -1664,7 +1665,7 @@ class HttpClientTests(SynchronousTestCase):
         characters are kept.
         """
         server = self.serve(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-        httpclient.request("GET", f"http://127.0.0.1:{server.port}/t/a b\t\u00e9%41")
+        sync_http.request("GET", f"http://127.0.0.1:{server.port}/t/a b\t\u00e9%41")
         server.close()
         self.assertTrue(server.received.startswith(b"GET /t/a%20b%09%C3%A9%41 HTTP/1.1\r\n"))
 
@@ -1680,7 +1681,7 @@ class HttpClientTests(SynchronousTestCase):
             server = self.serve(answer)
             error = self.assertRaises(
                 TransportError,
-                httpclient.request,
+                sync_http.request,
                 "GET",
                 f"http://127.0.0.1:{server.port}/",
                 max_body=10,
@@ -1696,7 +1697,7 @@ class HttpClientTests(SynchronousTestCase):
         port = probe.getsockname()[1]
         probe.close()
         error = self.assertRaises(
-            TransportError, httpclient.request, "GET", f"http://127.0.0.1:{port}/x"
+            TransportError, sync_http.request, "GET", f"http://127.0.0.1:{port}/x"
         )
         self.assertEqual(error.message, f"connection refused (127.0.0.1:{port})")
 
@@ -1710,7 +1711,7 @@ class HttpClientTests(SynchronousTestCase):
             ("http:///x", "no host"),
             ("http://h:99999/x", "invalid URL"),
         ):
-            error = self.assertRaises(TransportError, httpclient.request, "GET", url)
+            error = self.assertRaises(TransportError, sync_http.request, "GET", url)
             self.assertIn(needle, error.message)
 
     def test_malformed_response(self) -> None:
@@ -1719,7 +1720,7 @@ class HttpClientTests(SynchronousTestCase):
         """
         server = self.serve(b"garbage\r\n\r\n")
         error = self.assertRaises(
-            TransportError, httpclient.request, "GET", f"http://127.0.0.1:{server.port}/"
+            TransportError, sync_http.request, "GET", f"http://127.0.0.1:{server.port}/"
         )
         self.assertIn("invalid response", error.message)
 
@@ -1771,7 +1772,7 @@ class _StreamingServer:
 
 class HttpStreamTests(SynchronousTestCase):
     """
-    L{httpclient.stream} against a loopback socket.
+    L{sync_http.stream} against a loopback socket.
     """
 
     def serve(self, head: bytes, parts: Sequence[bytes]) -> _StreamingServer:
@@ -1793,7 +1794,7 @@ class HttpStreamTests(SynchronousTestCase):
             pieces.append(data)
             server.proceed.set()
 
-        response = httpclient.stream(
+        response = sync_http.stream(
             "GET", f"http://127.0.0.1:{server.port}/s", on_data, headers={"Accept": "*/*"}
         )
         self.assertEqual((response.status, response.body), (200, b""))
@@ -1805,7 +1806,7 @@ class HttpStreamTests(SynchronousTestCase):
         """
         server = self.serve(b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope", [])
         pieces: List[bytes] = []
-        response = httpclient.stream("GET", f"http://127.0.0.1:{server.port}/s", pieces.append)
+        response = sync_http.stream("GET", f"http://127.0.0.1:{server.port}/s", pieces.append)
         self.assertEqual((response, pieces), (Response(404, "Not Found", b"nope"), []))
 
     def test_broken_chunked_body(self) -> None:
@@ -1818,7 +1819,7 @@ class HttpStreamTests(SynchronousTestCase):
         pieces: List[bytes] = []
         error = self.assertRaises(
             StreamInterrupted,
-            httpclient.stream,
+            sync_http.stream,
             "GET",
             f"http://127.0.0.1:{server.port}/s",
             pieces.append,
@@ -1833,7 +1834,7 @@ class HttpStreamTests(SynchronousTestCase):
         server = self.serve(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", [])
         pieces: List[bytes] = []
         error = self.assertRaises(
-            StreamInterrupted, httpclient.stream, "GET", f"http://127.0.0.1:{server.port}/s",
+            StreamInterrupted, sync_http.stream, "GET", f"http://127.0.0.1:{server.port}/s",
             pieces.append,
         )
         self.assertIn("7 bytes of the body missing", error.message)
@@ -1846,7 +1847,7 @@ class HttpStreamTests(SynchronousTestCase):
         head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
         server = self.serve(head, [b"1\r\na\r\n", b"0\r\n\r\n"])
         error = self.assertRaises(
-            StreamInterrupted, httpclient.stream, "GET", f"http://127.0.0.1:{server.port}/s",
+            StreamInterrupted, sync_http.stream, "GET", f"http://127.0.0.1:{server.port}/s",
             lambda data: None, timeout=0.2,
         )
         self.assertTrue(error.timed_out)
@@ -1863,7 +1864,7 @@ class HttpStreamTests(SynchronousTestCase):
             raise BrokenPipeError(32, "Broken pipe")
 
         self.assertRaises(
-            BrokenPipeError, httpclient.stream, "GET", f"http://127.0.0.1:{server.port}/s", on_data
+            BrokenPipeError, sync_http.stream, "GET", f"http://127.0.0.1:{server.port}/s", on_data
         )
 
     def test_no_answer(self) -> None:
@@ -1875,7 +1876,7 @@ class HttpStreamTests(SynchronousTestCase):
         port = probe.getsockname()[1]
         probe.close()
         error = self.assertRaises(
-            TransportError, httpclient.stream, "GET", f"http://127.0.0.1:{port}/s", lambda d: None
+            TransportError, sync_http.stream, "GET", f"http://127.0.0.1:{port}/s", lambda d: None
         )
         self.assertNotIsInstance(error, StreamInterrupted)
         self.assertEqual(error.message, f"connection refused (127.0.0.1:{port})")
@@ -1888,7 +1889,7 @@ class ProcessTests(SynchronousTestCase):
 
     def run_cli(self, *args: str) -> "subprocess.CompletedProcess[str]":
         return subprocess.run(
-            [sys.executable, "-c", "from execgo.cli import main; main()", *args],
+            [sys.executable, "-c", "from execgo.cli.main import main; main()", *args],
             capture_output=True,
             text=True,
             timeout=60,
@@ -1900,9 +1901,9 @@ class ProcessTests(SynchronousTestCase):
         layer, so client subcommands start fast.
         """
         code = (
-            "import sys, execgo.cli; "
+            "import sys, execgo.cli.main; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'twisted', 'treq', 'klein'}), "
-            "'execgo.validation' in sys.modules)"
+            "'execgo.core.validation' in sys.modules)"
         )
         output = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
@@ -1939,7 +1940,7 @@ class ProcessTests(SynchronousTestCase):
         """
         script = os.path.join(os.path.dirname(sys.executable), "execgo-runtime")
         argv = [script] if os.path.exists(script) else [
-            sys.executable, "-c", "from execgo.cli import main; main()"
+            sys.executable, "-c", "from execgo.cli.main import main; main()"
         ]
         done = subprocess.run(
             argv,

@@ -50,7 +50,7 @@ from execgo.client import (
     TransportError,
     WaitTimeout,
 )
-from execgo.models import ExecutionSpec, SubmitRequest
+from execgo.core.models import ExecutionSpec, SubmitRequest
 
 TERMINAL = ("success", "failed", "cancelled")
 PLATFORM = {"os": "linux", "arch": "x86_64", "containerized": False, "kubernetes": False}

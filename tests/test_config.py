@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.config}: the derived runtime id, the listen address,
+Tests for L{execgo.core.config}: the derived runtime id, the listen address,
 environment variables and the C{/runtime/config} rendering.
 """
 
@@ -10,8 +10,8 @@ import os
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo import errors
-from execgo.config import (
+from execgo.core import errors
+from execgo.core.config import (
     DEFAULT_CGROUP_ROOT,
     SERVE_SETTINGS,
     RuntimeConfig,
@@ -387,7 +387,7 @@ class PreviewAndListenerSettingsTests(SynchronousTestCase):
         """
         The twistd plugin takes the four flags (built from the same table).
         """
-        from execgo.tap import ServeOptions
+        from execgo.server.tap import ServeOptions
 
         options = ServeOptions()
         options.parseOptions([
@@ -409,7 +409,7 @@ class PreviewAndListenerSettingsTests(SynchronousTestCase):
         """
         import click
 
-        from execgo.cli_server import config_from_click, register
+        from execgo.cli.server import config_from_click, register
 
         group = click.Group()
         register(group)

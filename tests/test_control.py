@@ -13,7 +13,8 @@ import stat
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo import control, privileges
+from execgo import control
+from execgo.host import privileges
 
 
 def settings(**changes: object) -> control.SupervisorSettings:

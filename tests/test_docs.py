@@ -30,7 +30,12 @@ import attrs
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.serverfixture import ServerProcess, clean_environ, repository_root, run_process
+from tests.serverfixture import (
+    ServerProcess,
+    clean_environ,
+    repository_root,
+    run_process,
+)
 
 DOCS_DIR = os.path.join(repository_root(), "docs")
 EXAMPLES_DIR = os.path.join(repository_root(), "examples")
@@ -163,7 +168,7 @@ class StructureTests(SynchronousTestCase):
         Every visible subcommand and every one of its options appears in
         both CLI references.
         """
-        from execgo.cli import cli
+        from execgo.cli.main import cli
 
         for name in ("cli.md", "cli.zh.md"):
             text = read_doc(name)
@@ -180,8 +185,8 @@ class StructureTests(SynchronousTestCase):
         """
         Every route of the API and every metric family is in C{docs/api.md}.
         """
-        from execgo import metrics
-        from execgo.api import RuntimeAPI
+        from execgo.server import metrics
+        from execgo.server.web.api import RuntimeAPI
 
         text = read_doc("api.md")
         for rule in RuntimeAPI.app.url_map.iter_rules():

@@ -57,7 +57,7 @@ MEMORY_V1 = os.path.join(CGROUP_FS, "memory")
 CGROUP_REL = os.path.relpath(DEFAULT_CGROUP_ROOT, CGROUP_FS)
 SANDBOX = {"profile": "linux_sandbox"}
 PIDS_FALLBACK = "pids_max enforcement requires writable cgroup support"
-# The sandbox wrapper (execgo/sandbox.py) calls signal.signal(signum,
+# The sandbox wrapper (execgo/supervisor/sandbox.py) calls signal.signal(signum,
 # SIG_DFL) before re-raising the signal that ended the namespace's pid 1;
 # for SIGKILL that raises OSError(EINVAL), which main() reports as a setup
 # failure.  So any sandboxed workload SIGKILLed by the kernel alone (the

@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.idempotency} and the C{Idempotency-Key} header of
+Tests for L{execgo.store.idempotency} and the C{Idempotency-Key} header of
 C{POST /api/v1/tasks}: key validation, the stored key and request hash,
 retries, conflicts, the race between concurrent first submissions, the
 queue bound, GC, and old stores.
@@ -17,9 +17,10 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.trial.util import suppress as SUPPRESS
 
-from execgo import errors, idempotency, outcome, taskdb
-from execgo.config import RuntimeConfig
-from execgo.models import ControlContext
+from execgo.core import errors, outcome, records
+from execgo.core.config import RuntimeConfig
+from execgo.core.models import ControlContext
+from execgo.store import idempotency, taskdb
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 from tests.fakes import new_task
 from tests.test_supervisor import StoreMixin
@@ -155,7 +156,7 @@ class StoreTests(StoreMixin, SynchronousTestCase):
 
 class ScopeTests(StoreMixin, SynchronousTestCase):
     """
-    Keys within their scope (L{idempotency.Scope}) in the store, and the
+    Keys within their scope (L{records.Scope}) in the store, and the
     migration of a store whose keys were unique across the runtime.
     """
 
@@ -163,7 +164,7 @@ class ScopeTests(StoreMixin, SynchronousTestCase):
         self.make_store()
 
     def insert(
-        self, task_id: str, key: str, digest: str, scope: idempotency.Scope, tenant: Optional[str] = None
+        self, task_id: str, key: str, digest: str, scope: records.Scope, tenant: Optional[str] = None
     ) -> None:
         """
         Insert a task of C{tenant} with this key, hash and scope.
@@ -182,14 +183,14 @@ class ScopeTests(StoreMixin, SynchronousTestCase):
         retry replays its own; the open scope (no authentication) sees
         every key, as before keys had scopes.
         """
-        alpha, beta = idempotency.tenant_scope("alpha"), idempotency.tenant_scope("beta")
+        alpha, beta = records.tenant_scope("alpha"), records.tenant_scope("beta")
         self.insert("a1", "k", "ha", alpha, "alpha")
         self.insert("b1", "k", "hb", beta, "beta")
         with self.assertRaises(idempotency.Replay) as caught:
             self.insert("a2", "k", "ha", alpha, "alpha")
         self.assertEqual(caught.exception.task_id, "a1")
         self.assertRaises(idempotency.KeyReused, idempotency.check, self.conn, "k", "other", beta)
-        idempotency.check(self.conn, "k", "ha", idempotency.tenant_scope(None))
+        idempotency.check(self.conn, "k", "ha", records.tenant_scope(None))
         with self.assertRaises(idempotency.Replay) as open_replay:
             idempotency.check(self.conn, "k", "hb")
         self.assertEqual(open_replay.exception.task_id, "b1")
@@ -200,11 +201,11 @@ class ScopeTests(StoreMixin, SynchronousTestCase):
         A key stored without authentication counts, with authentication,
         for the tenant of its task only.
         """
-        self.insert("o1", "k", "h", idempotency.OPEN_SCOPE, "alpha")
+        self.insert("o1", "k", "h", records.OPEN_SCOPE, "alpha")
         with self.assertRaises(idempotency.Replay):
-            idempotency.check(self.conn, "k", "h", idempotency.tenant_scope("alpha"))
-        idempotency.check(self.conn, "k", "h", idempotency.tenant_scope("beta"))
-        self.insert("b1", "k", "h", idempotency.tenant_scope("beta"), "beta")
+            idempotency.check(self.conn, "k", "h", records.tenant_scope("alpha"))
+        idempotency.check(self.conn, "k", "h", records.tenant_scope("beta"))
+        self.insert("b1", "k", "h", records.tenant_scope("beta"), "beta")
 
     def unscope(self) -> None:
         """
@@ -232,8 +233,8 @@ class ScopeTests(StoreMixin, SynchronousTestCase):
         authentication (for their task's tenant), and other tenants may
         reuse them.
         """
-        self.insert("old-alpha", "k1", "h1", idempotency.OPEN_SCOPE, "alpha")
-        self.insert("old-none", "k2", "h2", idempotency.OPEN_SCOPE)
+        self.insert("old-alpha", "k1", "h1", records.OPEN_SCOPE, "alpha")
+        self.insert("old-none", "k2", "h2", records.OPEN_SCOPE)
         self.unscope()
         self.assertEqual(self.indexes(), {"idx_tasks_idempotency": ["idempotency_key"]})
         for _ in range(2):
@@ -243,19 +244,19 @@ class ScopeTests(StoreMixin, SynchronousTestCase):
             )
             scopes = dict(self.conn.execute("SELECT task_id, idempotency_scope FROM tasks"))
             self.assertEqual(scopes, {"old-alpha": "", "old-none": ""})
-        alpha, untenanted = idempotency.tenant_scope("alpha"), idempotency.tenant_scope(None)
+        alpha, untenanted = records.tenant_scope("alpha"), records.tenant_scope(None)
         self.assertRaises(idempotency.Replay, idempotency.check, self.conn, "k1", "h1")
         self.assertRaises(idempotency.Replay, idempotency.check, self.conn, "k1", "h1", alpha)
         self.assertRaises(idempotency.Replay, idempotency.check, self.conn, "k2", "h2", untenanted)
-        self.insert("new-beta", "k1", "h1", idempotency.tenant_scope("beta"), "beta")
-        self.assertRaises(idempotency.Replay, self.insert, "dup", "k1", "h1", idempotency.OPEN_SCOPE)
+        self.insert("new-beta", "k1", "h1", records.tenant_scope("beta"), "beta")
+        self.assertRaises(idempotency.Replay, self.insert, "dup", "k1", "h1", records.OPEN_SCOPE)
 
     def test_migration_after_downgrade(self) -> None:
         """
         Keys an earlier version stored (without a scope, next to its own
         index) after the column was added are put in the open scope too.
         """
-        self.insert("t1", "k", "h", idempotency.OPEN_SCOPE)
+        self.insert("t1", "k", "h", records.OPEN_SCOPE)
         self.conn.execute("UPDATE tasks SET idempotency_scope = NULL")
         self.conn.execute(
             "CREATE UNIQUE INDEX idx_tasks_idempotency ON tasks(idempotency_key) WHERE idempotency_key IS NOT NULL"

@@ -29,7 +29,7 @@ from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from execgo import control
-from execgo.privileges import DEFAULT_TASK_UID_RANGE
+from execgo.host.privileges import DEFAULT_TASK_UID_RANGE
 from tests.serverfixture import ServerProcess, SharedServer, poll, process_state, sleep
 from tests.test_enforcement import EnforcementCase, read_text, require_root
 from tests.test_integration import TERMINAL, IntegrationMixin, shell, unique

@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.jsonstream}: documents with long strings rendered a
+Tests for L{execgo.core.jsonstream}: documents with long strings rendered a
 slice at a time, byte for byte what the whole rendering gives.
 """
 
@@ -10,7 +10,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo import jsonstream, wire
+from execgo.core import jsonstream
+from execgo.store import wire
 
 LONG = jsonstream.SLICE_CHARS * 3 + 17
 

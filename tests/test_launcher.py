@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.launcher}: the pure launch derivation, and real
+Tests for L{execgo.supervisor.launcher}: the pure launch derivation, and real
 workload processes started by L{launcher.spawn}.
 """
 
@@ -14,8 +14,14 @@ from typing import Dict, List, Optional, Tuple
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo import launcher
-from execgo.models import ExecutionSpec, Namespaces, ResourceLimits, RunAs, SandboxPolicy
+from execgo.core.models import (
+    ExecutionSpec,
+    Namespaces,
+    ResourceLimits,
+    RunAs,
+    SandboxPolicy,
+)
+from execgo.supervisor import launcher
 from tests.fakes import command, plan_for, record, shell
 
 BASE_ENV = {
@@ -282,7 +288,7 @@ class SpawnTests(SynchronousTestCase):
         C{no_new_privs} itself).
         """
         if launcher._spawn is None:
-            raise self.skipTest("execgo._spawn is not built here")
+            raise self.skipTest("execgo.host._spawn is not built here")
         uid = str(0x70000000 + 100)
         self.assertEqual(
             self.identity_run(),

@@ -1,14 +1,24 @@
 """
 The import rules that keep the layers honest, checked by parsing the
-modules with C{ast} (module-level imports, followed through C{execgo}'s
-own modules):
+modules with C{ast} (module-level imports, in C{try} blocks too).
 
-* everything the supervisor, the single-task shim and the CLI import runs
-  without Twisted (they must start fast and stay small): only the server's
-  modules and the Twisted client may import Twisted, treq, Klein or txaio;
-* the client and the CLI never reach the server's or the supervisor's
-  modules, so other programs can use the client without the server's
-  weight.
+The package's layers, lowest first::
+
+    core  <-  host  <-  store  <-  control  <-  supervisor | server  <-  ...
+    core  <-  client  <-  cli
+
+A module may import its own layer and the layers below it, never one
+above.  Beside that:
+
+* C{core}, C{host}, C{store}, C{control}, C{supervisor} and C{cli} never
+  reach Twisted, treq, Klein or txaio at import time: the supervisor and
+  the CLI must start fast and stay small;
+* C{supervisor} and C{server} are two processes and never import each
+  other;
+* C{client} reaches only C{core} (the models it shares with the server),
+  so other programs can use it without the server's weight; C{cli} reaches
+  only C{client} and C{core} (its C{serve} and supervisor commands import
+  the server and the supervisor inside the command, when they run).
 """
 
 from __future__ import annotations
@@ -23,37 +33,38 @@ import execgo
 
 PACKAGE = os.path.dirname(os.path.abspath(execgo.__file__))
 FRAMEWORKS = ("twisted", "treq", "klein", "txaio")
-#: The server's modules: they run on the reactor.
-SERVER = frozenset(
-    {
-        "api",
-        "batching",
-        "budget",
-        "listener",
-        "logs",
-        "responses",
-        "runtime",
-        "scheduler",
-        "service",
-        "snapshots",
-        "store",
-        "streams",
-        "supervisor_link",
-        "tap",
-        "upkeep",
-        "waiters",
-    }
-)
-#: The supervisor's modules (standard library only).
-SUPERVISOR = frozenset({"supervisor", "shim", "launcher", "sandbox", "cgroups", "taskdb"})
-#: The Twisted client for other programs.
-TWISTED_CLIENT = frozenset({"client", "client_http", "client_streams"})
+#: Layer name to the layers it may import (its own included).
+ALLOWED = {
+    "core": {"core"},
+    "host": {"core", "host"},
+    "store": {"core", "host", "store"},
+    "control": {"core", "host", "store", "control"},
+    "supervisor": {"core", "host", "store", "control", "supervisor"},
+    "server": {"core", "host", "store", "control", "server"},
+    "client": {"core", "client"},
+    "cli": {"core", "client", "cli"},
+    "package": {"package", "cli"},
+}
+#: Layers that run without Twisted.
+PLAIN = frozenset({"core", "host", "store", "control", "supervisor", "cli"})
 
 
-def module_imports(path: str) -> Set[str]:
+def layer_of(module: str) -> str:
     """
-    The modules a file imports at module level (in C{try} blocks too):
-    C{execgo.<name>} for the package's own, else the imported name.
+    The layer of the package module C{module} (dotted, without
+    C{execgo.}): its sub-package, C{control}, or C{package} for the
+    package's own C{__init__} and C{__main__}.
+    """
+    head = module.split(".")[0]
+    return head if head in ALLOWED else "package"
+
+
+def module_imports(path: str, name: str) -> Set[str]:
+    """
+    The modules the file C{path} (the module C{name}) imports at module
+    level, in C{try} blocks too: dotted names without C{execgo.} for the
+    package's own (C{from execgo.core import models} gives C{core.models}),
+    else the imported name.
     """
     with open(path, encoding="utf-8") as source:
         tree = ast.parse(source.read(), path)
@@ -64,10 +75,13 @@ def module_imports(path: str) -> Set[str]:
         if isinstance(node, ast.Try):
             statements.extend(node.body)
         elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
+            for alias in node.names:
+                found.add(alias.name[len("execgo.") :] if alias.name.startswith("execgo.") else alias.name)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "execgo":
-                found.update(f"execgo.{alias.name}" for alias in node.names)
+            if node.module == "execgo" or node.module.startswith("execgo."):
+                base = node.module[len("execgo.") :] if node.module != "execgo" else ""
+                for alias in node.names:
+                    found.add(f"{base}.{alias.name}".strip(".") if base else alias.name)
             else:
                 found.add(node.module)
     return found
@@ -75,14 +89,33 @@ def module_imports(path: str) -> Set[str]:
 
 def import_graph(package: str) -> Dict[str, Set[str]]:
     """
-    Module name (without C{execgo.}) to what it imports, for every module
-    of the package directory C{package}.
+    Module name (dotted, without C{execgo.}) to what it imports, for every
+    module under the package directory C{package}.  A sub-package is named
+    for its C{__init__}.
     """
-    return {
-        name[:-3]: module_imports(os.path.join(package, name))
-        for name in os.listdir(package)
-        if name.endswith(".py")
-    }
+    graph: Dict[str, Set[str]] = {}
+    for directory, _, names in os.walk(package):
+        relative = os.path.relpath(directory, package)
+        prefix = "" if relative == "." else relative.replace(os.sep, ".") + "."
+        for name in names:
+            if name.endswith(".py"):
+                module = (prefix + name[:-3]).removesuffix(".__init__")
+                graph[module or "__init__"] = module_imports(os.path.join(directory, name), module)
+    return graph
+
+
+def resolve(graph: Dict[str, Set[str]], imported: str) -> Set[str]:
+    """
+    The package modules an import names: C{core.models} is the module,
+    C{core.models.Task} is its module too, C{core} is the sub-package.
+    """
+    parts = imported.split(".")
+    while parts:
+        candidate = ".".join(parts)
+        if candidate in graph:
+            return {candidate}
+        parts.pop()
+    return set()
 
 
 def reached(graph: Dict[str, Set[str]], start: str) -> Set[str]:
@@ -93,10 +126,9 @@ def reached(graph: Dict[str, Set[str]], start: str) -> Set[str]:
     pending = [start]
     while pending:
         for imported in graph.get(pending.pop(), ()):
-            parts = imported.split(".")
-            if parts[0] == "execgo" and len(parts) > 1 and parts[1] in graph and parts[1] not in seen:
-                seen.add(parts[1])
-                pending.append(parts[1])
+            for module in resolve(graph, imported) - seen:
+                seen.add(module)
+                pending.append(module)
     return seen
 
 
@@ -120,43 +152,51 @@ class LayerTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.graph = import_graph(PACKAGE)
 
-    def test_known_modules(self) -> None:
+    def test_every_module_has_a_layer(self) -> None:
         """
-        The module lists above name real modules (a rename must update
-        them, or the rules would silently check nothing).
+        Every module lies in a known layer (a new sub-package must be placed
+        in L{ALLOWED}, or the rules would silently check nothing of it).
         """
-        for name in SERVER | SUPERVISOR | TWISTED_CLIENT:
-            self.assertIn(name, self.graph)
+        for module in self.graph:
+            self.assertTrue(module in ("__init__", "__main__") or layer_of(module) != "package", module)
+        for layer in set(ALLOWED) - {"package"}:
+            self.assertIn(layer, {layer_of(module) for module in self.graph}, layer)
 
-    def test_only_the_server_and_its_client_import_twisted(self) -> None:
+    def test_imports_point_down(self) -> None:
         """
-        No module outside the server and the Twisted client reaches
-        Twisted, treq, Klein or txaio at import time.
+        No module imports a module of a layer above or beside its own.
         """
-        for name in sorted(set(self.graph) - SERVER - TWISTED_CLIENT):
-            self.assertEqual(frameworks_reached(self.graph, name), set(), name)
+        for module, imports in sorted(self.graph.items()):
+            for imported in imports:
+                for target in resolve(self.graph, imported):
+                    self.assertIn(layer_of(target), ALLOWED[layer_of(module)], f"{module} imports {target}")
 
-    def test_client_and_cli_stay_apart(self) -> None:
+    def test_plain_layers_never_import_twisted(self) -> None:
         """
-        The client and the CLI reach no module of the server or the
-        supervisor.
+        No module of a plain layer reaches Twisted, treq, Klein or txaio
+        at import time.
         """
-        for name in sorted(self.graph):
-            if name.startswith(("client", "cli")) or name == "httpclient":
-                self.assertEqual(reached(self.graph, name) & (SERVER | SUPERVISOR), set(), name)
+        for module in sorted(self.graph):
+            if layer_of(module) in PLAIN:
+                self.assertEqual(frameworks_reached(self.graph, module), set(), module)
 
     def test_rules_can_fail(self) -> None:
         """
         The checker sees an import of Twisted through another module, also
-        one inside a C{try}.
+        one inside a C{try}, and an import that points up.
         """
         package = self.mktemp()
-        os.makedirs(package)
+        os.makedirs(os.path.join(package, "core"))
+        os.makedirs(os.path.join(package, "server"))
         for name, text in (
-            ("light", "from execgo import middle\n"),
-            ("middle", "try:\n    from twisted.internet import defer\nexcept ImportError:\n    pass\n"),
+            ("core/light", "from execgo.core import middle\n"),
+            ("core/middle", "try:\n    from twisted.internet import defer\nexcept ImportError:\n    pass\n"),
+            ("core/upward", "from execgo.server.thing import x\n"),
+            ("server/thing", "x = 1\n"),
         ):
             with open(os.path.join(package, name + ".py"), "w") as out:
                 out.write(text)
         graph = import_graph(package)
-        self.assertEqual(frameworks_reached(graph, "light"), {"middle"})
+        self.assertEqual(frameworks_reached(graph, "core.light"), {"core.middle"})
+        self.assertEqual(resolve(graph, "server.thing.x"), {"server.thing"})
+        self.assertNotIn(layer_of("server.thing"), ALLOWED[layer_of("core.upward")])

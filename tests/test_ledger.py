@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.ledger}: quota parsing, admission, the dispatcher's
+Tests for L{execgo.core.ledger}: quota parsing, admission, the dispatcher's
 ledger and the resources rendering.
 """
 
@@ -9,8 +9,8 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.errors import InsufficientResources, InvalidInput
-from execgo.ledger import (
+from execgo.core.errors import InsufficientResources, InvalidInput
+from execgo.core.ledger import (
     ActiveReservation,
     Capacity,
     Ledger,
@@ -19,7 +19,7 @@ from execgo.ledger import (
     parse_tenant_quotas,
     render_resources,
 )
-from execgo.models import Reservation
+from execgo.core.models import Reservation
 
 
 class CapacityTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.listener}: the request and idle timeouts, the
+Tests for L{execgo.server.web.listener}: the request and idle timeouts, the
 connection cap, and the descriptor limit, driven with a L{Clock} and
 L{StringTransport} (no sockets, no sleeps); then the real server with
 hundreds of slow and idle sockets open.
@@ -19,12 +19,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource as web_resource
 from twisted.web import server
 
-from execgo.listener import (
+from execgo.server.web.listener import (
     BUSY_RESPONSE,
     MAX_OVERFLOW,
     MIN_CONNECTIONS,
-    Listener,
     LimitedChannel,
+    Listener,
     derive_max_connections,
     raise_descriptor_limit,
 )

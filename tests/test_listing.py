@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.listing} and C{GET /api/v1/tasks}: query parsing and
+Tests for L{execgo.store.listing} and C{GET /api/v1/tasks}: query parsing and
 cursors, the SQL against a real store (order, ties, filters, index use,
 the label table and its back-fill), and the endpoint end to end through
 the in-process runtime.
@@ -16,9 +16,10 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.trial.util import suppress as SUPPRESS
 
-from execgo import errors, listing, taskdb
-from execgo.listing import ListQuery
-from execgo.models import ControlContext
+from execgo.core import errors
+from execgo.core.models import ControlContext
+from execgo.store import listing, taskdb
+from execgo.store.listing import ListQuery
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 from tests.fakes import new_task
 

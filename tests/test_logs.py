@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.logs}: the level filter directives and the JSON-lines
+Tests for L{execgo.server.logs}: the level filter directives and the JSON-lines
 observer.
 """
 
@@ -13,7 +13,12 @@ from typing import Any, Dict, List, Mapping
 from twisted.logger import Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.logs import JSONLinesObserver, filter_from_environment, make_observer, parse_filter
+from execgo.server.logs import (
+    JSONLinesObserver,
+    filter_from_environment,
+    make_observer,
+    parse_filter,
+)
 
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3}|\.\d{6}|\.\d{9})?Z\Z")
 
@@ -60,8 +65,8 @@ class ParseFilterTests(SynchronousTestCase):
         default; the last default wins.
         """
         self.assertEqual(
-            parse_filter("debug, execgo.api = WARN,execgo.scheduler=off,error"),
-            (LogLevel.error, {"execgo.api": LogLevel.warn, "execgo.scheduler": None}),
+            parse_filter("debug, execgo.server.web.api = WARN,execgo.server.scheduler=off,error"),
+            (LogLevel.error, {"execgo.server.web.api": LogLevel.warn, "execgo.server.scheduler": None}),
         )
 
     def test_unknown_ignored(self) -> None:
@@ -97,7 +102,7 @@ class JSONLinesObserverTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.out = io.StringIO()
-        self.log = Logger(namespace="execgo.scheduler", observer=JSONLinesObserver(self.out))
+        self.log = Logger(namespace="execgo.server.scheduler", observer=JSONLinesObserver(self.out))
 
     def test_fields(self) -> None:
         """
@@ -109,7 +114,7 @@ class JSONLinesObserverTests(SynchronousTestCase):
         self.assertEqual(list(line)[:4], ["timestamp", "level", "target", "message"])
         self.assertRegex(line["timestamp"], RFC3339)
         self.assertEqual(line["level"], "INFO")
-        self.assertEqual(line["target"], "execgo.scheduler")
+        self.assertEqual(line["target"], "execgo.server.scheduler")
         self.assertEqual(line["message"], "task t1 dispatched")
         self.assertEqual((line["task_id"], line["shim_pid"]), ("t1", 42))
         self.assertFalse([key for key in line if key.startswith("log_")])
@@ -191,7 +196,7 @@ class MakeObserverTests(SynchronousTestCase):
         """
         out = io.StringIO()
         observer = make_observer(out, environ)
-        for namespace in ("execgo.scheduler", "execgo.api", "twisted.internet"):
+        for namespace in ("execgo.server.scheduler", "execgo.server.web.api", "twisted.internet"):
             log = Logger(namespace=namespace, observer=observer)
             for level in (LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error, LogLevel.critical):
                 log.emit(level, "{ns} {lvl}", ns=namespace, lvl=level.name)
@@ -209,8 +214,8 @@ class MakeObserverTests(SynchronousTestCase):
         only from C{warn}.
         """
         messages = self.messages({})
-        self.assertIn("execgo.api info", messages)
-        self.assertNotIn("execgo.api debug", messages)
+        self.assertIn("execgo.server.web.api info", messages)
+        self.assertNotIn("execgo.server.web.api debug", messages)
         self.assertNotIn("twisted.internet info", messages)
         self.assertIn("twisted.internet warn", messages)
 
@@ -218,18 +223,18 @@ class MakeObserverTests(SynchronousTestCase):
         """
         C{warn} drops C{info}; C{debug} lets it through.
         """
-        self.assertNotIn("execgo.scheduler info", self.messages({"EXECGO_RUNTIME_LOG": "warn"}))
-        self.assertIn("execgo.scheduler warn", self.messages({"EXECGO_RUNTIME_LOG": "warn"}))
-        self.assertIn("execgo.scheduler debug", self.messages({"RUST_LOG": "debug"}))
+        self.assertNotIn("execgo.server.scheduler info", self.messages({"EXECGO_RUNTIME_LOG": "warn"}))
+        self.assertIn("execgo.server.scheduler warn", self.messages({"EXECGO_RUNTIME_LOG": "warn"}))
+        self.assertIn("execgo.server.scheduler debug", self.messages({"RUST_LOG": "debug"}))
 
     def test_target(self) -> None:
         """
         A target directive raises or lowers one namespace only.
         """
-        messages = self.messages({"EXECGO_RUNTIME_LOG": "warn,execgo.scheduler=debug"})
-        self.assertIn("execgo.scheduler debug", messages)
-        self.assertNotIn("execgo.api info", messages)
-        self.assertIn("execgo.api warn", messages)
+        messages = self.messages({"EXECGO_RUNTIME_LOG": "warn,execgo.server.scheduler=debug"})
+        self.assertIn("execgo.server.scheduler debug", messages)
+        self.assertNotIn("execgo.server.web.api info", messages)
+        self.assertIn("execgo.server.web.api warn", messages)
 
     def test_off(self) -> None:
         """
@@ -241,9 +246,9 @@ class MakeObserverTests(SynchronousTestCase):
         """
         C{off} with one target enabled writes only that target.
         """
-        messages = self.messages({"EXECGO_RUNTIME_LOG": "off,execgo.scheduler=info"})
-        self.assertIn("execgo.scheduler info", messages)
-        self.assertEqual([m for m in messages if not m.startswith("execgo.scheduler")], [])
+        messages = self.messages({"EXECGO_RUNTIME_LOG": "off,execgo.server.scheduler=info"})
+        self.assertIn("execgo.server.scheduler info", messages)
+        self.assertEqual([m for m in messages if not m.startswith("execgo.server.scheduler")], [])
 
 
     def test_twisted_never_below_default(self) -> None:
@@ -252,7 +257,7 @@ class MakeObserverTests(SynchronousTestCase):
         C{warn} floor for it only ever makes it quieter.
         """
         messages = self.messages({"EXECGO_RUNTIME_LOG": "error"})
-        self.assertNotIn("execgo.api warn", messages)
+        self.assertNotIn("execgo.server.web.api warn", messages)
         self.assertIn("twisted.internet error", messages)
         self.assertNotIn("twisted.internet warn", messages)
 

@@ -1,10 +1,10 @@
 """
-Tests for L{execgo.openapi}: the OpenAPI document is valid, it says exactly
+Tests for L{execgo.server.web.openapi}: the OpenAPI document is valid, it says exactly
 what the submit decoder accepts (so the two cannot drift apart silently),
 the runtime's real responses conform to it, and a schemathesis run against
 a live server finds no 5xx and no response that breaks it.
 
-The drift tests probe L{execgo.validation} from the document's side (every
+The drift tests probe L{execgo.core.validation} from the document's side (every
 field, JSON type, C{null}, requiredness, enum and bound the schema states is
 what the decoder does) and from the decoder's side (the keys it reads, with
 their required/default/nullable mode, are the schema's properties).  The
@@ -36,10 +36,11 @@ from twisted.internet import defer
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.trial.util import suppress as SUPPRESS
 
-from execgo import __version__, errors, openapi, validation
-from execgo.errors import InvalidInput
-from execgo.ledger import Capacity
-from execgo.models import (
+from execgo import __version__
+from execgo.core import errors, validation
+from execgo.core.errors import InvalidInput
+from execgo.core.ledger import Capacity
+from execgo.core.models import (
     ALL_STATUSES,
     NAMESPACE_NAMES,
     ErrorInfo,
@@ -50,7 +51,7 @@ from execgo.models import (
     SandboxPolicy,
     Usage,
 )
-from execgo.validation import (
+from execgo.core.validation import (
     OUTPUT_LIMIT_MAX,
     UINT64_MAX,
     check_output_limits,
@@ -58,6 +59,7 @@ from execgo.validation import (
     parse_json_body,
     validate_submit,
 )
+from execgo.server.web import openapi
 
 try:
     from hypothesis import HealthCheck, given, settings
@@ -312,7 +314,7 @@ class DocumentTests(SynchronousTestCase):
 
     def test_routes(self) -> None:
         """
-        The document describes exactly the routes of L{execgo.api.RuntimeAPI}
+        The document describes exactly the routes of L{execgo.server.web.api.RuntimeAPI}
         (its own route counted as there until it is added), method by
         method.
         """
@@ -505,7 +507,7 @@ class DocumentTests(SynchronousTestCase):
         self.assertEqual(wait["in"], "query")
         self.assertFalse(wait["required"])
         self.assertEqual(wait["schema"], {"type": "integer", "minimum": 0})
-        from execgo import api
+        from execgo.server.web import api
 
         self.assertEqual(openapi.MAX_WAIT_MS, api.MAX_WAIT_MS)
         self.assertIn(str(api.MAX_WAIT_MS), wait["description"])
@@ -570,7 +572,7 @@ class IssueSixTests(SynchronousTestCase):
         L{listing.parse_query}, and every bound the schema states is the
         parser's, at its edge.
         """
-        from execgo import listing
+        from execgo.store import listing
 
         params = parameters("/api/v1/tasks")
         self.assertEqual(list(params), ["status", "tenant", "owner", "label", "limit", "cursor"])
@@ -644,9 +646,9 @@ class IssueSixTests(SynchronousTestCase):
         """
         C{stdout} and C{stderr} take C{offset} and C{follow}, answer raw
         bytes with the size and offset headers (the names and types of
-        L{execgo.streams}).
+        L{execgo.server.web.streams}).
         """
-        from execgo import streams
+        from execgo.server.web import streams
 
         self.assertEqual(openapi.LOG_SIZE_HEADER.encode("ascii"), streams.SIZE_HEADER)
         self.assertEqual(openapi.LOG_OFFSET_HEADER.encode("ascii"), streams.OFFSET_HEADER)
@@ -691,7 +693,7 @@ class IssueSixTests(SynchronousTestCase):
         accepts exactly what L{idempotency.parse_key} accepts, and the 409
         covers a reused key.
         """
-        from execgo import idempotency
+        from execgo.store import idempotency
 
         params = parameters("/api/v1/tasks", "post")
         self.assertEqual(list(params), [openapi.IDEMPOTENCY_HEADER])
@@ -787,7 +789,7 @@ class ModelDriftTests(SynchronousTestCase):
         The C{RuntimeConfig} schema lists exactly the keys of the real
         rendering, all required.
         """
-        from execgo.config import RuntimeConfig
+        from execgo.core.config import RuntimeConfig
 
         rendered = RuntimeConfig().to_json("id")
         schema = document()["components"]["schemas"]["RuntimeConfig"]
@@ -1286,10 +1288,10 @@ class ResponseModelTests(SynchronousTestCase):
 
 def app_routes() -> set:
     """
-    The C{(method, path)} pairs L{execgo.api.RuntimeAPI} routes, with
+    The C{(method, path)} pairs L{execgo.server.web.api.RuntimeAPI} routes, with
     path variables spelled C{{id}} as in the document.
     """
-    from execgo.api import RuntimeAPI
+    from execgo.server.web.api import RuntimeAPI
 
     found = set()
     for rule in RuntimeAPI.app.url_map.iter_rules():
@@ -1300,16 +1302,16 @@ def app_routes() -> set:
 
 
 ROUTE_PENDING = (
-    f"execgo/api.py does not route {openapi.PATH} yet; once it does, this "
+    f"execgo/server/web/api.py does not route {openapi.PATH} yet; once it does, this "
     "skip never triggers"
 )
 
 
 def route_added() -> bool:
     """
-    Whether L{execgo.api.RuntimeAPI} serves the document.
+    Whether L{execgo.server.web.api.RuntimeAPI} serves the document.
     """
-    from execgo.api import RuntimeAPI
+    from execgo.server.web.api import RuntimeAPI
 
     return any(rule.rule == openapi.PATH for rule in RuntimeAPI.app.url_map.iter_rules())
 
@@ -1337,7 +1339,7 @@ class ConformanceMixin:
     def setUp(self) -> "defer.Deferred[None]":
         if jsonschema_rs is None:
             raise SkipTest(NO_JSONSCHEMA)
-        from execgo.config import RuntimeConfig
+        from execgo.core.config import RuntimeConfig
         from tests.apifixture import InProcessRuntime, tmp_data_dir
 
         self.doc = document()
@@ -1444,7 +1446,7 @@ class InProcessConformanceTests(ConformanceMixin, TestCase):
         """
         if not route_added():
             raise SkipTest(ROUTE_PENDING)
-        from execgo import wire
+        from execgo.store import wire
 
         code, served = yield defer.ensureDeferred(self.exchange("GET", openapi.PATH))
         self.assertEqual(code, 200)
@@ -1627,7 +1629,7 @@ class AuthenticatedConformanceTests(ConformanceMixin, TestCase):
         """
         One token for tenant C{alice}, one for tenant C{bob}, one admin.
         """
-        from execgo.auth import Principal, Tokens
+        from execgo.server.web.auth import Principal, Tokens
 
         return Tokens(
             {

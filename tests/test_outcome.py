@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.outcome}: the verdict table of a reaped workload, row
+Tests for L{execgo.core.outcome}: the verdict table of a reaped workload, row
 by row, and the outcomes of tasks that never ran.
 """
 
@@ -11,8 +11,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo import outcome
-from execgo.models import ErrorInfo, Usage
+from execgo.core import outcome
+from execgo.core.models import ErrorInfo, Usage
 
 USAGE = Usage(duration_ms=42, user_cpu_ms=10, system_cpu_ms=5, max_rss_bytes=4096)
 

@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.policy.resolve_plan}.
+Tests for L{execgo.core.policy.resolve_plan}.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from typing import Any, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.capabilities import Capabilities
-from execgo.errors import UnsupportedCapability
-from execgo.ledger import Capacity
-from execgo.models import (
+from execgo.core.capabilities import Capabilities
+from execgo.core.errors import UnsupportedCapability
+from execgo.core.ledger import Capacity
+from execgo.core.models import (
     ControlContext,
     ExecutionSpec,
     Namespaces,
@@ -20,7 +20,7 @@ from execgo.models import (
     SandboxPolicy,
     SubmitRequest,
 )
-from execgo.policy import resolve_plan
+from execgo.core.policy import resolve_plan
 
 ALL_NAMESPACES = {"mount": True, "pid": True, "uts": True, "ipc": True, "net": True}
 NO_NAMESPACES = dict.fromkeys(ALL_NAMESPACES, False)

@@ -15,9 +15,9 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.trial.util import suppress as SUPPRESS
 
-from execgo import wire
-from execgo.budget import HeldSnapshot, claim
-from execgo.config import RuntimeConfig
+from execgo.core.config import RuntimeConfig
+from execgo.server.budget import HeldSnapshot, claim
+from execgo.store import wire
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 
 KIB = 1024
@@ -46,7 +46,7 @@ class PreviewTestsBase(TestCase):
     budget: Optional[int] = None
 
     def setUp(self) -> "defer.Deferred[None]":
-        from execgo.budget import ByteBudget
+        from execgo.server.budget import ByteBudget
 
         self.data_dir = tmp_data_dir(self)
         config = RuntimeConfig(data_dir=self.data_dir, max_output_preview_bytes=self.ceiling)

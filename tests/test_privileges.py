@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.privileges}: who tasks run as, the uids handed out, the
+Tests for L{execgo.host.privileges}: who tasks run as, the uids handed out, the
 files given to a task and taken back, and killing every process of a uid.
 """
 
@@ -13,9 +13,10 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo import errors, privileges
-from execgo.models import RunAs
-from execgo.privileges import RANGE, SELF, USER, TaskIdentity
+from execgo.core import errors
+from execgo.core.models import RunAs
+from execgo.host import privileges
+from execgo.host.privileges import RANGE, SELF, USER, TaskIdentity
 
 PASSWD = """root:x:0:0:root:/root:/bin/bash
 nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin

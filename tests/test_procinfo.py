@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.procinfo}.
+Tests for L{execgo.host.procinfo}.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import subprocess
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo import procinfo
+from execgo.host import procinfo
 
 
 def _peak_kib() -> int:

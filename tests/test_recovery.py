@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.recovery.plan_recovery}: every case of start-up recovery
+Tests for L{execgo.core.recovery.plan_recovery}: every case of start-up recovery
 (C{docs/architecture.md}, "What survives a crash, and why").
 """
 
@@ -9,8 +9,14 @@ from typing import Iterable, List
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.models import Reservation
-from execgo.recovery import LOST, RECOVERED, RELEASE_ORPHAN, RecoveryAction, plan_recovery
+from execgo.core.models import Reservation
+from execgo.core.recovery import (
+    LOST,
+    RECOVERED,
+    RELEASE_ORPHAN,
+    RecoveryAction,
+    plan_recovery,
+)
 from tests.fakes import record
 
 

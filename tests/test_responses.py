@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.responses}: large snapshots sent a slice at a time,
+Tests for L{execgo.server.web.responses}: large snapshots sent a slice at a time,
 paced by the transport, under a reservation of the preview budget.
 """
 
@@ -12,9 +12,10 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo import jsonstream, wire
-from execgo.budget import SMALL_PREVIEW_BYTES, ByteBudget, HeldSnapshot
-from execgo.responses import BodyProducer, send_snapshot
+from execgo.core import jsonstream
+from execgo.server.budget import SMALL_PREVIEW_BYTES, ByteBudget, HeldSnapshot
+from execgo.server.web.responses import BodyProducer, send_snapshot
+from execgo.store import wire
 
 
 class _Transport:

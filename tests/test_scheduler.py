@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.scheduler.Scheduler}: dispatch cycles driven by a
+Tests for L{execgo.server.scheduler.Scheduler}: dispatch cycles driven by a
 L{Clock}, a store whose answers the test fires by hand, and a recording
 supervisor link.
 """
@@ -12,10 +12,10 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.ledger import Capacity, Holding, Ledger
-from execgo.models import Reservation
-from execgo.scheduler import QueuedTask, Scheduler
-from execgo.store import SchedulerState
+from execgo.core.ledger import Capacity, Holding, Ledger
+from execgo.core.models import Reservation
+from execgo.server.database import SchedulerState
+from execgo.server.scheduler import QueuedTask, Scheduler
 from tests.fakes import FakeDispatchStore, FakeLink, record
 
 POLL_S = 0.25

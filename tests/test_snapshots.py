@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.snapshots}.
+Tests for L{execgo.server.snapshots}.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any, Dict
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.snapshots import ENTRY_OVERHEAD, Kept, TerminalSnapshots
+from execgo.server.snapshots import ENTRY_OVERHEAD, Kept, TerminalSnapshots
 
 
 def snapshot(task_id: str, stdout: str = "", stderr: str = "") -> Dict[str, Any]:

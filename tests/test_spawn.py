@@ -1,5 +1,5 @@
 """
-Tests for L{execgo._spawn}, the C extension that starts a workload through
+Tests for L{execgo.host._spawn}, the C extension that starts a workload through
 C{vfork()} and changes its credentials with raw syscalls.  Every test starts
 real processes: the child writes into a temporary file its stdout points to,
 and the test reaps it with C{os.waitpid}.  The credential tests need root.
@@ -19,7 +19,7 @@ from unittest import SkipTest
 from twisted.trial.unittest import SynchronousTestCase
 
 try:
-    from execgo import _spawn
+    from execgo.host import _spawn
 except ImportError:  # built without a compiler: the caller falls back to Popen
     _spawn = None  # type: ignore[assignment]
 
@@ -48,7 +48,7 @@ class SpawnTestsBase(SynchronousTestCase):
     """
 
     if _spawn is None:
-        skip = "execgo._spawn is not built (no C compiler at install time)"
+        skip = "execgo.host._spawn is not built (no C compiler at install time)"
 
     def setUp(self) -> None:
         self.outPath = self.mktemp()
@@ -514,7 +514,7 @@ class BuiltTests(SynchronousTestCase):
 
     def test_built_in_ci(self) -> None:
         """
-        With C{CI} set (C{.ci/run}), C{execgo._spawn} imports.
+        With C{CI} set (C{.ci/run}), C{execgo.host._spawn} imports.
         """
         if not os.environ.get("CI"):
             raise SkipTest("only checked in CI, where a C compiler is installed")

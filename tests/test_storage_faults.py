@@ -17,7 +17,14 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from tests.serverfixture import SERVE_COMMAND, ApiClient, ServerProcess, clean_environ, poll, run_process
+from tests.serverfixture import (
+    SERVE_COMMAND,
+    ApiClient,
+    ServerProcess,
+    clean_environ,
+    poll,
+    run_process,
+)
 from tests.test_upkeep import fill
 
 COMMAND = {"execution": {"kind": "command", "program": "/bin/echo", "args": ["hi"]}}

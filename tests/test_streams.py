@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.streams}: log and event streams.
+Tests for L{execgo.server.web.streams}: log and event streams.
 
 Most tests serve the in-process runtime (real resource, runtime and store;
 a fake supervisor link, so tasks stay queued and the test writes their
@@ -26,8 +26,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.trial.util import suppress as SUPPRESS
 from twisted.web.client import ResponseDone
 
-from execgo import outcome, streams, taskdb
-from execgo.api import APISite
+from execgo.core import outcome
+from execgo.server.web import streams
+from execgo.server.web.api import APISite
+from execgo.store import taskdb
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 from tests.fakes import new_task
 from tests.serverfixture import ApiClient, ServerProcess, poll, sleep
@@ -122,7 +124,7 @@ def rss_bytes() -> int:
 
 class ReadLogTests(SynchronousTestCase):
     """
-    The store jobs of L{execgo.streams}, on a real store.
+    The store jobs of L{execgo.server.web.streams}, on a real store.
     """
 
     def setUp(self) -> None:

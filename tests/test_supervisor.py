@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.supervisor.Supervisor} against a real temporary store and
+Tests for L{execgo.supervisor.engine.Supervisor} against a real temporary store and
 real workload processes (the real-process tier: each test waits in short
 C{select} steps, bounded to a few seconds), and for the C{internal-shim}
 subcommand run as a real subprocess.
@@ -22,11 +22,14 @@ from typing import Any, Callable, List, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo import control, privileges, supervisor as supervisor_module, taskdb, wire
-from execgo.models import ErrorInfo, Reservation, ResourceLimits
-from execgo.procinfo import group_alive
-from execgo.shim import Loop
-from execgo.supervisor import Supervisor
+from execgo import control
+from execgo.core.models import ErrorInfo, Reservation, ResourceLimits
+from execgo.host import privileges
+from execgo.host.procinfo import group_alive
+from execgo.store import taskdb, wire
+from execgo.supervisor import engine as supervisor_module
+from execgo.supervisor.daemon import Loop
+from execgo.supervisor.engine import Supervisor
 from tests.fakes import FakeCgroups, command, new_task, plan_for, shell
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -920,7 +923,7 @@ def _exists(pid: int) -> bool:
 
 class LoopTests(EngineTestCase):
     """
-    The supervisor daemon's control connections (L{execgo.shim.Loop}).
+    The supervisor daemon's control connections (L{execgo.supervisor.daemon.Loop}).
     """
 
     def setUp(self) -> None:
@@ -952,7 +955,7 @@ class LoopTests(EngineTestCase):
         timer of a task stored with a huge wall time cannot overflow
         C{epoll_wait}'s millisecond timeout.
         """
-        from execgo.shim import MAX_WAIT_S, _bounded
+        from execgo.supervisor.daemon import MAX_WAIT_S, _bounded
 
         self.assertEqual(_bounded(None), MAX_WAIT_S)
         self.assertEqual(_bounded(float(2**40)), MAX_WAIT_S)

@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.supervisor_link}'s line protocol.
+Tests for L{execgo.server.link}'s line protocol.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from execgo import control
-from execgo.supervisor_link import _ControlProtocol
+from execgo.server.link import _ControlProtocol
 
 
 class FakeTransport:

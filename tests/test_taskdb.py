@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.taskdb}: the store functions, against real SQLite on a
+Tests for L{execgo.store.taskdb}: the store functions, against real SQLite on a
 temporary file.
 """
 
@@ -13,8 +13,8 @@ from typing import Any, List, Optional
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo import errors, tallies, taskdb
-from execgo.models import (
+from execgo.core import errors
+from execgo.core.models import (
     ControlContext,
     ErrorInfo,
     Reservation,
@@ -22,6 +22,7 @@ from execgo.models import (
     SandboxPolicy,
     Usage,
 )
+from execgo.store import tallies, taskdb
 from tests.fakes import new_task, plan_for, shell
 
 NOW = 1_700_000_000_000

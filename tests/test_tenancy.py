@@ -21,10 +21,17 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.trial.util import suppress as SUPPRESS
 
-from execgo import control, errors
-from execgo.auth import Principal, Tokens, parse_tokens, require_admin, visible
-from execgo.config import RuntimeConfig
-from execgo.snapshots import Kept
+from execgo import control
+from execgo.core import errors
+from execgo.core.config import RuntimeConfig
+from execgo.server.snapshots import Kept
+from execgo.server.web.auth import (
+    Principal,
+    Tokens,
+    parse_tokens,
+    require_admin,
+    visible,
+)
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 from tests.serverfixture import ServerProcess, poll
 
@@ -69,7 +76,7 @@ def per_task_reads(task_id: str) -> List[str]:
 
 class RuleTests(SynchronousTestCase):
     """
-    The token file's C{role=} and the two rules of L{execgo.auth}.
+    The token file's C{role=} and the two rules of L{execgo.server.web.auth}.
     """
 
     def test_role_parsed(self) -> None:

@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.upkeep} and the write paths it backs up: what a storage
+Tests for L{execgo.server.upkeep} and the write paths it backs up: what a storage
 fault leaves behind (temporary files, task directories without a row) or
 leaves out (a terminal task's C{result.json}), through the real store
 functions, the real supervisor engine and the in-memory runtime.  Faults
@@ -21,8 +21,11 @@ from typing import Any, Callable, List
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from execgo import errors, store, supervisor as supervisor_module, taskdb, upkeep, wire
-from execgo.models import SandboxPolicy
+from execgo.core import errors
+from execgo.core.models import SandboxPolicy
+from execgo.server import database, upkeep
+from execgo.store import taskdb, wire
+from execgo.supervisor import engine as supervisor_module
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 from tests.fakes import command, new_task
 from tests.test_supervisor import EngineTestCase, StoreMixin
@@ -233,7 +236,7 @@ class EndRetryTests(EngineTestCase):
     def test_no_temporaries_after_failed_retries(self) -> None:
         """
         Eight failed attempts for two tasks leave no C{result.json.tmp-*};
-        then both end C{success} with a C{result.json} matching the store.
+        then both end C{success} with a C{result.json} matching the database.
         """
         self.patch(supervisor_module, "FINISH_RETRY_S", 0.01)
         real_write = taskdb.write_terminal
@@ -302,7 +305,7 @@ class SubmitFilesTests(StoreMixin, SynchronousTestCase):
         for subdir in ("a\u0000b", "/".join(["d" * 250] * 20)):
             task = new_task(self.data_dir, "t", command(), sandbox=SandboxPolicy(workspace_subdir=subdir))
             with self.assertRaises(errors.InvalidInput) as caught:
-                store.prepare_submit(self.conn, task, {}, 100, lambda: None, NOW)
+                database.prepare_submit(self.conn, task, {}, 100, lambda: None, NOW)
             self.assertTrue(caught.exception.detail.startswith("sandbox.workspace_subdir: "))
             self.assertEqual(os.listdir(os.path.join(self.data_dir, "tasks")), [])
 

@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.validation}: the untrusted-input layer of task submission.
+Tests for L{execgo.core.validation}: the untrusted-input layer of task submission.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.errors import InvalidInput, PayloadTooLarge
-from execgo.models import (
+from execgo.core.errors import InvalidInput, PayloadTooLarge
+from execgo.core.models import (
     ControlContext,
     ExecutionSpec,
     Namespaces,
@@ -23,7 +23,7 @@ from execgo.models import (
     SandboxPolicy,
     SubmitRequest,
 )
-from execgo.validation import (
+from execgo.core.validation import (
     MAX_BODY_BYTES,
     OUTPUT_LIMIT_MAX,
     UINT64_MAX,
@@ -1315,13 +1315,13 @@ class ImportTests(SynchronousTestCase):
 
     def test_no_twisted(self) -> None:
         """
-        Importing L{execgo.validation} does not import Twisted.
+        Importing L{execgo.core.validation} does not import Twisted.
         """
         result = subprocess.run(
             [
                 sys.executable,
                 "-c",
-                "import execgo.validation, sys; print('twisted' in sys.modules)",
+                "import execgo.core.validation, sys; print('twisted' in sys.modules)",
             ],
             capture_output=True,
             text=True,

@@ -1,5 +1,5 @@
 """
-Tests for L{execgo.wire}: timestamps, the status snapshot, events, previews
+Tests for L{execgo.store.wire}: timestamps, the status snapshot, events, previews
 and the task file layout.
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo import records, taskdb, wire
-from execgo.models import (
+from execgo.core import records
+from execgo.core.models import (
     ErrorInfo,
     Namespaces,
     Reservation,
@@ -21,6 +21,7 @@ from execgo.models import (
     SandboxPolicy,
     Usage,
 )
+from execgo.store import taskdb, wire
 from tests.fakes import command, plan_for, record, shell
 
 try:

@@ -7,5 +7,5 @@ Two statements and a lazy import, so twistd's plugin scan stays cheap.
 from twisted.application.service import ServiceMaker
 
 execgo = ServiceMaker(
-    "execgo", "execgo.tap", "A durable task-execution runtime for one host.", "execgo"
+    "execgo", "execgo.server.tap", "A durable task-execution runtime for one host.", "execgo"
 )

@@ -1,0 +1,66 @@
+"""
+The Twisted client of an execgo runtime, for other Twisted programs: see
+L{execgo.client.execgo_client.ExecgoClient}.  This face names what a caller
+needs; the modules beside it hold the parts (HTTP, streams, typed models and
+errors, runtime views).
+"""
+
+from execgo.client.execgo_client import (
+    DEFAULT_LONG_POLL_MS,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_POLL_INTERVAL_MS,
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_STREAM_RETRIES,
+    IDEMPOTENCY_HEADER,
+    OWNER_HEADER,
+    ActiveReservation,
+    CapabilitySnapshot,
+    ClientError,
+    ExecgoClient,
+    Health,
+    MalformedResponse,
+    Platform,
+    ResourceCapacity,
+    ResourcesView,
+    RuntimeInfo,
+    RuntimeSettings,
+    ServerError,
+    SubmitResult,
+    TaskError,
+    TaskEvent,
+    TaskPage,
+    TaskStatus,
+    TenantUsage,
+    TransportError,
+    WaitTimeout,
+)
+
+__all__ = [
+    "ClientError",
+    "ServerError",
+    "TransportError",
+    "MalformedResponse",
+    "WaitTimeout",
+    "SubmitResult",
+    "TaskError",
+    "TaskStatus",
+    "TaskPage",
+    "TaskEvent",
+    "Health",
+    "Platform",
+    "ResourceCapacity",
+    "RuntimeInfo",
+    "CapabilitySnapshot",
+    "RuntimeSettings",
+    "ActiveReservation",
+    "TenantUsage",
+    "ResourcesView",
+    "ExecgoClient",
+    "OWNER_HEADER",
+    "IDEMPOTENCY_HEADER",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_POLL_INTERVAL_MS",
+    "DEFAULT_LONG_POLL_MS",
+    "DEFAULT_STREAM_RETRIES",
+]

@@ -1,0 +1,522 @@
+# -*- test-case-name: tests.test_client -*-
+"""
+An asynchronous client of the execgo runtime's HTTP API, for other Twisted
+programs.
+
+L{ExecgoClient} is a thin layer over an injected treq C{HTTPClient} (or a
+C{treq.testing.StubTreq}) and an C{IReactorTime} used for polling, backoff
+and request timeouts; it never touches the global reactor.  Every method
+returns a L{Deferred}, so it can be awaited from a coroutine or used with
+callbacks; the C{iter_*} methods return async iterators.
+
+It covers every endpoint: submission (with an C{Idempotency-Key}), status,
+long-poll waiting, listing, kill, the event log and the log streams
+(followed live, resumed after a dropped connection), and the runtime-wide
+endpoints.  Answers are typed frozen values (L{execgo.client.models},
+L{execgo.client.views}, all re-exported here); failures are
+L{ClientError}s: L{ServerError} for a non-2xx answer (with the error
+envelope's code and message), L{TransportError} when no complete answer
+arrived, L{MalformedResponse} for a 2xx answer that is not what the
+contract says, L{WaitTimeout} when L{ExecgoClient.wait} gives up.  The
+HTTP plumbing is L{execgo.client.http}, the stream pieces
+L{execgo.client.streams}.
+
+This module imports only the models, Twisted and treq: never the server.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import wraps
+from typing import (
+    Any,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    ParamSpec,
+    Tuple,
+    TypeVar,
+    Union,
+)
+from urllib.parse import quote, urlencode
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+
+from execgo.client.http import HTTPSession, decode_json
+from execgo.client.models import (
+    ClientError,
+    MalformedResponse,
+    ServerError,
+    SubmitResult,
+    TaskError,
+    TaskEvent,
+    TaskPage,
+    TaskStatus,
+    TransportError,
+    WaitTimeout,
+    json_object,
+)
+from execgo.client.streams import Consumer, LineSplitter, PushIterator
+from execgo.client.views import (
+    ActiveReservation,
+    CapabilitySnapshot,
+    Health,
+    Platform,
+    ResourceCapacity,
+    ResourcesView,
+    RuntimeInfo,
+    RuntimeSettings,
+    TenantUsage,
+)
+from execgo.core.models import SubmitRequest
+
+__all__ = [
+    "ClientError",
+    "ServerError",
+    "TransportError",
+    "MalformedResponse",
+    "WaitTimeout",
+    "SubmitResult",
+    "TaskError",
+    "TaskStatus",
+    "TaskPage",
+    "TaskEvent",
+    "Health",
+    "Platform",
+    "ResourceCapacity",
+    "RuntimeInfo",
+    "CapabilitySnapshot",
+    "RuntimeSettings",
+    "ActiveReservation",
+    "TenantUsage",
+    "ResourcesView",
+    "ExecgoClient",
+    "OWNER_HEADER",
+    "IDEMPOTENCY_HEADER",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_POLL_INTERVAL_MS",
+    "DEFAULT_LONG_POLL_MS",
+    "DEFAULT_STREAM_RETRIES",
+]
+
+OWNER_HEADER = "x-execgo-owner"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_REQUEST_TIMEOUT = 60.0
+DEFAULT_POLL_INTERVAL_MS = 500
+DEFAULT_LONG_POLL_MS = 30_000
+DEFAULT_STREAM_RETRIES = 5
+MAX_EVENT_LINE = 16 * 1024 * 1024
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _deferred(
+    function: Callable[_P, Coroutine[Any, Any, _R]]
+) -> Callable[_P, "Deferred[_R]"]:
+    """
+    Make a coroutine method return a L{Deferred} (usable with C{await} too).
+    """
+
+    @wraps(function)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> "Deferred[_R]":
+        return Deferred.fromCoroutine(function(*args, **kwargs))
+
+    return wrapper
+
+
+class ExecgoClient:
+    """
+    A client of one runtime.
+
+    @param base_url: the runtime's root URL, e.g. C{"http://127.0.0.1:8080"};
+        trailing C{/} are ignored and a path prefix is kept.
+    @param http_client: a C{treq.client.HTTPClient} or a
+        C{treq.testing.StubTreq}.
+    @param clock: the reactor (or a C{Clock}) used for polling delays,
+        backoff and request timeouts.
+    @param token: a bearer token, sent as C{Authorization: Bearer <token>}
+        (for a server started with C{--auth-token-file}).
+    @param request_timeout: seconds allowed for one request including its
+        body (plus the C{wait_ms} of a long-poll; only until the head for
+        a stream), or C{None} for no limit.
+    @param max_body_bytes: the largest (non-streamed) response body accepted.
+    @param long_poll_ms: the C{wait_ms} of one long-poll request of
+        L{wait}; 0 polls every C{poll_interval_ms} instead.
+    @param stream_retries: how many times in a row a broken stream may fail
+        to make progress (or to reconnect) before it fails.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        http_client: Any,
+        clock: IReactorTime,
+        *,
+        token: Optional[str] = None,
+        request_timeout: Optional[float] = DEFAULT_REQUEST_TIMEOUT,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        long_poll_ms: int = DEFAULT_LONG_POLL_MS,
+        stream_retries: int = DEFAULT_STREAM_RETRIES,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._clock = clock
+        self._long_poll_ms = long_poll_ms
+        self._http = HTTPSession(
+            http_client,
+            clock,
+            token,
+            request_timeout,
+            max_body_bytes,
+            stream_retries,
+        )
+
+    # -- plumbing
+
+    def _url(self, path: str) -> str:
+        return self._base_url + path
+
+    def _task_url(self, task_id: str, suffix: str = "") -> str:
+        return self._url(f"/api/v1/tasks/{quote(task_id, safe='')}{suffix}")
+
+    # -- tasks
+
+    @_deferred
+    async def submit(
+        self,
+        request: Union[Mapping[str, Any], SubmitRequest],
+        idempotency_key: Optional[str] = None,
+    ) -> SubmitResult:
+        """
+        C{POST /api/v1/tasks}.
+
+        @param request: a L{SubmitRequest}, or a JSON-able mapping sent as is
+            (the server applies defaults and validation).
+        @param idempotency_key: sent as C{Idempotency-Key}: a retry with the
+            same key and request gets the first answer and creates nothing.
+        @return: a L{Deferred} firing with the L{SubmitResult}.
+        """
+        document = request.to_json() if isinstance(request, SubmitRequest) else dict(request)
+        try:
+            body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+        except UnicodeEncodeError:
+            # A lone surrogate cannot be UTF-8: send it as a JSON escape.
+            body = json.dumps(document, separators=(",", ":")).encode("ascii")
+        headers = {"Content-Type": "application/json"}
+        if idempotency_key is not None:
+            headers[IDEMPOTENCY_HEADER] = idempotency_key
+        reply = await self._http.request("POST", self._url("/api/v1/tasks"), body, headers)
+        return SubmitResult.from_json(decode_json(reply.body))
+
+    @_deferred
+    async def status(self, task_id: str) -> TaskStatus:
+        """
+        C{GET /api/v1/tasks/{id}}: a L{Deferred} firing with the L{TaskStatus}.
+        """
+        return TaskStatus.from_json(await self._http.get_json(self._task_url(task_id)))
+
+    @_deferred
+    async def list_tasks(
+        self,
+        status: Optional[str] = None,
+        tenant: Optional[str] = None,
+        owner: Optional[str] = None,
+        labels: Optional[Mapping[str, str]] = None,
+        limit: Optional[int] = None,
+        cursor: Optional[str] = None,
+    ) -> TaskPage:
+        """
+        C{GET /api/v1/tasks}: one page of tasks, newest first, without their
+        output.
+
+        @param labels: every one must match the task's
+            C{control_context.labels}.
+        @param cursor: the C{next_cursor} of the previous page.
+        @return: a L{Deferred} firing with the L{TaskPage}.
+        """
+        query: List[Tuple[str, Any]] = [
+            (name, value)
+            for name, value in (("status", status), ("tenant", tenant), ("owner", owner))
+            if value is not None
+        ]
+        query.extend(("label", f"{key}:{value}") for key, value in (labels or {}).items())
+        if limit is not None:
+            query.append(("limit", limit))
+        if cursor is not None:
+            query.append(("cursor", cursor))
+        url = self._url("/api/v1/tasks")
+        if query:
+            url += "?" + urlencode(query, quote_via=quote, safe="")
+        return TaskPage.from_json(await self._http.get_json(url))
+
+    async def iter_tasks(self, **filters: Any) -> AsyncIterator[TaskStatus]:
+        """
+        Every task matching C{filters} (the arguments of L{list_tasks}
+        other than C{cursor}), newest first, page after page.
+        """
+        cursor = filters.pop("cursor", None)
+        while True:
+            page = await self.list_tasks(cursor=cursor, **filters)
+            for task in page.tasks:
+                yield task
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    @_deferred
+    async def events(self, task_id: str, after_seq: int = 0) -> List[TaskEvent]:
+        """
+        C{GET /api/v1/tasks/{id}/events}: a L{Deferred} firing with the events
+        (those after C{after_seq}) in C{seq} order.
+        """
+        suffix = "/events" if not after_seq else f"/events?after_seq={after_seq}"
+        document = await self._http.get_json(self._task_url(task_id, suffix))
+        if not isinstance(document, list):
+            raise MalformedResponse("event log is not a JSON array")
+        return [TaskEvent.from_json(item) for item in document]
+
+    @_deferred
+    async def follow_events(
+        self,
+        task_id: str,
+        after_seq: int = 0,
+        on_event: Optional[Consumer[TaskEvent]] = None,
+    ) -> Optional[TaskEvent]:
+        """
+        C{GET /api/v1/tasks/{id}/events?follow=true}: each event after
+        C{after_seq} to C{on_event} as it is recorded, until the task's
+        terminal event; resumed after the last event seen if the connection
+        drops.
+
+        @param on_event: called with each L{TaskEvent}; it may return a
+            Deferred to hold the stream back until it fires.
+        @return: a L{Deferred} firing with the last event delivered (the
+            terminal one), or C{None} if there was none after C{after_seq}.
+        """
+        last_seq = after_seq
+        last: Optional[TaskEvent] = None
+
+        def on_line(line: bytes) -> Any:
+            nonlocal last_seq, last
+            event = TaskEvent.from_json(decode_json(line))
+            last_seq, last = event.seq, event
+            return None if on_event is None else on_event(event)
+
+        splitter = LineSplitter(on_line, MAX_EVENT_LINE)
+
+        def url() -> str:
+            splitter.reset()
+            return self._task_url(task_id, f"/events?after_seq={last_seq}&follow=true")
+
+        await self._http.follow(url, splitter, b"application/x-ndjson")
+        if splitter.partial:
+            # A server without event streams answers the plain JSON array.
+            raise MalformedResponse("the event stream ended in the middle of a line")
+        return last
+
+    def iter_events(self, task_id: str, after_seq: int = 0) -> AsyncIterator[TaskEvent]:
+        """
+        L{follow_events} as an async iterator of L{TaskEvent}s; leave it early
+        with C{await iterator.aclose()}.
+        """
+        return PushIterator(lambda push: self.follow_events(task_id, after_seq, push))
+
+    @_deferred
+    async def read_log(self, task_id: str, stream: str = "stdout", offset: int = 0) -> bytes:
+        """
+        C{GET /api/v1/tasks/{id}/<stream>?offset=N}: the log from C{offset}
+        to its current end, whole (at most C{max_body_bytes}).
+        """
+        url = self._task_url(task_id, f"/{_stream_name(stream)}?offset={offset}&follow=false")
+        return (await self._http.request("GET", url)).body
+
+    @_deferred
+    async def stream_log(
+        self,
+        task_id: str,
+        stream: str = "stdout",
+        offset: int = 0,
+        follow: bool = True,
+        on_chunk: Optional[Consumer[bytes]] = None,
+    ) -> int:
+        """
+        C{GET /api/v1/tasks/{id}/<stream>?offset=N&follow=true}: the log's
+        bytes from C{offset} to C{on_chunk} as they are written, until the
+        task has ended and every byte is out (without C{follow}, to the
+        log's current end).  A dropped connection is resumed from the
+        bytes received, so nothing is missed or seen twice.
+
+        @param stream: C{"stdout"} or C{"stderr"}.
+        @param on_chunk: called with each piece of bytes; it may return a
+            Deferred to hold the stream back until it fires.
+        @return: a L{Deferred} firing with the offset reached (C{offset} plus
+            the bytes delivered), from which a later call can resume.
+        """
+        name = _stream_name(stream)
+        position = offset
+        flag = "true" if follow else "false"
+
+        def on_data(data: bytes) -> Any:
+            nonlocal position
+            position += len(data)
+            return None if on_chunk is None else on_chunk(data)
+
+        def url() -> str:
+            return self._task_url(task_id, f"/{name}?offset={position}&follow={flag}")
+
+        await self._http.follow(url, on_data, b"*/*")
+        return position
+
+    def iter_log(
+        self, task_id: str, stream: str = "stdout", offset: int = 0, follow: bool = True
+    ) -> AsyncIterator[bytes]:
+        """
+        L{stream_log} as an async iterator of byte chunks; leave it early with
+        C{await iterator.aclose()}.
+        """
+        return PushIterator(lambda push: self.stream_log(task_id, stream, offset, follow, push))
+
+    @_deferred
+    async def kill(self, task_id: str, owner: Optional[str] = None) -> TaskStatus:
+        """
+        C{POST /api/v1/tasks/{id}/kill}; does not wait for the cancellation.
+
+        @param owner: sent (trimmed) as C{x-execgo-owner} unless blank.
+        @return: a L{Deferred} firing with the snapshot the server returned.
+        """
+        headers = {}
+        owner = (owner or "").strip()
+        if owner:
+            headers[OWNER_HEADER] = owner
+        reply = await self._http.request("POST", self._task_url(task_id, "/kill"), b"", headers)
+        return TaskStatus.from_json(decode_json(reply.body))
+
+    async def _wait(
+        self, task_id: str, timeout_ms: Optional[int], poll_interval_ms: int
+    ) -> TaskStatus:
+        started = self._clock.seconds()
+        url = self._task_url(task_id)
+        while True:
+            wait_ms = self._long_poll_ms
+            if timeout_ms is not None:
+                remaining = timeout_ms - (self._clock.seconds() - started) * 1000.0
+                wait_ms = max(0, min(wait_ms, int(remaining)))
+            before = self._clock.seconds()
+            document = await self._http.get_json(f"{url}?wait_ms={wait_ms}", wait_ms / 1000.0)
+            held_ms = (self._clock.seconds() - before) * 1000.0
+            status = TaskStatus.from_json(document)
+            if status.terminal:
+                return status
+            if timeout_ms is not None and (self._clock.seconds() - started) * 1000.0 >= timeout_ms:
+                raise WaitTimeout(task_id, status)
+            if wait_ms == 0 or held_ms < wait_ms / 2:
+                # Not held: a server without long-poll answered at once.
+                await deferLater(self._clock, poll_interval_ms / 1000.0)
+
+    @_deferred
+    async def wait(
+        self,
+        task_id: str,
+        timeout_ms: Optional[int] = None,
+        poll_interval_ms: int = DEFAULT_POLL_INTERVAL_MS,
+    ) -> TaskStatus:
+        """
+        Wait until the task is terminal, with long-poll requests
+        (C{?wait_ms=}, capped by what is left of the timeout), polling every
+        C{poll_interval_ms} instead when the server answers without holding
+        the request.  The timeout is checked only after a non-terminal
+        answer (the CLI's C{wait} algorithm).
+
+        @return: a L{Deferred} firing with the terminal L{TaskStatus}, whatever
+            the outcome; or failing with L{WaitTimeout}.
+        """
+        return await self._wait(task_id, timeout_ms, poll_interval_ms)
+
+    @_deferred
+    async def run(
+        self,
+        request: Union[Mapping[str, Any], SubmitRequest],
+        timeout_ms: Optional[int] = None,
+        poll_interval_ms: int = DEFAULT_POLL_INTERVAL_MS,
+        idempotency_key: Optional[str] = None,
+    ) -> TaskStatus:
+        """
+        L{submit} then L{wait}; the wait timeout starts after the submission.
+        """
+        submitted = await self.submit(request, idempotency_key)
+        return await self._wait(submitted.task_id, timeout_ms, poll_interval_ms)
+
+    # -- the runtime
+
+    @_deferred
+    async def runtime_info(self) -> RuntimeInfo:
+        """
+        C{GET /api/v1/runtime/info}.
+        """
+        return RuntimeInfo.from_json(await self._http.get_json(self._url("/api/v1/runtime/info")))
+
+    @_deferred
+    async def capabilities(self) -> CapabilitySnapshot:
+        """
+        C{GET /api/v1/runtime/capabilities}.
+        """
+        document = await self._http.get_json(self._url("/api/v1/runtime/capabilities"))
+        return CapabilitySnapshot.from_json(document)
+
+    @_deferred
+    async def config(self) -> RuntimeSettings:
+        """
+        C{GET /api/v1/runtime/config}.
+        """
+        return RuntimeSettings.from_json(await self._http.get_json(self._url("/api/v1/runtime/config")))
+
+    @_deferred
+    async def resources(self) -> ResourcesView:
+        """
+        C{GET /api/v1/runtime/resources}.
+        """
+        document = await self._http.get_json(self._url("/api/v1/runtime/resources"))
+        return ResourcesView.from_json(document)
+
+    @_deferred
+    async def openapi(self) -> Dict[str, Any]:
+        """
+        C{GET /api/v1/openapi.json}: the OpenAPI document, decoded.
+        """
+        return json_object(await self._http.get_json(self._url("/api/v1/openapi.json")), "openapi")
+
+    @_deferred
+    async def healthz(self) -> Health:
+        """
+        C{GET /healthz}.
+        """
+        return Health.from_json(await self._http.get_json(self._url("/healthz")))
+
+    @_deferred
+    async def readyz(self) -> Health:
+        """
+        C{GET /readyz}; a storage failure is a L{ServerError} (500).
+        """
+        return Health.from_json(await self._http.get_json(self._url("/readyz")))
+
+    @_deferred
+    async def metrics(self) -> str:
+        """
+        C{GET /metrics}: the Prometheus text exposition.
+        """
+        reply = await self._http.request("GET", self._url("/metrics"))
+        return reply.body.decode("utf-8", "replace")
+
+
+def _stream_name(stream: str) -> str:
+    if stream not in ("stdout", "stderr"):
+        raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
+    return stream

@@ -1,0 +1,315 @@
+# -*- test-case-name: tests.test_client -*-
+"""
+The HTTP layer of L{execgo.client}: one L{HTTPSession} per client sends
+requests through the injected treq client, bounds what it reads, applies
+the request timeout on the injected clock, turns error answers into
+L{ServerError}s, and reads streamed bodies to their end, resuming them
+after a break.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Coroutine, Dict, List, Mapping, Optional, TypeVar
+
+import attrs
+from treq.content import collect
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+
+from execgo.client.models import (
+    ClientError,
+    MalformedResponse,
+    ServerError,
+    TransportError,
+)
+from execgo.client.streams import BodyReceiver, Consumer, StreamBroken
+
+_R = TypeVar("_R")
+
+__all__ = ["HTTPSession", "Reply", "decode_json", "server_error"]
+
+
+@attrs.frozen
+class Reply:
+    """
+    A whole answer: status, reason phrase, body.
+    """
+
+    status: int
+    phrase: str
+    body: bytes
+
+
+def _cancelled(error: BaseException) -> bool:
+    """
+    Whether C{error} is, or wraps (C{reasons}), a L{CancelledError}.
+    """
+    if isinstance(error, CancelledError):
+        return True
+    return any(
+        isinstance(reason, Failure) and reason.check(CancelledError) is not None
+        for reason in getattr(error, "reasons", None) or ()
+    )
+
+
+def _describe(error: BaseException) -> str:
+    """
+    A short description of a transport failure, looking inside treq's and
+    Twisted's wrappers (C{ResponseFailed}, C{RequestTransmissionFailed}).
+    """
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        inner = reasons[0]
+        if isinstance(inner, Failure) and inner.value is not None:
+            return _describe(inner.value)
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _backoff(failures: int) -> float:
+    return min(0.25 * 2 ** (failures - 1), 2.0)
+
+
+class HTTPSession:
+    """
+    Requests to one runtime.
+
+    @param client: a treq C{HTTPClient}, the C{treq} module, or a
+        C{treq.testing.StubTreq}.
+    @param clock: for timeouts and backoff.
+    @param token: a bearer token sent with every request, if any.
+    @param request_timeout: seconds per request (C{None}: no limit).
+    @param max_body_bytes: the largest whole body read.
+    @param stream_retries: failures in a row a stream survives.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        clock: IReactorTime,
+        token: Optional[str],
+        request_timeout: Optional[float],
+        max_body_bytes: int,
+        stream_retries: int,
+    ) -> None:
+        self._client = client
+        self._clock = clock
+        self._token = token
+        self._request_timeout = request_timeout
+        self._max_body_bytes = max_body_bytes
+        self._stream_retries = stream_retries
+
+    def headers(self, extra: Optional[Mapping[str, str]], accept: bytes) -> Headers:
+        """
+        The request headers: C{Accept}, the bearer token, then C{extra}.
+        """
+        # Bytes names only: Twisted caches canonical names in one dict keyed
+        # by str and bytes alike, which trips BytesWarning under "python -b".
+        headers = Headers({b"Accept": [accept]})
+        if self._token:
+            headers.setRawHeaders(b"Authorization", [b"Bearer " + self._token.encode("utf-8")])
+        for name, value in (extra or {}).items():
+            headers.setRawHeaders(name.encode("ascii"), [value.encode("utf-8")])
+        return headers
+
+    async def send(
+        self, method: str, url: str, body: Optional[bytes], headers: Headers, unbuffered: bool
+    ) -> Any:
+        """
+        Send a request; the response once its head has arrived.
+        """
+        try:
+            return await self._client.request(
+                method, url, data=body, headers=headers, unbuffered=unbuffered, reactor=self._clock
+            )
+        except CancelledError:
+            raise
+        except Exception as e:
+            if _cancelled(e):
+                # The agent wraps our own cancellation (a timeout) in
+                # ResponseNeverReceived and friends: let it be one again.
+                raise CancelledError() from e
+            raise TransportError(f"{method} {url} failed: {_describe(e)}") from e
+
+    async def read(self, method: str, url: str, response: Any) -> Reply:
+        """
+        Read a whole response body, at most C{max_body_bytes}.
+        """
+        limit = self._max_body_bytes
+        length = response.length
+        if isinstance(length, int) and length > limit:
+            raise TransportError(
+                f"{method} {url}: response body of {length} bytes exceeds the "
+                f"limit of {limit} bytes"
+            )
+        chunks: List[bytes] = []
+        received = 0
+
+        def collector(data: bytes) -> None:
+            nonlocal received
+            received += len(data)
+            if received > limit:
+                raise TransportError(
+                    f"{method} {url}: response body exceeds the limit of {limit} bytes"
+                )
+            chunks.append(data)
+
+        try:
+            await collect(response, collector)
+        except (ClientError, CancelledError):
+            raise
+        except Exception as e:
+            raise TransportError(
+                f"{method} {url}: reading the response failed: {_describe(e)}"
+            ) from e
+        phrase = response.phrase
+        if isinstance(phrase, bytes):
+            phrase = phrase.decode("latin-1")
+        return Reply(response.code, phrase, b"".join(chunks))
+
+    def timed(
+        self, work: Coroutine[Any, Any, _R], method: str, url: str, extra: float = 0.0
+    ) -> "Deferred[_R]":
+        """
+        C{work} as a Deferred that fails with L{TransportError} after the
+        request timeout (plus C{extra} seconds).
+        """
+        d = Deferred.fromCoroutine(work)
+        if self._request_timeout is not None:
+            seconds = self._request_timeout + extra
+
+            def timed_out(result: Any, _: float) -> Any:
+                if isinstance(result, Failure):
+                    result.trap(CancelledError)
+                    raise TransportError(f"{method} {url} timed out after {seconds:g} s")
+                return result
+
+            d.addTimeout(seconds, self._clock, onTimeoutCancel=timed_out)
+        return d
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        body: Optional[bytes] = None,
+        headers: Optional[Dict[str, str]] = None,
+        extra_timeout: float = 0.0,
+    ) -> Reply:
+        """
+        One request with its timeout; a non-2xx answer raises L{ServerError}.
+        """
+
+        async def exchange() -> Reply:
+            raw = self.headers(headers, b"application/json")
+            response = await self.send(method, url, body, raw, False)
+            return await self.read(method, url, response)
+
+        reply = await self.timed(exchange(), method, url, extra_timeout)
+        if not 200 <= reply.status < 300:
+            raise server_error(reply)
+        return reply
+
+    async def get_json(self, url: str, extra_timeout: float = 0.0) -> Any:
+        """
+        C{GET url} and decode its 2xx JSON body.
+        """
+        reply = await self.request("GET", url, extra_timeout=extra_timeout)
+        return decode_json(reply.body)
+
+    async def open_stream(self, url: str, accept: bytes) -> Any:
+        """
+        Start a streamed C{GET}: the 2xx response once its head has arrived
+        (the request timeout covers only that), else L{ServerError}.
+        """
+        headers = self.headers(None, accept)
+        response = await self.timed(self.send("GET", url, None, headers, True), "GET", url)
+        if not 200 <= response.code < 300:
+            reply = await self.timed(self.read("GET", url, response), "GET", url)
+            raise server_error(reply)
+        return response
+
+    async def follow(
+        self,
+        url_for: Callable[[], str],
+        on_data: Consumer[bytes],
+        accept: bytes,
+    ) -> None:
+        """
+        Read a stream to its end, resuming after breaks: C{url_for} is called
+        before each attempt, so it can resume from what C{on_data} has seen.
+
+        The first request is not retried.  A break after some progress is
+        resumed at once; a break without progress, or a failed reconnection,
+        counts as a failure, retried after a backoff at most
+        C{stream_retries} times in a row.
+        """
+        failures = 0
+        connected = False
+        while True:
+            progress = False
+
+            def deliver(data: bytes) -> Any:
+                nonlocal progress
+                progress = True
+                return on_data(data)
+
+            url = url_for()
+            try:
+                response = await self.open_stream(url, accept)
+            except TransportError:
+                failures += 1
+                if not connected or failures > self._stream_retries:
+                    raise
+                await deferLater(self._clock, _backoff(failures))
+                continue
+            connected = True
+            receiver = BodyReceiver(deliver)
+            response.deliverBody(receiver)
+            try:
+                await receiver.finished
+                return
+            except StreamBroken as e:
+                failures = 0 if progress else failures + 1
+                if failures > self._stream_retries:
+                    raise TransportError(f"GET {url}: the stream broke off: {e}") from e
+            if failures:
+                await deferLater(self._clock, _backoff(failures))
+
+
+def decode_json(body: bytes) -> Any:
+    """
+    Parse a JSON body.
+
+    @raise MalformedResponse: if it is not JSON.
+    """
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as e:
+        raise MalformedResponse(f"response body is not JSON: {e}") from None
+
+
+def server_error(reply: Reply) -> ServerError:
+    """
+    The L{ServerError} for a non-2xx reply, reading the error envelope if
+    there is one.
+    """
+    code: Optional[str] = None
+    message: Optional[str] = None
+    try:
+        document = json.loads(reply.body)
+    except (ValueError, RecursionError):
+        document = None
+    if isinstance(document, dict) and isinstance(document.get("error"), dict):
+        error = document["error"]
+        if isinstance(error.get("code"), str):
+            code = error["code"]
+        if isinstance(error.get("message"), str):
+            message = error["message"]
+    if message is None:
+        text = reply.body.decode("utf-8", "replace").strip()
+        message = text[:1000] if text else reply.phrase
+    return ServerError(reply.status, code, message, reply.body)

@@ -1,0 +1,395 @@
+# -*- test-case-name: tests.test_integration -*-
+"""
+Composition of the server: every part is built here and handed its
+dependencies, and started in this order: data
+directory, store, capability probe, ledger, recovery, supervisor, loops,
+then the listener.  Nothing listens before recovery has finished.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import time
+from typing import Any, Callable, Mapping, Optional
+
+import attrs
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
+from execgo import __version__
+from execgo.control import (
+    ChannelError,
+    SupervisorSettings,
+    inherited_env,
+    prepare_run_dir,
+    write_settings,
+)
+from execgo.core import errors
+from execgo.core.capabilities import build_capabilities
+from execgo.core.config import RuntimeConfig, parse_listen_addr
+from execgo.core.ledger import Ledger, parse_tenant_quotas
+from execgo.host.cgroups import Cgroups
+from execgo.host.privileges import PASSAGE_MODE, open_passage, resolve_identity
+from execgo.host.probe import probe_host
+from execgo.server.budget import ByteBudget
+from execgo.server.database import Store, open_pool
+from execgo.server.link import SupervisorLink, supervisor_command
+from execgo.server.runtime import Runtime
+from execgo.server.scheduler import Scheduler
+from execgo.server.web.api import APISite, RuntimeAPI
+from execgo.server.web.auth import Tokens, read_tokens
+from execgo.server.web.listener import (
+    Listener,
+    derive_max_connections,
+    raise_descriptor_limit,
+)
+from execgo.store.wire import format_ns
+
+log = Logger()
+
+DRAIN_TIMEOUT_S = 10.0
+#: The preview budget, in ceilings: what large previews read at once may
+#: add up to (one task's two logs at the ceiling fill it).
+PREVIEW_BUDGET_CEILINGS = 2
+#: Connections the kernel queues for accepting (it caps this at
+#: C{net.core.somaxconn}).
+LISTEN_BACKLOG = 1024
+
+
+def wall_ms() -> int:
+    """
+    Wall-clock time in epoch milliseconds.
+    """
+    return time.time_ns() // 1_000_000
+
+
+def prepare_data_dir(data_dir: str) -> None:
+    """
+    Create C{<data_dir>} and C{<data_dir>/tasks}, give both mode 0711
+    (tasks pass through them to their own workspace; nobody but the
+    runtime can list or read them), and prove them writable by writing a
+    probe file (blocking; run in a thread).
+
+    @raise OSError: when the directory cannot be used.
+    """
+    tasks = os.path.join(data_dir, "tasks")
+    os.makedirs(tasks, exist_ok=True)
+    for directory in (data_dir, tasks):
+        os.chmod(directory, PASSAGE_MODE)
+    probe = os.path.join(tasks, f".execgo-runtime-probe-{os.getpid()}")
+    with open(probe, "w") as out:
+        out.write("probe")
+    os.unlink(probe)
+
+
+def listen_description(listen_addr: str) -> str:
+    """
+    The Twisted endpoint string for C{HOST:PORT}, with a listen backlog
+    of L{LISTEN_BACKLOG} (Twisted's 50 makes a burst of connections wait
+    a second for SYN retransmits, cap or no cap).
+    """
+    host, port = parse_listen_addr(listen_addr)
+    escaped = host.replace(":", "\\:")
+    if ":" in host:
+        return f"tcp6:port={port}:interface={escaped}:backlog={LISTEN_BACKLOG}"
+    return f"tcp:port={port}:interface={escaped}:backlog={LISTEN_BACKLOG}"
+
+
+def private_token_file(path: str) -> Optional[int]:
+    """
+    Make the token file readable by its owner alone when it is not (a
+    task must never read it); blocking.
+
+    @return: the mode it had when it was changed, else C{None}.
+    """
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077 and os.stat(path).st_uid == os.geteuid():
+        os.chmod(path, mode & 0o700)
+        return mode
+    return None
+
+
+def private_store(database: str) -> None:
+    """
+    The store and its WAL side files: the runtime's alone (mode 0600).
+    """
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.chmod(database + suffix, 0o600)
+        except FileNotFoundError:
+            pass
+
+
+class RuntimeService(service.Service):
+    """
+    The whole server as one Twisted service.
+
+    @param reactor: the reactor everything is built on.
+    @param environ: the environment (runtime id, probing, workloads).
+    @param descriptor_limit: raises this process's descriptor limit as far
+        as it goes and returns it (L{raise_descriptor_limit}); the
+        connection cap is derived from it.
+    @ivar started: fires once the server listens (or fails to start).
+    """
+
+    # Twisted's Service declares name as a bare None (no annotation), so
+    # mypy takes None for its type; IService documents a str (or None).
+    name = "execgo"  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        reactor: Any,
+        config: RuntimeConfig,
+        environ: Mapping[str, str],
+        descriptor_limit: Callable[[], int] = raise_descriptor_limit,
+    ) -> None:
+        self.reactor = reactor
+        self.descriptor_limit = descriptor_limit
+        self.config = config
+        self.environ = dict(environ)
+        self.quotas = parse_tenant_quotas(config.tenant_quotas)
+        parse_listen_addr(config.listen_addr)
+        self.identity = resolve_identity(config.task_uid_range, config.task_user, os.geteuid(), os.getegid())
+        if self.identity.size < config.max_running_tasks:
+            raise errors.InvalidInput(
+                f"task uid range {config.task_uid_range} holds {self.identity.size} uids,"
+                f" fewer than --max-running-tasks {config.max_running_tasks}"
+            )
+        self.runtime: Optional[Runtime] = None
+        self.site: Optional[APISite] = None
+        self.tokens: Optional[Tokens] = None
+        self.port: Any = None
+        self.listener: Optional[Listener] = None
+        self.started: defer.Deferred[Any] = defer.Deferred()
+        self._store: Optional[Store] = None
+        self._link: Optional[SupervisorLink] = None
+        self._scheduler: Optional[Scheduler] = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.reactor.callWhenRunning(self._begin)
+
+    def _begin(self) -> None:
+        d = defer.ensureDeferred(self.start())
+        d.addCallbacks(self.started.callback, self.started.errback)
+
+    async def start(self) -> Any:
+        """
+        Bring the server up; returns the listening port.
+        """
+        self.config = config = self._limit_connections(self.config)
+        data_dir = config.data_dir_abs
+        # Whatever the server creates is private unless it says otherwise.
+        os.umask(0o077)
+        if config.auth_token_file is not None:
+            self.tokens = Tokens(await deferToThread(read_tokens, config.auth_token_file))
+            self._install_reload()
+            if self.identity.drops:
+                was = await deferToThread(private_token_file, config.auth_token_file)
+                if was is not None:
+                    log.warn(
+                        "token file {path} was mode {mode}: made it readable by its owner alone",
+                        path=config.auth_token_file,
+                        mode=oct(was),
+                    )
+        try:
+            await deferToThread(prepare_data_dir, data_dir)
+            await deferToThread(prepare_run_dir, data_dir)
+            if self.identity.drops:
+                opened, closed = await deferToThread(open_passage, data_dir)
+        except (OSError, ChannelError) as e:
+            raise errors.Internal(f"io error: cannot use data directory {data_dir}: {e}") from None
+        if self.identity.drops:
+            for directory in opened:
+                log.warn("made {directory} passable (o+x) so tasks reach their workspace", directory=directory)
+            for directory in closed:
+                log.warn(
+                    "tasks cannot pass through {directory}: they will not reach their workspace"
+                    " or script by absolute path (give it o+x or move the data directory)",
+                    directory=directory,
+                )
+        self._store = store = Store(
+            open_pool(self.reactor, config.database_path),
+            open_pool(self.reactor, config.database_path, connections=2),
+            reader_lanes=2,
+            preview_ceiling=config.max_output_preview_bytes,
+            budget=ByteBudget(PREVIEW_BUDGET_CEILINGS * config.max_output_preview_bytes),
+        )
+        try:
+            await store.init_schema()
+            await deferToThread(private_store, config.database_path)
+        except Exception as e:
+            raise errors.Internal(f"sqlite error: cannot open {config.database_path}: {e}") from None
+        runtime_id = config.effective_runtime_id(self.environ)
+        facts = await deferToThread(
+            probe_host, data_dir, config.cgroup_root, config.disable_cgroup, config.disable_linux_sandbox
+        )
+        capabilities = build_capabilities(
+            facts,
+            runtime_id=runtime_id,
+            collected_at=format_ns(time.time_ns()),
+            max_running_tasks=config.max_running_tasks,
+            capacity_memory_bytes=config.capacity_memory_bytes,
+            capacity_pids=config.capacity_pids,
+            disable_cgroup=config.disable_cgroup,
+            disable_linux_sandbox=config.disable_linux_sandbox,
+            data_dir=config.data_dir,
+            cgroup_root=config.cgroup_root,
+            privilege_drop=self.identity.drops,
+        )
+        ledger = Ledger(capabilities.capacity, self.quotas)
+        cgroups = None
+        if not config.disable_cgroup:
+            cgroups = await deferToThread(Cgroups.try_detect, config.cgroup_root)
+        settings = SupervisorSettings(
+            grace_ms=config.termination_grace_ms,
+            env=inherited_env(self.environ),
+            cgroup_root=config.cgroup_root,
+            identity=self.identity,
+            rootfs_roots=config.rootfs_roots_abs,
+            max_output_preview_bytes=config.max_output_preview_bytes,
+        )
+        await deferToThread(write_settings, data_dir, settings)
+        self._link = link = SupervisorLink(
+            self.reactor, data_dir, supervisor_command(config.database_path, data_dir)
+        )
+        self._scheduler = scheduler = Scheduler(
+            self.reactor,
+            store,
+            link,
+            ledger,
+            config.max_queued_tasks,
+            config.dispatch_poll_interval_ms / 1000.0,
+            wall_ms,
+        )
+        self.runtime = runtime = Runtime(
+            reactor=self.reactor,
+            config=config,
+            runtime_id=runtime_id,
+            capabilities=capabilities,
+            quotas=self.quotas,
+            store=store,
+            scheduler=scheduler,
+            link=link,
+            now_ms=wall_ms,
+            started_at=format_ns(time.time_ns()),
+            version=__version__,
+            cgroups=cgroups,
+            identity=self.identity,
+        )
+        link.listen(runtime)
+        await runtime.recover()
+        await link.ensure()
+        runtime.accepting = True
+        scheduler.start()
+        runtime.start_gc()
+        idle_ms = config.idle_connection_timeout_ms
+        self.site = site = APISite(
+            RuntimeAPI(runtime, self.tokens).resource(),
+            reactor=self.reactor,
+            timeout=idle_ms / 1000.0 if idle_ms else None,
+        )
+        site.displayTracebacks = False
+        header_ms = config.request_header_timeout_ms
+        self.listener = Listener(site, header_ms / 1000.0 if header_ms else None, config.max_connections)
+        endpoint = endpoints.serverFromString(self.reactor, listen_description(config.listen_addr))
+        try:
+            self.port = await endpoint.listen(self.listener)
+        except Exception as e:
+            runtime.accepting = False
+            raise errors.Internal(f"io error: cannot listen on {config.listen_addr}: {e}") from None
+        log.info(
+            "listening on {listen_addr}",
+            listen_addr=config.listen_addr,
+            runtime_id=runtime_id,
+            max_connections=config.max_connections,
+        )
+        return self.port
+
+    def _limit_connections(self, config: RuntimeConfig) -> RuntimeConfig:
+        """
+        Raise the descriptor limit and fix the connection cap below it:
+        the configuration with the cap in force (C{/runtime/config} shows
+        it).
+        """
+        limit = self.descriptor_limit()
+        cap = derive_max_connections(limit, config.max_connections)
+        if config.max_connections and cap < config.max_connections:
+            log.warn(
+                "--max-connections {wanted} is too close to the descriptor limit {limit}: using {cap}",
+                wanted=config.max_connections,
+                limit=limit,
+                cap=cap,
+            )
+        return attrs.evolve(config, max_connections=cap)
+
+    def _install_reload(self) -> None:
+        """
+        Re-read the token file on SIGHUP (the handler only schedules the
+        read; the read runs in a thread).
+        """
+
+        def on_hup(signum: int, frame: Any) -> None:
+            self.reactor.callFromThread(self.reload_tokens)
+
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def reload_tokens(self) -> "defer.Deferred[None]":
+        """
+        Replace the tokens with the file's current content; a file that
+        cannot be read or parsed leaves the tokens in force.
+        """
+        if self.tokens is None or self.config.auth_token_file is None:
+            return defer.succeed(None)
+        tokens = self.tokens
+
+        def loaded(table: Any) -> None:
+            tokens.tokens = dict(table)
+            log.info("token file reloaded", tokens=len(table))
+
+        def failed(failure: Any) -> None:
+            log.warn("token file not reloaded", error=str(failure.value))
+
+        return deferToThread(read_tokens, self.config.auth_token_file).addCallbacks(loaded, failed)
+
+    async def _drain_requests(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """
+        Let requests in flight finish (new submissions get 503 meanwhile),
+        for at most C{timeout_s}.
+        """
+        # Polled rather than waited on each request's notifyFinish: that
+        # fires when the response is finished, not when it has left the
+        # transport, and the stop that follows would cut it off.
+        deadline = self.reactor.seconds() + timeout_s
+        while self.site is not None and self.site.inflight and self.reactor.seconds() < deadline:
+            await deferLater(self.reactor, 0.01, lambda: None)
+
+    def stopService(self) -> "defer.Deferred[None]":
+        """
+        Stop accepting, stop the loops, drop the supervisor connection
+        (running tasks keep running and are recovered on the next start)
+        and close the store.
+        """
+        super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self.runtime is not None:
+            self.runtime.accepting = False
+            self.runtime.stop_timers()
+        if self.port is not None:
+            await self.port.stopListening()
+            self.port = None
+        await self._drain_requests()
+        if self._scheduler is not None:
+            await self._scheduler.stop()
+        if self._link is not None:
+            await self._link.close()
+        if self._store is not None:
+            self._store.close()
+            self._store = None

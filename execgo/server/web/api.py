@@ -1,0 +1,454 @@
+# -*- test-case-name: tests.test_api -*-
+"""
+The HTTP API (C{docs/api.md}) as a Klein app on an object.
+
+Handlers only translate HTTP to L{execgo.server.runtime.Runtime} calls and back;
+every error becomes the contract's envelope in one place (L{RuntimeAPI.error}),
+and nothing a client sends can produce a 5xx.  With authentication each
+handler hands the request's principal on: the runtime applies tenancy to
+every operation on tasks, and the views that span tenants are for admins
+(L{execgo.server.web.auth.require_admin}).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Optional, cast
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
+from werkzeug.exceptions import NotFound as RouteNotFound
+
+from execgo.core import errors
+from execgo.core.validation import MAX_BODY_BYTES
+from execgo.server import metrics
+from execgo.server.runtime import Runtime
+from execgo.server.web import openapi, responses
+from execgo.server.web.auth import Principal, Tokens, require_admin
+from execgo.store import idempotency, listing, wire
+
+log = Logger()
+
+JSON_TYPE = b"application/json"
+OWNER_HEADER = b"x-execgo-owner"
+
+
+def _json(request: IRequest, value: Any, code: int = 200) -> bytes:
+    """
+    Answer C{value} as compact JSON with its length (not chunked).
+    """
+    body = wire.compact(value)
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", JSON_TYPE)
+    request.setHeader(b"content-length", b"%d" % len(body))
+    return body
+
+
+def owner_from(request: IRequest) -> Optional[str]:
+    """
+    The trimmed owner header; empty, missing or not visible ASCII counts as
+    no owner.
+    """
+    raw = request.getHeader(OWNER_HEADER)
+    if raw is None:
+        return None
+    value = raw.strip(b" \t")
+    if not value or any(byte < 0x20 or byte > 0x7E for byte in value):
+        return None
+    return value.decode("ascii")
+
+
+def _streaming(request: IRequest) -> responses.StreamingRequest:
+    """
+    C{request} as the consumer a body sent a piece at a time registers
+    with.
+    """
+    # Klein hands a route the request the site made (a BoundedRequest, so a
+    # twisted.web Request, which is one); it types it as IRequest, which
+    # leaves out registerProducer and notifyFinish.
+    return cast(responses.StreamingRequest, request)
+
+
+class BoundedRequest(server.Request):
+    """
+    A request that keeps at most L{MAX_BODY_BYTES} of its body in memory
+    and remembers whether it was longer, so oversized bodies get a 413
+    without being buffered.
+    """
+
+    body_too_large = False
+
+    def gotLength(self, length: Optional[int]) -> None:
+        if length is not None and length > MAX_BODY_BYTES:
+            self.body_too_large = True
+        # Twisted declares Request.content as a bare None (no annotation),
+        # so mypy takes None for its type; it is the body's file.
+        self.content = io.BytesIO()  # type: ignore[assignment]
+
+    def process(self) -> None:
+        site = getattr(self.channel, "site", None)
+        if isinstance(site, APISite):
+            site.track(self)
+        super().process()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_too_large:
+            return
+        if self.content is not None and self.content.tell() + len(data) > MAX_BODY_BYTES:
+            self.body_too_large = True
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        super().handleContentChunk(data)
+
+
+MAX_WAIT_MS = 600_000
+
+
+def _uint_arg(request: IRequest, name: bytes, ceiling: int) -> int:
+    """
+    A non-negative integer query argument (0 when absent), capped at
+    C{ceiling}; anything else is C{invalid_input}.
+    """
+    values = request.args.get(name)
+    if not values:
+        return 0
+    text = values[-1]
+    if not text.isdigit() or len(text) > 20:
+        raise errors.InvalidInput(f"{name.decode()}: expected a non-negative integer")
+    return min(int(text), ceiling)
+
+
+MAX_OFFSET = (1 << 63) - 1
+
+
+def _bool_arg(request: IRequest, name: bytes) -> bool:
+    """
+    A C{true}/C{false} query argument (C{False} when absent); anything
+    else is C{invalid_input}.
+    """
+    values = request.args.get(name)
+    if not values:
+        return False
+    text = values[-1]
+    if text not in (b"true", b"false"):
+        raise errors.InvalidInput(f"{name.decode()}: expected true or false")
+    return text == b"true"
+
+
+def _body(request: IRequest) -> bytes:
+    if getattr(request, "body_too_large", False):
+        raise errors.PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes")
+    content = request.content
+    if content is None:
+        return b""
+    content.seek(0)
+    data = content.read(MAX_BODY_BYTES + 1)
+    if len(data) > MAX_BODY_BYTES:
+        raise errors.PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes")
+    return data
+
+
+class RuntimeAPI:
+    """
+    The Klein application serving one L{Runtime}.
+    """
+
+    app = Klein()
+    app.url_map.merge_slashes = False
+
+    def __init__(self, runtime: Runtime, tokens: Optional[Tokens] = None) -> None:
+        self.runtime = runtime
+        self.tokens = tokens
+
+    def _principal(self, request: IRequest) -> Optional[Principal]:
+        """
+        Who the request speaks for when authentication is on (else
+        C{None}); L{errors.Unauthorized} without a valid token.
+        """
+        if self.tokens is None:
+            return None
+        return self.tokens.authenticate(request.getHeader(b"authorization"))
+
+    def resource(self) -> Any:
+        """
+        The twisted.web resource to serve: the Klein app behind
+        L{Utf8Paths}.
+        """
+        return Utf8Paths(self.app.resource())
+
+    async def _snapshot(self, request: IRequest, snapshot: Any) -> bytes:
+        """
+        Answer a status snapshot: one body when its previews are small,
+        else streamed under the preview budget (L{responses.send_snapshot}).
+        """
+        runtime = self.runtime
+        idle_ms = runtime.config.idle_connection_timeout_ms
+        return await responses.send_snapshot(
+            _streaming(request),
+            snapshot,
+            _json,
+            budget=getattr(runtime.store, "budget", None),
+            reactor=runtime.reactor,
+            stall_s=idle_ms / 1000.0 if idle_ms else None,
+        )
+
+    def _accepting(self) -> None:
+        if not self.runtime.accepting:
+            raise errors.Unavailable("the runtime is stopping")
+
+    @app.route("/api/v1/tasks", methods=["POST"])
+    async def submit(self, request: IRequest) -> bytes:
+        """
+        C{POST /api/v1/tasks}, optionally with an C{Idempotency-Key}.
+        """
+        principal = self._principal(request)
+        key = idempotency.parse_key(request.requestHeaders.getRawHeaders(idempotency.HEADER))
+        self._accepting()
+        return _json(request, await self.runtime.submit(_body(request), principal, key))
+
+    @app.route("/api/v1/tasks", methods=["GET"])
+    async def list_tasks(self, request: IRequest) -> bytes:
+        """
+        C{GET /api/v1/tasks}: a page of tasks, newest first, filtered by
+        C{status}, C{tenant}, C{owner} and C{label=k:v}, cut by C{limit} and
+        C{cursor} (L{listing.parse_query}).
+        """
+        principal = self._principal(request)
+        return _json(request, await self.runtime.list_tasks(listing.parse_query(request.args), principal))
+
+    @app.route("/api/v1/tasks/<task_id>/stdout", methods=["GET"])
+    async def stdout(self, request: IRequest, task_id: str) -> bytes:
+        """
+        C{GET /api/v1/tasks/{id}/stdout?offset=N&follow=true|false}.
+        """
+        return await self._log(request, task_id, "stdout")
+
+    @app.route("/api/v1/tasks/<task_id>/stderr", methods=["GET"])
+    async def stderr(self, request: IRequest, task_id: str) -> bytes:
+        """
+        C{GET /api/v1/tasks/{id}/stderr?offset=N&follow=true|false}.
+        """
+        return await self._log(request, task_id, "stderr")
+
+    async def _log(self, request: IRequest, task_id: str, name: str) -> bytes:
+        principal = self._principal(request)
+        offset = _uint_arg(request, b"offset", MAX_OFFSET)
+        follow = _bool_arg(request, b"follow")
+        return await self.runtime.stream_log(_streaming(request), task_id, name, offset, follow, principal)
+
+    @app.route("/api/v1/tasks/<task_id>", methods=["GET"])
+    async def status(self, request: IRequest, task_id: str) -> bytes:
+        """
+        C{GET /api/v1/tasks/{id}}, with C{?wait_ms=N} to long-poll for the
+        terminal state.
+        """
+        principal = self._principal(request)
+        wait_ms = _uint_arg(request, b"wait_ms", MAX_WAIT_MS)
+        return await self._snapshot(request, await self.runtime.status(task_id, wait_ms, principal))
+
+    @app.route("/api/v1/tasks/<task_id>/kill", methods=["POST"])
+    async def kill(self, request: IRequest, task_id: str) -> bytes:
+        """
+        C{POST /api/v1/tasks/{id}/kill}.
+        """
+        principal = self._principal(request)
+        owner = owner_from(request) if principal is None else principal.owner
+        return await self._snapshot(request, await self.runtime.kill(task_id, owner, principal))
+
+    @app.route("/api/v1/tasks/<task_id>/events", methods=["GET"])
+    async def events(self, request: IRequest, task_id: str) -> bytes:
+        """
+        C{GET /api/v1/tasks/{id}/events?after_seq=N&follow=true|false}:
+        the JSON array of the events after C{after_seq}, or with C{follow}
+        an NDJSON stream of them that ends after the terminal event.
+        """
+        principal = self._principal(request)
+        after_seq = _uint_arg(request, b"after_seq", MAX_OFFSET)
+        if _bool_arg(request, b"follow"):
+            return await self.runtime.stream_events(_streaming(request), task_id, after_seq, principal)
+        return _json(request, await self.runtime.events(task_id, after_seq, principal))
+
+    @app.route("/api/v1/runtime/info", methods=["GET"])
+    def info(self, request: IRequest) -> bytes:
+        """
+        C{GET /api/v1/runtime/info}.
+        """
+        self._principal(request)
+        return _json(request, self.runtime.info())
+
+    @app.route("/api/v1/runtime/capabilities", methods=["GET"])
+    def capabilities(self, request: IRequest) -> bytes:
+        """
+        C{GET /api/v1/runtime/capabilities}.
+        """
+        self._principal(request)
+        return _json(request, self.runtime.capabilities_json())
+
+    @app.route("/api/v1/runtime/config", methods=["GET"])
+    def config(self, request: IRequest) -> bytes:
+        """
+        C{GET /api/v1/runtime/config}.
+        """
+        self._principal(request)
+        return _json(request, self.runtime.config_json())
+
+    @app.route("/api/v1/runtime/resources", methods=["GET"])
+    async def resources(self, request: IRequest) -> bytes:
+        """
+        C{GET /api/v1/runtime/resources} (every tenant's reservations:
+        admins only, with authentication).
+        """
+        require_admin(self._principal(request), "/api/v1/runtime/resources")
+        return _json(request, await self.runtime.resources())
+
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request: IRequest) -> bytes:
+        """
+        Liveness: always 200.
+        """
+        return _json(request, {"status": "ok", "version": self.runtime.version})
+
+    @app.route("/readyz", methods=["GET"])
+    async def readyz(self, request: IRequest) -> bytes:
+        """
+        Readiness: the supervisor answers (else 503 with the reason) and
+        the storage initialisation runs again.
+        """
+        try:
+            await self.runtime.ready()
+        except errors.ExecgoError:
+            raise
+        except Exception as e:
+            raise errors.Internal(f"sqlite error: {e}") from None
+        return _json(request, {"status": "ready", "version": self.runtime.version})
+
+    @app.route("/api/v1/openapi.json", methods=["GET"])
+    def openapi_document(self, request: IRequest) -> bytes:
+        """
+        C{GET /api/v1/openapi.json}: the OpenAPI document (no token needed).
+        """
+        return _json(request, openapi.document(self.runtime.version))
+
+    @app.route("/metrics", methods=["GET"])
+    async def metrics(self, request: IRequest) -> bytes:
+        """
+        Prometheus text exposition (every tenant's counts: admins only,
+        with authentication).
+        """
+        require_admin(self._principal(request), "/metrics")
+        try:
+            text = await self.runtime.metrics()
+        except Exception as e:
+            request.setResponseCode(500)
+            request.setHeader(b"content-type", b"text/plain")
+            return f"metrics_error {e}\n".encode("utf-8")
+        request.setHeader(b"content-type", metrics.CONTENT_TYPE)
+        return text.encode("utf-8")
+
+    @app.handle_errors(Exception)
+    def error(self, request: IRequest, failure: Failure) -> bytes:
+        """
+        Every failure becomes the error envelope with its status.
+        """
+        value = failure.value
+        if isinstance(value, RouteNotFound):
+            value = errors.NotFound(f"no route for {request.path.decode('utf-8', 'replace')}")
+            value.prefix = "not found"
+        elif isinstance(value, RouteMethodNotAllowed):
+            value = errors.MethodNotAllowed(
+                f"method {request.method.decode('ascii', 'replace')} is not allowed here"
+            )
+        elif not isinstance(value, errors.ExecgoError):
+            value = errors.from_storage(value)
+            if value.http_status == 500:
+                log.failure("unexpected error serving {path}", failure, path=request.path)
+        if value.http_status == 401:
+            request.setHeader(b"www-authenticate", b'Bearer realm="execgo"')
+        if value.http_status == 405:
+            request.setHeader(b"allow", b", ".join(_allowed(failure.value)))
+        return _json(request, value.envelope(), value.http_status)
+
+
+def _allowed(exception: Any) -> list:
+    methods = getattr(exception, "valid_methods", None) or []
+    return [method.encode("ascii") for method in methods]
+
+
+class Utf8Paths(Resource):
+    """
+    Refuse a request whose path or host is not UTF-8 once percent-decoded
+    (C{/api/v1/tasks/%ff}) with C{400 invalid_input} and the envelope.
+
+    Klein decodes both before routing and answers such a request itself,
+    with a C{text/html} body and a logged traceback per request (anyone
+    can send them, with no token); this check runs first and logs one
+    line at debug level.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def render(self, request: IRequest) -> Any:
+        problem = None
+        if not all(_is_utf8(segment) for segment in (*request.prepath, *request.postpath)):
+            problem = "the request path is not valid percent-encoded UTF-8"
+        elif not _is_utf8(request.getRequestHostname()):
+            problem = "the Host header is not valid UTF-8"
+        if problem is None:
+            return self._inner.render(request)
+        log.debug(
+            "refused a request: {problem}: {uri}",
+            problem=problem,
+            uri=request.uri.decode("ascii", "backslashreplace")[:256],
+        )
+        error = errors.InvalidInput(problem)
+        return _json(request, error.envelope(), error.http_status)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class APISite(server.Site):
+    """
+    A site whose requests bound their bodies (L{BoundedRequest}) and which
+    knows its requests in flight, so a stop can wait for them.
+
+    It never parses form submissions: every body here is JSON, and Twisted
+    would otherwise run each POST's C{Content-Type} through the C{email}
+    package (about a tenth of a submission's CPU).
+    """
+
+    requestFactory = BoundedRequest
+    noisy = False
+
+    def __init__(self, resource: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("parsePOSTFormSubmission", False)
+        super().__init__(resource, *args, **kwargs)
+        self.inflight: "set[BoundedRequest]" = set()
+
+    def track(self, request: BoundedRequest) -> None:
+        """
+        Count C{request} as in flight until it finishes (or its client
+        goes away).
+        """
+        self.inflight.add(request)
+        request.notifyFinish().addBoth(lambda _: self.inflight.discard(request))
+
+    def log(self, request: Any) -> None:
+        """
+        No per-request access log: the log holds the runtime's own records.
+        """
