@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """
-Crash and restart under load (issue 5).
+Crash and restart under load.
 
 Starts the real server (C{python -m execgo serve}) on a fresh data
 directory, submits a mix of tasks whose outcome is known from their

@@ -1,5 +1,5 @@
 """
-The memory and listener sections of the benchmark harness (issue 12),
+The memory and listener sections of the benchmark harness,
 run by C{benchmarks/run.py}, which hands its own module in as C{h} (the
 figures, the server and client helpers live there).
 

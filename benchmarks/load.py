@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """
-A bounded load test of the execgo server on loopback (issue 5).
+A bounded load test of the execgo server on loopback.
 
 Starts the real server (C{python -m execgo serve}, C{--max-running-tasks
 4} and a queue bound big enough that no submit is refused), submits a few

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """
-The execgo benchmark harness (issue 4).
+The execgo benchmark harness.
 
 Starts the real server (C{python -m execgo serve}) as a child process and
-prints, from one run on one machine, every figure of the issue next to a
+prints, from one run on one machine, every figure next to a
 reference measured in that same run, the ratio between them, the goal and
 whether it was met:
 
@@ -30,7 +30,7 @@ harness exits 1.  Goals that are not met do not change the exit status
 (unless C{--fail-on-unmet}).
 
 The load generator uses the standard library only (C{http.client},
-C{threading}, C{subprocess}); it imports C{execgo.store.taskdb} to fill a store and
+C{threading}, C{subprocess}); it imports C{execgo.store.connection} and C{execgo.store.schema} to fill a store and
 C{execgo.supervisor.launcher} to time the runtime's own spawn function, and shares the
 chaos harness's process helpers (C{benchmarks/chaos.py}).  See
 C{benchmarks/README.md} for what each figure means.
@@ -93,7 +93,7 @@ class BenchError(Exception):
 @dataclasses.dataclass(frozen=True)
 class Sizes:
     """
-    How much work each section does (the issue's sizes by default).
+    How much work each section does (the default sizes unless --quick).
     """
 
     tasks: int = 1000
@@ -1044,12 +1044,12 @@ def empty_store(data_dir: str) -> None:
     """
     Create a data dir with an initialised, empty store.
     """
-    from execgo.store import taskdb
+    from execgo.store import connection, schema
 
     os.makedirs(data_dir)
-    conn = taskdb.connect(os.path.join(data_dir, "runtime.db"))
+    conn = connection.connect(os.path.join(data_dir, "runtime.db"))
     try:
-        taskdb.init_schema(conn)
+        schema.init_schema(conn)
     finally:
         conn.close()
 
@@ -1062,14 +1062,14 @@ def fill_store(template_db: str, data_dir: str, count: int) -> float:
     hour); one transaction, no task directories.  Returns the seconds it
     took.
 
-    Only C{taskdb.connect} and C{taskdb.init_schema} are used, so whatever
+    Only C{connection.connect} and C{schema.init_schema} are used, so whatever
     the schema keeps in step with the rows by itself (triggers) is kept;
     counters that the runtime bumps from Python when a task changes state
     do not count these rows.
     """
     import sqlite3
 
-    from execgo.store import taskdb
+    from execgo.store import connection, schema
 
     before = time.perf_counter()
     source = sqlite3.connect(template_db)
@@ -1093,9 +1093,9 @@ def fill_store(template_db: str, data_dir: str, count: int) -> float:
         source.close()
 
     os.makedirs(os.path.join(data_dir, "tasks"))
-    conn = taskdb.connect(os.path.join(data_dir, "runtime.db"))
+    conn = connection.connect(os.path.join(data_dir, "runtime.db"))
     try:
-        taskdb.init_schema(conn)
+        schema.init_schema(conn)
         columns = list(template)
         time_columns = [c for c in columns if c.endswith("_at_ms") and template[c] is not None]
         path_columns = [c for c in columns if c.endswith(("_path", "_dir"))]
@@ -1521,7 +1521,7 @@ def run(
     sections: Sequence[str], sizes: Sizes, quick: bool, allow_long_poll: bool = True, keep: bool = False
 ) -> Tuple[List[Figure], Dict[str, Any]]:
     """
-    Run the chosen sections and return their figures in the issue's order
+    Run the chosen sections and return their figures in the order above
     and the run's description.
     """
     become_subreaper()

@@ -1,17 +1,20 @@
 """
 Shared fakes and builders for the unit tests: task records and new tasks
 built without the submit path, a dispatch store whose answers the test
-fires by hand, and a supervisor link that records what it was told.
+fires by hand, a supervisor link that records what it was told, and a
+connection pool that runs the store's SQL at once, without threads.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional, Sequence, Tuple
+import sqlite3
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import attrs
 from twisted.internet import defer
 
+from execgo.core import records
 from execgo.core.models import (
     MODE_ADAPTIVE,
     ControlContext,
@@ -22,8 +25,8 @@ from execgo.core.models import (
     ResourceLimits,
     SandboxPolicy,
 )
-from execgo.server.database import SchedulerState
-from execgo.store import taskdb, wire
+from execgo.store import connection, taskfiles
+from execgo.store.reads import SchedulerState
 
 DEFAULT_LIMITS = ResourceLimits()
 PROCESS_SANDBOX = SandboxPolicy()
@@ -97,18 +100,18 @@ def new_task(
     plan: Optional[ExecutionPlan] = None,
     control_context: Optional[ControlContext] = None,
     make_dirs: bool = False,
-) -> taskdb.NewTask:
+) -> records.NewTask:
     """
-    A L{taskdb.NewTask} laid out under C{data_dir} (with its workspace and
+    A L{records.NewTask} laid out under C{data_dir} (with its workspace and
     empty logs created when C{make_dirs}).
     """
     execution = execution or command()
-    paths = wire.task_paths(data_dir, task_id, execution, sandbox.workspace_subdir)
+    paths = taskfiles.task_paths(data_dir, task_id, execution, sandbox.workspace_subdir)
     if make_dirs:
         os.makedirs(paths.workspace_dir, exist_ok=True)
         for log in (paths.stdout_path, paths.stderr_path):
             open(log, "ab").close()
-    return taskdb.NewTask(
+    return records.NewTask(
         task_id=task_id,
         execution=execution,
         limits=limits,
@@ -135,16 +138,16 @@ def record(
     pid: Optional[int] = None,
     data_dir: str = "/data",
     **changes: Any,
-) -> taskdb.TaskRecord:
+) -> records.TaskRecord:
     """
-    A stored task as L{taskdb.load_task} would return it, without a store.
+    A stored task as L{execgo.store.reads.load_task} would return it, without a store.
     """
     execution = changes.pop("execution", command())
     limits = changes.pop(
         "limits", ResourceLimits(memory_bytes=memory_bytes, pids_max=pids_max)
     )
     sandbox = changes.pop("sandbox", SandboxPolicy())
-    return taskdb.TaskRecord(
+    return records.TaskRecord(
         task_id=task_id,
         status=status,
         execution=execution,
@@ -153,7 +156,7 @@ def record(
         metadata=changes.pop("metadata", {}),
         created_at_ms=created_at_ms,
         updated_at_ms=changes.pop("updated_at_ms", created_at_ms),
-        paths=wire.task_paths(data_dir, task_id, execution, sandbox.workspace_subdir),
+        paths=taskfiles.task_paths(data_dir, task_id, execution, sandbox.workspace_subdir),
         control_context=None if tenant is None else ControlContext(tenant=tenant),
         reservation=reservation,
         reserved_at_ms=reserved_at_ms,
@@ -199,14 +202,44 @@ class FakeLink:
     The supervisor link: connected or not, with a pid, recording every
     launch order it sent and every one it refused for want of a
     connection, and every kill; always healthy.
+
+    @ivar calls: what the server asked of it besides orders
+        (C{link.listen}, C{link.ensure}, C{link.close}), in order: a list
+        of its own, or the one it was given (to share with other fakes).
     """
 
-    def __init__(self, pid: Optional[int] = 4242, connected: bool = True) -> None:
+    def __init__(
+        self, pid: Optional[int] = 4242, connected: bool = True, calls: Optional[List[str]] = None
+    ) -> None:
         self.pid = pid
         self.connected = connected
         self.launched: List[List[str]] = []
         self.refused: List[List[str]] = []
         self.killed: List[str] = []
+        self.calls: List[str] = [] if calls is None else calls
+        self.receiver: Any = None
+
+    def listen(self, receiver: Any) -> None:
+        """
+        Record who the supervisor's reports would go to.
+        """
+        self.calls.append("link.listen")
+        self.receiver = receiver
+
+    def ensure(self) -> "defer.Deferred[Optional[int]]":
+        """
+        Record the request for a supervisor: there is one at once, its pid.
+        """
+        self.calls.append("link.ensure")
+        return defer.succeed(self.pid)
+
+    def close(self) -> "defer.Deferred[None]":
+        """
+        Record the disconnection.
+        """
+        self.calls.append("link.close")
+        self.connected = False
+        return defer.succeed(None)
 
     def launch(self, task_ids: Sequence[str]) -> bool:
         """
@@ -340,3 +373,61 @@ class FakeCgroups:
         """
         self.calls.append(("limit", (memory_bytes, pids_max)))
         self._maybe_fail("limit")
+
+
+class InlinePool:
+    """
+    An C{adbapi.ConnectionPool} for tests: each job runs at once, on the
+    caller's thread, on one real SQLite connection configured as the
+    store configures its own, and the Deferred it returns has fired
+    already.  Real SQL, no threads, no reactor.
+
+    @ivar jobs: how many jobs ran.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.connection = connection.connect(path)
+        self.jobs = 0
+        self.closed = False
+
+    def runWithConnection(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> "defer.Deferred[Any]":
+        """
+        C{func(connection, *args, **kwargs)}, then a commit, as adbapi does
+        (a rollback when it raises).
+        """
+        return defer.maybeDeferred(self._run, func, args, kwargs)
+
+    def runInteraction(self, interaction: Callable[..., Any], *args: Any, **kwargs: Any) -> "defer.Deferred[Any]":
+        """
+        C{interaction(cursor, *args, **kwargs)}, committed as
+        L{runWithConnection}.
+        """
+        return self.runWithConnection(lambda conn, *a, **kw: interaction(conn.cursor(), *a, **kw), *args, **kwargs)
+
+    def _run(self, func: Callable[..., Any], args: Tuple[Any, ...], kwargs: Any) -> Any:
+        if self.closed:
+            raise sqlite3.ProgrammingError("the pool is closed")
+        self.jobs += 1
+        try:
+            result = func(self.connection, *args, **kwargs)
+        except BaseException:
+            self.connection.rollback()
+            raise
+        self.connection.commit()
+        return result
+
+    def close(self) -> None:
+        """
+        Close the connection.
+        """
+        if not self.closed:
+            self.closed = True
+            self.connection.close()
+
+
+def run_now(func: Callable[..., Any], *args: Any, **kwargs: Any) -> "defer.Deferred[Any]":
+    """
+    C{deferToThread} for tests: run C{func} here and now; its result (or
+    failure) in a fired Deferred.
+    """
+    return defer.maybeDeferred(func, *args, **kwargs)

@@ -1,7 +1,9 @@
 """
-Tests for L{execgo.server.web.api}: the real Klein resource over the real runtime and
-store, in memory through StubTreq (the supervisor link is a fake that is
-never connected, so submitted tasks stay queued).
+Tests for L{execgo.server.web.api}: the real Klein resource over the real
+runtime and store, in memory and synchronous through StubTreq
+(L{tests.apifixture.MemoryRuntime}: the store's SQL runs at once, time is
+a clock the tests advance, and the supervisor link is a fake that is never
+connected, so submitted tasks stay queued).
 """
 
 from __future__ import annotations
@@ -11,56 +13,75 @@ import os
 from typing import Any, Dict, List, Optional
 
 import attrs
-from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.trial.util import suppress as SUPPRESS
 
 from execgo import control
 from execgo.core.config import RuntimeConfig
-from tests.apifixture import InProcessRuntime, tmp_data_dir
+from tests.apifixture import MemoryRuntime, tmp_data_dir
 
 COMMAND = {"execution": {"kind": "command", "program": "/bin/true"}}
 
 
 def body(value: Any) -> bytes:
+    """
+    C{value} as a JSON request body.
+    """
     return json.dumps(value).encode("utf-8")
 
 
-class APITestsBase(TestCase):
+class APITestsBase(SynchronousTestCase):
     """
-    One in-process runtime per test.
+    One in-memory runtime per test.
     """
 
-    timeout = 30
     # treq names some headers with str and Twisted with bytes; under -b
     # Twisted's shared header-name cache then compares the two.
     suppress = [SUPPRESS(category=BytesWarning, module="twisted.web.http_headers")]
     config_overrides: Dict[str, Any] = {}
     caps: Dict[str, Any] = {}
 
-    def setUp(self) -> "defer.Deferred[None]":
+    def setUp(self) -> None:
         self.data_dir = tmp_data_dir(self)
         config = RuntimeConfig(data_dir=self.data_dir, **self.config_overrides)
-        self.rt = InProcessRuntime(self.data_dir, config, **self.caps)
-        self.addCleanup(lambda: defer.ensureDeferred(self.rt.stop()))
-        return defer.ensureDeferred(self.rt.start())
+        self.rt = MemoryRuntime(self.data_dir, config, **self.caps)
+        self.rt.start()
+        self.addCleanup(self.rt.stop)
 
-    async def call(
-        self, method: str, path: str, data: Optional[bytes] = None, headers: Optional[Dict[bytes, List[bytes]]] = None
-    ) -> "tuple[int, Any, Dict[bytes, List[bytes]]]":
-        code, response_headers, content = await self.rt.request(method, path, data, headers)
+    @staticmethod
+    def decoded(answer: "tuple[int, Dict[bytes, List[bytes]], bytes]") -> "tuple[int, Any, Dict[bytes, List[bytes]]]":
+        """
+        An answer with its body decoded when it is JSON: status, body,
+        headers.
+        """
+        code, response_headers, content = answer
         try:
             decoded = json.loads(content) if content else None
         except ValueError:
             decoded = content
         return code, decoded, response_headers
 
-    async def submit(self, request: Dict[str, Any]) -> "tuple[int, Any]":
-        code, decoded, _ = await self.call("POST", "/api/v1/tasks", body(request))
+    def call(
+        self, method: str, path: str, data: Optional[bytes] = None, headers: Optional[Dict[bytes, List[bytes]]] = None
+    ) -> "tuple[int, Any, Dict[bytes, List[bytes]]]":
+        """
+        One request, answered at once: status, decoded body, headers.
+        """
+        return self.decoded(self.rt.request(method, path, data, headers))
+
+    def submit(self, request: Dict[str, Any]) -> "tuple[int, Any]":
+        """
+        Submit C{request}: status and decoded answer.
+        """
+        code, decoded, _ = self.call("POST", "/api/v1/tasks", body(request))
         return code, decoded
 
     def assertEnvelope(self, code: int, decoded: Any, status: int, error_code: str) -> None:
+        """
+        C{decoded} is the error envelope with C{error_code}, answered with
+        C{status}.
+        """
         self.assertEqual((code, decoded["error"]["code"]), (status, error_code), decoded)
         self.assertEqual(sorted(decoded), ["error"])
         self.assertIsInstance(decoded["error"]["message"], str)
@@ -71,16 +92,13 @@ class SubmitTests(APITestsBase):
     C{POST /api/v1/tasks}.
     """
 
-    @defer.inlineCallbacks
-    def test_submit_persists_and_queues(self) -> Any:
+    def test_submit_persists_and_queues(self) -> None:
         """
         A valid submission answers 200 with the id and C{accepted}, stores
         the normalised request and the first events, and the task shows as
         queued (the fake supervisor never takes it).
         """
-        code, decoded = yield defer.ensureDeferred(
-            self.submit({"task_id": "a1", **COMMAND, "metadata": {"b": "2", "a": "1"}, "unknown": 1})
-        )
+        code, decoded = self.submit({"task_id": "a1", **COMMAND, "metadata": {"b": "2", "a": "1"}, "unknown": 1})
         self.assertEqual(code, 200)
         self.assertEqual(decoded, {"task_id": "a1", "handle_id": "a1", "status": "accepted"})
         with open(os.path.join(self.data_dir, "tasks", "a1", "request.json")) as f:
@@ -96,7 +114,7 @@ class SubmitTests(APITestsBase):
                 "metadata": {"a": "1", "b": "2"},
             },
         )
-        code, status, headers = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/a1"))
+        code, status, headers = self.call("GET", "/api/v1/tasks/a1")
         self.assertEqual(code, 200)
         self.assertEqual(headers[b"Content-Type"], [b"application/json"])
         self.assertEqual(status["status"], "accepted")
@@ -104,7 +122,7 @@ class SubmitTests(APITestsBase):
         self.assertEqual(status["stdout"], "")
         self.assertNotIn("duration_ms", status)
         self.assertTrue(os.path.isabs(status["artifacts"]["task_dir"]))
-        code, events, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/a1/events"))
+        code, events, _ = self.call("GET", "/api/v1/tasks/a1/events")
         self.assertEqual([e["event_type"] for e in events], ["submitted", "accepted", "planned"])
         self.assertEqual(events[2]["data"]["resource_enforcement"]["wall_time_ms"], 300000)
         # The status's plan is the planned one, plus who it runs as (not
@@ -114,20 +132,18 @@ class SubmitTests(APITestsBase):
             json.dumps(status["execution_plan"], sort_keys=True),
         )
 
-    @defer.inlineCallbacks
-    def test_generated_id(self) -> Any:
+    def test_generated_id(self) -> None:
         """
         Without a task_id the runtime generates a lowercase UUIDv4.
         """
-        code, decoded = yield defer.ensureDeferred(self.submit(COMMAND))
+        code, decoded = self.submit(COMMAND)
         self.assertEqual(code, 200)
         task_id = decoded["task_id"]
         self.assertEqual(len(task_id), 36)
         self.assertEqual(task_id[14], "4")
         self.assertEqual(task_id, task_id.lower())
 
-    @defer.inlineCallbacks
-    def test_decoding_errors_are_400(self) -> Any:
+    def test_decoding_errors_are_400(self) -> None:
         """
         Every decoding rejection is 400 C{invalid_input} with the envelope,
         whatever the content type: never a 415, a 422 or a plain-text body.
@@ -145,14 +161,11 @@ class SubmitTests(APITestsBase):
             b'{"execution": {"kind": "command", "program": "x"}, "limits": {"memory_bytes": 18446744073709551616}}',
         ]
         for data in bad:
-            code, decoded, _ = yield defer.ensureDeferred(
-                self.call("POST", "/api/v1/tasks", data, {b"content-type": [b"text/plain"]})
-            )
+            code, decoded, _ = self.call("POST", "/api/v1/tasks", data, {b"content-type": [b"text/plain"]})
             self.assertEnvelope(code, decoded, 400, "invalid_input")
         self.assertEqual(os.listdir(os.path.join(self.data_dir, "tasks")), [])
 
-    @defer.inlineCallbacks
-    def test_validation_errors(self) -> Any:
+    def test_validation_errors(self) -> None:
         """
         Semantic rules and the task_id hazards are 400 C{invalid_input}.
         """
@@ -172,76 +185,64 @@ class SubmitTests(APITestsBase):
             {**COMMAND, "control_context": {"owner": " "}},
         ]
         for request in requests:
-            code, decoded = yield defer.ensureDeferred(self.submit(request))
+            code, decoded = self.submit(request)
             self.assertEnvelope(code, decoded, 400, "invalid_input")
         self.assertEqual(os.listdir(os.path.join(self.data_dir, "tasks")), [])
 
-    @defer.inlineCallbacks
-    def test_body_too_large(self) -> Any:
+    def test_body_too_large(self) -> None:
         """
         A body over 2 MiB gets 413 with code C{invalid_input}.
         """
         data = b'{"pad": "' + b"x" * (2 * 1024 * 1024) + b'"}'
-        code, decoded, _ = yield defer.ensureDeferred(self.call("POST", "/api/v1/tasks", data))
+        code, decoded, _ = self.call("POST", "/api/v1/tasks", data)
         self.assertEnvelope(code, decoded, 413, "invalid_input")
 
-    @defer.inlineCallbacks
-    def test_duplicate_id(self) -> Any:
+    def test_duplicate_id(self) -> None:
         """
         A second submission with the same id is 409 and does not touch the
         first task's request.json.
         """
-        yield defer.ensureDeferred(self.submit({"task_id": "dup", **COMMAND}))
+        self.submit({"task_id": "dup", **COMMAND})
         path = os.path.join(self.data_dir, "tasks", "dup", "request.json")
         with open(path) as f:
             before = f.read()
-        code, decoded = yield defer.ensureDeferred(
-            self.submit({"task_id": "dup", "execution": {"kind": "command", "program": "/bin/false"}})
-        )
+        code, decoded = self.submit({"task_id": "dup", "execution": {"kind": "command", "program": "/bin/false"}})
         self.assertEnvelope(code, decoded, 409, "conflict")
         with open(path) as f:
             self.assertEqual(f.read(), before)
 
-    @defer.inlineCallbacks
-    def test_output_limit_too_large(self) -> Any:
+    def test_output_limit_too_large(self) -> None:
         """
         An output limit above 2^63-1 is 400 C{invalid_input}, and nothing
         is stored.
         """
-        code, decoded = yield defer.ensureDeferred(
-            self.submit({"task_id": "big", **COMMAND, "limits": {"stdout_max_bytes": 2**63}})
-        )
+        code, decoded = self.submit({"task_id": "big", **COMMAND, "limits": {"stdout_max_bytes": 2**63}})
         self.assertEnvelope(code, decoded, 400, "invalid_input")
-        code, decoded, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/big"))
+        code, decoded, _ = self.call("GET", "/api/v1/tasks/big")
         self.assertEqual(code, 404)
 
-    @defer.inlineCallbacks
-    def test_capacity_and_strict(self) -> Any:
+    def test_capacity_and_strict(self) -> None:
         """
         A task larger than the capacity is 400 C{insufficient_resources};
         a linux_sandbox task under strict policy on a host without the
         sandbox is 400 C{unsupported_capability}, and degrades in adaptive
         mode with the contract's reason and a C{degraded} event.
         """
-        code, decoded = yield defer.ensureDeferred(
-            self.submit({**COMMAND, "limits": {"memory_bytes": 2 << 30}})
-        )
+        code, decoded = self.submit({**COMMAND, "limits": {"memory_bytes": 2 << 30}})
         self.assertEnvelope(code, decoded, 400, "insufficient_resources")
         sandboxed = {**COMMAND, "sandbox": {"profile": "linux_sandbox"}}
-        code, decoded = yield defer.ensureDeferred(
-            self.submit({**sandboxed, "policy": {"capability_mode": "strict"}})
-        )
+        code, decoded = self.submit({**sandboxed, "policy": {"capability_mode": "strict"}})
         self.assertEnvelope(code, decoded, 400, "unsupported_capability")
-        code, decoded = yield defer.ensureDeferred(self.submit({"task_id": "deg", **sandboxed}))
+        code, decoded = self.submit({"task_id": "deg", **sandboxed})
         self.assertEqual(code, 200)
-        code, status, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/deg"))
+        code, status, _ = self.call("GET", "/api/v1/tasks/deg")
         plan = status["execution_plan"]
         self.assertTrue(plan["degraded"])
         self.assertEqual(
             plan["fallback_reasons"], ["linux_sandbox is unavailable; falling back to process sandbox"]
         )
         self.assertEqual(plan["effective_sandbox"], {"profile": "process", "chroot": False})
-        code, events, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/deg/events"))
+        code, events, _ = self.call("GET", "/api/v1/tasks/deg/events")
         self.assertEqual(
             [e["event_type"] for e in events], ["submitted", "accepted", "planned", "degraded"]
         )
@@ -254,22 +255,19 @@ class QueueAndQuotaTests(APITestsBase):
 
     config_overrides = {"max_queued_tasks": 1, "tenant_quotas": ("alice=slots:0",)}
 
-    @defer.inlineCallbacks
-    def test_quota_and_queue(self) -> Any:
+    def test_quota_and_queue(self) -> None:
         """
         A tenant with C{slots:0} is refused with 400; a full queue is 429
         C{resource_limit_exceeded} with the bare message C{queue is full}.
         """
-        code, decoded = yield defer.ensureDeferred(
-            self.submit({**COMMAND, "control_context": {"tenant": "alice"}})
-        )
+        code, decoded = self.submit({**COMMAND, "control_context": {"tenant": "alice"}})
         self.assertEnvelope(code, decoded, 400, "insufficient_resources")
-        code, decoded = yield defer.ensureDeferred(self.submit(COMMAND))
+        code, decoded = self.submit(COMMAND)
         self.assertEqual(code, 200)
-        code, decoded = yield defer.ensureDeferred(self.submit(COMMAND))
+        code, decoded = self.submit(COMMAND)
         self.assertEnvelope(code, decoded, 429, "resource_limit_exceeded")
         self.assertEqual(decoded["error"]["message"], "queue is full")
-        code, resources, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/runtime/resources"))
+        code, resources, _ = self.call("GET", "/api/v1/runtime/resources")
         self.assertEqual(resources["accepted_waiting_tasks"], 1)
         self.assertEqual(
             resources["tenants"],
@@ -289,15 +287,14 @@ class KillTests(APITestsBase):
     C{POST /api/v1/tasks/{id}/kill}.
     """
 
-    @defer.inlineCallbacks
-    def test_kill_queued(self) -> Any:
+    def test_kill_queued(self) -> None:
         """
         Killing a queued task cancels it at once (duration 0, the contract's
         message, C{result.json} written); a second kill of the now terminal
         task answers 200 and adds no event.
         """
-        yield defer.ensureDeferred(self.submit({"task_id": "q", **COMMAND}))
-        code, status, _ = yield defer.ensureDeferred(self.call("POST", "/api/v1/tasks/q/kill"))
+        self.submit({"task_id": "q", **COMMAND})
+        code, status, _ = self.call("POST", "/api/v1/tasks/q/kill")
         self.assertEqual(code, 200)
         self.assertEqual(status["status"], "cancelled")
         self.assertEqual(status["duration_ms"], 0)
@@ -306,34 +303,27 @@ class KillTests(APITestsBase):
         )
         with open(status["artifacts"]["result_path"]) as f:
             self.assertEqual(json.load(f)["status"], "cancelled")
-        code, events, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/q/events"))
+        code, events, _ = self.call("GET", "/api/v1/tasks/q/events")
         kinds = [e["event_type"] for e in events]
         self.assertEqual(kinds, ["submitted", "accepted", "planned", "kill_requested", "cancelled"])
-        code, again, _ = yield defer.ensureDeferred(self.call("POST", "/api/v1/tasks/q/kill"))
+        code, again, _ = self.call("POST", "/api/v1/tasks/q/kill")
         self.assertEqual((code, again["status"]), (200, "cancelled"))
-        code, events, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/q/events"))
+        code, events, _ = self.call("GET", "/api/v1/tasks/q/events")
         self.assertEqual(len(events), len(kinds))
 
-    @defer.inlineCallbacks
-    def test_owner_gate(self) -> Any:
+    def test_owner_gate(self) -> None:
         """
         A task with an owner is killed only by that owner (header trimmed,
         case-sensitive); the check applies to terminal tasks too.
         """
-        yield defer.ensureDeferred(
-            self.submit({"task_id": "o", **COMMAND, "control_context": {"owner": "alice"}})
-        )
+        self.submit({"task_id": "o", **COMMAND, "control_context": {"owner": "alice"}})
         for headers in (None, {b"x-execgo-owner": [b"Alice"]}, {b"x-execgo-owner": [b"  "]}):
-            code, decoded, _ = yield defer.ensureDeferred(
-                self.call("POST", "/api/v1/tasks/o/kill", headers=headers)
-            )
+            code, decoded, _ = self.call("POST", "/api/v1/tasks/o/kill", headers=headers)
             self.assertEnvelope(code, decoded, 403, "permission_denied")
             self.assertEqual(decoded["error"]["message"], "permission denied: kill requires owner 'alice'")
-        code, status, _ = yield defer.ensureDeferred(
-            self.call("POST", "/api/v1/tasks/o/kill", headers={b"X-Execgo-Owner": [b" alice "]})
-        )
+        code, status, _ = self.call("POST", "/api/v1/tasks/o/kill", headers={b"X-Execgo-Owner": [b" alice "]})
         self.assertEqual((code, status["status"]), (200, "cancelled"))
-        code, decoded, _ = yield defer.ensureDeferred(self.call("POST", "/api/v1/tasks/o/kill"))
+        code, decoded, _ = self.call("POST", "/api/v1/tasks/o/kill")
         self.assertEnvelope(code, decoded, 403, "permission_denied")
 
 
@@ -342,59 +332,62 @@ class LongPollTests(APITestsBase):
     C{GET /api/v1/tasks/{id}?wait_ms=N} answered by the supervisor's report.
     """
 
-    async def poll_until_reported(self, report: control.Report) -> "tuple[int, Any]":
+    def poll_until_reported(self, report: control.Report) -> "tuple[int, Any]":
         """
         Long-poll task C{w} (queued), deliver C{report} once the poll
         waits, and return the poll's answer.
         """
-        await self.submit({"task_id": "w", **COMMAND})
-        polled = defer.ensureDeferred(self.call("GET", "/api/v1/tasks/w?wait_ms=5000"))
-        for _ in range(2000):
-            if len(self.rt.runtime.waiters):
-                break
-            await deferLater(reactor, 0.001, lambda: None)
+        self.submit({"task_id": "w", **COMMAND})
+        polled = self.rt.send("GET", "/api/v1/tasks/w?wait_ms=5000")
+        self.assertNoResult(polled)
         self.assertEqual(len(self.rt.runtime.waiters), 1)
         self.rt.runtime.on_supervisor_message(report)
-        code, status, _ = await polled
+        code, status, _ = self.decoded(self.rt.done(polled))
         return code, status
 
-    @defer.inlineCallbacks
-    def test_answered_from_the_report(self) -> Any:
+    def test_deadline(self) -> None:
+        """
+        Without a report, the long-poll answers the task's state when
+        C{wait_ms} has passed, and not a moment before.
+        """
+        self.submit({"task_id": "w", **COMMAND})
+        polled = self.rt.send("GET", "/api/v1/tasks/w?wait_ms=5000")
+        self.rt.clock.advance(4.999)
+        self.rt.treq.flush()
+        self.assertNoResult(polled)
+        self.rt.clock.advance(0.001)
+        code, status, _ = self.decoded(self.rt.done(polled))
+        self.assertEqual((code, status["status"]), (200, "accepted"))
+        self.assertEqual(len(self.rt.runtime.waiters), 0)
+
+    def test_answered_from_the_report(self) -> None:
         """
         The terminal snapshot carried by a C{finished} report is the
         answer, as reported (not read again from the store).
         """
         reported = {"task_id": "w", "status": "success", "note": "from the report"}
-        code, status = yield defer.ensureDeferred(
-            self.poll_until_reported(control.Finished("w", reported))
-        )
+        code, status = self.poll_until_reported(control.Finished("w", reported))
         self.assertEqual((code, status), (200, reported))
 
-    @defer.inlineCallbacks
-    def test_report_without_status(self) -> Any:
+    def test_report_without_status(self) -> None:
         """
         A report without a snapshot (a large one is left out) sends the
         poll to the store for the task's state.
         """
-        code, status = yield defer.ensureDeferred(
-            self.poll_until_reported(control.Finished("w"))
-        )
+        code, status = self.poll_until_reported(control.Finished("w"))
         self.assertEqual((code, status["task_id"], status["status"]), (200, "w", "accepted"))
         self.assertIn("artifacts", status)
 
-    @defer.inlineCallbacks
-    def test_reported_snapshot_kept(self) -> Any:
+    def test_reported_snapshot_kept(self) -> None:
         """
         Later status requests for a reported task, with or without
         C{wait_ms}, are answered from the kept report, not the store
         (which this fake report never changed).
         """
         reported = {"task_id": "w", "status": "success", "note": "from the report"}
-        yield defer.ensureDeferred(
-            self.poll_until_reported(control.Finished("w", reported))
-        )
+        self.poll_until_reported(control.Finished("w", reported))
         for path in ("/api/v1/tasks/w", "/api/v1/tasks/w?wait_ms=5000"):
-            code, status, _ = yield defer.ensureDeferred(self.call("GET", path))
+            code, status, _ = self.call("GET", path)
             self.assertEqual((code, status), (200, reported))
 
 
@@ -406,22 +399,21 @@ class KeptSnapshotTests(APITestsBase):
 
     config_overrides = {"result_retention_secs": 0}
 
-    @defer.inlineCallbacks
-    def test_kept_until_collected(self) -> Any:
+    def test_kept_until_collected(self) -> None:
         """
         A cancelled task's snapshot is kept after the first read; once GC
         has deleted the task it is forgotten, and the task is 404.
         """
-        yield defer.ensureDeferred(self.submit({"task_id": "g", **COMMAND}))
-        code, _, _ = yield defer.ensureDeferred(self.call("POST", "/api/v1/tasks/g/kill"))
+        self.submit({"task_id": "g", **COMMAND})
+        code, _, _ = self.call("POST", "/api/v1/tasks/g/kill")
         self.assertEqual(code, 200)
-        code, first, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/g"))
+        code, first, _ = self.call("GET", "/api/v1/tasks/g")
         self.assertEqual((code, first["status"]), (200, "cancelled"))
         self.assertEqual(self.rt.runtime.finished.get("g"), first)
-        collected = yield defer.ensureDeferred(self.rt.runtime.collect_garbage())
+        collected = self.rt.done(defer.ensureDeferred(self.rt.runtime.collect_garbage()))
         self.assertEqual(collected, 1)
         self.assertIsNone(self.rt.runtime.finished.get("g"))
-        code, decoded, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/g"))
+        code, decoded, _ = self.call("GET", "/api/v1/tasks/g")
         self.assertEnvelope(code, decoded, 404, "not_found")
 
 
@@ -430,8 +422,7 @@ class RoutingTests(APITestsBase):
     Unknown paths, wrong methods, unknown tasks.
     """
 
-    @defer.inlineCallbacks
-    def test_unknown(self) -> Any:
+    def test_unknown(self) -> None:
         """
         Unknown paths (a trailing slash included) and unknown task ids are
         404 with the envelope; a wrong method is 405 C{invalid_input}.
@@ -443,7 +434,7 @@ class RoutingTests(APITestsBase):
             ("GET", "/api/v1/tasks/missing/events"),
             ("POST", "/api/v1/tasks/missing/kill"),
         ]:
-            code, decoded, _ = yield defer.ensureDeferred(self.call(method, path))
+            code, decoded, _ = self.call(method, path)
             self.assertEnvelope(code, decoded, 404, "not_found")
         for method, path in [
             ("PUT", "/api/v1/tasks"),
@@ -451,16 +442,15 @@ class RoutingTests(APITestsBase):
             ("GET", "/api/v1/tasks/x/kill"),
             ("POST", "/healthz"),
         ]:
-            code, decoded, _ = yield defer.ensureDeferred(self.call(method, path))
+            code, decoded, _ = self.call(method, path)
             self.assertEnvelope(code, decoded, 405, "invalid_input")
 
-    @defer.inlineCallbacks
-    def test_stopping(self) -> Any:
+    def test_stopping(self) -> None:
         """
         While the runtime stops, submissions get 503 with the envelope.
         """
         self.rt.runtime.accepting = False
-        code, decoded = yield defer.ensureDeferred(self.submit(COMMAND))
+        code, decoded = self.submit(COMMAND)
         self.assertEqual(code, 503)
         self.assertEqual(decoded["error"]["code"], "internal")
 
@@ -470,34 +460,32 @@ class RuntimeViewTests(APITestsBase):
     The runtime endpoints, health and metrics.
     """
 
-    @defer.inlineCallbacks
-    def test_views(self) -> Any:
+    def test_views(self) -> None:
         """
         info, config, capabilities, healthz and readyz have the contract's
         shapes.
         """
-        code, info, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/runtime/info"))
+        code, info, _ = self.call("GET", "/api/v1/runtime/info")
         self.assertEqual(list(info), ["runtime_id", "version", "started_at", "snapshot_version", "platform"])
         self.assertEqual((info["version"], info["snapshot_version"]), ("1.1.0", "v1"))
-        code, config, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/runtime/config"))
+        code, config, _ = self.call("GET", "/api/v1/runtime/config")
         self.assertEqual(config["data_dir"], self.data_dir)
         self.assertEqual(config["max_running_tasks"], 4)
         self.assertIs(config["cgroup_enabled"], True)
-        code, caps, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/runtime/capabilities"))
+        code, caps, _ = self.call("GET", "/api/v1/runtime/capabilities")
         self.assertEqual(caps["resources"]["capacity"], {"task_slots": 4, "memory_bytes": 1 << 30, "pids": 4096})
-        code, health, _ = yield defer.ensureDeferred(self.call("GET", "/healthz"))
+        code, health, _ = self.call("GET", "/healthz")
         self.assertEqual((code, health), (200, {"status": "ok", "version": "1.1.0"}))
-        code, ready, _ = yield defer.ensureDeferred(self.call("GET", "/readyz"))
+        code, ready, _ = self.call("GET", "/readyz")
         self.assertEqual((code, ready), (200, {"status": "ready", "version": "1.1.0"}))
 
-    @defer.inlineCallbacks
-    def test_metrics(self) -> Any:
+    def test_metrics(self) -> None:
         """
         /metrics is Prometheus text with the four families in order.
         """
-        yield defer.ensureDeferred(self.submit({"task_id": "m", **COMMAND}))
-        yield defer.ensureDeferred(self.call("POST", "/api/v1/tasks/m/kill"))
-        code, headers, content = yield defer.ensureDeferred(self.rt.request("GET", "/metrics"))
+        self.submit({"task_id": "m", **COMMAND})
+        self.call("POST", "/api/v1/tasks/m/kill")
+        code, headers, content = self.rt.request("GET", "/metrics")
         self.assertEqual(code, 200)
         self.assertEqual(headers[b"Content-Type"], [b"text/plain; version=0.0.4"])
         text = content.decode()
@@ -531,29 +519,24 @@ class ClientAgainstAPITests(APITestsBase):
     L{execgo.client.ExecgoClient} against the real resource.
     """
 
-    @defer.inlineCallbacks
-    def test_client_round_trip(self) -> Any:
+    def test_client_round_trip(self) -> None:
         """
         The treq client submits, reads, kills and sees typed errors carrying
         the server's code.
         """
-        from twisted.internet import reactor
-
         from execgo.client import ExecgoClient, ServerError
 
-        client = ExecgoClient("http://runtime.test", self.rt.treq, reactor)
-        submitted = yield self.rt.settle(client.submit({"task_id": "c1", **COMMAND}))
+        client = ExecgoClient("http://runtime.test", self.rt.treq, self.rt.clock)
+        submitted = self.rt.done(client.submit({"task_id": "c1", **COMMAND}))
         self.assertEqual((submitted.task_id, submitted.status), ("c1", "accepted"))
-        status = yield self.rt.settle(client.status("c1"))
+        status = self.rt.done(client.status("c1"))
         self.assertEqual(status.status, "accepted")
-        killed = yield self.rt.settle(client.kill("c1"))
+        killed = self.rt.done(client.kill("c1"))
         self.assertEqual(killed.status, "cancelled")
-        events = yield self.rt.settle(client.events("c1"))
+        events = self.rt.done(client.events("c1"))
         self.assertEqual(events[-1].event_type, "cancelled")
-        failure = yield self.assertFailure(
-            defer.ensureDeferred(self.rt.settle(client.status("nope"))), ServerError
-        )
+        failure = self.assertRaises(ServerError, self.rt.done, client.status("nope"))
         self.assertEqual((failure.status, failure.code), (404, "not_found"))
-        final = yield self.rt.settle(client.wait("c1"))
+        final = self.rt.done(client.wait("c1"))
         self.assertTrue(final.terminal)
         self.assertEqual(attrs.asdict(final)["error"]["code"], "cancelled")

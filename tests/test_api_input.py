@@ -1,8 +1,8 @@
 """
 No 5xx, no traceback and nothing left on disk from anything a client
-sends, through the real Klein resource, runtime and store in
-memory (L{tests.apifixture}): the cases found by hand, and a hypothesis
-fuzz of request paths and query strings.
+sends, through the real Klein resource, runtime and store, in memory and
+synchronously (L{tests.apifixture.MemoryRuntime}): the cases found by
+hand, and a hypothesis fuzz of request paths and query strings.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import os
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote_from_bytes
 
-from twisted.internet import defer
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
@@ -22,7 +21,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from execgo.core import bounds
 from execgo.core.errors import ExecgoError
 from execgo.server.web.api import Utf8Paths
-from tests.apifixture import InProcessRuntime, tmp_data_dir
+from tests.apifixture import MemoryRuntime, tmp_data_dir
 from tests.test_api import APITestsBase
 
 try:
@@ -74,11 +73,11 @@ class InputTestsBase(APITestsBase):
     An in-process runtime whose log events are watched.
     """
 
-    def setUp(self) -> "defer.Deferred[None]":
+    def setUp(self) -> None:
         self.watch = LogWatch()
         globalLogPublisher.addObserver(self.watch)
         self.addCleanup(globalLogPublisher.removeObserver, self.watch)
-        return super().setUp()
+        super().setUp()
 
     def task_dirs(self) -> List[str]:
         """
@@ -86,13 +85,13 @@ class InputTestsBase(APITestsBase):
         """
         return sorted(os.listdir(os.path.join(self.data_dir, "tasks")))
 
-    async def refused(self, request: Dict[str, Any], field: str) -> str:
+    def refused(self, request: Dict[str, Any], field: str) -> str:
         """
         Submit C{request}: it must get C{400 invalid_input} naming
         C{field}, and leave nothing on disk; the message.
         """
         before = self.task_dirs()
-        code, decoded = await self.submit(request)
+        code, decoded = self.submit(request)
         self.assertEnvelope(code, decoded, 400, "invalid_input")
         message = decoded["error"]["message"]
         self.assertTrue(message.startswith(f"invalid input: {field}: "), message)
@@ -106,29 +105,23 @@ class SubmitInputTests(InputTestsBase):
     submit, naming the field and the bound, with nothing on disk.
     """
 
-    @defer.inlineCallbacks
-    def test_workspace_subdir(self) -> Any:
+    def test_workspace_subdir(self) -> None:
         """
         A NUL (used to be a 500 and a task directory without a row) or a
         300-character component (ENAMETOOLONG) in C{workspace_subdir}.
         """
         for subdir in ("a\u0000b", "a" * 300, "ok/" + "b" * 256):
-            yield defer.ensureDeferred(
-                self.refused(
-                    {"task_id": "w", "execution": COMMAND, "sandbox": {"workspace_subdir": subdir}},
-                    "sandbox.workspace_subdir",
-                )
+            self.refused(
+                {"task_id": "w", "execution": COMMAND, "sandbox": {"workspace_subdir": subdir}},
+                "sandbox.workspace_subdir",
             )
-        code, decoded, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/w"))
+        code, decoded, _ = self.call("GET", "/api/v1/tasks/w")
         self.assertEnvelope(code, decoded, 404, "not_found")
-        code, _ = yield defer.ensureDeferred(
-            self.submit({"task_id": "w", "execution": COMMAND, "sandbox": {"workspace_subdir": "a" * 255}})
-        )
+        code, _ = self.submit({"task_id": "w", "execution": COMMAND, "sandbox": {"workspace_subdir": "a" * 255}})
         self.assertEqual(code, 200)
         self.assertEqual(self.watch.loud(), [])
 
-    @defer.inlineCallbacks
-    def test_nul_in_execution(self) -> Any:
+    def test_nul_in_execution(self) -> None:
         """
         NUL in C{program}, C{args}, C{env} and C{interpreter} is refused
         at submit (it used to fail the task at launch).
@@ -139,27 +132,22 @@ class SubmitInputTests(InputTestsBase):
             ({"kind": "command", "program": "echo", "env": {"K": "\u0000"}}, 'execution.env["K"]'),
             ({"kind": "script", "script": "true", "interpreter": ["/bin/sh\u0000"]}, "execution.interpreter[0]"),
         ):
-            message = yield defer.ensureDeferred(self.refused({"execution": execution}, field))
+            message = self.refused({"execution": execution}, field)
             self.assertIn("NUL", message)
 
-    @defer.inlineCallbacks
-    def test_limits(self) -> Any:
+    def test_limits(self) -> None:
         """
         C{cpu_time_sec} 2^64-1 (accepted until now, then C{launch_failed})
         and one past each bound: 400 naming the field and the bound.
         """
-        message = yield defer.ensureDeferred(
-            self.refused({"execution": COMMAND, "limits": {"cpu_time_sec": 2**64 - 1}}, "limits.cpu_time_sec")
-        )
+        message = self.refused({"execution": COMMAND, "limits": {"cpu_time_sec": 2**64 - 1}}, "limits.cpu_time_sec")
         self.assertIn(str(bounds.CPU_TIME_SEC_MAX), message)
         for name, bound in (
             ("wall_time_ms", bounds.WALL_TIME_MS_MAX),
             ("memory_bytes", bounds.MEMORY_BYTES_MAX),
             ("pids_max", bounds.PIDS_MAX_MAX),
         ):
-            message = yield defer.ensureDeferred(
-                self.refused({"execution": COMMAND, "limits": {name: bound + 1}}, f"limits.{name}")
-            )
+            message = self.refused({"execution": COMMAND, "limits": {name: bound + 1}}, f"limits.{name}")
             self.assertIn(f"at most {bound}", message)
 
 
@@ -168,24 +156,20 @@ class QueryAndPathTests(InputTestsBase):
     Query strings and paths a client can send get the envelope.
     """
 
-    @defer.inlineCallbacks
-    def test_cursor_too_large(self) -> Any:
+    def test_cursor_too_large(self) -> None:
         """
         A cursor of the right shape with numbers SQLite cannot hold (used
         to be a 500) is C{invalid_input}; the largest that fits is fine.
         """
         for value in (cursor(9999999999999999999, 1), cursor(1, 9999999999999999999)):
-            code, decoded, _ = yield defer.ensureDeferred(self.call("GET", f"/api/v1/tasks?cursor={value}"))
+            code, decoded, _ = self.call("GET", f"/api/v1/tasks?cursor={value}")
             self.assertEnvelope(code, decoded, 400, "invalid_input")
             self.assertIn("cursor", decoded["error"]["message"])
-        code, decoded, _ = yield defer.ensureDeferred(
-            self.call("GET", f"/api/v1/tasks?cursor={cursor(2**63 - 1, 2**63 - 1)}")
-        )
+        code, decoded, _ = self.call("GET", f"/api/v1/tasks?cursor={cursor(2**63 - 1, 2**63 - 1)}")
         self.assertEqual((code, decoded), (200, {"tasks": [], "next_cursor": None}))
         self.assertEqual(self.watch.loud(), [])
 
-    @defer.inlineCallbacks
-    def test_path_not_utf8(self) -> Any:
+    def test_path_not_utf8(self) -> None:
         """
         A path that is not UTF-8 once percent-decoded gets 400
         C{invalid_input} as JSON (it was C{text/html}), with no token,
@@ -198,7 +182,7 @@ class QueryAndPathTests(InputTestsBase):
             ("GET", "/%fe%ff"),
         ):
             before = len(self.watch.events)
-            code, decoded, headers = yield defer.ensureDeferred(self.call(method, path))
+            code, decoded, headers = self.call(method, path)
             self.assertEnvelope(code, decoded, 400, "invalid_input")
             self.assertEqual(headers[b"Content-Type"], [b"application/json"])
             self.assertLessEqual(len(self.watch.events) - before, 1, path)
@@ -257,7 +241,7 @@ class ReadinessTests(APITestsBase):
     C{/readyz} answers 503 while the data directory cannot be written.
     """
 
-    def setUp(self) -> "defer.Deferred[None]":
+    def setUp(self) -> None:
         self.fault: Optional[OSError] = None
         self.probed: List[str] = []
         self.data_dir = tmp_data_dir(self)
@@ -267,12 +251,11 @@ class ReadinessTests(APITestsBase):
             if self.fault is not None:
                 raise self.fault
 
-        self.rt = InProcessRuntime(self.data_dir, probe=probe)
-        self.addCleanup(lambda: defer.ensureDeferred(self.rt.stop()))
-        return defer.ensureDeferred(self.rt.start())
+        self.rt = MemoryRuntime(self.data_dir, probe=probe)
+        self.rt.start()
+        self.addCleanup(self.rt.stop)
 
-    @defer.inlineCallbacks
-    def test_unwritable(self) -> Any:
+    def test_unwritable(self) -> None:
         """
         Read only, full, not permitted: 503 C{internal} naming the
         directory and why; ready again once the probe succeeds.
@@ -280,14 +263,14 @@ class ReadinessTests(APITestsBase):
         tasks = os.path.join(self.data_dir, "tasks")
         for number in (errno.EROFS, errno.ENOSPC, errno.EPERM):
             self.fault = OSError(number, os.strerror(number))
-            code, decoded, _ = yield defer.ensureDeferred(self.call("GET", "/readyz"))
+            code, decoded, _ = self.call("GET", "/readyz")
             self.assertEnvelope(code, decoded, 503, "internal")
             self.assertEqual(
                 decoded["error"]["message"],
                 f"unavailable: data directory cannot be written: {tasks}: {os.strerror(number)}",
             )
         self.fault = None
-        code, decoded, _ = yield defer.ensureDeferred(self.call("GET", "/readyz"))
+        code, decoded, _ = self.call("GET", "/readyz")
         self.assertEqual((code, decoded["status"]), (200, "ready"))
         self.assertEqual(set(self.probed), {tasks})
 
@@ -357,8 +340,8 @@ if HAVE_HYPOTHESIS:
     def fuzz_cases() -> List[Tuple[str, str]]:
         """
         L{FUZZ_EXAMPLES} requests (method, path with query) drawn by
-        hypothesis, derandomised: hypothesis cannot drive an async test, so
-        the cases are drawn first and sent afterwards.
+        hypothesis, derandomised: drawn first, then all sent to one
+        runtime.
         """
         drawn: List[Tuple[str, str]] = []
 
@@ -390,20 +373,19 @@ class FuzzTests(InputTestsBase):
     Fuzzed paths and query strings against the in-memory API.
     """
 
-    @defer.inlineCallbacks
-    def test_paths_and_queries(self) -> Any:
+    def test_paths_and_queries(self) -> None:
         """
         Whatever the path and query: never a 5xx, every error the JSON
         envelope with a known code, and no traceback (or warning) logged.
         """
         if not HAVE_HYPOTHESIS:
             raise self.skipTest("hypothesis is not installed")
-        code, _ = yield defer.ensureDeferred(self.submit({"task_id": KNOWN, "execution": COMMAND}))
+        code, _ = self.submit({"task_id": KNOWN, "execution": COMMAND})
         self.assertEqual(code, 200)
         cases = fuzz_cases()
         self.assertEqual(len(cases), FUZZ_EXAMPLES)
         for method, path in cases:
-            code, response_headers, content = yield defer.ensureDeferred(self.rt.request(method, path))
+            code, response_headers, content = self.rt.request(method, path)
             self.assertLess(code, 500, f"{method} {path}: {content[:200]!r}")
             if code >= 400:
                 self.assertEqual(response_headers.get(b"Content-Type"), [b"application/json"], f"{method} {path}")

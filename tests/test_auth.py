@@ -10,14 +10,14 @@ import os
 import signal
 from typing import Any, Dict, List, Optional
 
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.trial.util import suppress as SUPPRESS
 
 from execgo.core import errors
 from execgo.core.config import RuntimeConfig
 from execgo.server.web.auth import Principal, Tokens, bearer, parse_tokens
-from tests.apifixture import InProcessRuntime, tmp_data_dir
+from tests.apifixture import MemoryRuntime, tmp_data_dir
 from tests.serverfixture import ServerProcess, poll
 from tests.test_cli import CliTestMixin, FakeWorld, ok
 
@@ -74,28 +74,27 @@ def auth(token: str) -> Dict[bytes, List[bytes]]:
     return {b"authorization": [f"Bearer {token}".encode()]}
 
 
-class GuardedAPITests(TestCase):
+class GuardedAPITests(SynchronousTestCase):
     """
     The API with authentication on, in memory.
     """
 
-    timeout = 30
     suppress = [SUPPRESS(category=BytesWarning, module="twisted.web.http_headers")]
 
-    def setUp(self) -> "defer.Deferred[None]":
+    def setUp(self) -> None:
         self.data_dir = tmp_data_dir(self)
-        self.rt = InProcessRuntime(
-            self.data_dir, RuntimeConfig(data_dir=self.data_dir), Tokens(parse_tokens(TOKENS))
-        )
-        self.addCleanup(lambda: defer.ensureDeferred(self.rt.stop()))
-        return defer.ensureDeferred(self.rt.start())
+        self.rt = MemoryRuntime(self.data_dir, RuntimeConfig(data_dir=self.data_dir), Tokens(parse_tokens(TOKENS)))
+        self.rt.start()
+        self.addCleanup(self.rt.stop)
 
-    async def call(self, method: str, path: str, data: Optional[bytes] = None, headers: Any = None) -> Any:
-        code, response_headers, content = await self.rt.request(method, path, data, headers)
+    def call(self, method: str, path: str, data: Optional[bytes] = None, headers: Any = None) -> Any:
+        """
+        One request: status, the body (decoded when JSON), the headers.
+        """
+        code, response_headers, content = self.rt.request(method, path, data, headers)
         return code, (json.loads(content) if content and content[:1] in b"{[" else content), response_headers
 
-    @defer.inlineCallbacks
-    def test_token_required(self) -> Any:
+    def test_token_required(self) -> None:
         """
         Every endpoint but C{/healthz} and C{/readyz} answers 401 with the
         envelope and a C{WWW-Authenticate} header without a valid token.
@@ -112,33 +111,30 @@ class GuardedAPITests(TestCase):
             ("GET", "/metrics"),
         ]:
             for headers in (None, auth("nope")):
-                code, body, response_headers = yield defer.ensureDeferred(self.call(method, path, headers=headers))
+                code, body, response_headers = self.call(method, path, headers=headers)
                 self.assertEqual(code, 401, (method, path))
                 self.assertEqual(body["error"]["code"], "permission_denied")
                 self.assertIn(b"WWW-Authenticate", response_headers)
         for path in ("/healthz", "/readyz"):
-            code, _, _ = yield defer.ensureDeferred(self.call("GET", path))
+            code, _, _ = self.call("GET", path)
             self.assertEqual(code, 200)
 
-    @defer.inlineCallbacks
-    def test_token_overrides_body_and_gates_kill(self) -> Any:
+    def test_token_overrides_body_and_gates_kill(self) -> None:
         """
         The token's tenant and owner replace the body's; a kill needs the
         token of the task's owner, whatever the owner header says.
         """
         request = {"task_id": "t", **COMMAND, "control_context": {"tenant": "other", "owner": "mallory"}}
-        code, body, _ = yield defer.ensureDeferred(
-            self.call("POST", "/api/v1/tasks", json.dumps(request).encode(), auth("alpha"))
-        )
+        code, body, _ = self.call("POST", "/api/v1/tasks", json.dumps(request).encode(), auth("alpha"))
         self.assertEqual(code, 200, body)
         with open(os.path.join(self.data_dir, "tasks", "t", "request.json")) as f:
             context = json.load(f)["control_context"]
         self.assertEqual((context["tenant"], context["owner"]), ("acme", "alice"))
         headers = auth("beta")
         headers[b"x-execgo-owner"] = [b"alice"]
-        code, body, _ = yield defer.ensureDeferred(self.call("POST", "/api/v1/tasks/t/kill", headers=headers))
+        code, body, _ = self.call("POST", "/api/v1/tasks/t/kill", headers=headers)
         self.assertEqual((code, body["error"]["code"]), (403, "permission_denied"))
-        code, body, _ = yield defer.ensureDeferred(self.call("POST", "/api/v1/tasks/t/kill", headers=auth("alpha")))
+        code, body, _ = self.call("POST", "/api/v1/tasks/t/kill", headers=auth("alpha"))
         self.assertEqual((code, body["status"]), (200, "cancelled"))
 
 

@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from execgo.server.batching import Batcher, run_jobs
-from execgo.store import taskdb
+from execgo.store.connection import transaction
 
 
 def connection() -> sqlite3.Connection:
@@ -24,7 +24,7 @@ def connection() -> sqlite3.Connection:
 
 def insert(key: str) -> Any:
     def write(conn: sqlite3.Connection, prepared: Any) -> str:
-        with taskdb.transaction(conn):
+        with transaction(conn):
             conn.execute("INSERT INTO t (k) VALUES (?)", (key,))
         return f"{key}:{prepared}"
 
@@ -54,7 +54,7 @@ class RunJobsTests(SynchronousTestCase):
         Consecutive grouped writes run after their first steps, in one
         C{BEGIN IMMEDIATE} ... C{COMMIT}, each getting its step's value.
         """
-        results = run_jobs(self.conn, [grouped("a"), grouped("b")], taskdb.transaction)
+        results = run_jobs(self.conn, [grouped("a"), grouped("b")], transaction)
         self.assertEqual(results, [(True, "a:prepared"), (True, "b:prepared")])
         self.assertEqual(keys(self.conn), ["a", "b"])
         self.assertEqual(self.statements.count("BEGIN IMMEDIATE"), 1)
@@ -72,7 +72,7 @@ class RunJobsTests(SynchronousTestCase):
             conn.execute("INSERT INTO t (k) VALUES ('a')")
 
         results = run_jobs(
-            self.conn, [grouped("a"), (lambda conn: None, (), twice), grouped("b")], taskdb.transaction
+            self.conn, [grouped("a"), (lambda conn: None, (), twice), grouped("b")], transaction
         )
         self.assertEqual([ok for ok, _ in results], [True, False, True])
         self.assertIsInstance(results[1][1], Failure)
@@ -88,7 +88,7 @@ class RunJobsTests(SynchronousTestCase):
         def refuse(conn: sqlite3.Connection) -> None:
             raise ValueError("queue full")
 
-        results = run_jobs(self.conn, [(refuse, (), insert("x")), grouped("y")], taskdb.transaction)
+        results = run_jobs(self.conn, [(refuse, (), insert("x")), grouped("y")], transaction)
         self.assertFalse(results[0][0])
         results[0][1].trap(ValueError)
         self.assertEqual(keys(self.conn), ["y"])
@@ -103,7 +103,7 @@ class RunJobsTests(SynchronousTestCase):
             return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0], conn.in_transaction
 
         results = run_jobs(
-            self.conn, [grouped("a"), (count, ("t",), None), grouped("b")], taskdb.transaction
+            self.conn, [grouped("a"), (count, ("t",), None), grouped("b")], transaction
         )
         self.assertEqual(results[1], (True, (1, False)))
         self.assertEqual(keys(self.conn), ["a", "b"])
@@ -117,7 +117,7 @@ class RunJobsTests(SynchronousTestCase):
 
         @contextmanager
         def failing(conn: sqlite3.Connection) -> Iterator[None]:
-            with taskdb.transaction(conn):
+            with transaction(conn):
                 yield
                 raise sqlite3.OperationalError("disk I/O error")
 
@@ -159,7 +159,7 @@ class BatcherTests(SynchronousTestCase):
         with its own result.
         """
         pool = FakePool()
-        batcher = Batcher(pool, group=taskdb.transaction)  # type: ignore[arg-type]
+        batcher = Batcher(pool, group=transaction)  # type: ignore[arg-type]
         first = batcher.run(lambda conn: "plain")
         second = batcher.run_grouped(lambda conn: 1, insert("a"))
         third = batcher.run_grouped(lambda conn: 2, insert("a"))

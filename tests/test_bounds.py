@@ -1,6 +1,6 @@
 """
 Tests for L{execgo.core.bounds}: what the host accepts of a submission, checked
-through the real validation pipeline (L{execgo.core.validation.parse_submit}),
+through the real validation pipeline (L{execgo.core.submission.parse_submit}),
 and each bound proved against the kernel where this host lets a test do so
 (a real spawn with the largest rlimits, a real pids cgroup, a real
 C{epoll} wait).
@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from execgo.core import bounds
 from execgo.core.errors import InvalidInput
 from execgo.core.models import ResourceLimits
-from execgo.core.validation import parse_submit
+from execgo.core.submission import parse_submit
 from execgo.supervisor import launcher
 from tests.fakes import plan_for
 

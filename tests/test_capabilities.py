@@ -21,7 +21,7 @@ from execgo.core.capabilities import (
     normalise_arch,
     normalise_os,
 )
-from execgo.core.ledger import Capacity
+from execgo.core.models import Reservation
 from execgo.host.probe import (
     CgroupFacility,
     CgroupLayout,
@@ -785,7 +785,7 @@ class BuildCapabilitiesTests(SynchronousTestCase):
         self.assertEqual(caps.warnings, ("linux_sandbox is unavailable on this host",))
         self.assertEqual(caps.cgroup_mechanisms, {})
         self.assertFalse(caps.cgroup_v2)
-        self.assertEqual(caps.capacity, Capacity(4, 25276502016, None))
+        self.assertEqual(caps.capacity, Reservation(4, 25276502016, None))
 
     def test_capacity(self) -> None:
         """
@@ -793,15 +793,15 @@ class BuildCapabilitiesTests(SynchronousTestCase):
         and the host's total; unknown stays unknown.
         """
         limited = attrs.evolve(HYBRID_FACTS, own_memory_limit=1 << 30, own_pids_limit=100)
-        self.assertEqual(build(limited).capacity, Capacity(4, 1 << 30, 100))
+        self.assertEqual(build(limited).capacity, Reservation(4, 1 << 30, 100))
         self.assertEqual(
             build(limited, capacity_memory_bytes=7, capacity_pids=0,
                   max_running_tasks=0).capacity,
-            Capacity(0, 7, 0),
+            Reservation(0, 7, 0),
         )
         huge = attrs.evolve(HYBRID_FACTS, own_memory_limit=1 << 50)
         self.assertEqual(build(huge).capacity.memory_bytes, 25276502016)
-        self.assertEqual(build(HostFacts()).capacity, Capacity(4))
+        self.assertEqual(build(HostFacts()).capacity, Reservation(4))
         self.assertEqual(build(HostFacts()).to_json()["resources"]["capacity"], {"task_slots": 4})
 
     def test_naming(self) -> None:

@@ -35,7 +35,9 @@ from execgo.cli.main import (
     fail,
 )
 from execgo.cli.output import summary_line, task_exit_code
-from execgo.cli.sync_http import Response, StreamInterrupted, TransportError
+from execgo.cli.sync_http import Response
+from execgo.client.errors import StreamInterrupted, TransportError
+from execgo.client.resume import MAX_EVENT_LINE
 
 SERVER = "http://127.0.0.1:8080"
 TASKS = f"{SERVER}/api/v1/tasks"
@@ -1328,6 +1330,15 @@ class EventsTests(CliTestMixin, SynchronousTestCase):
         result = self.invoke(["events", "--follow", "t1"], world)
         self.assertFailure(result, "json error: the event stream ended in the middle of a line")
 
+    def test_line_too_long(self) -> None:
+        """
+        A partial line longer than the limit exits 1 with a C{json error},
+        after the complete lines before it were printed.
+        """
+        world = FakeWorld(streams={"events": [Attempt((EVENT_1 + b"x" * (MAX_EVENT_LINE + 1),))]})
+        result = self.invoke(["events", "--follow", "t1"], world)
+        self.assertFailure(result, f"json error: event line longer than {MAX_EVENT_LINE} bytes", EVENT_1)
+
 
 PAGE_1 = b'{"tasks":[{"task_id":"b","status":"running"},{"task_id":"a","status":"success"}],"next_cursor":"c1"}'
 PAGE_2 = b'{"tasks":[{"task_id":"\xc3\xa9","status":"failed"}],"next_cursor":null}'
@@ -1903,7 +1914,7 @@ class ProcessTests(SynchronousTestCase):
         code = (
             "import sys, execgo.cli.main; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'twisted', 'treq', 'klein'}), "
-            "'execgo.core.validation' in sys.modules)"
+            "'execgo.core.decoding' in sys.modules)"
         )
         output = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60

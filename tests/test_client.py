@@ -1,32 +1,35 @@
 """
 Tests for L{execgo.client}.
 
-The client runs end to end, in memory, against L{FakeRuntime}: a small
-C{twisted.web} resource defined here that answers like the runtime's API
-(submit with idempotency keys, status with long-poll, list, kill, events
-and event streams, log streams, the runtime endpoints, bearer tokens, error
-envelopes), reached through C{treq.testing.StubTreq}.  Waiting, backoff and
-timeouts run on a L{Clock}; no test sleeps, and each ends with no delayed
-call left.  L{RealResourceTests} then runs the client against the real
-Klein resource of an in-process runtime (L{tests.apifixture}).
+The client runs end to end against the real Klein resource of an
+in-process runtime (L{tests.apifixture}: the real L{Runtime} and store,
+a supervisor link that never launches, so tasks stay queued until killed),
+reached in memory through C{treq.testing.StubTreq} behind L{Recorder},
+which notes each request the client sent.  Those tests run on the real
+reactor, as the runtime's store does.
+
+L{FaultyServer} stands in only for what the real server cannot do:
+requests that hang, bodies that are not what the contract says, streams
+that break off, older servers (without long-poll or event streams), and
+long-polls held on the test's clock rather than the reactor's.  Those
+tests run on a L{Clock}; no test sleeps, and each ends with no delayed
+call left.  The no-I/O core has its own tests in
+L{tests.test_client_protocol}.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from typing import Any, Dict, List, Optional, Tuple
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence, Type
 
-import attrs
 from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.resource import Resource
+from twisted.web.resource import NoResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from execgo.client import (
@@ -46,14 +49,19 @@ from execgo.client import (
     TaskError,
     TaskEvent,
     TaskPage,
+    TaskStatus,
     TenantUsage,
     TransportError,
     WaitTimeout,
 )
+from execgo.core.config import RuntimeConfig
 from execgo.core.models import ExecutionSpec, SubmitRequest
+from execgo.server.web.auth import Tokens, parse_tokens
+from tests.apifixture import InProcessRuntime, tmp_data_dir
 
-TERMINAL = ("success", "failed", "cancelled")
-PLATFORM = {"os": "linux", "arch": "x86_64", "containerized": False, "kubernetes": False}
+BASE = "http://runtime.test"
+COMMAND = {"kind": "command", "program": "/bin/true"}
+REQUEST = {"execution": COMMAND}
 
 
 def status_of(task_id: str, status: str, **extra: Any) -> Dict[str, Any]:
@@ -64,367 +72,841 @@ def status_of(task_id: str, status: str, **extra: Any) -> Dict[str, Any]:
         "task_id": task_id,
         "handle_id": task_id,
         "status": status,
-        "created_at": "2026-04-23T10:00:00Z",
-        "updated_at": "2026-04-23T10:00:00Z",
         "stdout": "",
         "stderr": "",
         "stdout_truncated": False,
         "stderr_truncated": False,
-        "artifacts": {"task_dir": f"/d/tasks/{task_id}"},
     }
     value.update(extra)
     return value
 
 
-def event_of(seq: int, task_id: str, event_type: str) -> Dict[str, Any]:
+def event_line(seq: int, event_type: str) -> bytes:
     """
-    An C{EventRecord}.
+    One NDJSON line of task C{t1}'s event stream.
     """
-    return {
-        "seq": seq,
-        "task_id": task_id,
-        "event_type": event_type,
-        "timestamp": "2026-04-23T10:00:00Z",
-        "message": f"task {event_type}",
-    }
+    event = {"seq": seq, "task_id": "t1", "event_type": event_type, "timestamp": "2026-04-23T10:00:00Z"}
+    return json.dumps(event).encode() + b"\n"
 
 
-def envelope(code: str, message: str) -> Dict[str, Any]:
+# -- the real server
+
+
+class Recorder(Resource):
     """
-    The runtime's error envelope.
-    """
-    return {"error": {"code": code, "message": message}}
+    The real API resource, optionally under a path prefix, noting the URI
+    and headers of every request it serves.
 
-
-def arg(request: Request, name: bytes, default: Optional[bytes] = None) -> Optional[bytes]:
-    """
-    The last value of query argument C{name}.
-    """
-    values = request.args.get(name)
-    return values[-1] if values else default
-
-
-@attrs.define
-class Follower:
-    """
-    A follow stream in progress: its request and what it has sent.
-    """
-
-    request: Request
-    sent: int
-
-
-FIXED = {
-    b"/healthz": {"status": "ok", "version": "1.1.0"},
-    b"/readyz": {"status": "ready", "version": "1.1.0"},
-    b"/api/v1/runtime/info": {
-        "runtime_id": "node-a",
-        "version": "1.1.0",
-        "started_at": "2026-04-23T10:00:00Z",
-        "snapshot_version": "v1",
-        "platform": PLATFORM,
-    },
-    b"/api/v1/runtime/capabilities": {
-        "runtime_id": "node-a",
-        "snapshot_version": "v1",
-        "collected_at": "2026-04-23T10:00:00Z",
-        "platform": PLATFORM,
-        "execution": {"command": True, "script": True, "process_group": True},
-        "resources": {"ledger": True, "capacity": {"task_slots": 4, "memory_bytes": 1024}},
-        "stable_semantics": ["submit", "status"],
-        "enhanced_semantics": ["resource_ledger"],
-        "warnings": ["no sandbox"],
-        "degraded": True,
-        "overrides": {"cgroup": "disabled"},
-    },
-    b"/api/v1/runtime/config": {
-        "runtime_id": "node-a",
-        "listen_addr": "127.0.0.1:8080",
-        "data_dir": "data",
-        "max_running_tasks": 4,
-        "max_queued_tasks": 128,
-        "termination_grace_ms": 5000,
-        "result_retention_secs": 604800,
-        "gc_interval_ms": 1000,
-        "dispatch_poll_interval_ms": 250,
-        "cgroup_root": "/sys/fs/cgroup/execgo-runtime",
-        "default_capability_mode": "adaptive",
-        "cgroup_enabled": True,
-    },
-    b"/api/v1/runtime/resources": {
-        "runtime_id": "node-a",
-        "capacity": {"task_slots": 4, "pids": 64},
-        "reserved": {"task_slots": 1, "pids": 8},
-        "available": {"task_slots": 3, "pids": 56},
-        "active_reservations": [
-            {"task_id": "t9", "status": "running", "reservation": {"task_slots": 1, "pids": 8},
-             "reserved_at": "2026-04-23T10:00:01Z"}
-        ],
-        "accepted_waiting_tasks": 2,
-        "tenants": [
-            {"tenant": "alice", "quota": {"task_slots": 2}, "reserved": {"task_slots": 1},
-             "available": {"task_slots": 1}},
-            {"tenant": "bob", "reserved": {"task_slots": 0}},
-        ],
-    },
-    b"/api/v1/openapi.json": {"openapi": "3.1.0", "paths": {}},
-}
-
-
-class FakeRuntime(Resource):
-    """
-    Answers like the runtime's API, from scripted task states.
-
-    @ivar scripts: per task id, the statuses successive C{GET}s return (the
-        last one repeats).
-    @ivar owners: per task id, the owner a kill must present.
-    @ivar requests: C{(method, path, body, owner header)} of every request.
-    @ivar uris: the full request URI (path and query) of every request.
+    @ivar uris: the request URI (path and query) of every request.
     @ivar headers: the request headers of every request.
-    @ivar hanging: requests left unanswered (for timeouts).
-    @ivar long_poll: hold C{?wait_ms=N} status requests of unfinished tasks
-        for N ms on L{clock} (else answer at once, like an old server).
-    @ivar logs: per task id and stream name, the log's bytes.
-    @ivar events: per task id, its event records.
-    @ivar pages: the list pages, keyed by the cursor that asks for them
-        (C{None}: the first page).
-    @ivar token: when set, every request needs C{Authorization: Bearer}
-        with it.
     """
 
     isLeaf = True
 
-    def __init__(self, clock: Clock, prefix: bytes = b"") -> None:
+    def __init__(self, api: Resource, prefix: bytes = b"") -> None:
         super().__init__()
-        self.clock = clock
+        self.api = api
         self.prefix = prefix
-        self.scripts: Dict[str, List[Dict[str, Any]]] = {}
-        self.owners: Dict[str, str] = {}
-        self.requests: List[Tuple[bytes, bytes, bytes, Optional[bytes]]] = []
         self.uris: List[bytes] = []
-        self.headers: List[Dict[bytes, List[bytes]]] = []
-        self.hanging: List[Request] = []
-        self.oversized = 0
-        self.long_poll = False
-        self.held: List[Tuple[Request, str, IDelayedCall]] = []
-        self.logs: Dict[str, Dict[str, bytearray]] = {}
-        self.log_followers: Dict[Tuple[str, str], List[Follower]] = {}
-        self.events: Dict[str, List[Dict[str, Any]]] = {}
-        self.event_followers: Dict[str, List[Follower]] = {}
-        self.pages: Dict[Optional[bytes], Dict[str, Any]] = {}
-        self.idempotency: Dict[str, Tuple[bytes, Dict[str, Any]]] = {}
-        self.token: Optional[str] = None
+        self.headers: List[Dict[bytes, Sequence[bytes]]] = []
 
     def render(self, request: Request) -> Any:
-        body = request.content.read()
-        path = request.path
-        self.requests.append((request.method, path, body, request.getHeader(b"x-execgo-owner")))
+        """
+        Note the request, then hand it to the API (mounted at the prefix).
+        """
         self.uris.append(request.uri)
         self.headers.append(dict(request.requestHeaders.getAllRawHeaders()))
-        if self.token is not None and request.getHeader(b"authorization") != b"Bearer " + self.token.encode():
-            return self.answer(request, 401, envelope("permission_denied", "unauthorized: unknown token"))
-        if not path.startswith(self.prefix):
-            return self.answer(request, 404, None)
-        path = path[len(self.prefix) :]
-        parts = path.decode("utf-8").split("/")
-        method = request.method
-        if path == b"/api/v1/tasks" and method == b"POST":
-            return self.submit(request, body)
-        if path == b"/api/v1/tasks" and method == b"GET":
-            return self.answer(request, 200, self.pages[arg(request, b"cursor")])
-        if parts[:4] == ["", "api", "v1", "tasks"] and len(parts) in (5, 6):
-            return self.task(request, parts[4], parts[5] if len(parts) == 6 else None)
-        if method == b"GET" and path == b"/metrics":
-            request.setHeader(b"content-type", b"text/plain; version=0.0.4")
-            return b"execgo_runtime_tasks_running 0\n"
-        if method == b"GET" and path in FIXED:
-            return self.answer(request, 200, FIXED[path])
-        return self.answer(request, 404, None)
-
-    def answer(self, request: Request, code: int, value: Any) -> bytes:
-        request.setResponseCode(code)
-        if value is None:
-            return b""
-        request.setHeader(b"content-type", b"application/json")
-        return json.dumps(value, separators=(",", ":")).encode("utf-8")
-
-    def submit(self, request: Request, body: bytes) -> bytes:
-        document = json.loads(body)
-        key = request.getHeader(b"idempotency-key")
-        if key is not None:
-            seen = self.idempotency.get(key.decode())
-            if seen is not None:
-                if seen[0] != body:
-                    return self.answer(request, 409, envelope(
-                        "conflict", "conflict: idempotency key reused with a different request"))
-                return self.answer(request, 200, seen[1])
-        task_id = document.get("task_id") or f"generated-{len(self.scripts) + 1}"
-        if task_id in self.scripts:
-            return self.answer(request, 409, envelope("conflict", f"conflict: task {task_id} exists"))
-        self.scripts[task_id] = [status_of(task_id, "accepted")]
-        owner = (document.get("control_context") or {}).get("owner")
-        if owner:
-            self.owners[task_id] = owner
-        answer = {"task_id": task_id, "handle_id": task_id, "status": "accepted"}
-        if key is not None:
-            self.idempotency[key.decode()] = (body, answer)
-        return self.answer(request, 200, answer)
-
-    def current(self, task_id: str) -> Dict[str, Any]:
-        script = self.scripts[task_id]
-        return script.pop(0) if len(script) > 1 else script[0]
-
-    def task(self, request: Request, task_id: str, action: Optional[str]) -> Any:
-        if task_id == "hang":
-            self.hanging.append(request)
-            return NOT_DONE_YET
-        if task_id == "garbage":
-            return b"<html>"
-        if task_id == "huge":
-            self.oversized += 1
-            return self.answer(request, 200, status_of("huge", "running", stdout="x" * 5000))
-        if task_id == "plain-error":
-            request.setResponseCode(500)
-            return b"metrics_error database is locked\n"
-        if task_id not in self.scripts:
-            return self.answer(request, 404, envelope("not_found", f"task not found: {task_id}"))
-        if action is None and request.method == b"GET":
-            status = self.current(task_id)
-            wait_ms = int(arg(request, b"wait_ms", b"0") or b"0")
-            if self.long_poll and wait_ms and status["status"] not in TERMINAL:
-                call = self.clock.callLater(wait_ms / 1000.0, self.release, request, task_id)
-                self.held.append((request, task_id, call))
-                return NOT_DONE_YET
-            return self.answer(request, 200, status)
-        if action == "events" and request.method == b"GET":
-            return self.event_log(request, task_id)
-        if action in ("stdout", "stderr") and request.method == b"GET":
-            return self.log(request, task_id, action)
-        if action == "kill" and request.method == b"POST":
-            supplied = (request.getHeader(b"x-execgo-owner") or b"").decode().strip()
-            required = self.owners.get(task_id)
-            if required is not None and supplied != required:
-                return self.answer(
-                    request, 403,
-                    envelope("permission_denied", f"permission denied: kill requires owner '{required}'"),
-                )
-            cancelled = status_of(
-                task_id, "cancelled", error={"code": "cancelled", "message": "task cancelled"}
-            )
-            self.finish(task_id, cancelled)
-            return self.answer(request, 200, cancelled)
-        return self.answer(request, 405, envelope("invalid_input", "invalid input: method not allowed"))
-
-    # long-poll
-
-    def release(self, request: Request, task_id: str) -> None:
-        self.held = [entry for entry in self.held if entry[0] is not request]
-        request.write(self.answer(request, 200, self.scripts[task_id][0]))
-        request.finish()
-
-    def finish(self, task_id: str, status: Dict[str, Any]) -> None:
-        """
-        Make C{status} the task's state; answer its held long-polls and end
-        its follow streams.
-        """
-        self.scripts[task_id] = [status]
-        for request, held_id, call in list(self.held):
-            if held_id == task_id:
-                call.cancel()
-                self.release(request, task_id)
-        for name in ("stdout", "stderr"):
-            for follower in self.log_followers.pop((task_id, name), []):
-                follower.request.finish()
-
-    # logs
-
-    def log(self, request: Request, task_id: str, name: str) -> Any:
-        data = self.logs.setdefault(task_id, {}).setdefault(name, bytearray())
-        offset = int(arg(request, b"offset", b"0") or b"0")
-        request.setHeader(b"content-type", b"application/octet-stream")
-        request.setHeader(b"x-execgo-log-size", str(len(data)).encode())
-        request.setHeader(b"x-execgo-offset", str(offset).encode())
-        terminal = self.scripts[task_id][0]["status"] in TERMINAL
-        if arg(request, b"follow") != b"true" or terminal:
-            return bytes(data[offset:])
-        request.write(bytes(data[offset:]))
-        self.log_followers.setdefault((task_id, name), []).append(
-            Follower(request, max(len(data), offset))
-        )
-        return NOT_DONE_YET
-
-    def append_log(self, task_id: str, name: str, data: bytes) -> None:
-        """
-        The workload writes C{data}: followers get it at once.
-        """
-        self.logs.setdefault(task_id, {}).setdefault(name, bytearray()).extend(data)
-        for follower in self.log_followers.get((task_id, name), []):
-            follower.request.write(data)
-            follower.sent += len(data)
-
-    def drop_followers(self) -> None:
-        """
-        Cut every follow stream's connection, as a proxy or a restart would.
-        """
-        for followers in list(self.log_followers.values()) + list(self.event_followers.values()):
-            for follower in followers:
-                follower.request.channel.transport.loseConnection()
-        self.log_followers.clear()
-        self.event_followers.clear()
-
-    # events
-
-    def event_log(self, request: Request, task_id: str) -> Any:
-        after = int(arg(request, b"after_seq", b"0") or b"0")
-        every = self.events.get(task_id, [])
-        events = [event for event in every if event["seq"] > after]
-        if arg(request, b"follow") != b"true":
-            return self.answer(request, 200, events)
-        request.setHeader(b"content-type", b"application/x-ndjson")
-        request.write(b"")
-        for event in events:
-            request.write(json.dumps(event).encode() + b"\n")
-        if any(event.get("event_type") in ("finished", "failed", "cancelled") for event in every):
-            request.finish()
-            return NOT_DONE_YET
-        self.event_followers.setdefault(task_id, []).append(Follower(request, 0))
-        return NOT_DONE_YET
-
-    def add_event(self, task_id: str, event_type: str) -> None:
-        """
-        Record an event; followers get it, and end after a terminal one.
-        """
-        events = self.events.setdefault(task_id, [])
-        event = event_of(len(events) + 1, task_id, event_type)
-        events.append(event)
-        terminal = event_type in ("finished", "failed", "cancelled")
-        followers = self.event_followers.pop(task_id, []) if terminal else self.event_followers.get(task_id, [])
-        for follower in followers:
-            follower.request.write(json.dumps(event).encode() + b"\n")
-            if terminal:
-                follower.request.finish()
+        if self.prefix:
+            postpath = request.postpath or []
+            if postpath[:1] != [self.prefix]:
+                return NoResource().render(request)
+            request.prepath = (request.prepath or []) + postpath[:1]
+            request.postpath = postpath[1:]
+        return self.api.render(request)
 
 
-class ClientTestCase(SynchronousTestCase):
+class RealServerTestCase(TestCase):
     """
-    A client wired to a fresh L{FakeRuntime} and L{Clock}.
+    A client of a fresh in-process runtime, on the real reactor.
+
+    @cvar prefix: the path prefix the API is mounted under.
+    @cvar tokens: the token file of the runtime, if any.
     """
 
-    base_url = "http://runtime.test:8080/"
+    timeout = 30
     prefix = b""
+    tokens: Optional[str] = None
+
+    async def start(self, config: Optional[Dict[str, Any]] = None, **client: Any) -> InProcessRuntime:
+        """
+        Start the runtime and make L{client} (with C{client} keywords) for it.
+        """
+        data_dir = tmp_data_dir(self)
+        rt = InProcessRuntime(
+            data_dir,
+            RuntimeConfig(data_dir=data_dir, **(config or {})),
+            tokens=None if self.tokens is None else Tokens(parse_tokens(self.tokens)),
+        )
+        await rt.start()
+        self.addCleanup(lambda: defer.ensureDeferred(rt.stop()))
+        self.rt = rt
+        self.recorder = Recorder(rt.api.resource(), self.prefix)
+        self.stub = StubTreq(self.recorder)
+        self.client = self.make_client(**client)
+        return rt
+
+    def make_client(self, **keywords: Any) -> ExecgoClient:
+        """
+        Another client of the same runtime.
+        """
+        from twisted.internet import reactor
+
+        base = BASE + ("/" + self.prefix.decode() + "//" if self.prefix else "")
+        return ExecgoClient(base, self.stub, reactor, **keywords)
+
+    async def until(self, check: Callable[[], Any], what: str = "condition") -> None:
+        """
+        Pump the in-memory connection until C{check()} is true.
+        """
+        from twisted.internet import reactor
+
+        for _ in range(5000):
+            self.stub.flush()
+            if check():
+                return
+            await deferLater(reactor, 0.001, lambda: None)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    async def call(self, d: "Deferred[Any]") -> Any:
+        """
+        The result of a client call, pumping the connection until it fires.
+        """
+        done: List[bool] = []
+
+        def note(result: Any) -> Any:
+            done.append(True)
+            return result
+
+        d.addBoth(note)
+        await self.until(lambda: done, "an answer")
+        return await d
+
+    async def fails(self, d: "Deferred[Any]", kind: Type[BaseException]) -> Any:
+        """
+        The exception a client call failed with, which must be a C{kind}.
+        """
+        try:
+            await self.call(d)
+        except kind as e:
+            return e
+        raise self.failureException(f"{kind.__name__} not raised")
+
+    async def submit(self, **request: Any) -> str:
+        """
+        Submit C{REQUEST} updated with C{request}; the new task's id.
+        """
+        return (await self.call(self.client.submit({**REQUEST, **request}))).task_id
+
+    async def log_path(self, task_id: str, stream: str = "stdout") -> str:
+        """
+        The file of a task's log, as its status names it.
+        """
+        status = await self.call(self.client.status(task_id))
+        return str(status.raw["artifacts"][f"{stream}_path"])
+
+    def paths(self) -> List[bytes]:
+        """
+        The URIs the client asked for.
+        """
+        return list(self.recorder.uris)
+
+
+def append(path: str, data: bytes) -> None:
+    """
+    Write C{data} at the end of a log, as a workload would.
+    """
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+class TaskTests(RealServerTestCase):
+    """
+    The per-task calls.
+    """
+
+    async def test_submit_mapping(self) -> None:
+        """
+        A mapping is POSTed as JSON; the answer is a L{SubmitResult}; the
+        runtime stored the request.
+        """
+        await self.start()
+        result = await self.call(self.client.submit({"task_id": "t1", "execution": COMMAND}))
+        self.assertEqual(result, SubmitResult("t1", "t1", "accepted"))
+        self.assertEqual(self.paths(), [b"/api/v1/tasks"])
+        self.assertEqual(self.recorder.headers[0][b"Content-Type"], [b"application/json"])
+        status = await self.call(self.client.status("t1"))
+        with open(status.raw["artifacts"]["request_path"], encoding="utf-8") as f:
+            self.assertEqual(json.load(f)["execution"]["program"], "/bin/true")
+
+    async def test_submit_model(self) -> None:
+        """
+        A L{SubmitRequest} is sent in its wire form, in raw UTF-8.
+        """
+        await self.start()
+        request = SubmitRequest(
+            execution=ExecutionSpec(kind="command", program="/bin/echo", args=("\u00e9",)), task_id="t2"
+        )
+        self.assertEqual((await self.call(self.client.submit(request))).task_id, "t2")
+        status = await self.call(self.client.status("t2"))
+        with open(status.raw["artifacts"]["request_path"], encoding="utf-8") as f:
+            self.assertEqual(json.load(f)["execution"]["args"], ["\u00e9"])
+
+    async def test_submit_conflict(self) -> None:
+        """
+        The runtime's error envelope becomes a L{ServerError} with its
+        status, code and message.
+        """
+        await self.start()
+        await self.submit(task_id="t1")
+        error = await self.fails(self.client.submit({"task_id": "t1", **REQUEST}), ServerError)
+        self.assertEqual((error.status, error.code), (409, "conflict"))
+        self.assertIn("t1", error.message)
+        self.assertIsInstance(error, ClientError)
+        self.assertEqual(str(error), f"HTTP 409 conflict: {error.message}")
+
+    async def test_invalid_request(self) -> None:
+        """
+        A request the runtime rejects is a L{ServerError} with code
+        C{invalid_input}.
+        """
+        await self.start()
+        error = await self.fails(self.client.submit({"execution": {"kind": "nope"}}), ServerError)
+        self.assertEqual((error.status, error.code), (400, "invalid_input"))
+
+    async def test_status(self) -> None:
+        """
+        C{status} returns a L{TaskStatus} with the main fields and the whole
+        snapshot the runtime sent.
+        """
+        await self.start()
+        task_id = await self.submit(task_id="t1")
+        status = await self.call(self.client.status(task_id))
+        self.assertEqual((status.task_id, status.handle_id, status.status, status.terminal),
+                         ("t1", "t1", "accepted", False))
+        self.assertEqual((status.stdout, status.exit_code, status.error), ("", None, None))
+        self.assertEqual(status.raw["artifacts"]["task_dir"], os.path.join(self.rt.config.data_dir_abs, "tasks", "t1"))
+        self.assertEqual(self.paths()[-1], b"/api/v1/tasks/t1")
+
+    async def test_status_unknown(self) -> None:
+        """
+        An unknown task is a L{ServerError} with code C{not_found}.
+        """
+        await self.start()
+        error = await self.fails(self.client.status("nope"), ServerError)
+        self.assertEqual((error.status, error.code), (404, "not_found"))
+
+    async def test_task_id_quoted(self) -> None:
+        """
+        A task id is one path segment: C{/} and spaces are percent-encoded.
+        """
+        await self.start()
+        error = await self.fails(self.client.status("a/b c"), ServerError)
+        self.assertEqual(error.status, 404)
+        self.assertEqual(self.paths(), [b"/api/v1/tasks/a%2Fb%20c"])
+
+    async def test_events(self) -> None:
+        """
+        C{events} returns the log as L{TaskEvent}s in C{seq} order, after
+        C{after_seq} when given.
+        """
+        await self.start()
+        task_id = await self.submit()
+        events = await self.call(self.client.events(task_id))
+        self.assertEqual([event.seq for event in events], list(range(1, len(events) + 1)))
+        self.assertEqual(events[0].event_type, "submitted")
+        self.assertTrue(all(isinstance(event, TaskEvent) and event.task_id == task_id for event in events))
+        later = await self.call(self.client.events(task_id, after_seq=1))
+        self.assertEqual(later, events[1:])
+        self.assertEqual(self.paths()[-2:], [f"/api/v1/tasks/{task_id}/events".encode(),
+                                             f"/api/v1/tasks/{task_id}/events?after_seq=1".encode()])
+
+    async def test_kill(self) -> None:
+        """
+        C{kill} sends the trimmed owner and returns the snapshot: the task
+        is cancelled.
+        """
+        await self.start()
+        task_id = await self.submit(control_context={"owner": "alice"})
+        status = await self.call(self.client.kill(task_id, owner="  alice "))
+        self.assertEqual((status.status, status.terminal, status.error.code), ("cancelled", True, "cancelled"))
+        self.assertIsInstance(status.error, TaskError)
+        self.assertEqual(self.recorder.headers[-1][b"X-Execgo-Owner"], [b"alice"])
+
+    async def test_kill_owner_mismatch(self) -> None:
+        """
+        A blank owner sends no header, and the runtime's refusal is a
+        L{ServerError} with code C{permission_denied}.
+        """
+        await self.start()
+        task_id = await self.submit(control_context={"owner": "alice"})
+        error = await self.fails(self.client.kill(task_id, owner="  "), ServerError)
+        self.assertEqual((error.status, error.code), (403, "permission_denied"))
+        self.assertNotIn(b"X-Execgo-Owner", self.recorder.headers[-1])
+
+    async def test_body_limit(self) -> None:
+        """
+        An answer larger than C{max_body_bytes} is a L{TransportError}.
+        """
+        await self.start(max_body_bytes=100)
+        task_id = await self.call(self.make_client().submit(REQUEST))
+        error = await self.fails(self.client.status(task_id.task_id), TransportError)
+        self.assertIn("exceeds the limit of 100 bytes", str(error))
+
+
+class WaitTests(RealServerTestCase):
+    """
+    C{wait} and C{run} against the runtime's long-poll.
+    """
+
+    async def test_wait_long_polls(self) -> None:
+        """
+        The server holds the wait: a queued task times out after about the
+        timeout without polling (the poll interval is far longer), and a
+        kill answers a wait in flight at once.
+        """
+        from twisted.internet import reactor
+
+        await self.start()
+        task_id = await self.submit()
+        before = reactor.seconds()
+        error = await self.fails(self.client.wait(task_id, timeout_ms=300, poll_interval_ms=60_000), WaitTimeout)
+        self.assertEqual((error.task_id, error.last_status.status), (task_id, "accepted"))
+        self.assertGreaterEqual(reactor.seconds() - before, 0.25)
+        [held] = [uri for uri in self.paths() if b"wait_ms=" in uri]
+        self.assertLessEqual(250, int(held.split(b"wait_ms=")[1]))
+        waiting = self.client.wait(task_id, poll_interval_ms=60_000)
+        await self.until(lambda: self.paths()[-1].endswith(b"wait_ms=30000"), "the long-poll")
+        await self.call(self.client.kill(task_id))
+        final = await self.call(waiting)
+        self.assertEqual((final.status, final.error.code), ("cancelled", "cancelled"))
+
+    async def test_wait_polls(self) -> None:
+        """
+        With C{long_poll_ms=0} the client asks with C{wait_ms=0} and waits
+        the poll interval between requests.
+        """
+        await self.start(long_poll_ms=0)
+        task_id = await self.submit()
+        waiting = self.client.wait(task_id, poll_interval_ms=20)
+        await self.until(lambda: len(self.paths()) >= 3, "two polls")
+        await self.call(self.client.kill(task_id))
+        self.assertEqual((await self.call(waiting)).status, "cancelled")
+        polls = [uri for uri in self.paths() if b"wait_ms" in uri]
+        self.assertEqual(set(polls), {f"/api/v1/tasks/{task_id}?wait_ms=0".encode()})
+
+    async def test_wait_zero_timeout(self) -> None:
+        """
+        A zero timeout gives up after the first non-terminal answer.
+        """
+        await self.start()
+        task_id = await self.submit()
+        await self.fails(self.client.wait(task_id, timeout_ms=0), WaitTimeout)
+        self.assertEqual(self.paths()[1:], [f"/api/v1/tasks/{task_id}?wait_ms=0".encode()])
+
+    async def test_wait_terminal(self) -> None:
+        """
+        A task that is already terminal is answered by the first request.
+        """
+        await self.start()
+        task_id = await self.submit()
+        await self.call(self.client.kill(task_id))
+        final = await self.call(self.client.wait(task_id, timeout_ms=10_000))
+        self.assertEqual(final.status, "cancelled")
+        self.assertEqual(len([uri for uri in self.paths() if b"wait_ms" in uri]), 1)
+
+    async def test_run(self) -> None:
+        """
+        C{run} submits, then waits for the returned task, with its
+        idempotency key passed to the submission.
+        """
+        await self.start()
+        first = await self.call(self.client.submit(REQUEST, idempotency_key="k-2"))
+        error = await self.fails(self.client.run(REQUEST, timeout_ms=0, idempotency_key="k-2"), WaitTimeout)
+        self.assertEqual(error.task_id, first.task_id)
+        self.assertEqual(self.recorder.headers[1][b"Idempotency-Key"], [b"k-2"])
+        running = self.client.run(REQUEST)
+        await self.until(lambda: b"wait_ms=30000" in self.paths()[-1], "the wait")
+        task_id = self.paths()[-1].split(b"/")[-1].split(b"?")[0].decode()
+        await self.call(self.client.kill(task_id))
+        self.assertEqual((await self.call(running)).task_id, task_id)
+
+    async def test_cancel_wait(self) -> None:
+        """
+        Cancelling a wait stops it; nothing is left on the reactor (trial
+        would report a pending call).
+        """
+        await self.start()
+        task_id = await self.submit()
+        waiting = self.client.wait(task_id)
+        await self.until(lambda: b"wait_ms" in self.paths()[-1], "the wait")
+        waiting.cancel()
+        self.failureResultOf(waiting)
+
+
+class ListTests(RealServerTestCase):
+    """
+    C{list_tasks} and C{iter_tasks}.
+    """
+
+    async def test_page(self) -> None:
+        """
+        The filters become query parameters; the page is a L{TaskPage} of
+        L{TaskStatus}es (without output) and its cursor.
+        """
+        await self.start()
+        for task_id, tenant, labels in (("a", "team a", {"env": "prod", "k": "v:w"}),
+                                        ("b", "team a", {"env": "prod", "k": "v:w"}),
+                                        ("c", "team b", {"env": "prod", "k": "v:w"}),
+                                        ("d", "team a", {"env": "test"})):
+            await self.submit(task_id=task_id, control_context={"tenant": tenant, "owner": "bob", "labels": labels})
+        page = await self.call(self.client.list_tasks(
+            status="accepted", tenant="team a", owner="bob", labels={"env": "prod", "k": "v:w"}, limit=1,
+        ))
+        self.assertIsInstance(page, TaskPage)
+        self.assertEqual([task.task_id for task in page.tasks], ["b"])
+        self.assertEqual(page.tasks[0].stdout, "")
+        self.assertNotIn("stdout", page.tasks[0].raw)
+        self.assertEqual(
+            self.paths()[-1],
+            b"/api/v1/tasks?status=accepted&tenant=team%20a&owner=bob&label=env%3Aprod&label=k%3Av%3Aw&limit=1",
+        )
+        last = await self.call(self.client.list_tasks(tenant="team a", labels={"env": "prod"}, cursor=page.next_cursor))
+        self.assertEqual(([task.task_id for task in last.tasks], last.next_cursor), (["a"], None))
+
+    async def test_iter_tasks(self) -> None:
+        """
+        C{iter_tasks} follows C{next_cursor} to the last page, newest first.
+        """
+        await self.start()
+        for task_id in ("x", "y", "z"):
+            await self.submit(task_id=task_id)
+
+        async def collect() -> List[str]:
+            return [task.task_id async for task in self.client.iter_tasks(limit=2)]
+
+        self.assertEqual(await self.call(Deferred.fromCoroutine(collect())), ["z", "y", "x"])
+        self.assertEqual(self.paths()[-2], b"/api/v1/tasks?limit=2")
+        self.assertTrue(self.paths()[-1].startswith(b"/api/v1/tasks?limit=2&cursor="))
+
+
+class SubmitOptionsTests(RealServerTestCase):
+    """
+    Idempotency keys.
+    """
+
+    async def test_idempotent_retry(self) -> None:
+        """
+        The key is sent as C{Idempotency-Key}: a retry gets the first answer
+        and creates nothing; the key with another request is a 409.
+        """
+        await self.start()
+        first = await self.call(self.client.submit(REQUEST, idempotency_key="k-1"))
+        again = await self.call(self.client.submit(REQUEST, idempotency_key="k-1"))
+        self.assertEqual(first, again)
+        self.assertEqual(self.recorder.headers[0][b"Idempotency-Key"], [b"k-1"])
+        page = await self.call(self.client.list_tasks())
+        self.assertEqual([task.task_id for task in page.tasks], [first.task_id])
+        other = {"execution": {"kind": "command", "program": "/bin/false"}}
+        error = await self.fails(self.client.submit(other, idempotency_key="k-1"), ServerError)
+        self.assertEqual((error.status, error.code), (409, "conflict"))
+
+
+class TokenTests(RealServerTestCase):
+    """
+    Bearer tokens, against a runtime that requires them.
+    """
+
+    tokens = "s3cret tenant=a\n"
+
+    async def test_token(self) -> None:
+        """
+        C{token} is sent as a bearer token on every request, streams too;
+        without it the runtime's 401 is a L{ServerError}.
+        """
+        await self.start()
+        error = await self.fails(self.client.list_tasks(), ServerError)
+        self.assertEqual((error.status, error.code), (401, "permission_denied"))
+        client = self.make_client(token="s3cret")
+        submitted = await self.call(client.submit(REQUEST))
+        self.assertEqual(await self.call(client.stream_log(submitted.task_id, follow=False)), 0)
+        self.assertEqual(
+            [headers.get(b"Authorization") for headers in self.recorder.headers],
+            [None, [b"Bearer s3cret"], [b"Bearer s3cret"]],
+        )
+
+
+class RuntimeTests(RealServerTestCase):
+    """
+    The runtime-wide endpoints, behind a path prefix.
+    """
+
+    prefix = b"prefix"
+
+    async def test_json_endpoints(self) -> None:
+        """
+        Each runtime endpoint returns its typed value read from what the
+        runtime sent; the prefix is kept and trailing slashes dropped.
+        """
+        await self.start(config={"tenant_quotas": ("alice=slots:2",)})
+        self.assertEqual(await self.call(self.client.healthz()), Health("ok", "1.1.0"))
+        self.assertEqual(await self.call(self.client.readyz()), Health("ready", "1.1.0"))
+        info = await self.call(self.client.runtime_info())
+        self.assertIsInstance(info, RuntimeInfo)
+        self.assertEqual((info.runtime_id, info.version, info.snapshot_version), ("test-runtime", "1.1.0", "v1"))
+        self.assertEqual(info.raw, json.loads(json.dumps(self.rt.runtime.info())))
+        capabilities = await self.call(self.client.capabilities())
+        self.assertIsInstance(capabilities, CapabilitySnapshot)
+        self.assertEqual(capabilities.capacity, ResourceCapacity(4, 1 << 30, 4096))
+        config = await self.call(self.client.config())
+        self.assertIsInstance(config, RuntimeSettings)
+        self.assertEqual(config.data_dir, self.rt.config.data_dir)
+        resources = await self.call(self.client.resources())
+        self.assertIsInstance(resources, ResourcesView)
+        self.assertEqual((resources.capacity.task_slots, resources.active_reservations), (4, ()))
+        self.assertEqual([(tenant.tenant, tenant.quota) for tenant in resources.tenants],
+                         [("alice", ResourceCapacity(2))])
+        self.assertEqual((await self.call(self.client.openapi()))["openapi"], "3.1.0")
+        self.assertEqual(
+            self.paths(),
+            [b"/prefix/healthz", b"/prefix/readyz", b"/prefix/api/v1/runtime/info",
+             b"/prefix/api/v1/runtime/capabilities", b"/prefix/api/v1/runtime/config",
+             b"/prefix/api/v1/runtime/resources", b"/prefix/api/v1/openapi.json"],
+        )
+
+    async def test_metrics(self) -> None:
+        """
+        C{metrics} returns the exposition text.
+        """
+        await self.start()
+        text = await self.call(self.client.metrics())
+        self.assertIn("execgo_runtime_ledger_capacity", text)
+
+
+class LogStreamTests(RealServerTestCase):
+    """
+    C{read_log}, C{stream_log} and C{iter_log} on a queued task whose log
+    the test writes.
+    """
+
+    async def start_task(self) -> str:
+        """
+        Start the runtime with one task whose stdout holds C{hello } and
+        stderr C{e}.
+        """
+        await self.start()
+        self.task_id = await self.submit()
+        self.stdout = await self.log_path(self.task_id)
+        append(self.stdout, b"hello ")
+        append(await self.log_path(self.task_id, "stderr"), b"e")
+        self.chunks: List[bytes] = []
+        return self.task_id
+
+    async def test_read_log(self) -> None:
+        """
+        C{read_log} returns the log from an offset, whole; a log that is
+        neither stdout nor stderr is a L{ValueError}.
+        """
+        task_id = await self.start_task()
+        self.assertEqual(await self.call(self.client.read_log(task_id, offset=2)), b"llo ")
+        self.assertEqual(await self.call(self.client.read_log(task_id, "stderr")), b"e")
+        self.assertEqual(self.paths()[-2:], [f"/api/v1/tasks/{task_id}/stdout?offset=2&follow=false".encode(),
+                                             f"/api/v1/tasks/{task_id}/stderr?offset=0&follow=false".encode()])
+        self.failureResultOf(self.client.read_log(task_id, "stdin"), ValueError)
+
+    async def test_follow(self) -> None:
+        """
+        C{stream_log} hands each piece to C{on_chunk} as it is written and
+        fires with the offset reached once the task has ended.
+        """
+        task_id = await self.start_task()
+        following = self.client.stream_log(task_id, offset=1, on_chunk=self.chunks.append)
+        await self.until(lambda: self.chunks, "the first piece")
+        append(self.stdout, b"world")
+        await self.until(lambda: len(b"".join(self.chunks)) == 10, "the second piece")
+        self.assertNoResult(following)
+        await self.call(self.client.kill(task_id))
+        self.assertEqual(await self.call(following), 11)
+        self.assertEqual(b"".join(self.chunks), b"ello world")
+        self.assertEqual(self.paths()[-2], f"/api/v1/tasks/{task_id}/stdout?offset=1&follow=true".encode())
+        self.assertEqual(self.recorder.headers[-2][b"Accept"], [b"*/*"])
+
+    async def test_backpressure(self) -> None:
+        """
+        While the Deferred C{on_chunk} returned is pending, no further piece
+        is delivered.
+        """
+        task_id = await self.start_task()
+        pending: List[Deferred[None]] = []
+
+        def on_chunk(data: bytes) -> Deferred[None]:
+            self.chunks.append(data)
+            pending.append(Deferred())
+            return pending[-1]
+
+        following = self.client.stream_log(task_id, on_chunk=on_chunk)
+        await self.until(lambda: self.chunks, "the first piece")
+        append(self.stdout, b"more")
+        await self.call(self.client.kill(task_id))
+        await self.call(self.client.status(task_id))
+        self.assertEqual(self.chunks, [b"hello "])
+        self.assertNoResult(following)
+        pending[0].callback(None)
+        await self.until(lambda: len(self.chunks) == 2, "the second piece")
+        self.assertEqual(self.chunks, [b"hello ", b"more"])
+        self.assertNoResult(following)
+        pending[1].callback(None)
+        self.assertEqual(await self.call(following), 10)
+
+    async def test_errors(self) -> None:
+        """
+        An unknown task is a L{ServerError}; a consumer's exception stops
+        the stream and is its result.
+        """
+        task_id = await self.start_task()
+        error = await self.fails(self.client.stream_log("nope"), ServerError)
+        self.assertEqual((error.status, error.code), (404, "not_found"))
+
+        def explode(data: bytes) -> None:
+            raise ZeroDivisionError()
+
+        await self.fails(self.client.stream_log(task_id, on_chunk=explode), ZeroDivisionError)
+
+    async def test_cancel(self) -> None:
+        """
+        Cancelling a follow stream stops it.
+        """
+        task_id = await self.start_task()
+        following = self.client.stream_log(task_id, on_chunk=self.chunks.append)
+        await self.until(lambda: self.chunks, "the first piece")
+        following.cancel()
+        self.failureResultOf(following)
+        append(self.stdout, b"unseen")
+        await self.call(self.client.status(task_id))
+        self.assertEqual(self.chunks, [b"hello "])
+
+    async def test_iter_log(self) -> None:
+        """
+        C{iter_log} yields the pieces in order until the stream ends.
+        """
+        task_id = await self.start_task()
+
+        async def collect() -> List[bytes]:
+            return [chunk async for chunk in self.client.iter_log(task_id, "stderr")]
+
+        collecting = Deferred.fromCoroutine(collect())
+        await self.until(lambda: self.paths()[-1].startswith(f"/api/v1/tasks/{task_id}/stderr".encode()), "it")
+        append(await self.log_path(task_id, "stderr"), b"rr")
+        await self.call(self.client.kill(task_id))
+        self.assertEqual(b"".join(await self.call(collecting)), b"err")
+
+    async def test_iter_log_closed_early(self) -> None:
+        """
+        Leaving the loop and closing the iterator stops the stream.
+        """
+        task_id = await self.start_task()
+
+        async def first() -> bytes:
+            chunks = self.client.iter_log(task_id)
+            async for chunk in chunks:
+                await chunks.aclose()  # type: ignore[attr-defined]
+                return chunk
+            raise AssertionError("no chunk")
+
+        self.assertEqual(await self.call(Deferred.fromCoroutine(first())), b"hello ")
+
+
+class EventStreamTests(RealServerTestCase):
+    """
+    C{follow_events} and C{iter_events}.
+    """
+
+    async def test_follow(self) -> None:
+        """
+        Each event reaches C{on_event} as it is recorded; the result is the
+        terminal event; the request asks for NDJSON after C{after_seq}.
+        """
+        await self.start()
+        task_id = await self.submit()
+        recorded = await self.call(self.client.events(task_id))
+        seen: List[TaskEvent] = []
+        following = self.client.follow_events(task_id, after_seq=1, on_event=seen.append)
+        await self.until(lambda: len(seen) == len(recorded) - 1, "the recorded events")
+        self.assertEqual(seen, recorded[1:])
+        self.assertNoResult(following)
+        await self.call(self.client.kill(task_id))
+        last = await self.call(following)
+        self.assertEqual((last, last.event_type, last.terminal), (seen[-1], "cancelled", True))
+        self.assertEqual(self.paths()[2], f"/api/v1/tasks/{task_id}/events?after_seq=1&follow=true".encode())
+        self.assertEqual(self.recorder.headers[2][b"Accept"], [b"application/x-ndjson"])
+
+    async def test_nothing_after(self) -> None:
+        """
+        A stream of a finished task with nothing after C{after_seq} fires
+        with C{None}.
+        """
+        await self.start()
+        task_id = await self.submit()
+        await self.call(self.client.kill(task_id))
+        events = await self.call(self.client.events(task_id))
+        self.assertIsNone(await self.call(self.client.follow_events(task_id, after_seq=events[-1].seq)))
+
+    async def test_iter_events(self) -> None:
+        """
+        C{iter_events} yields L{TaskEvent}s until the terminal one.
+        """
+        await self.start()
+        task_id = await self.submit()
+
+        async def collect() -> List[str]:
+            return [event.event_type async for event in self.client.iter_events(task_id)]
+
+        collecting = Deferred.fromCoroutine(collect())
+        await self.until(lambda: b"follow=true" in self.paths()[-1], "the stream")
+        await self.call(self.client.kill(task_id))
+        types = await self.call(collecting)
+        self.assertEqual((types[0], types[-1]), ("submitted", "cancelled"))
+
+
+# -- what the real server cannot do
+
+
+Answer = Callable[["FaultyServer", Request], Any]
+
+
+class FaultyServer(Resource):
+    """
+    A server for what the real one cannot do: each request is answered by
+    the next of L{answers} (the last one repeats).
+
+    @ivar uris: the request URI of every request.
+    @ivar open: the requests whose answer is still open (streams, hung
+        requests), in order.
+    """
+
+    isLeaf = True
+
+    def __init__(self, *answers: Answer) -> None:
+        super().__init__()
+        self.answers = list(answers)
+        self.uris: List[bytes] = []
+        self.open: List[Request] = []
+
+    def render(self, request: Request) -> Any:
+        """
+        Note the request and answer it.
+        """
+        self.uris.append(request.uri)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        return answer(self, request)
+
+    def drop(self) -> None:
+        """
+        Cut the connection of every open answer, as a proxy or a restart
+        would.
+        """
+        for request in self.open:
+            request.channel.transport.loseConnection()  # type: ignore[union-attr]
+        del self.open[:]
+
+
+def body(data: bytes, code: int = 200) -> Answer:
+    """
+    Answer C{data} with status C{code}.
+    """
+
+    def answer(server: FaultyServer, request: Request) -> bytes:
+        request.setResponseCode(code)
+        return data
+
+    return answer
+
+
+def document(value: Any) -> Answer:
+    """
+    Answer C{value} as JSON.
+    """
+    return body(json.dumps(value).encode())
+
+
+def stream(*pieces: bytes, end: bool = False) -> Answer:
+    """
+    Answer C{pieces} as a streamed body, left open unless C{end}.
+    """
+
+    def answer(server: FaultyServer, request: Request) -> Any:
+        request.write(b"")
+        for piece in pieces:
+            request.write(piece)
+        if end:
+            request.finish()
+        else:
+            server.open.append(request)
+        return NOT_DONE_YET
+
+    return answer
+
+
+def held(clock: Clock, value: Any) -> Answer:
+    """
+    Answer C{value} as JSON once the request's C{wait_ms} has passed on
+    C{clock}, as a server with long-poll does for a task that stays
+    unfinished.
+    """
+
+    def answer(server: FaultyServer, request: Request) -> Any:
+        wait_ms = int(request.args[b"wait_ms"][0])
+        clock.callLater(wait_ms / 1000.0, lambda: (request.write(json.dumps(value).encode()), request.finish()))
+        return NOT_DONE_YET
+
+    return answer
+
+
+def hang(server: FaultyServer, request: Request) -> Any:
+    """
+    Never answer.
+    """
+    server.open.append(request)
+    return NOT_DONE_YET
+
+
+class Refusing:
+    """
+    A treq stand-in whose every connection is refused.
+    """
+
+    def request(self, *args: Any, **kwargs: Any) -> "Deferred[Any]":
+        """
+        Fail at once.
+        """
+        return fail(ConnectionRefusedError("nobody home"))
+
+
+class FaultTestCase(SynchronousTestCase):
+    """
+    A client on a L{Clock}, wired to a L{FaultyServer} by L{serve}.
+    """
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.runtime = FakeRuntime(self.clock, self.prefix)
-        self.stub = StubTreq(self.runtime)
-        self.client = ExecgoClient(self.base_url, self.stub, self.clock, request_timeout=30.0)
-        self.addCleanup(self.assertNoTimers)
+        self.addCleanup(lambda: self.assertEqual(self.clock.getDelayedCalls(), []))
 
-    def assertNoTimers(self) -> None:
+    def serve(self, *answers: Answer, **keywords: Any) -> ExecgoClient:
         """
-        No delayed call outlives a test.
+        A client (with C{keywords}) of a server answering C{answers}.
         """
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.server = FaultyServer(*answers)
+        self.stub = StubTreq(self.server)
+        return ExecgoClient(BASE, self.stub, self.clock, **keywords)
 
     def result(self, d: "Deferred[Any]") -> Any:
         """
@@ -440,271 +922,292 @@ class ClientTestCase(SynchronousTestCase):
         self.stub.flush()
         return self.failureResultOf(d, *kinds).value
 
-    def paths(self) -> List[Tuple[bytes, bytes]]:
-        return [(method, path) for method, path, _, _ in self.runtime.requests]
 
-
-class TaskTests(ClientTestCase):
+class TransportTests(FaultTestCase):
     """
-    The per-task calls.
+    No answer: timeouts and refused connections.
     """
 
-    def test_submit_mapping(self) -> None:
+    def test_request_timeout(self) -> None:
         """
-        A mapping is POSTed as compact JSON unchanged; the answer becomes a
-        L{SubmitResult}.
+        A request unanswered within C{request_timeout} fails with a
+        L{TransportError}.
         """
-        request = {"task_id": "t1", "execution": {"kind": "command", "program": "/bin/true"}}
-        result = self.result(self.client.submit(request))
-        self.assertEqual(result, SubmitResult("t1", "t1", "accepted"))
-        [(method, path, body, _)] = self.runtime.requests
-        self.assertEqual((method, path), (b"POST", b"/api/v1/tasks"))
-        self.assertEqual(json.loads(body), request)
+        client = self.serve(hang, request_timeout=30.0)
+        d = client.status("t1")
+        self.stub.flush()
+        self.clock.advance(29)
+        self.assertNoResult(d)
+        self.clock.advance(1)
+        self.assertIn("timed out after 30 s", str(self.failure(d, TransportError)))
 
-    def test_submit_model(self) -> None:
+    def test_request_timeout_extended(self) -> None:
         """
-        A L{SubmitRequest} is sent in its normalised wire form.
+        A long-poll request may take its C{wait_ms} on top of the request
+        timeout.
         """
-        request = SubmitRequest(
-            execution=ExecutionSpec(kind="command", program="/bin/echo", args=("\u00e9",)),
-            task_id="t2",
-        )
-        self.result(self.client.submit(request))
-        body = self.runtime.requests[0][2]
-        self.assertEqual(json.loads(body), request.to_json())
-        self.assertIn("\u00e9".encode("utf-8"), body)
+        client = self.serve(hang, request_timeout=5.0)
+        d = client.wait("t1", timeout_ms=20_000)
+        self.stub.flush()
+        self.assertEqual(self.server.uris, [b"/api/v1/tasks/t1?wait_ms=20000"])
+        self.clock.advance(24.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertIn("timed out after 25 s", str(self.failure(d, TransportError)))
 
-    def test_submit_conflict(self) -> None:
+    def test_connection_refused(self) -> None:
         """
-        An error envelope becomes a L{ServerError} with its status, code and
-        message.
+        A refused connection is a L{TransportError} naming the cause and the
+        URL; a stream's first request is not retried.
         """
-        self.result(self.client.submit({"task_id": "t1", "execution": {}}))
-        error = self.failure(self.client.submit({"task_id": "t1", "execution": {}}), ServerError)
-        self.assertEqual(
-            (error.status, error.code, error.message), (409, "conflict", "conflict: task t1 exists")
-        )
-        self.assertIsInstance(error, ClientError)
-        self.assertEqual(str(error), "HTTP 409 conflict: conflict: task t1 exists")
+        client = ExecgoClient(BASE, Refusing(), self.clock)
+        error = self.failureResultOf(client.status("t1"), TransportError).value
+        self.assertIn("ConnectionRefusedError", str(error))
+        self.assertIn("/api/v1/tasks/t1", str(error))
+        self.failureResultOf(client.stream_log("t1"), TransportError)
 
-    def test_status(self) -> None:
-        """
-        C{status} returns a L{TaskStatus} with the main fields and the raw
-        object.
-        """
-        done = status_of(
-            "t1", "failed", exit_code=3, duration_ms=12,
-            error={"code": "exit_nonzero", "message": "exited 3"},
-        )
-        self.runtime.scripts["t1"] = [done]
-        status = self.result(self.client.status("t1"))
-        self.assertEqual(
-            (status.task_id, status.status, status.exit_code, status.duration_ms, status.error),
-            ("t1", "failed", 3, 12, TaskError("exit_nonzero", "exited 3")),
-        )
-        self.assertTrue(status.terminal)
-        self.assertEqual(status.raw, done)
-        self.assertEqual(self.paths(), [(b"GET", b"/api/v1/tasks/t1")])
 
-    def test_status_unknown(self) -> None:
-        """
-        An unknown task is a L{ServerError} with code C{not_found}.
-        """
-        error = self.failure(self.client.status("nope"), ServerError)
-        self.assertEqual((error.status, error.code), (404, "not_found"))
+class MalformedTests(FaultTestCase):
+    """
+    Answers that are not what the contract says.
+    """
 
-    def test_task_id_quoted(self) -> None:
+    def test_not_json(self) -> None:
         """
-        A task id is one path segment: C{/} and spaces are percent-encoded.
+        A 2xx body that is not JSON is a L{MalformedResponse}.
         """
-        self.failure(self.client.status("a/b c"), ServerError)
-        self.assertEqual(self.paths(), [(b"GET", b"/api/v1/tasks/a%2Fb%20c")])
+        client = self.serve(body(b"<html>"))
+        self.assertIn("not JSON", str(self.failure(client.status("t1"), MalformedResponse)))
 
-    def test_events(self) -> None:
+    def test_missing_field(self) -> None:
         """
-        C{events} returns L{TaskEvent}s in order.
+        A status without a required field, a page without C{tasks}, an
+        event log that is not an array, a runtime answer without its
+        fields: each a L{MalformedResponse}.
         """
-        self.runtime.scripts["t1"] = [status_of("t1", "running")]
-        self.runtime.events["t1"] = [
-            {"seq": 1, "task_id": "t1", "event_type": "submitted",
-             "timestamp": "2026-04-23T10:00:00Z", "message": "task submitted"},
-            {"seq": 7, "task_id": "t1", "event_type": "planned",
-             "timestamp": "2026-04-23T10:00:00Z", "message": "execution plan resolved",
-             "data": {"degraded": False}},
-        ]
-        events = self.result(self.client.events("t1"))
-        self.assertEqual(
-            events,
-            [
-                TaskEvent(1, "t1", "submitted", "2026-04-23T10:00:00Z", "task submitted"),
-                TaskEvent(7, "t1", "planned", "2026-04-23T10:00:00Z",
-                          "execution plan resolved", {"degraded": False}),
-            ],
-        )
+        client = self.serve(document({"task_id": "t1"}), document({"next_cursor": None}),
+                            document({}), document({"runtime_id": "node-a"}))
+        self.assertIn("handle_id", str(self.failure(client.status("t1"), MalformedResponse)))
+        self.failure(client.list_tasks(), MalformedResponse)
+        self.assertIn("not a JSON array", str(self.failure(client.events("t1"), MalformedResponse)))
+        self.assertIn("version", str(self.failure(client.runtime_info(), MalformedResponse)))
 
-    def test_kill(self) -> None:
+    def test_no_envelope(self) -> None:
         """
-        C{kill} POSTs to C{.../kill} with the trimmed owner header and returns
-        the snapshot.
+        An error answer without an envelope keeps its text as the message;
+        an empty one uses the reason phrase.
         """
-        self.result(self.client.submit(
-            {"task_id": "t1", "execution": {}, "control_context": {"owner": "alice"}}
-        ))
-        status = self.result(self.client.kill("t1", owner="  alice "))
-        self.assertEqual((status.status, status.error), ("cancelled", TaskError("cancelled", "task cancelled")))
-        self.assertEqual(self.runtime.requests[-1][:2], (b"POST", b"/api/v1/tasks/t1/kill"))
-        self.assertEqual(self.runtime.requests[-1][3], b"alice")
-
-    def test_kill_owner_mismatch(self) -> None:
-        """
-        A blank owner sends no header, and the runtime's 403 is a
-        L{ServerError} with code C{permission_denied}.
-        """
-        self.result(self.client.submit(
-            {"task_id": "t1", "execution": {}, "control_context": {"owner": "alice"}}
-        ))
-        error = self.failure(self.client.kill("t1", owner="  "), ServerError)
-        self.assertEqual((error.status, error.code), (403, "permission_denied"))
-        self.assertIsNone(self.runtime.requests[-1][3])
-
-    def test_non_envelope_error(self) -> None:
-        """
-        An error answer without an envelope keeps its text as the message; an
-        empty one uses the reason phrase.
-        """
-        error = self.failure(self.client.status("plain-error"), ServerError)
+        client = self.serve(body(b"metrics_error database is locked\n", 500), body(b"", 404))
+        error = self.failure(client.metrics(), ServerError)
         self.assertEqual((error.status, error.code, error.message), (500, None, "metrics_error database is locked"))
-        client = ExecgoClient("http://runtime.test/elsewhere", self.stub, self.clock)
         error = self.failure(client.healthz(), ServerError)
         self.assertEqual((error.status, error.message, error.body), (404, "Not Found", b""))
 
-    def test_malformed(self) -> None:
+    def test_bad_event_line(self) -> None:
         """
-        A 2xx answer that is not JSON, or lacks required fields, is a
+        A streamed line that is not an event fails the stream with a
         L{MalformedResponse}.
         """
-        self.failure(self.client.status("garbage"), MalformedResponse)
-        self.runtime.scripts["t1"] = [{"task_id": "t1"}]
-        error = self.failure(self.client.status("t1"), MalformedResponse)
-        self.assertIn("handle_id", str(error))
+        client = self.serve(stream(b'{"seq": 3, "task_id": "t1"}\n'))
+        self.failure(client.follow_events("t1"), MalformedResponse)
+
+    def test_no_event_streams(self) -> None:
+        """
+        The plain JSON array of a server without event streams ends in the
+        middle of a line: a L{MalformedResponse}.
+        """
+        client = self.serve(body(b'[{"seq": 1}]'))
+        error = self.failure(client.follow_events("t1"), MalformedResponse)
+        self.assertIn("middle of a line", str(error))
 
 
-class WaitTests(ClientTestCase):
+class OldServerTests(FaultTestCase):
     """
-    C{wait} and C{run} poll on the injected clock.
+    C{wait} and C{run} against a server without long-poll, which answers
+    at once: the client polls on its clock.
     """
 
     def test_wait_polls(self) -> None:
         """
-        C{wait} polls every C{poll_interval_ms} until a terminal status.
+        C{wait} asks again every C{poll_interval_ms} until a terminal status.
         """
-        self.runtime.scripts["t1"] = [
-            status_of("t1", "accepted"), status_of("t1", "running"), status_of("t1", "success"),
-        ]
-        d = self.client.wait("t1", poll_interval_ms=200)
-        self.stub.flush()
-        self.assertNoResult(d)
-        self.clock.advance(0.2)
-        self.stub.flush()
-        self.assertNoResult(d)
-        self.clock.advance(0.2)
-        status = self.result(d)
-        self.assertEqual(status.status, "success")
-        self.assertEqual(len(self.runtime.requests), 3)
+        client = self.serve(document(status_of("t1", "accepted")), document(status_of("t1", "running")),
+                            document(status_of("t1", "success", exit_code=0)))
+        d = client.wait("t1", poll_interval_ms=200)
+        for _ in range(2):
+            self.stub.flush()
+            self.assertNoResult(d)
+            self.clock.advance(0.2)
+        self.assertEqual(self.result(d).status, "success")
+        self.assertEqual(self.server.uris, [b"/api/v1/tasks/t1?wait_ms=30000"] * 3)
 
     def test_wait_timeout(self) -> None:
         """
-        C{wait} fails with L{WaitTimeout} after a non-terminal answer once the
-        timeout has passed, carrying the last status.
+        C{wait} fails with L{WaitTimeout} after a non-terminal answer once
+        the timeout has passed, carrying the last status; each request asks
+        for what is left of the timeout.
         """
-        self.runtime.scripts["t1"] = [status_of("t1", "running")]
-        d = self.client.wait("t1", timeout_ms=1000, poll_interval_ms=400)
+        client = self.serve(document(status_of("t1", "running")))
+        d = client.wait("t1", timeout_ms=1000, poll_interval_ms=400)
         for _ in range(3):
             self.stub.flush()
             self.assertNoResult(d)
             self.clock.advance(0.4)
         error = self.failure(d, WaitTimeout)
         self.assertEqual((error.task_id, error.last_status.status), ("t1", "running"))
-        self.assertEqual(len(self.runtime.requests), 4)
-
-    def test_wait_zero_timeout(self) -> None:
-        """
-        A zero timeout gives up after the first non-terminal answer.
-        """
-        self.runtime.scripts["t1"] = [status_of("t1", "running")]
-        self.failure(self.client.wait("t1", timeout_ms=0), WaitTimeout)
-        self.assertEqual(len(self.runtime.requests), 1)
+        self.assertEqual([uri.split(b"=")[1] for uri in self.server.uris], [b"1000", b"600", b"200", b"0"])
 
     def test_run(self) -> None:
         """
-        C{run} submits, then waits for the returned task id.
+        C{run} submits, then polls the returned task id.
         """
-        d = self.client.run({"execution": {"kind": "command", "program": "/bin/true"}})
+        client = self.serve(document({"task_id": "g1", "handle_id": "g1", "status": "accepted"}),
+                            document(status_of("g1", "accepted")), document(status_of("g1", "failed")))
+        d = client.run(REQUEST)
         self.stub.flush()
-        self.assertNoResult(d)
-        self.runtime.scripts["generated-1"] = [status_of("generated-1", "success")]
         self.clock.advance(0.5)
-        status = self.result(d)
-        self.assertEqual((status.task_id, status.status), ("generated-1", "success"))
-        self.assertEqual(
-            self.paths(),
-            [(b"POST", b"/api/v1/tasks"), (b"GET", b"/api/v1/tasks/generated-1"),
-             (b"GET", b"/api/v1/tasks/generated-1")],
-        )
+        self.assertEqual(self.result(d).status, "failed")
+        self.assertEqual(self.server.uris, [b"/api/v1/tasks"] + [b"/api/v1/tasks/g1?wait_ms=30000"] * 2)
 
     def test_cancel_wait(self) -> None:
         """
-        Cancelling a wait stops polling and leaves no timer behind.
+        Cancelling a wait between polls stops it and leaves no timer behind.
         """
-        self.runtime.scripts["t1"] = [status_of("t1", "running")]
-        d = self.client.wait("t1")
+        client = self.serve(document(status_of("t1", "running")))
+        d = client.wait("t1")
         self.stub.flush()
         d.cancel()
         self.failureResultOf(d)
         self.clock.advance(10)
-        self.assertEqual(len(self.runtime.requests), 1)
+        self.assertEqual(len(self.server.uris), 1)
 
 
-class RuntimeTests(ClientTestCase):
+class HeldTests(FaultTestCase):
     """
-    The runtime-wide endpoints, behind a path prefix.
+    C{wait} against a server holding each request on the test's clock (the
+    real one holds them on the real reactor): the client's timing, exactly.
     """
 
-    base_url = "http://runtime.test/prefix//"
-    prefix = b"/prefix"
+    def test_held_requests_followed_at_once(self) -> None:
+        """
+        A held request that comes back non-terminal is followed at once by
+        the next, without the poll interval.
+        """
+        client = self.serve(held(self.clock, status_of("t1", "running")), document(status_of("t1", "success")))
+        d = client.wait("t1", poll_interval_ms=10_000)
+        self.stub.flush()
+        self.assertEqual(self.server.uris, [b"/api/v1/tasks/t1?wait_ms=30000"])
+        self.clock.advance(30)
+        self.assertEqual(self.result(d).status, "success")
+        self.assertEqual(len(self.server.uris), 2)
 
-    def test_json_endpoints(self) -> None:
+
+class BrokenStreamTests(FaultTestCase):
+    """
+    Streams whose connection breaks off: resumed where they broke off,
+    a bounded number of times in a row.
+    """
+
+    def test_log_resumed(self) -> None:
         """
-        Each runtime endpoint returns its typed value; the prefix is kept
-        and trailing slashes dropped.
+        A dropped log stream is resumed at once from the bytes received:
+        nothing is missed or delivered twice.
         """
-        self.assertEqual(self.result(self.client.healthz()), Health("ok", "1.1.0"))
-        self.assertEqual(self.result(self.client.readyz()), Health("ready", "1.1.0"))
-        info = self.result(self.client.runtime_info())
+        chunks: List[bytes] = []
+        client = self.serve(stream(b"hello "), stream(b"world", end=True))
+        d = client.stream_log("t1", on_chunk=chunks.append)
+        self.stub.flush()
+        self.server.drop()
+        self.assertEqual(self.result(d), 11)
+        self.assertEqual(b"".join(chunks), b"hello world")
+        self.assertEqual(self.server.uris, [b"/api/v1/tasks/t1/stdout?offset=0&follow=true",
+                                            b"/api/v1/tasks/t1/stdout?offset=6&follow=true"])
+
+    def test_events_resumed(self) -> None:
+        """
+        A dropped event stream is resumed after the last event seen; a
+        partial line is dropped and asked for again.
+        """
+        seen: List[TaskEvent] = []
+        client = self.serve(stream(event_line(2, "accepted") + b'{"seq": 3, "ta'),
+                            stream(event_line(3, "cancelled"), end=True))
+        d = client.follow_events("t1", after_seq=1, on_event=seen.append)
+        self.stub.flush()
+        self.server.drop()
+        self.assertEqual(self.result(d).seq, 3)
+        self.assertEqual([(event.seq, event.event_type) for event in seen], [(2, "accepted"), (3, "cancelled")])
+        self.assertEqual(self.server.uris, [b"/api/v1/tasks/t1/events?after_seq=1&follow=true",
+                                            b"/api/v1/tasks/t1/events?after_seq=2&follow=true"])
+
+    def test_retries_bounded(self) -> None:
+        """
+        Breaks without progress are retried after a growing backoff, at
+        most C{stream_retries} times in a row; then a L{TransportError}.
+        """
+        client = self.serve(stream(), stream_retries=2)
+        d = client.stream_log("t1")
+        for backoff in (0.25, 0.5):
+            self.stub.flush()
+            self.server.drop()
+            self.stub.flush()
+            self.assertNoResult(d)
+            self.clock.advance(backoff)
+        self.stub.flush()
+        self.server.drop()
+        self.assertIn("the stream broke off", str(self.failure(d, TransportError)))
+        self.assertEqual(len(self.server.uris), 3)
+
+
+class ModelTests(SynchronousTestCase):
+    """
+    The typed values read every field the contract names.
+    """
+
+    def test_task_status(self) -> None:
+        """
+        A finished status carries its exit, duration and error.
+        """
+        done = status_of("t1", "failed", exit_code=3, exit_signal=None, duration_ms=12,
+                         error={"code": "exit_nonzero", "message": "exited 3"})
+        status = TaskStatus.from_json(done)
         self.assertEqual(
-            info,
-            RuntimeInfo("node-a", "1.1.0", "2026-04-23T10:00:00Z", "v1",
-                        Platform("linux", "x86_64", False, False)),
+            (status.status, status.exit_code, status.exit_signal, status.duration_ms, status.error, status.terminal),
+            ("failed", 3, None, 12, TaskError("exit_nonzero", "exited 3"), True),
         )
-        self.assertEqual(info.raw["platform"]["os"], "linux")
-        capabilities = self.result(self.client.capabilities())
-        self.assertIsInstance(capabilities, CapabilitySnapshot)
-        self.assertEqual(
-            (capabilities.capacity, capabilities.degraded, capabilities.warnings,
-             capabilities.stable_semantics, capabilities.overrides),
-            (ResourceCapacity(4, 1024), True, ("no sandbox",), ("submit", "status"),
-             {"cgroup": "disabled"}),
-        )
-        self.assertEqual(capabilities.raw["execution"]["script"], True)
-        config = self.result(self.client.config())
-        self.assertIsInstance(config, RuntimeSettings)
-        self.assertEqual((config.max_running_tasks, config.cgroup_enabled), (4, True))
-        resources = self.result(self.client.resources())
-        self.assertIsInstance(resources, ResourcesView)
-        self.assertEqual(
-            (resources.capacity, resources.available, resources.accepted_waiting_tasks),
-            (ResourceCapacity(4, pids=64), ResourceCapacity(3, pids=56), 2),
-        )
+        self.assertEqual(status.raw, done)
+        self.assertRaises(MalformedResponse, TaskStatus.from_json, dict(done, exit_code="3"))
+        self.assertRaises(MalformedResponse, TaskStatus.from_json, dict(done, stdout_truncated=1))
+
+    def test_event(self) -> None:
+        """
+        An event keeps its message and data; only the last events of a
+        task are terminal.
+        """
+        event = TaskEvent.from_json({"seq": 7, "task_id": "t1", "event_type": "planned",
+                                     "timestamp": "2026-04-23T10:00:00Z", "data": {"degraded": False}})
+        self.assertEqual(event, TaskEvent(7, "t1", "planned", "2026-04-23T10:00:00Z", None, {"degraded": False}))
+        self.assertFalse(event.terminal)
+        self.assertRaises(MalformedResponse, TaskEvent.from_json, {"seq": True, "task_id": "t1"})
+
+    def test_runtime_views(self) -> None:
+        """
+        The runtime views read their nested values.
+        """
+        platform = {"os": "linux", "arch": "x86_64", "containerized": False, "kubernetes": False}
+        info = RuntimeInfo.from_json({"runtime_id": "node-a", "version": "1.1.0", "snapshot_version": "v1",
+                                      "started_at": "2026-04-23T10:00:00Z", "platform": platform})
+        self.assertEqual(info.platform, Platform("linux", "x86_64", False, False))
+        resources = ResourcesView.from_json({
+            "runtime_id": "node-a",
+            "capacity": {"task_slots": 4, "pids": 64},
+            "reserved": {"task_slots": 1, "pids": 8},
+            "available": {"task_slots": 3, "pids": 56},
+            "active_reservations": [{"task_id": "t9", "status": "running", "reserved_at": "2026-04-23T10:00:01Z",
+                                     "reservation": {"task_slots": 1, "pids": 8}}],
+            "accepted_waiting_tasks": 2,
+            "tenants": [{"tenant": "alice", "quota": {"task_slots": 2}, "reserved": {"task_slots": 1},
+                         "available": {"task_slots": 1}}, {"tenant": "bob", "reserved": {"task_slots": 0}}],
+        })
         self.assertEqual(
             resources.active_reservations,
             (ActiveReservation("t9", "running", ResourceCapacity(1, pids=8), "2026-04-23T10:00:01Z"),),
@@ -714,644 +1217,4 @@ class RuntimeTests(ClientTestCase):
             (TenantUsage("alice", ResourceCapacity(1), ResourceCapacity(2), ResourceCapacity(1)),
              TenantUsage("bob", ResourceCapacity(0))),
         )
-        self.assertEqual(self.result(self.client.openapi())["openapi"], "3.1.0")
-        self.assertEqual(
-            [path for _, path in self.paths()],
-            [b"/prefix/healthz", b"/prefix/readyz", b"/prefix/api/v1/runtime/info",
-             b"/prefix/api/v1/runtime/capabilities", b"/prefix/api/v1/runtime/config",
-             b"/prefix/api/v1/runtime/resources", b"/prefix/api/v1/openapi.json"],
-        )
-
-    def test_malformed_runtime_answers(self) -> None:
-        """
-        A runtime answer missing a contract field is a L{MalformedResponse}.
-        """
-        saved = dict(FIXED)
-        self.addCleanup(FIXED.update, saved)
-        FIXED[b"/api/v1/runtime/info"] = {"runtime_id": "node-a"}
-        FIXED[b"/api/v1/runtime/resources"] = dict(saved[b"/api/v1/runtime/resources"], tenants=[{}])
-        self.assertIn("version", str(self.failure(self.client.runtime_info(), MalformedResponse)))
-        self.assertIn("tenant", str(self.failure(self.client.resources(), MalformedResponse)))
-
-    def test_metrics(self) -> None:
-        """
-        C{metrics} returns the exposition text.
-        """
-        self.assertEqual(self.result(self.client.metrics()), "execgo_runtime_tasks_running 0\n")
-
-
-class TransportTests(ClientTestCase):
-    """
-    Failures below HTTP: limits, timeouts, connection errors.
-    """
-
-    def test_body_limit(self) -> None:
-        """
-        A response body above C{max_body_bytes} is a L{TransportError}.
-        """
-        client = ExecgoClient(self.base_url, self.stub, self.clock, max_body_bytes=1000)
-        error = self.failure(client.status("huge"), TransportError)
-        self.assertIn("exceeds the limit of 1000 bytes", str(error))
-        self.assertEqual(self.runtime.oversized, 1)
-
-    def test_request_timeout(self) -> None:
-        """
-        A request unanswered within C{request_timeout} fails with a
-        L{TransportError}.
-        """
-        d = self.client.status("hang")
-        self.stub.flush()
-        self.assertNoResult(d)
-        self.clock.advance(29)
-        self.assertNoResult(d)
-        self.clock.advance(1)
-        error = self.failure(d, TransportError)
-        self.assertIn("timed out after 30 s", str(error))
-
-    def test_connection_failure(self) -> None:
-        """
-        A failed connection is a L{TransportError} naming the cause.
-        """
-
-        class Refusing:
-            def request(self, *args: Any, **kwargs: Any) -> "Deferred[Any]":
-                return fail(ConnectionRefusedError("nobody home"))
-
-        client = ExecgoClient(self.base_url, Refusing(), self.clock)
-        error = self.failureResultOf(client.status("t1"), TransportError).value
-        self.assertIn("ConnectionRefusedError", str(error))
-        self.assertIn("/api/v1/tasks/t1", str(error))
-
-
-class LongPollTests(ClientTestCase):
-    """
-    C{wait} long-polls: C{?wait_ms=} capped by the timeout, no sleep when
-    the server held the request.
-    """
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.runtime.long_poll = True
-        self.runtime.scripts["t1"] = [status_of("t1", "running")]
-
-    def uris(self) -> List[bytes]:
-        return [uri for uri in self.runtime.uris if uri.startswith(b"/api/v1/tasks/t1")]
-
-    def test_held_requests(self) -> None:
-        """
-        A held request that comes back non-terminal is followed at once by
-        the next; the terminal state answers the one in flight.
-        """
-        d = self.client.wait("t1", poll_interval_ms=10_000)
-        self.stub.flush()
-        self.assertEqual(self.uris(), [b"/api/v1/tasks/t1?wait_ms=30000"])
-        self.clock.advance(30)
-        self.stub.flush()
-        self.assertEqual(len(self.uris()), 2)
-        self.runtime.finish("t1", status_of("t1", "success"))
-        self.assertEqual(self.result(d).status, "success")
-        self.assertEqual(len(self.uris()), 2)
-
-    def test_timeout_caps_wait(self) -> None:
-        """
-        C{wait_ms} is what is left of the timeout, so the wait ends on time.
-        """
-        d = self.client.wait("t1", timeout_ms=1500)
-        self.stub.flush()
-        self.assertEqual(self.uris(), [b"/api/v1/tasks/t1?wait_ms=1500"])
-        self.clock.advance(1.5)
-        error = self.failure(d, WaitTimeout)
-        self.assertEqual(error.last_status.status, "running")
-        self.assertEqual(len(self.uris()), 1)
-
-    def test_request_timeout_extended(self) -> None:
-        """
-        A long-poll request may take its C{wait_ms} on top of the request
-        timeout.
-        """
-        client = ExecgoClient(self.base_url, self.stub, self.clock, request_timeout=5.0)
-        d = client.wait("t1", timeout_ms=20_000)
-        self.stub.flush()
-        self.clock.advance(19)
-        self.assertNoResult(d)
-        self.clock.advance(1)
-        self.failure(d, WaitTimeout)
-
-    def test_long_poll_off(self) -> None:
-        """
-        C{long_poll_ms=0} asks with C{wait_ms=0} and sleeps the poll interval
-        between requests.
-        """
-        client = ExecgoClient(self.base_url, self.stub, self.clock, long_poll_ms=0)
-        d = client.wait("t1", poll_interval_ms=100)
-        self.stub.flush()
-        self.clock.advance(0.1)
-        self.stub.flush()
-        self.assertEqual(self.uris(), [b"/api/v1/tasks/t1?wait_ms=0"] * 2)
-        self.runtime.finish("t1", status_of("t1", "failed"))
-        self.clock.advance(0.1)
-        self.assertEqual(self.result(d).status, "failed")
-
-
-class ListTests(ClientTestCase):
-    """
-    C{list_tasks} and C{iter_tasks}.
-    """
-
-    def setUp(self) -> None:
-        super().setUp()
-        listed = {key: value for key, value in status_of("b", "running").items()
-                  if key not in ("stdout", "stderr", "stdout_truncated", "stderr_truncated")}
-        self.runtime.pages = {
-            None: {"tasks": [listed, status_of("a", "success")], "next_cursor": "c/1"},
-            b"c/1": {"tasks": [status_of("z", "failed")], "next_cursor": None},
-        }
-
-    def test_page(self) -> None:
-        """
-        The filters become query parameters; the page is a L{TaskPage} of
-        L{TaskStatus}es (without output) and its cursor.
-        """
-        page = self.result(self.client.list_tasks(
-            status="running", tenant="team a", owner="bob",
-            labels={"env": "prod", "k": "v:w"}, limit=2,
-        ))
-        self.assertIsInstance(page, TaskPage)
-        self.assertEqual([task.task_id for task in page.tasks], ["b", "a"])
-        self.assertEqual((page.tasks[0].stdout, page.next_cursor), ("", "c/1"))
-        self.assertEqual(
-            self.runtime.uris,
-            [b"/api/v1/tasks?status=running&tenant=team%20a&owner=bob&label=env%3Aprod"
-             b"&label=k%3Av%3Aw&limit=2"],
-        )
-
-    def test_iter_tasks(self) -> None:
-        """
-        C{iter_tasks} follows C{next_cursor} to the last page.
-        """
-
-        async def collect() -> List[str]:
-            return [task.task_id async for task in self.client.iter_tasks(limit=2)]
-
-        self.assertEqual(self.result(Deferred.fromCoroutine(collect())), ["b", "a", "z"])
-        self.assertEqual(
-            self.runtime.uris, [b"/api/v1/tasks?limit=2", b"/api/v1/tasks?limit=2&cursor=c%2F1"]
-        )
-
-    def test_malformed_page(self) -> None:
-        """
-        A page without C{tasks} is a L{MalformedResponse}.
-        """
-        self.runtime.pages[None] = {"next_cursor": None}
-        self.failure(self.client.list_tasks(), MalformedResponse)
-
-
-class SubmitOptionsTests(ClientTestCase):
-    """
-    Idempotency keys and bearer tokens.
-    """
-
-    REQUEST = {"execution": {"kind": "command", "program": "/bin/true"}}
-
-    def test_idempotent_retry(self) -> None:
-        """
-        The key is sent as C{Idempotency-Key}; a retry gets the first answer
-        and creates nothing; the key with another request is a 409.
-        """
-        first = self.result(self.client.submit(self.REQUEST, idempotency_key="k-1"))
-        again = self.result(self.client.submit(self.REQUEST, idempotency_key="k-1"))
-        self.assertEqual((first, again), (SubmitResult("generated-1", "generated-1", "accepted"),) * 2)
-        self.assertEqual(list(self.runtime.scripts), ["generated-1"])
-        self.assertEqual(self.runtime.headers[0][b"Idempotency-Key"], [b"k-1"])
-        error = self.failure(
-            self.client.submit({"execution": {"kind": "command", "program": "/bin/false"}},
-                               idempotency_key="k-1"),
-            ServerError,
-        )
-        self.assertEqual((error.status, error.code), (409, "conflict"))
-
-    def test_run_with_key(self) -> None:
-        """
-        C{run} passes its key to the submission.
-        """
-        self.runtime.scripts["done"] = [status_of("done", "success")]
-        self.runtime.idempotency["k-2"] = (
-            json.dumps(self.REQUEST, separators=(",", ":")).encode(),
-            {"task_id": "done", "handle_id": "done", "status": "accepted"},
-        )
-        status = self.result(self.client.run(self.REQUEST, idempotency_key="k-2"))
-        self.assertEqual(status.task_id, "done")
-
-    def test_token(self) -> None:
-        """
-        C{token} is sent as a bearer token on every request, streams too;
-        without it the runtime's 401 is a L{ServerError}.
-        """
-        self.runtime.token = "s3cret"
-        error = self.failure(self.client.healthz(), ServerError)
-        self.assertEqual((error.status, error.code), (401, "permission_denied"))
-        client = ExecgoClient(self.base_url, self.stub, self.clock, token="s3cret")
-        self.assertEqual(self.result(client.healthz()).status, "ok")
-        self.runtime.scripts["t1"] = [status_of("t1", "success")]
-        self.assertEqual(self.result(client.stream_log("t1")), 0)
-        self.assertEqual(
-            [headers.get(b"Authorization") for headers in self.runtime.headers],
-            [None, [b"Bearer s3cret"], [b"Bearer s3cret"]],
-        )
-
-
-class LogStreamTests(ClientTestCase):
-    """
-    C{read_log}, C{stream_log} and C{iter_log}.
-    """
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.runtime.scripts["t1"] = [status_of("t1", "running")]
-        self.runtime.logs["t1"] = {"stdout": bytearray(b"hello "), "stderr": bytearray(b"e")}
-        self.chunks: List[bytes] = []
-
-    def test_read_log(self) -> None:
-        """
-        C{read_log} returns the log from an offset, whole.
-        """
-        self.assertEqual(self.result(self.client.read_log("t1", offset=2)), b"llo ")
-        self.assertEqual(self.result(self.client.read_log("t1", "stderr")), b"e")
-        self.assertEqual(
-            self.runtime.uris,
-            [b"/api/v1/tasks/t1/stdout?offset=2&follow=false",
-             b"/api/v1/tasks/t1/stderr?offset=0&follow=false"],
-        )
-        self.failureResultOf(self.client.read_log("t1", "stdin"), ValueError)
-
-    def test_follow(self) -> None:
-        """
-        C{stream_log} hands each piece to C{on_chunk} as it is written and
-        fires with the offset reached once the task has ended.
-        """
-        d = self.client.stream_log("t1", offset=1, on_chunk=self.chunks.append)
-        self.stub.flush()
-        self.assertEqual(self.chunks, [b"ello "])
-        self.runtime.append_log("t1", "stdout", b"world")
-        self.stub.flush()
-        self.assertEqual(self.chunks, [b"ello ", b"world"])
-        self.assertNoResult(d)
-        self.runtime.finish("t1", status_of("t1", "success"))
-        self.assertEqual(self.result(d), 11)
-        self.assertEqual(self.runtime.uris, [b"/api/v1/tasks/t1/stdout?offset=1&follow=true"])
-        self.assertEqual(self.runtime.headers[0][b"Accept"], [b"*/*"])
-
-    def test_backpressure(self) -> None:
-        """
-        While the Deferred C{on_chunk} returned is pending, no further piece
-        is delivered.
-        """
-        pending: List[Deferred[None]] = []
-
-        def on_chunk(data: bytes) -> Deferred[None]:
-            self.chunks.append(data)
-            pending.append(Deferred())
-            return pending[-1]
-
-        d = self.client.stream_log("t1", on_chunk=on_chunk)
-        self.stub.flush()
-        self.runtime.append_log("t1", "stdout", b"more")
-        self.runtime.finish("t1", status_of("t1", "success"))
-        self.stub.flush()
-        self.assertEqual(self.chunks, [b"hello "])
-        self.assertNoResult(d)
-        pending[0].callback(None)
-        self.stub.flush()
-        self.assertEqual(self.chunks, [b"hello ", b"more"])
-        self.assertNoResult(d)
-        pending[1].callback(None)
-        self.assertEqual(self.result(d), 10)
-
-    def test_resume_after_drop(self) -> None:
-        """
-        A dropped connection is resumed at once from the bytes received:
-        nothing is missed or delivered twice.
-        """
-        d = self.client.stream_log("t1", on_chunk=self.chunks.append)
-        self.stub.flush()
-        self.runtime.drop_followers()
-        self.stub.flush()
-        self.runtime.append_log("t1", "stdout", b"world")
-        self.stub.flush()
-        self.runtime.finish("t1", status_of("t1", "success"))
-        self.assertEqual(self.result(d), 11)
-        self.assertEqual(b"".join(self.chunks), b"hello world")
-        self.assertEqual(
-            self.runtime.uris,
-            [b"/api/v1/tasks/t1/stdout?offset=0&follow=true",
-             b"/api/v1/tasks/t1/stdout?offset=6&follow=true"],
-        )
-
-    def test_retries_bounded(self) -> None:
-        """
-        Breaks without progress are retried after a growing backoff, at
-        most C{stream_retries} times in a row; then a L{TransportError}.
-        """
-        client = ExecgoClient(self.base_url, self.stub, self.clock, stream_retries=2)
-        self.runtime.logs["t1"]["stdout"] = bytearray()
-        d = client.stream_log("t1", on_chunk=self.chunks.append)
-        for backoff in (0.25, 0.5):
-            self.stub.flush()
-            self.runtime.drop_followers()
-            self.stub.flush()
-            self.clock.advance(backoff)
-        self.stub.flush()
-        self.runtime.drop_followers()
-        error = self.failure(d, TransportError)
-        self.assertIn("the stream broke off", str(error))
-        self.assertEqual(len(self.runtime.uris), 3)
-
-    def test_errors(self) -> None:
-        """
-        An unknown task is a L{ServerError}; an unreachable server a
-        L{TransportError} at once; a consumer's exception stops the stream
-        and is the result.
-        """
-        error = self.failure(self.client.stream_log("nope"), ServerError)
-        self.assertEqual((error.status, error.code), (404, "not_found"))
-
-        class Refusing:
-            def request(self, *args: Any, **kwargs: Any) -> "Deferred[Any]":
-                return fail(ConnectionRefusedError("nobody home"))
-
-        client = ExecgoClient(self.base_url, Refusing(), self.clock)
-        self.failureResultOf(client.stream_log("t1"), TransportError)
-
-        def explode(data: bytes) -> None:
-            raise ZeroDivisionError()
-
-        self.failure(self.client.stream_log("t1", on_chunk=explode), ZeroDivisionError)
-
-    def test_cancel(self) -> None:
-        """
-        Cancelling a follow stream stops it and leaves no timer behind.
-        """
-        d = self.client.stream_log("t1", on_chunk=self.chunks.append)
-        self.stub.flush()
-        d.cancel()
-        self.failureResultOf(d)
-        self.assertEqual(self.chunks, [b"hello "])
-
-    def test_iter_log(self) -> None:
-        """
-        C{iter_log} yields the pieces in order until the stream ends.
-        """
-
-        async def collect() -> List[bytes]:
-            return [chunk async for chunk in self.client.iter_log("t1", "stderr")]
-
-        d = Deferred.fromCoroutine(collect())
-        self.stub.flush()
-        self.runtime.append_log("t1", "stderr", b"rr")
-        self.stub.flush()
-        self.runtime.finish("t1", status_of("t1", "failed"))
-        self.assertEqual(self.result(d), [b"e", b"rr"])
-
-    def test_iter_log_closed_early(self) -> None:
-        """
-        Leaving the loop and closing the iterator stops the stream.
-        """
-
-        async def first() -> bytes:
-            chunks = self.client.iter_log("t1")
-            async for chunk in chunks:
-                await chunks.aclose()  # type: ignore[attr-defined]
-                return chunk
-            raise AssertionError("no chunk")
-
-        self.assertEqual(self.result(Deferred.fromCoroutine(first())), b"hello ")
-
-
-class EventStreamTests(ClientTestCase):
-    """
-    C{events} with C{after_seq}, C{follow_events} and C{iter_events}.
-    """
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.runtime.scripts["t1"] = [status_of("t1", "running")]
-        self.runtime.add_event("t1", "submitted")
-        self.runtime.add_event("t1", "accepted")
-        self.seen: List[TaskEvent] = []
-
-    def test_after_seq(self) -> None:
-        """
-        C{events(after_seq=N)} asks for the events after N only.
-        """
-        events = self.result(self.client.events("t1", after_seq=1))
-        self.assertEqual([event.event_type for event in events], ["accepted"])
-        self.assertEqual(self.runtime.uris, [b"/api/v1/tasks/t1/events?after_seq=1"])
-
-    def test_follow(self) -> None:
-        """
-        Each event reaches C{on_event} as it is recorded; the result is the
-        terminal event; the request asks for NDJSON.
-        """
-        d = self.client.follow_events("t1", on_event=self.seen.append)
-        self.stub.flush()
-        self.assertEqual([event.seq for event in self.seen], [1, 2])
-        self.runtime.add_event("t1", "started")
-        self.stub.flush()
-        self.assertEqual(self.seen[-1].event_type, "started")
-        self.runtime.add_event("t1", "finished")
-        last = self.result(d)
-        self.assertEqual((last.seq, last.event_type, last.terminal), (4, "finished", True))
-        self.assertEqual(self.runtime.uris, [b"/api/v1/tasks/t1/events?after_seq=0&follow=true"])
-        self.assertEqual(self.runtime.headers[0][b"Accept"], [b"application/x-ndjson"])
-
-    def test_resume_after_drop(self) -> None:
-        """
-        After a drop, the stream resumes after the last event seen.
-        """
-        d = self.client.follow_events("t1", after_seq=1, on_event=self.seen.append)
-        self.stub.flush()
-        self.runtime.drop_followers()
-        self.stub.flush()
-        self.runtime.add_event("t1", "cancelled")
-        self.result(d)
-        self.assertEqual([event.seq for event in self.seen], [2, 3])
-        self.assertEqual(
-            self.runtime.uris,
-            [b"/api/v1/tasks/t1/events?after_seq=1&follow=true",
-             b"/api/v1/tasks/t1/events?after_seq=2&follow=true"],
-        )
-
-    def test_nothing_after(self) -> None:
-        """
-        A stream of a finished task with nothing after C{after_seq} fires
-        with C{None}.
-        """
-        self.runtime.add_event("t1", "failed")
-        self.assertIsNone(self.result(self.client.follow_events("t1", after_seq=3)))
-
-    def test_malformed_line(self) -> None:
-        """
-        A line that is not an event fails the stream with
-        L{MalformedResponse}.
-        """
-        self.runtime.events["t1"].append({"seq": 3, "task_id": "t1"})
-        self.failure(self.client.follow_events("t1"), MalformedResponse)
-
-    def test_not_a_stream(self) -> None:
-        """
-        An answer that ends in the middle of a line (the plain JSON array of
-        a server without event streams) is a L{MalformedResponse}.
-        """
-
-        def no_follow(request: Request, task_id: str) -> bytes:
-            return self.runtime.answer(request, 200, self.runtime.events[task_id])
-
-        self.runtime.event_log = no_follow  # type: ignore[method-assign]
-        error = self.failure(self.client.follow_events("t1"), MalformedResponse)
-        self.assertIn("middle of a line", str(error))
-
-    def test_iter_events(self) -> None:
-        """
-        C{iter_events} yields L{TaskEvent}s until the terminal one.
-        """
-
-        async def collect() -> List[str]:
-            return [event.event_type async for event in self.client.iter_events("t1")]
-
-        d = Deferred.fromCoroutine(collect())
-        self.stub.flush()
-        self.runtime.add_event("t1", "cancelled")
-        self.assertEqual(self.result(d), ["submitted", "accepted", "cancelled"])
-
-
-class RealResourceTests(TestCase):
-    """
-    The client against the real Klein resource of an in-process runtime
-    (whose supervisor link is a fake, so tasks stay queued).
-    """
-
-    timeout = 30
-
-    async def start(self) -> Any:
-        from twisted.internet import reactor
-
-        from tests.apifixture import InProcessRuntime, tmp_data_dir
-
-        rt = InProcessRuntime(tmp_data_dir(self))
-        await rt.start()
-        self.addCleanup(lambda: defer.ensureDeferred(rt.stop()))
-        self.rt = rt
-        self.client = ExecgoClient("http://runtime.test", rt.treq, reactor)
-        return rt
-
-    def settle(self, d: "Deferred[Any]") -> "Deferred[Any]":
-        return defer.ensureDeferred(self.rt.settle(d))
-
-    REQUEST = {"execution": {"kind": "command", "program": "/bin/true"},
-               "control_context": {"tenant": "t", "labels": {"env": "test"}}}
-
-    async def test_submit_list(self) -> None:
-        """
-        An idempotent retry returns the same task; the list finds it by
-        label, page by page.
-        """
-        await self.start()
-        first = await self.settle(self.client.submit(self.REQUEST, idempotency_key="key-1"))
-        again = await self.settle(self.client.submit(self.REQUEST, idempotency_key="key-1"))
-        self.assertEqual(first, again)
-        error = await self.assertFailure(
-            self.settle(self.client.submit({**self.REQUEST, "metadata": {"x": "y"}},
-                                           idempotency_key="key-1")),
-            ServerError,
-        )
-        self.assertEqual((error.status, error.code), (409, "conflict"))
-        second = await self.settle(self.client.submit(self.REQUEST))
-        page = await self.settle(self.client.list_tasks(labels={"env": "test"}, limit=1))
-        self.assertEqual([task.task_id for task in page.tasks], [second.task_id])
-        self.assertIsNotNone(page.next_cursor)
-        page = await self.settle(self.client.list_tasks(status="accepted", cursor=page.next_cursor))
-        self.assertEqual([task.task_id for task in page.tasks], [first.task_id])
-        self.assertIsNone(page.next_cursor)
-
-    async def test_wait_long_polls(self) -> None:
-        """
-        The server holds the wait: a queued task times out after about the
-        timeout without polling (the poll interval is far longer), and a
-        kill answers a wait in flight at once.
-        """
-        from twisted.internet import reactor
-
-        await self.start()
-        task = await self.settle(self.client.submit(self.REQUEST))
-        before = reactor.seconds()
-        error = await self.assertFailure(
-            self.settle(self.client.wait(task.task_id, timeout_ms=300, poll_interval_ms=60_000)),
-            WaitTimeout,
-        )
-        self.assertEqual(error.last_status.status, "accepted")
-        self.assertGreaterEqual(reactor.seconds() - before, 0.25)
-        waiting = self.client.wait(task.task_id, poll_interval_ms=60_000)
-        await self.settle(self.client.status(task.task_id))
-        await self.settle(self.client.kill(task.task_id))
-        final = await self.settle(waiting)
-        self.assertEqual((final.status, final.error), ("cancelled", TaskError("cancelled", final.error.message)))
-
-    async def test_streams(self) -> None:
-        """
-        The log stream serves what is in the log and follows it until the
-        task ends; the event stream ends with the terminal event.
-        """
-        await self.start()
-        task = await self.settle(self.client.submit(self.REQUEST))
-        status = await self.settle(self.client.status(task.task_id))
-        path = status.raw["artifacts"]["stdout_path"]
-        with open(path, "ab") as f:
-            f.write(b"first\n")
-        self.assertEqual(await self.settle(self.client.read_log(task.task_id, offset=1)), b"irst\n")
-        chunks: List[bytes] = []
-        events: List[TaskEvent] = []
-        following = self.client.stream_log(task.task_id, offset=2, on_chunk=chunks.append)
-        watching = self.client.follow_events(task.task_id, on_event=events.append)
-        await self.settle(self.client.status(task.task_id))
-        with open(path, "ab") as f:
-            f.write(b"second\n")
-        await self.settle(self.client.kill(task.task_id))
-        self.assertEqual(await self.settle(following), 13)
-        self.assertEqual(b"".join(chunks), b"rst\nsecond\n")
-        last = await self.settle(watching)
-        self.assertEqual(last.event_type, "cancelled")
-        self.assertEqual([event.event_type for event in events][:2], ["submitted", "accepted"])
-        error = await self.assertFailure(self.settle(self.client.stream_log("nope")), ServerError)
-        self.assertEqual((error.status, error.code), (404, "not_found"))
-
-    async def test_runtime_models(self) -> None:
-        """
-        The typed runtime answers parse the real server's bodies.
-        """
-        await self.start()
-        info = await self.settle(self.client.runtime_info())
-        self.assertEqual((info.runtime_id, info.snapshot_version), ("test-runtime", "v1"))
-        capabilities = await self.settle(self.client.capabilities())
-        self.assertEqual(capabilities.capacity.task_slots, 4)
-        config = await self.settle(self.client.config())
-        self.assertEqual(config.data_dir, self.rt.config.data_dir)
-        resources = await self.settle(self.client.resources())
-        self.assertEqual((resources.capacity.task_slots, resources.active_reservations), (4, ()))
-        self.assertEqual((await self.settle(self.client.healthz())).status, "ok")
-
-
-class ImportTests(SynchronousTestCase):
-    """
-    Importing the client must not install the global reactor.
-    """
-
-    def test_no_reactor_import(self) -> None:
-        """
-        C{import execgo.client} leaves C{twisted.internet.reactor} unimported.
-        """
-        output = subprocess.run(
-            [sys.executable, "-c",
-             "import sys, execgo.client; print('twisted.internet.reactor' in sys.modules)"],
-            capture_output=True, text=True, check=True, timeout=60,
-        ).stdout
-        self.assertEqual(output, "False\n")
+        self.assertRaises(MalformedResponse, ResourcesView.from_json, dict(resources.raw, tenants=[{}]))

@@ -20,7 +20,7 @@ from twisted.trial.util import suppress as SUPPRESS
 from execgo.core import errors, outcome, records
 from execgo.core.config import RuntimeConfig
 from execgo.core.models import ControlContext
-from execgo.store import idempotency, taskdb
+from execgo.store import connection, gc, idempotency, schema, terminal, transitions
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 from tests.fakes import new_task
 from tests.test_supervisor import StoreMixin
@@ -81,7 +81,7 @@ class StoreTests(StoreMixin, SynchronousTestCase):
         Insert a task with this key and request hash.
         """
         task = attrs.evolve(new_task(self.data_dir, task_id), idempotency_key=key, idempotency_hash=digest)
-        taskdb.insert_task(self.conn, task, NOW)
+        transitions.insert_task(self.conn, task, NOW)
 
     def test_check(self) -> None:
         """
@@ -122,8 +122,8 @@ class StoreTests(StoreMixin, SynchronousTestCase):
         A key lives as long as its task.
         """
         self.insert("t1", "k", "h")
-        taskdb.finish(self.conn, "t1", outcome.cancelled("x"), NOW)
-        taskdb.delete_task(self.conn, "t1")
+        terminal.finish(self.conn, "t1", outcome.cancelled("x"), NOW)
+        gc.delete_task(self.conn, "t1")
         idempotency.check(self.conn, "k", "other")
         self.insert("t2", "k", "other")
 
@@ -144,8 +144,8 @@ class StoreTests(StoreMixin, SynchronousTestCase):
             " stderr_path TEXT NOT NULL, stdout_max_bytes INTEGER NOT NULL,"
             " stderr_max_bytes INTEGER NOT NULL)"
         )
-        taskdb.configure(conn)
-        taskdb.init_schema(conn)
+        connection.configure(conn)
+        schema.init_schema(conn)
         columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
         self.assertTrue({"idempotency_key", "idempotency_hash", "idempotency_scope"} <= columns)
         indexes = conn.execute("PRAGMA index_list(tasks)").fetchall()
@@ -175,7 +175,7 @@ class ScopeTests(StoreMixin, SynchronousTestCase):
             idempotency_hash=digest,
             idempotency_scope=scope,
         )
-        taskdb.insert_task(self.conn, task, NOW)
+        transitions.insert_task(self.conn, task, NOW)
 
     def test_tenants_have_their_own_keys(self) -> None:
         """
@@ -238,7 +238,7 @@ class ScopeTests(StoreMixin, SynchronousTestCase):
         self.unscope()
         self.assertEqual(self.indexes(), {"idx_tasks_idempotency": ["idempotency_key"]})
         for _ in range(2):
-            taskdb.init_schema(self.conn)
+            schema.init_schema(self.conn)
             self.assertEqual(
                 self.indexes(), {"idx_tasks_idempotency_scope": ["idempotency_key", "idempotency_scope"]}
             )
@@ -261,7 +261,7 @@ class ScopeTests(StoreMixin, SynchronousTestCase):
         self.conn.execute(
             "CREATE UNIQUE INDEX idx_tasks_idempotency ON tasks(idempotency_key) WHERE idempotency_key IS NOT NULL"
         )
-        taskdb.init_schema(self.conn)
+        schema.init_schema(self.conn)
         self.assertEqual(list(self.conn.execute("SELECT idempotency_scope FROM tasks")), [("",)])
         self.assertNotIn("idx_tasks_idempotency", self.indexes())
 

@@ -11,7 +11,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from execgo.core import jsonstream
-from execgo.store import wire
+from execgo.core.encoding import compact, pretty
 
 LONG = jsonstream.SLICE_CHARS * 3 + 17
 
@@ -37,17 +37,17 @@ class ChunksTests(SynchronousTestCase):
         Compact and pretty pieces join to the whole renderings, and the
         length is the compact one's.
         """
-        compact = wire.compact(value)
-        self.assertEqual(b"".join(jsonstream.chunks(value)), compact)
-        self.assertEqual(jsonstream.encoded_length(value), len(compact))
-        self.assertEqual(b"".join(jsonstream.chunks(value, wire.pretty)), wire.pretty(value).encode("utf-8"))
+        whole = compact(value)
+        self.assertEqual(b"".join(jsonstream.chunks(value)), whole)
+        self.assertEqual(jsonstream.encoded_length(value), len(whole))
+        self.assertEqual(b"".join(jsonstream.chunks(value, pretty)), pretty(value).encode("utf-8"))
 
     def test_short_strings(self) -> None:
         """
         A document without long strings is one piece.
         """
         value = _document("hello", "err")
-        self.assertEqual(list(jsonstream.chunks(value)), [wire.compact(value)])
+        self.assertEqual(list(jsonstream.chunks(value)), [compact(value)])
         self.assertSame(value)
 
     def test_long_text(self) -> None:
@@ -89,7 +89,7 @@ class ChunksTests(SynchronousTestCase):
     def test_nested_and_listed(self) -> None:
         """
         Long strings inside lists and nested objects are streamed too, and
-        a value that is not plain JSON for C{wire.pretty} still renders.
+        a value that is not plain JSON for L{pretty} still renders.
         """
         value = {"a": ["z" * LONG, {"b": "w" * LONG}], "n": None, "f": 1.5, "t": True}
         self.assertSame(value)

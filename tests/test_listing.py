@@ -18,7 +18,7 @@ from twisted.trial.util import suppress as SUPPRESS
 
 from execgo.core import errors
 from execgo.core.models import ControlContext
-from execgo.store import listing, taskdb
+from execgo.store import connection, gc, listing, schema, transitions
 from execgo.store.listing import ListQuery
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 from tests.fakes import new_task
@@ -128,16 +128,16 @@ class StoreListingTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.data_dir = os.path.abspath(self.mktemp())
         os.makedirs(self.data_dir)
-        self.conn = taskdb.connect(os.path.join(self.data_dir, "runtime.db"))
+        self.conn = connection.connect(os.path.join(self.data_dir, "runtime.db"))
         self.addCleanup(self.conn.close)
-        taskdb.init_schema(self.conn)
+        schema.init_schema(self.conn)
 
     def insert(self, task_id: str, now_ms: int = NOW, **context: Any) -> None:
         """
         Insert an accepted task with this control context.
         """
         control = ControlContext(**context) if context else None
-        taskdb.insert_task(self.conn, new_task(self.data_dir, task_id, control_context=control), now_ms)
+        transitions.insert_task(self.conn, new_task(self.data_dir, task_id, control_context=control), now_ms)
 
     def ids(self, query: ListQuery) -> List[str]:
         """
@@ -248,7 +248,7 @@ class StoreListingTests(SynchronousTestCase):
             [("k", "v"), ("x", "y")],
         )
         self.conn.execute("UPDATE tasks SET status = 'success' WHERE task_id = 'a'")
-        taskdb.delete_task(self.conn, "a")
+        gc.delete_task(self.conn, "a")
         self.assertEqual(self.conn.execute("SELECT COUNT(*) FROM task_labels").fetchone()[0], 0)
 
     def test_backfill_for_an_old_store(self) -> None:
@@ -260,10 +260,10 @@ class StoreListingTests(SynchronousTestCase):
         self.insert("b", NOW + 1, tenant="t")
         self.insert("c", NOW + 2, labels={"k": "v", "z": "1"})
         self.conn.execute("DROP TABLE task_labels")
-        taskdb.init_schema(self.conn)
+        schema.init_schema(self.conn)
         self.assertEqual(self.ids(ListQuery(labels=(("k", "v"),))), ["c", "a"])
         self.assertEqual(self.ids(ListQuery(labels=(("z", "1"),))), ["c"])
-        taskdb.init_schema(self.conn)
+        schema.init_schema(self.conn)
         self.assertEqual(self.conn.execute("SELECT COUNT(*) FROM task_labels").fetchone()[0], 3)
 
 

@@ -251,6 +251,43 @@ class MakeObserverTests(SynchronousTestCase):
         self.assertEqual([m for m in messages if not m.startswith("execgo.server.scheduler")], [])
 
 
+    def test_directive_over_quiet_namespace(self) -> None:
+        """
+        A directive naming one of Twisted's chatty namespaces, or a
+        namespace around it, sets its level below C{warn} too; the most
+        specific directive wins.
+        """
+        out = io.StringIO()
+        observer = make_observer(
+            out, {"EXECGO_RUNTIME_LOG": "execgo.server.web.api=debug,twisted=info,twisted.web=error"}
+        )
+        for namespace in ("execgo.server.web.api.APISite", "twisted.internet.tcp", "twisted.web.server"):
+            log = Logger(namespace=namespace, observer=observer)
+            for level in (LogLevel.debug, LogLevel.info, LogLevel.warn):
+                log.emit(level, "{ns} {lvl}", ns=namespace, lvl=level.name)
+        self.assertEqual(
+            [line["message"] for line in lines(out)],
+            [
+                "execgo.server.web.api.APISite debug",
+                "execgo.server.web.api.APISite info",
+                "execgo.server.web.api.APISite warn",
+                "twisted.internet.tcp info",
+                "twisted.internet.tcp warn",
+            ],
+        )
+
+    def test_site_quiet_by_default(self) -> None:
+        """
+        The API site's own chatter counts as Twisted's: C{warn} and above
+        only, even at C{debug}.
+        """
+        out = io.StringIO()
+        observer = make_observer(out, {"EXECGO_RUNTIME_LOG": "debug"})
+        log = Logger(namespace="execgo.server.web.api.APISite", observer=observer)
+        log.info("Starting factory")
+        log.warn("trouble")
+        self.assertEqual([line["message"] for line in lines(out)], ["trouble"])
+
     def test_twisted_never_below_default(self) -> None:
         """
         A default above C{warn} also applies to Twisted's own namespace: the

@@ -1,5 +1,7 @@
 """
-Tests for L{execgo.core.policy.resolve_plan}.
+Tests for L{execgo.core.policy}: plans resolved for a request
+(L{resolve_plan}), synthesised for a stored task without one
+(L{synthesise_plan}), and the one builder both use (L{build_plan}).
 """
 
 from __future__ import annotations
@@ -11,16 +13,17 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from execgo.core.capabilities import Capabilities
 from execgo.core.errors import UnsupportedCapability
-from execgo.core.ledger import Capacity
 from execgo.core.models import (
     ControlContext,
     ExecutionSpec,
     Namespaces,
+    Reservation,
     ResourceLimits,
     SandboxPolicy,
     SubmitRequest,
 )
-from execgo.core.policy import resolve_plan
+from execgo.core.policy import build_plan, plan_of, resolve_plan, synthesise_plan
+from tests.fakes import plan_for, record
 
 ALL_NAMESPACES = {"mount": True, "pid": True, "uts": True, "ipc": True, "net": True}
 NO_NAMESPACES = dict.fromkeys(ALL_NAMESPACES, False)
@@ -34,7 +37,7 @@ def caps(**kwargs: Any) -> Capabilities:
     values: dict = dict(
         runtime_id="rt",
         collected_at="2026-04-23T09:59:58Z",
-        capacity=Capacity(4),
+        capacity=Reservation(4),
         linux_sandbox=True,
         chroot=True,
         namespaces=ALL_NAMESPACES,
@@ -355,3 +358,122 @@ class EnforcementTests(SynchronousTestCase):
             {"cpu_time_sec": "rlimit", "memory_bytes": "cgroup_v2", "pids_max": "cgroup_v2"},
         )
         self.assertTrue(enforcement.oom_detection)
+
+
+class SynthesisePlanTests(SynchronousTestCase):
+    """
+    L{synthesise_plan}: the plan of a stored task that has none.
+    """
+
+    def test_process(self) -> None:
+        """
+        A process-profile task: adaptive, no cgroup; CPU and memory enforced
+        when set; pids never; not degraded.
+        """
+        limits = ResourceLimits(wall_time_ms=9, cpu_time_sec=1, memory_bytes=2, pids_max=3)
+        sandbox = SandboxPolicy(workspace_subdir="w")
+        plan = synthesise_plan(record("t", limits=limits, sandbox=sandbox))
+        self.assertEqual(plan.capability_mode, "adaptive")
+        self.assertEqual(plan.requested_sandbox, sandbox)
+        self.assertEqual(plan.effective_sandbox, sandbox)
+        self.assertEqual(
+            plan.resource_enforcement.to_json(),
+            {
+                "wall_time_ms": 9, "cpu_time_sec": 1, "cpu_time_enforced": True,
+                "memory_bytes": 2, "memory_enforced": True, "pids_max": 3,
+                "pids_enforced": False, "cgroup_enforced": False, "oom_detection": False,
+            },
+        )
+        self.assertFalse(plan.degraded)
+        self.assertEqual((plan.fallback_reasons, plan.capability_warnings), ((), ()))
+
+    def test_linux_sandbox(self) -> None:
+        """
+        A C{linux_sandbox} task gets a cgroup: pids enforced and OOM
+        detection when the limits are set.
+        """
+        sandbox = SandboxPolicy(profile="linux_sandbox", namespaces=Namespaces())
+        plan = synthesise_plan(
+            record("t", limits=ResourceLimits(memory_bytes=2, pids_max=3), sandbox=sandbox)
+        )
+        enforcement = plan.resource_enforcement
+        self.assertTrue(enforcement.cgroup_enforced)
+        self.assertTrue(enforcement.pids_enforced)
+        self.assertTrue(enforcement.oom_detection)
+        self.assertFalse(enforcement.cpu_time_enforced)
+
+    def test_unset_limits(self) -> None:
+        """
+        With no limits nothing is enforced.
+        """
+        sandbox = SandboxPolicy(profile="linux_sandbox")
+        enforcement = synthesise_plan(record("t", sandbox=sandbox)).resource_enforcement
+        self.assertEqual(
+            (enforcement.memory_enforced, enforcement.pids_enforced, enforcement.oom_detection),
+            (False, False, False),
+        )
+
+    def test_plan_of(self) -> None:
+        """
+        A stored plan wins over synthesis.
+        """
+        plan = plan_for(degraded=True, fallback_reasons=("r",))
+        self.assertIs(plan_of(record("t", plan=plan)), plan)
+
+
+class BuildPlanTests(SynchronousTestCase):
+    """
+    L{build_plan}: the one constructor of a plan, from its inputs.
+    """
+
+    limits = ResourceLimits(wall_time_ms=7, cpu_time_sec=1, memory_bytes=2, pids_max=3)
+
+    def enforcement(self, enforcers: dict, cgroup: bool) -> dict:
+        """
+        The C{resource_enforcement} of a plan built with C{enforcers}.
+        """
+        sandbox = SandboxPolicy()
+        plan = build_plan("adaptive", sandbox, sandbox, self.limits, enforcers, cgroup)
+        return plan.resource_enforcement.to_json()
+
+    def test_named_mechanisms(self) -> None:
+        """
+        Named mechanisms are listed; memory by a cgroup detects OOM, by an
+        rlimit it does not, whatever C{cgroup} says.
+        """
+        by_cgroup = self.enforcement({"memory_bytes": "cgroup_v2", "pids_max": "cgroup_v2"}, False)
+        self.assertEqual(by_cgroup["mechanisms"], {"memory_bytes": "cgroup_v2", "pids_max": "cgroup_v2"})
+        self.assertEqual(
+            (by_cgroup["cpu_time_enforced"], by_cgroup["memory_enforced"], by_cgroup["pids_enforced"]),
+            (False, True, True),
+        )
+        self.assertIs(by_cgroup["oom_detection"], True)
+        self.assertIs(self.enforcement({"memory_bytes": "rlimit"}, True)["oom_detection"], False)
+
+    def test_unrecorded_mechanisms(self) -> None:
+        """
+        A limit enforced by a mechanism nobody recorded is enforced but
+        not listed (no C{mechanisms} key at all); its memory detects OOM
+        exactly when the task has a cgroup.
+        """
+        enforcers = {"cpu_time_sec": None, "memory_bytes": None}
+        with_cgroup = self.enforcement(enforcers, True)
+        self.assertNotIn("mechanisms", with_cgroup)
+        self.assertEqual(
+            (with_cgroup["cpu_time_enforced"], with_cgroup["memory_enforced"], with_cgroup["oom_detection"]),
+            (True, True, True),
+        )
+        self.assertIs(self.enforcement(enforcers, False)["oom_detection"], False)
+
+    def test_reasons_degrade(self) -> None:
+        """
+        Reasons make the plan degraded and are kept in order, with the
+        warnings.
+        """
+        sandbox = SandboxPolicy()
+        plan = build_plan("strict", sandbox, sandbox, self.limits, {}, False, ["b", "a"], ["w"])
+        self.assertEqual(
+            (plan.capability_mode, plan.degraded, plan.fallback_reasons, plan.capability_warnings),
+            ("strict", True, ("b", "a"), ("w",)),
+        )
+        self.assertFalse(build_plan("strict", sandbox, sandbox, self.limits, {}, False).degraded)

@@ -16,8 +16,8 @@ from twisted.trial.unittest import TestCase
 from twisted.trial.util import suppress as SUPPRESS
 
 from execgo.core.config import RuntimeConfig
+from execgo.core.encoding import compact
 from execgo.server.budget import HeldSnapshot, claim
-from execgo.store import wire
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 
 KIB = 1024
@@ -175,7 +175,7 @@ class LargePreviewTests(PreviewTestsBase):
         """
         expected = (b"a\x00\xff\n" * (80 * KIB))[: self.ceiling].decode("utf-8", "replace")
         self.assertEqual((status["stdout"], status["stdout_truncated"]), (expected, True))
-        self.assertEqual(content, wire.compact(status))
+        self.assertEqual(content, compact(status))
 
     @defer.inlineCallbacks
     def test_status_streamed(self) -> Any:

@@ -13,9 +13,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from execgo.core import jsonstream
+from execgo.core.encoding import compact
 from execgo.server.budget import SMALL_PREVIEW_BYTES, ByteBudget, HeldSnapshot
 from execgo.server.web.responses import BodyProducer, send_snapshot
-from execgo.store import wire
 
 
 class _Transport:
@@ -171,7 +171,7 @@ class SendSnapshotTests(SynchronousTestCase):
         self.budget = ByteBudget(10 * SMALL_PREVIEW_BYTES)
 
     def small(self, request: Any, value: Any) -> bytes:
-        return b"small:" + wire.compact(value)
+        return b"small:" + compact(value)
 
     def send(self, request: Any, snapshot: Any) -> "defer.Deferred[bytes]":
         return defer.ensureDeferred(
@@ -196,7 +196,7 @@ class SendSnapshotTests(SynchronousTestCase):
         held until the last piece is written.
         """
         snapshot = _big()
-        expected = wire.compact(snapshot)
+        expected = compact(snapshot)
         request = FakeRequest(room=jsonstream.SLICE_CHARS)
         sent = self.send(request, snapshot)
         self.assertEqual(self.budget.free, self.budget.capacity - 3 * SMALL_PREVIEW_BYTES - 100)
@@ -246,7 +246,7 @@ class SendSnapshotTests(SynchronousTestCase):
         self.assertEqual((request.code, len(self.clock.getDelayedCalls())), (None, 1))
         self.clock.advance(0)
         self.successResultOf(sent)
-        self.assertEqual(b"".join(request.written), wire.compact(snapshot))
+        self.assertEqual(b"".join(request.written), compact(snapshot))
 
     def test_client_gone(self) -> None:
         """

@@ -12,10 +12,10 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.core.ledger import Capacity, Holding, Ledger
+from execgo.core.ledger import Holding, Ledger
 from execgo.core.models import Reservation
-from execgo.server.database import SchedulerState
 from execgo.server.scheduler import QueuedTask, Scheduler
+from execgo.store.reads import SchedulerState
 from tests.fakes import FakeDispatchStore, FakeLink, record
 
 POLL_S = 0.25
@@ -61,14 +61,14 @@ class SchedulerTestCase(SynchronousTestCase):
     one slot; every test ends stopped with no timer left.
     """
 
-    capacity = Capacity(task_slots=2, memory_bytes=1000)
+    capacity = Reservation(task_slots=2, memory_bytes=1000)
     max_queued = 10
 
     def setUp(self) -> None:
         self.clock = Clock()
         self.store = FakeDispatchStore()
         self.link = FakeLink(pid=SHIM_PID)
-        self.ledger = Ledger(self.capacity, {"t": Capacity(task_slots=1)})
+        self.ledger = Ledger(self.capacity, {"t": Reservation(task_slots=1)})
         self.scheduler = CountingScheduler(
             self.clock,
             self.store,
@@ -302,8 +302,8 @@ class DispatchTests(SchedulerTestCase):
         A task held back only by its tenant's quota holds that tenant's
         younger tasks, even ones that would fit, but not other tenants'.
         """
-        self.ledger.capacity = Capacity(task_slots=3, memory_bytes=1000)
-        self.ledger.quotas = {"t": Capacity(task_slots=2, memory_bytes=500)}
+        self.ledger.capacity = Reservation(task_slots=3, memory_bytes=1000)
+        self.ledger.quotas = {"t": Reservation(task_slots=2, memory_bytes=500)}
         old = NOW_MS - self.scheduler.starvation_ms
         self.ledger.reserve("running", "t", Reservation(memory_bytes=300))
         self.submit(
@@ -320,8 +320,8 @@ class DispatchTests(SchedulerTestCase):
         A young task over its tenant's quota lets the tenant's smaller
         tasks pass.
         """
-        self.ledger.capacity = Capacity(task_slots=3, memory_bytes=1000)
-        self.ledger.quotas = {"t": Capacity(task_slots=2, memory_bytes=500)}
+        self.ledger.capacity = Reservation(task_slots=3, memory_bytes=1000)
+        self.ledger.quotas = {"t": Reservation(task_slots=2, memory_bytes=500)}
         self.ledger.reserve("running", "t", Reservation(memory_bytes=300))
         self.submit(queued("t-big", memory=400, tenant="t"), queued("t-small", memory=100, tenant="t"))
         self.scheduler.start()
@@ -506,7 +506,7 @@ class WakeTests(SchedulerTestCase):
         Any number of wake-ups during a cycle (one waiting for the store)
         run exactly one more cycle after it, and launch nothing meanwhile.
         """
-        self.ledger.capacity = Capacity(task_slots=10)
+        self.ledger.capacity = Reservation(task_slots=10)
         self.scheduler.start()
         self.clock.advance(POLL_S)
         self.assertEqual(self.scheduler.cycles, 2)

@@ -29,7 +29,7 @@ from twisted.web.client import ResponseDone
 from execgo.core import outcome
 from execgo.server.web import streams
 from execgo.server.web.api import APISite
-from execgo.store import taskdb
+from execgo.store import connection, eventlog, logfiles, schema, terminal, transitions
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 from tests.fakes import new_task
 from tests.serverfixture import ApiClient, ServerProcess, poll, sleep
@@ -124,33 +124,34 @@ def rss_bytes() -> int:
 
 class ReadLogTests(SynchronousTestCase):
     """
-    The store jobs of L{execgo.server.web.streams}, on a real store.
+    The store jobs the streams run (L{logfiles}, L{eventlog.poll_events}),
+    on a real store.
     """
 
     def setUp(self) -> None:
         self.data_dir = os.path.abspath(self.mktemp())
         os.makedirs(self.data_dir)
-        self.conn = taskdb.connect(os.path.join(self.data_dir, "runtime.db"))
+        self.conn = connection.connect(os.path.join(self.data_dir, "runtime.db"))
         self.addCleanup(self.conn.close)
-        taskdb.init_schema(self.conn)
+        schema.init_schema(self.conn)
         self.task = new_task(self.data_dir, "t", make_dirs=True)
-        taskdb.insert_task(self.conn, self.task, NOW)
+        transitions.insert_task(self.conn, self.task, NOW)
         with open(self.task.paths.stdout_path, "wb") as out:
-            out.write(b"x" * (streams.CHUNK_BYTES + 10))
+            out.write(b"x" * (logfiles.CHUNK_BYTES + 10))
 
     def test_open(self) -> None:
         """
         An open log has its size; an unknown task is C{None}; a missing
         file is an empty log.
         """
-        opened = streams.open_log(self.conn, "t", "stdout")
+        opened = logfiles.open_log(self.conn, "t", "stdout")
         assert opened is not None and opened.fd is not None
         self.addCleanup(os.close, opened.fd)
-        self.assertEqual(opened.size, streams.CHUNK_BYTES + 10)
-        self.assertIsNone(streams.open_log(self.conn, "nope", "stdout"))
+        self.assertEqual(opened.size, logfiles.CHUNK_BYTES + 10)
+        self.assertIsNone(logfiles.open_log(self.conn, "nope", "stdout"))
         os.unlink(self.task.paths.stderr_path)
-        self.assertEqual(streams.open_log(self.conn, "t", "stderr"), streams.OpenLog(None, 0))
-        self.assertRaises(ValueError, streams.open_log, self.conn, "t", "result")
+        self.assertEqual(logfiles.open_log(self.conn, "t", "stderr"), logfiles.OpenLog(None, 0))
+        self.assertRaises(ValueError, logfiles.open_log, self.conn, "t", "result")
 
     def test_bounded_and_following_reads(self) -> None:
         """
@@ -158,33 +159,33 @@ class ReadLogTests(SynchronousTestCase):
         following read at the end of a running task's log is incomplete,
         and complete once the task is terminal and nothing is left.
         """
-        opened = streams.open_log(self.conn, "t", "stdout")
+        opened = logfiles.open_log(self.conn, "t", "stdout")
         assert opened is not None and opened.fd is not None
         fd = opened.fd
         self.addCleanup(os.close, fd)
-        data, complete = streams.read_log(self.conn, "t", fd, 0, None)
-        self.assertEqual((len(data), complete), (streams.CHUNK_BYTES, False))
-        self.assertEqual(streams.read_log(self.conn, "t", fd, 0, 5), (b"xxxxx", True))
-        self.assertEqual(streams.read_log(self.conn, "t", fd, 7, 5), (b"", True))
-        end = streams.CHUNK_BYTES + 10
-        self.assertEqual(streams.read_log(self.conn, "t", fd, end, None), (b"", False))
+        data, complete = logfiles.read_log(self.conn, "t", fd, 0, None)
+        self.assertEqual((len(data), complete), (logfiles.CHUNK_BYTES, False))
+        self.assertEqual(logfiles.read_log(self.conn, "t", fd, 0, 5), (b"xxxxx", True))
+        self.assertEqual(logfiles.read_log(self.conn, "t", fd, 7, 5), (b"", True))
+        end = logfiles.CHUNK_BYTES + 10
+        self.assertEqual(logfiles.read_log(self.conn, "t", fd, end, None), (b"", False))
         with open(self.task.paths.stdout_path, "ab") as out:
             out.write(b"tail")
-        taskdb.finish(self.conn, "t", outcome.cancelled("gone"), NOW + 1)
-        self.assertEqual(streams.read_log(self.conn, "t", fd, end, None), (b"tail", False))
-        self.assertEqual(streams.read_log(self.conn, "t", fd, end + 4, None), (b"", True))
+        terminal.finish(self.conn, "t", outcome.cancelled("gone"), NOW + 1)
+        self.assertEqual(logfiles.read_log(self.conn, "t", fd, end, None), (b"tail", False))
+        self.assertEqual(logfiles.read_log(self.conn, "t", fd, end + 4, None), (b"", True))
 
     def test_poll_events(self) -> None:
         """
         Events after a sequence number with the status read first; an
         unknown task is C{(None, [])}.
         """
-        status, events = streams.poll_events(self.conn, "t", 0)
+        status, events = eventlog.poll_events(self.conn, "t", 0)
         self.assertEqual(status, "accepted")
         self.assertEqual([e.event_type for e in events], ["submitted", "accepted", "planned"])
-        status, later = streams.poll_events(self.conn, "t", events[1].seq)
+        status, later = eventlog.poll_events(self.conn, "t", events[1].seq)
         self.assertEqual([e.event_type for e in later], ["planned"])
-        self.assertEqual(streams.poll_events(self.conn, "nope", 0), (None, []))
+        self.assertEqual(eventlog.poll_events(self.conn, "nope", 0), (None, []))
 
 
 class StreamTestsBase(TestCase):

@@ -23,13 +23,19 @@ from typing import Any, Callable, List, Optional
 from twisted.trial.unittest import SynchronousTestCase
 
 from execgo import control
+from execgo.core import records
 from execgo.core.models import ErrorInfo, Reservation, ResourceLimits
+from execgo.core.render import render_status
 from execgo.host import privileges
 from execgo.host.procinfo import group_alive
-from execgo.store import taskdb, wire
+from execgo.store import eventlog, reads, schema, taskfiles, terminal, transitions
+from execgo.store.connection import connect
 from execgo.supervisor import engine as supervisor_module
 from execgo.supervisor.daemon import Loop
 from execgo.supervisor.engine import Supervisor
+from execgo.supervisor.plumbing import MAX_WAIT_S, bounded
+from execgo.supervisor.processes import HostProcesses
+from execgo.supervisor.timers import Timers
 from tests.fakes import FakeCgroups, command, new_task, plan_for, shell
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -83,23 +89,23 @@ class StoreMixin:
         self.data_dir = os.path.abspath(self.mktemp())
         os.makedirs(os.path.join(self.data_dir, "tasks"))
         self.db = os.path.join(self.data_dir, "runtime.db")
-        self.conn = taskdb.connect(self.db)
+        self.conn = connect(self.db)
         self.addCleanup(self.conn.close)
-        taskdb.init_schema(self.conn)
+        schema.init_schema(self.conn)
 
-    def insert(self: Any, task_id: str, execution: Any, **kwargs: Any) -> taskdb.NewTask:
+    def insert(self: Any, task_id: str, execution: Any, **kwargs: Any) -> records.NewTask:
         """
         Submit a task (files created, row and events inserted).
         """
         task = new_task(self.data_dir, task_id, execution, make_dirs=True, **kwargs)
-        taskdb.insert_task(self.conn, task, time.time_ns() // 1_000_000)
+        transitions.insert_task(self.conn, task, time.time_ns() // 1_000_000)
         return task
 
-    def load(self: Any, task_id: str) -> taskdb.TaskRecord:
+    def load(self: Any, task_id: str) -> records.TaskRecord:
         """
         A task that must exist.
         """
-        record = taskdb.load_task(self.conn, task_id)
+        record = reads.load_task(self.conn, task_id)
         assert record is not None
         return record
 
@@ -107,7 +113,7 @@ class StoreMixin:
         """
         The task's event types, in order.
         """
-        return [event.event_type for event in taskdb.load_events(self.conn, task_id)]
+        return [event.event_type for event in eventlog.load_events(self.conn, task_id)]
 
     def result_json(self: Any, task_id: str) -> Any:
         """
@@ -191,7 +197,7 @@ class EngineTestCase(StoreMixin, SynchronousTestCase):
             wait_for(lambda: all(os.waitid(os.P_PID, p, os.WEXITED | os.WNOHANG | os.WNOWAIT) for p in pids))
         )
 
-    def run_task(self, task_id: str, execution: Any, **kwargs: Any) -> taskdb.TaskRecord:
+    def run_task(self, task_id: str, execution: Any, **kwargs: Any) -> records.TaskRecord:
         """
         Insert, launch (taking the queued task over) and drive to the end.
         """
@@ -207,10 +213,10 @@ class EngineTestCase(StoreMixin, SynchronousTestCase):
         record = self.load(task_id)
         written = self.result_json(task_id)
         self.assertEqual(written["status"], record.status)
-        expected = wire.render_status(
+        expected = render_status(
             record,
-            wire.read_preview(record.paths.stdout_path, record.limits.stdout_max_bytes),
-            wire.read_preview(record.paths.stderr_path, record.limits.stderr_max_bytes),
+            taskfiles.read_preview(record.paths.stdout_path, record.limits.stdout_max_bytes),
+            taskfiles.read_preview(record.paths.stderr_path, record.limits.stderr_max_bytes),
             record.finished_at_ms or 0,
         )
         self.assertEqual(written, json.loads(json.dumps(expected)))
@@ -295,7 +301,7 @@ class SupervisorTests(EngineTestCase):
         each task is written again a moment later.
         """
         self.patch(supervisor_module, "FINISH_RETRY_S", 0.01)
-        real_write = taskdb.write_terminal
+        real_write = terminal.write_terminal
         calls: List[str] = []
 
         def flaky_write(conn: Any, task_id: str, *args: Any) -> Any:
@@ -304,7 +310,7 @@ class SupervisorTests(EngineTestCase):
                 raise sqlite3.OperationalError("disk I/O error")
             return real_write(conn, task_id, *args)
 
-        self.patch(taskdb, "write_terminal", flaky_write)
+        self.patch(terminal, "write_terminal", flaky_write)
         ids = ["r1", "r2"]
         self.launch_until_exited(ids)
         self.supervisor.reap()
@@ -354,7 +360,7 @@ class SupervisorTests(EngineTestCase):
         self.supervisor.launch("k")
         self.assertTrue(self.supervisor.busy)
         self.drive(until=lambda: self.load("k").pid is not None, bound=1.0)
-        self.assertTrue(taskdb.request_kill(self.conn, "k", time.time_ns() // 1_000_000))
+        self.assertTrue(transitions.request_kill(self.conn, "k", time.time_ns() // 1_000_000))
         self.supervisor.kill("k")
         took = self.drive()
         self.assertLess(took, 1.0)
@@ -375,7 +381,7 @@ class SupervisorTests(EngineTestCase):
         self.insert("w", command("/bin/sh", "-c", "exec sleep 30"))
         self.supervisor.launch("w")
         self.supervisor.watch_kill_flag("w")
-        taskdb.request_kill(self.conn, "w", time.time_ns() // 1_000_000)
+        transitions.request_kill(self.conn, "w", time.time_ns() // 1_000_000)
         took = self.drive()
         self.assertLess(took, 1.0)
         self.assertEqual(self.load("w").status, "cancelled")
@@ -433,7 +439,7 @@ class SupervisorTests(EngineTestCase):
         execution, without a reservation or a C{started} event.
         """
         self.insert("q", command("/bin/true"))
-        taskdb.request_kill(self.conn, "q", time.time_ns() // 1_000_000)
+        transitions.request_kill(self.conn, "q", time.time_ns() // 1_000_000)
         self.supervisor.launch("q")
         record = self.load("q")
         self.assertEqual(record.status, "cancelled")
@@ -473,7 +479,7 @@ class SupervisorTests(EngineTestCase):
         """
         self.assertFalse(self.supervisor.launch("ghost"))
         self.insert("done", command("/bin/true"))
-        taskdb.finish(self.conn, "done", taskdb.Outcome(status="success"), 1)
+        terminal.finish(self.conn, "done", records.Outcome(status="success"), 1)
         before = self.load("done")
         self.assertFalse(self.supervisor.launch("done"))
         self.assertEqual(self.load("done"), before)
@@ -509,7 +515,7 @@ class SupervisorTests(EngineTestCase):
         was declined.
         """
         self.patch(supervisor_module, "FINISH_RETRY_S", 0.01)
-        real_claim = taskdb.claim
+        real_claim = transitions.claim
         calls: List[str] = []
 
         def flaky_claim(*args: Any) -> Any:
@@ -518,12 +524,12 @@ class SupervisorTests(EngineTestCase):
                 raise sqlite3.OperationalError("database is locked")
             return real_claim(*args)
 
-        self.patch(taskdb, "claim", flaky_claim)
+        self.patch(transitions, "claim", flaky_claim)
         declined: List[bool] = []
         self.insert("late", command("/bin/true"))
         self.assertTrue(self.supervisor.launch("late", on_declined=lambda: declined.append(True)))
         self.assertEqual(declined, [])
-        taskdb.finish(self.conn, "late", taskdb.Outcome(status="cancelled"), 1)
+        terminal.finish(self.conn, "late", records.Outcome(status="cancelled"), 1)
         self.drive(until=lambda: bool(declined), bound=1.0)
         self.assertEqual((calls, declined), (["claim", "claim"], [True]))
         self.assertTrue(any("cannot take late" in line for line in self.logged))
@@ -557,8 +563,8 @@ class SupervisorTests(EngineTestCase):
         """
         self.insert("race", command("/bin/sh", "-c", "exec sleep 30"))
         self.supervisor.launch("race")
-        cancelled = taskdb.Outcome(status="cancelled", error=ErrorInfo("cancelled", "other writer"))
-        self.assertTrue(taskdb.finish(self.conn, "race", cancelled, 5))
+        cancelled = records.Outcome(status="cancelled", error=ErrorInfo("cancelled", "other writer"))
+        self.assertTrue(terminal.finish(self.conn, "race", cancelled, 5))
         before = self.load("race")
         self.supervisor.kill("race")
         self.drive()
@@ -574,7 +580,15 @@ class SupervisorTests(EngineTestCase):
         a small one does not.
         """
         resets: List[bool] = []
-        self.patch(supervisor_module, "reset_peak_rss", lambda: resets.append(True) or True)
+
+        class Counting(HostProcesses):
+            def reset_peak_rss(self) -> bool:
+                resets.append(True)
+                return True
+
+        self.supervisor.close()
+        self.supervisor = Supervisor(self.db, 0.2, processes=Counting(), base_env=BASE_ENV, log=self.logged.append)
+        self.addCleanup(self.supervisor.close)
         self.run_task("quiet", shell("echo hi"))
         self.assertEqual(resets, [])
         self.run_task("loud", shell("head -c 300000 /dev/zero | tr '\\0' a"))
@@ -630,9 +644,9 @@ class SupervisorTests(EngineTestCase):
         marker = os.path.join(self.data_dir, "runs")
         self.insert("dup", shell(f"echo ran >> {marker}"))
         now = time.time_ns() // 1_000_000
-        self.assertIsNotNone(taskdb.claim(self.conn, "dup", 1, now))
+        self.assertIsNotNone(transitions.claim(self.conn, "dup", 1, now))
         self.assertFalse(self.supervisor.launch("dup"))
-        taskdb.record_start(self.conn, "dup", 2**22 + 1, now, None)
+        transitions.record_start(self.conn, "dup", 2**22 + 1, now, None)
         self.assertFalse(self.supervisor.launch("dup"))
         self.assertFalse(self.supervisor.busy)
         self.assertFalse(os.path.exists(marker))
@@ -785,13 +799,14 @@ class CgroupEngineTests(EngineTestCase):
         """
         self.use(hits=3)
         self.run_task("f", command("/bin/true"), **MEMORY_PLAN)
-        [event] = [e for e in taskdb.load_events(self.conn, "f") if e.event_type == "pids_limit_reached"]
+        [event] = [e for e in eventlog.load_events(self.conn, "f") if e.event_type == "pids_limit_reached"]
         self.assertEqual(event.data, {"pids_max": 64, "refused_forks": 3})
 
 
 class TimerTests(StoreMixin, SynchronousTestCase):
     """
-    The supervisor's timer heap, with an injected monotonic clock.
+    The supervisor's timer heap (L{Timers}), with a monotonic clock the
+    test moves.
     """
 
     def setUp(self) -> None:
@@ -799,7 +814,7 @@ class TimerTests(StoreMixin, SynchronousTestCase):
         self.now = 100.0
         self.logged: List[str] = []
         self.supervisor = Supervisor(
-            self.db, 0.2, monotonic=lambda: self.now, base_env=BASE_ENV, log=self.logged.append
+            self.db, 0.2, clock=Timers(lambda: self.now), base_env=BASE_ENV, log=self.logged.append
         )
         self.addCleanup(self.supervisor.close)
 
@@ -886,7 +901,7 @@ class ShimProcessTests(StoreMixin, SynchronousTestCase):
         An already terminal task is left alone (exit 0).
         """
         self.insert("t", command("/bin/true"))
-        taskdb.finish(self.conn, "t", taskdb.Outcome(status="success"), 1)
+        terminal.finish(self.conn, "t", records.Outcome(status="success"), 1)
         before = self.load("t")
         done = subprocess.run(self.argv("t"), timeout=10, capture_output=True)
         self.assertEqual(done.returncode, 0)
@@ -902,7 +917,7 @@ class ShimProcessTests(StoreMixin, SynchronousTestCase):
         self.addCleanup(lambda: shim.poll() is None and shim.kill())
         self.addCleanup(shim.wait)
         self.assertTrue(wait_for(lambda: self.load("k").pid is not None))
-        taskdb.request_kill(self.conn, "k", time.time_ns() // 1_000_000)
+        transitions.request_kill(self.conn, "k", time.time_ns() // 1_000_000)
         self.assertEqual(shim.wait(timeout=5), 0)
         record = self.load("k")
         self.assertEqual(record.status, "cancelled")
@@ -934,6 +949,14 @@ class LoopTests(EngineTestCase):
         self.loop = Loop(self.supervisor, self.data_dir, 10.0, self.logged.append)
         self.loop.bind()
         self.addCleanup(lambda: self.loop.listener.close() if self.loop.listener else None)
+        self.addCleanup(self.drop_connections)
+
+    def drop_connections(self) -> None:
+        """
+        Close the loop's side of every connection the test left open.
+        """
+        for connection in list(self.loop.connections.values()):
+            self.loop.drop(connection)
 
     def connect(self) -> Any:
         """
@@ -955,11 +978,9 @@ class LoopTests(EngineTestCase):
         timer of a task stored with a huge wall time cannot overflow
         C{epoll_wait}'s millisecond timeout.
         """
-        from execgo.supervisor.daemon import MAX_WAIT_S, _bounded
-
-        self.assertEqual(_bounded(None), MAX_WAIT_S)
-        self.assertEqual(_bounded(float(2**40)), MAX_WAIT_S)
-        self.assertEqual(_bounded(0.25), 0.25)
+        self.assertEqual(bounded(None), MAX_WAIT_S)
+        self.assertEqual(bounded(float(2**40)), MAX_WAIT_S)
+        self.assertEqual(bounded(0.25), 0.25)
 
     def test_socket_private(self) -> None:
         """

@@ -5,8 +5,9 @@ exactly as for unknown ones; C{role=admin} tokens see every tenant and
 alone read the views that span tenants; idempotency keys are per tenant;
 without authentication nothing changes.
 
-Most tests serve the in-process runtime through StubTreq (tasks stay
-queued: its supervisor link is a fake); the last class runs a real server.
+Most tests serve the in-memory runtime through StubTreq, synchronously
+(tasks stay queued: its supervisor link is a fake); the last class runs a
+real server.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from execgo.server.web.auth import (
     require_admin,
     visible,
 )
-from tests.apifixture import InProcessRuntime, tmp_data_dir
+from tests.apifixture import MemoryRuntime, tmp_data_dir
 from tests.serverfixture import ServerProcess, poll
 
 COMMAND = {"execution": {"kind": "command", "program": "/bin/true"}}
@@ -134,33 +135,27 @@ class RuleTests(SynchronousTestCase):
         self.assertIn("/metrics", caught.exception.message)
 
 
-class TenancyTestsBase(TestCase):
+class TenancyTestsBase(SynchronousTestCase):
     """
-    An in-process runtime requiring the tokens of L{TOKENS}, with queued
+    An in-memory runtime requiring the tokens of L{TOKENS}, with queued
     tasks C{a1} (alpha, owner alice), C{a2} (alpha, cancelled), C{b1}
     (beta) and C{n1} (no tenant).
     """
 
-    timeout = 60
     suppress = [SUPPRESS(category=BytesWarning, module="twisted.web.http_headers")]
 
-    def setUp(self) -> "defer.Deferred[None]":
+    def setUp(self) -> None:
         self.data_dir = tmp_data_dir(self)
-        self.rt = InProcessRuntime(
-            self.data_dir, RuntimeConfig(data_dir=self.data_dir), Tokens(parse_tokens(TOKENS))
-        )
-        self.addCleanup(lambda: defer.ensureDeferred(self.rt.stop()))
-        return defer.ensureDeferred(self._start())
-
-    async def _start(self) -> None:
-        await self.rt.start()
+        self.rt = MemoryRuntime(self.data_dir, RuntimeConfig(data_dir=self.data_dir), Tokens(parse_tokens(TOKENS)))
+        self.rt.start()
+        self.addCleanup(self.rt.stop)
         for task_id, token in (("a1", "a-token"), ("a2", "a-token"), ("b1", "b-token"), ("n1", "nt-token")):
-            code, body, _ = await self.call("POST", "/api/v1/tasks", {"task_id": task_id, **COMMAND}, token)
+            code, body, _ = self.call("POST", "/api/v1/tasks", {"task_id": task_id, **COMMAND}, token)
             self.assertEqual(code, 200, body)
-        code, body, _ = await self.call("POST", "/api/v1/tasks/a2/kill", token="a-token")
+        code, body, _ = self.call("POST", "/api/v1/tasks/a2/kill", token="a-token")
         self.assertEqual((code, body["status"]), (200, "cancelled"))
 
-    async def call(
+    def call(
         self, method: str, path: str, body: Any = None, token: Optional[str] = None, key: Optional[str] = None
     ) -> Tuple[int, Any, Dict[bytes, List[bytes]]]:
         """
@@ -171,33 +166,33 @@ class TenancyTestsBase(TestCase):
         if key is not None:
             headers[b"idempotency-key"] = [key.encode()]
         data = None if body is None else json.dumps(body).encode()
-        code, received, content = await self.rt.request(method, path, data, headers)
+        code, received, content = self.rt.request(method, path, data, headers)
         kind = (received.get(b"Content-Type") or [b""])[0]
         return code, (json.loads(content) if kind.startswith(b"application/json") else content), received
 
-    async def raw(self, path: str, token: str, method: str = "GET") -> Tuple[int, bytes, bytes]:
+    def raw(self, path: str, token: str, method: str = "GET") -> Tuple[int, bytes, bytes]:
         """
         Status, body bytes and content type of one request.
         """
-        code, received, content = await self.rt.request(method, path, None, auth(token))
+        code, received, content = self.rt.request(method, path, None, auth(token))
         return code, content, (received.get(b"Content-Type") or [b""])[0]
 
-    async def listed(self, token: str, query: str = "") -> List[str]:
+    def listed(self, token: str, query: str = "") -> List[str]:
         """
         The ids of the list page C{token} gets for C{query}.
         """
-        code, body, _ = await self.call("GET", "/api/v1/tasks?limit=500" + query, token=token)
+        code, body, _ = self.call("GET", "/api/v1/tasks?limit=500" + query, token=token)
         self.assertEqual(code, 200, body)
         return sorted(entry["task_id"] for entry in body["tasks"])
 
-    async def assert_unknown(self, path: str, task_id: str, token: str, method: str = "GET") -> None:
+    def assert_unknown(self, path: str, task_id: str, token: str, method: str = "GET") -> None:
         """
         C{path} (naming C{task_id}) answers C{token} exactly as the same
         path naming an unknown id does: 404 C{not_found}, the same body
         apart from the id, the same content type.
         """
-        code, content, kind = await self.raw(path, token, method)
-        unknown = await self.raw(path.replace(f"/{task_id}", f"/{UNKNOWN}"), token, method)
+        code, content, kind = self.raw(path, token, method)
+        unknown = self.raw(path.replace(f"/{task_id}", f"/{UNKNOWN}"), token, method)
         self.assertEqual(code, 404, (path, content))
         self.assertEqual(json.loads(content)["error"]["code"], "not_found")
         self.assertEqual((code, content.replace(task_id.encode(), UNKNOWN.encode()), kind), unknown, path)
@@ -208,35 +203,32 @@ class BoundaryTests(TenancyTestsBase):
     Reads, long-polls, streams and kills across the tenant boundary.
     """
 
-    @defer.inlineCallbacks
-    def test_own_tasks(self) -> Any:
+    def test_own_tasks(self) -> None:
         """
         A token reads every part of its tenant's tasks (the other owner in
         the same tenant too), and kills the ones it owns.
         """
         for token in ("a-token", "a2-token"):
             for path in per_task_reads("a2"):
-                code, _, _ = yield defer.ensureDeferred(self.raw(path, token))
+                code, _, _ = self.raw(path, token)
                 self.assertEqual(code, 200, (token, path))
             for path in ("/api/v1/tasks/a1", "/api/v1/tasks/a1/events", "/api/v1/tasks/a1/stdout"):
-                code, _, _ = yield defer.ensureDeferred(self.raw(path, token))
+                code, _, _ = self.raw(path, token)
                 self.assertEqual(code, 200, (token, path))
-        code, body, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/n1", token="nt-token"))
+        code, body, _ = self.call("GET", "/api/v1/tasks/n1", token="nt-token")
         self.assertEqual((code, body["task_id"]), (200, "n1"))
-        code, body, _ = yield defer.ensureDeferred(self.call("POST", "/api/v1/tasks/a1/kill", token="a-token"))
+        code, body, _ = self.call("POST", "/api/v1/tasks/a1/kill", token="a-token")
         self.assertEqual((code, body["status"]), (200, "cancelled"))
 
-    @defer.inlineCallbacks
-    def test_owner_check_within_a_tenant(self) -> Any:
+    def test_owner_check_within_a_tenant(self) -> None:
         """
         Inside its tenant a token still needs to own a task to kill it:
         403, not 404 (the task is visible to it).
         """
-        code, body, _ = yield defer.ensureDeferred(self.call("POST", "/api/v1/tasks/a1/kill", token="a2-token"))
+        code, body, _ = self.call("POST", "/api/v1/tasks/a1/kill", token="a2-token")
         self.assertEqual((code, body["error"]["code"]), (403, "permission_denied"))
 
-    @defer.inlineCallbacks
-    def test_other_tenant_is_unknown(self) -> Any:
+    def test_other_tenant_is_unknown(self) -> None:
         """
         Every read of another tenant's task, queued or terminal, answers
         like an unknown id: 404, same body but for the id; tokens without
@@ -250,51 +242,41 @@ class BoundaryTests(TenancyTestsBase):
             ("a-token", "n1"),
         ):
             for path in per_task_reads(task_id):
-                yield defer.ensureDeferred(self.assert_unknown(path, task_id, token))
+                self.assert_unknown(path, task_id, token)
         self.assertEqual(len(self.rt.runtime.waiters), 0)
         self.assertEqual(len(self.rt.runtime.streams), 0)
 
-    @defer.inlineCallbacks
-    def test_kill_other_tenant_is_unknown(self) -> Any:
+    def test_kill_other_tenant_is_unknown(self) -> None:
         """
         A kill of another tenant's task is 404 like an unknown id (before
         the owner check, even with the owner's name in the header) and
         changes nothing.
         """
-        yield defer.ensureDeferred(self.assert_unknown("/api/v1/tasks/a1/kill", "a1", "b-token", "POST"))
-        code, body, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/a1/events", token="a-token"))
+        self.assert_unknown("/api/v1/tasks/a1/kill", "a1", "b-token", "POST")
+        code, body, _ = self.call("GET", "/api/v1/tasks/a1/events", token="a-token")
         self.assertEqual(code, 200)
         self.assertNotIn("kill_requested", [event["event_type"] for event in body])
-        code, body, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/a1", token="a-token"))
+        code, body, _ = self.call("GET", "/api/v1/tasks/a1", token="a-token")
         self.assertEqual(body["status"], "accepted")
 
-    @defer.inlineCallbacks
-    def test_long_poll_of_other_tenant(self) -> Any:
+    def test_long_poll_of_other_tenant(self) -> None:
         """
         A long-poll of another tenant's running task is refused at once,
         without waiting, while the owner's long-poll of it keeps waiting
         and is answered when the task ends.
         """
         runtime = self.rt.runtime
-        pending = self.rt.treq.request(
-            "GET", "http://runtime.test/api/v1/tasks/a1?wait_ms=600000", headers=auth("a-token")
-        )
-
-        def waiting() -> bool:
-            self.rt.treq.flush()
-            return len(runtime.waiters) == 1
-
-        yield defer.ensureDeferred(poll(reactor, waiting, what="alpha's long-poll"))
-        yield defer.ensureDeferred(self.assert_unknown("/api/v1/tasks/a1?wait_ms=600000", "a1", "b-token"))
+        pending = self.rt.send("GET", "/api/v1/tasks/a1?wait_ms=600000", headers=auth("a-token"))
+        self.assertNoResult(pending)
+        self.assertEqual(len(runtime.waiters), 1)
+        self.assert_unknown("/api/v1/tasks/a1?wait_ms=600000", "a1", "b-token")
         self.assertEqual(len(runtime.waiters), 1)
         final = {"task_id": "a1", "status": "success"}
         runtime.on_supervisor_message(control.Finished("a1", final))
-        response = yield defer.ensureDeferred(self.rt.settle(pending))
-        content = yield defer.ensureDeferred(self.rt.settle(response.content()))
-        self.assertEqual((response.code, json.loads(content)), (200, final))
+        code, _, content = self.rt.done(pending)
+        self.assertEqual((code, json.loads(content)), (200, final))
 
-    @defer.inlineCallbacks
-    def test_kept_snapshot_stays_in_its_tenant(self) -> Any:
+    def test_kept_snapshot_stays_in_its_tenant(self) -> None:
         """
         A terminal snapshot the runtime keeps in memory (from the
         supervisor's report, or from a first read) is served to its
@@ -304,16 +286,15 @@ class BoundaryTests(TenancyTestsBase):
         final = {"task_id": "b1", "status": "success"}
         runtime.on_supervisor_message(control.Finished("b1", final))
         self.assertEqual(runtime.finished.kept("b1"), Kept(final, "beta"))
-        yield defer.ensureDeferred(self.assert_unknown("/api/v1/tasks/b1", "b1", "a-token"))
+        self.assert_unknown("/api/v1/tasks/b1", "b1", "a-token")
         for token in ("b-token", "ops-token"):
-            code, body, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/b1", token=token))
+            code, body, _ = self.call("GET", "/api/v1/tasks/b1", token=token)
             self.assertEqual((code, body), (200, final))
-        code, first, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks/a2", token="a-token"))
+        code, first, _ = self.call("GET", "/api/v1/tasks/a2", token="a-token")
         self.assertEqual(runtime.finished.kept("a2"), Kept(first, "alpha"))
-        yield defer.ensureDeferred(self.assert_unknown("/api/v1/tasks/a2", "a2", "b-token"))
+        self.assert_unknown("/api/v1/tasks/a2", "a2", "b-token")
 
-    @defer.inlineCallbacks
-    def test_admin_sees_and_kills_everything(self) -> Any:
+    def test_admin_sees_and_kills_everything(self) -> None:
         """
         An admin token reads every part of every tenant's tasks, lists
         them all, and kills any task whatever its owner.
@@ -322,17 +303,15 @@ class BoundaryTests(TenancyTestsBase):
             for path in per_task_reads(task_id):
                 if ("follow" in path or "wait_ms" in path) and task_id != "a2":
                     continue  # queued: a follow stream or a long-poll would last
-                code, _, _ = yield defer.ensureDeferred(self.raw(path, "ops-token"))
+                code, _, _ = self.raw(path, "ops-token")
                 self.assertEqual(code, 200, path)
-        ids = yield defer.ensureDeferred(self.listed("ops-token"))
+        ids = self.listed("ops-token")
         self.assertEqual(ids, ["a1", "a2", "b1", "n1"])
         for task_id in ("a1", "b1", "n1"):
-            code, body, _ = yield defer.ensureDeferred(
-                self.call("POST", f"/api/v1/tasks/{task_id}/kill", token="ops-token")
-            )
+            code, body, _ = self.call("POST", f"/api/v1/tasks/{task_id}/kill", token="ops-token")
             self.assertEqual((code, body["status"]), (200, "cancelled"), task_id)
         for path in per_task_reads("b1"):
-            code, _, _ = yield defer.ensureDeferred(self.raw(path, "ops-token"))
+            code, _, _ = self.raw(path, "ops-token")
             self.assertEqual(code, 200, path)
 
 
@@ -341,8 +320,7 @@ class ListingTests(TenancyTestsBase):
     C{GET /api/v1/tasks} within the tenant boundary.
     """
 
-    @defer.inlineCallbacks
-    def test_scoped_to_own_tenant(self) -> Any:
+    def test_scoped_to_own_tenant(self) -> None:
         """
         Without C{tenant=} a token lists its own tenant's tasks; with its
         own tenant the same; with another, an empty page; other filters
@@ -361,13 +339,12 @@ class ListingTests(TenancyTestsBase):
             ("ops-token", "&tenant=beta", ["b1"]),
         ]
         for token, query, expected in expectations:
-            ids = yield defer.ensureDeferred(self.listed(token, query))
+            ids = self.listed(token, query)
             self.assertEqual(ids, expected, (token, query))
-        code, body, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/tasks?tenant=alpha", token="b-token"))
+        code, body, _ = self.call("GET", "/api/v1/tasks?tenant=alpha", token="b-token")
         self.assertEqual((code, body), (200, {"tasks": [], "next_cursor": None}))
 
-    @defer.inlineCallbacks
-    def test_paging_stays_in_tenant(self) -> Any:
+    def test_paging_stays_in_tenant(self) -> None:
         """
         Pages of one tenant hold only its tasks, through every cursor.
         """
@@ -375,7 +352,7 @@ class ListingTests(TenancyTestsBase):
         cursor = None
         while True:
             query = "/api/v1/tasks?limit=1" + ("" if cursor is None else f"&cursor={cursor}")
-            code, body, _ = yield defer.ensureDeferred(self.call("GET", query, token="a-token"))
+            code, body, _ = self.call("GET", query, token="a-token")
             self.assertEqual(code, 200)
             seen += [entry["task_id"] for entry in body["tasks"]]
             cursor = body["next_cursor"]
@@ -389,8 +366,7 @@ class RuntimeViewTests(TenancyTestsBase):
     The views that span tenants are for admins; the others for any token.
     """
 
-    @defer.inlineCallbacks
-    def test_admin_only_views(self) -> Any:
+    def test_admin_only_views(self) -> None:
         """
         C{/api/v1/runtime/resources} and C{/metrics} answer 403
         C{permission_denied} to every token but an admin's, which gets
@@ -398,30 +374,27 @@ class RuntimeViewTests(TenancyTestsBase):
         """
         for path in ("/api/v1/runtime/resources", "/metrics"):
             for token in ("a-token", "b-token", "nt-token"):
-                code, body, _ = yield defer.ensureDeferred(self.call("GET", path, token=token))
+                code, body, _ = self.call("GET", path, token=token)
                 self.assertEqual((code, body["error"]["code"]), (403, "permission_denied"), (path, token))
                 self.assertIn("role=admin", body["error"]["message"])
-        code, body, _ = yield defer.ensureDeferred(
-            self.call("GET", "/api/v1/runtime/resources", token="ops-token")
-        )
+        code, body, _ = self.call("GET", "/api/v1/runtime/resources", token="ops-token")
         self.assertEqual(code, 200)
         self.assertIn("tenants", body)
-        code, text, _ = yield defer.ensureDeferred(self.call("GET", "/metrics", token="ops-token"))
+        code, text, _ = self.call("GET", "/metrics", token="ops-token")
         self.assertEqual(code, 200)
         self.assertIn(b'tenant="beta"', text)
 
-    @defer.inlineCallbacks
-    def test_open_views(self) -> Any:
+    def test_open_views(self) -> None:
         """
         Info, capabilities and config (nothing per tenant in them) answer
         any valid token; health, readiness and the OpenAPI document need
         none.
         """
         for view in ("info", "capabilities", "config"):
-            code, _, _ = yield defer.ensureDeferred(self.call("GET", f"/api/v1/runtime/{view}", token="b-token"))
+            code, _, _ = self.call("GET", f"/api/v1/runtime/{view}", token="b-token")
             self.assertEqual(code, 200, view)
         for path in ("/healthz", "/readyz", "/api/v1/openapi.json"):
-            code, _, _ = yield defer.ensureDeferred(self.call("GET", path))
+            code, _, _ = self.call("GET", path)
             self.assertEqual(code, 200, path)
 
 
@@ -430,82 +403,66 @@ class IdempotencyTests(TenancyTestsBase):
     C{Idempotency-Key} per tenant.
     """
 
-    @defer.inlineCallbacks
-    def test_same_key_two_tenants(self) -> Any:
+    def test_same_key_two_tenants(self) -> None:
         """
         One key used by two tenants makes two tasks (whichever request
         each sent, so a tenant cannot probe another's keys); each tenant's
         retry replays its own task; another request under a tenant's own
         key is still 409.
         """
-        code, first_alpha, _ = yield defer.ensureDeferred(
-            self.call("POST", "/api/v1/tasks", COMMAND, "a-token", key="shared")
-        )
+        code, first_alpha, _ = self.call("POST", "/api/v1/tasks", COMMAND, "a-token", key="shared")
         self.assertEqual(code, 200)
         other = {"execution": {"kind": "command", "program": "/bin/false"}}
-        code, first_beta, _ = yield defer.ensureDeferred(
-            self.call("POST", "/api/v1/tasks", other, "b-token", key="shared")
-        )
+        code, first_beta, _ = self.call("POST", "/api/v1/tasks", other, "b-token", key="shared")
         self.assertEqual(code, 200, first_beta)
         self.assertNotEqual(first_alpha["task_id"], first_beta["task_id"])
         for token, body, first in (("a-token", COMMAND, first_alpha), ("b-token", other, first_beta)):
-            code, again, _ = yield defer.ensureDeferred(
-                self.call("POST", "/api/v1/tasks", body, token, key="shared")
-            )
+            code, again, _ = self.call("POST", "/api/v1/tasks", body, token, key="shared")
             self.assertEqual((code, again), (200, first), token)
-        code, reused, _ = yield defer.ensureDeferred(
-            self.call("POST", "/api/v1/tasks", other, "a-token", key="shared")
-        )
+        code, reused, _ = self.call("POST", "/api/v1/tasks", other, "a-token", key="shared")
         self.assertEqual((code, reused["error"]["code"]), (409, "conflict"))
-        alpha = yield defer.ensureDeferred(self.listed("a-token"))
-        beta = yield defer.ensureDeferred(self.listed("b-token"))
+        alpha = self.listed("a-token")
+        beta = self.listed("b-token")
         self.assertIn(first_alpha["task_id"], alpha)
         self.assertIn(first_beta["task_id"], beta)
 
-    @defer.inlineCallbacks
-    def test_same_key_within_a_tenant(self) -> Any:
+    def test_same_key_within_a_tenant(self) -> None:
         """
         Two tokens of one tenant share its keys: the second one's retry is
         the first one's task when the request (owner included) is the
         same, else a conflict.
         """
-        code, first, _ = yield defer.ensureDeferred(
-            self.call("POST", "/api/v1/tasks", COMMAND, "a-token", key="k")
-        )
+        code, first, _ = self.call("POST", "/api/v1/tasks", COMMAND, "a-token", key="k")
         self.assertEqual(code, 200)
-        code, again, _ = yield defer.ensureDeferred(self.call("POST", "/api/v1/tasks", COMMAND, "a-token", key="k"))
+        code, again, _ = self.call("POST", "/api/v1/tasks", COMMAND, "a-token", key="k")
         self.assertEqual((code, again), (200, first))
-        code, other_owner, _ = yield defer.ensureDeferred(
-            self.call("POST", "/api/v1/tasks", COMMAND, "a2-token", key="k")
-        )
+        code, other_owner, _ = self.call("POST", "/api/v1/tasks", COMMAND, "a2-token", key="k")
         self.assertEqual((code, other_owner["error"]["code"]), (409, "conflict"))
 
 
-class WithoutAuthenticationTests(TestCase):
+class WithoutAuthenticationTests(SynchronousTestCase):
     """
     Without tokens the runtime stays one trust domain.
     """
 
-    timeout = 60
     suppress = [SUPPRESS(category=BytesWarning, module="twisted.web.http_headers")]
 
-    def setUp(self) -> "defer.Deferred[None]":
+    def setUp(self) -> None:
         self.data_dir = tmp_data_dir(self)
-        self.rt = InProcessRuntime(self.data_dir, RuntimeConfig(data_dir=self.data_dir))
-        self.addCleanup(lambda: defer.ensureDeferred(self.rt.stop()))
-        return defer.ensureDeferred(self.rt.start())
+        self.rt = MemoryRuntime(self.data_dir, RuntimeConfig(data_dir=self.data_dir))
+        self.rt.start()
+        self.addCleanup(self.rt.stop)
 
-    async def post(self, body: Any, key: str) -> Tuple[int, Any]:
+    def post(self, body: Any, key: str) -> Tuple[int, Any]:
         """
         Submit C{body} with C{key}: the status and the decoded answer.
         """
-        code, _, content = await self.rt.request(
+        code, _, content = self.rt.request(
             "POST", "/api/v1/tasks", json.dumps(body).encode(), {b"idempotency-key": [key.encode()]}
         )
         return code, json.loads(content)
 
-    @defer.inlineCallbacks
-    def test_one_trust_domain(self) -> Any:
+    def test_one_trust_domain(self) -> None:
         """
         Keys are shared by every tenant a body names (another tenant's
         request under a used key is 409, as before); every task, list,
@@ -513,9 +470,9 @@ class WithoutAuthenticationTests(TestCase):
         """
         alpha = {**COMMAND, "control_context": {"tenant": "alpha"}}
         beta = {**COMMAND, "control_context": {"tenant": "beta"}}
-        code, first = yield defer.ensureDeferred(self.post(alpha, "k"))
+        code, first = self.post(alpha, "k")
         self.assertEqual(code, 200)
-        code, reused = yield defer.ensureDeferred(self.post(beta, "k"))
+        code, reused = self.post(beta, "k")
         self.assertEqual((code, reused["error"]["code"]), (409, "conflict"))
         for path in (
             f"/api/v1/tasks/{first['task_id']}",
@@ -524,7 +481,7 @@ class WithoutAuthenticationTests(TestCase):
             "/api/v1/runtime/resources",
             "/metrics",
         ):
-            code, _, _ = yield defer.ensureDeferred(self.rt.request("GET", path))
+            code, _, _ = self.rt.request("GET", path)
             self.assertEqual(code, 200, path)
 
 

@@ -1,8 +1,9 @@
 """
-Tests for L{execgo.server.upkeep} and the write paths it backs up: what a storage
-fault leaves behind (temporary files, task directories without a row) or
-leaves out (a terminal task's C{result.json}), through the real store
-functions, the real supervisor engine and the in-memory runtime.  Faults
+Tests for L{execgo.server.upkeep}, L{execgo.store.repairs} and the write
+paths they back up: what a storage fault leaves behind (temporary files,
+task directories without a row) or leaves out (a terminal task's
+C{result.json}), through the real store functions, the real supervisor
+engine and the in-memory runtime.  Faults
 are injected (an C{OSError} from the write path) or real (a small full
 tmpfs, as root).
 """
@@ -21,10 +22,10 @@ from typing import Any, Callable, List
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from execgo.core import errors
+from execgo.core import errors, records
 from execgo.core.models import SandboxPolicy
-from execgo.server import database, upkeep
-from execgo.store import taskdb, wire
+from execgo.server import upkeep
+from execgo.store import connection, reads, repairs, schema, submission, taskfiles, terminal, transitions
 from execgo.supervisor import engine as supervisor_module
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 from tests.fakes import command, new_task
@@ -89,7 +90,7 @@ def fill(directory: str) -> str:
 class TerminalWriteTests(StoreMixin, SynchronousTestCase):
     """
     A terminal write whose C{result.json} cannot be written still happens,
-    leaves no temporary file and marks the task; L{upkeep.repair_results}
+    leaves no temporary file and marks the task; L{repairs.repair_results}
     writes the file once it can.
     """
 
@@ -97,10 +98,16 @@ class TerminalWriteTests(StoreMixin, SynchronousTestCase):
         self.make_store()
 
     def finish(self, task_id: str, prepare: Callable[..., Any]) -> bool:
+        """
+        Submit a task and end it, its C{result.json} written aside by
+        C{prepare} (in place of L{taskfiles.prepare_result}).
+        """
         self.insert(task_id, command())
-        return taskdb.finish(
-            self.conn, task_id, taskdb.Outcome(status="success"), NOW, taskdb.UNFINISHED, prepare_result=prepare
-        )
+        patched = self.patch(taskfiles, "prepare_result", prepare)
+        try:
+            return terminal.finish(self.conn, task_id, records.Outcome(status="success"), NOW)
+        finally:
+            patched.restore()
 
     def test_unwritten_result_marked(self) -> None:
         """
@@ -114,10 +121,10 @@ class TerminalWriteTests(StoreMixin, SynchronousTestCase):
         self.assertEqual(marked(self.conn), ["t"])
         self.assertFalse(os.path.exists(record.paths.result_path))
         self.assertEqual(temporaries(record.paths.task_dir), [])
-        self.assertEqual(upkeep.repair_results(self.conn, NOW + 5, 64), (["t"], []))
-        self.assertEqual(self.result_json("t"), json.loads(json.dumps(wire.snapshot(record, NOW + 5))))
+        self.assertEqual(repairs.repair_results(self.conn, NOW + 5, 64), (["t"], []))
+        self.assertEqual(self.result_json("t"), json.loads(json.dumps(taskfiles.snapshot(record, NOW + 5))))
         self.assertEqual(marked(self.conn), [])
-        self.assertEqual(upkeep.repair_results(self.conn, NOW + 6, 64), ([], []))
+        self.assertEqual(repairs.repair_results(self.conn, NOW + 6, 64), ([], []))
 
     def test_rename_failure_marked(self) -> None:
         """
@@ -126,8 +133,8 @@ class TerminalWriteTests(StoreMixin, SynchronousTestCase):
         """
         temporary: List[str] = []
 
-        def prepare(record: taskdb.TaskRecord) -> Any:
-            settle = wire.prepare_result(record, NOW)
+        def prepare(record: records.TaskRecord, *args: Any) -> Any:
+            settle = self.real_prepare(record, *args)
             temporary.extend(temporaries(record.paths.task_dir))
             # os.replace onto a directory that is not empty fails.
             os.mkdir(record.paths.result_path)
@@ -147,20 +154,20 @@ class TerminalWriteTests(StoreMixin, SynchronousTestCase):
         go with the repair.
         """
         self.finish("t", failing(errno.EROFS))
-        self.patch(wire, "prepare_result", failing(errno.EROFS))
-        done, failures = upkeep.repair_results(self.conn, NOW, 64)
+        self.patch(taskfiles, "prepare_result", failing(errno.EROFS))
+        done, failures = repairs.repair_results(self.conn, NOW, 64)
         self.assertEqual((done, [task_id for task_id, _ in failures]), ([], ["t"]))
         self.assertIn("Read-only file system", failures[0][1])
         self.assertEqual(marked(self.conn), ["t"])
-        self.patch(wire, "prepare_result", self.real_prepare)
+        self.patch(taskfiles, "prepare_result", self.real_prepare)
         task_dir = self.load("t").paths.task_dir
         leftover = os.path.join(task_dir, "result.json.tmp-1-1")
         open(leftover, "w").close()
-        self.assertEqual(upkeep.repair_results(self.conn, NOW, 64), (["t"], []))
+        self.assertEqual(repairs.repair_results(self.conn, NOW, 64), (["t"], []))
         self.assertEqual(temporaries(task_dir), [])
         self.assertEqual(self.result_json("t")["status"], "success")
 
-    real_prepare = staticmethod(wire.prepare_result)
+    real_prepare = staticmethod(taskfiles.prepare_result)
 
     def test_repair_bounded_and_gone(self) -> None:
         """
@@ -170,29 +177,31 @@ class TerminalWriteTests(StoreMixin, SynchronousTestCase):
         for task_id in ("a", "b", "c"):
             self.finish(task_id, failing())
         os.rename(self.load("c").paths.task_dir, os.path.join(self.data_dir, "elsewhere"))
-        done, _ = upkeep.repair_results(self.conn, NOW, 2)
+        done, _ = repairs.repair_results(self.conn, NOW, 2)
         self.assertEqual(len(done), 2)
-        upkeep.repair_results(self.conn, NOW, 2)
+        repairs.repair_results(self.conn, NOW, 2)
         self.assertEqual(marked(self.conn), [])
         self.assertFalse(os.path.exists(self.load("c").paths.task_dir))
 
     def test_scan_marks_recent(self) -> None:
         """
         The start-up scan marks the most recently finished tasks that have
-        no C{result.json} (their directory there), within its limit.
+        no C{result.json} (their directory there), within its limit.  (The
+        rows are ended without their files, as a supervisor of an older
+        version may have left them.)
         """
         for index, task_id in enumerate(("old", "mid", "new", "kept")):
             self.insert(task_id, command())
-            taskdb.finish(self.conn, task_id, taskdb.Outcome(status="success"), NOW + index)
+            terminal.write_terminal(self.conn, task_id, records.Outcome(status="success"), NOW + index)
         with open(self.load("kept").paths.result_path, "w") as f:
             f.write("{}")
-        self.assertEqual(upkeep.mark_missing_results(self.conn, 3), ["new", "mid"])
+        self.assertEqual(repairs.mark_missing_results(self.conn, 3), ["new", "mid"])
         self.assertEqual(marked(self.conn), ["mid", "new"])
 
 
 class PrepareResultTests(SynchronousTestCase):
     """
-    L{wire.prepare_result} never leaves a temporary behind.
+    L{taskfiles.prepare_result} never leaves a temporary behind.
     """
 
     def test_full_disk(self) -> None:
@@ -202,16 +211,16 @@ class PrepareResultTests(SynchronousTestCase):
         """
         mount = mount_tmpfs(self, "256k")
         task = new_task(mount, "t", command(), make_dirs=True)
-        conn = taskdb.connect(":memory:")
+        conn = connection.connect(":memory:")
         self.addCleanup(conn.close)
-        taskdb.init_schema(conn)
-        taskdb.insert_task(conn, task, NOW)
-        record = taskdb.load_task(conn, "t")
+        schema.init_schema(conn)
+        transitions.insert_task(conn, task, NOW)
+        record = reads.load_task(conn, "t")
         assert record is not None
         fill(mount)
         for _ in range(5):
             with self.assertRaises(OSError) as caught:
-                wire.prepare_result(record, NOW)
+                taskfiles.prepare_result(record, NOW)
             self.assertEqual(caught.exception.errno, errno.ENOSPC)
         self.assertEqual(temporaries(task.paths.task_dir), [])
 
@@ -229,9 +238,9 @@ class EndRetryTests(EngineTestCase):
         self.data_dir = os.path.join(mount, "data")
         os.makedirs(os.path.join(self.data_dir, "tasks"))
         self.db = os.path.join(self.data_dir, "runtime.db")
-        self.conn = taskdb.connect(self.db)
+        self.conn = connection.connect(self.db)
         self.addCleanup(self.conn.close)
-        taskdb.init_schema(self.conn)
+        schema.init_schema(self.conn)
 
     def test_no_temporaries_after_failed_retries(self) -> None:
         """
@@ -239,7 +248,7 @@ class EndRetryTests(EngineTestCase):
         then both end C{success} with a C{result.json} matching the database.
         """
         self.patch(supervisor_module, "FINISH_RETRY_S", 0.01)
-        real_write = taskdb.write_terminal
+        real_write = terminal.write_terminal
 
         def refused(*args: Any) -> Any:
             raise sqlite3.OperationalError("database or disk is full")
@@ -247,7 +256,7 @@ class EndRetryTests(EngineTestCase):
         ids = ["f1", "f2"]
         self.launch_until_exited(ids)
         filler = fill(self.data_dir)
-        self.patch(taskdb, "write_terminal", refused)
+        self.patch(terminal, "write_terminal", refused)
         attempts = lambda: sum("cannot record the end" in line for line in self.logged)  # noqa: E731
         self.drive(until=lambda: attempts() >= 8, bound=5.0)
         for task_id in ids:
@@ -255,7 +264,7 @@ class EndRetryTests(EngineTestCase):
             self.assertEqual(temporaries(self.load(task_id).paths.task_dir), [])
         self.assertTrue(any("No space left" in line or "full" in line for line in self.logged))
         os.unlink(filler)
-        self.patch(taskdb, "write_terminal", real_write)
+        self.patch(terminal, "write_terminal", real_write)
         self.drive(bound=5.0)
         for task_id in ids:
             self.assertEqual(self.load(task_id).status, "success")
@@ -275,7 +284,7 @@ class EndWithoutResultTests(EngineTestCase):
         supervisor logs it; the repair writes the file the supervisor
         would have.
         """
-        self.patch(wire, "prepare_result", failing(errno.EROFS))
+        self.patch(taskfiles, "prepare_result", failing(errno.EROFS))
         record = self.run_task("r", command("/bin/echo", "hi"))
         self.assertEqual(record.status, "success")
         self.assertFalse(os.path.exists(record.paths.result_path))
@@ -283,8 +292,8 @@ class EndWithoutResultTests(EngineTestCase):
         self.assertEqual(marked(self.conn), ["r"])
         self.assertTrue(any("cannot write the result.json of r" in line for line in self.logged))
         self.assertEqual([m["task_id"] for m in self.messages if m["ev"] == "finished"], ["r"])
-        self.patch(wire, "prepare_result", TerminalWriteTests.real_prepare)
-        self.assertEqual(upkeep.repair_results(self.conn, NOW, 64), (["r"], []))
+        self.patch(taskfiles, "prepare_result", TerminalWriteTests.real_prepare)
+        self.assertEqual(repairs.repair_results(self.conn, NOW, 64), (["r"], []))
         self.assert_result_matches("r")
 
 
@@ -305,7 +314,7 @@ class SubmitFilesTests(StoreMixin, SynchronousTestCase):
         for subdir in ("a\u0000b", "/".join(["d" * 250] * 20)):
             task = new_task(self.data_dir, "t", command(), sandbox=SandboxPolicy(workspace_subdir=subdir))
             with self.assertRaises(errors.InvalidInput) as caught:
-                database.prepare_submit(self.conn, task, {}, 100, lambda: None, NOW)
+                submission.prepare_submit(self.conn, task, {}, 100, lambda: None, NOW)
             self.assertTrue(caught.exception.detail.startswith("sandbox.workspace_subdir: "))
             self.assertEqual(os.listdir(os.path.join(self.data_dir, "tasks")), [])
 
@@ -388,12 +397,12 @@ class RuntimeUpkeepTests(TestCase):
         A submission whose row cannot be written (the store fails the
         insert) removes the files it made: no directory without a row.
         """
-        yield self.rt.store.run(
-            lambda conn: conn.execute(
-                "CREATE TRIGGER refuse_boom BEFORE INSERT ON tasks WHEN NEW.task_id = 'boom'"
-                " BEGIN SELECT json('not json'); END"
-            )
+        conn = connection.connect(self.rt.config.database_path)
+        conn.execute(
+            "CREATE TRIGGER refuse_boom BEFORE INSERT ON tasks WHEN NEW.task_id = 'boom'"
+            " BEGIN SELECT json('not json'); END"
         )
+        conn.close()
         code, _, content = yield defer.ensureDeferred(
             self.rt.request(
                 "POST",
@@ -412,12 +421,12 @@ class RuntimeUpkeepTests(TestCase):
         gets it at the next GC pass, equal to its status.
         """
         yield defer.ensureDeferred(self.submit("q"))
-        self.patch(wire, "prepare_result", failing(errno.ENOSPC))
+        self.patch(taskfiles, "prepare_result", failing(errno.ENOSPC))
         code, _, _ = yield defer.ensureDeferred(self.rt.request("POST", "/api/v1/tasks/q/kill"))
         self.assertEqual(code, 200)
         result = os.path.join(self.tasks, "q", "result.json")
         self.assertFalse(os.path.exists(result))
-        self.patch(wire, "prepare_result", TerminalWriteTests.real_prepare)
+        self.patch(taskfiles, "prepare_result", TerminalWriteTests.real_prepare)
         yield defer.ensureDeferred(self.rt.runtime.collect_garbage())
         _, _, content = yield defer.ensureDeferred(self.rt.request("GET", "/api/v1/tasks/q"))
         with open(result, encoding="utf-8") as f:

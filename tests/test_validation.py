@@ -1,5 +1,8 @@
 """
-Tests for L{execgo.core.validation}: the untrusted-input layer of task submission.
+Tests for the untrusted-input layer of task submission
+(L{execgo.core.submission}): strict JSON (L{execgo.core.strictjson}),
+decoding (L{execgo.core.decoding}) and the rules
+(L{execgo.core.validation}).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from execgo.core.decoding import UINT64_MAX, decode_submit
 from execgo.core.errors import InvalidInput, PayloadTooLarge
 from execgo.core.models import (
     ControlContext,
@@ -23,15 +27,12 @@ from execgo.core.models import (
     SandboxPolicy,
     SubmitRequest,
 )
+from execgo.core.strictjson import MAX_BODY_BYTES, parse_json_body
+from execgo.core.submission import parse_submit
 from execgo.core.validation import (
-    MAX_BODY_BYTES,
     OUTPUT_LIMIT_MAX,
-    UINT64_MAX,
     check_output_ceiling,
     check_output_limits,
-    decode_submit,
-    parse_json_body,
-    parse_submit,
     validate_submit,
 )
 
@@ -1310,18 +1311,19 @@ class ParseSubmitTests(_InvalidInputMixin, SynchronousTestCase):
 
 class ImportTests(SynchronousTestCase):
     """
-    The module stays light enough for the CLI and the supervisor.
+    The layer stays light enough for the CLI and the supervisor.
     """
 
     def test_no_twisted(self) -> None:
         """
-        Importing L{execgo.core.validation} does not import Twisted.
+        Importing L{execgo.core.submission} (and so every step) does not
+        import Twisted.
         """
         result = subprocess.run(
             [
                 sys.executable,
                 "-c",
-                "import execgo.core.validation, sys; print('twisted' in sys.modules)",
+                "import execgo.core.submission, sys; print('twisted' in sys.modules)",
             ],
             capture_output=True,
             text=True,

@@ -7,19 +7,18 @@ Each prints what the server answers, verbatim plus a newline, except
 C{list --all} (one task a line, across every page) and C{events --follow}
 (one event a line, as they happen).  Errors as for the other client
 subcommands: the error body on stdout, one line on stderr, exit 1.
-Registered on the group by L{execgo.cli.main}; standard library and click only.
+Registered on the group by L{execgo.cli.main}; standard library, click and
+the no-I/O modules of L{execgo.client} only.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any, List, Optional, Sequence, Tuple
-from urllib.parse import quote, urlencode
 
 import click
 
 from execgo.cli.core import (
-    TASKS_PATH,
     UINT,
     CliEnvironment,
     api_url,
@@ -33,6 +32,8 @@ from execgo.cli.core import (
 )
 from execgo.cli.follow import binary_sink, follow_events
 from execgo.cli.output import STATUSES
+from execgo.client.protocol import TASKS_PATH, list_query
+from execgo.core.protocol import NDJSON_TYPE
 
 
 def _check_label(ctx: click.Context, param: click.Parameter, values: Tuple[str, ...]) -> Tuple[str, ...]:
@@ -55,19 +56,7 @@ def list_url(
     C{GET /api/v1/tasks} with the given filters as query parameters
     (percent-encoded; C{label} repeated).
     """
-    query: List[Tuple[str, Any]] = []
-    for name, value in (("status", status), ("tenant", tenant), ("owner", owner)):
-        if value is not None:
-            query.append((name, value))
-    query.extend(("label", label) for label in labels)
-    if limit is not None:
-        query.append(("limit", limit))
-    if cursor is not None:
-        query.append(("cursor", cursor))
-    url = api_url(server, TASKS_PATH)
-    if query:
-        url += "?" + urlencode(query, quote_via=quote, safe="")
-    return url
+    return api_url(server, TASKS_PATH + list_query(status, tenant, owner, labels, limit, cursor))
 
 
 def _page(body: bytes) -> Tuple[List[Any], Optional[str]]:
@@ -164,7 +153,7 @@ def events(
     Print the event log of task TASK_ID (a JSON array, verbatim).
     """
     if follow:
-        headers = request_headers(accept="application/x-ndjson")
+        headers = request_headers(accept=NDJSON_TYPE)
         sink = binary_sink("stdout")
         checked(follow_events(env, server, task_id, after_seq or 0, sink, headers))
         return

@@ -9,7 +9,7 @@ so any of them can be imported first.
 This is the only place where errors become exit codes and messages: usage
 errors exit 2 with click's message; every runtime failure exits 1 with one
 C{<category>: <detail>} line on stderr (L{CliFailure}), never a traceback.
-Standard library and click only.
+Standard library, click and the no-I/O modules of L{execgo.client} only.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ import click
 from execgo import __version__
 from execgo.cli import sync_http
 from execgo.cli.output import MalformedStatus
+from execgo.client.errors import MalformedResponse, TransportError
+from execgo.client.protocol import TASKS_PATH
 from execgo.core.errors import ExecgoError
+from execgo.core.protocol import JSON_TYPE
 
 PROG_NAME = "execgo-runtime"
 DEFAULT_SERVER = "http://127.0.0.1:8080"
-DEFAULT_POLL_INTERVAL_MS = 500
-OWNER_HEADER = "x-execgo-owner"
 OWNER_ENV = "EXECGO_RUNTIME_OWNER"
 TOKEN_ENV = "EXECGO_RUNTIME_TOKEN"
-TASKS_PATH = "/api/v1/tasks"
 
 _UINT_MAX = 2**64 - 1
 _COMMAND_ORDER = (
@@ -202,12 +202,12 @@ class CliEnvironment:
     through C{CliRunner.invoke(cli, ..., obj=CliEnvironment(...))}.
 
     @ivar transport: called as C{transport(method, url, body=..., headers=...)}
-        and returns an L{sync_http.Response} or raises
-        L{sync_http.TransportError}.
+        and returns an L{sync_http.Response} or raises L{TransportError}.
     @ivar stream: called as C{stream(method, url, on_data=..., headers=...)}
         like L{sync_http.stream}: hands a 2xx body to C{on_data} as it
-        arrives, may raise L{sync_http.StreamInterrupted}.  It may be called
-        from more than one thread at once (C{logs}, C{run --follow}).
+        arrives, may raise L{execgo.client.errors.StreamInterrupted}.  It
+        may be called from more than one thread at once (C{logs}, C{run
+        --follow}).
     @ivar monotonic: seconds on a monotonic clock.
     @ivar sleep: blocks for the given number of seconds.
     @ivar stderr_isatty: whether stderr is a terminal (the elapsed-time line
@@ -244,9 +244,9 @@ class _Group(click.Group):
             raise
         except ExecgoError as e:
             raise CliFailure.from_error(e) from None
-        except sync_http.TransportError as e:
+        except TransportError as e:
             raise CliFailure("http error", e.message) from None
-        except MalformedStatus as e:
+        except (MalformedStatus, MalformedResponse) as e:
             raise CliFailure("json error", str(e)) from None
         except OSError as e:
             raise CliFailure("io error", e.strerror or str(e)) from None
@@ -325,9 +325,7 @@ def task_url(server: str, task_id: str, suffix: str = "") -> str:
     return api_url(server, f"{TASKS_PATH}/{task_id}{suffix}")
 
 
-def request_headers(
-    extra: Optional[Dict[str, str]] = None, accept: str = "application/json"
-) -> Dict[str, str]:
+def request_headers(extra: Optional[Dict[str, str]] = None, accept: str = JSON_TYPE) -> Dict[str, str]:
     """
     The headers of a request: user agent, C{Accept}, the bearer token given
     with C{--token} (read from the current click context, so call this in

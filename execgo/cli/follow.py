@@ -4,7 +4,11 @@ Waiting and following for the synchronous CLI: the long-poll C{wait}
 loop, log and event streams that resume where they broke off, and a small
 runner for streams followed side by side (stdout and stderr of a task).
 
-Standard library and click only (no Twisted): see L{execgo.cli.main}.
+The decisions (how long to hold a request, when to give up, where and
+when to resume a stream) are the treq client's too: they are its no-I/O
+core, L{execgo.client.protocol} and L{execgo.client.resume}, driven here
+with the blocking transport and sleep of L{CliEnvironment}.  Standard
+library, click and those modules only (no Twisted): see L{execgo.cli.main}.
 """
 
 from __future__ import annotations
@@ -19,20 +23,9 @@ from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequen
 from execgo.cli import sync_http
 from execgo.cli.core import CliEnvironment, checked, fail, task_url
 from execgo.cli.output import TERMINAL, decode_task_status
-
-LONG_POLL_MS = 30_000
-"""
-The C{wait_ms} of one long-poll request (well under the transport's 60 s
-read timeout and the usual 60 s of a reverse proxy).
-"""
-
-MAX_STREAM_FAILURES = 5
-"""
-How many times in a row a broken stream may fail to make progress (or
-fail to reconnect) before the command gives up.
-"""
-
-MAX_EVENT_LINE = 16 * 1024 * 1024
+from execgo.client.errors import StreamInterrupted, TransportError
+from execgo.client.protocol import LongPoll, wait_query
+from execgo.client.resume import DEFAULT_STREAM_RETRIES, EventCursor, LogCursor, Resumption
 
 Sink = Callable[[bytes], None]
 
@@ -47,40 +40,32 @@ def wait_for_terminal(
     headers: Mapping[str, str],
 ) -> Dict[str, Any]:
     """
-    The C{wait} algorithm (C{docs/cli.md} section 6) over long-poll requests.
-
-    Each request is C{GET .../tasks/{id}?wait_ms=N} with C{N} the long-poll
-    time capped by what is left of the timeout, so the command returns near
-    its timeout.  A server that answers a non-terminal status well before
-    C{N} ms did not hold the request (a server without long-poll ignores
-    the parameter): the loop then sleeps C{poll_interval_ms} before asking
-    again.  The timeout is checked only after a non-terminal answer, as
-    before.
+    The C{wait} algorithm (C{docs/cli.md} section 6) over long-poll
+    requests, as L{LongPoll} decides: each request is C{GET
+    .../tasks/{id}?wait_ms=N}, with C{N} capped by what is left of the
+    timeout; after an answer the server did not hold, the loop sleeps
+    C{poll_interval_ms} before asking again.  The timeout is checked only
+    after a non-terminal answer.
 
     @param started: the C{env.monotonic()} reading the timeout counts from.
     @return: the decoded terminal status.
     @raise CliFailure: on a non-2xx answer (its body printed) or a timeout.
     """
+    plan = LongPoll(started, timeout_ms, poll_interval_ms)
     url = task_url(server, task_id)
     while True:
-        wait_ms = LONG_POLL_MS
-        if timeout_ms is not None:
-            remaining = timeout_ms - (env.monotonic() - started) * 1000.0
-            wait_ms = max(0, min(wait_ms, int(remaining)))
-        before = env.monotonic()
-        response = env.transport("GET", f"{url}?wait_ms={wait_ms}", body=None, headers=dict(headers))
-        held_ms = (env.monotonic() - before) * 1000.0
+        wait_ms = plan.wait_ms(env.monotonic())
+        asked = env.monotonic()
+        response = env.transport("GET", url + wait_query(wait_ms), body=None, headers=dict(headers))
+        answered = env.monotonic()
         status = decode_task_status(checked(response).body)
         if status["status"] in TERMINAL:
             return status
-        if timeout_ms is not None and (env.monotonic() - started) * 1000.0 >= timeout_ms:
+        if plan.expired(env.monotonic()):
             fail("internal error", "wait timeout exceeded")
-        if wait_ms == 0 or held_ms < wait_ms / 2:
-            env.sleep(poll_interval_ms / 1000.0)
-
-
-def _backoff(failures: int) -> float:
-    return min(0.25 * 2 ** (failures - 1), 2.0)
+        pause = plan.pause(wait_ms, asked, answered)
+        if pause is not None:
+            env.sleep(pause)
 
 
 def follow_stream(
@@ -90,46 +75,36 @@ def follow_stream(
     headers: Mapping[str, str],
 ) -> sync_http.Response:
     """
-    Read one streamed response to its end, reconnecting after a break.
-
-    C{url_for} is called before each attempt, so it can resume from what
-    C{on_data} has seen.  A stream that broke off is resumed at once; a
-    reconnection that fails, or a break with no byte received (other than
-    a read timeout on a quiet stream), counts as a failure and is retried
-    after a short backoff, at most L{MAX_STREAM_FAILURES} times in a row.
-    The first request is not retried: a server that cannot be reached
-    fails the command at once, like every other request.
+    Read one streamed response to its end, reconnecting after a break as a
+    L{Resumption} decides (a read timeout on a quiet stream counts as
+    progress).  C{url_for} is called before each attempt, so it can resume
+    from what C{on_data} has seen.
 
     @return: the final response (2xx: the stream ended normally; otherwise
         with its error body, for L{checked}).
-    @raise sync_http.TransportError: the first request failed, or too
-        many attempts in a row did.
+    @raise TransportError: the first request failed, or too many attempts
+        in a row did.
     """
-    failures = 0
-    connected = False
+    resumption = Resumption(DEFAULT_STREAM_RETRIES)
+
+    def deliver(data: bytes) -> None:
+        resumption.delivered()
+        on_data(data)
+
     while True:
-        progress = False
-
-        def deliver(data: bytes) -> None:
-            nonlocal progress
-            progress = True
-            on_data(data)
-
+        resumption.attempt()
         try:
             return env.stream("GET", url_for(), on_data=deliver, headers=dict(headers))
-        except sync_http.StreamInterrupted as e:
-            connected = True
-            failures = 0 if progress or e.timed_out else failures + 1
-            if failures > MAX_STREAM_FAILURES:
+        except StreamInterrupted as e:
+            delay = resumption.broke(quiet=e.timed_out)
+            if delay is None:
                 raise
-        except sync_http.TransportError:
-            if not connected:
+        except TransportError:
+            delay = resumption.refused()
+            if delay is None:
                 raise
-            failures += 1
-            if failures > MAX_STREAM_FAILURES:
-                raise
-        if failures:
-            env.sleep(_backoff(failures))
+        if delay:
+            env.sleep(delay)
 
 
 def follow_log(
@@ -151,18 +126,13 @@ def follow_log(
     @return: the final response (see L{follow_stream}); the caller checks
         its status.
     """
-    position = offset
-    flag = "true" if follow else "false"
+    cursor = LogCursor(stream, offset, follow)
 
     def on_data(data: bytes) -> None:
-        nonlocal position
         sink(data)
-        position += len(data)
+        cursor.advance(data)
 
-    def url() -> str:
-        return task_url(server, task_id, f"/{stream}?offset={position}&follow={flag}")
-
-    return follow_stream(env, url, on_data, headers)
+    return follow_stream(env, lambda: task_url(server, task_id, cursor.suffix()), on_data, headers)
 
 
 def follow_events(
@@ -179,34 +149,19 @@ def follow_events(
     resumed after the last C{seq} seen after a break.
 
     @raise CliFailure: (C{json error}) for a line that is not an event.
+    @raise MalformedResponse: for a line too long, or a stream that ended
+        in the middle of a line (reported as a C{json error} too).
     """
-    last = after_seq
-    pending = bytearray()
+    cursor = EventCursor(after_seq)
 
     def on_data(data: bytes) -> None:
-        nonlocal last
-        pending.extend(data)
-        while True:
-            end = pending.find(b"\n")
-            if end < 0:
-                break
-            line = bytes(pending[: end + 1])
-            del pending[: end + 1]
-            if not line.strip():
-                continue
-            last = _seq_of(line)
+        for line in cursor.lines.feed(data):
+            cursor.after_seq = _seq_of(line)
             sink(line)
-        if len(pending) > MAX_EVENT_LINE:
-            fail("json error", f"event line longer than {MAX_EVENT_LINE} bytes")
 
-    def url() -> str:
-        pending.clear()
-        return task_url(server, task_id, f"/events?after_seq={last}&follow=true")
-
-    response = follow_stream(env, url, on_data, headers)
-    if 200 <= response.status < 300 and pending.strip():
-        # A server without event streams answers the plain JSON array.
-        fail("json error", "the event stream ended in the middle of a line")
+    response = follow_stream(env, lambda: task_url(server, task_id, cursor.suffix()), on_data, headers)
+    if 200 <= response.status < 300:
+        cursor.ended()
     return response
 
 

@@ -10,9 +10,9 @@ supervisor subcommands from C{execgo.cli.server}.  L{main} is the console
 script.
 
 The client subcommands are thin, synchronous HTTP clients: nothing on their
-path imports Twisted or treq, and L{execgo.core.validation} is imported only
-when a request has to be decoded, so a C{status} call starts and ends in a
-few tens of milliseconds.
+path imports Twisted or treq, and the request decoder (L{execgo.core.decoding})
+is imported only when a request has to be decoded, so a C{status} call
+starts and ends in a few tens of milliseconds.
 
 Shell completion is click's: C{_EXECGO_RUNTIME_COMPLETE=bash_source
 execgo-runtime} prints the bash script (C{zsh_source} and C{fish_source}
@@ -28,13 +28,10 @@ import click
 
 from execgo.cli import commands, tasks
 from execgo.cli.core import (
-    DEFAULT_POLL_INTERVAL_MS,
     DEFAULT_SERVER,
     OWNER_ENV,
-    OWNER_HEADER,
     PROG_NAME,
     STRICT_BOOL,
-    TASKS_PATH,
     TOKEN_ENV,
     UINT,
     CliEnvironment,
@@ -45,6 +42,8 @@ from execgo.cli.core import (
     env_flag,
     fail,
 )
+from execgo.client.protocol import DEFAULT_POLL_INTERVAL_MS, TASKS_PATH
+from execgo.core.protocol import OWNER_HEADER
 
 __all__ = [
     "DEFAULT_POLL_INTERVAL_MS",

@@ -107,7 +107,7 @@ def register(cli: click.Group) -> None:
         """
         Supervise one task to completion (not meant to be run by hand).
         """
-        from execgo.supervisor.daemon import run_shim
+        from execgo.supervisor.shim import run_shim
 
         sys.exit(run_shim(database, data_dir, task_id, grace_ms, cgroup_root))
 

@@ -5,8 +5,8 @@ A tiny synchronous HTTP client for the command line, on C{http.client}.
 The client subcommands make one request at a time and must start fast, so
 this module uses only the standard library (C{ssl} is imported only for
 C{https} URLs) and never Twisted.  Every failure to get a response becomes a
-L{TransportError} with a one-line message the CLI prints after
-C{http error: }.
+L{TransportError} (the clients' one, L{execgo.client.errors}) with a
+one-line message the CLI prints after C{http error: }.
 
 L{request} reads a whole response; L{stream} hands the body of a 2xx
 response to a callback piece by piece as it arrives (the log and event
@@ -22,6 +22,8 @@ import http.client
 import socket
 from typing import Callable, Dict, Mapping, NamedTuple, Optional
 from urllib.parse import unquote, urlsplit
+
+from execgo.client.errors import StreamInterrupted, TransportError
 
 DEFAULT_TIMEOUT = 60.0
 """
@@ -53,33 +55,6 @@ class Response(NamedTuple):
     status: int
     reason: str
     body: bytes
-
-
-class TransportError(Exception):
-    """
-    No complete response could be obtained (connection refused, timeout,
-    malformed response, invalid URL, oversized body).
-
-    @ivar message: a one-line description without the C{http error} prefix.
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class StreamInterrupted(TransportError):
-    """
-    A streamed 2xx body broke off before its end, after its head arrived:
-    the connection dropped, or a read timed out.
-
-    @ivar timed_out: C{True} when nothing arrived for the read timeout (a
-        quiet stream), C{False} when the connection failed.
-    """
-
-    def __init__(self, message: str, timed_out: bool = False) -> None:
-        super().__init__(message)
-        self.timed_out = timed_out
 
 
 def _encode_unsafe(url: str) -> str:

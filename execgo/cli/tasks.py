@@ -4,7 +4,8 @@ The task subcommands of C{execgo-runtime}: C{submit}, C{status}, C{wait},
 C{kill} and C{run} (with the long-poll, C{--exit-code}, C{run --follow} and
 the elapsed-time line), and C{logs}: sections 4 to 9 of C{docs/cli.md}.
 
-Registered on the group by L{execgo.cli.main}; standard library and click only.
+Registered on the group by L{execgo.cli.main}; standard library, click and
+the no-I/O modules of L{execgo.client} only.
 """
 
 from __future__ import annotations
@@ -17,10 +18,7 @@ import click
 
 from execgo.cli import sync_http
 from execgo.cli.core import (
-    DEFAULT_POLL_INTERVAL_MS,
     OWNER_ENV,
-    OWNER_HEADER,
-    TASKS_PATH,
     UINT,
     CliEnvironment,
     CliFailure,
@@ -40,6 +38,8 @@ from execgo.cli.output import (
     summary_line,
     task_exit_code,
 )
+from execgo.client.protocol import DEFAULT_POLL_INTERVAL_MS, TASKS_PATH, encode_request, owner_headers
+from execgo.core.protocol import JSON_TYPE
 
 STREAMS = ("stdout", "stderr")
 
@@ -100,8 +100,9 @@ def load_request(file_path: Optional[str], json_text: Optional[str]) -> bytes:
     if file_path is None and json_text is None:
         raise click.UsageError("exactly one of --file or --json is required")
 
-    from execgo.core import validation
+    from execgo.core.decoding import decode_submit
     from execgo.core.errors import InvalidInput, PayloadTooLarge
+    from execgo.core.strictjson import parse_json_body
 
     if file_path is not None:
         try:
@@ -113,18 +114,13 @@ def load_request(file_path: Optional[str], json_text: Optional[str]) -> bytes:
         assert json_text is not None
         raw = json_text.encode("utf-8", "surrogateescape")
     try:
-        document = validation.parse_json_body(raw)
+        document = parse_json_body(raw)
     except PayloadTooLarge as e:
         raise CliFailure.from_error(e) from None
     except InvalidInput as e:
         fail("json error", e.detail)
-    request = validation.decode_submit(document)
-    wire = request.to_json()
-    try:
-        return json.dumps(wire, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError:
-        # A lone surrogate escape in a string: keep it escaped as it came.
-        return json.dumps(wire, separators=(",", ":")).encode("ascii")
+    request = decode_submit(document)
+    return encode_request(request.to_json())
 
 
 def _submit(env: CliEnvironment, server: str, body: bytes) -> sync_http.Response:
@@ -136,7 +132,7 @@ def _submit(env: CliEnvironment, server: str, body: bytes) -> sync_http.Response
             "POST",
             api_url(server, TASKS_PATH),
             body=body,
-            headers=request_headers({"Content-Type": "application/json"}),
+            headers=request_headers({"Content-Type": JSON_TYPE}),
         )
     )
 
@@ -272,12 +268,8 @@ def kill(env: CliEnvironment, server: str, owner: Optional[str], task_id: str) -
 
     Does not wait for the task to become cancelled.
     """
-    extra = {}
-    owner = (owner or "").strip()
-    if owner:
-        extra[OWNER_HEADER] = owner
     response = env.transport(
-        "POST", task_url(server, task_id, "/kill"), body=b"", headers=request_headers(extra)
+        "POST", task_url(server, task_id, "/kill"), body=b"", headers=request_headers(owner_headers(owner))
     )
     echo_raw(checked(response).body)
 

@@ -19,14 +19,16 @@ envelope's code and message), L{TransportError} when no complete answer
 arrived, L{MalformedResponse} for a 2xx answer that is not what the
 contract says, L{WaitTimeout} when L{ExecgoClient.wait} gives up.  The
 HTTP plumbing is L{execgo.client.http}, the stream pieces
-L{execgo.client.streams}.
+L{execgo.client.streams}; what a request says and what an answer means,
+the waiting and the resuming are the no-I/O core it shares with the
+command line (L{execgo.client.protocol}, L{execgo.client.resume}).
 
-This module imports only the models, Twisted and treq: never the server.
+This module imports only the client's own modules, the core's models,
+Twisted and treq: never the server.
 """
 
 from __future__ import annotations
 
-import json
 from functools import wraps
 from typing import (
     Any,
@@ -38,30 +40,43 @@ from typing import (
     Mapping,
     Optional,
     ParamSpec,
-    Tuple,
     TypeVar,
     Union,
 )
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
-from execgo.client.http import HTTPSession, decode_json
-from execgo.client.models import (
+from execgo.client.errors import (
     ClientError,
     MalformedResponse,
     ServerError,
+    TransportError,
+    WaitTimeout,
+)
+from execgo.client.http import HTTPSession
+from execgo.client.models import (
     SubmitResult,
     TaskError,
     TaskEvent,
     TaskPage,
     TaskStatus,
-    TransportError,
-    WaitTimeout,
     json_object,
 )
+from execgo.client.protocol import (
+    DEFAULT_LONG_POLL_MS,
+    DEFAULT_POLL_INTERVAL_MS,
+    TASKS_PATH,
+    LongPoll,
+    decode_json,
+    encode_request,
+    list_query,
+    owner_headers,
+    wait_query,
+)
+from execgo.client.resume import DEFAULT_STREAM_RETRIES, EventCursor, LogCursor
 from execgo.client.streams import Consumer, LineSplitter, PushIterator
 from execgo.client.views import (
     ActiveReservation,
@@ -75,6 +90,7 @@ from execgo.client.views import (
     TenantUsage,
 )
 from execgo.core.models import SubmitRequest
+from execgo.core.protocol import IDEMPOTENCY_HEADER, JSON_TYPE, NDJSON_TYPE, OWNER_HEADER
 
 __all__ = [
     "ClientError",
@@ -106,14 +122,15 @@ __all__ = [
     "DEFAULT_STREAM_RETRIES",
 ]
 
-OWNER_HEADER = "x-execgo-owner"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+"""
+The largest (non-streamed) response body the client reads, in bytes.
+"""
+
 DEFAULT_REQUEST_TIMEOUT = 60.0
-DEFAULT_POLL_INTERVAL_MS = 500
-DEFAULT_LONG_POLL_MS = 30_000
-DEFAULT_STREAM_RETRIES = 5
-MAX_EVENT_LINE = 16 * 1024 * 1024
+"""
+The seconds one request may take, by default.
+"""
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -185,7 +202,7 @@ class ExecgoClient:
         return self._base_url + path
 
     def _task_url(self, task_id: str, suffix: str = "") -> str:
-        return self._url(f"/api/v1/tasks/{quote(task_id, safe='')}{suffix}")
+        return self._url(f"{TASKS_PATH}/{quote(task_id, safe='')}{suffix}")
 
     # -- tasks
 
@@ -205,15 +222,10 @@ class ExecgoClient:
         @return: a L{Deferred} firing with the L{SubmitResult}.
         """
         document = request.to_json() if isinstance(request, SubmitRequest) else dict(request)
-        try:
-            body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
-        except UnicodeEncodeError:
-            # A lone surrogate cannot be UTF-8: send it as a JSON escape.
-            body = json.dumps(document, separators=(",", ":")).encode("ascii")
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": JSON_TYPE}
         if idempotency_key is not None:
             headers[IDEMPOTENCY_HEADER] = idempotency_key
-        reply = await self._http.request("POST", self._url("/api/v1/tasks"), body, headers)
+        reply = await self._http.request("POST", self._url(TASKS_PATH), encode_request(document), headers)
         return SubmitResult.from_json(decode_json(reply.body))
 
     @_deferred
@@ -242,20 +254,9 @@ class ExecgoClient:
         @param cursor: the C{next_cursor} of the previous page.
         @return: a L{Deferred} firing with the L{TaskPage}.
         """
-        query: List[Tuple[str, Any]] = [
-            (name, value)
-            for name, value in (("status", status), ("tenant", tenant), ("owner", owner))
-            if value is not None
-        ]
-        query.extend(("label", f"{key}:{value}") for key, value in (labels or {}).items())
-        if limit is not None:
-            query.append(("limit", limit))
-        if cursor is not None:
-            query.append(("cursor", cursor))
-        url = self._url("/api/v1/tasks")
-        if query:
-            url += "?" + urlencode(query, quote_via=quote, safe="")
-        return TaskPage.from_json(await self._http.get_json(url))
+        label_filters = [f"{key}:{value}" for key, value in (labels or {}).items()]
+        query = list_query(status, tenant, owner, label_filters, limit, cursor)
+        return TaskPage.from_json(await self._http.get_json(self._url(TASKS_PATH + query)))
 
     async def iter_tasks(self, **filters: Any) -> AsyncIterator[TaskStatus]:
         """
@@ -301,25 +302,20 @@ class ExecgoClient:
         @return: a L{Deferred} firing with the last event delivered (the
             terminal one), or C{None} if there was none after C{after_seq}.
         """
-        last_seq = after_seq
+        cursor = EventCursor(after_seq)
         last: Optional[TaskEvent] = None
 
         def on_line(line: bytes) -> Any:
-            nonlocal last_seq, last
+            nonlocal last
             event = TaskEvent.from_json(decode_json(line))
-            last_seq, last = event.seq, event
+            cursor.after_seq, last = event.seq, event
             return None if on_event is None else on_event(event)
 
-        splitter = LineSplitter(on_line, MAX_EVENT_LINE)
-
         def url() -> str:
-            splitter.reset()
-            return self._task_url(task_id, f"/events?after_seq={last_seq}&follow=true")
+            return self._task_url(task_id, cursor.suffix())
 
-        await self._http.follow(url, splitter, b"application/x-ndjson")
-        if splitter.partial:
-            # A server without event streams answers the plain JSON array.
-            raise MalformedResponse("the event stream ended in the middle of a line")
+        await self._http.follow(url, LineSplitter(on_line, cursor.lines), NDJSON_TYPE.encode("ascii"))
+        cursor.ended()
         return last
 
     def iter_events(self, task_id: str, after_seq: int = 0) -> AsyncIterator[TaskEvent]:
@@ -335,7 +331,7 @@ class ExecgoClient:
         C{GET /api/v1/tasks/{id}/<stream>?offset=N}: the log from C{offset}
         to its current end, whole (at most C{max_body_bytes}).
         """
-        url = self._task_url(task_id, f"/{_stream_name(stream)}?offset={offset}&follow=false")
+        url = self._task_url(task_id, LogCursor(stream, offset, follow=False).suffix())
         return (await self._http.request("GET", url)).body
 
     @_deferred
@@ -360,20 +356,14 @@ class ExecgoClient:
         @return: a L{Deferred} firing with the offset reached (C{offset} plus
             the bytes delivered), from which a later call can resume.
         """
-        name = _stream_name(stream)
-        position = offset
-        flag = "true" if follow else "false"
+        cursor = LogCursor(stream, offset, follow)
 
         def on_data(data: bytes) -> Any:
-            nonlocal position
-            position += len(data)
+            cursor.advance(data)
             return None if on_chunk is None else on_chunk(data)
 
-        def url() -> str:
-            return self._task_url(task_id, f"/{name}?offset={position}&follow={flag}")
-
-        await self._http.follow(url, on_data, b"*/*")
-        return position
+        await self._http.follow(lambda: self._task_url(task_id, cursor.suffix()), on_data, b"*/*")
+        return cursor.offset
 
     def iter_log(
         self, task_id: str, stream: str = "stdout", offset: int = 0, follow: bool = True
@@ -392,34 +382,28 @@ class ExecgoClient:
         @param owner: sent (trimmed) as C{x-execgo-owner} unless blank.
         @return: a L{Deferred} firing with the snapshot the server returned.
         """
-        headers = {}
-        owner = (owner or "").strip()
-        if owner:
-            headers[OWNER_HEADER] = owner
+        headers = owner_headers(owner)
         reply = await self._http.request("POST", self._task_url(task_id, "/kill"), b"", headers)
         return TaskStatus.from_json(decode_json(reply.body))
 
     async def _wait(
         self, task_id: str, timeout_ms: Optional[int], poll_interval_ms: int
     ) -> TaskStatus:
-        started = self._clock.seconds()
+        plan = LongPoll(self._clock.seconds(), timeout_ms, poll_interval_ms, self._long_poll_ms)
         url = self._task_url(task_id)
         while True:
-            wait_ms = self._long_poll_ms
-            if timeout_ms is not None:
-                remaining = timeout_ms - (self._clock.seconds() - started) * 1000.0
-                wait_ms = max(0, min(wait_ms, int(remaining)))
-            before = self._clock.seconds()
-            document = await self._http.get_json(f"{url}?wait_ms={wait_ms}", wait_ms / 1000.0)
-            held_ms = (self._clock.seconds() - before) * 1000.0
+            wait_ms = plan.wait_ms(self._clock.seconds())
+            asked = self._clock.seconds()
+            document = await self._http.get_json(url + wait_query(wait_ms), wait_ms / 1000.0)
+            answered = self._clock.seconds()
             status = TaskStatus.from_json(document)
             if status.terminal:
                 return status
-            if timeout_ms is not None and (self._clock.seconds() - started) * 1000.0 >= timeout_ms:
+            if plan.expired(self._clock.seconds()):
                 raise WaitTimeout(task_id, status)
-            if wait_ms == 0 or held_ms < wait_ms / 2:
-                # Not held: a server without long-poll answered at once.
-                await deferLater(self._clock, poll_interval_ms / 1000.0)
+            pause = plan.pause(wait_ms, asked, answered)
+            if pause is not None:
+                await deferLater(self._clock, pause)
 
     @_deferred
     async def wait(
@@ -514,9 +498,3 @@ class ExecgoClient:
         """
         reply = await self._http.request("GET", self._url("/metrics"))
         return reply.body.decode("utf-8", "replace")
-
-
-def _stream_name(stream: str) -> str:
-    if stream not in ("stdout", "stderr"):
-        raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
-    return stream

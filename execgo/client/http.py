@@ -4,15 +4,13 @@ The HTTP layer of L{execgo.client}: one L{HTTPSession} per client sends
 requests through the injected treq client, bounds what it reads, applies
 the request timeout on the injected clock, turns error answers into
 L{ServerError}s, and reads streamed bodies to their end, resuming them
-after a break.
+after a break as L{execgo.client.resume} decides.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, Coroutine, Dict, List, Mapping, Optional, TypeVar
 
-import attrs
 from treq.content import collect
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -20,28 +18,15 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
-from execgo.client.models import (
-    ClientError,
-    MalformedResponse,
-    ServerError,
-    TransportError,
-)
-from execgo.client.streams import BodyReceiver, Consumer, StreamBroken
+from execgo.client.errors import ClientError, StreamInterrupted, TransportError
+from execgo.client.protocol import Reply, decode_json, server_error
+from execgo.client.resume import Resumption
+from execgo.client.streams import BodyReceiver, Consumer
+from execgo.core.protocol import JSON_TYPE
 
 _R = TypeVar("_R")
 
-__all__ = ["HTTPSession", "Reply", "decode_json", "server_error"]
-
-
-@attrs.frozen
-class Reply:
-    """
-    A whole answer: status, reason phrase, body.
-    """
-
-    status: int
-    phrase: str
-    body: bytes
+__all__ = ["HTTPSession"]
 
 
 def _cancelled(error: BaseException) -> bool:
@@ -68,10 +53,6 @@ def _describe(error: BaseException) -> str:
             return _describe(inner.value)
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def _backoff(failures: int) -> float:
-    return min(0.25 * 2 ** (failures - 1), 2.0)
 
 
 class HTTPSession:
@@ -204,7 +185,7 @@ class HTTPSession:
         """
 
         async def exchange() -> Reply:
-            raw = self.headers(headers, b"application/json")
+            raw = self.headers(headers, JSON_TYPE.encode("ascii"))
             response = await self.send(method, url, body, raw, False)
             return await self.read(method, url, response)
 
@@ -239,77 +220,35 @@ class HTTPSession:
         accept: bytes,
     ) -> None:
         """
-        Read a stream to its end, resuming after breaks: C{url_for} is called
-        before each attempt, so it can resume from what C{on_data} has seen.
-
-        The first request is not retried.  A break after some progress is
-        resumed at once; a break without progress, or a failed reconnection,
-        counts as a failure, retried after a backoff at most
-        C{stream_retries} times in a row.
+        Read a stream to its end, resuming after breaks as a
+        L{Resumption} decides: C{url_for} is called before each attempt, so
+        it can resume from what C{on_data} has seen.
         """
-        failures = 0
-        connected = False
+        resumption = Resumption(self._stream_retries)
+
+        def deliver(data: bytes) -> Any:
+            resumption.delivered()
+            return on_data(data)
+
         while True:
-            progress = False
-
-            def deliver(data: bytes) -> Any:
-                nonlocal progress
-                progress = True
-                return on_data(data)
-
+            resumption.attempt()
             url = url_for()
             try:
                 response = await self.open_stream(url, accept)
             except TransportError:
-                failures += 1
-                if not connected or failures > self._stream_retries:
+                delay = resumption.refused()
+                if delay is None:
                     raise
-                await deferLater(self._clock, _backoff(failures))
+                await deferLater(self._clock, delay)
                 continue
-            connected = True
             receiver = BodyReceiver(deliver)
             response.deliverBody(receiver)
             try:
                 await receiver.finished
                 return
-            except StreamBroken as e:
-                failures = 0 if progress else failures + 1
-                if failures > self._stream_retries:
+            except StreamInterrupted as e:
+                delay = resumption.broke()
+                if delay is None:
                     raise TransportError(f"GET {url}: the stream broke off: {e}") from e
-            if failures:
-                await deferLater(self._clock, _backoff(failures))
-
-
-def decode_json(body: bytes) -> Any:
-    """
-    Parse a JSON body.
-
-    @raise MalformedResponse: if it is not JSON.
-    """
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as e:
-        raise MalformedResponse(f"response body is not JSON: {e}") from None
-
-
-def server_error(reply: Reply) -> ServerError:
-    """
-    The L{ServerError} for a non-2xx reply, reading the error envelope if
-    there is one.
-    """
-    code: Optional[str] = None
-    message: Optional[str] = None
-    try:
-        document = json.loads(reply.body)
-    except (ValueError, RecursionError):
-        document = None
-    if isinstance(document, dict) and isinstance(document.get("error"), dict):
-        error = document["error"]
-        if isinstance(error.get("code"), str):
-            code = error["code"]
-        if isinstance(error.get("message"), str):
-            message = error["message"]
-    if message is None:
-        text = reply.body.decode("utf-8", "replace").strip()
-        message = text[:1000] if text else reply.phrase
-    return ServerError(reply.status, code, message, reply.body)
+            if delay:
+                await deferLater(self._clock, delay)

@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_client -*-
 """
-The errors of L{execgo.client} and the typed values of its task answers
-(submission, status, list page, event); the runtime-wide answers are in
-L{execgo.client.views}.
+The typed values of L{execgo.client}'s task answers (submission, status,
+list page, event); the runtime-wide answers are in L{execgo.client.views},
+the errors in L{execgo.client.errors}.
 
 Every value is a frozen attrs class read from the decoded JSON with a
 C{from_json} constructor that checks the contract's fields and raises
@@ -17,70 +17,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import attrs
 
+from execgo.client.errors import MalformedResponse
 from execgo.core.models import TERMINAL_STATUSES
-
-# -- errors ---------------------------------------------------------------------
-
-
-class ClientError(Exception):
-    """
-    Root of every failure reported by L{execgo.client.ExecgoClient}.
-    """
-
-
-class TransportError(ClientError):
-    """
-    No complete response arrived: the connection failed, the request timed
-    out, the body was larger than the client accepts, or a stream broke off
-    more often than the client retries.
-    """
-
-
-class MalformedResponse(ClientError):
-    """
-    A 2xx response whose body is not what the contract describes.
-    """
-
-
-class ServerError(ClientError):
-    """
-    The runtime answered with a non-2xx status.
-
-    @ivar status: the HTTP status code.
-    @ivar code: C{error.code} of the error envelope (e.g. C{"not_found"}), or
-        C{None} when the body was not an envelope.
-    @ivar message: C{error.message} of the envelope, else the body text (or
-        the reason phrase when the body is empty).
-    @ivar body: the raw response body.
-    """
-
-    def __init__(self, status: int, code: Optional[str], message: str, body: bytes) -> None:
-        super().__init__(status, code, message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.body = body
-
-    def __str__(self) -> str:
-        if self.code is None:
-            return f"HTTP {self.status}: {self.message}"
-        return f"HTTP {self.status} {self.code}: {self.message}"
-
-
-class WaitTimeout(ClientError):
-    """
-    L{execgo.client.ExecgoClient.wait} saw no terminal status within its
-    timeout.
-
-    @ivar task_id: the task waited for.
-    @ivar last_status: the last (non-terminal) status seen.
-    """
-
-    def __init__(self, task_id: str, last_status: "TaskStatus") -> None:
-        super().__init__(f"wait timeout exceeded for task {task_id}")
-        self.task_id = task_id
-        self.last_status = last_status
-
 
 # -- reading JSON -----------------------------------------------------------------
 

@@ -2,8 +2,9 @@
 """
 Streaming pieces of L{execgo.client}: a body receiver that hands a
 response body to a callback as it arrives (pausing the connection while
-the callback's Deferred is pending), a line splitter for NDJSON, and an
-async iterator over anything pushed to a callback.
+the callback's Deferred is pending), a line splitter for NDJSON that
+holds the stream back while its lines are consumed, and an async iterator
+over anything pushed to a callback.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
-from execgo.client.models import MalformedResponse
+from execgo.client.errors import StreamInterrupted
+from execgo.client.resume import LineBuffer
 
 _T = TypeVar("_T")
 
@@ -27,13 +29,6 @@ Consumer = Callable[[_T], Any]
 A callback handed each item; it may return a L{Deferred} to hold the
 stream back until it fires.
 """
-
-
-class StreamBroken(Exception):
-    """
-    A streamed body ended before the server ended it (the connection was
-    lost or reset): the caller may resume it.
-    """
 
 
 class BodyReceiver(Protocol):
@@ -48,8 +43,8 @@ class BodyReceiver(Protocol):
     and fails L{finished} with it.
 
     @ivar finished: fires with C{None} when the body ended normally (and
-        every piece was consumed), fails with L{StreamBroken} when it broke
-        off, or with the consumer's error.  Cancelling it stops the body.
+        every piece was consumed), fails with L{StreamInterrupted} when it
+        broke off, or with the consumer's error.  Cancelling it stops the body.
     """
 
     def __init__(self, on_data: Consumer[bytes]) -> None:
@@ -129,7 +124,7 @@ class BodyReceiver(Protocol):
         if reason is None or reason.check(ResponseDone, PotentialDataLoss):
             self.finished.callback(None)
         else:
-            self.finished.errback(Failure(StreamBroken(_describe_failure(reason))))
+            self.finished.errback(Failure(StreamInterrupted(_describe_failure(reason))))
 
 
 def _describe_failure(reason: Failure) -> str:
@@ -143,49 +138,24 @@ def _describe_failure(reason: Failure) -> str:
 
 class LineSplitter:
     """
-    Cut a byte stream into complete lines (without their newline) for
-    C{on_line}; a partial line waits for its end.
-
-    @param max_line: the longest line accepted, in bytes.
+    Hand each complete line of a byte stream (without its newline) to
+    C{on_line}, as the L{LineBuffer} cuts them.
     """
 
-    def __init__(self, on_line: Callable[[bytes], Any], max_line: int) -> None:
+    def __init__(self, on_line: Callable[[bytes], Any], lines: LineBuffer) -> None:
         self._on_line = on_line
-        self._max_line = max_line
-        self._pending = bytearray()
-
-    def reset(self) -> None:
-        """
-        Drop a partial line (the stream is about to be resumed).
-        """
-        del self._pending[:]
-
-    @property
-    def partial(self) -> bool:
-        """
-        Whether bytes of an unfinished line are waiting for their end.
-        """
-        return bool(self._pending.strip())
+        self._lines = lines
 
     def __call__(self, data: bytes) -> Optional[Deferred[Any]]:
         """
         Feed C{data}; the returned Deferred (if any) holds the stream back
         until every line it completed has been consumed.
         """
-        self._pending.extend(data)
         waits = []
-        while True:
-            end = self._pending.find(b"\n")
-            if end < 0:
-                break
-            line = bytes(self._pending[:end])
-            del self._pending[: end + 1]
-            if line.strip():
-                result = self._on_line(line)
-                if isinstance(result, Deferred):
-                    waits.append(result)
-        if len(self._pending) > self._max_line:
-            raise MalformedResponse(f"stream line longer than {self._max_line} bytes")
+        for line in self._lines.feed(data):
+            result = self._on_line(line[:-1])
+            if isinstance(result, Deferred):
+                waits.append(result)
         if not waits:
             return None
         if len(waits) == 1:

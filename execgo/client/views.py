@@ -14,7 +14,8 @@ from typing import Any, Mapping, Optional, Tuple, Type, TypeVar
 
 import attrs
 
-from execgo.client.models import MalformedResponse, get_field, json_object
+from execgo.client.errors import MalformedResponse
+from execgo.client.models import get_field, json_object
 
 _T = TypeVar("_T")
 

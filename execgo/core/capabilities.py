@@ -14,8 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import attrs
 
 from execgo.core.hostfacts import CGROUP_KEYS, HostFacts
-from execgo.core.ledger import Capacity
-from execgo.core.models import NAMESPACE_NAMES
+from execgo.core.models import NAMESPACE_NAMES, Reservation
 
 JSON = Dict[str, Any]
 
@@ -74,7 +73,7 @@ class Capabilities:
 
     runtime_id: str
     collected_at: str
-    capacity: Capacity
+    capacity: Reservation
     os: str = "linux"
     arch: str = "x86_64"
     containerized: bool = False
@@ -298,7 +297,7 @@ def build_capabilities(
     return Capabilities(
         runtime_id=runtime_id,
         collected_at=collected_at,
-        capacity=Capacity(task_slots=max_running_tasks, memory_bytes=memory, pids=pids),
+        capacity=Reservation(task_slots=max_running_tasks, memory_bytes=memory, pids=pids),
         os=os_name,
         arch=normalise_arch(facts.machine),
         containerized=facts.containerized,

@@ -24,18 +24,12 @@ import json
 import secrets
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
+from execgo.core.encoding import compact_text
+
 #: Strings longer than this (in characters) are streamed in slices of it.
 SLICE_CHARS = 64 * 1024
 
 _escape = json.encoder.encode_basestring
-
-
-def compact_text(value: Any) -> str:
-    """
-    The compact rendering the API answers with (C{wire.compact} before
-    its UTF-8 encoding).
-    """
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _lighten(value: Any, token: str, slots: List[str]) -> Any:
@@ -71,7 +65,7 @@ def chunks(value: Any, render: Callable[[Any], str] = compact_text) -> Iterator[
     L{SLICE_CHARS} characters' worth for the long strings.
 
     @param render: a renderer that escapes strings as C{json.dumps} with
-        C{ensure_ascii=False} does (L{compact_text}, C{wire.pretty}).
+        C{ensure_ascii=False} does (L{compact_text}, L{execgo.core.encoding.pretty}).
     """
     slots: List[str] = []
     # A random token: no string of the document can be made to match it.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_validation,tests.test_wire,tests.test_policy -*-
+# -*- test-case-name: tests.test_validation,tests.test_render,tests.test_policy -*-
 """
 Frozen values shared by every part of the runtime.
 
@@ -6,8 +6,8 @@ Each class renders itself to the wire form with C{to_json()} (a plain C{dict}
 in wire order, the fixed key order of the API's answers that C{docs/api.md}
 describes, absent optional fields left out) and reads a trusted wire form
 back with C{from_json()}.
-Untrusted input never goes through C{from_json}: L{execgo.core.validation} parses
-it.  This module imports only C{attrs} so the supervisor and CLI stay light.
+Untrusted input never goes through C{from_json}: L{execgo.core.submission}
+parses it.  This module imports only C{attrs} so the supervisor and CLI stay light.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ ALL_STATUSES = (
     STATUS_CANCELLED,
 )
 
+KIND_COMMAND = "command"
+KIND_SCRIPT = "script"
 MODE_ADAPTIVE = "adaptive"
 MODE_STRICT = "strict"
 PROFILE_PROCESS = "process"
@@ -323,8 +325,12 @@ class SubmitRequest:
 @attrs.frozen
 class Reservation:
     """
-    What a task holds of the ledger while it runs (the status's
-    C{reservation}, a C{TaskResourceReservation} on the wire).
+    An amount of the ledger's three resources: task slots always, memory
+    bytes and pids when known.  Above all what a task holds of the ledger
+    while it runs (the status's C{reservation}, a C{TaskResourceReservation}
+    on the wire, one slot by default); the runtime's capacity, a tenant's
+    quota and the sums of reservations are amounts of the same shape
+    (C{ResourceCapacity} on the wire), so they are L{Reservation}s too.
     """
 
     task_slots: int = 1

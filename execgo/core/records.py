@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_taskdb -*-
+# -*- test-case-name: tests.test_store -*-
 """
 The stored task as values: what the store reads back from a row
 (L{TaskRecord}, L{Event}, L{QueuedTask}) and what it is given to write

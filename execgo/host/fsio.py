@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wire,tests.test_cgroups -*-
+# -*- test-case-name: tests.test_taskfiles,tests.test_cgroups -*-
 """
 Whole-file reads and writes through plain C{os} calls.
 

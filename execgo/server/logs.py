@@ -5,19 +5,28 @@ Structured JSON-lines logging on top of C{twisted.logger}.
 Each event becomes one line: C{timestamp}, C{level} (C{INFO}, C{WARN}, ...),
 C{target} (the logger's namespace), C{message}, and the event's own fields.
 The level comes from C{EXECGO_RUNTIME_LOG}, else C{RUST_LOG}, in
-C{target=level} directive syntax (C{info} by default).
+C{target=level} directive syntax (C{info} by default), and is applied by
+Twisted's L{FilteringLogObserver} and L{LogLevelFilterPredicate}.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import IO, Any, Callable, Dict, Mapping, Tuple, cast
+from typing import IO, Any, Callable, Dict, Mapping, Tuple
 
-from twisted.logger import ILogObserver, LogLevel, formatEvent
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogFilterPredicate,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    PredicateResult,
+    formatEvent,
+)
 from zope.interface import implementer
 
-from execgo.store.wire import format_ns
+from execgo.core.timestamps import format_ns
 
 _LEVELS = {
     "trace": LogLevel.debug,
@@ -129,46 +138,84 @@ def _message(event: Dict[str, Any]) -> str:
 
 
 _PLAIN = (str, int, bool, type(None))
-_RANK = {LogLevel.debug: 0, LogLevel.info: 1, LogLevel.warn: 2, LogLevel.error: 3, LogLevel.critical: 4}
+#: Twisted's own chatter (factories starting, ports opening, the site's
+#: requests): never written below C{warn} unless a directive names it.
 _QUIET_NAMESPACES = ("twisted", "log_legacy", "execgo.server.web.api.APISite")
+# Twisted's predicate knows levels, not silence: in the predicate that
+# says which namespaces are off, one level stands for off, another for on.
+_OFF = LogLevel.critical
+_ON = LogLevel.debug
 
 
-def _threshold(namespace: str, default: Any, targets: Mapping[str, Any]) -> Any:
+def _covers(target: str, namespace: str) -> bool:
     """
-    The lowest level written for C{namespace} (C{None}: nothing): the most
-    specific target directive, else the default, with Twisted's own chatter
-    (factories starting, ports opening) never below C{warn}.
+    Whether a directive for C{target} applies to C{namespace}.
     """
-    match = max(
-        (t for t in targets if namespace == t or namespace.startswith(t + ".")), key=len, default=None
-    )
-    if match is not None:
-        return targets[match]
-    if default is None:
-        return None
-    if namespace.startswith(_QUIET_NAMESPACES):
-        return default if _RANK[default] >= _RANK[LogLevel.warn] else LogLevel.warn
-    return default
+    return namespace == target or namespace.startswith(target + ".")
+
+
+def level_predicate(default: Any, targets: Mapping[str, Any]) -> LogLevelFilterPredicate:
+    """
+    Twisted's level filter for a parsed filter (L{parse_filter}): the most
+    specific target directive for a namespace, else the default, with
+    Twisted's own namespaces never below C{warn}.  Namespaces that are off
+    (C{None}) are left to L{silence_predicate}.
+    """
+    default_level = LogLevel.info if default is None else default
+    predicate = LogLevelFilterPredicate(default_level)
+    if default is not None:
+        floor = max(default_level, LogLevel.warn)
+        for namespace in _QUIET_NAMESPACES:
+            # A directive naming the namespace or one around it wins.
+            if not any(_covers(target, namespace) for target in targets):
+                predicate.setLogLevelForNamespace(namespace, floor)
+    for target, level in targets.items():
+        # An empty target would set Twisted's default: it names no namespace.
+        if target and level is not None:
+            predicate.setLogLevelForNamespace(target, level)
+    return predicate
+
+
+@implementer(ILogFilterPredicate)
+class _Silence:
+    """
+    Drop every event of a namespace that is off: Twisted's namespace
+    lookup over L{_OFF} and L{_ON}.
+    """
+
+    def __init__(self, switches: LogLevelFilterPredicate) -> None:
+        self.switches = switches
+
+    def __call__(self, event: Dict[str, Any]) -> Any:
+        """
+        C{PredicateResult.no} when the event's namespace is off, else
+        C{maybe} (the level filter decides).
+        """
+        namespace = event.get("log_namespace", "")
+        if self.switches.logLevelForNamespace(namespace) is _OFF:
+            return PredicateResult.no
+        return PredicateResult.maybe
+
+
+def silence_predicate(default: Any, targets: Mapping[str, Any]) -> ILogFilterPredicate:
+    """
+    The predicate dropping what a parsed filter turns off (C{None}): the
+    most specific target directive for a namespace, else the default.
+    """
+    switches = LogLevelFilterPredicate(_OFF if default is None else _ON)
+    for target, level in targets.items():
+        if target:
+            switches.setLogLevelForNamespace(target, _OFF if level is None else _ON)
+    return _Silence(switches)
 
 
 def make_observer(out: IO[str], environ: Mapping[str, str]) -> ILogObserver:
     """
-    The JSON-lines observer behind the environment's level filter.
+    The JSON-lines observer behind the environment's filter, applied by
+    Twisted's L{FilteringLogObserver}.
     """
     default, targets = filter_from_environment(environ)
-    writer = JSONLinesObserver(out)
-    thresholds: Dict[str, Any] = {}
-
-    def observe(event: Dict[str, Any]) -> None:
-        namespace = event.get("log_namespace", "")
-        if namespace not in thresholds:
-            thresholds[namespace] = _threshold(namespace, default, targets)
-        level = thresholds[namespace]
-        if level is None:
-            return
-        if _RANK.get(event.get("log_level", LogLevel.info), 1) >= _RANK[level]:
-            writer(event)
-
-    # A plain function is an observer (twisted.logger calls any callable);
-    # ILogObserver is how Twisted's signatures name one.
-    return cast(ILogObserver, observe)
+    return FilteringLogObserver(
+        JSONLinesObserver(out),
+        [silence_predicate(default, targets), level_predicate(default, targets)],
+    )

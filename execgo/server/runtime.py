@@ -16,7 +16,6 @@ the principal is C{None} and every task is visible.
 from __future__ import annotations
 
 import os
-import signal
 import uuid
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
@@ -27,15 +26,10 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from execgo import control
-from execgo.core import errors, outcome, records, recovery, validation
+from execgo.core import errors, outcome, records, recovery, render, rootfs, submission, timestamps, validation
 from execgo.core.capabilities import Capabilities
 from execgo.core.config import RuntimeConfig
-from execgo.core.ledger import (
-    ActiveReservation,
-    Capacity,
-    check_admission,
-    render_resources,
-)
+from execgo.core.ledger import check_admission
 from execgo.core.models import (
     STATUS_RUNNING,
     TERMINAL_STATUSES,
@@ -44,21 +38,22 @@ from execgo.core.models import (
     SubmitRequest,
 )
 from execgo.core.policy import resolve_plan
-from execgo.host import privileges
+from execgo.core.resourceview import ActiveReservation, render_resources
+from execgo.host import escalation, privileges
 from execgo.host.cgroups import Cgroups
 from execgo.host.privileges import TaskIdentity
-from execgo.host.procinfo import is_supervisor, kill_group
+from execgo.host.procinfo import is_supervisor
 from execgo.server import budget, metrics
-from execgo.server.database import Store
 from execgo.server.link import SupervisorLink
 from execgo.server.scheduler import QueuedTask, Scheduler
 from execgo.server.snapshots import TerminalSnapshots
+from execgo.server.taskstore import TaskStore
 from execgo.server.upkeep import Upkeep
 from execgo.server.waiters import Waiters
 from execgo.server.web.auth import Principal, visible
 from execgo.server.web.responses import StreamingRequest
 from execgo.server.web.streams import Streams
-from execgo.store import idempotency, listing, tallies, taskdb, wire
+from execgo.store import idempotency, listing, taskfiles
 
 log = Logger()
 
@@ -88,8 +83,8 @@ class Runtime:
         config: RuntimeConfig,
         runtime_id: str,
         capabilities: Capabilities,
-        quotas: Mapping[str, Capacity],
-        store: Store,
+        quotas: Mapping[str, Reservation],
+        store: TaskStore,
         scheduler: Scheduler,
         link: SupervisorLink,
         now_ms: Callable[[], int],
@@ -141,8 +136,8 @@ class Runtime:
             answer and creates nothing; the same key with another request
             is L{errors.Conflict}.
         """
-        request = validation.parse_submit(body)
-        validation.check_rootfs(request.sandbox, self.config.rootfs_roots_abs)
+        request = submission.parse_submit(body)
+        rootfs.check_rootfs(request.sandbox, self.config.rootfs_roots_abs)
         if principal is not None:
             request = _as_principal(request, principal)
         digest = None if idempotency_key is None else idempotency.request_hash(request.to_json())
@@ -151,7 +146,7 @@ class Runtime:
         reservation = Reservation.for_limits(request.limits)
         check_admission(reservation, self.capabilities.capacity, self.quotas, request.tenant)
         task_id = request.task_id if request.task_id is not None else str(uuid.uuid4())
-        task = taskdb.NewTask(
+        task = records.NewTask(
             task_id=task_id,
             execution=request.execution,
             limits=request.limits,
@@ -159,7 +154,7 @@ class Runtime:
             metadata=dict(request.metadata),
             plan=plan,
             control_context=request.control_context,
-            paths=wire.task_paths(
+            paths=taskfiles.task_paths(
                 self.config.data_dir_abs, task_id, request.execution, request.sandbox.workspace_subdir
             ),
             idempotency_key=idempotency_key,
@@ -200,7 +195,7 @@ class Runtime:
         """
         for _ in range(100):
             try:
-                taken = await self.store.read(idempotency.settle_conflict, key, digest, task_id, scope)
+                taken = await self.store.settle_conflict(key, digest, task_id, scope)
             except idempotency.Replay as replay:
                 return replay.task_id
             if taken:
@@ -229,7 +224,7 @@ class Runtime:
         else:
             known, tenant = self.scheduler.unfinished_tenant(task_id)
         if not known:
-            known, tenant = await self.store.read(taskdb.tenant_of, task_id)
+            known, tenant = await self.store.tenant_of(task_id)
         if not known or not visible(principal, tenant):
             raise errors.NotFound(task_id)
 
@@ -296,7 +291,7 @@ class Runtime:
             if scoped is None:
                 return {"tasks": [], "next_cursor": None}
             query = scoped
-        return await self.store.read(listing.list_page, query, self.now_ms())
+        return await self.store.list_page(query, self.now_ms())
 
     async def events(self, task_id: str, after_seq: int = 0, principal: Optional[Principal] = None) -> List[JSON]:
         """
@@ -304,10 +299,10 @@ class Runtime:
         for an unknown id (or one C{principal} may not see).
         """
         await self.require_visible(task_id, principal)
-        events = await self.store.read(taskdb.events_if_exists, task_id, after_seq)
+        events = await self.store.events(task_id, after_seq)
         if events is None:
             raise errors.NotFound(task_id)
-        return [wire.render_event(event) for event in events]
+        return [render.render_event(event) for event in events]
 
     async def stream_log(
         self,
@@ -359,15 +354,24 @@ class Runtime:
         return result.snapshot
 
     def _signal_directly(self, task_id: str, pgid: int) -> None:
-        kill_group(pgid, signal.SIGTERM)
-        if task_id not in self._kill_timers:
-            self._kill_timers[task_id] = self.reactor.callLater(
-                self.config.termination_grace_ms / 1000.0, self._kill_later, task_id, pgid
-            )
+        """
+        Kill a running task by escalation (L{escalation.terminate}) from
+        here, while no supervisor is connected to do it.
+        """
+        self._kill_timers[task_id] = escalation.terminate(
+            escalation.group_signaller(pgid),
+            self.config.termination_grace_ms / 1000.0,
+            lambda delay, kill: self.reactor.callLater(delay, self._kill_later, task_id, kill),
+            self._kill_timers.get(task_id),
+        )
 
-    def _kill_later(self, task_id: str, pgid: int) -> None:
+    def _kill_later(self, task_id: str, kill: Callable[[], None]) -> None:
+        """
+        The grace period of a direct kill is over: forget its timer and
+        take the last step.
+        """
         self._kill_timers.pop(task_id, None)
-        kill_group(pgid, signal.SIGKILL)
+        kill()
 
     # Runtime views
 
@@ -399,7 +403,7 @@ class Runtime:
         """
         The ledger view, computed from the store.
         """
-        active, waiting = await self.store.read(taskdb.resources_rows)
+        active, waiting = await self.store.resources()
         return render_resources(
             self.runtime_id,
             self.capabilities.capacity,
@@ -412,7 +416,7 @@ class Runtime:
                     reservation=record.reservation or Reservation.for_limits(record.limits),
                     reserved_at=None
                     if record.reserved_at_ms is None
-                    else wire.format_ms(record.reserved_at_ms),
+                    else timestamps.format_ms(record.reserved_at_ms),
                 )
                 for record in active
             ],
@@ -423,7 +427,7 @@ class Runtime:
         """
         The Prometheus exposition.
         """
-        snapshot = await self.store.read(tallies.snapshot)
+        snapshot = await self.store.metrics()
         ledger = self.scheduler.ledger
         capacity, reserved = ledger.capacity, ledger.reserved
         view = [("task_slots", reserved.task_slots, capacity.task_slots)]
@@ -503,13 +507,13 @@ class Runtime:
         then write the C{result.json} files a storage fault left out
         (L{Upkeep.at_start}).
         """
-        records = await self.store.by_status(("accepted", "running"))
-        for action in recovery.plan_recovery(records, is_supervisor):
+        unfinished = await self.store.by_status(("accepted", "running"))
+        for action in recovery.plan_recovery(unfinished, is_supervisor):
             now = self.now_ms()
             if action.kind == recovery.RELEASE_ORPHAN:
-                await self.store.run(taskdb.release_orphan_reservation, action.task_id, now)
+                await self.store.release_orphan_reservation(action.task_id, now)
             elif action.kind == recovery.RECOVERED:
-                await self.store.run(taskdb.mark_recovered, action.task_id, action.reservation, now)
+                await self.store.mark_recovered(action.task_id, action.reservation, now)
             else:
                 await self._fail_lost(action, "recovery_lost")
         self.scheduler.load(await self.store.scheduler_state(self.config.max_queued_tasks))
@@ -519,15 +523,15 @@ class Runtime:
         """
         While serving: fail every running task whose supervisor is gone.
         """
-        records = await self.store.by_status(("running",))
-        for action in recovery.plan_recovery(records, is_supervisor):
+        running = await self.store.by_status(("running",))
+        for action in recovery.plan_recovery(running, is_supervisor):
             if action.kind == recovery.LOST:
                 await self._fail_lost(action, message)
                 self.scheduler.released(action.task_id)
 
     async def _fail_lost(self, action: recovery.RecoveryAction, message: str) -> None:
         if action.kill_pgid is not None:
-            kill_group(action.kill_pgid, signal.SIGKILL)
+            escalation.kill_now(escalation.group_signaller(action.kill_pgid))
         if self.cgroups is not None:
             await deferToThread(self.cgroups.discard, action.task_id)
         if action.record is not None:
@@ -537,7 +541,7 @@ class Runtime:
         )
         self.waiters.notify(action.task_id)
 
-    def _bury(self, record: taskdb.TaskRecord) -> None:
+    def _bury(self, record: records.TaskRecord) -> None:
         """
         What is left of a lost task before its end frees its uid: every
         process of that uid killed, its files handed back (blocking: run

@@ -12,7 +12,7 @@ arrives during a cycle runs one more cycle after it.
 A dispatch writes nothing: the dispatcher reserves the task in its ledger
 and sends the launch order, and the supervisor moves the task from
 C{accepted} to C{running} in the store itself, in the transaction that
-takes it (L{execgo.store.taskdb.claim}).  So a slot that frees is refilled
+takes it (L{execgo.store.transitions.claim}).  So a slot that frees is refilled
 without waiting for the store, and the running state is written where the
 process is started.  Until the supervisor reports the task's end, or
 declines it because it is not C{accepted} any more, the dispatcher keeps
@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from execgo.core.ledger import Ledger
 from execgo.core.models import Reservation
 from execgo.core.records import QueuedTask, TaskRecord
-from execgo.server.database import SchedulerState
+from execgo.store.reads import SchedulerState
 
 log = Logger()
 
@@ -45,9 +45,11 @@ class DispatchStore(Protocol):
     def scheduler_state(self, max_queued: int) -> "defer.Deferred[SchedulerState]": ...
 
 
-class Launcher(Protocol):
+class SupervisorOrders(Protocol):
     """
-    What the dispatcher needs of the supervisor link.
+    What the dispatcher needs of the supervisor link
+    (L{execgo.server.link.SupervisorLink}): the supervisor's pid, and a way
+    to send it launch orders.
     """
 
     pid: Optional[int]
@@ -75,7 +77,7 @@ class Scheduler:
         self,
         reactor: IReactorTime,
         store: DispatchStore,
-        link: Launcher,
+        link: SupervisorOrders,
         ledger: Ledger,
         max_queued: int,
         poll_interval_s: float,

@@ -1,9 +1,13 @@
-# -*- test-case-name: tests.test_integration -*-
+# -*- test-case-name: tests.test_service,tests.test_integration -*-
 """
 Composition of the server: every part is built here and handed its
 dependencies, and started in this order: data
 directory, store, capability probe, ledger, recovery, supervisor, loops,
 then the listener.  Nothing listens before recovery has finished.
+
+What start-up reaches beyond the reactor (threads, the store's pools, the
+host probe, the supervisor) comes in as L{ServiceEdges}, so
+C{tests.test_service} runs start-up and stop in memory.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from typing import Any, Callable, Mapping, Optional
 import attrs
 from twisted.application import service
 from twisted.internet import defer, endpoints
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
@@ -30,9 +33,12 @@ from execgo.control import (
     write_settings,
 )
 from execgo.core import errors
-from execgo.core.capabilities import build_capabilities
+from execgo.core.capabilities import Capabilities, build_capabilities
 from execgo.core.config import RuntimeConfig, parse_listen_addr
-from execgo.core.ledger import Ledger, parse_tenant_quotas
+from execgo.core.hostfacts import HostFacts
+from execgo.core.ledger import Ledger
+from execgo.core.quotas import parse_tenant_quotas
+from execgo.core.timestamps import format_ns
 from execgo.host.cgroups import Cgroups
 from execgo.host.privileges import PASSAGE_MODE, open_passage, resolve_identity
 from execgo.host.probe import probe_host
@@ -48,7 +54,6 @@ from execgo.server.web.listener import (
     derive_max_connections,
     raise_descriptor_limit,
 )
-from execgo.store.wire import format_ns
 
 log = Logger()
 
@@ -125,6 +130,37 @@ def private_store(database: str) -> None:
             pass
 
 
+def supervisor_link(reactor: Any, database: str, data_dir: str) -> SupervisorLink:
+    """
+    The link to the supervisor of C{data_dir}, which it starts with
+    L{supervisor_command} when none answers.
+    """
+    return SupervisorLink(reactor, data_dir, supervisor_command(database, data_dir))
+
+
+@attrs.frozen
+class ServiceEdges:
+    """
+    What start-up reaches beyond the reactor and the data directory: the
+    thread blocking calls run in, the store's connection pools, the host
+    probe and the supervisor.  Tests replace them to run start-up and
+    stop in memory.
+
+    @ivar in_thread: runs a blocking call off the reactor thread
+        (C{deferToThread}'s signature).
+    @ivar open_pool: C{(reactor, database, connections)}: a connection
+        pool on the store (L{open_pool}).
+    @ivar probe_host: what the host offers (L{probe_host}); blocking.
+    @ivar make_link: C{(reactor, database, data_dir)}: the supervisor link
+        (L{supervisor_link}).
+    """
+
+    in_thread: Callable[..., "defer.Deferred[Any]"] = deferToThread
+    open_pool: Callable[[Any, str, int], Any] = open_pool
+    probe_host: Callable[..., HostFacts] = probe_host
+    make_link: Callable[[Any, str, str], SupervisorLink] = supervisor_link
+
+
 class RuntimeService(service.Service):
     """
     The whole server as one Twisted service.
@@ -134,6 +170,8 @@ class RuntimeService(service.Service):
     @param descriptor_limit: raises this process's descriptor limit as far
         as it goes and returns it (L{raise_descriptor_limit}); the
         connection cap is derived from it.
+    @param edges: the blocking calls, pools, probe and supervisor link
+        start-up uses.
     @ivar started: fires once the server listens (or fails to start).
     """
 
@@ -147,9 +185,11 @@ class RuntimeService(service.Service):
         config: RuntimeConfig,
         environ: Mapping[str, str],
         descriptor_limit: Callable[[], int] = raise_descriptor_limit,
+        edges: ServiceEdges = ServiceEdges(),
     ) -> None:
         self.reactor = reactor
         self.descriptor_limit = descriptor_limit
+        self.edges = edges
         self.config = config
         self.environ = dict(environ)
         self.quotas = parse_tenant_quotas(config.tenant_quotas)
@@ -180,89 +220,30 @@ class RuntimeService(service.Service):
 
     async def start(self) -> Any:
         """
-        Bring the server up; returns the listening port.
+        Bring the server up, in order: tokens, data directory, store,
+        capability probe, supervisor settings, the runtime's parts,
+        recovery, the supervisor, the loops, then the listener; returns
+        the listening port.
         """
         self.config = config = self._limit_connections(self.config)
-        data_dir = config.data_dir_abs
         # Whatever the server creates is private unless it says otherwise.
         os.umask(0o077)
         if config.auth_token_file is not None:
-            self.tokens = Tokens(await deferToThread(read_tokens, config.auth_token_file))
-            self._install_reload()
-            if self.identity.drops:
-                was = await deferToThread(private_token_file, config.auth_token_file)
-                if was is not None:
-                    log.warn(
-                        "token file {path} was mode {mode}: made it readable by its owner alone",
-                        path=config.auth_token_file,
-                        mode=oct(was),
-                    )
-        try:
-            await deferToThread(prepare_data_dir, data_dir)
-            await deferToThread(prepare_run_dir, data_dir)
-            if self.identity.drops:
-                opened, closed = await deferToThread(open_passage, data_dir)
-        except (OSError, ChannelError) as e:
-            raise errors.Internal(f"io error: cannot use data directory {data_dir}: {e}") from None
-        if self.identity.drops:
-            for directory in opened:
-                log.warn("made {directory} passable (o+x) so tasks reach their workspace", directory=directory)
-            for directory in closed:
-                log.warn(
-                    "tasks cannot pass through {directory}: they will not reach their workspace"
-                    " or script by absolute path (give it o+x or move the data directory)",
-                    directory=directory,
-                )
-        self._store = store = Store(
-            open_pool(self.reactor, config.database_path),
-            open_pool(self.reactor, config.database_path, connections=2),
-            reader_lanes=2,
-            preview_ceiling=config.max_output_preview_bytes,
-            budget=ByteBudget(PREVIEW_BUDGET_CEILINGS * config.max_output_preview_bytes),
-        )
-        try:
-            await store.init_schema()
-            await deferToThread(private_store, config.database_path)
-        except Exception as e:
-            raise errors.Internal(f"sqlite error: cannot open {config.database_path}: {e}") from None
+            await self._load_tokens(config.auth_token_file)
+        await self._prepare_directories(config.data_dir_abs)
+        self._store = store = await self._open_store(config)
         runtime_id = config.effective_runtime_id(self.environ)
-        facts = await deferToThread(
-            probe_host, data_dir, config.cgroup_root, config.disable_cgroup, config.disable_linux_sandbox
-        )
-        capabilities = build_capabilities(
-            facts,
-            runtime_id=runtime_id,
-            collected_at=format_ns(time.time_ns()),
-            max_running_tasks=config.max_running_tasks,
-            capacity_memory_bytes=config.capacity_memory_bytes,
-            capacity_pids=config.capacity_pids,
-            disable_cgroup=config.disable_cgroup,
-            disable_linux_sandbox=config.disable_linux_sandbox,
-            data_dir=config.data_dir,
-            cgroup_root=config.cgroup_root,
-            privilege_drop=self.identity.drops,
-        )
-        ledger = Ledger(capabilities.capacity, self.quotas)
+        capabilities = await self._probe(config, runtime_id)
         cgroups = None
         if not config.disable_cgroup:
-            cgroups = await deferToThread(Cgroups.try_detect, config.cgroup_root)
-        settings = SupervisorSettings(
-            grace_ms=config.termination_grace_ms,
-            env=inherited_env(self.environ),
-            cgroup_root=config.cgroup_root,
-            identity=self.identity,
-            rootfs_roots=config.rootfs_roots_abs,
-            max_output_preview_bytes=config.max_output_preview_bytes,
-        )
-        await deferToThread(write_settings, data_dir, settings)
-        self._link = link = SupervisorLink(
-            self.reactor, data_dir, supervisor_command(config.database_path, data_dir)
-        )
+            cgroups = await self.edges.in_thread(Cgroups.try_detect, config.cgroup_root)
+        await self.edges.in_thread(write_settings, config.data_dir_abs, self._supervisor_settings(config))
+        self._link = link = self.edges.make_link(self.reactor, config.database_path, config.data_dir_abs)
         self._scheduler = scheduler = Scheduler(
             self.reactor,
             store,
             link,
-            ledger,
+            Ledger(capabilities.capacity, self.quotas),
             config.max_queued_tasks,
             config.dispatch_poll_interval_ms / 1000.0,
             wall_ms,
@@ -288,6 +269,118 @@ class RuntimeService(service.Service):
         runtime.accepting = True
         scheduler.start()
         runtime.start_gc()
+        self.port = await self._listen(runtime)
+        log.info(
+            "listening on {listen_addr}",
+            listen_addr=config.listen_addr,
+            runtime_id=runtime_id,
+            max_connections=config.max_connections,
+        )
+        return self.port
+
+    async def _load_tokens(self, path: str) -> None:
+        """
+        Read the token file, re-read it on SIGHUP, and make it private when
+        tasks run under other uids.
+        """
+        self.tokens = Tokens(await self.edges.in_thread(read_tokens, path))
+        self._install_reload()
+        if self.identity.drops:
+            was = await self.edges.in_thread(private_token_file, path)
+            if was is not None:
+                log.warn(
+                    "token file {path} was mode {mode}: made it readable by its owner alone",
+                    path=path,
+                    mode=oct(was),
+                )
+
+    async def _prepare_directories(self, data_dir: str) -> None:
+        """
+        Create and check the data directory and the supervisor's run
+        directory; open the way to it for tasks under other uids.
+        """
+        try:
+            await self.edges.in_thread(prepare_data_dir, data_dir)
+            await self.edges.in_thread(prepare_run_dir, data_dir)
+            if self.identity.drops:
+                opened, closed = await self.edges.in_thread(open_passage, data_dir)
+        except (OSError, ChannelError) as e:
+            raise errors.Internal(f"io error: cannot use data directory {data_dir}: {e}") from None
+        if self.identity.drops:
+            for directory in opened:
+                log.warn("made {directory} passable (o+x) so tasks reach their workspace", directory=directory)
+            for directory in closed:
+                log.warn(
+                    "tasks cannot pass through {directory}: they will not reach their workspace"
+                    " or script by absolute path (give it o+x or move the data directory)",
+                    directory=directory,
+                )
+
+    async def _open_store(self, config: RuntimeConfig) -> Store:
+        """
+        Open the store (a writer pool and a reader pool), create or
+        upgrade its schema, and make its files private.
+        """
+        store = Store(
+            self.edges.open_pool(self.reactor, config.database_path, 1),
+            self.edges.open_pool(self.reactor, config.database_path, 2),
+            reader_lanes=2,
+            preview_ceiling=config.max_output_preview_bytes,
+            budget=ByteBudget(PREVIEW_BUDGET_CEILINGS * config.max_output_preview_bytes),
+        )
+        try:
+            await store.init_schema()
+            await self.edges.in_thread(private_store, config.database_path)
+        except Exception as e:
+            store.close()
+            raise errors.Internal(f"sqlite error: cannot open {config.database_path}: {e}") from None
+        return store
+
+    async def _probe(self, config: RuntimeConfig, runtime_id: str) -> Capabilities:
+        """
+        Probe the host and take the capability snapshot.
+        """
+        facts = await self.edges.in_thread(
+            self.edges.probe_host,
+            config.data_dir_abs,
+            config.cgroup_root,
+            config.disable_cgroup,
+            config.disable_linux_sandbox,
+        )
+        return build_capabilities(
+            facts,
+            runtime_id=runtime_id,
+            collected_at=format_ns(time.time_ns()),
+            max_running_tasks=config.max_running_tasks,
+            capacity_memory_bytes=config.capacity_memory_bytes,
+            capacity_pids=config.capacity_pids,
+            disable_cgroup=config.disable_cgroup,
+            disable_linux_sandbox=config.disable_linux_sandbox,
+            data_dir=config.data_dir,
+            cgroup_root=config.cgroup_root,
+            privilege_drop=self.identity.drops,
+        )
+
+    def _supervisor_settings(self, config: RuntimeConfig) -> SupervisorSettings:
+        """
+        What the supervisor reads at start: the settings it shares with
+        the server.
+        """
+        return SupervisorSettings(
+            grace_ms=config.termination_grace_ms,
+            env=inherited_env(self.environ),
+            cgroup_root=config.cgroup_root,
+            identity=self.identity,
+            rootfs_roots=config.rootfs_roots_abs,
+            max_output_preview_bytes=config.max_output_preview_bytes,
+        )
+
+    async def _listen(self, runtime: Runtime) -> Any:
+        """
+        Serve the API on C{--listen-addr}: the site, the listener that
+        bounds its connections, the port.
+        """
+        config = self.config
         idle_ms = config.idle_connection_timeout_ms
         self.site = site = APISite(
             RuntimeAPI(runtime, self.tokens).resource(),
@@ -299,17 +392,10 @@ class RuntimeService(service.Service):
         self.listener = Listener(site, header_ms / 1000.0 if header_ms else None, config.max_connections)
         endpoint = endpoints.serverFromString(self.reactor, listen_description(config.listen_addr))
         try:
-            self.port = await endpoint.listen(self.listener)
+            return await endpoint.listen(self.listener)
         except Exception as e:
             runtime.accepting = False
             raise errors.Internal(f"io error: cannot listen on {config.listen_addr}: {e}") from None
-        log.info(
-            "listening on {listen_addr}",
-            listen_addr=config.listen_addr,
-            runtime_id=runtime_id,
-            max_connections=config.max_connections,
-        )
-        return self.port
 
     def _limit_connections(self, config: RuntimeConfig) -> RuntimeConfig:
         """
@@ -355,19 +441,30 @@ class RuntimeService(service.Service):
         def failed(failure: Any) -> None:
             log.warn("token file not reloaded", error=str(failure.value))
 
-        return deferToThread(read_tokens, self.config.auth_token_file).addCallbacks(loaded, failed)
+        d = self.edges.in_thread(read_tokens, self.config.auth_token_file)
+        return d.addCallbacks(loaded, failed)
 
     async def _drain_requests(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """
-        Let requests in flight finish (new submissions get 503 meanwhile),
-        for at most C{timeout_s}.
+        Let requests in flight finish (new submissions get 503 meanwhile)
+        and their answers leave, for at most C{timeout_s}: wait on each
+        request's own C{notifyFinish}, again while a kept-alive connection
+        brings another, then close the connections, which sends what they
+        still buffer.
         """
-        # Polled rather than waited on each request's notifyFinish: that
-        # fires when the response is finished, not when it has left the
-        # transport, and the stop that follows would cut it off.
+        if self.site is None or self.listener is None:
+            return
         deadline = self.reactor.seconds() + timeout_s
-        while self.site is not None and self.site.inflight and self.reactor.seconds() < deadline:
-            await deferLater(self.reactor, 0.01, lambda: None)
+        # A cancelled wait on several requests fires with their results
+        # rather than an error, so the deadline is checked, not caught.
+        while self.site.inflight and self.reactor.seconds() < deadline:
+            await self.site.settled().addTimeout(deadline - self.reactor.seconds(), self.reactor)
+        try:
+            if self.reactor.seconds() >= deadline:
+                raise defer.TimeoutError()
+            await self.listener.close_all().addTimeout(deadline - self.reactor.seconds(), self.reactor)
+        except defer.TimeoutError:
+            log.warn("stopping with requests or answers still in flight after {timeout_s} s", timeout_s=timeout_s)
 
     def stopService(self) -> "defer.Deferred[None]":
         """
@@ -383,7 +480,8 @@ class RuntimeService(service.Service):
             self.runtime.accepting = False
             self.runtime.stop_timers()
         if self.port is not None:
-            await self.port.stopListening()
+            # IListeningPort.stopListening may or may not return a Deferred.
+            await defer.maybeDeferred(self.port.stopListening)
             self.port = None
         await self._drain_requests()
         if self._scheduler is not None:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config,tests.test_integration -*-
+# -*- test-case-name: tests.test_tap,tests.test_plugin,tests.test_config,tests.test_integration -*-
 """
 The twistd plugin's options and service, and the foreground runner behind
 C{execgo-runtime serve}: the only server code that reaches the global
@@ -108,7 +108,8 @@ def makeService(options: Options) -> service.IService:
 
     from execgo.server.service import RuntimeService
 
-    serve_options = options.subOptions
+    # Options that were never parsed have no subOptions at all.
+    serve_options = getattr(options, "subOptions", None)
     if serve_options is None:
         serve_options = ServeOptions()
         serve_options.parseOptions([])

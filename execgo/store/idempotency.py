@@ -18,7 +18,7 @@ nothing of another's keys.  A key stored in the open scope (sent without
 authentication, or stored before keys had scopes) counts, with
 authentication, for the tenant of its task.
 
-Standard library only (L{execgo.store.taskdb} uses it inside its transactions).
+Standard library only (L{execgo.store.transitions} uses it inside its transactions).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ C{task_labels}' C{idx_task_labels_kv}, which copies the two ordering
 columns), so a page costs about its own size, not the store's.
 
 Standard library only: the query runs as a plain function over one
-C{sqlite3} connection, like L{execgo.store.taskdb}.
+C{sqlite3} connection, like the rest of L{execgo.store}.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import attrs
 from execgo.core import errors
 from execgo.core.models import ALL_STATUSES
 from execgo.core.records import TaskRecord
-from execgo.store import wire
+from execgo.core.render import render_status
 
 JSON = Dict[str, Any]
 
@@ -229,7 +229,7 @@ def list_page(conn: sqlite3.Connection, query: ListQuery, now_ms: int) -> JSON:
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     tasks = [
-        wire.render_status(TaskRecord.from_row(row), ("", False), ("", False), now_ms, include_output=False)
+        render_status(TaskRecord.from_row(row), ("", False), ("", False), now_ms, include_output=False)
         for row in rows
     ]
     next_cursor = None

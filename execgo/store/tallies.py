@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_taskdb -*-
+# -*- test-case-name: tests.test_store -*-
 """
 Aggregates of the task store, kept by SQLite triggers, so that C{/metrics}
 reads a few small tables instead of scanning every task.

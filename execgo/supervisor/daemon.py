@@ -1,45 +1,31 @@
-# -*- test-case-name: tests.test_supervisor,tests.test_integration -*-
+# -*- test-case-name: tests.test_daemon,tests.test_supervisor,tests.test_integration -*-
 """
-The supervisor processes' entry points: C{internal-supervisor} (one
-long-lived supervisor per data directory, serving the server over an
-abstract Unix socket) and C{internal-shim} (the same engine for one task).
+The supervisor daemon, C{internal-supervisor}: one long-lived supervisor
+per data directory, serving the servers over the control socket
+(L{control.bind_listener}).  Orders come in (launch, kill, ping,
+shutdown: ids only), reports go out to every connected server, and the
+engine is driven between them.
 
-Both become child subreapers.  The daemon leaves the server's session so a
-Ctrl-C or crash of the server does not reach it or its workloads, and exits
-by itself once it has had no workload and no server for a while.
-Standard library only (plus C{attrs}).
+It becomes a child subreaper and leaves the server's session so a Ctrl-C
+or crash of the server does not reach it or its workloads, and exits by
+itself once it has had no workload and no server for a while.  Standard
+library only (plus C{attrs}).
 """
 
 from __future__ import annotations
 
-import ctypes
-import json
 import os
 import selectors
 import signal
 import socket
 import sys
-import time
 from typing import Callable, Dict, Optional
 
 from execgo import control
 from execgo.control import MAX_LINE
 from execgo.host import privileges
-from execgo.store import taskdb, wire
 from execgo.supervisor.engine import Supervisor
-
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def become_subreaper() -> bool:
-    """
-    Make this process a child subreaper; C{False} where the OS refuses.
-    """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
+from execgo.supervisor.plumbing import Wakeups, become_subreaper, bounded, build_engine, supervisor_log
 
 
 class _Connection:
@@ -161,6 +147,14 @@ class Loop:
             self.log(f"refused a control connection from pid {peer.pid} uid {peer.uid} gid {peer.gid}")
             sock.close()
             return
+        self.adopt(sock)
+
+    def adopt(self, sock: socket.socket) -> None:
+        """
+        Serve an admitted server's connection: take the settings file's
+        values, then say hello (this process's pid and the tasks it
+        supervises).
+        """
         settings = control.read_settings(self.data_dir)
         if settings is not None:
             self.supervisor.configure(settings)
@@ -171,10 +165,18 @@ class Loop:
         connection.send(control.Hello(os.getpid(), tuple(sorted(self.supervisor.by_task))))
 
     def want_read(self, connection: _Connection) -> None:
+        """
+        Everything queued for C{connection} is sent: watch it for orders
+        only.
+        """
         if connection.sock.fileno() in self.connections:
             self.selector.modify(connection.sock, selectors.EVENT_READ, connection.readable)
 
     def want_write(self, connection: _Connection) -> None:
+        """
+        C{connection}'s peer is slow to read: watch for room to send the
+        rest, and for orders as before.
+        """
         if connection.sock.fileno() in self.connections:
 
             def flush_then_read() -> None:
@@ -188,12 +190,19 @@ class Loop:
             )
 
     def drop(self, connection: _Connection) -> None:
+        """
+        Forget and close a connection (closed by its peer, broken, or
+        sending a line longer than L{MAX_LINE}).
+        """
         fileno = connection.sock.fileno()
         if self.connections.pop(fileno, None) is not None:
             self.selector.unregister(connection.sock)
             connection.sock.close()
 
     def broadcast(self, message: control.Report) -> None:
+        """
+        Send a report of the engine to every connected server.
+        """
         for connection in list(self.connections.values()):
             connection.send(message)
 
@@ -217,37 +226,39 @@ class Loop:
 
     def run(self) -> None:
         """
-        Serve until idle for C{idle_exit_s} with no server connected, or
-        until asked to shut down while no workload runs.
+        Take this process's signals (C{SIGCHLD} wakes the loop, C{SIGTERM}
+        asks it to stop, C{SIGHUP} and C{SIGINT} are ignored) and serve
+        until L{turn} says to exit.
         """
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_r, False)
-        os.set_blocking(wake_w, False)
-        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        wakeups = Wakeups()
+        wakeups.install()
         for ignored in (signal.SIGHUP, signal.SIGINT):
             signal.signal(ignored, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, lambda signum, frame: setattr(self, "stopping", True))
+        self.selector.register(wakeups.fileno(), selectors.EVENT_READ, wakeups.drain)
+        while not self.turn():
+            pass
 
-        def drain_wakeups() -> None:
-            try:
-                while os.read(wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
+    def turn(self, block: bool = True) -> bool:
+        """
+        One turn of the loop: reap, run the due timers, then wait (at most
+        until the next timer; not at all unless C{block}) and handle what
+        is ready: connections, orders, wake-ups.
 
-        self.selector.register(wake_r, selectors.EVENT_READ, drain_wakeups)
+        @return: whether to exit now: idle for C{idle_exit_s} with no server
+            connected, or asked to shut down while no workload runs.
+        """
         supervisor = self.supervisor
-        while True:
-            supervisor.reap()
-            supervisor.run_due_timers()
-            if self._should_exit():
-                return
-            delay = supervisor.next_delay()
-            if not supervisor.busy and not self.connections:
-                delay = 0.5 if delay is None else min(delay, 0.5)
-            for key, _ in self.selector.select(_bounded(delay)):
-                supervisor._guard(key.data)
+        supervisor.reap()
+        supervisor.run_due_timers()
+        if self._should_exit():
+            return True
+        delay = supervisor.next_delay()
+        if not supervisor.busy and not self.connections:
+            delay = 0.5 if delay is None else min(delay, 0.5)
+        for key, _ in self.selector.select(bounded(delay) if block else 0):
+            supervisor.guard(key.data)
+        return False
 
     def _should_exit(self) -> bool:
         if self.supervisor.busy:
@@ -258,56 +269,10 @@ class Loop:
         if self.connections:
             self._idle_since = None
             return False
-        now = self.supervisor.monotonic()
+        now = self.supervisor.clock.monotonic()
         if self._idle_since is None:
             self._idle_since = now
         return now - self._idle_since >= self.idle_exit_s
-
-
-#: The longest single wait of a supervisor loop: C{epoll_wait} takes its
-#: timeout in milliseconds as a C int, and a timer further away (a task
-#: stored with a huge wall time) must not overflow it.
-MAX_WAIT_S = 3600.0
-
-
-def _bounded(delay: Optional[float]) -> float:
-    """
-    The wait for the next timer, at most L{MAX_WAIT_S} (also with none).
-    """
-    return MAX_WAIT_S if delay is None else min(delay, MAX_WAIT_S)
-
-
-def _to_devnull() -> None:
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.close(null)
-
-
-def _file_log(path: str) -> Callable[[str], None]:
-    """
-    A logger appending JSON lines to C{path} (errors ignored: the
-    supervisor keeps running without its log).
-    """
-
-    def log(line: str) -> None:
-        stamp = wire.format_ms(time.time_ns() // 1_000_000)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, (json.dumps({"timestamp": stamp, "level": "ERROR", "message": line}) + "\n").encode())
-            finally:
-                os.close(fd)
-        except OSError:
-            pass
-
-    return log
-
-
-def _supervisor(database: str, settings: control.SupervisorSettings, log: Callable[[str], None]) -> Supervisor:
-    supervisor = Supervisor(database, settings.grace_ms / 1000.0, log=log)
-    supervisor.configure(settings)
-    return supervisor
 
 
 def run_daemon(database: str, data_dir: str, idle_exit_s: float = 10.0) -> int:
@@ -326,7 +291,7 @@ def run_daemon(database: str, data_dir: str, idle_exit_s: float = 10.0) -> int:
     except OSError:
         pass
     become_subreaper()
-    log = _file_log(os.path.join(data_dir, "supervisor.log"))
+    log = supervisor_log(data_dir)
     try:
         control.prepare_run_dir(data_dir)
         lock = control.lock_supervisor(data_dir)
@@ -337,7 +302,7 @@ def run_daemon(database: str, data_dir: str, idle_exit_s: float = 10.0) -> int:
         settings = control.read_settings(data_dir)
         if settings is None:
             raise control.ChannelError(f"no supervisor settings in {control.run_dir(data_dir)}")
-        supervisor = _supervisor(database, settings, log)
+        supervisor = build_engine(database, settings, log)
         loop = Loop(supervisor, data_dir, idle_exit_s, log)
         loop.bind()
     except (OSError, control.ChannelError) as e:
@@ -354,54 +319,8 @@ def run_daemon(database: str, data_dir: str, idle_exit_s: float = 10.0) -> int:
     return 0
 
 
-def run_shim(database: str, data_dir: str, task_id: str, grace_ms: int, cgroup_root: str) -> int:
-    """
-    The C{internal-shim} subcommand: supervise one task to completion,
-    with the identity and rootfs roots of the server's settings file
-    (the default identity when there is none).
-
-    @return: 0 when the task was finalised or needed nothing; 1 on an
-        internal error.
-    """
-    privileges.restrict_self()
-    become_subreaper()
-    written = control.read_settings(data_dir)
-    try:
-        identity = written.identity if written is not None else privileges.resolve_identity(
-            None, None, os.geteuid(), os.getegid()
-        )
-        settings = control.SupervisorSettings(
-            grace_ms=grace_ms,
-            env=control.inherited_env(os.environ),
-            cgroup_root=cgroup_root,
-            identity=identity,
-            rootfs_roots=() if written is None else written.rootfs_roots,
-        )
-        supervisor = _supervisor(database, settings, _file_log(os.path.join(data_dir, "supervisor.log")))
-    except Exception:
-        return 1
-    try:
-        if taskdb.load_task(supervisor.conn, task_id) is None:
-            return 1
-        supervisor.launch(task_id)
-        if task_id in supervisor.by_task:
-            supervisor.watch_kill_flag(task_id)
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_w, False)
-        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-        selector = selectors.DefaultSelector()
-        selector.register(wake_r, selectors.EVENT_READ)
-        while supervisor.busy:
-            supervisor.reap()
-            supervisor.run_due_timers()
-            if not supervisor.busy:
-                break
-            if selector.select(_bounded(supervisor.next_delay())):
-                os.read(wake_r, 4096)
-        supervisor.reap()
-        return 0
-    except Exception:
-        return 1
-    finally:
-        supervisor.close()
+def _to_devnull() -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)

@@ -13,34 +13,38 @@ outcome in the store, and a restarted server reconnects to it.
 It is a child subreaper, so every descendant of a workload that is orphaned
 is reparented to it and reaped here (this host's PID 1 never reaps).
 
-Its event loop is a C{selectors} loop over a wake-up pipe (C{SIGCHLD}), the
-control socket and its connections, with a heap of timers.  Standard library
-only (plus C{attrs}): no reactor to import, so it starts in tens of
-milliseconds.
+The engine is driven by a loop (the daemon's or the shim's: a
+C{selectors} loop over a wake-up pipe for C{SIGCHLD}) that calls L{reap}
+and L{run_due_timers} and waits at most L{next_delay}.  Its clock
+(L{Timers}) and its edges to the kernel (L{Processes}) are handed in, so
+its timers, escalation and verdicts run in tests without processes or
+sleeps.  Standard library only (plus C{attrs}): no reactor to import, so
+it starts in tens of milliseconds.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import os
 import signal
 import sqlite3
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import attrs
 
 from execgo.control import Finished, Report, SupervisorSettings
-from execgo.core import outcome
+from execgo.core import outcome, policy
 from execgo.core.models import STATUS_ACCEPTED, Usage
+from execgo.core.records import Outcome, TaskRecord
 from execgo.host import privileges
 from execgo.host.cgroups import Cgroups, TaskCgroup
+from execgo.host.escalation import Signaller, group_signaller, kill_now, terminate
 from execgo.host.privileges import TaskIdentity
-from execgo.host.procinfo import group_alive, kill_group, reset_peak_rss
-from execgo.store import taskdb, wire
+from execgo.store import connection, eventlog, reads, schema, terminal, transitions
 from execgo.supervisor import launcher
+from execgo.supervisor.processes import HostProcesses, Processes, Reaped
+from execgo.supervisor.timers import Timer, Timers
 
 #: The largest terminal snapshot (as C{result.json} text, which bounds its
 #: compact JSON) sent with a C{finished} report; bigger ones (long output
@@ -62,45 +66,38 @@ FINISH_RETRY_S = 1.0
 @attrs.define
 class Ending:
     """
-    A task's terminal write in the making: its verdict, the record it is
-    rendered from, its C{result.json} waiting to be put in place (C{settle})
-    and the snapshot rendered for the report (C{final}, with the size of its
-    file text).
+    A task's end in the making: its verdict, the record it is rendered
+    from, and its terminal write (L{terminal.TerminalWrite}, once
+    prepared), which keeps the snapshot rendered for C{result.json} for
+    the report when it is small enough to be reported.
     """
 
     task_id: str
-    verdict: taskdb.Outcome
+    verdict: Outcome
     attempt: int = 0
-    current: Optional[taskdb.TaskRecord] = None
-    eligible: bool = False
-    settle: Optional[taskdb.Settle] = None
-    final: Optional[Tuple[Dict[str, Any], int]] = None
-    took: bool = False
-
-    def rendered(self, status: Dict[str, Any], size: int) -> None:
-        """
-        Keep the snapshot rendered for C{result.json}, for the report, when
-        it is small enough to be reported: a larger one (long previews) is
-        not held while the other endings of a reaping are rendered.
-        """
-        self.final = (status if size <= REPORTED_STATUS_MAX_BYTES else {}, size)
+    current: Optional[TaskRecord] = None
+    write: Optional[terminal.TerminalWrite] = None
 
 
 @attrs.define
 class Running:
     """
     The supervisor's state for one launched workload: one entity, one place.
+
+    @ivar kill_timer: the SIGKILL a kill or a timeout scheduled (kept once
+        it ran: one escalation per workload sends one).
+    @ivar grace_s: the grace period the workload was launched with.
     """
 
     task_id: str
     pid: int
     started_mono: float
-    record: taskdb.TaskRecord
+    record: TaskRecord
     timed_out: bool = False
     cancel_requested: bool = False
-    kill_timer: Optional["Timer"] = None
-    wall_timer: Optional["Timer"] = None
-    poll_timer: Optional["Timer"] = None
+    kill_timer: Optional[Timer] = None
+    wall_timer: Optional[Timer] = None
+    poll_timer: Optional[Timer] = None
     exit_status: Optional[int] = None
     usage: Optional[Usage] = None
     drain_deadline: float = 0.0
@@ -122,23 +119,6 @@ class StartRecord:
     script_path: Optional[str]
 
 
-@attrs.define(eq=False)
-class Timer:
-    """
-    A scheduled call; C{cancel()} makes it a no-op.
-    """
-
-    deadline: float
-    call: Callable[[], object]
-    cancelled: bool = False
-
-    def cancel(self) -> None:
-        """
-        Do not run this call.
-        """
-        self.cancelled = True
-
-
 class Supervisor:
     """
     Launches tasks read from the store, enforces wall time and kills,
@@ -152,7 +132,14 @@ class Supervisor:
         lie under.
     @param preview_ceiling: bounds the previews of C{result.json}
         (C{--max-output-preview-bytes}; C{None}: the tasks' limits alone).
-    @param notify: called with each message for connected servers.
+    @param clock: the monotonic clock and timers the engine schedules on
+        (the driving loop runs them: L{run_due_timers}).
+    @param processes: the edges to the kernel (L{HostProcesses}).
+    @param wall_ms: wall clock, epoch milliseconds, for what is recorded.
+    @param log: takes each line worth an operator's attention.
+
+    @ivar listeners: each is called with every report for connected
+        servers (L{emit}).
     """
 
     def __init__(
@@ -160,7 +147,8 @@ class Supervisor:
         db_path: str,
         grace_s: float,
         *,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Optional[Timers] = None,
+        processes: Optional[Processes] = None,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         base_env: Optional[Dict[str, str]] = None,
         detect_cgroups: Optional[Callable[[str], Optional[Cgroups]]] = None,
@@ -176,24 +164,23 @@ class Supervisor:
         self._facilities: Dict[str, Optional[Cgroups]] = {}
         self.identity = identity
         self.rootfs_roots = rootfs_roots
-        self.conn = taskdb.connect(db_path)
+        self.conn = connection.connect(db_path)
         # Checkpoints (the only writes SQLite syncs to disk here) are left
         # to the server, off the supervisor's path: only a WAL ten times
         # the usual size, with no server to checkpoint it, makes this
         # connection do one.
         self.conn.execute(f"PRAGMA wal_autocheckpoint = {SUPERVISOR_CHECKPOINT_PAGES}")
-        taskdb.init_schema(self.conn)
+        schema.init_schema(self.conn)
         self.grace_s = grace_s
-        self.monotonic = monotonic
+        self.clock = Timers() if clock is None else clock
+        self.processes: Processes = HostProcesses() if processes is None else processes
         self.wall_ms = wall_ms
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.log = log
         self.by_pid: Dict[int, Running] = {}
         self.by_task: Dict[str, Running] = {}
-        self._timers: List[Tuple[float, int, Timer]] = []
-        self._order = itertools.count()
         self.listeners: List[Callable[[Report], None]] = []
-        self.pending_finishes: Dict[str, taskdb.Outcome] = {}
+        self.pending_finishes: Dict[str, Outcome] = {}
         self.pending_starts: Dict[str, StartRecord] = {}
         self._endings: Optional[List[Ending]] = None
         self._starts_timer: Optional[Timer] = None
@@ -214,34 +201,28 @@ class Supervisor:
 
     def call_later(self, delay: float, call: Callable[[], object]) -> Timer:
         """
-        Schedule C{call} after C{delay} seconds.
+        Schedule C{call} after C{delay} seconds, on the engine's clock.
         """
-        timer = Timer(self.monotonic() + delay, call)
-        heapq.heappush(self._timers, (timer.deadline, next(self._order), timer))
-        return timer
+        return self.clock.call_later(delay, call)
 
     def next_delay(self) -> Optional[float]:
         """
-        Seconds until the next live timer, or C{None} when there is none.
+        Seconds until the next live timer, or C{None} when there is none:
+        the longest the driving loop may wait.
         """
-        while self._timers and self._timers[0][2].cancelled:
-            heapq.heappop(self._timers)
-        if not self._timers:
-            return None
-        return max(0.0, self._timers[0][0] - self.monotonic())
+        return self.clock.next_delay()
 
     def run_due_timers(self) -> None:
         """
-        Run every timer whose deadline has passed.
+        Run every timer whose deadline has passed, each L{guard}ed.
         """
-        now = self.monotonic()
-        while self._timers and self._timers[0][0] <= now:
-            _, _, timer = heapq.heappop(self._timers)
-            if not timer.cancelled:
-                timer.cancelled = True
-                self._guard(timer.call)
+        self.clock.run_due(self.guard)
 
-    def _guard(self, call: Callable[[], object]) -> None:
+    def guard(self, call: Callable[[], object]) -> None:
+        """
+        Make C{call}; an exception it raises is logged, not raised: one
+        task's trouble must not stop the supervision of the others.
+        """
         try:
             call()
         except Exception:
@@ -260,7 +241,7 @@ class Supervisor:
 
     def launch(self, task_id: str, on_declined: Optional[Callable[[], None]] = None) -> bool:
         """
-        Take the C{accepted} task C{task_id} (L{taskdb.claim}: it becomes
+        Take the C{accepted} task C{task_id} (L{transitions.claim}: it becomes
         C{running} under this supervisor, with a uid of its own) and start
         it.  A store that cannot take the claim now is retried every
         second.
@@ -273,11 +254,11 @@ class Supervisor:
         if task_id in self.by_task:
             return True
         try:
-            with taskdb.transaction(self.conn):
+            with connection.transaction(self.conn):
                 written = self._write_starts(self.conn)
-                record = taskdb.claim(self.conn, task_id, os.getpid(), self.wall_ms(), self.identity)
+                record = transitions.claim(self.conn, task_id, os.getpid(), self.wall_ms(), self.identity)
             self._starts_written(written)
-        except taskdb.NoIdentity as e:
+        except transitions.NoIdentity as e:
             self._finish(task_id, outcome.failed("launch_failed", f"no free task uid: all of {e} are in use"))
             return True
         except sqlite3.Error as e:
@@ -307,8 +288,8 @@ class Supervisor:
             self._facilities[cgroup_root] = self.detect_cgroups(cgroup_root)
         return self._facilities[cgroup_root]
 
-    def _start(self, record: taskdb.TaskRecord, facility: Optional[Cgroups]) -> None:
-        plan = wire.plan_of(record)
+    def _start(self, record: TaskRecord, facility: Optional[Cgroups]) -> None:
+        plan = policy.plan_of(record)
         enforcement = plan.resource_enforcement
         try:
             spec = launcher.build_launch(record, plan, self.base_env, self.rootfs_roots)
@@ -343,7 +324,7 @@ class Supervisor:
             self._finish(record.task_id, verdict)
             return
         pid = spawned.pid
-        started_mono = self.monotonic()
+        started_mono = self.clock.monotonic()
         run = Running(
             task_id=record.task_id,
             pid=pid,
@@ -368,9 +349,7 @@ class Supervisor:
                 self._kill_now(run)
                 run.setup_error = f"configure cgroup: {e}"
         self._record_start(StartRecord(record.task_id, pid, self.wall_ms(), spec.script_path))
-        run.wall_timer = self.call_later(
-            record.limits.wall_time_ms / 1000.0, lambda: self._on_timeout(run)
-        )
+        run.wall_timer = self.call_later(enforcement.wall_time_ms / 1000.0, lambda: self._on_timeout(run))
 
     # Start records
 
@@ -391,10 +370,10 @@ class Supervisor:
         written, to forget once it commits.
         """
         for start in self.pending_starts.values():
-            taskdb.record_start(conn, start.task_id, start.pid, start.at_ms, start.script_path)
+            transitions.record_start(conn, start.task_id, start.pid, start.at_ms, start.script_path)
         return list(self.pending_starts)
 
-    def _as_started(self, record: taskdb.TaskRecord) -> taskdb.TaskRecord:
+    def _as_started(self, record: TaskRecord) -> TaskRecord:
         """
         C{record} as it will be once its pending start is written (what
         the terminal write, which writes it first, renders from).
@@ -423,7 +402,7 @@ class Supervisor:
         if not self.pending_starts:
             return
         try:
-            with taskdb.transaction(self.conn):
+            with connection.transaction(self.conn):
                 written = self._write_starts(self.conn)
         except (sqlite3.Error, OSError) as e:
             # The workloads run and are supervised; try again later.
@@ -440,14 +419,14 @@ class Supervisor:
         them for the duration of the spawn, so the child is born there.
         """
         if group is None or facility is None:
-            return launcher.spawn(spec)
+            return self.processes.spawn(spec)
         try:
             facility.enter(group)
         except OSError as e:
             facility.leave(group)
             raise launcher.LaunchError(f"cannot enter cgroup: {e}") from None
         try:
-            return launcher.spawn(spec)
+            return self.processes.spawn(spec)
         finally:
             facility.leave(group)
 
@@ -458,13 +437,14 @@ class Supervisor:
             return
         run.timed_out = True
         self._flush_starts()
-        taskdb.record_timeout(self.conn, run.task_id, self.wall_ms())
+        transitions.record_timeout(self.conn, run.task_id, self.wall_ms())
         self._terminate(run)
 
     def kill(self, task_id: str) -> None:
         """
         A kill was requested: SIGTERM the task's process group now, SIGKILL
-        after the grace period.  Repeated kills re-send SIGTERM.
+        after the grace period (L{terminate}).  Repeated kills re-send
+        SIGTERM.
         """
         run = self.by_task.get(task_id)
         if run is None:
@@ -476,16 +456,17 @@ class Supervisor:
     def _terminate(self, run: Running) -> None:
         if run.exit_status is not None:
             return
-        kill_group(run.pid, signal.SIGTERM)
-        if run.cgroup is not None:
-            run.cgroup.signal(signal.SIGTERM)
-        if run.kill_timer is None:
-            run.kill_timer = self.call_later(run.grace_s, lambda: self._kill_now(run))
+        run.kill_timer = terminate(self._signaller(run), run.grace_s, self.call_later, run.kill_timer)
 
     def _kill_now(self, run: Running) -> None:
-        kill_group(run.pid, signal.SIGKILL)
-        if run.cgroup is not None:
-            run.cgroup.signal(signal.SIGKILL)
+        kill_now(self._signaller(run))
+
+    def _signaller(self, run: Running) -> Signaller:
+        """
+        What signals everything of a workload: its process group and its
+        cgroups.
+        """
+        return group_signaller(run.pid, self.processes.signal_group, run.cgroup)
 
     def watch_kill_flag(self, task_id: str) -> None:
         """
@@ -496,7 +477,7 @@ class Supervisor:
         if run is None or run.exit_status is not None:
             return
         if not run.cancel_requested:
-            record = taskdb.load_task(self.conn, task_id)
+            record = reads.load_task(self.conn, task_id)
             if record is not None and record.kill_requested:
                 self.kill(task_id)
         run.poll_timer = self.call_later(KILL_FLAG_POLL_S, lambda: self.watch_kill_flag(task_id))
@@ -519,46 +500,40 @@ class Supervisor:
 
     def _reap_all(self) -> None:
         while True:
-            try:
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
+            pid = self.processes.exited()
+            if pid is None:
                 return
-            if info is None:
-                return
-            pid = info.si_pid
             run = self.by_pid.get(pid)
             if run is not None:
                 # Leftovers of the group die while the zombie still holds
                 # the group id; the cgroup (setsid escapes) is drained next.
-                kill_group(pid, signal.SIGKILL)
-            try:
-                _, status, rusage = os.wait4(pid, 0)
-            except ChildProcessError:
-                continue
-            if run is not None:
-                self._on_exit(run, status, rusage)
+                self.processes.signal_group(pid, signal.SIGKILL)
+            reaped = self.processes.reap(pid)
+            if reaped is not None and run is not None:
+                self._on_exit(run, reaped)
 
-    def _on_exit(self, run: Running, status: int, rusage: Any) -> None:
+    def _on_exit(self, run: Running, reaped: Reaped) -> None:
         del self.by_pid[run.pid]
-        run.exit_status = status
+        now = self.clock.monotonic()
+        run.exit_status = reaped.status
         run.usage = Usage(
-            duration_ms=max(0, int((self.monotonic() - run.started_mono) * 1000)),
-            user_cpu_ms=int(rusage.ru_utime * 1000),
-            system_cpu_ms=int(rusage.ru_stime * 1000),
-            max_rss_bytes=rusage.ru_maxrss * 1024,
+            duration_ms=max(0, int((now - run.started_mono) * 1000)),
+            user_cpu_ms=reaped.user_cpu_ms,
+            system_cpu_ms=reaped.system_cpu_ms,
+            max_rss_bytes=reaped.max_rss_bytes,
         )
         for timer in (run.wall_timer, run.kill_timer, run.poll_timer):
             if timer is not None:
                 timer.cancel()
-        run.drain_deadline = self.monotonic() + GROUP_DRAIN_LIMIT_S
+        run.drain_deadline = now + GROUP_DRAIN_LIMIT_S
         self._drain(run)
 
     def _drain(self, run: Running) -> None:
         """
         Finish the task once its process group is empty (bounded wait).
         """
-        alive = group_alive(run.pid) or (run.cgroup is not None and run.cgroup.populated())
-        if alive and self.monotonic() < run.drain_deadline:
+        alive = self.processes.group_alive(run.pid) or (run.cgroup is not None and run.cgroup.populated())
+        if alive and self.clock.monotonic() < run.drain_deadline:
             self._kill_now(run)
             self.call_later(GROUP_DRAIN_STEP_S, lambda: self._drain(run))
             return
@@ -584,7 +559,7 @@ class Supervisor:
             if hits:
                 self._pids_limit_event(run, hits)
             run.cgroup.remove()
-        wrapper = launcher.read_status(run.status_fd)
+        wrapper = self.processes.read_status(run.status_fd)
         run.status_fd = None
         if run.setup_error is None and wrapper is not None:
             kind, _, detail = wrapper.partition(": ")
@@ -595,9 +570,9 @@ class Supervisor:
         if run.setup_error is not None:
             self._finish(run.task_id, outcome.failed("sandbox_setup_failed", run.setup_error))
             return
-        current = taskdb.refresh(self.conn, run.record)
+        current = reads.refresh(self.conn, run.record)
         kill_flag = current is not None and current.kill_requested
-        enforcement = wire.plan_of(run.record).resource_enforcement
+        enforcement = policy.plan_of(run.record).resource_enforcement
         verdict = outcome.classify(
             outcome.Exit(
                 status=run.exit_status,
@@ -610,7 +585,7 @@ class Supervisor:
         )
         self._finish(run.task_id, verdict, current=current)
 
-    def _hand_back(self, record: taskdb.TaskRecord, drained: bool) -> None:
+    def _hand_back(self, record: TaskRecord, drained: bool) -> None:
         """
         Before a task's end is written: L{privileges.hand_back}, its
         trouble logged.
@@ -631,9 +606,9 @@ class Supervisor:
             )
 
     def _pids_limit_event(self, run: Running, hits: int) -> None:
-        limit = wire.plan_of(run.record).resource_enforcement.pids_max
-        with taskdb.transaction(self.conn):
-            taskdb.append_event(
+        limit = policy.plan_of(run.record).resource_enforcement.pids_max
+        with connection.transaction(self.conn):
+            eventlog.append_event(
                 self.conn,
                 run.task_id,
                 "pids_limit_reached",
@@ -645,9 +620,9 @@ class Supervisor:
     def _finish(
         self,
         task_id: str,
-        verdict: taskdb.Outcome,
+        verdict: Outcome,
         attempt: int = 0,
-        current: Optional[taskdb.TaskRecord] = None,
+        current: Optional[TaskRecord] = None,
     ) -> None:
         """
         Write the terminal record and, before it commits, C{result.json};
@@ -673,10 +648,11 @@ class Supervisor:
         try:
             for ending in endings:
                 self._prepare_ending(ending, now)
-            written = self._write_endings([e for e in endings if e.eligible], now)
+            written = self._write_endings([e for e in endings if e.write is not None and e.write.eligible])
         except (sqlite3.Error, OSError) as e:
             for ending in endings:
-                taskdb.discard_result(ending.settle)
+                if ending.write is not None:
+                    ending.write.abandon()
                 self.log(f"cannot record the end of {ending.task_id} (attempt {ending.attempt + 1}): {e}")
                 self._retry_later(ending)
             return
@@ -685,66 +661,51 @@ class Supervisor:
             self._report(ending)
 
     def _prepare_ending(self, ending: "Ending", now: int) -> None:
+        """
+        The first step of the ending's terminal write: the task as the
+        write will find it (its pending start written first), its
+        C{result.json} written aside.
+        """
         current = ending.current
         if current is None:
-            current = taskdb.load_task(self.conn, ending.task_id)
-        if current is None:
-            return
-        ending.eligible, ending.settle = taskdb.prepare_terminal(
-            self.conn,
+            current = reads.load_task(self.conn, ending.task_id)
+        ending.write = terminal.TerminalWrite(
             ending.task_id,
             ending.verdict,
             now,
-            taskdb.UNFINISHED,
-            lambda record: wire.prepare_result(record, now, ending.rendered, self.preview_ceiling),
-            self._as_started(current),
+            ceiling=self.preview_ceiling,
+            keep_snapshot_bytes=REPORTED_STATUS_MAX_BYTES,
         )
+        ending.write.prepare(None if current is None else self._as_started(current))
 
-    def _write_endings(self, endings: List["Ending"], now: int) -> List[str]:
+    def _write_endings(self, endings: List["Ending"]) -> List[str]:
         """
-        The terminal writes of C{endings}, in one transaction with the
-        pending start records, each C{result.json} put in place after the
-        last write and before the commit (a task whose file could not be
-        written or placed is marked, L{taskdb.mark_result_missing}); the
-        start records written.
+        The terminal writes of C{endings} in one transaction with the
+        pending start records (L{terminal.commit}); the start records
+        written.
         """
         if not endings:
             return []
-        try:
-            with taskdb.transaction(self.conn):
-                written = self._write_starts(self.conn)
-                for ending in endings:
-                    ending.took = taskdb.write_terminal(
-                        self.conn, ending.task_id, ending.verdict, now, taskdb.UNFINISHED, None
-                    )
-                for ending in endings:
-                    if ending.took and not taskdb.place_result(ending.settle):
-                        # Ended all the same; the server writes the file
-                        # once the data directory takes it.
-                        taskdb.mark_result_missing(self.conn, ending.task_id)
-                        self.log(f"cannot write the result.json of {ending.task_id}; marked for repair")
-        except BaseException:
-            for ending in endings:
-                ending.took = False
-            raise
+        written = terminal.commit(self.conn, [ending.write for ending in endings if ending.write], self._write_starts)
         for ending in endings:
-            if not ending.took:
-                taskdb.discard_result(ending.settle)
+            if ending.write is not None and ending.write.result_missing:
+                # Ended all the same; the server writes the file once the
+                # data directory takes it.
+                self.log(f"cannot write the result.json of {ending.task_id}; marked for repair")
         return written
 
     def _report(self, ending: "Ending") -> None:
         self.pending_finishes.pop(ending.task_id, None)
-        final = ending.final
+        write, ending.write = ending.write, None
         carried = None
-        if ending.took and final is not None and final[1] <= REPORTED_STATUS_MAX_BYTES:
+        if write is not None and write.took and write.result is not None:
             # Sent as compact JSON, no bigger than the result.json text.
-            carried = final[0]
+            carried = write.result.snapshot
         self.emit(Finished(ending.task_id, carried))
-        if final is not None and final[1] > PEAK_RESET_PREVIEW_CHARS:
+        if write is not None and write.result is not None and write.result.size > PEAK_RESET_PREVIEW_CHARS:
             # Rendering it took memory for a moment: later workloads
             # would report that peak as theirs (see reset_peak_rss).
-            ending.final = None
-            reset_peak_rss()
+            self.processes.reset_peak_rss()
 
     def _retry_later(self, ending: "Ending") -> None:
         task_id, attempt = ending.task_id, ending.attempt + 1

@@ -29,7 +29,7 @@ import attrs
 from execgo.control import inherited_env
 from execgo.core.models import PROFILE_LINUX_SANDBOX, ExecutionPlan, RunAs
 from execgo.core.records import TaskRecord
-from execgo.core.validation import under_roots
+from execgo.core.rootfs import under_roots
 from execgo.host import privileges
 from execgo.supervisor import sandbox
 

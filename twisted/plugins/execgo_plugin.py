@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_plugin -*-
 """
 The C{execgo} twistd plugin: C{twistd -n execgo serve ...}.
 

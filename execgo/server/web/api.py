@@ -8,6 +8,11 @@ and nothing a client sends can produce a 5xx.  With authentication each
 handler hands the request's principal on: the runtime applies tenancy to
 every operation on tasks, and the views that span tenants are for admins
 (L{execgo.server.web.auth.require_admin}).
+
+The routes are the API's one table: each declares, under its
+C{@app.route}, the OpenAPI operation it serves
+(L{execgo.server.web.openapi.described}), and the document served at
+C{/api/v1/openapi.json} is derived from them (L{ROUTES}).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import io
 from typing import Any, Optional, cast
 
 from klein import Klein
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
@@ -24,25 +30,25 @@ from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
-from execgo.core import errors
-from execgo.core.validation import MAX_BODY_BYTES
+from execgo.core import encoding, errors, protocol
+from execgo.core.strictjson import MAX_BODY_BYTES
 from execgo.server import metrics
 from execgo.server.runtime import Runtime
-from execgo.server.web import openapi, responses
+from execgo.server.web import openapi, responses, schemas
 from execgo.server.web.auth import Principal, Tokens, require_admin
-from execgo.store import idempotency, listing, wire
+from execgo.store import idempotency, listing
 
 log = Logger()
 
-JSON_TYPE = b"application/json"
-OWNER_HEADER = b"x-execgo-owner"
+JSON_TYPE = protocol.JSON_TYPE.encode("ascii")
+OWNER_HEADER = protocol.OWNER_HEADER.encode("ascii")
 
 
 def _json(request: IRequest, value: Any, code: int = 200) -> bytes:
     """
     Answer C{value} as compact JSON with its length (not chunked).
     """
-    body = wire.compact(value)
+    body = encoding.compact(value)
     request.setResponseCode(code)
     request.setHeader(b"content-type", JSON_TYPE)
     request.setHeader(b"content-length", b"%d" % len(body))
@@ -107,7 +113,7 @@ class BoundedRequest(server.Request):
         super().handleContentChunk(data)
 
 
-MAX_WAIT_MS = 600_000
+MAX_WAIT_MS = protocol.MAX_WAIT_MS
 
 
 def _uint_arg(request: IRequest, name: bytes, ceiling: int) -> int:
@@ -202,17 +208,21 @@ class RuntimeAPI:
         if not self.runtime.accepting:
             raise errors.Unavailable("the runtime is stopping")
 
-    @app.route("/api/v1/tasks", methods=["POST"])
-    async def submit(self, request: IRequest) -> bytes:
-        """
-        C{POST /api/v1/tasks}, optionally with an C{Idempotency-Key}.
-        """
-        principal = self._principal(request)
-        key = idempotency.parse_key(request.requestHeaders.getRawHeaders(idempotency.HEADER))
-        self._accepting()
-        return _json(request, await self.runtime.submit(_body(request), principal, key))
-
     @app.route("/api/v1/tasks", methods=["GET"])
+    @openapi.described(
+        openapi.Operation(
+            "listTasks",
+            "List tasks, newest first, filtered and paged",
+            openapi.json_response("One page", schemas.ref("TaskListResponse")),
+            openapi.LIST_PARAMETERS,
+            raises=(errors.InvalidInput, *openapi.STORAGE_ERRORS),
+            description=(
+                "With bearer tokens, only the tasks of the token's tenant (tenant= "
+                "naming another tenant gives an empty page); a token with "
+                "role=admin lists every tenant."
+            ),
+        )
+    )
     async def list_tasks(self, request: IRequest) -> bytes:
         """
         C{GET /api/v1/tasks}: a page of tasks, newest first, filtered by
@@ -222,7 +232,80 @@ class RuntimeAPI:
         principal = self._principal(request)
         return _json(request, await self.runtime.list_tasks(listing.parse_query(request.args), principal))
 
+    @app.route("/api/v1/tasks", methods=["POST"])
+    @openapi.described(
+        openapi.Operation(
+            "submitTask",
+            "Submit a task",
+            openapi.json_response("Persisted and queued, or an idempotent retry", schemas.ref("SubmitTaskResponse")),
+            (openapi.IDEMPOTENCY_KEY,),
+            raises=(
+                errors.InvalidInput,
+                errors.PayloadTooLarge,
+                errors.UnsupportedCapability,
+                errors.InsufficientResources,
+                errors.QueueFull,
+                errors.Conflict,
+                idempotency.KeyReused,
+                *openapi.STORAGE_ERRORS,
+            ),
+            description=(
+                "With bearer tokens, Idempotency-Key values are per tenant: the "
+                "same key sent by two tenants makes two tasks."
+            ),
+            request_body=openapi.SUBMIT_BODY,
+        )
+    )
+    async def submit(self, request: IRequest) -> bytes:
+        """
+        C{POST /api/v1/tasks}, optionally with an C{Idempotency-Key}.
+        """
+        principal = self._principal(request)
+        key = idempotency.parse_key(request.requestHeaders.getRawHeaders(idempotency.HEADER))
+        self._accepting()
+        return _json(request, await self.runtime.submit(_body(request), principal, key))
+
+    @app.route("/api/v1/tasks/<task_id>", methods=["GET"])
+    @openapi.described(
+        openapi.Operation(
+            "getTask",
+            "Status snapshot; long-poll with wait_ms",
+            openapi.STATUS_OK,
+            (openapi.TASK_ID, openapi.WAIT_MS),
+            raises=(errors.InvalidInput, errors.NotFound, *openapi.STORAGE_ERRORS),
+            description=openapi.PER_TASK,
+        )
+    )
+    async def status(self, request: IRequest, task_id: str) -> bytes:
+        """
+        C{GET /api/v1/tasks/{id}}, with C{?wait_ms=N} to long-poll for the
+        terminal state.
+        """
+        principal = self._principal(request)
+        wait_ms = _uint_arg(request, b"wait_ms", MAX_WAIT_MS)
+        return await self._snapshot(request, await self.runtime.status(task_id, wait_ms, principal))
+
+    @app.route("/api/v1/tasks/<task_id>/kill", methods=["POST"])
+    @openapi.described(
+        openapi.Operation(
+            "killTask",
+            "Request cancellation (the body is ignored)",
+            openapi.STATUS_OK,
+            (openapi.TASK_ID, openapi.OWNER),
+            raises=(errors.NotFound, errors.PermissionDenied, *openapi.STORAGE_ERRORS),
+            description=openapi.PER_TASK + " An admin's kill skips the owner check.",
+        )
+    )
+    async def kill(self, request: IRequest, task_id: str) -> bytes:
+        """
+        C{POST /api/v1/tasks/{id}/kill}.
+        """
+        principal = self._principal(request)
+        owner = owner_from(request) if principal is None else principal.owner
+        return await self._snapshot(request, await self.runtime.kill(task_id, owner, principal))
+
     @app.route("/api/v1/tasks/<task_id>/stdout", methods=["GET"])
+    @openapi.described(openapi.log_operation("stdout"))
     async def stdout(self, request: IRequest, task_id: str) -> bytes:
         """
         C{GET /api/v1/tasks/{id}/stdout?offset=N&follow=true|false}.
@@ -230,6 +313,7 @@ class RuntimeAPI:
         return await self._log(request, task_id, "stdout")
 
     @app.route("/api/v1/tasks/<task_id>/stderr", methods=["GET"])
+    @openapi.described(openapi.log_operation("stderr"))
     async def stderr(self, request: IRequest, task_id: str) -> bytes:
         """
         C{GET /api/v1/tasks/{id}/stderr?offset=N&follow=true|false}.
@@ -242,26 +326,17 @@ class RuntimeAPI:
         follow = _bool_arg(request, b"follow")
         return await self.runtime.stream_log(_streaming(request), task_id, name, offset, follow, principal)
 
-    @app.route("/api/v1/tasks/<task_id>", methods=["GET"])
-    async def status(self, request: IRequest, task_id: str) -> bytes:
-        """
-        C{GET /api/v1/tasks/{id}}, with C{?wait_ms=N} to long-poll for the
-        terminal state.
-        """
-        principal = self._principal(request)
-        wait_ms = _uint_arg(request, b"wait_ms", MAX_WAIT_MS)
-        return await self._snapshot(request, await self.runtime.status(task_id, wait_ms, principal))
-
-    @app.route("/api/v1/tasks/<task_id>/kill", methods=["POST"])
-    async def kill(self, request: IRequest, task_id: str) -> bytes:
-        """
-        C{POST /api/v1/tasks/{id}/kill}.
-        """
-        principal = self._principal(request)
-        owner = owner_from(request) if principal is None else principal.owner
-        return await self._snapshot(request, await self.runtime.kill(task_id, owner, principal))
-
     @app.route("/api/v1/tasks/<task_id>/events", methods=["GET"])
+    @openapi.described(
+        openapi.Operation(
+            "getTaskEvents",
+            "The event log, by seq; with follow=true, streamed as NDJSON",
+            openapi.EVENTS_OK,
+            (openapi.TASK_ID, openapi.uint_query("after_seq", "Only the events with a greater seq."), openapi.FOLLOW),
+            raises=(errors.InvalidInput, errors.NotFound, *openapi.STORAGE_ERRORS),
+            description=openapi.PER_TASK,
+        )
+    )
     async def events(self, request: IRequest, task_id: str) -> bytes:
         """
         C{GET /api/v1/tasks/{id}/events?after_seq=N&follow=true|false}:
@@ -275,6 +350,11 @@ class RuntimeAPI:
         return _json(request, await self.runtime.events(task_id, after_seq, principal))
 
     @app.route("/api/v1/runtime/info", methods=["GET"])
+    @openapi.described(
+        openapi.Operation(
+            "getRuntimeInfo", "Identity and platform", openapi.json_response("Identity", schemas.ref("RuntimeInfo"))
+        )
+    )
     def info(self, request: IRequest) -> bytes:
         """
         C{GET /api/v1/runtime/info}.
@@ -283,6 +363,13 @@ class RuntimeAPI:
         return _json(request, self.runtime.info())
 
     @app.route("/api/v1/runtime/capabilities", methods=["GET"])
+    @openapi.described(
+        openapi.Operation(
+            "getRuntimeCapabilities",
+            "The capability snapshot taken at start-up",
+            openapi.json_response("Capabilities", schemas.ref("RuntimeCapabilities")),
+        )
+    )
     def capabilities(self, request: IRequest) -> bytes:
         """
         C{GET /api/v1/runtime/capabilities}.
@@ -291,6 +378,13 @@ class RuntimeAPI:
         return _json(request, self.runtime.capabilities_json())
 
     @app.route("/api/v1/runtime/config", methods=["GET"])
+    @openapi.described(
+        openapi.Operation(
+            "getRuntimeConfig",
+            "The non-secret effective configuration",
+            openapi.json_response("Configuration", schemas.ref("RuntimeConfig")),
+        )
+    )
     def config(self, request: IRequest) -> bytes:
         """
         C{GET /api/v1/runtime/config}.
@@ -299,6 +393,15 @@ class RuntimeAPI:
         return _json(request, self.runtime.config_json())
 
     @app.route("/api/v1/runtime/resources", methods=["GET"])
+    @openapi.described(
+        openapi.Operation(
+            "getRuntimeResources",
+            "The resource ledger",
+            openapi.json_response("Ledger", schemas.ref("RuntimeResources")),
+            raises=(errors.PermissionDenied, *openapi.STORAGE_ERRORS),
+            description=openapi.ADMIN_ONLY,
+        )
+    )
     async def resources(self, request: IRequest) -> bytes:
         """
         C{GET /api/v1/runtime/resources} (every tenant's reservations:
@@ -307,7 +410,25 @@ class RuntimeAPI:
         require_admin(self._principal(request), "/api/v1/runtime/resources")
         return _json(request, await self.runtime.resources())
 
+    @app.route(openapi.PATH, methods=["GET"])
+    @openapi.described(
+        openapi.Operation(
+            "getOpenAPI",
+            "This document",
+            openapi.json_response("OpenAPI 3.1", {"type": "object", "required": ["openapi", "info", "paths"]}),
+            public=True,
+        )
+    )
+    def openapi_document(self, request: IRequest) -> bytes:
+        """
+        C{GET /api/v1/openapi.json}: the OpenAPI document (no token needed).
+        """
+        return _json(request, openapi.document(ROUTES, self.runtime.version))
+
     @app.route("/healthz", methods=["GET"])
+    @openapi.described(
+        openapi.Operation("healthz", "Liveness", openapi.json_response("Alive", schemas.ref("Health")), public=True)
+    )
     def healthz(self, request: IRequest) -> bytes:
         """
         Liveness: always 200.
@@ -315,6 +436,15 @@ class RuntimeAPI:
         return _json(request, {"status": "ok", "version": self.runtime.version})
 
     @app.route("/readyz", methods=["GET"])
+    @openapi.described(
+        openapi.Operation(
+            "readyz",
+            "Readiness: the supervisor answers and storage (data directory, store) is usable",
+            openapi.json_response("Ready", schemas.ref("Ready")),
+            raises=(errors.Internal, errors.Unavailable),
+            public=True,
+        )
+    )
     async def readyz(self, request: IRequest) -> bytes:
         """
         Readiness: the supervisor answers (else 503 with the reason) and
@@ -328,14 +458,17 @@ class RuntimeAPI:
             raise errors.Internal(f"sqlite error: {e}") from None
         return _json(request, {"status": "ready", "version": self.runtime.version})
 
-    @app.route("/api/v1/openapi.json", methods=["GET"])
-    def openapi_document(self, request: IRequest) -> bytes:
-        """
-        C{GET /api/v1/openapi.json}: the OpenAPI document (no token needed).
-        """
-        return _json(request, openapi.document(self.runtime.version))
-
     @app.route("/metrics", methods=["GET"])
+    @openapi.described(
+        openapi.Operation(
+            "metrics",
+            "Prometheus text exposition",
+            openapi.text_response("Metrics (text/plain; version=0.0.4)"),
+            raises=(errors.PermissionDenied,),
+            description=openapi.ADMIN_ONLY,
+            more_responses={"500": openapi.text_response("The store failed: 'metrics_error <message>'")},
+        )
+    )
     async def metrics(self, request: IRequest) -> bytes:
         """
         Prometheus text exposition (every tenant's counts: admins only,
@@ -373,6 +506,11 @@ class RuntimeAPI:
         if value.http_status == 405:
             request.setHeader(b"allow", b", ".join(_allowed(failure.value)))
         return _json(request, value.envelope(), value.http_status)
+
+
+#: The routes of L{RuntimeAPI}, each with its operation: what the OpenAPI
+#: document describes.
+ROUTES = openapi.routes(RuntimeAPI.app.url_map, RuntimeAPI)
 
 
 def _allowed(exception: Any) -> list:
@@ -447,6 +585,15 @@ class APISite(server.Site):
         """
         self.inflight.add(request)
         request.notifyFinish().addBoth(lambda _: self.inflight.discard(request))
+
+    def settled(self) -> "defer.Deferred[None]":
+        """
+        Fires once every request now in flight has finished or lost its
+        client.  A finished response may still sit in its transport's
+        buffer: L{Listener.close_all} waits for that.
+        """
+        finishing = [request.notifyFinish() for request in self.inflight]
+        return defer.DeferredList(finishing, consumeErrors=True).addCallback(lambda _: None)
 
     def log(self, request: Any) -> None:
         """

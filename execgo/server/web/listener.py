@@ -35,16 +35,15 @@ from __future__ import annotations
 
 import resource
 from collections import OrderedDict
-from typing import Any, Callable, Optional, Set, Tuple, cast
+from typing import Any, Callable, List, Optional, Set, Tuple, cast
 
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
-from execgo.core import errors
-from execgo.store import wire
+from execgo.core import encoding, errors
 
 #: Descriptors kept back from the connection cap, at least (store, logs,
 #: the supervisor channel, the log files of follow=true streams).
@@ -55,7 +54,7 @@ MIN_CONNECTIONS = 16
 #: connection is closed as soon as it is accepted.
 MAX_OVERFLOW = 64
 
-_BUSY_BODY = wire.compact(errors.Unavailable("too many connections: try again").envelope())
+_BUSY_BODY = encoding.compact(errors.Unavailable("too many connections: try again").envelope())
 BUSY_RESPONSE = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
     b"Content-Type: application/json\r\n"
@@ -242,6 +241,7 @@ class Listener(protocol.Factory):
         self.header_timeout_s = header_timeout_s
         self.max_connections = max_connections
         self.open: Set[LimitedChannel] = set()
+        self._emptied: List["defer.Deferred[None]"] = []
         self.overflowing = 0
         self.evictions = 0
         self.refusals = 0
@@ -298,6 +298,23 @@ class Listener(protocol.Factory):
         """
         self.open.discard(channel)
         self._waiting.pop(channel, None)
+        if not self.open:
+            emptied, self._emptied = self._emptied, []
+            for waiting in emptied:
+                waiting.callback(None)
+
+    def close_all(self) -> "defer.Deferred[None]":
+        """
+        Close every connection once what it has written has left it
+        (C{loseConnection} sends the buffer first); fires when all are gone.
+        """
+        if not self.open:
+            return defer.succeed(None)
+        emptied: "defer.Deferred[None]" = defer.Deferred()
+        self._emptied.append(emptied)
+        for channel in list(self.open):
+            _connected(channel).loseConnection()
+        return emptied
 
     def _evict(self) -> bool:
         """

@@ -9,8 +9,9 @@ until the task is terminal and every byte is out.  C{GET
 until the terminal event has been sent.
 
 Nothing here blocks the reactor: the log file is opened and read in
-bounded chunks (L{CHUNK_BYTES}) by jobs on the store's reader threads
-(L{Store.read}), which also read the task's status.  Between reads a
+bounded chunks (L{CHUNK_BYTES}) by the store, off the reactor thread
+(L{TaskStore.open_log}, L{TaskStore.read_log}), which also reads the
+task's status.  Between reads a
 follower naps: L{POLL_S} on a timer, during which the file size is looked
 at with C{fstat} on the open descriptor (no read), and it wakes at once
 when the runtime's L{Waiters} are notified that the task ended.  Every
@@ -35,109 +36,30 @@ requests: a task that runs across a server restart streams like any other.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Coroutine, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Coroutine, Dict, Optional, Set, Tuple
 
-import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from execgo.core import errors
+from execgo.core import encoding, errors, protocol
 from execgo.core.models import TERMINAL_STATUSES
-from execgo.server.database import Store
+from execgo.core.render import render_event
+from execgo.server.taskstore import TaskStore
 from execgo.server.waiters import Waiters
 from execgo.server.web.responses import StreamingRequest
-from execgo.store import taskdb, wire
+from execgo.store.logfiles import CHUNK_BYTES, LOG_NAMES
 
 log = Logger()
 
-CHUNK_BYTES = 64 * 1024
 POLL_S = 0.05
 STATUS_EVERY = 20
-LOG_NAMES = ("stdout", "stderr")
-OCTET_TYPE = b"application/octet-stream"
-NDJSON_TYPE = b"application/x-ndjson"
-SIZE_HEADER = b"X-Execgo-Log-Size"
-OFFSET_HEADER = b"X-Execgo-Offset"
-
-
-# Store jobs: run on a reader connection, in its thread.
-
-
-@attrs.frozen
-class OpenLog:
-    """
-    A log opened for streaming: its descriptor (C{None} when the file is
-    missing) and its size then.
-    """
-
-    fd: Optional[int]
-    size: int
-
-
-def open_log(conn: Any, task_id: str, name: str) -> Optional[OpenLog]:
-    """
-    Open a task's C{stdout} or C{stderr} log; C{None} for an unknown task.
-    """
-    if name not in LOG_NAMES:
-        raise ValueError(name)
-    row = conn.execute(f"SELECT {name}_path FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-    if row is None:
-        return None
-    try:
-        fd = os.open(row[0], os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return OpenLog(None, 0)
-    try:
-        return OpenLog(fd, os.fstat(fd).st_size)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def task_status(conn: Any, task_id: str) -> Optional[str]:
-    """
-    The stored status of a task, or C{None} when there is no such task.
-    """
-    row = conn.execute("SELECT status FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-    return None if row is None else row[0]
-
-
-def read_log(conn: Any, task_id: str, fd: int, pos: int, end: Optional[int]) -> Tuple[bytes, bool]:
-    """
-    The next chunk of a log from C{pos}, and whether the stream is
-    complete after it.
-
-    @param end: where a plain read stops (the size when it began); C{None}
-        to follow: at the end of what is written the task's status is read,
-        and if it is terminal (or the task is gone) the file is read once
-        more, since what it holds then is all it will ever hold.
-    """
-    want = CHUNK_BYTES if end is None else max(0, min(CHUNK_BYTES, end - pos))
-    data = os.pread(fd, want, pos) if want else b""
-    if end is not None:
-        return data, not data or pos + len(data) >= end
-    if data:
-        return data, False
-    status = task_status(conn, task_id)
-    if status is not None and status not in TERMINAL_STATUSES:
-        return b"", False
-    data = os.pread(fd, CHUNK_BYTES, pos)
-    return data, not data
-
-
-def poll_events(conn: Any, task_id: str, after_seq: int) -> Tuple[Optional[str], List[taskdb.Event]]:
-    """
-    The task's status (C{None}: unknown task), then its events after
-    C{after_seq}: when the status is terminal, the terminal event (written
-    in the same transaction) is among them or was before.
-    """
-    status = task_status(conn, task_id)
-    if status is None:
-        return None, []
-    return status, taskdb.load_events(conn, task_id, after_seq)
+OCTET_TYPE = protocol.OCTET_TYPE.encode("ascii")
+NDJSON_TYPE = protocol.NDJSON_TYPE.encode("ascii")
+SIZE_HEADER = protocol.LOG_SIZE_HEADER.encode("ascii")
+OFFSET_HEADER = protocol.LOG_OFFSET_HEADER.encode("ascii")
 
 
 def _file_size(fd: int) -> int:
@@ -295,7 +217,7 @@ class Streams:
     @param waiters: notified when a task ends (L{Runtime.waiters}).
     """
 
-    def __init__(self, store: Store, waiters: Waiters) -> None:
+    def __init__(self, store: TaskStore, waiters: Waiters) -> None:
         self.store = store
         self.waiters = waiters
         self.active: Set[_Stream] = set()
@@ -371,7 +293,7 @@ class Streams:
         return done
 
     async def _log(self, stream: _Stream, name: str, offset: int, follow: bool) -> bool:
-        opened = await self.store.read(open_log, stream.task_id, name)
+        opened = await self.store.open_log(stream.task_id, name)
         if opened is None:
             raise errors.NotFound(stream.task_id)
         fd = opened.fd
@@ -409,7 +331,7 @@ class Streams:
             await stream.writable()
             if stream.stopped:
                 return False
-            data, complete = await self.store.read(read_log, stream.task_id, fd, pos, end)
+            data, complete = await self.store.read_log(stream.task_id, fd, pos, end)
             if stream.stopped:
                 return False
             if data:
@@ -441,7 +363,7 @@ class Streams:
 
     async def _events(self, stream: _Stream, after_seq: int) -> bool:
         task_id = stream.task_id
-        status, events = await self.store.read(poll_events, task_id, after_seq)
+        status, events = await self.store.poll_events(task_id, after_seq)
         if status is None:
             raise errors.NotFound(task_id)
         if stream.stopped:
@@ -455,7 +377,7 @@ class Streams:
                 await stream.writable()
                 if stream.stopped:
                     return False
-                stream.write(b"".join(wire.compact(wire.render_event(event)) + b"\n" for event in events))
+                stream.write(b"".join(encoding.compact(render_event(event)) + b"\n" for event in events))
                 seq = events[-1].seq
             if status is None or status in TERMINAL_STATUSES:
                 return True
@@ -463,6 +385,6 @@ class Streams:
             await stream.writable()
             if stream.stopped:
                 return False
-            status, events = await self.store.read(poll_events, task_id, seq)
+            status, events = await self.store.poll_events(task_id, seq)
             if stream.stopped:
                 return False

@@ -1,6 +1,8 @@
 """
-Tests for L{execgo.store.taskdb}: the store functions, against real SQLite on a
-temporary file.
+Tests for the store's plain functions (L{execgo.store.connection},
+L{execgo.store.schema}, L{execgo.store.reads}, L{execgo.store.eventlog},
+L{execgo.store.transitions}, L{execgo.store.terminal}, L{execgo.store.gc},
+L{execgo.store.tallies}), against real SQLite on a temporary file.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, List, Optional
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.core import errors
+from execgo.core import errors, records
 from execgo.core.models import (
     ControlContext,
     ErrorInfo,
@@ -22,7 +24,7 @@ from execgo.core.models import (
     SandboxPolicy,
     Usage,
 )
-from execgo.store import tallies, taskdb
+from execgo.store import connection, eventlog, gc, reads, schema, tallies, terminal, transitions
 from tests.fakes import new_task, plan_for, shell
 
 NOW = 1_700_000_000_000
@@ -32,7 +34,7 @@ def event_types(conn: sqlite3.Connection, task_id: str) -> List[str]:
     """
     The task's event types, in order.
     """
-    return [event.event_type for event in taskdb.load_events(conn, task_id)]
+    return [event.event_type for event in eventlog.load_events(conn, task_id)]
 
 
 def assert_sorted_everywhere(testcase: SynchronousTestCase, text: str) -> None:
@@ -57,23 +59,23 @@ class StoreTestCase(SynchronousTestCase):
         self.data_dir = os.path.abspath(self.mktemp())
         os.makedirs(self.data_dir)
         self.path = os.path.join(self.data_dir, "runtime.db")
-        self.conn = taskdb.connect(self.path)
+        self.conn = connection.connect(self.path)
         self.addCleanup(self.conn.close)
-        taskdb.init_schema(self.conn)
+        schema.init_schema(self.conn)
 
-    def insert(self, task_id: str = "t1", now_ms: int = NOW, **kwargs: Any) -> taskdb.NewTask:
+    def insert(self, task_id: str = "t1", now_ms: int = NOW, **kwargs: Any) -> records.NewTask:
         """
         Insert an C{accepted} task and return what was inserted.
         """
         task = new_task(self.data_dir, task_id, **kwargs)
-        taskdb.insert_task(self.conn, task, now_ms)
+        transitions.insert_task(self.conn, task, now_ms)
         return task
 
-    def load(self, task_id: str = "t1") -> taskdb.TaskRecord:
+    def load(self, task_id: str = "t1") -> records.TaskRecord:
         """
         Load a task that must exist.
         """
-        record = taskdb.load_task(self.conn, task_id)
+        record = reads.load_task(self.conn, task_id)
         assert record is not None
         return record
 
@@ -83,7 +85,7 @@ class StoreTestCase(SynchronousTestCase):
         reservation active).
         """
         self.insert(task_id, **kwargs)
-        self.assertIsNotNone(taskdb.claim(self.conn, task_id, 99, now_ms))
+        self.assertIsNotNone(transitions.claim(self.conn, task_id, 99, now_ms))
 
     def raw_event_data(self, task_id: str, event_type: str) -> Optional[str]:
         """
@@ -98,7 +100,7 @@ class StoreTestCase(SynchronousTestCase):
 
 class ConnectionTests(StoreTestCase):
     """
-    L{taskdb.connect} and L{taskdb.init_schema}.
+    L{connection.connect} and L{schema.init_schema}.
     """
 
     def test_pragmas(self) -> None:
@@ -146,10 +148,10 @@ class ConnectionTests(StoreTestCase):
         Initialising again changes nothing and keeps the stored rows.
         """
         self.insert()
-        taskdb.init_schema(self.conn)
-        taskdb.init_schema(self.conn)
+        schema.init_schema(self.conn)
+        schema.init_schema(self.conn)
         self.assertEqual(self.load().status, "accepted")
-        self.assertEqual(len(taskdb.load_events(self.conn, "t1")), 3)
+        self.assertEqual(len(eventlog.load_events(self.conn, "t1")), 3)
 
     def test_adds_missing_columns(self) -> None:
         """
@@ -178,8 +180,8 @@ class ConnectionTests(StoreTestCase):
                 '{"profile":"process","chroot":false}',
             ),
         )
-        taskdb.configure(conn)
-        taskdb.init_schema(conn)
+        connection.configure(conn)
+        schema.init_schema(conn)
         columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
         self.assertTrue(
             {"kill_requested", "timeout_triggered", "execution_plan_json", "reservation_json",
@@ -188,7 +190,7 @@ class ConnectionTests(StoreTestCase):
         self.assertIsNotNone(
             conn.execute("SELECT name FROM sqlite_master WHERE name = 'task_events'").fetchone()
         )
-        record = taskdb.load_task(conn, "old")
+        record = reads.load_task(conn, "old")
         assert record is not None
         self.assertEqual(record.status, "running")
         self.assertFalse(record.kill_requested)
@@ -197,17 +199,17 @@ class ConnectionTests(StoreTestCase):
         self.assertEqual(record.metadata, {})
         self.assertEqual(record.limits.memory_bytes, 64)
         # A second initialisation of the migrated table is a no-op.
-        taskdb.init_schema(conn)
-        self.assertEqual(taskdb.load_task(conn, "old"), record)
+        schema.init_schema(conn)
+        self.assertEqual(reads.load_task(conn, "old"), record)
 
     def test_transaction_rolls_back(self) -> None:
         """
-        An exception inside L{taskdb.transaction} undoes its writes.
+        An exception inside L{connection.transaction} undoes its writes.
         """
         self.insert()
 
         def fail() -> None:
-            with taskdb.transaction(self.conn):
+            with connection.transaction(self.conn):
                 self.conn.execute("UPDATE tasks SET status = 'failed'")
                 raise ValueError("boom")
 
@@ -217,7 +219,7 @@ class ConnectionTests(StoreTestCase):
 
 class InsertTests(StoreTestCase):
     """
-    L{taskdb.insert_task} and reading a task back.
+    L{transitions.insert_task} and reading a task back.
     """
 
     def test_round_trip(self) -> None:
@@ -252,9 +254,9 @@ class InsertTests(StoreTestCase):
             "SELECT handle_id, stdout_max_bytes, stderr_max_bytes FROM tasks"
         ).fetchone()
         self.assertEqual(tuple(row), ("t1", 11, task.limits.stderr_max_bytes))
-        self.assertTrue(taskdb.task_exists(self.conn, "t1"))
-        self.assertFalse(taskdb.task_exists(self.conn, "t2"))
-        self.assertEqual(taskdb.count_accepted(self.conn), 1)
+        self.assertTrue(reads.task_exists(self.conn, "t1"))
+        self.assertFalse(reads.task_exists(self.conn, "t2"))
+        self.assertEqual(reads.count_accepted(self.conn), 1)
 
     def test_insert_events(self) -> None:
         """
@@ -262,7 +264,7 @@ class InsertTests(StoreTestCase):
         data) with the insert time.
         """
         task = self.insert()
-        events = taskdb.load_events(self.conn, "t1")
+        events = eventlog.load_events(self.conn, "t1")
         self.assertEqual(
             [(e.event_type, e.message, e.timestamp_ms) for e in events],
             [
@@ -282,7 +284,7 @@ class InsertTests(StoreTestCase):
         sandbox = SandboxPolicy(workspace_subdir="w")
         plan = plan_for(sandbox=sandbox, degraded=True, fallback_reasons=("r1", "r2"))
         self.insert(plan=plan, sandbox=sandbox)
-        events = taskdb.load_events(self.conn, "t1")
+        events = eventlog.load_events(self.conn, "t1")
         self.assertEqual(
             [e.event_type for e in events], ["submitted", "accepted", "planned", "degraded"]
         )
@@ -325,17 +327,17 @@ class InsertTests(StoreTestCase):
         self.assertEqual(error.code, "conflict")
         self.assertIn("t1", error.message)
         self.assertEqual(self.load().metadata, {"first": "1"})
-        self.assertEqual(len(taskdb.load_events(self.conn, "t1")), 3)
+        self.assertEqual(len(eventlog.load_events(self.conn, "t1")), 3)
 
     def test_unknown(self) -> None:
         """
         Unknown ids load as C{None}; their events as C{[]} or C{None}.
         """
-        self.assertIsNone(taskdb.load_task(self.conn, "nope"))
-        self.assertEqual(taskdb.load_events(self.conn, "nope"), [])
-        self.assertIsNone(taskdb.events_if_exists(self.conn, "nope"))
+        self.assertIsNone(reads.load_task(self.conn, "nope"))
+        self.assertEqual(eventlog.load_events(self.conn, "nope"), [])
+        self.assertIsNone(eventlog.events_if_exists(self.conn, "nope"))
         self.insert()
-        self.assertEqual(len(taskdb.events_if_exists(self.conn, "t1") or []), 3)
+        self.assertEqual(len(eventlog.events_if_exists(self.conn, "t1") or []), 3)
 
     def test_submitted_counter(self) -> None:
         """
@@ -349,7 +351,7 @@ class InsertTests(StoreTestCase):
 
 class EventTests(StoreTestCase):
     """
-    Event ordering and L{taskdb.append_event}.
+    Event ordering and L{eventlog.append_event}.
     """
 
     def test_store_wide_sequence(self) -> None:
@@ -358,9 +360,9 @@ class EventTests(StoreTestCase):
         """
         self.insert("a")
         self.insert("b")
-        taskdb.append_event(self.conn, "a", "kill_requested", "kill requested", NOW + 1)
-        seqs_a = [e.seq for e in taskdb.load_events(self.conn, "a")]
-        seqs_b = [e.seq for e in taskdb.load_events(self.conn, "b")]
+        eventlog.append_event(self.conn, "a", "kill_requested", "kill requested", NOW + 1)
+        seqs_a = [e.seq for e in eventlog.load_events(self.conn, "a")]
+        seqs_b = [e.seq for e in eventlog.load_events(self.conn, "b")]
         self.assertEqual(seqs_a, sorted(seqs_a))
         self.assertEqual(seqs_a[:3], [1, 2, 3])
         self.assertEqual(seqs_b, [4, 5, 6])
@@ -371,11 +373,11 @@ class EventTests(StoreTestCase):
         C{after_seq} returns only later events.
         """
         self.insert("a")
-        events = taskdb.load_events(self.conn, "a", after_seq=2)
+        events = eventlog.load_events(self.conn, "a", after_seq=2)
         self.assertEqual([e.seq for e in events], [3])
-        self.assertEqual(taskdb.load_events(self.conn, "a", after_seq=3), [])
+        self.assertEqual(eventlog.load_events(self.conn, "a", after_seq=3), [])
         self.assertEqual(
-            [e.seq for e in taskdb.events_if_exists(self.conn, "a", 1) or []], [2, 3]
+            [e.seq for e in eventlog.events_if_exists(self.conn, "a", 1) or []], [2, 3]
         )
 
     def test_nested_data_sorted(self) -> None:
@@ -384,12 +386,12 @@ class EventTests(StoreTestCase):
         kept raw.
         """
         self.insert("a")
-        taskdb.append_event(
+        eventlog.append_event(
             self.conn, "a", "x", None, NOW, {"z": {"b": 1, "a": [{"d": 1, "c": "é"}]}, "y": None}
         )
         text = self.raw_event_data("a", "x")
         self.assertEqual(text, '{"y":null,"z":{"a":[{"c":"é","d":1}],"b":1}}')
-        event = taskdb.load_events(self.conn, "a")[-1]
+        event = eventlog.load_events(self.conn, "a")[-1]
         self.assertIsNone(event.message)
 
     def test_foreign_key(self) -> None:
@@ -397,7 +399,7 @@ class EventTests(StoreTestCase):
         An event for an unknown task is refused.
         """
         self.assertRaises(
-            sqlite3.IntegrityError, taskdb.append_event, self.conn, "ghost", "x", None, NOW
+            sqlite3.IntegrityError, eventlog.append_event, self.conn, "ghost", "x", None, NOW
         )
 
 
@@ -413,7 +415,7 @@ class TransitionTests(StoreTestCase):
         the claim returns the task as it now stands.
         """
         self.insert(limits=ResourceLimits(memory_bytes=64))
-        claimed = taskdb.claim(self.conn, "t1", 77, NOW + 3)
+        claimed = transitions.claim(self.conn, "t1", 77, NOW + 3)
         record = self.load()
         self.assertEqual(claimed, record)
         self.assertEqual(record.status, "running")
@@ -423,13 +425,13 @@ class TransitionTests(StoreTestCase):
         self.assertIsNone(record.released_at_ms)
         self.assertEqual(record.updated_at_ms, NOW + 3)
         self.assertTrue(record.reservation_active)
-        last = taskdb.load_events(self.conn, "t1")[-1]
+        last = eventlog.load_events(self.conn, "t1")[-1]
         self.assertEqual(
             (last.event_type, last.message, last.data),
             ("resource_reserved", "task resources reserved", {"memory_bytes": 64, "task_slots": 1}),
         )
         # A second claim (a duplicate launch order) changes nothing.
-        self.assertIsNone(taskdb.claim(self.conn, "t1", 78, NOW + 4))
+        self.assertIsNone(transitions.claim(self.conn, "t1", 78, NOW + 4))
         self.assertEqual(self.load(), record)
         self.assertEqual(event_types(self.conn, "t1").count("resource_reserved"), 1)
 
@@ -439,29 +441,29 @@ class TransitionTests(StoreTestCase):
         running task can go through gives what a full read gives.
         """
         self.insert(limits=ResourceLimits(memory_bytes=64))
-        claimed = taskdb.claim(self.conn, "t1", 77, NOW + 1)
+        claimed = transitions.claim(self.conn, "t1", 77, NOW + 1)
         assert claimed is not None
-        self.assertEqual(taskdb.refresh(self.conn, claimed), self.load())
-        taskdb.record_start(self.conn, "t1", 4321, NOW + 2, "/x/script.sh")
-        self.assertEqual(taskdb.refresh(self.conn, claimed), self.load())
-        taskdb.request_kill(self.conn, "t1", NOW + 3)
-        taskdb.record_timeout(self.conn, "t1", NOW + 4)
-        taskdb.release_orphan_reservation(self.conn, "t1", NOW + 5)
-        taskdb.mark_recovered(self.conn, "t1", Reservation(memory_bytes=64), NOW + 6)
-        refreshed = taskdb.refresh(self.conn, claimed)
+        self.assertEqual(reads.refresh(self.conn, claimed), self.load())
+        transitions.record_start(self.conn, "t1", 4321, NOW + 2, "/x/script.sh")
+        self.assertEqual(reads.refresh(self.conn, claimed), self.load())
+        transitions.request_kill(self.conn, "t1", NOW + 3)
+        transitions.record_timeout(self.conn, "t1", NOW + 4)
+        transitions.release_orphan_reservation(self.conn, "t1", NOW + 5)
+        transitions.mark_recovered(self.conn, "t1", Reservation(memory_bytes=64), NOW + 6)
+        refreshed = reads.refresh(self.conn, claimed)
         self.assertEqual(refreshed, self.load())
         assert refreshed is not None
         self.assertEqual((refreshed.pid, refreshed.kill_requested, refreshed.timeout_triggered), (4321, True, True))
-        self.assertIsNone(taskdb.refresh(self.conn, attrs.evolve(claimed, task_id="gone")))
+        self.assertIsNone(reads.refresh(self.conn, attrs.evolve(claimed, task_id="gone")))
 
     def test_claim_unknown_or_ended(self) -> None:
         """
         An unknown task, or one that is terminal, is not claimed.
         """
-        self.assertIsNone(taskdb.claim(self.conn, "nobody", 1, NOW))
+        self.assertIsNone(transitions.claim(self.conn, "nobody", 1, NOW))
         self.insert()
-        taskdb.finish(self.conn, "t1", taskdb.Outcome(status="cancelled"), NOW + 1)
-        self.assertIsNone(taskdb.claim(self.conn, "t1", 1, NOW + 2))
+        terminal.finish(self.conn, "t1", records.Outcome(status="cancelled"), NOW + 1)
+        self.assertIsNone(transitions.claim(self.conn, "t1", 1, NOW + 2))
         self.assertEqual(self.load().status, "cancelled")
 
     def test_claim_refuses_killed(self) -> None:
@@ -470,8 +472,8 @@ class TransitionTests(StoreTestCase):
         C{accepted} and without a reservation, for the caller to cancel.
         """
         self.insert()
-        self.assertTrue(taskdb.request_kill(self.conn, "t1", NOW + 1))
-        claimed = taskdb.claim(self.conn, "t1", 1, NOW + 2)
+        self.assertTrue(transitions.request_kill(self.conn, "t1", NOW + 1))
+        claimed = transitions.claim(self.conn, "t1", 1, NOW + 2)
         assert claimed is not None
         self.assertEqual((claimed.status, claimed.kill_requested), ("accepted", True))
         self.assertEqual(self.load().status, "accepted")
@@ -483,9 +485,9 @@ class TransitionTests(StoreTestCase):
         with a C{started} event; only for a C{running} task.
         """
         self.insert()
-        self.assertFalse(taskdb.record_start(self.conn, "t1", 5, NOW, None))
-        taskdb.claim(self.conn, "t1", 1, NOW + 1)
-        self.assertTrue(taskdb.record_start(self.conn, "t1", 1234, NOW + 2, "/x/script.sh"))
+        self.assertFalse(transitions.record_start(self.conn, "t1", 5, NOW, None))
+        transitions.claim(self.conn, "t1", 1, NOW + 1)
+        self.assertTrue(transitions.record_start(self.conn, "t1", 1234, NOW + 2, "/x/script.sh"))
         record = self.load()
         self.assertEqual((record.pid, record.pgid), (1234, 1234))
         self.assertEqual(record.started_at_ms, NOW + 2)
@@ -497,8 +499,8 @@ class TransitionTests(StoreTestCase):
         The timeout flag and event are written once per task.
         """
         self.running()
-        self.assertTrue(taskdb.record_timeout(self.conn, "t1", NOW + 20))
-        self.assertFalse(taskdb.record_timeout(self.conn, "t1", NOW + 30))
+        self.assertTrue(transitions.record_timeout(self.conn, "t1", NOW + 20))
+        self.assertFalse(transitions.record_timeout(self.conn, "t1", NOW + 30))
         record = self.load()
         self.assertTrue(record.timeout_triggered)
         self.assertEqual(record.updated_at_ms, NOW + 20)
@@ -509,7 +511,7 @@ class TransitionTests(StoreTestCase):
         No timeout is recorded for a queued or terminal task.
         """
         self.insert()
-        self.assertFalse(taskdb.record_timeout(self.conn, "t1", NOW))
+        self.assertFalse(transitions.record_timeout(self.conn, "t1", NOW))
         self.assertFalse(self.load().timeout_triggered)
 
     def test_request_kill(self) -> None:
@@ -518,15 +520,15 @@ class TransitionTests(StoreTestCase):
         C{updated_at} and appends C{kill_requested}, every time.
         """
         self.running()
-        self.assertTrue(taskdb.request_kill(self.conn, "t1", NOW + 50))
-        self.assertTrue(taskdb.request_kill(self.conn, "t1", NOW + 60))
+        self.assertTrue(transitions.request_kill(self.conn, "t1", NOW + 50))
+        self.assertTrue(transitions.request_kill(self.conn, "t1", NOW + 60))
         record = self.load()
         self.assertTrue(record.kill_requested)
         self.assertEqual(record.kill_requested_at_ms, NOW + 60)
         self.assertEqual(record.updated_at_ms, NOW + 60)
         self.assertEqual(event_types(self.conn, "t1").count("kill_requested"), 2)
         self.assertEqual(
-            taskdb.load_events(self.conn, "t1")[-1].message, "kill requested"
+            eventlog.load_events(self.conn, "t1")[-1].message, "kill requested"
         )
 
     def test_request_kill_terminal(self) -> None:
@@ -534,20 +536,20 @@ class TransitionTests(StoreTestCase):
         A kill on a terminal or unknown task changes nothing.
         """
         self.insert()
-        taskdb.finish(self.conn, "t1", taskdb.Outcome(status="success"), NOW + 1)
+        terminal.finish(self.conn, "t1", records.Outcome(status="success"), NOW + 1)
         before = self.load()
-        self.assertFalse(taskdb.request_kill(self.conn, "t1", NOW + 2))
+        self.assertFalse(transitions.request_kill(self.conn, "t1", NOW + 2))
         self.assertEqual(self.load(), before)
         self.assertNotIn("kill_requested", event_types(self.conn, "t1"))
-        self.assertFalse(taskdb.request_kill(self.conn, "ghost", NOW))
+        self.assertFalse(transitions.request_kill(self.conn, "ghost", NOW))
 
 
 class FinishTests(StoreTestCase):
     """
-    L{taskdb.finish}: the terminal write.
+    L{terminal.finish}: the terminal write.
     """
 
-    outcome = taskdb.Outcome(
+    outcome = records.Outcome(
         status="failed",
         error=ErrorInfo("exit_nonzero", "task exited with code 3"),
         duration_ms=12,
@@ -561,7 +563,7 @@ class FinishTests(StoreTestCase):
         and appends C{resource_released} then the terminal event.
         """
         self.running(limits=ResourceLimits(pids_max=3))
-        self.assertTrue(taskdb.finish(self.conn, "t1", self.outcome, NOW + 100))
+        self.assertTrue(terminal.finish(self.conn, "t1", self.outcome, NOW + 100))
         record = self.load()
         self.assertEqual(record.status, "failed")
         self.assertTrue(record.terminal)
@@ -577,7 +579,7 @@ class FinishTests(StoreTestCase):
         self.assertEqual(
             self.conn.execute("SELECT error_code FROM tasks").fetchone()[0], "exit_nonzero"
         )
-        events = taskdb.load_events(self.conn, "t1")
+        events = eventlog.load_events(self.conn, "t1")
         self.assertEqual(
             [(e.event_type, e.message, e.timestamp_ms) for e in events[-2:]],
             [
@@ -594,13 +596,13 @@ class FinishTests(StoreTestCase):
         field, no event.
         """
         self.running()
-        self.assertTrue(taskdb.finish(self.conn, "t1", self.outcome, NOW + 100))
+        self.assertTrue(terminal.finish(self.conn, "t1", self.outcome, NOW + 100))
         before = self.load()
-        events = taskdb.load_events(self.conn, "t1")
-        late = taskdb.Outcome(status="success", duration_ms=99, exit_code=0)
-        self.assertFalse(taskdb.finish(self.conn, "t1", late, NOW + 200))
+        events = eventlog.load_events(self.conn, "t1")
+        late = records.Outcome(status="success", duration_ms=99, exit_code=0)
+        self.assertFalse(terminal.finish(self.conn, "t1", late, NOW + 200))
         self.assertEqual(self.load(), before)
-        self.assertEqual(taskdb.load_events(self.conn, "t1"), events)
+        self.assertEqual(eventlog.load_events(self.conn, "t1"), events)
 
     def test_terminal_events(self) -> None:
         """
@@ -613,8 +615,8 @@ class FinishTests(StoreTestCase):
         ):
             self.insert(task_id)
             error = None if status == "success" else ErrorInfo("internal", "x")
-            taskdb.finish(self.conn, task_id, taskdb.Outcome(status=status, error=error), NOW + 1)
-            last = taskdb.load_events(self.conn, task_id)[-1]
+            terminal.finish(self.conn, task_id, records.Outcome(status=status, error=error), NOW + 1)
+            last = eventlog.load_events(self.conn, task_id)[-1]
             self.assertEqual((last.event_type, last.message), event)
 
     def test_finish_queued_without_reservation(self) -> None:
@@ -623,10 +625,10 @@ class FinishTests(StoreTestCase):
         C{resource_released}.
         """
         self.insert()
-        cancelled = taskdb.Outcome(
+        cancelled = records.Outcome(
             status="cancelled", error=ErrorInfo("cancelled", "task cancelled before execution")
         )
-        self.assertTrue(taskdb.finish(self.conn, "t1", cancelled, NOW + 1, ("accepted",)))
+        self.assertTrue(terminal.finish(self.conn, "t1", cancelled, NOW + 1, ("accepted",)))
         self.assertEqual(
             event_types(self.conn, "t1"), ["submitted", "accepted", "planned", "cancelled"]
         )
@@ -641,7 +643,7 @@ class FinishTests(StoreTestCase):
         self.running()
         before = self.load()
         self.assertFalse(
-            taskdb.finish(self.conn, "t1", taskdb.Outcome(status="cancelled"), NOW, ("accepted",))
+            terminal.finish(self.conn, "t1", records.Outcome(status="cancelled"), NOW, ("accepted",))
         )
         self.assertEqual(self.load(), before)
 
@@ -651,8 +653,8 @@ class FinishTests(StoreTestCase):
         tenant, once.
         """
         self.insert("t1", control_context=ControlContext(tenant="x"))
-        taskdb.finish(self.conn, "t1", self.outcome, NOW)
-        taskdb.finish(self.conn, "t1", self.outcome, NOW)
+        terminal.finish(self.conn, "t1", self.outcome, NOW)
+        terminal.finish(self.conn, "t1", self.outcome, NOW)
         self.assertEqual(
             tallies.snapshot(self.conn).finished, (("failed", "exit_nonzero", "x", 1),)
         )
@@ -660,7 +662,7 @@ class FinishTests(StoreTestCase):
 
 class RecoveryWriteTests(StoreTestCase):
     """
-    L{taskdb.release_orphan_reservation} and L{taskdb.mark_recovered}.
+    L{transitions.release_orphan_reservation} and L{transitions.mark_recovered}.
     """
 
     def hold_reservation(self, task_id: str, reservation: Reservation, at_ms: int) -> None:
@@ -670,7 +672,7 @@ class RecoveryWriteTests(StoreTestCase):
         """
         self.conn.execute(
             "UPDATE tasks SET reservation_json = ?, reserved_at_ms = ? WHERE task_id = ?",
-            (taskdb.dumps(reservation.to_json()), at_ms, task_id),
+            (connection.dumps(reservation.to_json()), at_ms, task_id),
         )
 
     def test_release_orphan(self) -> None:
@@ -680,12 +682,12 @@ class RecoveryWriteTests(StoreTestCase):
         """
         self.insert()
         self.hold_reservation("t1", Reservation(memory_bytes=8), NOW + 1)
-        taskdb.release_orphan_reservation(self.conn, "t1", NOW + 5)
+        transitions.release_orphan_reservation(self.conn, "t1", NOW + 5)
         record = self.load()
         self.assertEqual(record.status, "accepted")
         self.assertEqual(record.released_at_ms, NOW + 5)
         self.assertFalse(record.reservation_active)
-        last = taskdb.load_events(self.conn, "t1")[-1]
+        last = eventlog.load_events(self.conn, "t1")[-1]
         self.assertEqual(
             (last.event_type, last.message, last.data),
             (
@@ -694,7 +696,7 @@ class RecoveryWriteTests(StoreTestCase):
                 {"memory_bytes": 8, "task_slots": 1},
             ),
         )
-        taskdb.release_orphan_reservation(self.conn, "t1", NOW + 6)
+        transitions.release_orphan_reservation(self.conn, "t1", NOW + 6)
         self.assertEqual(event_types(self.conn, "t1").count("resource_released"), 1)
 
     def test_recovered_rebuilds_reservation(self) -> None:
@@ -705,13 +707,13 @@ class RecoveryWriteTests(StoreTestCase):
         self.running()
         self.conn.execute("UPDATE tasks SET released_at_ms = ?", (NOW + 11,))
         rebuilt = Reservation(memory_bytes=1, pids=2)
-        self.assertTrue(taskdb.mark_recovered(self.conn, "t1", rebuilt, NOW + 50))
+        self.assertTrue(transitions.mark_recovered(self.conn, "t1", rebuilt, NOW + 50))
         record = self.load()
         self.assertTrue(record.reservation_active)
         self.assertEqual(record.reservation, rebuilt)
         self.assertEqual(record.reserved_at_ms, NOW + 50)
         self.assertEqual(record.updated_at_ms, NOW + 50)
-        events = taskdb.load_events(self.conn, "t1")
+        events = eventlog.load_events(self.conn, "t1")
         self.assertEqual(
             [(e.event_type, e.message) for e in events[-2:]],
             [
@@ -726,7 +728,7 @@ class RecoveryWriteTests(StoreTestCase):
         A running task still holding its reservation only gets C{recovered}.
         """
         self.running(limits=ResourceLimits(pids_max=4))
-        self.assertTrue(taskdb.mark_recovered(self.conn, "t1", Reservation(pids=9), NOW + 50))
+        self.assertTrue(transitions.mark_recovered(self.conn, "t1", Reservation(pids=9), NOW + 50))
         record = self.load()
         self.assertEqual(record.reservation, Reservation(pids=4))
         self.assertEqual(record.reserved_at_ms, NOW + 10)
@@ -739,7 +741,7 @@ class RecoveryWriteTests(StoreTestCase):
         """
         self.running()
         self.conn.execute("UPDATE tasks SET released_at_ms = ?", (NOW + 11,))
-        self.assertTrue(taskdb.mark_recovered(self.conn, "t1", None, NOW + 50))
+        self.assertTrue(transitions.mark_recovered(self.conn, "t1", None, NOW + 50))
         self.assertFalse(self.load().reservation_active)
         self.assertEqual(event_types(self.conn, "t1")[-1], "recovered")
 
@@ -748,7 +750,7 @@ class RecoveryWriteTests(StoreTestCase):
         Only a C{running} task is marked recovered.
         """
         self.insert()
-        self.assertFalse(taskdb.mark_recovered(self.conn, "t1", Reservation(), NOW))
+        self.assertFalse(transitions.mark_recovered(self.conn, "t1", Reservation(), NOW))
         self.assertNotIn("recovered", event_types(self.conn, "t1"))
 
 
@@ -765,12 +767,12 @@ class QueryTests(StoreTestCase):
         self.insert("early", now_ms=NOW)
         self.insert("mid", now_ms=NOW + 1)
         self.insert("run", now_ms=NOW + 5)
-        taskdb.claim(self.conn, "run", 1, NOW + 6)
-        ids = [r.task_id for r in taskdb.load_by_status(self.conn, ("accepted",))]
+        transitions.claim(self.conn, "run", 1, NOW + 6)
+        ids = [r.task_id for r in reads.load_by_status(self.conn, ("accepted",))]
         self.assertEqual(ids, ["early", "mid", "late"])
-        limited = taskdb.load_by_status(self.conn, ("accepted",), 2)
+        limited = reads.load_by_status(self.conn, ("accepted",), 2)
         self.assertEqual([r.task_id for r in limited], ["early", "mid"])
-        both = taskdb.load_by_status(self.conn, ("accepted", "running"))
+        both = reads.load_by_status(self.conn, ("accepted", "running"))
         self.assertEqual([r.task_id for r in both], ["early", "mid", "late", "run"])
 
     def test_load_active(self) -> None:
@@ -781,12 +783,12 @@ class QueryTests(StoreTestCase):
         self.insert("a", now_ms=NOW + 3)
         self.insert("b", now_ms=NOW + 1)
         self.insert("c", now_ms=NOW + 2)
-        taskdb.claim(self.conn, "a", 1, NOW + 10)
-        taskdb.claim(self.conn, "b", 1, NOW + 20)
-        taskdb.claim(self.conn, "c", 1, NOW + 10)
-        self.assertEqual([r.task_id for r in taskdb.load_active(self.conn)], ["c", "a", "b"])
-        taskdb.finish(self.conn, "a", taskdb.Outcome(status="success"), NOW + 30)
-        self.assertEqual([r.task_id for r in taskdb.load_active(self.conn)], ["c", "b"])
+        transitions.claim(self.conn, "a", 1, NOW + 10)
+        transitions.claim(self.conn, "b", 1, NOW + 20)
+        transitions.claim(self.conn, "c", 1, NOW + 10)
+        self.assertEqual([r.task_id for r in reads.load_active(self.conn)], ["c", "a", "b"])
+        terminal.finish(self.conn, "a", records.Outcome(status="success"), NOW + 30)
+        self.assertEqual([r.task_id for r in reads.load_active(self.conn)], ["c", "b"])
 
     def test_resources_rows(self) -> None:
         """
@@ -795,7 +797,7 @@ class QueryTests(StoreTestCase):
         self.insert("q1")
         self.insert("q2")
         self.running("r")
-        active, waiting = taskdb.resources_rows(self.conn)
+        active, waiting = reads.resources_rows(self.conn)
         self.assertEqual([r.task_id for r in active], ["r"])
         self.assertEqual(waiting, 2)
 
@@ -806,13 +808,13 @@ class QueryTests(StoreTestCase):
         """
         for task_id, finished in (("x", NOW + 30), ("y", NOW + 10), ("z", NOW + 20), ("new", NOW + 99)):
             self.insert(task_id)
-            taskdb.finish(self.conn, task_id, taskdb.Outcome(status="success"), finished)
+            terminal.finish(self.conn, task_id, records.Outcome(status="success"), finished)
         self.running("run")
-        candidates = taskdb.gc_candidates(self.conn, NOW + 30, 10)
+        candidates = gc.gc_candidates(self.conn, NOW + 30, 10)
         self.assertEqual([c[0] for c in candidates], ["y", "z", "x"])
         self.assertEqual(candidates[0][1], os.path.join(self.data_dir, "tasks", "y"))
         self.assertEqual(
-            [c[0] for c in taskdb.gc_candidates(self.conn, NOW + 30, 2)], ["y", "z"]
+            [c[0] for c in gc.gc_candidates(self.conn, NOW + 30, 2)], ["y", "z"]
         )
 
     def test_delete_cascades(self) -> None:
@@ -821,19 +823,19 @@ class QueryTests(StoreTestCase):
         deleted.
         """
         self.insert("done")
-        taskdb.finish(self.conn, "done", taskdb.Outcome(status="success"), NOW)
+        terminal.finish(self.conn, "done", records.Outcome(status="success"), NOW)
         self.running("run")
-        taskdb.delete_task(self.conn, "done")
-        taskdb.delete_task(self.conn, "run")
-        self.assertIsNone(taskdb.load_task(self.conn, "done"))
+        gc.delete_task(self.conn, "done")
+        gc.delete_task(self.conn, "run")
+        self.assertIsNone(reads.load_task(self.conn, "done"))
         self.assertEqual(
             self.conn.execute(
                 "SELECT COUNT(*) FROM task_events WHERE task_id = 'done'"
             ).fetchone()[0],
             0,
         )
-        self.assertIsNotNone(taskdb.load_task(self.conn, "run"))
-        self.assertEqual(len(taskdb.load_events(self.conn, "run")), 4)
+        self.assertIsNotNone(reads.load_task(self.conn, "run"))
+        self.assertEqual(len(eventlog.load_events(self.conn, "run")), 4)
 
 
 class MetricsSnapshotTests(StoreTestCase):
@@ -865,10 +867,10 @@ class MetricsSnapshotTests(StoreTestCase):
             status = "failed" if error else "success"
             if task_id == "g":
                 status, error = "cancelled", ErrorInfo("cancelled", "c")
-            taskdb.finish(
+            terminal.finish(
                 self.conn,
                 task_id,
-                taskdb.Outcome(status=status, error=error, duration_ms=duration),
+                records.Outcome(status=status, error=error, duration_ms=duration),
                 NOW,
             )
         self.running("r1")
@@ -897,8 +899,8 @@ class MetricsSnapshotTests(StoreTestCase):
         rows but leaves the counters that never go down.
         """
         self.insert("a")
-        taskdb.finish(self.conn, "a", taskdb.Outcome(status="success", duration_ms=5), NOW)
-        taskdb.delete_task(self.conn, "a")
+        terminal.finish(self.conn, "a", records.Outcome(status="success", duration_ms=5), NOW)
+        gc.delete_task(self.conn, "a")
         snapshot = tallies.snapshot(self.conn)
         self.assertEqual((snapshot.by_status, snapshot.duration.count), ((), 0))
         self.assertEqual(snapshot.submitted, (("", 1),))
@@ -913,5 +915,5 @@ class MetricsSnapshotTests(StoreTestCase):
         self.insert("a")
         self.insert("b")
         self.conn.execute("DROP TABLE task_tallies")
-        taskdb.init_schema(self.conn)
+        schema.init_schema(self.conn)
         self.assertEqual(tallies.snapshot(self.conn).by_status, (("accepted", 2),))

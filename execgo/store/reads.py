@@ -1,0 +1,167 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+Reading tasks back as models (L{execgo.core.records}): one task, the
+tasks in some states, the queue, the reservations.
+
+Plain functions over one C{sqlite3} connection; none of them writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, List, Optional, Sequence, Set, Tuple
+
+import attrs
+
+from execgo.core.models import STATUS_ACCEPTED, STATUS_RUNNING, Reservation, ResourceLimits
+from execgo.core.records import CHANGING_COLUMNS, QueuedTask, TaskRecord
+from execgo.store.connection import rows
+
+
+@attrs.frozen
+class SchedulerState:
+    """
+    What the dispatcher rebuilds itself from: active reservations and the
+    queue, oldest first.
+    """
+
+    active: Tuple[TaskRecord, ...]
+    queued: Tuple[Any, ...]
+
+
+def load_task(conn: sqlite3.Connection, task_id: str) -> Optional[TaskRecord]:
+    """
+    The task with this id, or C{None}.
+    """
+    found = rows(conn, "SELECT * FROM tasks WHERE task_id = ?", (task_id,))
+    return TaskRecord.from_row(found[0]) if found else None
+
+
+def refresh(conn: sqlite3.Connection, record: TaskRecord) -> Optional[TaskRecord]:
+    """
+    C{record} with the columns a non-terminal task's transitions change
+    read again (L{execgo.core.records.CHANGING_COLUMNS}), or C{None} when
+    the task is gone: a full L{load_task} for a fraction of the decoding.
+    """
+    found = rows(conn, f"SELECT {CHANGING_COLUMNS} FROM tasks WHERE task_id = ?", (record.task_id,))
+    return record.refreshed(found[0]) if found else None
+
+
+def task_exists(conn: sqlite3.Connection, task_id: str) -> bool:
+    """
+    Whether a row with this id is stored.
+    """
+    return conn.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone() is not None
+
+
+def task_status(conn: sqlite3.Connection, task_id: str) -> Optional[str]:
+    """
+    The stored status of a task, or C{None} when there is no such task.
+    """
+    row = conn.execute("SELECT status FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+    return None if row is None else row[0]
+
+
+def tenant_of(conn: sqlite3.Connection, task_id: str) -> Tuple[bool, Optional[str]]:
+    """
+    Whether the task exists, and its tenant (the C{tenant} column).
+    """
+    row = conn.execute("SELECT tenant FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+    return (False, None) if row is None else (True, row[0])
+
+
+def load_active(conn: sqlite3.Connection) -> List[TaskRecord]:
+    """
+    Tasks holding an active reservation, by reservation then creation time.
+    """
+    return [
+        TaskRecord.from_row(row)
+        for row in rows(
+            conn,
+            "SELECT * FROM tasks WHERE reserved_at_ms IS NOT NULL AND released_at_ms IS NULL"
+            " ORDER BY reserved_at_ms, created_at_ms",
+        )
+    ]
+
+
+def load_by_status(conn: sqlite3.Connection, statuses: Sequence[str], limit: int = -1) -> List[TaskRecord]:
+    """
+    Tasks in any of C{statuses}, oldest first, at most C{limit} (-1: all).
+    """
+    marks = ", ".join("?" for _ in statuses)
+    return [
+        TaskRecord.from_row(row)
+        for row in rows(
+            conn,
+            f"SELECT * FROM tasks WHERE status IN ({marks}) ORDER BY created_at_ms, rowid LIMIT ?",
+            (*statuses, limit),
+        )
+    ]
+
+
+def load_queue(conn: sqlite3.Connection, limit: int) -> List[QueuedTask]:
+    """
+    Up to C{limit} C{accepted} tasks, oldest first, reading only what the
+    dispatcher needs (no full record decoding: the queue may be long).
+    """
+    return [
+        QueuedTask(
+            task_id=task_id,
+            tenant=tenant,
+            reservation=Reservation.for_limits(ResourceLimits.from_json(json.loads(limits))),
+            created_at_ms=created,
+        )
+        for task_id, tenant, limits, created in conn.execute(
+            "SELECT task_id, tenant, limits_json, created_at_ms FROM tasks WHERE status = ?"
+            " ORDER BY created_at_ms, rowid LIMIT ?",
+            (STATUS_ACCEPTED, limit),
+        )
+    ]
+
+
+def scheduler_state(conn: sqlite3.Connection, max_queued: int) -> SchedulerState:
+    """
+    Active reservations and up to C{max_queued} queued tasks.
+    """
+    return SchedulerState(
+        active=tuple(load_active(conn)),
+        queued=tuple(load_queue(conn, max(max_queued, 0))),
+    )
+
+
+def count_accepted(conn: sqlite3.Connection) -> int:
+    """
+    The number of tasks in C{accepted}, from the trigger-kept tally (O(1),
+    where counting the rows would cost as much as the queue is long).
+    """
+    row = conn.execute(
+        "SELECT value FROM task_tallies WHERE kind = 'status' AND key = ?", (STATUS_ACCEPTED,)
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def running_uids(conn: sqlite3.Connection) -> Set[int]:
+    """
+    The uids the running tasks hold.
+    """
+    return {
+        int(row[0])
+        for row in conn.execute(
+            "SELECT run_uid FROM tasks WHERE status = ? AND run_uid IS NOT NULL", (STATUS_RUNNING,)
+        )
+    }
+
+
+def resources_rows(conn: sqlite3.Connection) -> Tuple[List[TaskRecord], int]:
+    """
+    The tasks holding an active reservation, and how many C{accepted}
+    tasks hold none.
+    """
+    active = load_active(conn)
+    waiting = conn.execute(
+        "SELECT COUNT(*) FROM tasks WHERE status = ? AND NOT"
+        " (reserved_at_ms IS NOT NULL AND released_at_ms IS NULL)",
+        (STATUS_ACCEPTED,),
+    ).fetchone()[0]
+    return active, waiting

@@ -1,0 +1,336 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+The changes of a task before its end: its insert, the claim that makes it
+C{running}, its start, its timeout and kill flags, and what recovery
+changes; then L{kill}, which ends a queued task too (the end itself is
+L{execgo.store.terminal}).
+
+Every change is one short transaction (or joins the caller's, see
+L{execgo.store.connection.transaction}), appends its event in that
+transaction, and is conditional (C{UPDATE ... WHERE status = ?} with a
+rowcount check), so two writers racing on one task never both take it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, Dict, Optional
+
+import attrs
+
+from execgo.core import errors, outcome
+from execgo.core.models import STATUS_ACCEPTED, STATUS_RUNNING, Reservation
+from execgo.core.records import NewTask, TaskRecord
+from execgo.host.privileges import TaskIdentity
+from execgo.store import idempotency, taskfiles
+from execgo.store.connection import dumps, rows, transaction
+from execgo.store.eventlog import append_event
+from execgo.store.reads import load_task, running_uids
+from execgo.store.schema import insert_labels
+from execgo.store.terminal import finish
+
+JSON = Dict[str, Any]
+
+
+def insert_task(conn: sqlite3.Connection, task: NewTask, now_ms: int) -> None:
+    """
+    Insert a new C{accepted} task and its first events in one transaction.
+
+    @raise errors.Conflict: a task with this id exists already.
+    """
+    plan = task.plan
+    context_json = None if task.control_context is None else dumps(task.control_context.to_json())
+    values = {
+        "task_id": task.task_id,
+        "handle_id": task.task_id,
+        "status": STATUS_ACCEPTED,
+        "execution_json": dumps(task.execution.to_json()),
+        "limits_json": dumps(task.limits.to_json()),
+        "sandbox_json": dumps(task.sandbox.to_json()),
+        "metadata_json": dumps(dict(task.metadata)),
+        "created_at_ms": now_ms,
+        "updated_at_ms": now_ms,
+        "task_dir": task.paths.task_dir,
+        "workspace_dir": task.paths.workspace_dir,
+        "request_path": task.paths.request_path,
+        "result_path": task.paths.result_path,
+        "stdout_path": task.paths.stdout_path,
+        "stderr_path": task.paths.stderr_path,
+        "script_path": task.paths.script_path,
+        "stdout_max_bytes": task.limits.stdout_max_bytes,
+        "stderr_max_bytes": task.limits.stderr_max_bytes,
+        "execution_plan_json": dumps(plan.to_json()),
+        "control_context_json": context_json,
+        "tenant": None if task.control_context is None else task.control_context.tenant,
+        "owner": None if task.control_context is None else task.control_context.owner,
+    }
+    if task.idempotency_key is not None:
+        values["idempotency_key"] = task.idempotency_key
+        values["idempotency_hash"] = task.idempotency_hash
+        values["idempotency_scope"] = task.idempotency_scope.name
+    names = ", ".join(values)
+    marks = ", ".join("?" for _ in values)
+    with transaction(conn):
+        try:
+            cursor = conn.execute(f"INSERT INTO tasks ({names}) VALUES ({marks})", tuple(values.values()))
+        except sqlite3.IntegrityError:
+            if task.idempotency_key is not None:
+                # A concurrent first submission with this key won: answer
+                # like a retry (or 409 if it carried another request).
+                idempotency.check(conn, task.idempotency_key, task.idempotency_hash, task.idempotency_scope)
+            raise errors.Conflict(f"task already exists: {task.task_id}") from None
+        if task.control_context is not None and task.control_context.labels:
+            insert_labels(conn, task.task_id, task.control_context.labels, now_ms, int(cursor.lastrowid or 0))
+        append_event(conn, task.task_id, "submitted", "task submitted", now_ms)
+        append_event(conn, task.task_id, "accepted", "task accepted", now_ms)
+        append_event(conn, task.task_id, "planned", "execution plan resolved", now_ms, plan.to_json())
+        if plan.degraded:
+            append_event(
+                conn,
+                task.task_id,
+                "degraded",
+                "execution plan degraded",
+                now_ms,
+                {
+                    "fallback_reasons": list(plan.fallback_reasons),
+                    "effective_sandbox": plan.effective_sandbox.to_json(),
+                },
+            )
+
+
+class NoIdentity(Exception):
+    """
+    Every uid of the task uid range is held by a running task.
+    """
+
+
+def claim(
+    conn: sqlite3.Connection,
+    task_id: str,
+    shim_pid: int,
+    now_ms: int,
+    identity: Optional[TaskIdentity] = None,
+) -> Optional[TaskRecord]:
+    """
+    Take an C{accepted} task for launching under supervisor C{shim_pid}:
+    move it to C{running} with its reservation (event C{resource_reserved})
+    and, with an C{identity}, the uid and gid it runs as (one no other
+    running task holds), all in one transaction, so of two launch orders
+    for one task only one ever starts it, and no two running tasks share
+    a uid.
+
+    @return: the task as it now stands; an C{accepted} task flagged for kill
+        comes back unchanged (the caller cancels it); C{None}, changing
+        nothing, when the task is unknown or not C{accepted}.
+    @raise NoIdentity: changing nothing, when no uid is free.
+    """
+    with transaction(conn):
+        found = rows(conn, "SELECT * FROM tasks WHERE task_id = ?", (task_id,))
+        if not found:
+            return None
+        record = TaskRecord.from_row(found[0])
+        if record.status != STATUS_ACCEPTED or record.kill_requested:
+            return record if record.status == STATUS_ACCEPTED else None
+        run_as = None
+        if identity is not None:
+            run_as = identity.pick(running_uids(conn) if identity.per_task else frozenset())
+            if run_as is None:
+                raise NoIdentity(identity.describe())
+        reservation = Reservation.for_limits(record.limits)
+        conn.execute(
+            "UPDATE tasks SET status = ?, shim_pid = ?, reservation_json = ?, reserved_at_ms = ?,"
+            " released_at_ms = NULL, updated_at_ms = ?, run_uid = ?, run_gid = ? WHERE task_id = ?",
+            (
+                STATUS_RUNNING,
+                shim_pid,
+                dumps(reservation.to_json()),
+                now_ms,
+                now_ms,
+                None if run_as is None else run_as.uid,
+                None if run_as is None else run_as.gid,
+                task_id,
+            ),
+        )
+        append_event(
+            conn, task_id, "resource_reserved", "task resources reserved", now_ms, reservation.to_json()
+        )
+    return attrs.evolve(
+        record,
+        status=STATUS_RUNNING,
+        shim_pid=shim_pid,
+        reservation=reservation,
+        reserved_at_ms=now_ms,
+        released_at_ms=None,
+        updated_at_ms=now_ms,
+        run_as=run_as,
+    )
+
+
+def record_start(
+    conn: sqlite3.Connection, task_id: str, pid: int, now_ms: int, script_path: Optional[str]
+) -> bool:
+    """
+    Record that the workload C{pid} (leader of process group C{pid}) runs.
+    """
+    with transaction(conn):
+        cursor = conn.execute(
+            "UPDATE tasks SET pid = ?, pgid = ?, started_at_ms = ?, updated_at_ms = ?,"
+            " script_path = COALESCE(?, script_path) WHERE task_id = ? AND status = ?",
+            (pid, pid, now_ms, now_ms, script_path, task_id, STATUS_RUNNING),
+        )
+        if cursor.rowcount != 1:
+            return False
+        append_event(conn, task_id, "started", "task started", now_ms)
+    return True
+
+
+def record_timeout(conn: sqlite3.Connection, task_id: str, now_ms: int) -> bool:
+    """
+    Set the timeout flag and append C{timeout_triggered}, once per task.
+    """
+    with transaction(conn):
+        cursor = conn.execute(
+            "UPDATE tasks SET timeout_triggered = 1, updated_at_ms = ?"
+            " WHERE task_id = ? AND status = ? AND timeout_triggered = 0",
+            (now_ms, task_id, STATUS_RUNNING),
+        )
+        if cursor.rowcount != 1:
+            return False
+        append_event(conn, task_id, "timeout_triggered", "timeout triggered", now_ms)
+    return True
+
+
+def request_kill(conn: sqlite3.Connection, task_id: str, now_ms: int) -> bool:
+    """
+    Set the kill flag of a non-terminal task and append C{kill_requested}.
+
+    @return: whether the task was non-terminal (and so was flagged).
+    """
+    with transaction(conn):
+        cursor = conn.execute(
+            "UPDATE tasks SET kill_requested = 1, kill_requested_at_ms = ?, updated_at_ms = ?"
+            " WHERE task_id = ? AND status IN (?, ?)",
+            (now_ms, now_ms, task_id, STATUS_ACCEPTED, STATUS_RUNNING),
+        )
+        if cursor.rowcount != 1:
+            return False
+        append_event(conn, task_id, "kill_requested", "kill requested", now_ms)
+    return True
+
+
+def _release_in_txn(conn: sqlite3.Connection, task_id: str, now_ms: int, message: str) -> None:
+    row = conn.execute(
+        "SELECT reservation_json FROM tasks WHERE task_id = ?"
+        " AND reserved_at_ms IS NOT NULL AND released_at_ms IS NULL",
+        (task_id,),
+    ).fetchone()
+    if row is None:
+        return
+    conn.execute(
+        "UPDATE tasks SET released_at_ms = ?, updated_at_ms = ? WHERE task_id = ?",
+        (now_ms, now_ms, task_id),
+    )
+    append_event(conn, task_id, "resource_released", message, now_ms, json.loads(row[0]))
+
+
+def release_orphan_reservation(conn: sqlite3.Connection, task_id: str, now_ms: int) -> None:
+    """
+    Recovery: release the reservation a still-queued task holds.
+    """
+    with transaction(conn):
+        _release_in_txn(
+            conn, task_id, now_ms, "orphan accepted-task reservation released during recovery"
+        )
+
+
+def mark_recovered(
+    conn: sqlite3.Connection, task_id: str, reservation: Optional[Reservation], now_ms: int
+) -> bool:
+    """
+    Recovery: a running task whose supervisor is alive.  Rebuild its
+    reservation when it has none active, then append C{recovered}.
+    """
+    with transaction(conn):
+        row = conn.execute(
+            "SELECT reserved_at_ms, released_at_ms FROM tasks WHERE task_id = ? AND status = ?",
+            (task_id, STATUS_RUNNING),
+        ).fetchone()
+        if row is None:
+            return False
+        if reservation is not None and (row[0] is None or row[1] is not None):
+            conn.execute(
+                "UPDATE tasks SET reservation_json = ?, reserved_at_ms = ?, released_at_ms = NULL"
+                " WHERE task_id = ?",
+                (dumps(reservation.to_json()), now_ms, task_id),
+            )
+            append_event(
+                conn,
+                task_id,
+                "resource_reserved",
+                "resource reservation reconstructed during recovery",
+                now_ms,
+                reservation.to_json(),
+            )
+        conn.execute("UPDATE tasks SET updated_at_ms = ? WHERE task_id = ?", (now_ms, task_id))
+        append_event(conn, task_id, "recovered", "task recovered", now_ms)
+    return True
+
+
+@attrs.frozen
+class KillResult:
+    """
+    What a kill request did: the snapshot to answer with, and what the
+    server must still do (signal a running task, forget a queued one).
+    """
+
+    snapshot: JSON
+    record: TaskRecord
+    flagged: bool
+    cancelled_queued: bool
+
+
+def kill(
+    conn: sqlite3.Connection,
+    task_id: str,
+    owner: Optional[str],
+    now_ms: int,
+    any_owner: bool = False,
+    ceiling: Optional[int] = None,
+) -> KillResult:
+    """
+    The store half of a kill: an unknown task, then the owner check; a
+    task not yet terminal gets its kill flag and, if still queued, is
+    cancelled (its terminal write, L{finish}).
+
+    @param any_owner: skip the owner check (an admin token's kill).
+    @param ceiling: bounds the previews (L{taskfiles.snapshot}).
+    @raise errors.NotFound: no such task.
+    @raise errors.PermissionDenied: another owner's task.
+    """
+    record = load_task(conn, task_id)
+    if record is None:
+        raise errors.NotFound(task_id)
+    if not any_owner and record.owner is not None and owner != record.owner:
+        raise errors.PermissionDenied(f"kill requires owner '{record.owner}'")
+    flagged = False
+    cancelled = False
+    if not record.terminal:
+        flagged = request_kill(conn, task_id, now_ms)
+        if flagged and record.status == STATUS_ACCEPTED:
+            cancelled = finish(
+                conn,
+                task_id,
+                outcome.cancelled("task cancelled before execution"),
+                now_ms,
+                (STATUS_ACCEPTED,),
+                ceiling,
+            )
+    record = load_task(conn, task_id)
+    assert record is not None
+    return KillResult(
+        snapshot=taskfiles.snapshot(record, now_ms, ceiling),
+        record=record,
+        flagged=flagged,
+        cancelled_queued=cancelled,
+    )

@@ -1,0 +1,516 @@
+"""
+Tests for L{execgo.supervisor.engine.Supervisor}'s timers, kill escalation
+and verdicts, driven by a clock the test moves and fake kernel edges
+(L{FakeProcesses}): no workload process is started and nothing sleeps.
+The real-process tier, for what needs the kernel, is
+C{tests.test_supervisor}.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+import attrs
+from twisted.trial.unittest import SynchronousTestCase
+
+from execgo import control
+from execgo.core import records
+from execgo.core.models import ErrorInfo, ResourceLimits
+from execgo.store import connection, eventlog, reads, schema, transitions
+from execgo.supervisor import engine as engine_module
+from execgo.supervisor import launcher
+from execgo.supervisor.engine import Supervisor
+from execgo.supervisor.processes import Reaped
+from execgo.supervisor.timers import Timers
+from tests.fakes import FakeCgroups, command, new_task, plan_for
+
+GRACE_S = 0.5
+FIRST_PID = 40_000
+
+
+def exit_status(code: int) -> int:
+    """
+    The wait status of a process that exited with C{code}.
+    """
+    return code << 8
+
+
+@attrs.define
+class FakeWorkload:
+    """
+    One spawned workload as the fake kernel sees it.
+
+    @ivar ignores: signals it ignores (C{SIGKILL} is never ignored).
+    @ivar exit_on: signal to the exit code it exits with when sent it
+        (instead of dying by it).
+    @ivar leftovers: processes left in its group once the leader exited
+        (each dies at the next C{SIGKILL} unless C{immortal}).
+    @ivar status: its wait status once it exited.
+    """
+
+    pid: int
+    spec: launcher.LaunchSpec
+    ignores: Set[int] = attrs.field(factory=set)
+    exit_on: Dict[int, int] = attrs.field(factory=dict)
+    leftovers: int = 0
+    immortal: bool = False
+    status: Optional[int] = None
+    reaped: bool = False
+
+
+class FakeProcesses:
+    """
+    L{execgo.supervisor.processes.Processes} in memory: spawns are
+    recorded, signals decide how fake workloads end, and the test ends
+    them too (L{exit}).
+
+    @ivar fail: a L{launcher.LaunchError} the next spawn raises.
+    @ivar behaviour: keyword arguments given to each new L{FakeWorkload}.
+    @ivar signals: every C{(pgid, signum)} sent, in order.
+    """
+
+    def __init__(self) -> None:
+        self.workloads: Dict[int, FakeWorkload] = {}
+        self.signals: List[Tuple[int, int]] = []
+        self.fail: Optional[launcher.LaunchError] = None
+        self.behaviour: Dict[str, Any] = {}
+        self.status_lines: Dict[int, str] = {}
+        self.resets = 0
+        self._next_pid = FIRST_PID
+
+    def spawn(self, spec: launcher.LaunchSpec) -> launcher.Spawned:
+        """
+        Record a workload (or raise L{fail}).
+        """
+        if self.fail is not None:
+            raise self.fail
+        pid = self._next_pid
+        self._next_pid += 1
+        self.workloads[pid] = FakeWorkload(pid, spec, **self.behaviour)
+        return launcher.Spawned(pid=pid)
+
+    def read_status(self, status_fd: Optional[int]) -> Optional[str]:
+        """
+        No sandbox wrapper here: nothing to report.
+        """
+        return None
+
+    def exited(self) -> Optional[int]:
+        """
+        The first exited workload not reaped yet.
+        """
+        for workload in self.workloads.values():
+            if workload.status is not None and not workload.reaped:
+                return workload.pid
+        return None
+
+    def reap(self, pid: int) -> Optional[Reaped]:
+        """
+        Reap an exited workload, with made-up usage.
+        """
+        workload = self.workloads.get(pid)
+        if workload is None or workload.status is None or workload.reaped:
+            return None
+        workload.reaped = True
+        return Reaped(status=workload.status, user_cpu_ms=7, system_cpu_ms=3, max_rss_bytes=4096)
+
+    def signal_group(self, pgid: int, signum: int) -> bool:
+        """
+        Record the signal and apply it: a signal not ignored ends the
+        leader (by the signal, or with its C{exit_on} code); C{SIGKILL}
+        ends the leftovers.
+        """
+        self.signals.append((pgid, signum))
+        workload = self.workloads.get(pgid)
+        if workload is None or not self.group_alive(pgid):
+            return False
+        if workload.status is None and signum not in workload.ignores - {signal.SIGKILL}:
+            if signum in workload.exit_on:
+                workload.status = exit_status(workload.exit_on[signum])
+            else:
+                workload.status = signum
+        if signum == signal.SIGKILL and not workload.immortal:
+            workload.leftovers = 0
+        return True
+
+    def group_alive(self, pgid: int) -> bool:
+        """
+        A leader not reaped, or leftovers.
+        """
+        workload = self.workloads.get(pgid)
+        return workload is not None and (not workload.reaped or workload.leftovers > 0)
+
+    def reset_peak_rss(self) -> bool:
+        """
+        Count the resets.
+        """
+        self.resets += 1
+        return True
+
+    def exit(self, pid: int, code: int = 0, leftovers: int = 0) -> None:
+        """
+        The leader of C{pid} exits with C{code}, leaving C{leftovers} in
+        its group.
+        """
+        self.workloads[pid].status = exit_status(code)
+        self.workloads[pid].leftovers = leftovers
+
+    def sent(self, pid: int) -> List[int]:
+        """
+        The signals sent to the group C{pid}, in order.
+        """
+        return [signum for pgid, signum in self.signals if pgid == pid]
+
+
+class EngineHarness:
+    """
+    A supervisor engine over a temporary store, on a clock the test moves
+    (L{advance}) with fake kernel edges (L{FakeProcesses}).
+    """
+
+    cgroups: Any = None
+
+    def make_engine(self: Any) -> None:
+        """
+        Create the data directory, the store and the engine.
+        """
+        self.data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(self.data_dir, "tasks"))
+        self.db = os.path.join(self.data_dir, "runtime.db")
+        self.conn = connection.connect(self.db)
+        self.addCleanup(self.conn.close)
+        schema.init_schema(self.conn)
+        self.now = 1000.0
+        self.processes = FakeProcesses()
+        self.logged: List[str] = []
+        self.supervisor = Supervisor(
+            self.db,
+            GRACE_S,
+            clock=Timers(lambda: self.now),
+            processes=self.processes,
+            wall_ms=lambda: int(self.now * 1000),
+            base_env={"PATH": "/usr/bin:/bin"},
+            log=self.logged.append,
+            cgroups=self.cgroups,
+            detect_cgroups=lambda root: None,
+        )
+        self.addCleanup(self.supervisor.close)
+        self.reports: List[control.Report] = []
+        self.supervisor.listeners.append(self.reports.append)
+
+    def advance(self: Any, seconds: float = 0.0) -> None:
+        """
+        Move the clock on, then do what the supervisor's loop does: reap,
+        run the timers that are due.
+        """
+        self.now += seconds
+        self.supervisor.reap()
+        self.supervisor.run_due_timers()
+
+    def launch(self: Any, task_id: str, wall_time_ms: int = 10_000, **kwargs: Any) -> int:
+        """
+        Insert a task and launch it; its fake pid.
+        """
+        limits = ResourceLimits(wall_time_ms=wall_time_ms)
+        task = new_task(self.data_dir, task_id, command("/bin/true"), limits, make_dirs=True, **kwargs)
+        transitions.insert_task(self.conn, task, int(self.now * 1000))
+        self.assertTrue(self.supervisor.launch(task_id))
+        return self.supervisor.by_task[task_id].pid
+
+    def load(self: Any, task_id: str) -> records.TaskRecord:
+        """
+        A task that must exist.
+        """
+        record = reads.load_task(self.conn, task_id)
+        assert record is not None
+        return record
+
+    def events(self: Any, task_id: str) -> List[str]:
+        """
+        The task's event types, in order.
+        """
+        return [event.event_type for event in eventlog.load_events(self.conn, task_id)]
+
+
+class EscalationTests(EngineHarness, SynchronousTestCase):
+    """
+    Wall time, kills and their escalation, on the engine's clock.
+    """
+
+    def setUp(self) -> None:
+        self.make_engine()
+
+    def test_wall_time_escalates(self) -> None:
+        """
+        A workload that ignores SIGTERM gets it exactly at its wall time and
+        SIGKILL exactly one grace period later; it ends C{failed}/C{timeout}
+        with the duration the clock measured, and no timer is left.
+        """
+        self.processes.behaviour = {"ignores": {signal.SIGTERM}}
+        pid = self.launch("slow", wall_time_ms=2000)
+        self.advance(1.875)
+        self.assertEqual(self.processes.signals, [])
+        self.advance(0.125)
+        self.assertEqual(self.processes.sent(pid), [signal.SIGTERM])
+        self.assertTrue(self.load("slow").timeout_triggered)
+        self.advance(GRACE_S - 0.125)
+        self.assertEqual(self.processes.sent(pid), [signal.SIGTERM])
+        self.advance(0.125)
+        self.advance()
+        self.assertEqual(self.processes.sent(pid)[:2], [signal.SIGTERM, signal.SIGKILL])
+        record = self.load("slow")
+        self.assertEqual(record.status, "failed")
+        self.assertEqual(record.error, ErrorInfo("timeout", "task exceeded wall_time_ms"))
+        self.assertEqual(record.exit_signal, signal.SIGKILL)
+        assert record.usage is not None
+        self.assertEqual(record.usage.duration_ms, 2500)
+        self.assertEqual(self.events("slow").count("timeout_triggered"), 1)
+        self.assertFalse(self.supervisor.busy)
+        self.assertIsNone(self.supervisor.next_delay())
+
+    def test_wall_time_from_the_plan(self) -> None:
+        """
+        The wall timer reads the plan's C{wall_time_ms}, where every other
+        enforced limit comes from, not the requested limits.
+        """
+        limits = ResourceLimits(wall_time_ms=5000)
+        plan = plan_for(ResourceLimits(wall_time_ms=1000))
+        pid = self.launch("planned", wall_time_ms=limits.wall_time_ms, plan=plan)
+        self.advance(1.0)
+        self.assertEqual(self.processes.sent(pid), [signal.SIGTERM])
+
+    def test_exit_on_sigterm_after_timeout(self) -> None:
+        """
+        A workload that exits 0 on its timeout's SIGTERM is still
+        C{failed}/C{timeout}; its SIGKILL is called off (the one sent is
+        for its group's leftovers, as it is reaped).
+        """
+        self.processes.behaviour = {"exit_on": {signal.SIGTERM: 0}}
+        pid = self.launch("t0", wall_time_ms=125)
+        self.advance(0.125)
+        self.advance()
+        record = self.load("t0")
+        self.assertEqual(record.error, ErrorInfo("timeout", "task exceeded wall_time_ms"))
+        self.assertEqual(record.exit_code, 0)
+        self.advance(GRACE_S * 2)
+        self.assertEqual(self.processes.sent(pid), [signal.SIGTERM, signal.SIGKILL])
+        self.assertIsNone(self.supervisor.next_delay())
+
+    def test_kill_terminates_then_kills(self) -> None:
+        """
+        A kill sends SIGTERM at once; a repeated one sends it again but
+        leaves the SIGKILL one grace period after the first.  The task
+        ends C{cancelled}.
+        """
+        self.processes.behaviour = {"ignores": {signal.SIGTERM}}
+        pid = self.launch("k")
+        self.supervisor.kill("k")
+        self.advance(0.25)
+        self.supervisor.kill("k")
+        self.assertEqual(self.processes.sent(pid), [signal.SIGTERM, signal.SIGTERM])
+        self.advance(GRACE_S - 0.25)
+        self.assertEqual(self.processes.sent(pid)[2], signal.SIGKILL)
+        self.advance()
+        record = self.load("k")
+        self.assertEqual(record.status, "cancelled")
+        self.assertEqual(record.error, ErrorInfo("cancelled", "task cancelled"))
+        self.assertEqual(record.exit_signal, signal.SIGKILL)
+        assert record.usage is not None
+        self.assertEqual(record.usage.duration_ms, 500)
+
+    def test_kill_obeyed_escalation_called_off(self) -> None:
+        """
+        A workload that dies of the SIGTERM gets no SIGKILL from the
+        escalation, however long the clock runs on (only the one its
+        group's leftovers get as it is reaped); it ends C{cancelled} by
+        SIGTERM.
+        """
+        pid = self.launch("polite")
+        self.supervisor.kill("polite")
+        self.advance()
+        self.advance(GRACE_S * 10)
+        self.assertEqual(self.processes.sent(pid), [signal.SIGTERM, signal.SIGKILL])
+        record = self.load("polite")
+        self.assertEqual(record.status, "cancelled")
+        self.assertEqual(record.exit_signal, signal.SIGTERM)
+        self.assertIsNone(self.supervisor.next_delay())
+
+    def test_kill_after_exit(self) -> None:
+        """
+        A kill that comes once the workload has exited sends nothing: not
+        while its group drains (the verdict then takes the kill), not once
+        its end is written (nothing changes).
+        """
+        self.processes.behaviour = {"immortal": True}
+        pid = self.launch("late")
+        self.processes.exit(pid, 0, leftovers=1)
+        self.advance()
+        self.supervisor.kill("late")
+        self.assertNotIn(signal.SIGTERM, self.processes.sent(pid))
+        self.advance(engine_module.GROUP_DRAIN_LIMIT_S)
+        self.assertEqual(self.load("late").status, "cancelled")
+        self.processes.behaviour = {}
+        pid = self.launch("done")
+        self.processes.exit(pid, 0)
+        self.advance()
+        self.supervisor.kill("done")
+        self.assertEqual(self.processes.sent(pid), [signal.SIGKILL])
+        self.assertEqual(self.load("done").status, "success")
+
+    def test_grace_of_the_launch(self) -> None:
+        """
+        A running workload keeps the grace period it was launched with when
+        the settings change.
+        """
+        self.processes.behaviour = {"ignores": {signal.SIGTERM}}
+        pid = self.launch("g")
+        self.supervisor.grace_s = 5.0
+        self.supervisor.kill("g")
+        self.advance(GRACE_S)
+        self.assertEqual(self.processes.sent(pid), [signal.SIGTERM, signal.SIGKILL])
+
+    def test_exit_cancels_timers(self) -> None:
+        """
+        A workload that exits before its wall time gets no signal but the
+        SIGKILL for its group's leftovers, ends C{success}, and leaves no
+        timer behind.
+        """
+        pid = self.launch("quick", wall_time_ms=1000)
+        self.advance(0.25)
+        self.processes.exit(pid, 0)
+        self.advance()
+        self.assertEqual(self.processes.sent(pid), [signal.SIGKILL])
+        record = self.load("quick")
+        self.assertEqual(record.status, "success")
+        assert record.usage is not None
+        self.assertEqual((record.usage.duration_ms, record.usage.user_cpu_ms), (250, 7))
+        self.advance(5.0)
+        self.assertEqual(self.processes.sent(pid), [signal.SIGKILL])
+        self.assertIsNone(self.supervisor.next_delay())
+        self.assertEqual(self.reports, [control.Finished("quick", self.reports[0].status)])
+
+    def test_kill_flag_watch(self) -> None:
+        """
+        The single-task watch polls the store's kill flag every
+        L{engine_module.KILL_FLAG_POLL_S} and escalates once it is set.
+        """
+        pid = self.launch("w")
+        self.supervisor.watch_kill_flag("w")
+        self.advance(engine_module.KILL_FLAG_POLL_S)
+        self.assertEqual(self.processes.signals, [])
+        transitions.request_kill(self.conn, "w", int(self.now * 1000))
+        self.advance(engine_module.KILL_FLAG_POLL_S)
+        self.assertEqual(self.processes.sent(pid), [signal.SIGTERM])
+        self.advance()
+        self.assertEqual(self.load("w").status, "cancelled")
+        self.assertIsNone(self.supervisor.next_delay())
+
+
+class DrainTests(EngineHarness, SynchronousTestCase):
+    """
+    A workload's group must be empty before its end is written; the wait
+    is bounded.
+    """
+
+    def setUp(self) -> None:
+        self.make_engine()
+
+    def test_leftovers_killed(self) -> None:
+        """
+        Leftovers in the leader's group get SIGKILL while the leader is
+        reaped, and the task ends at once.
+        """
+        pid = self.launch("bg")
+        self.processes.exit(pid, 0, leftovers=2)
+        self.advance()
+        self.assertEqual(self.processes.sent(pid), [signal.SIGKILL])
+        self.assertEqual(self.load("bg").status, "success")
+
+    def test_drain_bounded(self) -> None:
+        """
+        Leftovers that will not die are sent SIGKILL every drain step, and
+        the task ends once L{engine_module.GROUP_DRAIN_LIMIT_S} has passed.
+        """
+        self.processes.behaviour = {"immortal": True}
+        pid = self.launch("stuck")
+        self.processes.exit(pid, 0, leftovers=1)
+        self.advance()
+        self.assertEqual(self.load("stuck").status, "running")
+        self.advance(engine_module.GROUP_DRAIN_LIMIT_S / 2)
+        self.assertEqual(self.load("stuck").status, "running")
+        self.advance(engine_module.GROUP_DRAIN_LIMIT_S / 2)
+        self.assertEqual(self.load("stuck").status, "success")
+        self.assertEqual(set(self.processes.sent(pid)), {signal.SIGKILL})
+        self.assertGreater(len(self.processes.sent(pid)), 2)
+        self.assertIsNone(self.supervisor.next_delay())
+
+
+class LaunchTests(EngineHarness, SynchronousTestCase):
+    """
+    Launch failures and what is recorded when the kernel edge refuses.
+    """
+
+    def setUp(self) -> None:
+        self.make_engine()
+
+    def test_spawn_refused(self) -> None:
+        """
+        A spawn that fails ends the task C{failed}/C{launch_failed} at once,
+        with no timer left.
+        """
+        self.processes.fail = launcher.LaunchError("[Errno 2] No such file or directory")
+        task = new_task(self.data_dir, "nf", command("/nope"), make_dirs=True)
+        transitions.insert_task(self.conn, task, int(self.now * 1000))
+        self.assertTrue(self.supervisor.launch("nf"))
+        record = self.load("nf")
+        self.assertEqual(record.status, "failed")
+        self.assertEqual(
+            record.error, ErrorInfo("launch_failed", "spawn process: [Errno 2] No such file or directory")
+        )
+        self.assertFalse(self.supervisor.busy)
+        self.assertIsNone(self.supervisor.next_delay())
+
+    def test_start_recorded_on_the_clock(self) -> None:
+        """
+        The start is written with the next transaction, at the latest
+        L{engine_module.START_RECORD_DELAY_S} after the spawn.
+        """
+        pid = self.launch("s")
+        self.assertIsNone(self.load("s").pid)
+        self.advance(engine_module.START_RECORD_DELAY_S)
+        record = self.load("s")
+        self.assertEqual((record.pid, record.started_at_ms), (pid, 1_000_000))
+
+
+class CgroupSignalTests(EngineHarness, SynchronousTestCase):
+    """
+    The escalation reaches a task's cgroups as well as its process group.
+    """
+
+    def setUp(self) -> None:
+        self.cgroups = FakeCgroups()
+        self.make_engine()
+
+    def test_both_steps_reach_the_cgroup(self) -> None:
+        """
+        SIGTERM and, after the grace period, SIGKILL go to the cgroup too.
+        """
+        self.processes.behaviour = {"ignores": {signal.SIGTERM}}
+        limits = ResourceLimits(memory_bytes=1 << 30, pids_max=64)
+        plan = plan_for(
+            limits,
+            memory_enforced=True,
+            pids_enforced=True,
+            cgroup_enforced=True,
+            mechanisms={"memory_bytes": "cgroup_v2", "pids_max": "cgroup_v2"},
+        )
+        pid = self.launch("cg", plan=plan)
+        self.supervisor.kill("cg")
+        self.advance(GRACE_S)
+        [group] = self.cgroups.groups
+        self.assertEqual(group.signals[:2], [signal.SIGTERM, signal.SIGKILL])
+        self.assertEqual(self.processes.sent(pid)[:2], [signal.SIGTERM, signal.SIGKILL])
+        self.advance()
+        self.assertTrue(group.removed)
