@@ -36,8 +36,8 @@ from twisted.web.iweb import IResponse
 from execgo.core.capabilities import Capabilities
 from execgo.core.config import RuntimeConfig
 from execgo.core.ledger import Ledger
-from execgo.core.models import Reservation
 from execgo.core.quotas import parse_tenant_quotas
+from execgo.core.reservation import Reservation
 from execgo.server.budget import ByteBudget
 from execgo.server.database import Store, open_pool
 from execgo.server.runtime import Runtime
@@ -71,26 +71,30 @@ def fake_capabilities(**overrides: Any) -> Capabilities:
 class _RuntimeParts:
     """
     The parts of one runtime over C{data_dir}, wired as the service wires
-    them, on the given reactor, pool and thread runner.
+    them, on the reactor, pool and thread runner its subclass drives it
+    with (L{_drive}).
 
+    @param config: its configuration (the defaults over C{data_dir}).
     @param budget: the preview budget of its store (none by default).
     @param probe: replaces the data directory's readiness probe
         (L{execgo.server.upkeep.probe_writable}).
+    @param caps: overrides of its capability snapshot (L{fake_capabilities}).
+    @ivar clock: the runtime's reactor.
     """
 
     def __init__(
         self,
         data_dir: str,
-        config: Optional[RuntimeConfig],
-        tokens: Optional[Tokens],
-        budget: Optional[ByteBudget],
-        probe: Optional[Callable[[str], None]],
-        clock: Any,
-        pool: Any,
-        in_thread: Callable[..., "defer.Deferred[Any]"],
-        caps: Dict[str, Any],
+        config: Optional[RuntimeConfig] = None,
+        tokens: Optional[Tokens] = None,
+        budget: Optional[ByteBudget] = None,
+        probe: Optional[Callable[[str], None]] = None,
+        **caps: Any,
     ) -> None:
         self.config = config or RuntimeConfig(data_dir=data_dir)
+        prepare_data_dir(self.config.data_dir_abs)
+        clock, pool, in_thread = self._drive(self.config.database_path)
+        self.clock = clock
         self.pool = pool
         self.store = Store(pool, preview_ceiling=self.config.max_output_preview_bytes, budget=budget)
         # Never connected: the dispatcher keeps every task queued.
@@ -122,9 +126,17 @@ class _RuntimeParts:
             upkeep=Upkeep(
                 self.store, tasks_dir, wall_ms, clock, probe=probe or probe_writable, in_thread=in_thread
             ),
+            in_thread=in_thread,
         )
         self.api = RuntimeAPI(self.runtime, tokens)
         self.treq = StubTreq(self.api.resource())
+
+    def _drive(self, database_path: str) -> Tuple[Any, Any, Callable[..., "defer.Deferred[Any]"]]:
+        """
+        What runs the parts: the reactor, a pool over C{database_path}, and
+        how blocking calls are run.
+        """
+        raise NotImplementedError()
 
     def _request(
         self, method: str, path: str, body: Optional[bytes], headers: Optional[Dict[bytes, List[bytes]]]
@@ -140,20 +152,14 @@ class MemoryRuntime(_RuntimeParts):
     @ivar clock: the runtime's reactor: advance it to let time pass.
     """
 
-    def __init__(
-        self,
-        data_dir: str,
-        config: Optional[RuntimeConfig] = None,
-        tokens: Optional[Tokens] = None,
-        budget: Optional[ByteBudget] = None,
-        probe: Optional[Callable[[str], None]] = None,
-        **caps: Any,
-    ) -> None:
-        config = config or RuntimeConfig(data_dir=data_dir)
-        prepare_data_dir(config.data_dir_abs)
-        self.clock = MemoryReactorClock()
-        pool = InlinePool(config.database_path)
-        super().__init__(data_dir, config, tokens, budget, probe, self.clock, pool, run_now, caps)
+    clock: MemoryReactorClock
+
+    def _drive(self, database_path: str) -> Tuple[Any, Any, Callable[..., "defer.Deferred[Any]"]]:
+        """
+        A L{MemoryReactorClock}, and the store's SQL and blocking calls run
+        at once on the caller's thread.
+        """
+        return MemoryReactorClock(), InlinePool(database_path), run_now
 
     def start(self) -> None:
         """
@@ -230,19 +236,12 @@ class InProcessRuntime(_RuntimeParts):
     its thread pool, blocking calls in the reactor's.
     """
 
-    def __init__(
-        self,
-        data_dir: str,
-        config: Optional[RuntimeConfig] = None,
-        tokens: Optional[Tokens] = None,
-        budget: Optional[ByteBudget] = None,
-        probe: Optional[Callable[[str], None]] = None,
-        **caps: Any,
-    ) -> None:
-        config = config or RuntimeConfig(data_dir=data_dir)
-        prepare_data_dir(config.data_dir_abs)
-        pool = open_pool(reactor, config.database_path)
-        super().__init__(data_dir, config, tokens, budget, probe, reactor, pool, deferToThread, caps)
+    def _drive(self, database_path: str) -> Tuple[Any, Any, Callable[..., "defer.Deferred[Any]"]]:
+        """
+        The real reactor, the store's own pool, and the reactor's thread
+        pool for blocking calls.
+        """
+        return reactor, open_pool(reactor, database_path), deferToThread
 
     async def start(self) -> None:
         """

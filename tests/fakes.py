@@ -15,16 +15,15 @@ import attrs
 from twisted.internet import defer
 
 from execgo.core import records
+from execgo.core.constants import MODE_ADAPTIVE
 from execgo.core.models import (
-    MODE_ADAPTIVE,
     ControlContext,
-    ExecutionPlan,
     ExecutionSpec,
-    Reservation,
-    ResourceEnforcement,
     ResourceLimits,
     SandboxPolicy,
 )
+from execgo.core.plan import ExecutionPlan, ResourceEnforcement
+from execgo.core.reservation import Reservation
 from execgo.store import connection, taskfiles
 from execgo.store.reads import SchedulerState
 
@@ -431,3 +430,28 @@ def run_now(func: Callable[..., Any], *args: Any, **kwargs: Any) -> "defer.Defer
     failure) in a fired Deferred.
     """
     return defer.maybeDeferred(func, *args, **kwargs)
+
+
+#: The C{tasks} table as the first stores had it, before the columns later
+#: versions added: where every migration starts from.
+OLD_TASKS_TABLE = (
+    "CREATE TABLE tasks (task_id TEXT PRIMARY KEY NOT NULL, handle_id TEXT NOT NULL,"
+    " status TEXT NOT NULL, execution_json TEXT NOT NULL, limits_json TEXT NOT NULL,"
+    " sandbox_json TEXT NOT NULL, created_at_ms INTEGER NOT NULL,"
+    " updated_at_ms INTEGER NOT NULL, task_dir TEXT NOT NULL, workspace_dir TEXT NOT NULL,"
+    " request_path TEXT NOT NULL, result_path TEXT NOT NULL, stdout_path TEXT NOT NULL,"
+    " stderr_path TEXT NOT NULL, stdout_max_bytes INTEGER NOT NULL,"
+    " stderr_max_bytes INTEGER NOT NULL)"
+)
+
+
+def old_store(test: Any, path: str) -> sqlite3.Connection:
+    """
+    A new store at C{path} as the first version made it (L{OLD_TASKS_TABLE}
+    only), open in autocommit and closed when C{test} ends: insert its rows,
+    then initialise the schema over it to see the migration.
+    """
+    conn = sqlite3.connect(path, isolation_level=None)
+    test.addCleanup(conn.close)
+    conn.execute(OLD_TASKS_TABLE)
+    return conn

@@ -20,7 +20,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from execgo.core import bounds
 from execgo.core.errors import ExecgoError
-from execgo.server.web.api import Utf8Paths
+from execgo.server.web.site import Utf8Paths
 from tests.apifixture import MemoryRuntime, tmp_data_dir
 from tests.test_api import APITestsBase
 

@@ -21,7 +21,7 @@ from execgo.core.capabilities import (
     normalise_arch,
     normalise_os,
 )
-from execgo.core.models import Reservation
+from execgo.core.reservation import Reservation
 from execgo.host.probe import (
     CgroupFacility,
     CgroupLayout,

@@ -19,7 +19,8 @@ from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from execgo.core import errors, outcome, records
-from execgo.core.models import ControlContext, Reservation, SubmitRequest
+from execgo.core.models import ControlContext, SubmitRequest
+from execgo.core.reservation import Reservation
 from execgo.server.database import Store, open_pool
 from execgo.server.taskstore import TaskStore
 from execgo.store import connection, idempotency, terminal, transitions

@@ -17,10 +17,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from execgo import control
 from execgo.core import records
-from execgo.core.models import ErrorInfo, ResourceLimits
+from execgo.core.models import ResourceLimits
+from execgo.core.results import ErrorInfo
 from execgo.store import connection, eventlog, reads, schema, transitions
 from execgo.supervisor import engine as engine_module
-from execgo.supervisor import launcher
+from execgo.supervisor import launcher, reaping, starts
 from execgo.supervisor.engine import Supervisor
 from execgo.supervisor.processes import Reaped
 from execgo.supervisor.timers import Timers
@@ -349,7 +350,7 @@ class EscalationTests(EngineHarness, SynchronousTestCase):
         self.advance()
         self.supervisor.kill("late")
         self.assertNotIn(signal.SIGTERM, self.processes.sent(pid))
-        self.advance(engine_module.GROUP_DRAIN_LIMIT_S)
+        self.advance(reaping.GROUP_DRAIN_LIMIT_S)
         self.assertEqual(self.load("late").status, "cancelled")
         self.processes.behaviour = {}
         pid = self.launch("done")
@@ -431,16 +432,16 @@ class DrainTests(EngineHarness, SynchronousTestCase):
     def test_drain_bounded(self) -> None:
         """
         Leftovers that will not die are sent SIGKILL every drain step, and
-        the task ends once L{engine_module.GROUP_DRAIN_LIMIT_S} has passed.
+        the task ends once L{reaping.GROUP_DRAIN_LIMIT_S} has passed.
         """
         self.processes.behaviour = {"immortal": True}
         pid = self.launch("stuck")
         self.processes.exit(pid, 0, leftovers=1)
         self.advance()
         self.assertEqual(self.load("stuck").status, "running")
-        self.advance(engine_module.GROUP_DRAIN_LIMIT_S / 2)
+        self.advance(reaping.GROUP_DRAIN_LIMIT_S / 2)
         self.assertEqual(self.load("stuck").status, "running")
-        self.advance(engine_module.GROUP_DRAIN_LIMIT_S / 2)
+        self.advance(reaping.GROUP_DRAIN_LIMIT_S / 2)
         self.assertEqual(self.load("stuck").status, "success")
         self.assertEqual(set(self.processes.sent(pid)), {signal.SIGKILL})
         self.assertGreater(len(self.processes.sent(pid)), 2)
@@ -475,11 +476,11 @@ class LaunchTests(EngineHarness, SynchronousTestCase):
     def test_start_recorded_on_the_clock(self) -> None:
         """
         The start is written with the next transaction, at the latest
-        L{engine_module.START_RECORD_DELAY_S} after the spawn.
+        L{starts.START_RECORD_DELAY_S} after the spawn.
         """
         pid = self.launch("s")
         self.assertIsNone(self.load("s").pid)
-        self.advance(engine_module.START_RECORD_DELAY_S)
+        self.advance(starts.START_RECORD_DELAY_S)
         record = self.load("s")
         self.assertEqual((record.pid, record.started_at_ms), (pid, 1_000_000))
 

@@ -1,12 +1,11 @@
 """
 Tests for L{execgo.host.escalation}: the kill-by-escalation rule alone,
-and the server's direct kill (L{execgo.server.runtime.Runtime}, while no
-supervisor is connected) that follows it on a reactor's clock.
+and the server's direct kill (L{execgo.server.directkill.DirectKills},
+while no supervisor is connected) that follows it on a reactor's clock.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 from typing import Any, Callable, List, Tuple
@@ -15,9 +14,8 @@ import attrs
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.core.config import RuntimeConfig
 from execgo.host import escalation
-from execgo.server.runtime import Runtime
+from execgo.server.directkill import DirectKills
 
 
 @attrs.define
@@ -132,27 +130,13 @@ class GroupSignallerTests(SynchronousTestCase):
 class DirectKillTests(SynchronousTestCase):
     """
     The server's own escalation while no supervisor is connected
-    (C{Runtime._signal_directly}), on a L{Clock}, against a real process
+    (L{DirectKills}), on a L{Clock}, against a real process
     group that ignores SIGTERM.
     """
 
     def setUp(self) -> None:
         self.clock = Clock()
-        data_dir = os.path.abspath(self.mktemp())
-        os.makedirs(data_dir)
-        self.runtime = Runtime(
-            reactor=self.clock,
-            config=RuntimeConfig(data_dir=data_dir, termination_grace_ms=250),
-            runtime_id="test",
-            capabilities=None,  # type: ignore[arg-type]
-            quotas={},
-            store=None,  # type: ignore[arg-type]
-            scheduler=None,  # type: ignore[arg-type]
-            link=None,  # type: ignore[arg-type]
-            now_ms=lambda: 0,
-            started_at="2026-01-01T00:00:00Z",
-            version="test",
-        )
+        self.kills = DirectKills(self.clock, 0.25)
         self.child = subprocess.Popen(
             ["/bin/sh", "-c", "trap '' TERM; echo ready; exec sleep 30"],
             start_new_session=True,
@@ -178,8 +162,8 @@ class DirectKillTests(SynchronousTestCase):
         SIGKILL when the grace period has passed on the reactor's clock;
         then nothing is left scheduled.
         """
-        self.runtime._signal_directly("t", self.child.pid)
-        self.runtime._signal_directly("t", self.child.pid)
+        self.kills.kill("t", self.child.pid)
+        self.kills.kill("t", self.child.pid)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.assertIsNone(self.child.poll())
         self.clock.advance(0.125)
@@ -187,4 +171,4 @@ class DirectKillTests(SynchronousTestCase):
         self.clock.advance(0.125)
         self.assertEqual(self.child.wait(timeout=5), -signal.SIGKILL)
         self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.assertEqual(self.runtime._kill_timers, {})
+        self.assertEqual(self.kills.timers, {})

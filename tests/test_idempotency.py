@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from typing import Any, Dict, List, Optional, Tuple
 
 import attrs
@@ -22,7 +21,7 @@ from execgo.core.config import RuntimeConfig
 from execgo.core.models import ControlContext
 from execgo.store import connection, gc, idempotency, schema, terminal, transitions
 from tests.apifixture import InProcessRuntime, tmp_data_dir
-from tests.fakes import new_task
+from tests.fakes import new_task, old_store
 from tests.test_supervisor import StoreMixin
 
 NOW = 1_700_000_000_000
@@ -132,18 +131,7 @@ class StoreTests(StoreMixin, SynchronousTestCase):
         A store from before keys gets the key columns and the unique index
         (of keys within their scope).
         """
-        path = os.path.join(self.data_dir, "old.db")
-        conn = sqlite3.connect(path, isolation_level=None)
-        self.addCleanup(conn.close)
-        conn.execute(
-            "CREATE TABLE tasks (task_id TEXT PRIMARY KEY NOT NULL, handle_id TEXT NOT NULL,"
-            " status TEXT NOT NULL, execution_json TEXT NOT NULL, limits_json TEXT NOT NULL,"
-            " sandbox_json TEXT NOT NULL, created_at_ms INTEGER NOT NULL,"
-            " updated_at_ms INTEGER NOT NULL, task_dir TEXT NOT NULL, workspace_dir TEXT NOT NULL,"
-            " request_path TEXT NOT NULL, result_path TEXT NOT NULL, stdout_path TEXT NOT NULL,"
-            " stderr_path TEXT NOT NULL, stdout_max_bytes INTEGER NOT NULL,"
-            " stderr_max_bytes INTEGER NOT NULL)"
-        )
+        conn = old_store(self, os.path.join(self.data_dir, "old.db"))
         connection.configure(conn)
         schema.init_schema(conn)
         columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}

@@ -2481,13 +2481,14 @@ class CrashRecoveryTests(OwnServerCase):
         the next server recovers them and they finish.
         """
         await self.start_server(*GRACE)
-        task_id = await self.submit(shell("sleep 1.5; echo kept", task_id=unique("kept")))
+        # Long enough to outlast a stop and a start on a loaded machine.
+        task_id = await self.submit(shell("sleep 5; echo kept", task_id=unique("kept")))
         started = await self.wait_started(task_id)
         exit_status = await self.server.stop()
         self.assertEqual(exit_status, (0, None))
         self.assertTrue(process_alive(started["pid"]))
         await self.restart()
-        status = await self.wait_terminal(task_id, timeout=10)
+        status = await self.wait_terminal(task_id, timeout=15)
         self.assertEqual((status["status"], status["stdout"]), ("success", "kept\n"))
         self.assertIn("recovered", await self.event_types(task_id))
 

@@ -14,13 +14,8 @@ from typing import Dict, List, Optional, Tuple
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.core.models import (
-    ExecutionSpec,
-    Namespaces,
-    ResourceLimits,
-    RunAs,
-    SandboxPolicy,
-)
+from execgo.core.models import ExecutionSpec, Namespaces, ResourceLimits, SandboxPolicy
+from execgo.core.plan import RunAs
 from execgo.supervisor import launcher
 from tests.fakes import command, plan_for, record, shell
 

@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from execgo.core.errors import InsufficientResources
 from execgo.core.ledger import Ledger, check_admission
-from execgo.core.models import Reservation
+from execgo.core.reservation import Reservation
 from execgo.core.resourceview import ActiveReservation
 
 

@@ -11,6 +11,7 @@ import re
 from typing import Any, Dict, List, Mapping
 
 from twisted.logger import Logger, LogLevel
+from twisted.python.reflect import qual
 from twisted.trial.unittest import SynchronousTestCase
 
 from execgo.server.logs import (
@@ -19,6 +20,7 @@ from execgo.server.logs import (
     make_observer,
     parse_filter,
 )
+from execgo.server.web.site import APISite
 
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3}|\.\d{6}|\.\d{9})?Z\Z")
 
@@ -259,18 +261,18 @@ class MakeObserverTests(SynchronousTestCase):
         """
         out = io.StringIO()
         observer = make_observer(
-            out, {"EXECGO_RUNTIME_LOG": "execgo.server.web.api=debug,twisted=info,twisted.web=error"}
+            out, {"EXECGO_RUNTIME_LOG": "execgo.server.web.site=debug,twisted=info,twisted.web=error"}
         )
-        for namespace in ("execgo.server.web.api.APISite", "twisted.internet.tcp", "twisted.web.server"):
+        for namespace in ("execgo.server.web.site.APISite", "twisted.internet.tcp", "twisted.web.server"):
             log = Logger(namespace=namespace, observer=observer)
             for level in (LogLevel.debug, LogLevel.info, LogLevel.warn):
                 log.emit(level, "{ns} {lvl}", ns=namespace, lvl=level.name)
         self.assertEqual(
             [line["message"] for line in lines(out)],
             [
-                "execgo.server.web.api.APISite debug",
-                "execgo.server.web.api.APISite info",
-                "execgo.server.web.api.APISite warn",
+                "execgo.server.web.site.APISite debug",
+                "execgo.server.web.site.APISite info",
+                "execgo.server.web.site.APISite warn",
                 "twisted.internet.tcp info",
                 "twisted.internet.tcp warn",
             ],
@@ -279,11 +281,13 @@ class MakeObserverTests(SynchronousTestCase):
     def test_site_quiet_by_default(self) -> None:
         """
         The API site's own chatter counts as Twisted's: C{warn} and above
-        only, even at C{debug}.
+        only, even at C{debug}.  Twisted logs for a factory under its
+        class's qualified name, so the site's namespace follows the module
+        L{APISite} lives in.
         """
         out = io.StringIO()
         observer = make_observer(out, {"EXECGO_RUNTIME_LOG": "debug"})
-        log = Logger(namespace="execgo.server.web.api.APISite", observer=observer)
+        log = Logger(namespace=qual(APISite), observer=observer)
         log.info("Starting factory")
         log.warn("trouble")
         self.assertEqual([line["message"] for line in lines(out)], ["trouble"])

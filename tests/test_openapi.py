@@ -38,21 +38,19 @@ from twisted.trial.util import suppress as SUPPRESS
 
 from execgo import __version__
 from execgo.core import decoding, errors, strictjson
+from execgo.core.constants import ALL_STATUSES, NAMESPACE_NAMES
 from execgo.core.decoding import UINT64_MAX, decode_submit
 from execgo.core.errors import InvalidInput
-from execgo.core.models import (
-    ALL_STATUSES,
-    NAMESPACE_NAMES,
-    ErrorInfo,
-    ExecutionPlan,
-    Namespaces,
-    Reservation,
-    ResourceEnforcement,
-    SandboxPolicy,
-    Usage,
-)
+from execgo.core.models import Namespaces, SandboxPolicy
+from execgo.core.plan import ExecutionPlan, ResourceEnforcement
+from execgo.core.reservation import Reservation
+from execgo.core.results import ErrorInfo, Usage
 from execgo.core.strictjson import parse_json_body
-from execgo.core.validation import OUTPUT_LIMIT_MAX, check_output_limits, validate_submit
+from execgo.core.validation import (
+    OUTPUT_LIMIT_MAX,
+    check_output_limits,
+    validate_submit,
+)
 from execgo.server.web import api, openapi
 from execgo.server.web.model_schemas import RESPONSE_MODELS
 from execgo.server.web.schemas import CURSOR_PATTERN, OUTPUT_KEYS

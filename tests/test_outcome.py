@@ -12,7 +12,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from execgo.core import outcome
-from execgo.core.models import ErrorInfo, Usage
+from execgo.core.results import ErrorInfo, Usage
 
 USAGE = Usage(duration_ms=42, user_cpu_ms=10, system_cpu_ms=5, max_rss_bytes=4096)
 

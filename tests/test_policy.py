@@ -17,12 +17,12 @@ from execgo.core.models import (
     ControlContext,
     ExecutionSpec,
     Namespaces,
-    Reservation,
     ResourceLimits,
     SandboxPolicy,
     SubmitRequest,
 )
 from execgo.core.policy import build_plan, plan_of, resolve_plan, synthesise_plan
+from execgo.core.reservation import Reservation
 from tests.fakes import plan_for, record
 
 ALL_NAMESPACES = {"mount": True, "pid": True, "uts": True, "ipc": True, "net": True}

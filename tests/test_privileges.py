@@ -14,7 +14,7 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from execgo.core import errors
-from execgo.core.models import RunAs
+from execgo.core.plan import RunAs
 from execgo.host import privileges
 from execgo.host.privileges import RANGE, SELF, USER, TaskIdentity
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from execgo.core.errors import InvalidInput
-from execgo.core.models import Reservation
 from execgo.core.quotas import parse_tenant_quota, parse_tenant_quotas
+from execgo.core.reservation import Reservation
 
 
 class ParseTenantQuotaTests(SynchronousTestCase):

@@ -9,7 +9,6 @@ from typing import Iterable, List
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.core.models import Reservation
 from execgo.core.recovery import (
     LOST,
     RECOVERED,
@@ -17,6 +16,7 @@ from execgo.core.recovery import (
     RecoveryAction,
     plan_recovery,
 )
+from execgo.core.reservation import Reservation
 from tests.fakes import record
 
 

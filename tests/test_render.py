@@ -11,9 +11,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from execgo.core import records
 from execgo.core.encoding import pretty
-from execgo.core.models import ErrorInfo, Reservation, ResourceLimits, Usage
+from execgo.core.models import ResourceLimits
 from execgo.core.policy import synthesise_plan
 from execgo.core.render import render_event, render_status
+from execgo.core.reservation import Reservation
+from execgo.core.results import ErrorInfo, Usage
 from tests.fakes import plan_for, record, shell
 
 WHOLE_MS = 1776939330000

@@ -9,7 +9,7 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.core.models import Reservation
+from execgo.core.reservation import Reservation
 from execgo.core.resourceview import ActiveReservation, render_resources
 
 

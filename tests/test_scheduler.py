@@ -13,7 +13,7 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from execgo.core.ledger import Holding, Ledger
-from execgo.core.models import Reservation
+from execgo.core.reservation import Reservation
 from execgo.server.scheduler import QueuedTask, Scheduler
 from execgo.store.reads import SchedulerState
 from tests.fakes import FakeDispatchStore, FakeLink, record

@@ -16,16 +16,20 @@ import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from execgo.core import errors, records
-from execgo.core.models import (
-    ControlContext,
-    ErrorInfo,
-    Reservation,
-    ResourceLimits,
-    SandboxPolicy,
-    Usage,
+from execgo.core.models import ControlContext, ResourceLimits, SandboxPolicy
+from execgo.core.reservation import Reservation
+from execgo.core.results import ErrorInfo, Usage
+from execgo.store import (
+    connection,
+    eventlog,
+    gc,
+    reads,
+    schema,
+    tallies,
+    terminal,
+    transitions,
 )
-from execgo.store import connection, eventlog, gc, reads, schema, tallies, terminal, transitions
-from tests.fakes import new_task, plan_for, shell
+from tests.fakes import new_task, old_store, plan_for, shell
 
 NOW = 1_700_000_000_000
 
@@ -158,18 +162,7 @@ class ConnectionTests(StoreTestCase):
         An old C{tasks} table lacking newer columns gets them added; its rows
         load with the defaults (flags 0, no plan, empty metadata).
         """
-        path = os.path.join(self.data_dir, "old.db")
-        conn = sqlite3.connect(path, isolation_level=None)
-        self.addCleanup(conn.close)
-        conn.execute(
-            "CREATE TABLE tasks (task_id TEXT PRIMARY KEY NOT NULL, handle_id TEXT NOT NULL,"
-            " status TEXT NOT NULL, execution_json TEXT NOT NULL, limits_json TEXT NOT NULL,"
-            " sandbox_json TEXT NOT NULL, created_at_ms INTEGER NOT NULL,"
-            " updated_at_ms INTEGER NOT NULL, task_dir TEXT NOT NULL, workspace_dir TEXT NOT NULL,"
-            " request_path TEXT NOT NULL, result_path TEXT NOT NULL, stdout_path TEXT NOT NULL,"
-            " stderr_path TEXT NOT NULL, stdout_max_bytes INTEGER NOT NULL,"
-            " stderr_max_bytes INTEGER NOT NULL)"
-        )
+        conn = old_store(self, os.path.join(self.data_dir, "old.db"))
         conn.execute(
             "INSERT INTO tasks VALUES ('old', 'old', 'running', ?, ?, ?, 5, 6, '/d/tasks/old',"
             " '/d/tasks/old/workspace', '/d/tasks/old/request.json', '/d/tasks/old/result.json',"

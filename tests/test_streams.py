@@ -28,7 +28,7 @@ from twisted.web.client import ResponseDone
 
 from execgo.core import outcome
 from execgo.server.web import streams
-from execgo.server.web.api import APISite
+from execgo.server.web.site import APISite
 from execgo.store import connection, eventlog, logfiles, schema, terminal, transitions
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 from tests.fakes import new_task

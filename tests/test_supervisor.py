@@ -24,13 +24,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from execgo import control
 from execgo.core import records
-from execgo.core.models import ErrorInfo, Reservation, ResourceLimits
+from execgo.core.models import ResourceLimits
 from execgo.core.render import render_status
+from execgo.core.reservation import Reservation
+from execgo.core.results import ErrorInfo
 from execgo.host import privileges
 from execgo.host.procinfo import group_alive
 from execgo.store import eventlog, reads, schema, taskfiles, terminal, transitions
 from execgo.store.connection import connect
-from execgo.supervisor import engine as supervisor_module
+from execgo.supervisor import endings, engine, starts
 from execgo.supervisor.daemon import Loop
 from execgo.supervisor.engine import Supervisor
 from execgo.supervisor.plumbing import MAX_WAIT_S, bounded
@@ -300,7 +302,7 @@ class SupervisorTests(EngineTestCase):
         of it stays (no terminal row, no report, no result file aside) and
         each task is written again a moment later.
         """
-        self.patch(supervisor_module, "FINISH_RETRY_S", 0.01)
+        self.patch(endings, "FINISH_RETRY_S", 0.01)
         real_write = terminal.write_terminal
         calls: List[str] = []
 
@@ -492,7 +494,7 @@ class SupervisorTests(EngineTestCase):
         transactions: the claim, and the terminal write that carries the
         start (pid, C{started} event) before the end.
         """
-        self.patch(supervisor_module, "START_RECORD_DELAY_S", 10.0)
+        self.patch(starts, "START_RECORD_DELAY_S", 10.0)
         statements: List[str] = []
         self.supervisor.conn.set_trace_callback(statements.append)
         self.addCleanup(self.supervisor.conn.set_trace_callback, None)
@@ -514,7 +516,7 @@ class SupervisorTests(EngineTestCase):
         if the task ended meanwhile, the order's sender is still told it
         was declined.
         """
-        self.patch(supervisor_module, "FINISH_RETRY_S", 0.01)
+        self.patch(engine, "CLAIM_RETRY_S", 0.01)
         real_claim = transitions.claim
         calls: List[str] = []
 

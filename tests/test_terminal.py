@@ -14,7 +14,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from execgo.core import outcome
 from execgo.core.records import Outcome, TaskRecord
-from execgo.store import connection, eventlog, reads, schema, taskfiles, terminal, transitions
+from execgo.store import (
+    connection,
+    eventlog,
+    reads,
+    schema,
+    taskfiles,
+    terminal,
+    transitions,
+)
 from tests.fakes import command, new_task
 
 NOW = 1_700_000_000_000

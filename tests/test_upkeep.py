@@ -25,8 +25,17 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from execgo.core import errors, records
 from execgo.core.models import SandboxPolicy
 from execgo.server import upkeep
-from execgo.store import connection, reads, repairs, schema, submission, taskfiles, terminal, transitions
-from execgo.supervisor import engine as supervisor_module
+from execgo.store import (
+    connection,
+    reads,
+    repairs,
+    schema,
+    submission,
+    taskfiles,
+    terminal,
+    transitions,
+)
+from execgo.supervisor import endings as supervisor_module
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 from tests.fakes import command, new_task
 from tests.test_supervisor import EngineTestCase, StoreMixin

@@ -14,7 +14,7 @@ the no-I/O modules of L{execgo.client} only.
 from __future__ import annotations
 
 import json
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Tuple
 
 import click
 
@@ -41,22 +41,6 @@ def _check_label(ctx: click.Context, param: click.Parameter, values: Tuple[str, 
         if value.partition(":")[0] == "" or ":" not in value:
             raise click.BadParameter(f"{value!r} is not KEY:VALUE (with a non-empty KEY)", ctx, param)
     return values
-
-
-def list_url(
-    server: str,
-    status: Optional[str],
-    tenant: Optional[str],
-    owner: Optional[str],
-    labels: Sequence[str],
-    limit: Optional[int],
-    cursor: Optional[str],
-) -> str:
-    """
-    C{GET /api/v1/tasks} with the given filters as query parameters
-    (percent-encoded; C{label} repeated).
-    """
-    return api_url(server, TASKS_PATH + list_query(status, tenant, owner, labels, limit, cursor))
 
 
 def _page(body: bytes) -> Tuple[List[Any], Optional[str]]:
@@ -116,7 +100,7 @@ def list_tasks(
     """
     headers = request_headers()
     while True:
-        url = list_url(server, status, tenant, owner, labels, limit, cursor)
+        url = api_url(server, TASKS_PATH + list_query(status, tenant, owner, labels, limit, cursor))
         response = checked(env.transport("GET", url, body=None, headers=headers))
         if not all_pages:
             echo_raw(response.body)

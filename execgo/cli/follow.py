@@ -25,7 +25,12 @@ from execgo.cli.core import CliEnvironment, checked, fail, task_url
 from execgo.cli.output import TERMINAL, decode_task_status
 from execgo.client.errors import StreamInterrupted, TransportError
 from execgo.client.protocol import LongPoll, wait_query
-from execgo.client.resume import DEFAULT_STREAM_RETRIES, EventCursor, LogCursor, Resumption
+from execgo.client.resume import (
+    DEFAULT_STREAM_RETRIES,
+    EventCursor,
+    LogCursor,
+    Resumption,
+)
 
 Sink = Callable[[bytes], None]
 

@@ -38,7 +38,12 @@ from execgo.cli.output import (
     summary_line,
     task_exit_code,
 )
-from execgo.client.protocol import DEFAULT_POLL_INTERVAL_MS, TASKS_PATH, encode_request, owner_headers
+from execgo.client.protocol import (
+    DEFAULT_POLL_INTERVAL_MS,
+    TASKS_PATH,
+    encode_request,
+    owner_headers,
+)
 from execgo.core.protocol import JSON_TYPE
 
 STREAMS = ("stdout", "stderr")

@@ -19,7 +19,13 @@ from execgo.client.errors import (
     TransportError,
     WaitTimeout,
 )
-from execgo.client.models import SubmitResult, TaskError, TaskEvent, TaskPage, TaskStatus
+from execgo.client.models import (
+    SubmitResult,
+    TaskError,
+    TaskEvent,
+    TaskPage,
+    TaskStatus,
+)
 from execgo.client.protocol import DEFAULT_LONG_POLL_MS, DEFAULT_POLL_INTERVAL_MS
 from execgo.client.resume import DEFAULT_STREAM_RETRIES
 from execgo.client.views import (

@@ -90,7 +90,12 @@ from execgo.client.views import (
     TenantUsage,
 )
 from execgo.core.models import SubmitRequest
-from execgo.core.protocol import IDEMPOTENCY_HEADER, JSON_TYPE, NDJSON_TYPE, OWNER_HEADER
+from execgo.core.protocol import (
+    IDEMPOTENCY_HEADER,
+    JSON_TYPE,
+    NDJSON_TYPE,
+    OWNER_HEADER,
+)
 
 __all__ = [
     "ClientError",

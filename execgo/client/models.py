@@ -18,7 +18,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import attrs
 
 from execgo.client.errors import MalformedResponse
-from execgo.core.models import TERMINAL_STATUSES
+from execgo.core.constants import TERMINAL_STATUSES
 
 # -- reading JSON -----------------------------------------------------------------
 

@@ -9,14 +9,13 @@ C{/api/v1/runtime/capabilities} and used by plan resolution
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import attrs
 
+from execgo.core.constants import JSON, NAMESPACE_NAMES
 from execgo.core.hostfacts import CGROUP_KEYS, HostFacts
-from execgo.core.models import NAMESPACE_NAMES, Reservation
-
-JSON = Dict[str, Any]
+from execgo.core.reservation import Reservation
 
 SNAPSHOT_VERSION = "v1"
 STABLE_SEMANTICS = (
@@ -250,54 +249,17 @@ def build_capabilities(
     The sandbox is available on Linux, when not disabled, if at least one
     namespace could really be unshared; C{chroot} additionally needs
     euid 0.  Capacity: an override, else the smaller of the runtime's own
-    cgroup limit and the host's total.
+    cgroup limit and the host's total (L{_capacity}).
     """
     os_name = normalise_os(facts.system)
     linux = os_name == "linux"
     sandbox = linux and not disable_linux_sandbox and any(facts.namespaces.values())
-    mechanisms: Dict[str, Optional[str]] = dict.fromkeys(CGROUP_KEYS)
-    bases: Dict[str, str] = {}
-    if linux and not disable_cgroup:
-        for key in CGROUP_KEYS:
-            facility = facts.cgroup.get(key)
-            if facility is not None and facility.writable:
-                mechanisms[key] = facility.mechanism
-                bases[key] = facility.base
-    layout = facts.cgroup_layout
-    cgroup_v2 = linux and {"memory", "pids"} <= set(layout.v2_controllers)
-    writable = mechanisms["memory"] is not None or mechanisms["pids"] is not None
-    warnings = []
-    if not facts.data_dir_writable:
-        warnings.append(f"data-dir is not writable: {data_dir}")
-    if not sandbox:
-        warnings.append(
-            "linux_sandbox is unavailable without root-equivalent namespace permissions"
-            if linux
-            else "linux_sandbox is unavailable on this host"
-        )
-    if linux and cgroup_v2 and not writable:
-        warnings.append(
-            f"cgroup v2 detected but cgroup root is not writable: {cgroup_root}"
-        )
-    overrides = {}
-    if capacity_memory_bytes is not None:
-        overrides["capacity_memory_bytes"] = str(capacity_memory_bytes)
-    if capacity_pids is not None:
-        overrides["capacity_pids"] = str(capacity_pids)
-    if disable_cgroup:
-        overrides["cgroup"] = "disabled"
-    if disable_linux_sandbox:
-        overrides["linux_sandbox"] = "disabled"
-    memory = capacity_memory_bytes
-    if memory is None:
-        memory = _smallest(facts.own_memory_limit, facts.physical_memory_bytes)
-    pids = capacity_pids
-    if pids is None and linux:
-        pids = _smallest(facts.own_pids_limit, facts.pid_max)
+    mechanisms, bases = _cgroup_mechanisms(facts, enabled=linux and not disable_cgroup)
+    cgroup_v2 = linux and {"memory", "pids"} <= set(facts.cgroup_layout.v2_controllers)
     return Capabilities(
         runtime_id=runtime_id,
         collected_at=collected_at,
-        capacity=Reservation(task_slots=max_running_tasks, memory_bytes=memory, pids=pids),
+        capacity=_capacity(facts, linux, max_running_tasks, capacity_memory_bytes, capacity_pids),
         os=os_name,
         arch=normalise_arch(facts.machine),
         containerized=facts.containerized,
@@ -319,7 +281,105 @@ def build_capabilities(
         cpu_accounting_mechanism=mechanisms["cpu_accounting"],
         kill_mechanism=mechanisms["kill"],
         cgroup_bases=bases,
-        warnings=tuple(warnings),
-        overrides=overrides,
+        warnings=_warnings(
+            facts,
+            linux=linux,
+            sandbox=sandbox,
+            cgroup_unwritable=cgroup_v2 and mechanisms["memory"] is None and mechanisms["pids"] is None,
+            data_dir=data_dir,
+            cgroup_root=cgroup_root,
+        ),
+        overrides=_overrides(capacity_memory_bytes, capacity_pids, disable_cgroup, disable_linux_sandbox),
         privilege_drop=privilege_drop,
     )
+
+
+def _cgroup_mechanisms(
+    facts: HostFacts, enabled: bool
+) -> Tuple[Dict[str, Optional[str]], Dict[str, str]]:
+    """
+    For each capability key (L{CGROUP_KEYS}), the mechanism of its
+    facility when a probe could really write one (else C{None}), and the
+    base directory of each such facility; nothing when cgroups are off.
+    """
+    mechanisms: Dict[str, Optional[str]] = dict.fromkeys(CGROUP_KEYS)
+    bases: Dict[str, str] = {}
+    if enabled:
+        for key in CGROUP_KEYS:
+            facility = facts.cgroup.get(key)
+            if facility is not None and facility.writable:
+                mechanisms[key] = facility.mechanism
+                bases[key] = facility.base
+    return mechanisms, bases
+
+
+def _warnings(
+    facts: HostFacts,
+    *,
+    linux: bool,
+    sandbox: bool,
+    cgroup_unwritable: bool,
+    data_dir: str,
+    cgroup_root: str,
+) -> Tuple[str, ...]:
+    """
+    What the snapshot warns of, which makes it C{degraded}: a data
+    directory that cannot be written, no sandbox, and a cgroup v2 tree in
+    which no per-task group limiting memory or pids could be made.
+    """
+    warnings = []
+    if not facts.data_dir_writable:
+        warnings.append(f"data-dir is not writable: {data_dir}")
+    if not sandbox:
+        warnings.append(
+            "linux_sandbox is unavailable without root-equivalent namespace permissions"
+            if linux
+            else "linux_sandbox is unavailable on this host"
+        )
+    if cgroup_unwritable:
+        warnings.append(
+            f"cgroup v2 detected but cgroup root is not writable: {cgroup_root}"
+        )
+    return tuple(warnings)
+
+
+def _overrides(
+    capacity_memory_bytes: Optional[int],
+    capacity_pids: Optional[int],
+    disable_cgroup: bool,
+    disable_linux_sandbox: bool,
+) -> Dict[str, str]:
+    """
+    The configured overrides, as the snapshot's C{overrides} names them.
+    """
+    overrides = {}
+    if capacity_memory_bytes is not None:
+        overrides["capacity_memory_bytes"] = str(capacity_memory_bytes)
+    if capacity_pids is not None:
+        overrides["capacity_pids"] = str(capacity_pids)
+    if disable_cgroup:
+        overrides["cgroup"] = "disabled"
+    if disable_linux_sandbox:
+        overrides["linux_sandbox"] = "disabled"
+    return overrides
+
+
+def _capacity(
+    facts: HostFacts,
+    linux: bool,
+    max_running_tasks: int,
+    capacity_memory_bytes: Optional[int],
+    capacity_pids: Optional[int],
+) -> Reservation:
+    """
+    The runtime's capacity: its task slots, and memory and pids as
+    configured, else the smaller of the runtime's own cgroup limit and the
+    host's total (pids are known on Linux only).
+    """
+    memory = capacity_memory_bytes
+    if memory is None:
+        memory = _smallest(facts.own_memory_limit, facts.physical_memory_bytes)
+    pids = capacity_pids
+    if pids is None and linux:
+        pids = _smallest(facts.own_pids_limit, facts.pid_max)
+    return Reservation(task_slots=max_running_tasks, memory_bytes=memory, pids=pids)

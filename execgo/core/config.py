@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import attrs
 
 from execgo.core import errors
-from execgo.core.models import MODE_ADAPTIVE, MODE_STRICT
+from execgo.core.constants import MODE_ADAPTIVE, MODE_STRICT
 
 DEFAULT_LISTEN_ADDR = "127.0.0.1:8080"
 DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup/execgo-runtime"

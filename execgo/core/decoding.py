@@ -16,8 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from execgo.core.fields import encodable, fail, show
-from execgo.core.models import (
+from execgo.core.constants import (
     DEFAULT_OUTPUT_MAX_BYTES,
     DEFAULT_WALL_TIME_MS,
     KIND_COMMAND,
@@ -27,6 +26,9 @@ from execgo.core.models import (
     NAMESPACE_NAMES,
     PROFILE_LINUX_SANDBOX,
     PROFILE_PROCESS,
+)
+from execgo.core.fields import encodable, fail, show
+from execgo.core.models import (
     ControlContext,
     ExecutionSpec,
     Namespaces,

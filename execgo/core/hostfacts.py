@@ -11,7 +11,7 @@ from typing import Mapping, Optional, Tuple
 
 import attrs
 
-from execgo.core.models import NAMESPACE_NAMES
+from execgo.core.constants import NAMESPACE_NAMES
 
 CGROUP_V1 = "cgroup_v1"
 CGROUP_V2 = "cgroup_v2"

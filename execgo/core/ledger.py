@@ -22,7 +22,7 @@ from typing import Dict, Iterable, Mapping, Optional
 import attrs
 
 from execgo.core.errors import InsufficientResources
-from execgo.core.models import Reservation
+from execgo.core.reservation import Reservation
 from execgo.core.resourceview import ActiveReservation
 
 

@@ -14,14 +14,9 @@ from typing import Optional
 
 import attrs
 
-from execgo.core.models import (
-    STATUS_CANCELLED,
-    STATUS_FAILED,
-    STATUS_SUCCESS,
-    ErrorInfo,
-    Usage,
-)
+from execgo.core.constants import STATUS_CANCELLED, STATUS_FAILED, STATUS_SUCCESS
 from execgo.core.records import Outcome
+from execgo.core.results import ErrorInfo, Usage
 
 
 @attrs.frozen

@@ -27,20 +27,16 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import attrs
 
 from execgo.core.capabilities import Capabilities
-from execgo.core.errors import UnsupportedCapability
-from execgo.core.models import (
+from execgo.core.constants import (
     MODE_ADAPTIVE,
     MODE_STRICT,
     NAMESPACE_NAMES,
     PROFILE_LINUX_SANDBOX,
     PROFILE_PROCESS,
-    ExecutionPlan,
-    Namespaces,
-    ResourceEnforcement,
-    ResourceLimits,
-    SandboxPolicy,
-    SubmitRequest,
 )
+from execgo.core.errors import UnsupportedCapability
+from execgo.core.models import Namespaces, ResourceLimits, SandboxPolicy, SubmitRequest
+from execgo.core.plan import ExecutionPlan, ResourceEnforcement
 from execgo.core.records import TaskRecord
 
 RLIMIT = "rlimit"

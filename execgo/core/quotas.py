@@ -10,7 +10,7 @@ import re
 from typing import Dict, Iterable, Tuple
 
 from execgo.core.errors import InvalidInput
-from execgo.core.models import Reservation
+from execgo.core.reservation import Reservation
 
 _U64_MAX = 2**64 - 1
 # Rust's u64 parser, which the original implementation used, accepts one

@@ -14,18 +14,16 @@ from typing import Any, Dict, NamedTuple, Optional
 
 import attrs
 
+from execgo.core.constants import TERMINAL_STATUSES
 from execgo.core.models import (
-    TERMINAL_STATUSES,
     ControlContext,
-    ErrorInfo,
-    ExecutionPlan,
     ExecutionSpec,
-    Reservation,
     ResourceLimits,
-    RunAs,
     SandboxPolicy,
-    Usage,
 )
+from execgo.core.plan import ExecutionPlan, RunAs
+from execgo.core.reservation import Reservation
+from execgo.core.results import ErrorInfo, Usage
 
 
 @attrs.frozen

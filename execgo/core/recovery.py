@@ -14,8 +14,9 @@ from typing import Callable, List, Optional, Sequence
 
 import attrs
 
-from execgo.core.models import STATUS_ACCEPTED, STATUS_RUNNING, Reservation
+from execgo.core.constants import STATUS_ACCEPTED, STATUS_RUNNING
 from execgo.core.records import TaskRecord
+from execgo.core.reservation import Reservation
 
 RELEASE_ORPHAN = "release_orphan"
 RECOVERED = "recovered"

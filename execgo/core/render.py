@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
-from execgo.core.models import TERMINAL_STATUSES, Usage
+from execgo.core.constants import TERMINAL_STATUSES
 from execgo.core.policy import plan_of
 from execgo.core.records import Event, TaskPaths, TaskRecord
+from execgo.core.results import Usage
 from execgo.core.timestamps import format_ms
 
 JSON = Dict[str, Any]

@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import attrs
 
-from execgo.core.models import Reservation
+from execgo.core.reservation import Reservation
 
 JSON = Dict[str, Any]
 

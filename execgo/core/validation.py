@@ -16,11 +16,9 @@ import re
 from typing import Any
 
 from execgo.core import bounds
+from execgo.core.constants import KIND_COMMAND, KIND_SCRIPT, PROFILE_LINUX_SANDBOX
 from execgo.core.fields import WHITESPACE, fail, is_blank, show
 from execgo.core.models import (
-    KIND_COMMAND,
-    KIND_SCRIPT,
-    PROFILE_LINUX_SANDBOX,
     ControlContext,
     ExecutionSpec,
     ResourceLimits,

@@ -39,7 +39,7 @@ import attrs
 
 from execgo.core.config import parse_uid_range
 from execgo.core.errors import InvalidInput
-from execgo.core.models import RunAs
+from execgo.core.plan import RunAs
 
 #: The default task uid range: 65,536 ids from 0x70000000, a block that
 #: systemd leaves unused (below it: container ranges; above 2^31: ids many

@@ -42,6 +42,7 @@ import os
 import platform
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
+from execgo.core.constants import NAMESPACE_NAMES
 from execgo.core.hostfacts import (
     CGROUP_KEYS,
     CGROUP_V1,
@@ -50,7 +51,6 @@ from execgo.core.hostfacts import (
     CgroupLayout,
     HostFacts,
 )
-from execgo.core.models import NAMESPACE_NAMES
 from execgo.host.fsio import read_text, write_control
 
 DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup/execgo-runtime"

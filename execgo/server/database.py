@@ -20,8 +20,9 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 
 from execgo.core import errors
-from execgo.core.models import Reservation, SubmitRequest
+from execgo.core.models import SubmitRequest
 from execgo.core.records import Event, NewTask, Outcome, Scope, TaskRecord
+from execgo.core.reservation import Reservation
 from execgo.server.batching import Batcher
 from execgo.server.budget import SMALL_PREVIEW_BYTES, ByteBudget, HeldSnapshot, Hold
 from execgo.store import (

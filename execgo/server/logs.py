@@ -140,7 +140,7 @@ def _message(event: Dict[str, Any]) -> str:
 _PLAIN = (str, int, bool, type(None))
 #: Twisted's own chatter (factories starting, ports opening, the site's
 #: requests): never written below C{warn} unless a directive names it.
-_QUIET_NAMESPACES = ("twisted", "log_legacy", "execgo.server.web.api.APISite")
+_QUIET_NAMESPACES = ("twisted", "log_legacy", "execgo.server.web.site.APISite")
 # Twisted's predicate knows levels, not silence: in the predicate that
 # says which namespaces are off, one level stands for off, another for on.
 _OFF = LogLevel.critical

@@ -30,8 +30,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from execgo.core.ledger import Ledger
-from execgo.core.models import Reservation
 from execgo.core.records import QueuedTask, TaskRecord
+from execgo.core.reservation import Reservation
 from execgo.store.reads import SchedulerState
 
 log = Logger()

@@ -47,13 +47,14 @@ from execgo.server.database import Store, open_pool
 from execgo.server.link import SupervisorLink, supervisor_command
 from execgo.server.runtime import Runtime
 from execgo.server.scheduler import Scheduler
-from execgo.server.web.api import APISite, RuntimeAPI
+from execgo.server.web.api import RuntimeAPI
 from execgo.server.web.auth import Tokens, read_tokens
 from execgo.server.web.listener import (
     Listener,
     derive_max_connections,
     raise_descriptor_limit,
 )
+from execgo.server.web.site import APISite
 
 log = Logger()
 

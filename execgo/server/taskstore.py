@@ -29,8 +29,9 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tupl
 
 from twisted.internet.defer import Deferred
 
-from execgo.core.models import Reservation, SubmitRequest
+from execgo.core.models import SubmitRequest
 from execgo.core.records import Event, NewTask, Outcome, Scope, TaskRecord
+from execgo.core.reservation import Reservation
 from execgo.store.gc import Failures
 from execgo.store.listing import ListQuery
 from execgo.store.logfiles import OpenLog

@@ -23,7 +23,7 @@ import sqlite3
 import stat
 from typing import List, Sequence, Set, Tuple
 
-from execgo.core.models import STATUS_CANCELLED, STATUS_FAILED, STATUS_SUCCESS
+from execgo.core.constants import STATUS_CANCELLED, STATUS_FAILED, STATUS_SUCCESS
 from execgo.store.connection import transaction
 
 #: As old as a directory without a row may be while its submission is

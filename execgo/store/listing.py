@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import attrs
 
 from execgo.core import errors
-from execgo.core.models import ALL_STATUSES
+from execgo.core.constants import ALL_STATUSES
 from execgo.core.records import TaskRecord
 from execgo.core.render import render_status
 

@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 
 import attrs
 
-from execgo.core.models import TERMINAL_STATUSES
+from execgo.core.constants import TERMINAL_STATUSES
 from execgo.store.reads import task_status
 
 #: The most a read returns.

@@ -14,8 +14,10 @@ from typing import Any, List, Optional, Sequence, Set, Tuple
 
 import attrs
 
-from execgo.core.models import STATUS_ACCEPTED, STATUS_RUNNING, Reservation, ResourceLimits
+from execgo.core.constants import STATUS_ACCEPTED, STATUS_RUNNING
+from execgo.core.models import ResourceLimits
 from execgo.core.records import CHANGING_COLUMNS, QueuedTask, TaskRecord
+from execgo.core.reservation import Reservation
 from execgo.store.connection import rows
 
 

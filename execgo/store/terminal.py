@@ -36,7 +36,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import attrs
 
-from execgo.core.models import STATUS_ACCEPTED, STATUS_CANCELLED, STATUS_FAILED, STATUS_RUNNING, STATUS_SUCCESS
+from execgo.core.constants import (
+    STATUS_ACCEPTED,
+    STATUS_CANCELLED,
+    STATUS_FAILED,
+    STATUS_RUNNING,
+    STATUS_SUCCESS,
+)
 from execgo.core.records import Outcome, TaskRecord
 from execgo.store import taskfiles
 from execgo.store.connection import dumps, transaction

@@ -20,8 +20,9 @@ from typing import Any, Dict, Optional
 import attrs
 
 from execgo.core import errors, outcome
-from execgo.core.models import STATUS_ACCEPTED, STATUS_RUNNING, Reservation
+from execgo.core.constants import STATUS_ACCEPTED, STATUS_RUNNING
 from execgo.core.records import NewTask, TaskRecord
+from execgo.core.reservation import Reservation
 from execgo.host.privileges import TaskIdentity
 from execgo.store import idempotency, taskfiles
 from execgo.store.connection import dumps, rows, transaction

@@ -25,7 +25,13 @@ from execgo import control
 from execgo.control import MAX_LINE
 from execgo.host import privileges
 from execgo.supervisor.engine import Supervisor
-from execgo.supervisor.plumbing import Wakeups, become_subreaper, bounded, build_engine, supervisor_log
+from execgo.supervisor.plumbing import (
+    Wakeups,
+    become_subreaper,
+    bounded,
+    build_engine,
+    supervisor_log,
+)
 
 
 class _Connection:

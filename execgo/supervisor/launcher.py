@@ -27,7 +27,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import attrs
 
 from execgo.control import inherited_env
-from execgo.core.models import PROFILE_LINUX_SANDBOX, ExecutionPlan, RunAs
+from execgo.core.constants import PROFILE_LINUX_SANDBOX
+from execgo.core.plan import ExecutionPlan, RunAs
 from execgo.core.records import TaskRecord
 from execgo.core.rootfs import under_roots
 from execgo.host import privileges

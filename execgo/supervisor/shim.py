@@ -17,7 +17,12 @@ from execgo import control
 from execgo.host import privileges
 from execgo.store import reads
 from execgo.supervisor.engine import Supervisor
-from execgo.supervisor.plumbing import Wakeups, become_subreaper, build_engine, supervisor_log
+from execgo.supervisor.plumbing import (
+    Wakeups,
+    become_subreaper,
+    build_engine,
+    supervisor_log,
+)
 
 
 def shim_settings(data_dir: str, grace_ms: int, cgroup_root: str) -> control.SupervisorSettings:

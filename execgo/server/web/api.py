@@ -12,152 +12,44 @@ every operation on tasks, and the views that span tenants are for admins
 The routes are the API's one table: each declares, under its
 C{@app.route}, the OpenAPI operation it serves
 (L{execgo.server.web.openapi.described}), and the document served at
-C{/api/v1/openapi.json} is derived from them (L{ROUTES}).
+C{/api/v1/openapi.json} is derived from them (L{ROUTES}).  The site
+under them, and the readers of a request they share, are
+L{execgo.server.web.site}'s.
 """
 
 from __future__ import annotations
 
-import io
-from typing import Any, Optional, cast
+from typing import Any, Optional
 
 from klein import Klein
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
 from twisted.web.iweb import IRequest
-from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
-from execgo.core import encoding, errors, protocol
-from execgo.core.strictjson import MAX_BODY_BYTES
+from execgo.core import errors, protocol
 from execgo.server import metrics
 from execgo.server.runtime import Runtime
 from execgo.server.web import openapi, responses, schemas
 from execgo.server.web.auth import Principal, Tokens, require_admin
+from execgo.server.web.site import (
+    Utf8Paths,
+    answer_json,
+    bool_arg,
+    owner_from,
+    request_body,
+    streaming,
+    uint_arg,
+)
 from execgo.store import idempotency, listing
 
 log = Logger()
 
-JSON_TYPE = protocol.JSON_TYPE.encode("ascii")
-OWNER_HEADER = protocol.OWNER_HEADER.encode("ascii")
-
-
-def _json(request: IRequest, value: Any, code: int = 200) -> bytes:
-    """
-    Answer C{value} as compact JSON with its length (not chunked).
-    """
-    body = encoding.compact(value)
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", JSON_TYPE)
-    request.setHeader(b"content-length", b"%d" % len(body))
-    return body
-
-
-def owner_from(request: IRequest) -> Optional[str]:
-    """
-    The trimmed owner header; empty, missing or not visible ASCII counts as
-    no owner.
-    """
-    raw = request.getHeader(OWNER_HEADER)
-    if raw is None:
-        return None
-    value = raw.strip(b" \t")
-    if not value or any(byte < 0x20 or byte > 0x7E for byte in value):
-        return None
-    return value.decode("ascii")
-
-
-def _streaming(request: IRequest) -> responses.StreamingRequest:
-    """
-    C{request} as the consumer a body sent a piece at a time registers
-    with.
-    """
-    # Klein hands a route the request the site made (a BoundedRequest, so a
-    # twisted.web Request, which is one); it types it as IRequest, which
-    # leaves out registerProducer and notifyFinish.
-    return cast(responses.StreamingRequest, request)
-
-
-class BoundedRequest(server.Request):
-    """
-    A request that keeps at most L{MAX_BODY_BYTES} of its body in memory
-    and remembers whether it was longer, so oversized bodies get a 413
-    without being buffered.
-    """
-
-    body_too_large = False
-
-    def gotLength(self, length: Optional[int]) -> None:
-        if length is not None and length > MAX_BODY_BYTES:
-            self.body_too_large = True
-        # Twisted declares Request.content as a bare None (no annotation),
-        # so mypy takes None for its type; it is the body's file.
-        self.content = io.BytesIO()  # type: ignore[assignment]
-
-    def process(self) -> None:
-        site = getattr(self.channel, "site", None)
-        if isinstance(site, APISite):
-            site.track(self)
-        super().process()
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if self.body_too_large:
-            return
-        if self.content is not None and self.content.tell() + len(data) > MAX_BODY_BYTES:
-            self.body_too_large = True
-            self.content.seek(0)
-            self.content.truncate()
-            return
-        super().handleContentChunk(data)
-
-
+#: The ceiling of a status request's C{wait_ms}.
 MAX_WAIT_MS = protocol.MAX_WAIT_MS
-
-
-def _uint_arg(request: IRequest, name: bytes, ceiling: int) -> int:
-    """
-    A non-negative integer query argument (0 when absent), capped at
-    C{ceiling}; anything else is C{invalid_input}.
-    """
-    values = request.args.get(name)
-    if not values:
-        return 0
-    text = values[-1]
-    if not text.isdigit() or len(text) > 20:
-        raise errors.InvalidInput(f"{name.decode()}: expected a non-negative integer")
-    return min(int(text), ceiling)
-
-
+#: The ceiling of a log's C{offset} and of the events' C{after_seq}.
 MAX_OFFSET = (1 << 63) - 1
-
-
-def _bool_arg(request: IRequest, name: bytes) -> bool:
-    """
-    A C{true}/C{false} query argument (C{False} when absent); anything
-    else is C{invalid_input}.
-    """
-    values = request.args.get(name)
-    if not values:
-        return False
-    text = values[-1]
-    if text not in (b"true", b"false"):
-        raise errors.InvalidInput(f"{name.decode()}: expected true or false")
-    return text == b"true"
-
-
-def _body(request: IRequest) -> bytes:
-    if getattr(request, "body_too_large", False):
-        raise errors.PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes")
-    content = request.content
-    if content is None:
-        return b""
-    content.seek(0)
-    data = content.read(MAX_BODY_BYTES + 1)
-    if len(data) > MAX_BODY_BYTES:
-        raise errors.PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes")
-    return data
 
 
 class RuntimeAPI:
@@ -196,9 +88,9 @@ class RuntimeAPI:
         runtime = self.runtime
         idle_ms = runtime.config.idle_connection_timeout_ms
         return await responses.send_snapshot(
-            _streaming(request),
+            streaming(request),
             snapshot,
-            _json,
+            answer_json,
             budget=getattr(runtime.store, "budget", None),
             reactor=runtime.reactor,
             stall_s=idle_ms / 1000.0 if idle_ms else None,
@@ -230,7 +122,7 @@ class RuntimeAPI:
         C{cursor} (L{listing.parse_query}).
         """
         principal = self._principal(request)
-        return _json(request, await self.runtime.list_tasks(listing.parse_query(request.args), principal))
+        return answer_json(request, await self.runtime.list_tasks(listing.parse_query(request.args), principal))
 
     @app.route("/api/v1/tasks", methods=["POST"])
     @openapi.described(
@@ -263,7 +155,7 @@ class RuntimeAPI:
         principal = self._principal(request)
         key = idempotency.parse_key(request.requestHeaders.getRawHeaders(idempotency.HEADER))
         self._accepting()
-        return _json(request, await self.runtime.submit(_body(request), principal, key))
+        return answer_json(request, await self.runtime.submit(request_body(request), principal, key))
 
     @app.route("/api/v1/tasks/<task_id>", methods=["GET"])
     @openapi.described(
@@ -282,7 +174,7 @@ class RuntimeAPI:
         terminal state.
         """
         principal = self._principal(request)
-        wait_ms = _uint_arg(request, b"wait_ms", MAX_WAIT_MS)
+        wait_ms = uint_arg(request, b"wait_ms", MAX_WAIT_MS)
         return await self._snapshot(request, await self.runtime.status(task_id, wait_ms, principal))
 
     @app.route("/api/v1/tasks/<task_id>/kill", methods=["POST"])
@@ -322,9 +214,9 @@ class RuntimeAPI:
 
     async def _log(self, request: IRequest, task_id: str, name: str) -> bytes:
         principal = self._principal(request)
-        offset = _uint_arg(request, b"offset", MAX_OFFSET)
-        follow = _bool_arg(request, b"follow")
-        return await self.runtime.stream_log(_streaming(request), task_id, name, offset, follow, principal)
+        offset = uint_arg(request, b"offset", MAX_OFFSET)
+        follow = bool_arg(request, b"follow")
+        return await self.runtime.stream_log(streaming(request), task_id, name, offset, follow, principal)
 
     @app.route("/api/v1/tasks/<task_id>/events", methods=["GET"])
     @openapi.described(
@@ -344,10 +236,10 @@ class RuntimeAPI:
         an NDJSON stream of them that ends after the terminal event.
         """
         principal = self._principal(request)
-        after_seq = _uint_arg(request, b"after_seq", MAX_OFFSET)
-        if _bool_arg(request, b"follow"):
-            return await self.runtime.stream_events(_streaming(request), task_id, after_seq, principal)
-        return _json(request, await self.runtime.events(task_id, after_seq, principal))
+        after_seq = uint_arg(request, b"after_seq", MAX_OFFSET)
+        if bool_arg(request, b"follow"):
+            return await self.runtime.stream_events(streaming(request), task_id, after_seq, principal)
+        return answer_json(request, await self.runtime.events(task_id, after_seq, principal))
 
     @app.route("/api/v1/runtime/info", methods=["GET"])
     @openapi.described(
@@ -360,7 +252,7 @@ class RuntimeAPI:
         C{GET /api/v1/runtime/info}.
         """
         self._principal(request)
-        return _json(request, self.runtime.info())
+        return answer_json(request, self.runtime.info())
 
     @app.route("/api/v1/runtime/capabilities", methods=["GET"])
     @openapi.described(
@@ -375,7 +267,7 @@ class RuntimeAPI:
         C{GET /api/v1/runtime/capabilities}.
         """
         self._principal(request)
-        return _json(request, self.runtime.capabilities_json())
+        return answer_json(request, self.runtime.capabilities_json())
 
     @app.route("/api/v1/runtime/config", methods=["GET"])
     @openapi.described(
@@ -390,7 +282,7 @@ class RuntimeAPI:
         C{GET /api/v1/runtime/config}.
         """
         self._principal(request)
-        return _json(request, self.runtime.config_json())
+        return answer_json(request, self.runtime.config_json())
 
     @app.route("/api/v1/runtime/resources", methods=["GET"])
     @openapi.described(
@@ -408,7 +300,7 @@ class RuntimeAPI:
         admins only, with authentication).
         """
         require_admin(self._principal(request), "/api/v1/runtime/resources")
-        return _json(request, await self.runtime.resources())
+        return answer_json(request, await self.runtime.resources())
 
     @app.route(openapi.PATH, methods=["GET"])
     @openapi.described(
@@ -423,7 +315,7 @@ class RuntimeAPI:
         """
         C{GET /api/v1/openapi.json}: the OpenAPI document (no token needed).
         """
-        return _json(request, openapi.document(ROUTES, self.runtime.version))
+        return answer_json(request, openapi.document(ROUTES, self.runtime.version))
 
     @app.route("/healthz", methods=["GET"])
     @openapi.described(
@@ -433,7 +325,7 @@ class RuntimeAPI:
         """
         Liveness: always 200.
         """
-        return _json(request, {"status": "ok", "version": self.runtime.version})
+        return answer_json(request, {"status": "ok", "version": self.runtime.version})
 
     @app.route("/readyz", methods=["GET"])
     @openapi.described(
@@ -456,7 +348,7 @@ class RuntimeAPI:
             raise
         except Exception as e:
             raise errors.Internal(f"sqlite error: {e}") from None
-        return _json(request, {"status": "ready", "version": self.runtime.version})
+        return answer_json(request, {"status": "ready", "version": self.runtime.version})
 
     @app.route("/metrics", methods=["GET"])
     @openapi.described(
@@ -505,7 +397,7 @@ class RuntimeAPI:
             request.setHeader(b"www-authenticate", b'Bearer realm="execgo"')
         if value.http_status == 405:
             request.setHeader(b"allow", b", ".join(_allowed(failure.value)))
-        return _json(request, value.envelope(), value.http_status)
+        return answer_json(request, value.envelope(), value.http_status)
 
 
 #: The routes of L{RuntimeAPI}, each with its operation: what the OpenAPI
@@ -516,86 +408,3 @@ ROUTES = openapi.routes(RuntimeAPI.app.url_map, RuntimeAPI)
 def _allowed(exception: Any) -> list:
     methods = getattr(exception, "valid_methods", None) or []
     return [method.encode("ascii") for method in methods]
-
-
-class Utf8Paths(Resource):
-    """
-    Refuse a request whose path or host is not UTF-8 once percent-decoded
-    (C{/api/v1/tasks/%ff}) with C{400 invalid_input} and the envelope.
-
-    Klein decodes both before routing and answers such a request itself,
-    with a C{text/html} body and a logged traceback per request (anyone
-    can send them, with no token); this check runs first and logs one
-    line at debug level.
-    """
-
-    isLeaf = True
-
-    def __init__(self, inner: Any) -> None:
-        super().__init__()
-        self._inner = inner
-
-    def render(self, request: IRequest) -> Any:
-        problem = None
-        if not all(_is_utf8(segment) for segment in (*request.prepath, *request.postpath)):
-            problem = "the request path is not valid percent-encoded UTF-8"
-        elif not _is_utf8(request.getRequestHostname()):
-            problem = "the Host header is not valid UTF-8"
-        if problem is None:
-            return self._inner.render(request)
-        log.debug(
-            "refused a request: {problem}: {uri}",
-            problem=problem,
-            uri=request.uri.decode("ascii", "backslashreplace")[:256],
-        )
-        error = errors.InvalidInput(problem)
-        return _json(request, error.envelope(), error.http_status)
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-class APISite(server.Site):
-    """
-    A site whose requests bound their bodies (L{BoundedRequest}) and which
-    knows its requests in flight, so a stop can wait for them.
-
-    It never parses form submissions: every body here is JSON, and Twisted
-    would otherwise run each POST's C{Content-Type} through the C{email}
-    package (about a tenth of a submission's CPU).
-    """
-
-    requestFactory = BoundedRequest
-    noisy = False
-
-    def __init__(self, resource: Any, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("parsePOSTFormSubmission", False)
-        super().__init__(resource, *args, **kwargs)
-        self.inflight: "set[BoundedRequest]" = set()
-
-    def track(self, request: BoundedRequest) -> None:
-        """
-        Count C{request} as in flight until it finishes (or its client
-        goes away).
-        """
-        self.inflight.add(request)
-        request.notifyFinish().addBoth(lambda _: self.inflight.discard(request))
-
-    def settled(self) -> "defer.Deferred[None]":
-        """
-        Fires once every request now in flight has finished or lost its
-        client.  A finished response may still sit in its transport's
-        buffer: L{Listener.close_all} waits for that.
-        """
-        finishing = [request.notifyFinish() for request in self.inflight]
-        return defer.DeferredList(finishing, consumeErrors=True).addCallback(lambda _: None)
-
-    def log(self, request: Any) -> None:
-        """
-        No per-request access log: the log holds the runtime's own records.
-        """

@@ -31,26 +31,36 @@ from typing import Any, List, Mapping, Sequence, Tuple
 import attrs
 
 from execgo.core import bounds
-from execgo.core.models import (
+from execgo.core.constants import (
+    JSON,
     KIND_COMMAND,
     KIND_SCRIPT,
     PROFILE_LINUX_SANDBOX,
     PROFILE_PROCESS,
+)
+from execgo.core.models import (
     ControlContext,
-    ErrorInfo,
-    ExecutionPlan,
     ExecutionSpec,
     Namespaces,
-    Reservation,
-    ResourceEnforcement,
     ResourceLimits,
     SandboxPolicy,
     SubmitRequest,
-    Usage,
 )
+from execgo.core.plan import ExecutionPlan, ResourceEnforcement
+from execgo.core.reservation import Reservation
+from execgo.core.results import ErrorInfo, Usage
 from execgo.core.strictjson import MAX_BODY_BYTES
 from execgo.core.validation import OUTPUT_LIMIT_MAX, TASK_ID_MAX_LENGTH
-from execgo.server.web.schemas import BOOL, ERROR_CODES, JSON, MODES, STRING, UINT, enum, ref, shape
+from execgo.server.web.schemas import (
+    BOOL,
+    ERROR_CODES,
+    MODES,
+    STRING,
+    UINT,
+    enum,
+    ref,
+    shape,
+)
 
 # Component names of the models: the wire type names.  TaskPolicy has no
 # model: the decoder folds it into SubmitRequest.capability_mode.

@@ -26,14 +26,26 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    TypeVar,
+)
 
 import attrs
 from werkzeug.routing import Map
 
 from execgo import __version__
 from execgo.core import errors
-from execgo.core.models import ALL_STATUSES
+from execgo.core.constants import ALL_STATUSES, JSON
 from execgo.core.protocol import (
     IDEMPOTENCY_HEADER,
     LOG_OFFSET_HEADER,
@@ -46,7 +58,6 @@ from execgo.server.web.model_schemas import model_schemas
 from execgo.server.web.schemas import (
     CURSOR_PATTERN,
     ERROR_CODES,
-    JSON,
     STRING,
     enum,
     other_schemas,
@@ -216,7 +227,7 @@ def text_response(description: str) -> JSON:
 def uint_query(name: str, description: str) -> JSON:
     """
     An optional non-negative integer query parameter, 0 when absent, as
-    C{execgo.server.web.api} reads it: more than 20 digits is refused, a value past
+    L{execgo.server.web.site.uint_arg} reads it: more than 20 digits is refused, a value past
     2**63-1 capped (so no C{maximum}: a larger value is not refused).
     """
     return {

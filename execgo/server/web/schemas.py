@@ -15,12 +15,10 @@ No Twisted here; schemas are plain data.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Optional, Sequence
 
+from execgo.core.constants import ALL_STATUSES, JSON, MODE_ADAPTIVE, MODE_STRICT
 from execgo.core.decoding import UINT64_MAX
-from execgo.core.models import ALL_STATUSES, MODE_ADAPTIVE, MODE_STRICT
-
-JSON = Dict[str, Any]
 
 # What listing.decode_cursor accepts before decoding (listing._CURSOR_TEXT).
 CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,64}$"

@@ -45,7 +45,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from execgo.core import encoding, errors, protocol
-from execgo.core.models import TERMINAL_STATUSES
+from execgo.core.constants import TERMINAL_STATUSES
 from execgo.core.render import render_event
 from execgo.server.taskstore import TaskStore
 from execgo.server.waiters import Waiters

@@ -1,0 +1,177 @@
+# -*- test-case-name: tests.test_runtime,tests.test_api,tests.test_idempotency -*-
+"""
+The way in for a task (L{Intake}): a submission decoded, validated,
+planned, admitted and persisted, then handed to the dispatcher; a keyed
+retry answered with the task it created before.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+
+from execgo.core import errors, records, rootfs, submission, validation
+from execgo.core.capabilities import Capabilities
+from execgo.core.config import RuntimeConfig
+from execgo.core.ledger import check_admission
+from execgo.core.models import ControlContext, SubmitRequest
+from execgo.core.policy import resolve_plan
+from execgo.core.reservation import Reservation
+from execgo.server.scheduler import QueuedTask, Scheduler
+from execgo.server.taskstore import TaskStore
+from execgo.server.web.auth import Principal
+from execgo.store import idempotency, taskfiles
+
+JSON = Dict[str, Any]
+
+#: How often, and how many times, a keyed retry that found its task id
+#: taken looks again for the first submission's row.
+SETTLE_POLL_S = 0.01
+SETTLE_POLLS = 100
+
+
+class Intake:
+    """
+    Takes submissions.
+
+    @param reactor: paces the wait of a keyed retry for its first
+        submission.
+    @param config: the server's settings (the data directory, the rootfs
+        roots, the capability mode, the queue and preview bounds).
+    @param capabilities: the host's capability snapshot (plans, capacity).
+    @param quotas: the tenants' quotas.
+    @param store: the task store.
+    @param scheduler: the dispatcher, handed each new task.
+    @param now_ms: wall clock, epoch milliseconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        reactor: IReactorTime,
+        config: RuntimeConfig,
+        capabilities: Capabilities,
+        quotas: Mapping[str, Reservation],
+        store: TaskStore,
+        scheduler: Scheduler,
+        now_ms: Callable[[], int],
+    ) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.capabilities = capabilities
+        self.quotas = quotas
+        self.store = store
+        self.scheduler = scheduler
+        self.now_ms = now_ms
+
+    async def submit(
+        self, body: bytes, principal: Optional[Principal] = None, idempotency_key: Optional[str] = None
+    ) -> JSON:
+        """
+        Decode, validate, plan, admit and persist a submission; wake the
+        dispatcher.  Checks run in this order: decoding and validation,
+        the plan (in strict mode), capacity and the tenant's quota, then,
+        in the store, a stored idempotency key, the queue bound, the
+        output bounds and the duplicate id.
+
+        @param principal: with authentication on, the token's tenant and
+            owner, which replace what the body claims.
+        @param idempotency_key: a validated C{Idempotency-Key}: a retry
+            (same key, same normalised request) gets the stored task's
+            answer and creates nothing; the same key with another request
+            is L{errors.Conflict}.
+        """
+        request = submission.parse_submit(body)
+        rootfs.check_rootfs(request.sandbox, self.config.rootfs_roots_abs)
+        if principal is not None:
+            request = _as_principal(request, principal)
+        digest = None if idempotency_key is None else idempotency.request_hash(request.to_json())
+        scope = records.OPEN_SCOPE if principal is None else records.tenant_scope(principal.tenant)
+        plan = resolve_plan(request, self.capabilities, self.config.default_capability_mode)
+        reservation = Reservation.for_limits(request.limits)
+        check_admission(reservation, self.capabilities.capacity, self.quotas, request.tenant)
+        task_id = request.task_id if request.task_id is not None else str(uuid.uuid4())
+        task = records.NewTask(
+            task_id=task_id,
+            execution=request.execution,
+            limits=request.limits,
+            sandbox=request.sandbox,
+            metadata=dict(request.metadata),
+            plan=plan,
+            control_context=request.control_context,
+            paths=taskfiles.task_paths(
+                self.config.data_dir_abs, task_id, request.execution, request.sandbox.workspace_subdir
+            ),
+            idempotency_key=idempotency_key,
+            idempotency_hash=digest,
+            idempotency_scope=scope,
+        )
+        now = self.now_ms()
+        try:
+            await self.store.submit(
+                task,
+                request,
+                self.config.max_queued_tasks,
+                lambda: _check_output(request, self.config.max_output_preview_bytes),
+                now,
+            )
+        except idempotency.Replay as replay:
+            return _accepted(replay.task_id)
+        except errors.Conflict as conflict:
+            if idempotency_key is None or isinstance(conflict, idempotency.KeyReused):
+                raise
+            return _accepted(await self._settle_conflict(idempotency_key, digest, task_id, scope))
+        self.scheduler.submitted(
+            QueuedTask(task_id=task_id, tenant=request.tenant, reservation=reservation, created_at_ms=now)
+        )
+        return _accepted(task_id)
+
+    async def _settle_conflict(
+        self, key: str, digest: Optional[str], task_id: str, scope: records.Scope
+    ) -> str:
+        """
+        A keyed submission found its task id taken (by a concurrent first
+        submission with the same key and id that has not committed yet, or
+        by another task): wait, bounded, for the winner's row.
+
+        @return: the id to answer a retry with.
+        @raise errors.Conflict: the id belongs to another task.
+        """
+        for _ in range(SETTLE_POLLS):
+            try:
+                taken = await self.store.settle_conflict(key, digest, task_id, scope)
+            except idempotency.Replay as replay:
+                return replay.task_id
+            if taken:
+                break
+            await deferLater(self.reactor, SETTLE_POLL_S, lambda: None)
+        raise errors.Conflict(f"task already exists: {task_id}")
+
+
+def _accepted(task_id: str) -> JSON:
+    """
+    The answer to a submission that created (or found) C{task_id}.
+    """
+    return {"task_id": task_id, "handle_id": task_id, "status": "accepted"}
+
+
+def _as_principal(request: SubmitRequest, principal: Principal) -> SubmitRequest:
+    """
+    The request with the token's tenant and owner in its control context.
+    """
+    context = request.control_context or ControlContext()
+    context = attrs.evolve(context, tenant=principal.tenant, owner=principal.owner)
+    return attrs.evolve(request, control_context=context)
+
+
+def _check_output(request: SubmitRequest, ceiling: int) -> None:
+    """
+    The late checks of the output limits: the contract's 2^63-1 bound,
+    then the server's preview ceiling (C{--max-output-preview-bytes}).
+    """
+    validation.check_output_limits(request)
+    validation.check_output_ceiling(request, ceiling)
