@@ -8,12 +8,16 @@ connection pool that runs the store's SQL at once, without threads.
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+import threading
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import attrs
 from twisted.internet import defer
 
+from execgo.cli.core import CliEnvironment
+from execgo.cli.sync_http import Response
 from execgo.core import records
 from execgo.core.constants import MODE_ADAPTIVE
 from execgo.core.models import (
@@ -26,6 +30,8 @@ from execgo.core.plan import ExecutionPlan, ResourceEnforcement
 from execgo.core.reservation import Reservation
 from execgo.store import connection, taskfiles
 from execgo.store.reads import SchedulerState
+from execgo.supervisor import launcher
+from execgo.supervisor.processes import Reaped
 
 DEFAULT_LIMITS = ResourceLimits()
 PROCESS_SANDBOX = SandboxPolicy()
@@ -455,3 +461,284 @@ def old_store(test: Any, path: str) -> sqlite3.Connection:
     test.addCleanup(conn.close)
     conn.execute(OLD_TASKS_TABLE)
     return conn
+
+
+FIRST_PID = 40_000
+
+
+def exit_status(code: int) -> int:
+    """
+    The wait status of a process that exited with C{code}.
+    """
+    return code << 8
+
+
+@attrs.define
+class FakeWorkload:
+    """
+    One spawned workload as the fake kernel sees it.
+
+    @ivar ignores: signals it ignores (C{SIGKILL} is never ignored).
+    @ivar exit_on: signal to the exit code it exits with when sent it
+        (instead of dying by it).
+    @ivar leftovers: processes left in its group once the leader exited
+        (each dies at the next C{SIGKILL} unless C{immortal}).
+    @ivar status: its wait status once it exited.
+    """
+
+    pid: int
+    spec: launcher.LaunchSpec
+    ignores: Set[int] = attrs.field(factory=set)
+    exit_on: Dict[int, int] = attrs.field(factory=dict)
+    leftovers: int = 0
+    immortal: bool = False
+    status: Optional[int] = None
+    reaped: bool = False
+
+
+class FakeProcesses:
+    """
+    L{execgo.supervisor.processes.Processes} in memory: spawns are
+    recorded, signals decide how fake workloads end, and the test ends
+    them too (L{exit}).
+
+    @ivar fail: a L{launcher.LaunchError} the next spawn raises.
+    @ivar behaviour: keyword arguments given to each new L{FakeWorkload}.
+    @ivar signals: every C{(pgid, signum)} sent, in order.
+    """
+
+    def __init__(self) -> None:
+        self.workloads: Dict[int, FakeWorkload] = {}
+        self.signals: List[Tuple[int, int]] = []
+        self.fail: Optional[launcher.LaunchError] = None
+        self.behaviour: Dict[str, Any] = {}
+        self.status_lines: Dict[int, str] = {}
+        self.resets = 0
+        self._next_pid = FIRST_PID
+
+    def spawn(self, spec: launcher.LaunchSpec) -> launcher.Spawned:
+        """
+        Record a workload (or raise L{fail}).
+        """
+        if self.fail is not None:
+            raise self.fail
+        pid = self._next_pid
+        self._next_pid += 1
+        self.workloads[pid] = FakeWorkload(pid, spec, **self.behaviour)
+        return launcher.Spawned(pid=pid)
+
+    def read_status(self, status_fd: Optional[int]) -> Optional[str]:
+        """
+        No sandbox wrapper here: nothing to report.
+        """
+        return None
+
+    def exited(self) -> Optional[int]:
+        """
+        The first exited workload not reaped yet.
+        """
+        for workload in self.workloads.values():
+            if workload.status is not None and not workload.reaped:
+                return workload.pid
+        return None
+
+    def reap(self, pid: int) -> Optional[Reaped]:
+        """
+        Reap an exited workload, with made-up usage.
+        """
+        workload = self.workloads.get(pid)
+        if workload is None or workload.status is None or workload.reaped:
+            return None
+        workload.reaped = True
+        return Reaped(status=workload.status, user_cpu_ms=7, system_cpu_ms=3, max_rss_bytes=4096)
+
+    def signal_group(self, pgid: int, signum: int) -> bool:
+        """
+        Record the signal and apply it: a signal not ignored ends the
+        leader (by the signal, or with its C{exit_on} code); C{SIGKILL}
+        ends the leftovers.
+        """
+        self.signals.append((pgid, signum))
+        workload = self.workloads.get(pgid)
+        if workload is None or not self.group_alive(pgid):
+            return False
+        if workload.status is None and signum not in workload.ignores - {signal.SIGKILL}:
+            if signum in workload.exit_on:
+                workload.status = exit_status(workload.exit_on[signum])
+            else:
+                workload.status = signum
+        if signum == signal.SIGKILL and not workload.immortal:
+            workload.leftovers = 0
+        return True
+
+    def group_alive(self, pgid: int) -> bool:
+        """
+        A leader not reaped, or leftovers.
+        """
+        workload = self.workloads.get(pgid)
+        return workload is not None and (not workload.reaped or workload.leftovers > 0)
+
+    def reset_peak_rss(self) -> bool:
+        """
+        Count the resets.
+        """
+        self.resets += 1
+        return True
+
+    def exit(self, pid: int, code: int = 0, leftovers: int = 0) -> None:
+        """
+        The leader of C{pid} exits with C{code}, leaving C{leftovers} in
+        its group.
+        """
+        self.workloads[pid].status = exit_status(code)
+        self.workloads[pid].leftovers = leftovers
+
+    def sent(self, pid: int) -> List[int]:
+        """
+        The signals sent to the group C{pid}, in order.
+        """
+        return [signum for pgid, signum in self.signals if pgid == pid]
+
+
+def ok(body: bytes) -> Response:
+    """
+    A C{200 OK} response with C{body}.
+    """
+    return Response(200, "OK", body)
+
+
+@attrs.frozen
+class Call:
+    """
+    One request the CLI made.
+    """
+
+    method: str
+    url: str
+    body: Optional[bytes]
+    headers: Mapping[str, str]
+
+
+Answer = Union[Response, BaseException, Callable[["FakeWorld", Call], Response]]
+
+
+@attrs.frozen
+class Attempt:
+    """
+    One scripted answer to a stream request: C{chunks} handed over one by
+    one, then C{end} returned (a response) or raised (an exception).  With
+    C{block}, the stream waits for that event before it ends.
+    """
+
+    chunks: Tuple[bytes, ...] = ()
+    end: Union[Response, BaseException] = Response(200, "OK", b"")
+    block: Optional[threading.Event] = None
+
+
+def held(world: "FakeWorld", call: Call, body: bytes) -> Response:
+    """
+    Answer like a server with long-poll: the clock moves by the request's
+    C{wait_ms} before the non-terminal answer C{body}.
+    """
+    wait_ms = int(call.url.rsplit("wait_ms=", 1)[1])
+    world.now += wait_ms / 1000.0
+    return ok(body)
+
+
+class FakeWorld:
+    """
+    The transport and clock a test hands the CLI: requests are recorded and
+    answered from a script; C{sleep} advances the fake clock instead of
+    blocking.
+
+    @ivar request_seconds: how far the clock moves during each request.
+    @ivar streams: per stream (C{stdout}, C{stderr}, C{events}), the
+        scripted attempts of the stream requests, in order.
+    @ivar tty: what C{stderr_isatty} answers.
+    """
+
+    def __init__(
+        self,
+        answers: Sequence[Answer] = (),
+        request_seconds: float = 0.0,
+        streams: Optional[Mapping[str, Sequence[Attempt]]] = None,
+        tty: bool = False,
+    ) -> None:
+        self.answers = list(answers)
+        self.request_seconds = request_seconds
+        self.streams = {name: list(attempts) for name, attempts in (streams or {}).items()}
+        self.tty = tty
+        self.calls: List[Call] = []
+        self.stream_calls: List[Call] = []
+        self.sleeps: List[float] = []
+        self.now = 1000.0
+        self.lock = threading.Lock()
+
+    def stream(
+        self,
+        method: str,
+        url: str,
+        on_data: Callable[[bytes], None],
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> Response:
+        call = Call(method, url, None, dict(headers or {}))
+        name = url.split("?", 1)[0].rsplit("/", 1)[1]
+        with self.lock:
+            self.stream_calls.append(call)
+            attempts = self.streams.get(name)
+            if not attempts:
+                raise AssertionError(f"unexpected stream request {call}")
+            attempt = attempts.pop(0)
+        for chunk in attempt.chunks:
+            on_data(chunk)
+        if attempt.block is not None:
+            attempt.block.wait(30)
+        if isinstance(attempt.end, BaseException):
+            raise attempt.end
+        return attempt.end
+
+    def urls(self, name: str) -> List[str]:
+        """
+        The URLs of the stream requests for C{name}, path and query after
+        the task.
+        """
+        return [
+            c.url.split("/api/v1/tasks/", 1)[1]
+            for c in self.stream_calls
+            if c.url.split("?", 1)[0].endswith("/" + name)
+        ]
+
+    def transport(
+        self,
+        method: str,
+        url: str,
+        body: Optional[bytes] = None,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> Response:
+        call = Call(method, url, body, dict(headers or {}))
+        self.calls.append(call)
+        self.now += self.request_seconds
+        if not self.answers:
+            raise AssertionError(f"unexpected request {call}")
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        if callable(answer):
+            return answer(self, call)
+        return answer
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def environment(self) -> CliEnvironment:
+        return CliEnvironment(
+            transport=self.transport,
+            stream=self.stream,
+            monotonic=self.monotonic,
+            sleep=self.sleep,
+            stderr_isatty=lambda: self.tty,
+        )

@@ -18,8 +18,9 @@ from execgo.core import errors
 from execgo.core.config import RuntimeConfig
 from execgo.server.web.auth import Principal, Tokens, bearer, parse_tokens
 from tests.apifixture import MemoryRuntime, tmp_data_dir
+from tests.fakes import FakeWorld, ok
 from tests.serverfixture import ServerProcess, poll
-from tests.test_cli import CliTestMixin, FakeWorld, ok
+from tests.test_cli import CliTestMixin
 
 COMMAND = {"execution": {"kind": "command", "program": "/bin/true"}}
 TOKENS = "# tokens\n\nalpha tenant=acme owner=alice\nbeta tenant=acme owner=bob  # a comment\n"

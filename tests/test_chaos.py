@@ -428,7 +428,7 @@ class OrphanTaskDirectoryTests(TestCase):
     after its task directory was made but before its row was committed
     leaves the directory; resubmitting the same id (the normal retry of a
     request whose answer was lost) then gets C{409 conflict} for a task
-    that C{GET} says does not exist, for 60 s (C{store.CLAIM_STALE_S}).
+    that C{GET} says does not exist, for 60 s (L{execgo.store.submission.CLAIM_STALE_S}).
     """
 
     timeout = 60

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import attrs
 import click
@@ -38,6 +38,7 @@ from execgo.cli.output import summary_line, task_exit_code
 from execgo.cli.sync_http import Response
 from execgo.client.errors import StreamInterrupted, TransportError
 from execgo.client.resume import MAX_EVENT_LINE
+from tests.fakes import Attempt, FakeWorld, held, ok
 
 SERVER = "http://127.0.0.1:8080"
 TASKS = f"{SERVER}/api/v1/tasks"
@@ -114,150 +115,6 @@ def status_body(status: str, **changes: Any) -> bytes:
     if status not in ("failed", "cancelled"):
         value.pop("error")
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def ok(body: bytes) -> Response:
-    """
-    A C{200 OK} response with C{body}.
-    """
-    return Response(200, "OK", body)
-
-
-@attrs.frozen
-class Call:
-    """
-    One request the CLI made.
-    """
-
-    method: str
-    url: str
-    body: Optional[bytes]
-    headers: Mapping[str, str]
-
-
-Answer = Union[Response, BaseException, Callable[["FakeWorld", Call], Response]]
-
-
-@attrs.frozen
-class Attempt:
-    """
-    One scripted answer to a stream request: C{chunks} handed over one by
-    one, then C{end} returned (a response) or raised (an exception).  With
-    C{block}, the stream waits for that event before it ends.
-    """
-
-    chunks: Tuple[bytes, ...] = ()
-    end: Union[Response, BaseException] = Response(200, "OK", b"")
-    block: Optional[threading.Event] = None
-
-
-def held(world: "FakeWorld", call: Call, body: bytes) -> Response:
-    """
-    Answer like a server with long-poll: the clock moves by the request's
-    C{wait_ms} before the non-terminal answer C{body}.
-    """
-    wait_ms = int(call.url.rsplit("wait_ms=", 1)[1])
-    world.now += wait_ms / 1000.0
-    return ok(body)
-
-
-class FakeWorld:
-    """
-    The transport and clock a test hands the CLI: requests are recorded and
-    answered from a script; C{sleep} advances the fake clock instead of
-    blocking.
-
-    @ivar request_seconds: how far the clock moves during each request.
-    @ivar streams: per stream (C{stdout}, C{stderr}, C{events}), the
-        scripted attempts of the stream requests, in order.
-    @ivar tty: what C{stderr_isatty} answers.
-    """
-
-    def __init__(
-        self,
-        answers: Sequence[Answer] = (),
-        request_seconds: float = 0.0,
-        streams: Optional[Mapping[str, Sequence[Attempt]]] = None,
-        tty: bool = False,
-    ) -> None:
-        self.answers = list(answers)
-        self.request_seconds = request_seconds
-        self.streams = {name: list(attempts) for name, attempts in (streams or {}).items()}
-        self.tty = tty
-        self.calls: List[Call] = []
-        self.stream_calls: List[Call] = []
-        self.sleeps: List[float] = []
-        self.now = 1000.0
-        self.lock = threading.Lock()
-
-    def stream(
-        self,
-        method: str,
-        url: str,
-        on_data: Callable[[bytes], None],
-        headers: Optional[Mapping[str, str]] = None,
-    ) -> Response:
-        call = Call(method, url, None, dict(headers or {}))
-        name = url.split("?", 1)[0].rsplit("/", 1)[1]
-        with self.lock:
-            self.stream_calls.append(call)
-            attempts = self.streams.get(name)
-            if not attempts:
-                raise AssertionError(f"unexpected stream request {call}")
-            attempt = attempts.pop(0)
-        for chunk in attempt.chunks:
-            on_data(chunk)
-        if attempt.block is not None:
-            attempt.block.wait(30)
-        if isinstance(attempt.end, BaseException):
-            raise attempt.end
-        return attempt.end
-
-    def urls(self, name: str) -> List[str]:
-        """
-        The URLs of the stream requests for C{name}, path and query after
-        the task.
-        """
-        return [
-            c.url.split("/api/v1/tasks/", 1)[1]
-            for c in self.stream_calls
-            if c.url.split("?", 1)[0].endswith("/" + name)
-        ]
-
-    def transport(
-        self,
-        method: str,
-        url: str,
-        body: Optional[bytes] = None,
-        headers: Optional[Mapping[str, str]] = None,
-    ) -> Response:
-        call = Call(method, url, body, dict(headers or {}))
-        self.calls.append(call)
-        self.now += self.request_seconds
-        if not self.answers:
-            raise AssertionError(f"unexpected request {call}")
-        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-        if isinstance(answer, BaseException):
-            raise answer
-        if callable(answer):
-            return answer(self, call)
-        return answer
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def environment(self) -> CliEnvironment:
-        return CliEnvironment(
-            transport=self.transport,
-            stream=self.stream,
-            monotonic=self.monotonic,
-            sleep=self.sleep,
-            stderr_isatty=lambda: self.tty,
-        )
 
 
 class CliTestMixin:

@@ -3,7 +3,7 @@ Tests for the supervisor daemon's loop (L{execgo.supervisor.daemon.Loop})
 on its own: orders written into one end of a socket pair, reports read
 from it, the loop turned by hand (L{Loop.turn} without blocking), over an
 engine with a clock the test moves and fake kernel edges
-(L{tests.test_engine.FakeProcesses}): no workload process, no sleep.
+(L{tests.fakes.FakeProcesses}): no workload process, no sleep.
 The accept path (peer credentials, the private socket) is tested with
 real sockets in C{tests.test_supervisor}.
 """

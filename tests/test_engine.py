@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, List
 
-import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from execgo import control
@@ -23,148 +22,10 @@ from execgo.store import connection, eventlog, reads, schema, transitions
 from execgo.supervisor import engine as engine_module
 from execgo.supervisor import launcher, reaping, starts
 from execgo.supervisor.engine import Supervisor
-from execgo.supervisor.processes import Reaped
 from execgo.supervisor.timers import Timers
-from tests.fakes import FakeCgroups, command, new_task, plan_for
+from tests.fakes import FakeCgroups, FakeProcesses, command, new_task, plan_for
 
 GRACE_S = 0.5
-FIRST_PID = 40_000
-
-
-def exit_status(code: int) -> int:
-    """
-    The wait status of a process that exited with C{code}.
-    """
-    return code << 8
-
-
-@attrs.define
-class FakeWorkload:
-    """
-    One spawned workload as the fake kernel sees it.
-
-    @ivar ignores: signals it ignores (C{SIGKILL} is never ignored).
-    @ivar exit_on: signal to the exit code it exits with when sent it
-        (instead of dying by it).
-    @ivar leftovers: processes left in its group once the leader exited
-        (each dies at the next C{SIGKILL} unless C{immortal}).
-    @ivar status: its wait status once it exited.
-    """
-
-    pid: int
-    spec: launcher.LaunchSpec
-    ignores: Set[int] = attrs.field(factory=set)
-    exit_on: Dict[int, int] = attrs.field(factory=dict)
-    leftovers: int = 0
-    immortal: bool = False
-    status: Optional[int] = None
-    reaped: bool = False
-
-
-class FakeProcesses:
-    """
-    L{execgo.supervisor.processes.Processes} in memory: spawns are
-    recorded, signals decide how fake workloads end, and the test ends
-    them too (L{exit}).
-
-    @ivar fail: a L{launcher.LaunchError} the next spawn raises.
-    @ivar behaviour: keyword arguments given to each new L{FakeWorkload}.
-    @ivar signals: every C{(pgid, signum)} sent, in order.
-    """
-
-    def __init__(self) -> None:
-        self.workloads: Dict[int, FakeWorkload] = {}
-        self.signals: List[Tuple[int, int]] = []
-        self.fail: Optional[launcher.LaunchError] = None
-        self.behaviour: Dict[str, Any] = {}
-        self.status_lines: Dict[int, str] = {}
-        self.resets = 0
-        self._next_pid = FIRST_PID
-
-    def spawn(self, spec: launcher.LaunchSpec) -> launcher.Spawned:
-        """
-        Record a workload (or raise L{fail}).
-        """
-        if self.fail is not None:
-            raise self.fail
-        pid = self._next_pid
-        self._next_pid += 1
-        self.workloads[pid] = FakeWorkload(pid, spec, **self.behaviour)
-        return launcher.Spawned(pid=pid)
-
-    def read_status(self, status_fd: Optional[int]) -> Optional[str]:
-        """
-        No sandbox wrapper here: nothing to report.
-        """
-        return None
-
-    def exited(self) -> Optional[int]:
-        """
-        The first exited workload not reaped yet.
-        """
-        for workload in self.workloads.values():
-            if workload.status is not None and not workload.reaped:
-                return workload.pid
-        return None
-
-    def reap(self, pid: int) -> Optional[Reaped]:
-        """
-        Reap an exited workload, with made-up usage.
-        """
-        workload = self.workloads.get(pid)
-        if workload is None or workload.status is None or workload.reaped:
-            return None
-        workload.reaped = True
-        return Reaped(status=workload.status, user_cpu_ms=7, system_cpu_ms=3, max_rss_bytes=4096)
-
-    def signal_group(self, pgid: int, signum: int) -> bool:
-        """
-        Record the signal and apply it: a signal not ignored ends the
-        leader (by the signal, or with its C{exit_on} code); C{SIGKILL}
-        ends the leftovers.
-        """
-        self.signals.append((pgid, signum))
-        workload = self.workloads.get(pgid)
-        if workload is None or not self.group_alive(pgid):
-            return False
-        if workload.status is None and signum not in workload.ignores - {signal.SIGKILL}:
-            if signum in workload.exit_on:
-                workload.status = exit_status(workload.exit_on[signum])
-            else:
-                workload.status = signum
-        if signum == signal.SIGKILL and not workload.immortal:
-            workload.leftovers = 0
-        return True
-
-    def group_alive(self, pgid: int) -> bool:
-        """
-        A leader not reaped, or leftovers.
-        """
-        workload = self.workloads.get(pgid)
-        return workload is not None and (not workload.reaped or workload.leftovers > 0)
-
-    def reset_peak_rss(self) -> bool:
-        """
-        Count the resets.
-        """
-        self.resets += 1
-        return True
-
-    def exit(self, pid: int, code: int = 0, leftovers: int = 0) -> None:
-        """
-        The leader of C{pid} exits with C{code}, leaving C{leftovers} in
-        its group.
-        """
-        self.workloads[pid].status = exit_status(code)
-        self.workloads[pid].leftovers = leftovers
-
-    def sent(self, pid: int) -> List[int]:
-        """
-        The signals sent to the group C{pid}, in order.
-        """
-        return [signum for pgid, signum in self.signals if pgid == pid]
-
-
 class EngineHarness:
     """
     A supervisor engine over a temporary store, on a clock the test moves

@@ -349,9 +349,10 @@ class SubmitTests(SubmitTestsBase):
 
     async def test_bad_key(self) -> None:
         """
-        A malformed key is 400 C{invalid_input} and stores nothing.
+        A malformed key is 400 C{invalid_input} and stores nothing, also
+        one whose bytes are not UTF-8.
         """
-        for key in ("", "has space", "x" * 256):
+        for key in ("", "has space", "x" * 256, "\xd7", "caf\xe9"):
             code, decoded = await self.post(COMMAND, key)
             self.assertEqual((code, decoded["error"]["code"]), (400, "invalid_input"), key)
             self.assertIn("Idempotency-Key", decoded["error"]["message"])

@@ -17,8 +17,7 @@ from execgo.core.plan import ExecutionPlan
 from execgo.core.records import Outcome, TaskRecord
 from execgo.supervisor import launcher
 from execgo.supervisor.spawning import NotStarted, set_limits, spawn_into_groups
-from tests.fakes import FakeCgroups, FakeTaskCgroup, command, plan_for, record
-from tests.test_engine import FIRST_PID, FakeProcesses
+from tests.fakes import FIRST_PID, FakeCgroups, FakeProcesses, FakeTaskCgroup, command, plan_for, record
 
 ENV = {"PATH": "/usr/bin:/bin"}
 LIMITS = ResourceLimits(memory_bytes=1 << 30, pids_max=64)

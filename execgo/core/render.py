@@ -11,15 +11,13 @@ listing and the supervisor's C{result.json} render alike.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Optional, Tuple
 
-from execgo.core.constants import TERMINAL_STATUSES
+from execgo.core.constants import JSON, TERMINAL_STATUSES
 from execgo.core.policy import plan_of
 from execgo.core.records import Event, TaskPaths, TaskRecord
 from execgo.core.results import Usage
 from execgo.core.timestamps import format_ms
-
-JSON = Dict[str, Any]
 
 
 def live_duration(record: TaskRecord, now_ms: int) -> Optional[int]:

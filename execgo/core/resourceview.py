@@ -9,13 +9,12 @@ L{ActiveReservation}s.
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import attrs
 
+from execgo.core.constants import JSON
 from execgo.core.reservation import Reservation
-
-JSON = Dict[str, Any]
 
 
 @attrs.frozen

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import weakref
 from collections import deque
-from typing import Any, Deque, Dict, Optional, Tuple
+from typing import Any, Deque, Optional, Tuple
 
 from twisted.internet import defer
 
-JSON = Dict[str, Any]
+from execgo.core.constants import JSON
 
 #: Previews adding up to at most this many bytes are read and answered
 #: without a reservation.

@@ -14,12 +14,13 @@ its database work.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 
 from execgo.core import errors
+from execgo.core.constants import JSON
 from execgo.core.models import SubmitRequest
 from execgo.core.records import Event, NewTask, Outcome, Scope, TaskRecord
 from execgo.core.reservation import Reservation
@@ -47,8 +48,6 @@ from execgo.store.logfiles import OpenLog
 from execgo.store.reads import SchedulerState
 from execgo.store.tallies import MetricsSnapshot
 from execgo.store.transitions import KillResult
-
-JSON = Dict[str, Any]
 
 #: Reads of one snapshot under the preview budget before giving up (the
 #: last one holds the whole budget, so it always succeeds).

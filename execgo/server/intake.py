@@ -8,7 +8,7 @@ retry answered with the task it created before.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -17,6 +17,7 @@ from twisted.internet.task import deferLater
 from execgo.core import errors, records, rootfs, submission, validation
 from execgo.core.capabilities import Capabilities
 from execgo.core.config import RuntimeConfig
+from execgo.core.constants import JSON
 from execgo.core.ledger import check_admission
 from execgo.core.models import ControlContext, SubmitRequest
 from execgo.core.policy import resolve_plan
@@ -25,8 +26,6 @@ from execgo.server.scheduler import QueuedTask, Scheduler
 from execgo.server.taskstore import TaskStore
 from execgo.server.web.auth import Principal
 from execgo.store import idempotency, taskfiles
-
-JSON = Dict[str, Any]
 
 #: How often, and how many times, a keyed retry that found its task id
 #: taken looks again for the first submission's row.

@@ -20,7 +20,7 @@ the principal is C{None} and every task is visible.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, List, Mapping, Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -30,7 +30,7 @@ from execgo import control
 from execgo.core import errors, render
 from execgo.core.capabilities import Capabilities
 from execgo.core.config import RuntimeConfig
-from execgo.core.constants import STATUS_RUNNING, TERMINAL_STATUSES
+from execgo.core.constants import JSON, STATUS_RUNNING, TERMINAL_STATUSES
 from execgo.core.reservation import Reservation
 from execgo.host.cgroups import Cgroups
 from execgo.host.privileges import TaskIdentity
@@ -50,8 +50,6 @@ from execgo.server.web.auth import Principal, visible
 from execgo.server.web.responses import StreamingRequest
 from execgo.server.web.streams import Streams
 from execgo.store import listing
-
-JSON = Dict[str, Any]
 
 
 class Runtime:

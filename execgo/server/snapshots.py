@@ -22,11 +22,11 @@ needs no store read either (L{execgo.server.runtime.Runtime.require_visible}).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Dict, Iterable, Optional
+from typing import Iterable, Optional
 
 import attrs
 
-JSON = Dict[str, Any]
+from execgo.core.constants import JSON
 
 #: The fixed cost counted per entry, beside its previews.
 ENTRY_OVERHEAD = 1024

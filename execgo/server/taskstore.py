@@ -25,10 +25,11 @@ keeps the same guarantees for the changes both processes make:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Callable, List, Optional, Protocol, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
 
+from execgo.core.constants import JSON
 from execgo.core.models import SubmitRequest
 from execgo.core.records import Event, NewTask, Outcome, Scope, TaskRecord
 from execgo.core.reservation import Reservation
@@ -39,8 +40,6 @@ from execgo.store.reads import SchedulerState
 from execgo.store.tallies import MetricsSnapshot
 from execgo.store.terminal import UNFINISHED
 from execgo.store.transitions import KillResult
-
-JSON = Dict[str, Any]
 
 
 class TaskStore(Protocol):

@@ -7,11 +7,12 @@ C{/metrics}, and the readiness check behind C{/readyz}.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from typing import Mapping
 
 from execgo.core import errors, timestamps
 from execgo.core.capabilities import Capabilities
 from execgo.core.config import RuntimeConfig
+from execgo.core.constants import JSON
 from execgo.core.reservation import Reservation
 from execgo.core.resourceview import ActiveReservation, render_resources
 from execgo.server import metrics
@@ -19,8 +20,6 @@ from execgo.server.link import SupervisorLink
 from execgo.server.scheduler import Scheduler
 from execgo.server.taskstore import TaskStore
 from execgo.server.upkeep import Upkeep
-
-JSON = Dict[str, Any]
 
 
 class RuntimeViews:

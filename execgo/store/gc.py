@@ -25,10 +25,11 @@ from typing import List, Sequence, Set, Tuple
 
 from execgo.core.constants import STATUS_CANCELLED, STATUS_FAILED, STATUS_SUCCESS
 from execgo.store.connection import transaction
+from execgo.store.submission import CLAIM_STALE_S
 
 #: As old as a directory without a row may be while its submission is
-#: still in flight (the same as L{execgo.store.submission.CLAIM_STALE_S}).
-ORPHAN_MIN_AGE_S = 60.0
+#: still in flight.
+ORPHAN_MIN_AGE_S = CLAIM_STALE_S
 _TASK_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _IN_CHUNK = 500
 

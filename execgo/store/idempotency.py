@@ -31,7 +31,6 @@ from typing import Any, Dict, List, Optional, Tuple
 from execgo.core import errors
 from execgo.core.records import OPEN, OPEN_SCOPE, Scope
 
-HEADER = b"idempotency-key"
 MAX_KEY_LENGTH = 255
 REUSED = "idempotency key reused with a different request"
 class KeyReused(errors.Conflict):

@@ -24,16 +24,14 @@ import base64
 import binascii
 import re
 import sqlite3
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import attrs
 
 from execgo.core import errors
-from execgo.core.constants import ALL_STATUSES
+from execgo.core.constants import ALL_STATUSES, JSON
 from execgo.core.records import TaskRecord
 from execgo.core.render import render_status
-
-JSON = Dict[str, Any]
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import attrs
 
+from execgo.core.constants import JSON
 from execgo.core.records import TaskRecord
 from execgo.store import taskfiles
 from execgo.store.reads import load_task
-
-JSON = Dict[str, Any]
 
 
 @attrs.frozen

@@ -16,17 +16,16 @@ import errno
 import os
 import shutil
 import sqlite3
-from typing import Any, Callable, Dict
+from typing import Callable
 
 from execgo.core import errors
+from execgo.core.constants import JSON
 from execgo.core.encoding import pretty
 from execgo.core.records import NewTask
 from execgo.host.fsio import write_file
 from execgo.store import idempotency
 from execgo.store.reads import count_accepted, task_exists
 from execgo.store.transitions import insert_task
-
-JSON = Dict[str, Any]
 
 #: How long a directory without a row is taken for one a submission is
 #: still making.

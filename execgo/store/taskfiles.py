@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 from execgo.core import jsonstream
+from execgo.core.constants import JSON
 from execgo.core.encoding import pretty
 from execgo.core.models import ExecutionSpec
 from execgo.core.records import TaskPaths, TaskRecord
 from execgo.core.render import render_status
 from execgo.host.fsio import read_head_text, write_chunks
-
-JSON = Dict[str, Any]
 
 
 def script_extension(interpreter: Optional[Tuple[str, ...]]) -> str:

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
 
 import attrs
 
 from execgo.core.constants import (
+    JSON,
     STATUS_ACCEPTED,
     STATUS_CANCELLED,
     STATUS_FAILED,
@@ -49,7 +50,6 @@ from execgo.store.connection import dumps, transaction
 from execgo.store.eventlog import append_event
 from execgo.store.reads import load_task
 
-JSON = Dict[str, Any]
 T = TypeVar("T")
 
 #: The statuses a terminal write may leave.

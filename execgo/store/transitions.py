@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, Dict, Optional
+from typing import Optional
 
 import attrs
 
 from execgo.core import errors, outcome
-from execgo.core.constants import STATUS_ACCEPTED, STATUS_RUNNING
+from execgo.core.constants import JSON, STATUS_ACCEPTED, STATUS_RUNNING
 from execgo.core.records import NewTask, TaskRecord
 from execgo.core.reservation import Reservation
 from execgo.host.privileges import TaskIdentity
@@ -30,8 +30,6 @@ from execgo.store.eventlog import append_event
 from execgo.store.reads import load_task, running_uids
 from execgo.store.schema import insert_labels
 from execgo.store.terminal import finish
-
-JSON = Dict[str, Any]
 
 
 def insert_task(conn: sqlite3.Connection, task: NewTask, now_ms: int) -> None:

@@ -153,7 +153,7 @@ class RuntimeAPI:
         C{POST /api/v1/tasks}, optionally with an C{Idempotency-Key}.
         """
         principal = self._principal(request)
-        key = idempotency.parse_key(request.requestHeaders.getRawHeaders(idempotency.HEADER))
+        key = idempotency.parse_key(request.requestHeaders.getRawHeaders(protocol.IDEMPOTENCY_HEADER.encode("ascii")))
         self._accepting()
         return answer_json(request, await self.runtime.submit(request_body(request), principal, key))
 

@@ -53,6 +53,7 @@ from execgo.core.protocol import (
     MAX_WAIT_MS,
     NDJSON_TYPE,
     OCTET_TYPE,
+    OWNER_HEADER,
 )
 from execgo.server.web.model_schemas import model_schemas
 from execgo.server.web.schemas import (
@@ -267,7 +268,7 @@ WAIT_MS: JSON = {
     "schema": {"type": "integer", "minimum": 0},
 }
 OWNER: JSON = {
-    "name": "x-execgo-owner",
+    "name": OWNER_HEADER,
     "in": "header",
     "required": False,
     "description": "Must equal the task's control_context.owner when it has one.",

@@ -29,9 +29,9 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from zope.interface import implementer
 
 from execgo.core import jsonstream
+from execgo.core.protocol import JSON_TYPE
 from execgo.server.budget import SMALL_PREVIEW_BYTES, ByteBudget, claim, preview_weight
 
-JSON_TYPE = b"application/json"
 #: Bytes of JSON rendered between two turns of the reactor while a large
 #: answer's length is computed.
 YIELD_BYTES = 1024 * 1024
@@ -209,7 +209,7 @@ async def send_snapshot(
             hold = await budget.take(weight)
         length = await _encoded_length(snapshot, reactor)
         request.setResponseCode(200)
-        request.setHeader(b"content-type", JSON_TYPE)
+        request.setHeader(b"content-type", JSON_TYPE.encode("ascii"))
         request.setHeader(b"content-length", b"%d" % length)
         producer = BodyProducer(request, jsonstream.chunks(snapshot), reactor, stall_s)
         del snapshot
