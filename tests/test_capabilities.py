@@ -553,8 +553,9 @@ class HostProbeTests(ProbeTestsMixin, SynchronousTestCase):
 
 class RealHostProbeTests(SynchronousTestCase):
     """
-    One probe of the real host, which should be the cgroup hybrid of
-    C{MEASURED.md}.
+    One probe of the real host, which should be the cgroup hybrid the
+    reference machine has (v1 memory and pids, a controller-less v2 tree;
+    C{docs/performance.md}).
     """
 
     def setUp(self) -> None:
