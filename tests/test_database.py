@@ -24,6 +24,7 @@ from execgo.core.reservation import Reservation
 from execgo.server.database import Store, open_pool
 from execgo.server.taskstore import TaskStore
 from execgo.store import connection, idempotency, terminal, transitions
+from execgo.store.backend import SQLITE
 from execgo.store.listing import ListQuery
 from tests.fakes import command, new_task
 
@@ -95,6 +96,16 @@ class StoreTests(TestCase):
         self.assertEqual(dict((await self.store.metrics()).by_status)["accepted"], 1)
         state = await self.store.scheduler_state(10)
         self.assertEqual(([r.task_id for r in state.active], [q.task_id for q in state.queued]), ([], ["t"]))
+
+    async def test_pool_connections_name_their_backend(self) -> None:
+        """
+        The connections of L{open_pool} carry the SQLite backend, so the
+        store's functions run in its threads ask it (not a default).
+        """
+        pool = open_pool(reactor, os.path.join(self.data_dir, "runtime.db"))
+        self.addCleanup(pool.close)
+        found = await pool.runWithConnection(lambda conn: getattr(conn, "backend", None))
+        self.assertIs(found, SQLITE)
 
     async def test_submit_refusals(self) -> None:
         """

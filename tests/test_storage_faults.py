@@ -3,20 +3,27 @@ Storage faults with the real server: a data directory it cannot
 use, a full file system, and a store that cannot take a write.  The file
 systems are small tmpfs mounts made by the test, so these run only as root
 on Linux.
+
+First, in memory: how a storage failure is classified
+(L{errors.from_storage}) and what C{/readyz} answers for one.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Optional
 
-from twisted.internet import reactor
-from twisted.trial.unittest import TestCase
+from twisted.enterprise import adbapi
+from twisted.internet import defer, error, reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from execgo.core import errors
 from tests.serverfixture import (
     SERVE_COMMAND,
     ApiClient,
@@ -25,6 +32,7 @@ from tests.serverfixture import (
     poll,
     run_process,
 )
+from tests.test_api import APITestsBase
 from tests.test_upkeep import fill
 
 COMMAND = {"execution": {"kind": "command", "program": "/bin/echo", "args": ["hi"]}}
@@ -37,6 +45,117 @@ def _mount_tmpfs(path: str, options: str) -> None:
 
 def _umount(path: str) -> None:
     subprocess.run(["umount", "-l", path], check=False)
+
+
+class DriverError(Exception):
+    """
+    A database driver's error that carries an SQL standard C{sqlstate}, as
+    client libraries for server databases raise them.
+    """
+
+    def __init__(self, message: str, sqlstate: Optional[str]) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class ClassificationTests(SynchronousTestCase):
+    """
+    L{errors.from_storage}: a storage failure is the store's state of the
+    moment (503), a full store (507) or a fault (500).
+    """
+
+    def assertClassified(self, failure: BaseException, status: int, message: str) -> None:
+        """
+        C{failure} becomes an error with C{status} and C{message}.
+        """
+        found = errors.from_storage(failure)
+        self.assertEqual((found.http_status, found.message), (status, message), repr(failure))
+
+    def test_sqlite_and_files(self) -> None:
+        """
+        SQLite's and the file system's errors keep their mapping: locked,
+        busy, read only or not permitted 503, full 507, anything else 500.
+        """
+        self.assertClassified(
+            sqlite3.OperationalError("database is locked"), 503, "unavailable: sqlite error: database is locked"
+        )
+        self.assertClassified(
+            sqlite3.OperationalError("attempt to write a readonly database"),
+            503,
+            "unavailable: sqlite error: attempt to write a readonly database",
+        )
+        self.assertClassified(
+            sqlite3.OperationalError("database or disk is full"),
+            507,
+            "io error: sqlite error: database or disk is full",
+        )
+        self.assertClassified(
+            sqlite3.OperationalError("disk I/O error"), 500, "internal error: sqlite error: disk I/O error"
+        )
+        self.assertClassified(
+            sqlite3.IntegrityError("UNIQUE constraint failed"), 500, "internal error: UNIQUE constraint failed"
+        )
+        self.assertClassified(OSError(errno.ENOSPC, "No space left"), 507, "io error: [Errno 28] No space left")
+        self.assertClassified(OSError(errno.EROFS, "Read-only"), 503, "unavailable: io error: [Errno 30] Read-only")
+
+    def test_lost_connection(self) -> None:
+        """
+        A pool connection that broke under a query is 503; a network
+        connection lost is no storage failure and stays 500.
+        """
+        self.assertClassified(adbapi.ConnectionLost(), 503, "unavailable: database connection lost")
+        self.assertClassified(adbapi.ConnectionLost("gone"), 503, "unavailable: database connection lost: gone")
+        self.assertEqual(errors.from_storage(error.ConnectionLost()).http_status, 500)
+
+    def test_sqlstate(self) -> None:
+        """
+        A driver error's C{sqlstate}: a connection exception (class 08), a
+        server shutting down, too many connections, a lock not granted, a
+        deadlock or a read-only transaction is 503; a full disk 507; any
+        other code, or none, is not classified by it.
+        """
+        for code in ("08000", "08006", "57P01", "57P02", "57P03", "53300", "55P03", "40P01", "25006"):
+            self.assertClassified(DriverError("no", code), 503, "unavailable: database error: no")
+        self.assertClassified(DriverError("full", "53100"), 507, "io error: database error: full")
+        for code in ("23505", "42601", "57014", None):
+            self.assertClassified(DriverError("bad", code), 500, "internal error: bad")
+
+
+class ReadinessTests(APITestsBase):
+    """
+    C{/readyz} when the store's initialisation fails: a store that cannot
+    be used now is not ready (503, with the reason); anything else is a
+    fault (500), answered as before.
+    """
+
+    def test_store_failures(self) -> None:
+        """
+        Locked, full or its connection lost: 503 naming why; a corrupt or
+        failing store: 500 naming SQLite; ready again once it succeeds.
+        """
+        cases = [
+            (sqlite3.OperationalError("database is locked"), 503, "unavailable: sqlite error: database is locked"),
+            (
+                sqlite3.OperationalError("database or disk is full"),
+                503,
+                "unavailable: sqlite error: database or disk is full",
+            ),
+            (adbapi.ConnectionLost(), 503, "unavailable: database connection lost"),
+            (sqlite3.OperationalError("disk I/O error"), 500, "internal error: sqlite error: disk I/O error"),
+            (
+                sqlite3.DatabaseError("file is not a database"),
+                500,
+                "internal error: sqlite error: file is not a database",
+            ),
+        ]
+        for failure, status, message in cases:
+            self.patch(self.rt.store, "init_schema", lambda failure=failure: defer.fail(failure))
+            code, decoded, _ = self.call("GET", "/readyz")
+            self.assertEnvelope(code, decoded, status, "internal")
+            self.assertEqual(decoded["error"]["message"], message)
+        self.patch(self.rt.store, "init_schema", lambda: defer.succeed(None))
+        code, decoded, _ = self.call("GET", "/readyz")
+        self.assertEqual((code, decoded["status"]), (200, "ready"))
 
 
 class StorageFaultTests(TestCase):

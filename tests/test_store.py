@@ -2,7 +2,9 @@
 Tests for the store's plain functions (L{execgo.store.connection},
 L{execgo.store.schema}, L{execgo.store.reads}, L{execgo.store.eventlog},
 L{execgo.store.transitions}, L{execgo.store.terminal}, L{execgo.store.gc},
-L{execgo.store.tallies}), against real SQLite on a temporary file.
+L{execgo.store.tallies}, L{execgo.store.backend}), against a real store:
+the classes decorated with L{backends.each} on every backend the tests
+know, the others (SQLite's pragmas and file migrations) on SQLite.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
+import types
 from typing import Any, List, Optional
 
 import attrs
@@ -29,6 +33,8 @@ from execgo.store import (
     terminal,
     transitions,
 )
+from execgo.store.backend import SQLITE, SqliteConnection, backend_of
+from tests import backends
 from tests.fakes import new_task, old_store, plan_for, shell
 
 NOW = 1_700_000_000_000
@@ -54,17 +60,30 @@ def assert_sorted_everywhere(testcase: SynchronousTestCase, text: str) -> None:
     json.loads(text, object_pairs_hook=hook)
 
 
+def connect_with(test: SynchronousTestCase, path: str, backend: Any) -> sqlite3.Connection:
+    """
+    A configured SQLite connection on C{path} that names C{backend} (a
+    variant of L{SQLITE}) as its own, closed when C{test} ends.
+    """
+    factory = type("VariantConnection", (SqliteConnection,), {"backend": backend})
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, factory=factory)
+    test.addCleanup(conn.close)
+    connection.configure(conn)
+    return conn
+
+
 class StoreTestCase(SynchronousTestCase):
     """
-    A fresh store on a temporary file for every test.
+    A fresh store for every test, on the class's backend (SQLite unless
+    L{backends.each} says otherwise).
     """
+
+    backend = backends.SQLITE_BACKEND
 
     def setUp(self) -> None:
         self.data_dir = os.path.abspath(self.mktemp())
         os.makedirs(self.data_dir)
-        self.path = os.path.join(self.data_dir, "runtime.db")
-        self.conn = connection.connect(self.path)
-        self.addCleanup(self.conn.close)
+        self.conn = self.backend.connect(self, self.data_dir)
         schema.init_schema(self.conn)
 
     def insert(self, task_id: str = "t1", now_ms: int = NOW, **kwargs: Any) -> records.NewTask:
@@ -195,6 +214,41 @@ class ConnectionTests(StoreTestCase):
         schema.init_schema(conn)
         self.assertEqual(reads.load_task(conn, "old"), record)
 
+    def test_connections_name_their_backend(self) -> None:
+        """
+        A connection the store opens carries L{SQLITE}; a plain C{sqlite3}
+        connection counts as SQLite too.
+        """
+        self.assertIsInstance(self.conn, SqliteConnection)
+        self.assertIs(getattr(self.conn, "backend", None), SQLITE)
+        self.assertIs(backend_of(self.conn), SQLITE)
+        plain = sqlite3.connect(":memory:")
+        self.addCleanup(plain.close)
+        self.assertIs(backend_of(plain), SQLITE)
+
+    def test_transaction_and_rows_ask_the_backend(self) -> None:
+        """
+        L{connection.transaction} opens its transaction with the backend's
+        C{begin_write} (once, not again for a nested one), and
+        L{connection.rows} makes rows with the backend's row factory.
+        """
+        began: List[Any] = []
+
+        def begin(conn: Any) -> None:
+            began.append(conn)
+            SQLITE.begin_write(conn)
+
+        def tagged(cursor: Any, row: Any) -> Any:
+            return ("row",) + tuple(row)
+
+        variant = attrs.evolve(SQLITE, begin_write=begin, row_factory=tagged)
+        conn = connect_with(self, os.path.join(self.data_dir, "variant.db"), variant)
+        with connection.transaction(conn):
+            with connection.transaction(conn):
+                conn.execute("CREATE TABLE x (a)")
+        self.assertEqual(began, [conn])
+        self.assertEqual(connection.rows(conn, "SELECT 1, 2"), [("row", 1, 2)])
+
     def test_transaction_rolls_back(self) -> None:
         """
         An exception inside L{connection.transaction} undoes its writes.
@@ -210,6 +264,7 @@ class ConnectionTests(StoreTestCase):
         self.assertEqual(self.load().status, "accepted")
 
 
+@backends.each
 class InsertTests(StoreTestCase):
     """
     L{transitions.insert_task} and reading a task back.
@@ -322,6 +377,18 @@ class InsertTests(StoreTestCase):
         self.assertEqual(self.load().metadata, {"first": "1"})
         self.assertEqual(len(eventlog.load_events(self.conn, "t1")), 3)
 
+    def test_labels_carry_the_rowid(self) -> None:
+        """
+        The label rows of a task carry its row id (the listing's position),
+        as the insert itself returns it.
+        """
+        self.insert("a")
+        self.insert("b", control_context=ControlContext(labels={"k": "v", "j": "w"}))
+        pairs = self.conn.execute(
+            "SELECT l.task_rowid, t.rowid FROM task_labels l, tasks t WHERE t.task_id = l.task_id"
+        ).fetchall()
+        self.assertEqual([tuple(pair) for pair in pairs], [(2, 2), (2, 2)])
+
     def test_unknown(self) -> None:
         """
         Unknown ids load as C{None}; their events as C{[]} or C{None}.
@@ -342,6 +409,7 @@ class InsertTests(StoreTestCase):
         self.assertEqual(tallies.snapshot(self.conn).submitted, (("", 1), ("x", 2)))
 
 
+@backends.each
 class EventTests(StoreTestCase):
     """
     Event ordering and L{eventlog.append_event}.
@@ -392,10 +460,11 @@ class EventTests(StoreTestCase):
         An event for an unknown task is refused.
         """
         self.assertRaises(
-            sqlite3.IntegrityError, eventlog.append_event, self.conn, "ghost", "x", None, NOW
+            self.backend.backend.IntegrityError, eventlog.append_event, self.conn, "ghost", "x", None, NOW
         )
 
 
+@backends.each
 class TransitionTests(StoreTestCase):
     """
     The conditional state transitions.
@@ -537,6 +606,7 @@ class TransitionTests(StoreTestCase):
         self.assertFalse(transitions.request_kill(self.conn, "ghost", NOW))
 
 
+@backends.each
 class FinishTests(StoreTestCase):
     """
     L{terminal.finish}: the terminal write.
@@ -653,6 +723,7 @@ class FinishTests(StoreTestCase):
         )
 
 
+@backends.each
 class RecoveryWriteTests(StoreTestCase):
     """
     L{transitions.release_orphan_reservation} and L{transitions.mark_recovered}.
@@ -747,6 +818,7 @@ class RecoveryWriteTests(StoreTestCase):
         self.assertNotIn("recovered", event_types(self.conn, "t1"))
 
 
+@backends.each
 class QueryTests(StoreTestCase):
     """
     The queries the dispatcher, resources endpoint, metrics and GC use.
@@ -831,6 +903,7 @@ class QueryTests(StoreTestCase):
         self.assertEqual(len(eventlog.load_events(self.conn, "run")), 4)
 
 
+@backends.each
 class MetricsSnapshotTests(StoreTestCase):
     """
     L{tallies.snapshot}: the C{/metrics} figures from trigger-kept tallies.
@@ -900,6 +973,15 @@ class MetricsSnapshotTests(StoreTestCase):
         self.assertEqual(snapshot.finished, (("success", "", "", 1),))
         self.assertEqual(snapshot.run_time.count, 1)
 
+    def test_inside_a_transaction(self) -> None:
+        """
+        The snapshot is one read: it runs inside an open transaction too,
+        and sees that transaction's changes.
+        """
+        with connection.transaction(self.conn):
+            self.insert("a")
+            self.assertEqual(tallies.snapshot(self.conn).by_status, (("accepted", 1),))
+
     def test_recount_of_an_older_store(self) -> None:
         """
         A store whose rows predate the tallies gets them counted once when
@@ -910,3 +992,131 @@ class MetricsSnapshotTests(StoreTestCase):
         self.conn.execute("DROP TABLE task_tallies")
         schema.init_schema(self.conn)
         self.assertEqual(tallies.snapshot(self.conn).by_status, (("accepted", 2),))
+
+
+#: What L{StatementTests} puts in place of the row lock: a comment, so
+#: SQLite runs the statements and its trace shows where the lock went.
+MARK = " /* for update */"
+
+
+class StatementTests(StoreTestCase):
+    """
+    The statements the store sends, as SQLite traces them: the selects
+    whose rows the same transaction then changes end with the backend's
+    row lock (L{execgo.store.backend.Backend.for_update}), and no query
+    needs SQLite's C{LIMIT -1}.
+    """
+
+    def setUp(self) -> None:
+        self.data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.data_dir)
+        path = os.path.join(self.data_dir, "runtime.db")
+        self.conn = connect_with(self, path, attrs.evolve(SQLITE, for_update=MARK))
+        schema.init_schema(self.conn)
+        self.statements: List[str] = []
+        self.conn.set_trace_callback(self.statements.append)
+
+    def locking(self) -> List[str]:
+        """
+        The statements traced since the last call that carry the lock.
+        """
+        found = [statement for statement in self.statements if MARK in statement]
+        del self.statements[:]
+        return found
+
+    def assertLocks(self, found: List[str], start: str) -> None:
+        """
+        C{found} is one select of C{tasks} that starts with C{start} and
+        ends with the lock.
+        """
+        self.assertEqual(len(found), 1, found)
+        self.assertTrue(found[0].startswith(start), found)
+        self.assertTrue(found[0].endswith(MARK), found)
+
+    def test_claim(self) -> None:
+        """
+        The claim's read of the task takes the lock.
+        """
+        self.insert()
+        self.locking()
+        self.assertIsNotNone(transitions.claim(self.conn, "t1", 99, NOW + 10))
+        self.assertLocks(self.locking(), "SELECT * FROM tasks WHERE task_id = 't1'")
+
+    def test_terminal_write(self) -> None:
+        """
+        The terminal write's read of the reservation takes the lock.
+        """
+        self.running()
+        self.locking()
+        self.assertTrue(terminal.write_terminal(self.conn, "t1", records.Outcome(status="success"), NOW + 20))
+        self.assertLocks(self.locking(), "SELECT reservation_json, reserved_at_ms IS NOT NULL")
+
+    def test_recovery_writes(self) -> None:
+        """
+        The reads of the reservation that recovery releases or rebuilds
+        take the lock.
+        """
+        self.insert("queued")
+        self.running("run")
+        self.locking()
+        transitions.release_orphan_reservation(self.conn, "queued", NOW + 20)
+        self.assertLocks(self.locking(), "SELECT reservation_json FROM tasks WHERE task_id = 'queued'")
+        self.assertTrue(transitions.mark_recovered(self.conn, "run", Reservation(), NOW + 20))
+        self.assertLocks(self.locking(), "SELECT reserved_at_ms, released_at_ms FROM tasks")
+
+    def test_reads_take_no_lock(self) -> None:
+        """
+        Plain reads leave the lock out.
+        """
+        self.running()
+        self.locking()
+        reads.load_task(self.conn, "t1")
+        reads.load_by_status(self.conn, ("running",))
+        tallies.snapshot(self.conn)
+        self.assertEqual(self.locking(), [])
+
+    def test_no_negative_limit(self) -> None:
+        """
+        All the tasks of some statuses are read with no C{LIMIT} at all;
+        a limit is still one.
+        """
+        self.insert("a")
+        self.insert("b", now_ms=NOW + 1)
+        del self.statements[:]
+        self.assertEqual([r.task_id for r in reads.load_by_status(self.conn, ("accepted",))], ["a", "b"])
+        self.assertEqual(len(self.statements), 1)
+        self.assertNotIn("LIMIT", self.statements[0])
+        self.assertEqual([r.task_id for r in reads.load_by_status(self.conn, ("accepted",), 1)], ["a"])
+        self.assertIn("LIMIT 1", self.statements[-1])
+
+
+class BackendsTests(SynchronousTestCase):
+    """
+    L{backends.each}, which runs a test class on every backend.
+    """
+
+    def test_each_adds_a_class_per_backend(self) -> None:
+        """
+        The decorated class runs on the first backend; each other one gets
+        a subclass named after it in the class's module, which skips with
+        the backend's reason.
+        """
+        module = types.ModuleType("tests.probe_of_each")
+        sys.modules[module.__name__] = module
+        self.addCleanup(sys.modules.pop, module.__name__)
+        other = backends.StoreBackend(name="other", backend=SQLITE, connect=lambda test, path: None, skip="not here")
+        probe = type("Probe", (SynchronousTestCase,), {"__module__": module.__name__})
+        self.assertIs(backends.each(probe, (backends.SQLITE_BACKEND, other)), probe)
+        self.assertIs(probe.backend, backends.SQLITE_BACKEND)  # type: ignore[attr-defined]
+        variant = module.Probe_other
+        self.assertTrue(issubclass(variant, probe))
+        self.assertEqual((variant.__name__, variant.backend, variant.skip), ("Probe_other", other, "not here"))
+
+    def test_sqlite_only_today(self) -> None:
+        """
+        Today the only backend is SQLite, so the decorated classes of this
+        module run once each, on it.
+        """
+        self.assertEqual([backend.name for backend in backends.BACKENDS], ["sqlite"])
+        self.assertIs(InsertTests.backend, backends.SQLITE_BACKEND)
+        self.assertFalse([name for name in globals() if name.endswith("_sqlite")])

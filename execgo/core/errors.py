@@ -176,13 +176,25 @@ class Unauthorized(ExecgoError):
 
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 _UNUSABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
+#: Database errors that carry an SQL standard C{sqlstate}: those classes
+#: (two characters) or codes (five) that mean the store cannot be used
+#: right now (connection gone, server shutting down, too many connections,
+#: a lock not granted in time, a deadlock victim, a read-only store) ...
+_UNAVAILABLE_SQLSTATES = {"08", "57P01", "57P02", "57P03", "53300", "55P03", "40P01", "25006"}
+#: ... and the one that means it is full.
+_FULL_SQLSTATES = {"53100"}
+#: The error a database connection pool raises for a connection that broke
+#: under a query (Twisted's C{adbapi}), matched by module and class name
+#: so that this layer need not import Twisted.
+_CONNECTION_LOST = ("twisted.enterprise.adbapi", "ConnectionLost")
 
 
 def from_storage(error: BaseException) -> ExecgoError:
     """
-    The runtime error for a storage failure: a full file system is 507, a
-    store or data directory that cannot be used right now (locked, read
-    only, not permitted) is 503, anything else is 500.
+    The runtime error for a storage failure: a full file system or store
+    is 507, a store or data directory that cannot be used right now
+    (locked, read only, not permitted, its connection lost) is 503,
+    anything else is 500.
     """
     if isinstance(error, ExecgoError):
         return error
@@ -191,6 +203,14 @@ def from_storage(error: BaseException) -> ExecgoError:
         return InsufficientStorage(text)
     if isinstance(error, OSError) and error.errno in _UNUSABLE:
         return Unavailable(f"io error: {text}")
+    if (type(error).__module__, type(error).__name__) == _CONNECTION_LOST:
+        return Unavailable(f"database connection lost: {text}" if text else "database connection lost")
+    sqlstate = getattr(error, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        if sqlstate in _FULL_SQLSTATES:
+            return InsufficientStorage(f"database error: {text}")
+        if sqlstate in _UNAVAILABLE_SQLSTATES or sqlstate[:2] in _UNAVAILABLE_SQLSTATES:
+            return Unavailable(f"database error: {text}")
     name = type(error).__name__
     if name in ("OperationalError", "DatabaseError"):
         lowered = text.lower()

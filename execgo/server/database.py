@@ -41,6 +41,7 @@ from execgo.store import (
     terminal,
     transitions,
 )
+from execgo.store.backend import SqliteConnection
 from execgo.store.connection import configure, transaction
 from execgo.store.gc import Failures
 from execgo.store.listing import ListQuery
@@ -347,13 +348,15 @@ class Store:
 def open_pool(reactor: Any, path: str, connections: int = 1) -> adbapi.ConnectionPool:
     """
     SQLite connections (one by default: the writer), each in its own
-    thread, configured for WAL.
+    thread, configured for WAL, each naming its backend
+    (L{SqliteConnection}).
     """
     return adbapi.ConnectionPool(
         "sqlite3",
         path,
         check_same_thread=False,
         isolation_level=None,
+        factory=SqliteConnection,
         cp_min=1,
         cp_max=connections,
         cp_openfun=configure,

@@ -1,11 +1,13 @@
 # -*- test-case-name: tests.test_store -*-
 """
-One C{sqlite3} connection to the task store, as every user of the store
-opens and uses it.
+One connection to the task store, as every user of the store opens and
+uses it.
 
 The server (through C{adbapi}, L{execgo.server.database}) and the
-supervisor (directly) share one database in WAL mode, so every write is a
-short C{BEGIN IMMEDIATE} transaction (L{transaction}).  Timestamps are
+supervisor (directly) share one database, so every write is a short
+transaction holding the write lock (L{transaction}; on SQLite, in WAL
+mode, C{BEGIN IMMEDIATE}).  What differs per engine is asked of the
+connection's backend (L{execgo.store.backend}).  Timestamps are
 integer milliseconds since the epoch; JSON columns hold compact UTF-8
 text (L{dumps}, L{dumps_sorted} for event data).
 """
@@ -14,11 +16,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from contextlib import contextmanager
 from typing import Any, Iterator, List, Sequence
 
-BUSY_TIMEOUT_MS = 5000
+from execgo.store.backend import BUSY_TIMEOUT_MS, SqliteConnection, backend_of
 
 
 def dumps(value: Any) -> str:
@@ -51,50 +52,23 @@ def connect(path: str) -> sqlite3.Connection:
     """
     Open and configure a connection to the store at C{path}.
     """
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, factory=SqliteConnection)
     configure(conn)
     return conn
-
-
-def _begin_immediate(conn: sqlite3.Connection) -> None:
-    """
-    Take the write lock, retrying every few hundred microseconds.
-
-    SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ms between
-    tries: with the server and the supervisor writing short transactions
-    into one store, that turns sub-millisecond waits into tens of
-    milliseconds.  The busy timeout is switched off only for this statement.
-    """
-    conn.execute("PRAGMA busy_timeout = 0")
-    try:
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000.0
-        delay = 0.0001
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) and "busy" not in str(e):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.002)
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """
-    Run the body in one C{BEGIN IMMEDIATE} transaction: committed on
+    Run the body in one write transaction (the backend's
+    L{begin_write<execgo.store.backend.Backend.begin_write>}): committed on
     success, rolled back on any exception.  Inside an open transaction the
     body simply joins it (so transitions compose into one commit).
     """
     if conn.in_transaction:
         yield conn
         return
-    _begin_immediate(conn)
+    backend_of(conn).begin_write(conn)
     try:
         yield conn
     except BaseException:
@@ -108,5 +82,5 @@ def rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> List
     The rows of one query, each addressable by column name.
     """
     cursor = conn.cursor()
-    cursor.row_factory = sqlite3.Row
+    cursor.row_factory = backend_of(conn).row_factory
     return cursor.execute(sql, params).fetchall()

@@ -104,7 +104,7 @@ def lookup(
     else:
         rows = conn.execute(
             "SELECT task_id, idempotency_hash FROM tasks WHERE idempotency_key = ?"
-            " AND (idempotency_scope = ? OR (idempotency_scope = ? AND tenant IS ?))"
+            " AND (idempotency_scope = ? OR (idempotency_scope = ? AND tenant IS NOT DISTINCT FROM ?))"
             " ORDER BY idempotency_scope = ? DESC",
             (key, scope.name, OPEN, scope.tenant, scope.name),
         )

@@ -32,6 +32,7 @@ from execgo.core import errors
 from execgo.core.constants import ALL_STATUSES, JSON
 from execgo.core.records import TaskRecord
 from execgo.core.render import render_status
+from execgo.store.connection import rows
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -176,16 +177,17 @@ def page_sql(query: ListQuery) -> Tuple[str, List[Any]]:
 
     With labels the first one drives the scan (its index carries the
     ordering columns; C{CROSS JOIN} keeps SQLite from reordering the
-    join), the others are checked per row through C{task_labels}' primary
-    key.
+    join, and its condition sits in C{WHERE}, which every engine accepts
+    after a C{CROSS JOIN}), the others are checked per row through
+    C{task_labels}' primary key.
     """
     where: List[str] = []
     params: List[Any] = []
     if query.labels:
         (key, value), rest = query.labels[0], query.labels[1:]
-        source = "task_labels l0 CROSS JOIN tasks t ON t.task_id = l0.task_id"
+        source = "task_labels l0 CROSS JOIN tasks t"
         created, rowid = "l0.created_at_ms", "l0.task_rowid"
-        where.append("l0.key = ? AND l0.value = ?")
+        where.append("t.task_id = l0.task_id AND l0.key = ? AND l0.value = ?")
         params += [key, value]
         for key, value in rest:
             where.append(
@@ -221,16 +223,14 @@ def list_page(conn: sqlite3.Connection, query: ListQuery, now_ms: int) -> JSON:
     C{None} on the last page.
     """
     sql, params = page_sql(query)
-    cursor = conn.cursor()
-    cursor.row_factory = sqlite3.Row
-    rows = cursor.execute(sql, params).fetchall()
-    more = len(rows) > query.limit
-    rows = rows[: query.limit]
+    found = rows(conn, sql, params)
+    more = len(found) > query.limit
+    found = found[: query.limit]
     tasks = [
         render_status(TaskRecord.from_row(row), ("", False), ("", False), now_ms, include_output=False)
-        for row in rows
+        for row in found
     ]
     next_cursor = None
-    if more and rows:
-        next_cursor = encode_cursor(rows[-1]["created_at_ms"], rows[-1]["list_rowid"])
+    if more and found:
+        next_cursor = encode_cursor(found[-1]["created_at_ms"], found[-1]["list_rowid"])
     return {"tasks": tasks, "next_cursor": next_cursor}

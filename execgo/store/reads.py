@@ -89,17 +89,16 @@ def load_active(conn: sqlite3.Connection) -> List[TaskRecord]:
 
 def load_by_status(conn: sqlite3.Connection, statuses: Sequence[str], limit: int = -1) -> List[TaskRecord]:
     """
-    Tasks in any of C{statuses}, oldest first, at most C{limit} (-1: all).
+    Tasks in any of C{statuses}, oldest first, at most C{limit} (negative:
+    all).
     """
     marks = ", ".join("?" for _ in statuses)
-    return [
-        TaskRecord.from_row(row)
-        for row in rows(
-            conn,
-            f"SELECT * FROM tasks WHERE status IN ({marks}) ORDER BY created_at_ms, rowid LIMIT ?",
-            (*statuses, limit),
-        )
-    ]
+    sql = f"SELECT * FROM tasks WHERE status IN ({marks}) ORDER BY created_at_ms, rowid"
+    params: Tuple[Any, ...] = tuple(statuses)
+    if limit >= 0:
+        sql += " LIMIT ?"
+        params += (limit,)
+    return [TaskRecord.from_row(row) for row in rows(conn, sql, params)]
 
 
 def load_queue(conn: sqlite3.Connection, limit: int) -> List[QueuedTask]:

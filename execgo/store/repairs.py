@@ -62,7 +62,7 @@ def repair_results(
         done.append(task_id)
     if done:
         with transaction(conn):
-            conn.executemany(
+            conn.cursor().executemany(
                 "UPDATE tasks SET result_missing = NULL WHERE task_id = ?", [(task_id,) for task_id in done]
             )
     return done, failures

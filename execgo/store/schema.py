@@ -184,7 +184,7 @@ def insert_labels(
     Index a task's control-context labels for listing (same transaction
     as the task row).
     """
-    conn.executemany(
+    conn.cursor().executemany(
         "INSERT INTO task_labels (task_id, key, value, created_at_ms, task_rowid) VALUES (?, ?, ?, ?, ?)",
         [(task_id, str(key), str(value), created_at_ms, task_rowid) for key, value in labels.items()],
     )

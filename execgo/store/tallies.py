@@ -44,16 +44,18 @@ def _bucket(expr: str, bounds: Sequence[int]) -> str:
     return f"(CASE {cases} ELSE {len(bounds)} END)"
 
 
-def _add(table: str, kind: str, key: str, amount: str, when: str = "1") -> str:
+def _add(table: str, kind: str, key: str, amount: str, when: str = "TRUE") -> str:
     """
     One upsert adding C{amount} to C{table}'s row C{(kind, key)} when
-    C{when} holds.
+    C{when} holds.  The C{WHERE} is there even when always true (SQLite
+    needs it to parse an upsert over a C{SELECT}); the stored C{value} is
+    named with its table, which every engine reads unambiguously.
     """
     names = "kind, key, value" if table == "task_tallies" else "name, labels, value"
     conflict = "kind, key" if table == "task_tallies" else "name, labels"
     return (
         f"INSERT INTO {table} ({names}) SELECT {kind}, {key}, {amount} WHERE {when}"
-        f" ON CONFLICT({conflict}) DO UPDATE SET value = value + excluded.value;"
+        f" ON CONFLICT({conflict}) DO UPDATE SET value = {table}.value + excluded.value;"
     )
 
 
@@ -222,17 +224,16 @@ def _histogram_from(values: Dict[Tuple[str, str], int], name: str, bounds: Seque
 def snapshot(conn: sqlite3.Connection) -> MetricsSnapshot:
     """
     Read the tallies and counters (a few small tables: the cost does not
-    depend on how many tasks are stored).
+    depend on how many tasks are stored), both in one statement, so from
+    one snapshot of the store.
     """
-    conn.execute("BEGIN")
-    try:
-        tallies = {(kind, key): value for kind, key, value in conn.execute("SELECT kind, key, value FROM task_tallies")}
-        counters = {
-            (name, labels): value
-            for name, labels, value in conn.execute("SELECT name, labels, value FROM runtime_counters")
-        }
-    finally:
-        conn.execute("COMMIT")
+    tallies: Dict[Tuple[str, str], int] = {}
+    counters: Dict[Tuple[str, str], int] = {}
+    for table, name, key, value in conn.execute(
+        "SELECT 'tally', kind, key, value FROM task_tallies"
+        " UNION ALL SELECT 'counter', name, labels, value FROM runtime_counters"
+    ).fetchall():
+        (tallies if table == "tally" else counters)[(name, key)] = value
     by_tenant_status = []
     for (kind, key), value in sorted(tallies.items()):
         if kind == "tenant_status" and value:

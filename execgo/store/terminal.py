@@ -46,6 +46,7 @@ from execgo.core.constants import (
 )
 from execgo.core.records import Outcome, TaskRecord
 from execgo.store import taskfiles
+from execgo.store.backend import backend_of
 from execgo.store.connection import dumps, transaction
 from execgo.store.eventlog import append_event
 from execgo.store.reads import load_task
@@ -102,7 +103,7 @@ def write_terminal(
     with transaction(conn):
         row = conn.execute(
             "SELECT reservation_json, reserved_at_ms IS NOT NULL AND released_at_ms IS NULL"
-            f" FROM tasks WHERE task_id = ? AND status IN ({marks})",
+            f" FROM tasks WHERE task_id = ? AND status IN ({marks}){backend_of(conn).for_update}",
             (task_id, *from_statuses),
         ).fetchone()
         if row is None:

@@ -25,6 +25,7 @@ from execgo.core.records import NewTask, TaskRecord
 from execgo.core.reservation import Reservation
 from execgo.host.privileges import TaskIdentity
 from execgo.store import idempotency, taskfiles
+from execgo.store.backend import backend_of
 from execgo.store.connection import dumps, rows, transaction
 from execgo.store.eventlog import append_event
 from execgo.store.reads import load_task, running_uids
@@ -71,16 +72,20 @@ def insert_task(conn: sqlite3.Connection, task: NewTask, now_ms: int) -> None:
     names = ", ".join(values)
     marks = ", ".join("?" for _ in values)
     with transaction(conn):
-        try:
-            cursor = conn.execute(f"INSERT INTO tasks ({names}) VALUES ({marks})", tuple(values.values()))
-        except sqlite3.IntegrityError:
+        # A taken id or key inserts nothing rather than failing, so the
+        # transaction stays usable for the lookup below.
+        inserted = conn.execute(
+            f"INSERT INTO tasks ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING RETURNING rowid",
+            tuple(values.values()),
+        ).fetchall()
+        if not inserted:
             if task.idempotency_key is not None:
                 # A concurrent first submission with this key won: answer
                 # like a retry (or 409 if it carried another request).
                 idempotency.check(conn, task.idempotency_key, task.idempotency_hash, task.idempotency_scope)
-            raise errors.Conflict(f"task already exists: {task.task_id}") from None
+            raise errors.Conflict(f"task already exists: {task.task_id}")
         if task.control_context is not None and task.control_context.labels:
-            insert_labels(conn, task.task_id, task.control_context.labels, now_ms, int(cursor.lastrowid or 0))
+            insert_labels(conn, task.task_id, task.control_context.labels, now_ms, int(inserted[0][0]))
         append_event(conn, task.task_id, "submitted", "task submitted", now_ms)
         append_event(conn, task.task_id, "accepted", "task accepted", now_ms)
         append_event(conn, task.task_id, "planned", "execution plan resolved", now_ms, plan.to_json())
@@ -125,7 +130,7 @@ def claim(
     @raise NoIdentity: changing nothing, when no uid is free.
     """
     with transaction(conn):
-        found = rows(conn, "SELECT * FROM tasks WHERE task_id = ?", (task_id,))
+        found = rows(conn, "SELECT * FROM tasks WHERE task_id = ?" + backend_of(conn).for_update, (task_id,))
         if not found:
             return None
         record = TaskRecord.from_row(found[0])
@@ -221,7 +226,7 @@ def request_kill(conn: sqlite3.Connection, task_id: str, now_ms: int) -> bool:
 def _release_in_txn(conn: sqlite3.Connection, task_id: str, now_ms: int, message: str) -> None:
     row = conn.execute(
         "SELECT reservation_json FROM tasks WHERE task_id = ?"
-        " AND reserved_at_ms IS NOT NULL AND released_at_ms IS NULL",
+        " AND reserved_at_ms IS NOT NULL AND released_at_ms IS NULL" + backend_of(conn).for_update,
         (task_id,),
     ).fetchone()
     if row is None:
@@ -252,7 +257,8 @@ def mark_recovered(
     """
     with transaction(conn):
         row = conn.execute(
-            "SELECT reserved_at_ms, released_at_ms FROM tasks WHERE task_id = ? AND status = ?",
+            "SELECT reserved_at_ms, released_at_ms FROM tasks WHERE task_id = ? AND status = ?"
+            + backend_of(conn).for_update,
             (task_id, STATUS_RUNNING),
         ).fetchone()
         if row is None:

@@ -21,7 +21,7 @@ import attrs
 
 from execgo.control import Finished, Report
 from execgo.core.records import Outcome, TaskRecord
-from execgo.store import reads, terminal
+from execgo.store import connection, reads, terminal
 from execgo.supervisor.starts import StartRecords
 from execgo.supervisor.timers import Timer
 
@@ -138,7 +138,7 @@ class Endings:
             for ending in endings:
                 self._prepare(ending, now)
             written = self._write([e for e in endings if e.write is not None and e.write.eligible])
-        except (sqlite3.Error, OSError) as e:
+        except (connection.backend_of(self.conn).Error, OSError) as e:
             for ending in endings:
                 if ending.write is not None:
                     ending.write.abandon()

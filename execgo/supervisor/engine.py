@@ -31,7 +31,6 @@ records (L{execgo.supervisor.starts}), the reaping and verdicts
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 import traceback
 from typing import Callable, Dict, List, Optional, Tuple
@@ -251,7 +250,7 @@ class Supervisor:
         except transitions.NoIdentity as e:
             self.endings.finish(task_id, outcome.failed("launch_failed", f"no free task uid: all of {e} are in use"))
             return True
-        except sqlite3.Error as e:
+        except connection.backend_of(self.conn).Error as e:
             self.log(f"cannot take {task_id}: {e}")
             self.call_later(CLAIM_RETRY_S, lambda: self.launch(task_id, on_declined))
             return True

@@ -121,7 +121,7 @@ class StartRecords:
         try:
             with connection.transaction(self.conn):
                 written = self.write(self.conn)
-        except (sqlite3.Error, OSError) as e:
+        except (connection.backend_of(self.conn).Error, OSError) as e:
             self.log(f"cannot record the start of {sorted(self.pending)}: {e}")
             self._timer = self.call_later(START_RETRY_S, self.flush)
             return

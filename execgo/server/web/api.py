@@ -347,7 +347,12 @@ class RuntimeAPI:
         except errors.ExecgoError:
             raise
         except Exception as e:
-            raise errors.Internal(f"sqlite error: {e}") from None
+            # A store that cannot be used now (locked, full, its connection
+            # lost) is not ready, with its reason; anything else is a fault.
+            refused = errors.from_storage(e)
+            if refused.http_status == 500:
+                raise errors.Internal(f"sqlite error: {e}") from None
+            raise errors.Unavailable(refused.detail) from None
         return answer_json(request, {"status": "ready", "version": self.runtime.version})
 
     @app.route("/metrics", methods=["GET"])
