@@ -9,15 +9,20 @@ one becomes a subclass named C{<Class>_<backend>} in the same module,
 which trial finds like any other test class, and which skips with the
 backend's L{StoreBackend.skip} reason on a host that cannot run it.
 
-Today L{BACKENDS} holds SQLite only.  A new engine is added by appending
-its L{StoreBackend} (a C{connect} that opens a fresh, empty store for one
-test, and the reason to skip when the engine is not there); the tests
-that exercise engine-specific behaviour (SQLite's pragmas and file
-migrations, locked-file faults) stay on undecorated classes.
+L{BACKENDS} holds SQLite and PostgreSQL.  Each test on PostgreSQL gets
+a database of its own, copied from a template database that holds the
+migrated schema (made once per test process on the process's cluster,
+L{tests.pgcluster.shared}), and dropped when the test ends; the variant
+classes skip when the host has no PostgreSQL binaries or no C{psycopg}.
+The tests that exercise engine-specific behaviour (SQLite's pragmas and
+file migrations, locked-file faults) stay on undecorated classes.
 """
 
 from __future__ import annotations
 
+import atexit
+import importlib.util
+import itertools
 import os
 import sys
 from typing import Any, Callable, Optional, Sequence, Type, TypeVar
@@ -25,8 +30,9 @@ from typing import Any, Callable, Optional, Sequence, Type, TypeVar
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.store import connection
+from execgo.store import connection, postgres, schema
 from execgo.store.backend import SQLITE, Backend
+from tests import pgcluster
 
 T = TypeVar("T", bound=Type[SynchronousTestCase])
 
@@ -41,12 +47,16 @@ class StoreBackend:
     @ivar connect: opens a connection on a fresh, empty store for a test
         (given the test and a data directory it made), closed when the
         test ends.
+    @ivar reopen: opens another connection to the store of a connection
+        L{connect} made (given the test and that connection), closed when
+        the test ends.
     @ivar skip: why the backend cannot run on this host (C{None}: it can).
     """
 
     name: str
     backend: Backend
     connect: Callable[[Any, str], Any]
+    reopen: Callable[[Any, Any], Any]
     skip: Optional[str] = None
 
 
@@ -59,10 +69,105 @@ def _sqlite_connect(test: Any, data_dir: str) -> Any:
     return conn
 
 
-SQLITE_BACKEND = StoreBackend(name="sqlite", backend=SQLITE, connect=_sqlite_connect)
+def _sqlite_reopen(test: Any, conn: Any) -> Any:
+    """
+    Another connection to the SQLite file of C{conn}.
+    """
+    other = connection.connect(conn.execute("PRAGMA database_list").fetchone()[2])
+    test.addCleanup(other.close)
+    return other
+
+
+SQLITE_BACKEND = StoreBackend(name="sqlite", backend=SQLITE, connect=_sqlite_connect, reopen=_sqlite_reopen)
+
+#: The template database each test's PostgreSQL database is copied from.
+TEMPLATE = "execgo_template"
+
+
+@attrs.define
+class _Databases:
+    """
+    The test process's PostgreSQL databases: a connection to the cluster's
+    maintenance database, made (with the template) on first use.
+
+    @ivar admin: the C{psycopg} connection creating and dropping databases.
+    @ivar names: numbers the databases of this process.
+    """
+
+    admin: Any = None
+    names: Any = attrs.field(factory=itertools.count)
+
+    def create(self) -> str:
+        """
+        A new database holding the migrated schema; its URL.
+        """
+        cluster = pgcluster.shared()
+        if self.admin is None:
+            import psycopg
+
+            self.admin = psycopg.connect(cluster.url(), autocommit=True)
+            atexit.register(self.admin.close)
+            self.admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")
+            self.admin.execute(f"CREATE DATABASE {TEMPLATE}")
+            conn = postgres.connect(cluster.url(TEMPLATE))
+            try:
+                schema.init_schema(conn)
+            finally:
+                conn.close()
+        name = f"execgo_test_{os.getpid()}_{next(self.names)}"
+        self.admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+        return name
+
+    def drop(self, name: str) -> None:
+        """
+        Drop a database L{create} made.
+        """
+        self.admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+_databases = _Databases()
+
+
+def _postgres_connect(test: Any, data_dir: str) -> Any:
+    """
+    A connection on a new database of the process's cluster, dropped when
+    the test ends.
+    """
+    name = _databases.create()
+    test.addCleanup(_databases.drop, name)
+    conn = postgres.connect(pgcluster.shared().url(name))
+    test.addCleanup(conn.close)
+    return conn
+
+
+def _postgres_reopen(test: Any, conn: Any) -> Any:
+    """
+    Another connection to the database of C{conn}.
+    """
+    other = postgres.connect(pgcluster.shared().url(conn.raw.info.dbname))
+    test.addCleanup(other.close)
+    return other
+
+
+def _postgres_skip() -> Optional[str]:
+    """
+    Why the PostgreSQL variants cannot run here, or C{None}.
+    """
+    if importlib.util.find_spec("psycopg") is None:
+        return "psycopg not installed"
+    return pgcluster.unavailable()
+
+
+POSTGRES_BACKEND = StoreBackend(
+    name="postgres",
+    backend=postgres.POSTGRES,
+    connect=_postgres_connect,
+    reopen=_postgres_reopen,
+    skip=_postgres_skip(),
+)
 
 #: Every backend, the default (the one undecorated classes use) first.
-BACKENDS: Sequence[StoreBackend] = (SQLITE_BACKEND,)
+BACKENDS: Sequence[StoreBackend] = (SQLITE_BACKEND, POSTGRES_BACKEND)
 
 
 def each(cls: T, backends: Optional[Sequence[StoreBackend]] = None) -> T:

@@ -20,9 +20,9 @@ from execgo.core import errors, outcome, records
 from execgo.core.config import RuntimeConfig
 from execgo.core.models import ControlContext
 from execgo.store import connection, gc, idempotency, schema, terminal, transitions
+from tests import backends
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 from tests.fakes import new_task, old_store
-from tests.test_supervisor import StoreMixin
 
 NOW = 1_700_000_000_000
 COMMAND = {"execution": {"kind": "command", "program": "/bin/true"}}
@@ -66,14 +66,27 @@ class ParseKeyTests(SynchronousTestCase):
         self.assertNotEqual(idempotency.request_hash({"a": 1}), idempotency.request_hash({"a": 2}))
 
 
-class StoreTests(StoreMixin, SynchronousTestCase):
+class KeyStoreTestCase(SynchronousTestCase):
+    """
+    A fresh store with a task directory, on the class's backend (SQLite
+    unless L{backends.each} says otherwise).
+    """
+
+    backend = backends.SQLITE_BACKEND
+
+    def setUp(self) -> None:
+        self.data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(self.data_dir, "tasks"))
+        self.conn = self.backend.connect(self, self.data_dir)
+        schema.init_schema(self.conn)
+
+
+@backends.each
+class StoreTests(KeyStoreTestCase):
     """
     The key in the store: the unique column, L{idempotency.check} and the
     insert race.
     """
-
-    def setUp(self) -> None:
-        self.make_store()
 
     def insert(self, task_id: str, key: Optional[str], digest: Optional[str]) -> None:
         """
@@ -126,30 +139,11 @@ class StoreTests(StoreMixin, SynchronousTestCase):
         idempotency.check(self.conn, "k", "other")
         self.insert("t2", "k", "other")
 
-    def test_old_store_gets_the_columns(self) -> None:
-        """
-        A store from before keys gets the key columns and the unique index
-        (of keys within their scope).
-        """
-        conn = old_store(self, os.path.join(self.data_dir, "old.db"))
-        connection.configure(conn)
-        schema.init_schema(conn)
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
-        self.assertTrue({"idempotency_key", "idempotency_hash", "idempotency_scope"} <= columns)
-        indexes = conn.execute("PRAGMA index_list(tasks)").fetchall()
-        unique = [row for row in indexes if row[1] == "idx_tasks_idempotency_scope"]
-        self.assertEqual(len(unique), 1)
-        self.assertEqual(unique[0][2], 1)
 
-
-class ScopeTests(StoreMixin, SynchronousTestCase):
+class ScopeTestCase(KeyStoreTestCase):
     """
-    Keys within their scope (L{records.Scope}) in the store, and the
-    migration of a store whose keys were unique across the runtime.
+    A store to put keys in within their scope.
     """
-
-    def setUp(self) -> None:
-        self.make_store()
 
     def insert(
         self, task_id: str, key: str, digest: str, scope: records.Scope, tenant: Optional[str] = None
@@ -164,6 +158,13 @@ class ScopeTests(StoreMixin, SynchronousTestCase):
             idempotency_scope=scope,
         )
         transitions.insert_task(self.conn, task, NOW)
+
+
+@backends.each
+class ScopeTests(ScopeTestCase):
+    """
+    Keys within their scope (L{records.Scope}) in the store.
+    """
 
     def test_tenants_have_their_own_keys(self) -> None:
         """
@@ -194,6 +195,13 @@ class ScopeTests(StoreMixin, SynchronousTestCase):
             idempotency.check(self.conn, "k", "h", records.tenant_scope("alpha"))
         idempotency.check(self.conn, "k", "h", records.tenant_scope("beta"))
         self.insert("b1", "k", "h", records.tenant_scope("beta"), "beta")
+
+
+class ScopeMigrationTests(ScopeTestCase):
+    """
+    SQLite stores written before keys had scopes, or before keys (a
+    PostgreSQL store has had scoped keys from its first version).
+    """
 
     def unscope(self) -> None:
         """
@@ -252,6 +260,21 @@ class ScopeTests(StoreMixin, SynchronousTestCase):
         schema.init_schema(self.conn)
         self.assertEqual(list(self.conn.execute("SELECT idempotency_scope FROM tasks")), [("",)])
         self.assertNotIn("idx_tasks_idempotency", self.indexes())
+
+    def test_old_store_gets_the_columns(self) -> None:
+        """
+        A store from before keys gets the key columns and the unique index
+        (of keys within their scope).
+        """
+        conn = old_store(self, os.path.join(self.data_dir, "old.db"))
+        connection.configure(conn)
+        schema.init_schema(conn)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+        self.assertTrue({"idempotency_key", "idempotency_hash", "idempotency_scope"} <= columns)
+        indexes = conn.execute("PRAGMA index_list(tasks)").fetchall()
+        unique = [row for row in indexes if row[1] == "idx_tasks_idempotency_scope"]
+        self.assertEqual(len(unique), 1)
+        self.assertEqual(unique[0][2], 1)
 
 
 class SubmitTestsBase(TestCase):

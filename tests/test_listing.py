@@ -18,8 +18,9 @@ from twisted.trial.util import suppress as SUPPRESS
 
 from execgo.core import errors
 from execgo.core.models import ControlContext
-from execgo.store import connection, gc, listing, schema, transitions
+from execgo.store import gc, listing, schema, transitions
 from execgo.store.listing import ListQuery
+from tests import backends
 from tests.apifixture import InProcessRuntime, tmp_data_dir
 from tests.fakes import new_task
 
@@ -120,16 +121,18 @@ class ParseQueryTests(SynchronousTestCase):
                 listing.parse_query(args)
 
 
-class StoreListingTests(SynchronousTestCase):
+class ListingTestCase(SynchronousTestCase):
     """
-    L{listing.list_page} on a real store.
+    A fresh store on the class's backend (SQLite unless L{backends.each}
+    says otherwise), and helpers to fill and list it.
     """
+
+    backend = backends.SQLITE_BACKEND
 
     def setUp(self) -> None:
         self.data_dir = os.path.abspath(self.mktemp())
         os.makedirs(self.data_dir)
-        self.conn = connection.connect(os.path.join(self.data_dir, "runtime.db"))
-        self.addCleanup(self.conn.close)
+        self.conn = self.backend.connect(self, self.data_dir)
         schema.init_schema(self.conn)
 
     def insert(self, task_id: str, now_ms: int = NOW, **context: Any) -> None:
@@ -158,6 +161,12 @@ class StoreListingTests(SynchronousTestCase):
                 after=listing.decode_cursor(page["next_cursor"]),
             )
         raise AssertionError("too many pages")
+
+@backends.each
+class StoreListingTests(ListingTestCase):
+    """
+    L{listing.list_page} on a real store, on every backend.
+    """
 
     def test_ties_in_insertion_order(self) -> None:
         """
@@ -212,6 +221,27 @@ class StoreListingTests(SynchronousTestCase):
         for key in OUTPUT_KEYS:
             self.assertNotIn(key, entry)
 
+    def test_labels_table_follows_tasks(self) -> None:
+        """
+        Labels are indexed on insert and deleted with their task.
+        """
+        self.insert("a", labels={"k": "v", "x": "y"})
+        self.assertEqual(
+            sorted(self.conn.execute("SELECT key, value FROM task_labels WHERE task_id = 'a'")),
+            [("k", "v"), ("x", "y")],
+        )
+        self.conn.execute("UPDATE tasks SET status = 'success' WHERE task_id = 'a'")
+        gc.delete_task(self.conn, "a")
+        self.assertEqual(self.conn.execute("SELECT COUNT(*) FROM task_labels").fetchone()[0], 0)
+
+
+class SqliteListingTests(ListingTestCase):
+    """
+    What listing asks of SQLite itself: its query plans, and the label
+    table of a store written before it existed (a PostgreSQL store has
+    had it from its first version).
+    """
+
     def test_every_query_uses_an_index_in_order(self) -> None:
         """
         No filter combination sorts or scans: each is answered by walking
@@ -238,19 +268,6 @@ class StoreListingTests(SynchronousTestCase):
                 if step.startswith("SCAN"):
                     self.assertEqual(step, "SCAN t USING INDEX idx_tasks_created", query)
 
-    def test_labels_table_follows_tasks(self) -> None:
-        """
-        Labels are indexed on insert and deleted with their task.
-        """
-        self.insert("a", labels={"k": "v", "x": "y"})
-        self.assertEqual(
-            sorted(self.conn.execute("SELECT key, value FROM task_labels WHERE task_id = 'a'")),
-            [("k", "v"), ("x", "y")],
-        )
-        self.conn.execute("UPDATE tasks SET status = 'success' WHERE task_id = 'a'")
-        gc.delete_task(self.conn, "a")
-        self.assertEqual(self.conn.execute("SELECT COUNT(*) FROM task_labels").fetchone()[0], 0)
-
     def test_backfill_for_an_old_store(self) -> None:
         """
         A store from before the label table gets it, filled once from the
@@ -265,6 +282,7 @@ class StoreListingTests(SynchronousTestCase):
         self.assertEqual(self.ids(ListQuery(labels=(("z", "1"),))), ["c"])
         schema.init_schema(self.conn)
         self.assertEqual(self.conn.execute("SELECT COUNT(*) FROM task_labels").fetchone()[0], 3)
+
 
 
 def attr_limit(query: ListQuery, limit: int) -> ListQuery:

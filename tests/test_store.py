@@ -982,6 +982,13 @@ class MetricsSnapshotTests(StoreTestCase):
             self.insert("a")
             self.assertEqual(tallies.snapshot(self.conn).by_status, (("accepted", 1),))
 
+
+class TallyMigrationTests(StoreTestCase):
+    """
+    The tallies of a SQLite store written before they existed (a
+    PostgreSQL store has had them from its first version).
+    """
+
     def test_recount_of_an_older_store(self) -> None:
         """
         A store whose rows predate the tallies gets them counted once when
@@ -1104,7 +1111,13 @@ class BackendsTests(SynchronousTestCase):
         module = types.ModuleType("tests.probe_of_each")
         sys.modules[module.__name__] = module
         self.addCleanup(sys.modules.pop, module.__name__)
-        other = backends.StoreBackend(name="other", backend=SQLITE, connect=lambda test, path: None, skip="not here")
+        other = backends.StoreBackend(
+            name="other",
+            backend=SQLITE,
+            connect=lambda test, path: None,
+            reopen=lambda test, conn: None,
+            skip="not here",
+        )
         probe = type("Probe", (SynchronousTestCase,), {"__module__": module.__name__})
         self.assertIs(backends.each(probe, (backends.SQLITE_BACKEND, other)), probe)
         self.assertIs(probe.backend, backends.SQLITE_BACKEND)  # type: ignore[attr-defined]
@@ -1112,11 +1125,13 @@ class BackendsTests(SynchronousTestCase):
         self.assertTrue(issubclass(variant, probe))
         self.assertEqual((variant.__name__, variant.backend, variant.skip), ("Probe_other", other, "not here"))
 
-    def test_sqlite_only_today(self) -> None:
+    def test_sqlite_and_postgres(self) -> None:
         """
-        Today the only backend is SQLite, so the decorated classes of this
-        module run once each, on it.
+        The backends are SQLite and PostgreSQL, so each decorated class of
+        this module runs as itself on SQLite and as its C{_postgres}
+        variant on PostgreSQL.
         """
-        self.assertEqual([backend.name for backend in backends.BACKENDS], ["sqlite"])
+        self.assertEqual([backend.name for backend in backends.BACKENDS], ["sqlite", "postgres"])
         self.assertIs(InsertTests.backend, backends.SQLITE_BACKEND)
+        self.assertIs(globals()["InsertTests_postgres"].backend, backends.POSTGRES_BACKEND)
         self.assertFalse([name for name in globals() if name.endswith("_sqlite")])

@@ -1,6 +1,7 @@
 """
 Tests for L{execgo.store.terminal}: the one terminal write both processes
-make, against real SQLite on a temporary file and real task directories.
+make, against a real store (on every backend, L{backends.each}) and real
+task directories.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from execgo.core import outcome
 from execgo.core.records import Outcome, TaskRecord
 from execgo.store import (
-    connection,
     eventlog,
     reads,
     schema,
@@ -23,6 +23,7 @@ from execgo.store import (
     terminal,
     transitions,
 )
+from tests import backends
 from tests.fakes import command, new_task
 
 NOW = 1_700_000_000_000
@@ -38,15 +39,16 @@ def temporaries(task_dir: str) -> List[str]:
 
 class TerminalTestCase(SynchronousTestCase):
     """
-    A fresh store with task directories on disk.
+    A fresh store with task directories on disk, on the class's backend
+    (SQLite unless L{backends.each} says otherwise).
     """
+
+    backend = backends.SQLITE_BACKEND
 
     def setUp(self) -> None:
         self.data_dir = os.path.abspath(self.mktemp())
         os.makedirs(os.path.join(self.data_dir, "tasks"))
-        self.path = os.path.join(self.data_dir, "runtime.db")
-        self.conn = connection.connect(self.path)
-        self.addCleanup(self.conn.close)
+        self.conn = self.backend.connect(self, self.data_dir)
         schema.init_schema(self.conn)
 
     def insert(self, task_id: str, running: bool = True) -> TaskRecord:
@@ -92,6 +94,7 @@ class TerminalTestCase(SynchronousTestCase):
         self.patch(taskfiles, "prepare_result", prepare)
 
 
+@backends.each
 class FinishTests(TerminalTestCase):
     """
     L{terminal.finish}: the whole path for one task.
@@ -120,8 +123,7 @@ class FinishTests(TerminalTestCase):
         moment, and terminal (file in place) only after.
         """
         self.insert("t")
-        other = connection.connect(self.path)
-        self.addCleanup(other.close)
+        other = self.backend.reopen(self, self.conn)
         seen: List[Optional[str]] = []
 
         def around(record: TaskRecord, settle: Callable[[bool], None]) -> Callable[[bool], None]:
@@ -188,6 +190,7 @@ class FinishTests(TerminalTestCase):
         self.assertFalse(os.path.exists(record.paths.result_path))
 
 
+@backends.each
 class TerminalWriteTests(TerminalTestCase):
     """
     L{terminal.TerminalWrite} and L{terminal.commit}: the steps, and

@@ -11,15 +11,16 @@ backend (L{backend_of}): how a write transaction begins, the row lock of
 a select whose rows the same transaction then changes, the driver's error
 classes and the row factory.
 
-SQLite is the only engine: L{SQLITE}, which every connection opened
-through L{SqliteConnection} carries as C{conn.backend}.
+The engines are SQLite (L{SQLITE}, which every connection opened
+through L{SqliteConnection} carries as C{conn.backend}) and PostgreSQL
+(L{execgo.store.postgres.POSTGRES}).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Any, Callable, ClassVar, Type
+from typing import Any, Callable, ClassVar, Optional, Type
 
 import attrs
 
@@ -46,6 +47,8 @@ class Backend:
         used now (locked, full, gone).
     @ivar row_factory: makes rows addressable by column name
         (L{execgo.store.connection.rows}).
+    @ivar init_schema: creates or migrates the store's schema on this
+        engine; C{None}: the SQLite schema of L{execgo.store.schema}.
     """
 
     name: str
@@ -55,6 +58,7 @@ class Backend:
     IntegrityError: Type[Exception]
     OperationalError: Type[Exception]
     row_factory: Any
+    init_schema: Optional[Callable[[Any], None]] = None
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:

@@ -19,9 +19,11 @@ from typing import Any
 
 from execgo.core import records
 from execgo.store import tallies
+from execgo.store.backend import backend_of
 from execgo.store.connection import transaction
 
-_TASK_COLUMNS = (
+#: The columns of C{tasks}: name and SQLite declaration.
+TASK_COLUMNS = (
     ("task_id", "TEXT PRIMARY KEY NOT NULL"),
     ("handle_id", "TEXT NOT NULL"),
     ("status", "TEXT NOT NULL"),
@@ -74,7 +76,7 @@ _TASK_COLUMNS = (
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS tasks ({})".format(
-        ", ".join(f"{name} {decl}" for name, decl in _TASK_COLUMNS)
+        ", ".join(f"{name} {decl}" for name, decl in TASK_COLUMNS)
     ),
     """CREATE TABLE IF NOT EXISTS task_events (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -127,12 +129,18 @@ _UNSCOPED_KEY_INDEX = "idx_tasks_idempotency"
 def init_schema(conn: sqlite3.Connection) -> None:
     """
     Create missing tables, columns and indexes; safe to run at any time.
+    An engine with a schema of its own (L{Backend.init_schema
+    <execgo.store.backend.Backend.init_schema>}) creates that instead.
     """
+    own = backend_of(conn).init_schema
+    if own is not None:
+        own(conn)
+        return
     with transaction(conn):
         for statement in _SCHEMA[:3]:
             conn.execute(statement)
         present = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
-        for name, decl in _TASK_COLUMNS:
+        for name, decl in TASK_COLUMNS:
             if name not in present:
                 decl = decl.replace(" PRIMARY KEY", "").replace(" NOT NULL", "")
                 conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {decl}")

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_store -*-
 """
-Aggregates of the task store, kept by SQLite triggers, so that C{/metrics}
-reads a few small tables instead of scanning every task.
+Aggregates of the task store, kept by triggers (L{TRIGGERS}; on
+PostgreSQL as PL/pgSQL functions, L{execgo.store.postgres}), so that
+C{/metrics} reads a few small tables instead of scanning every task.
 
 Two kinds, both maintained in the same transaction as the change that
 moves them, whichever process (server or supervisor) writes it:
@@ -97,6 +98,78 @@ def _histogram(name: str, value: str, bounds: Sequence[int]) -> str:
     )
 
 
+@attrs.frozen
+class Trigger:
+    """
+    One trigger on C{tasks} keeping tallies or counters, in the terms
+    every engine's trigger syntax is built from.
+
+    @ivar name: the trigger's name.
+    @ivar event: what fires it (C{INSERT}, C{DELETE}, C{UPDATE OF ...}).
+    @ivar when: the condition on C{OLD}/C{NEW} (empty: always).
+    @ivar body: its statements, each ending in C{;}.
+    """
+
+    name: str
+    event: str
+    when: str
+    body: str
+
+
+TRIGGERS = (
+    Trigger(
+        "tally_insert",
+        "INSERT",
+        "",
+        _row_tallies("NEW", "1") + "\n" + _add("runtime_counters", "'submitted'", "COALESCE(NEW.tenant, '')", "1"),
+    ),
+    Trigger("tally_delete", "DELETE", "", _row_tallies("OLD", "-1")),
+    Trigger(
+        "tally_update",
+        "UPDATE OF status, error_code, duration_ms, finished_at_ms",
+        "",
+        _row_tallies("OLD", "-1") + "\n" + _row_tallies("NEW", "1"),
+    ),
+    Trigger(
+        "count_finished",
+        "UPDATE OF status",
+        f"NEW.status IN {_TERMINAL} AND OLD.status NOT IN {_TERMINAL}",
+        _add(
+            "runtime_counters",
+            "'finished'",
+            "NEW.status || char(31) || COALESCE(NEW.error_code, '') || char(31) || COALESCE(NEW.tenant, '')",
+            "1",
+        )
+        + "\n"
+        + _histogram("run_time", "COALESCE(NEW.duration_ms, 0)", RUN_TIME_BUCKETS_MS),
+    ),
+    Trigger(
+        "count_started",
+        "UPDATE OF started_at_ms",
+        "OLD.started_at_ms IS NULL AND NEW.started_at_ms IS NOT NULL",
+        _histogram("queue_wait", "MAX(0, NEW.started_at_ms - NEW.created_at_ms)", QUEUE_WAIT_BUCKETS_MS)
+        + "\n"
+        + _histogram(
+            "spawn_latency",
+            "MAX(0, NEW.started_at_ms - COALESCE(NEW.reserved_at_ms, NEW.started_at_ms))",
+            SPAWN_BUCKETS_MS,
+        ),
+    ),
+)
+
+
+def _sqlite_trigger(trigger: Trigger) -> str:
+    """
+    One of L{TRIGGERS} in SQLite's syntax.
+    """
+    when = f" WHEN {trigger.when}" if trigger.when else ""
+    return (
+        f"CREATE TRIGGER IF NOT EXISTS {trigger.name} AFTER {trigger.event} ON tasks{when} BEGIN\n"
+        f"{trigger.body}\nEND"
+    )
+
+
+#: The tally table and triggers on SQLite.
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS task_tallies (
         kind TEXT NOT NULL,
@@ -104,33 +177,7 @@ SCHEMA = [
         value INTEGER NOT NULL,
         PRIMARY KEY (kind, key)
     )""",
-    f"""CREATE TRIGGER IF NOT EXISTS tally_insert AFTER INSERT ON tasks BEGIN
-        {_row_tallies("NEW", "1")}
-        {_add("runtime_counters", "'submitted'", "COALESCE(NEW.tenant, '')", "1")}
-    END""",
-    f"""CREATE TRIGGER IF NOT EXISTS tally_delete AFTER DELETE ON tasks BEGIN
-        {_row_tallies("OLD", "-1")}
-    END""",
-    f"""CREATE TRIGGER IF NOT EXISTS tally_update
-        AFTER UPDATE OF status, error_code, duration_ms, finished_at_ms ON tasks BEGIN
-        {_row_tallies("OLD", "-1")}
-        {_row_tallies("NEW", "1")}
-    END""",
-    f"""CREATE TRIGGER IF NOT EXISTS count_finished AFTER UPDATE OF status ON tasks
-        WHEN NEW.status IN {_TERMINAL} AND OLD.status NOT IN {_TERMINAL} BEGIN
-        {_add("runtime_counters", "'finished'",
-              "NEW.status || char(31) || COALESCE(NEW.error_code, '') || char(31)"
-              " || COALESCE(NEW.tenant, '')", "1")}
-        {_histogram("run_time", "COALESCE(NEW.duration_ms, 0)", RUN_TIME_BUCKETS_MS)}
-    END""",
-    f"""CREATE TRIGGER IF NOT EXISTS count_started AFTER UPDATE OF started_at_ms ON tasks
-        WHEN OLD.started_at_ms IS NULL AND NEW.started_at_ms IS NOT NULL BEGIN
-        {_histogram("queue_wait", "MAX(0, NEW.started_at_ms - NEW.created_at_ms)", QUEUE_WAIT_BUCKETS_MS)}
-        {_histogram("spawn_latency",
-                    "MAX(0, NEW.started_at_ms - COALESCE(NEW.reserved_at_ms, NEW.started_at_ms))",
-                    SPAWN_BUCKETS_MS)}
-    END""",
-]
+] + [_sqlite_trigger(trigger) for trigger in TRIGGERS]
 
 
 def install(conn: sqlite3.Connection) -> None:

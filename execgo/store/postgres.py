@@ -1,0 +1,326 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+The task store on PostgreSQL: the L{POSTGRES} backend, L{PgConnection}
+(a C{psycopg} connection offering the surface of a C{sqlite3} one that
+the store's functions use) and the store's schema on PostgreSQL
+(L{init_schema}).
+
+Writers are serialised as on SQLite: every write transaction takes one
+transaction-scoped advisory lock (L{WRITE_LOCK}), so the order of event
+C{seq} numbers is the order of commits and a row read inside a write
+transaction stays as read.  The selects whose rows the same transaction
+then changes also lock them (C{FOR UPDATE}).
+
+Only opening a connection needs C{psycopg}: without it this module still
+imports (its error classes are then stand-ins nothing raises), so nothing
+else needs it installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
+
+from execgo.store import schema, tallies
+from execgo.store.backend import Backend
+
+#: The advisory lock key every write transaction holds ("exec").
+WRITE_LOCK = 0x65786563
+
+#: The advisory lock key schema creation holds, so concurrent first starts
+#: create it once.
+SCHEMA_LOCK = WRITE_LOCK + 1
+
+
+class PgRow(tuple):
+    """
+    A row addressable by index, like a tuple, and by column name, like a
+    C{sqlite3.Row}.  Each query's rows share one subclass holding the
+    column names (L{_row_maker}).
+    """
+
+    _index: Dict[str, int] = {}
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._index[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> List[str]:
+        """
+        The column names, in order.
+        """
+        return list(self._index)
+
+
+def _row_maker(cursor: Any) -> Callable[[Sequence[Any]], Any]:
+    """
+    A C{psycopg} row factory making L{PgRow}s for the cursor's query.
+    """
+    names = [column.name for column in cursor.description or ()]
+    row_type = type("PgRow", (PgRow,), {"_index": {name: i for i, name in enumerate(names)}})
+    return lambda values: row_type(values)
+
+
+@functools.lru_cache(maxsize=1024)
+def translate(sql: str) -> str:
+    """
+    C{sql} with the store's C{?} placeholders as C{psycopg}'s C{%s} (and
+    a literal C{%} doubled).
+    """
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class PgCursor:
+    """
+    A C{psycopg} cursor as the store's functions use a C{sqlite3} one.
+
+    @ivar row_factory: accepted and ignored: rows are always L{PgRow}s.
+    """
+
+    row_factory: Any = None
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> "PgCursor":
+        """
+        Run one statement with C{?} placeholders.
+        """
+        self._cursor.execute(translate(sql), tuple(params))
+        return self
+
+    def executemany(self, sql: str, params: Any) -> "PgCursor":
+        """
+        Run one statement once per parameter sequence.
+        """
+        self._cursor.executemany(translate(sql), [tuple(p) for p in params])
+        return self
+
+    @property
+    def rowcount(self) -> int:
+        """
+        The rows the last statement changed.
+        """
+        count: int = self._cursor.rowcount
+        return count
+
+    def fetchone(self) -> Any:
+        """
+        The next row, or C{None}.
+        """
+        return self._cursor.fetchone() if self._cursor.description is not None else None
+
+    def fetchall(self) -> List[Any]:
+        """
+        The remaining rows.
+        """
+        return self._cursor.fetchall() if self._cursor.description is not None else []
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.fetchall())
+
+
+class PgConnection:
+    """
+    A C{psycopg} connection (in autocommit mode, transactions opened
+    explicitly as on SQLite) with the surface of a C{sqlite3} connection
+    that L{execgo.store} uses.
+
+    @ivar raw: the C{psycopg} connection.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    @property
+    def backend(self) -> Backend:
+        """
+        L{POSTGRES}.
+        """
+        return POSTGRES
+
+    @property
+    def in_transaction(self) -> bool:
+        """
+        Whether a transaction is open (or failed and not yet rolled back).
+        """
+        from psycopg.pq import TransactionStatus
+
+        return bool(self.raw.info.transaction_status != TransactionStatus.IDLE)
+
+    def cursor(self) -> PgCursor:
+        """
+        A new cursor.
+        """
+        return PgCursor(self.raw.cursor(row_factory=_row_maker))
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
+        """
+        Run one statement on a new cursor and return it.
+        """
+        return self.cursor().execute(sql, params)
+
+    def commit(self) -> None:
+        """
+        Commit the open transaction, if any.
+        """
+        if self.in_transaction:
+            self.raw.execute("COMMIT")
+
+    def rollback(self) -> None:
+        """
+        Roll back the open transaction, if any.
+        """
+        if self.in_transaction:
+            self.raw.execute("ROLLBACK")
+
+    def close(self) -> None:
+        """
+        Close the connection.
+        """
+        self.raw.close()
+
+
+def connect(url: str) -> PgConnection:
+    """
+    Open a connection to the store at the C{postgresql://} C{url}.
+    """
+    import psycopg
+
+    return PgConnection(psycopg.connect(url, autocommit=True))
+
+
+def _begin_locked(conn: Any) -> None:
+    """
+    Open a write transaction holding L{WRITE_LOCK} until it ends.
+    """
+    conn.execute("BEGIN")
+    conn.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+
+
+def _errors() -> Tuple[Type[Exception], Type[Exception], Type[Exception]]:
+    """
+    C{psycopg}'s base, integrity and operational error classes, or
+    stand-ins no driver raises when it is not installed.
+    """
+    try:
+        import psycopg
+    except ImportError:
+
+        class Missing(Exception):
+            """
+            Never raised: C{psycopg} is not installed.
+            """
+
+        return Missing, Missing, Missing
+    return psycopg.Error, psycopg.IntegrityError, psycopg.OperationalError
+
+
+def _trigger(trigger: tallies.Trigger) -> List[str]:
+    """
+    One tally trigger as a PL/pgSQL function and a row trigger calling it.
+    """
+    body = trigger.body.replace("char(31)", "chr(31)").replace("MAX(0,", "GREATEST(0,")
+    function = f"execgo_{trigger.name}"
+    when = f" WHEN ({trigger.when})" if trigger.when else ""
+    return [
+        f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN\n{body}\nRETURN NULL; END $$",
+        f"CREATE TRIGGER {trigger.name} AFTER {trigger.event} ON tasks FOR EACH ROW{when}"
+        f" EXECUTE FUNCTION {function}()",
+    ]
+
+
+def _version_1() -> List[str]:
+    """
+    The statements creating the store's first version: the tables,
+    indexes and tally triggers of L{execgo.store.schema} and
+    L{execgo.store.tallies}, with 64-bit integers and an explicit C{rowid}
+    column (the listing cursor's tie-breaker, implicit on SQLite).
+    """
+    columns = ", ".join(f"{name} {decl.replace('INTEGER', 'BIGINT')}" for name, decl in schema.TASK_COLUMNS)
+    statements = [
+        f"CREATE TABLE tasks ({columns}, rowid BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE)",
+        """CREATE TABLE task_events (
+            seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            task_id TEXT NOT NULL REFERENCES tasks(task_id) ON DELETE CASCADE,
+            event_type TEXT NOT NULL,
+            timestamp_ms BIGINT NOT NULL,
+            message TEXT,
+            data_json TEXT
+        )""",
+        "CREATE TABLE runtime_counters (name TEXT NOT NULL, labels TEXT NOT NULL, value BIGINT NOT NULL,"
+        " PRIMARY KEY (name, labels))",
+        "CREATE TABLE task_tallies (kind TEXT NOT NULL, key TEXT NOT NULL, value BIGINT NOT NULL,"
+        " PRIMARY KEY (kind, key))",
+        """CREATE TABLE task_labels (
+            task_id TEXT NOT NULL REFERENCES tasks(task_id) ON DELETE CASCADE,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            created_at_ms BIGINT NOT NULL,
+            task_rowid BIGINT NOT NULL,
+            PRIMARY KEY (task_id, key)
+        )""",
+        "CREATE INDEX idx_tasks_status_created ON tasks(status, created_at_ms, rowid)",
+        "CREATE INDEX idx_tasks_finished ON tasks(finished_at_ms)",
+        "CREATE INDEX idx_task_events_task_seq ON task_events(task_id, seq)",
+        "CREATE INDEX idx_tasks_reserved ON tasks(released_at_ms, reserved_at_ms)"
+        " WHERE reserved_at_ms IS NOT NULL AND released_at_ms IS NULL",
+        "CREATE INDEX idx_tasks_created ON tasks(created_at_ms, rowid)",
+        "CREATE INDEX idx_tasks_tenant_created ON tasks(tenant, created_at_ms, rowid)",
+        "CREATE INDEX idx_tasks_owner_created ON tasks(owner, created_at_ms, rowid)",
+        "CREATE INDEX idx_task_labels_kv ON task_labels(key, value, created_at_ms, task_rowid)",
+        "CREATE UNIQUE INDEX idx_tasks_idempotency_scope ON tasks(idempotency_key, idempotency_scope)"
+        " WHERE idempotency_key IS NOT NULL",
+        "CREATE INDEX idx_tasks_result_missing ON tasks(result_missing) WHERE result_missing = 1",
+    ]
+    for trigger in tallies.TRIGGERS:
+        statements += _trigger(trigger)
+    return statements
+
+
+#: Each schema version's statements, applied in order to a store behind it.
+MIGRATIONS: Dict[int, Callable[[], List[str]]] = {1: _version_1}
+
+
+def init_schema(conn: Any, now_ms: Optional[int] = None) -> None:
+    """
+    Bring the store up to the newest version in L{MIGRATIONS}, in one
+    transaction holding L{SCHEMA_LOCK} (so concurrent starts apply each
+    version once); safe to run at any time.
+    """
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    conn.execute("BEGIN")
+    try:
+        conn.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS execgo_schema_version"
+            " (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)"
+        )
+        have = conn.execute("SELECT COALESCE(MAX(version), 0) FROM execgo_schema_version").fetchone()[0]
+        for version in sorted(MIGRATIONS):
+            if version > have:
+                for statement in MIGRATIONS[version]():
+                    conn.execute(statement)
+                conn.execute("INSERT INTO execgo_schema_version VALUES (?, ?)", (version, now_ms))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+_Error, _IntegrityError, _OperationalError = _errors()
+
+#: PostgreSQL: one writer at a time (L{WRITE_LOCK}), and rows read to be
+#: changed are locked too.
+POSTGRES = Backend(
+    name="postgresql",
+    begin_write=_begin_locked,
+    for_update=" FOR UPDATE",
+    Error=_Error,
+    IntegrityError=_IntegrityError,
+    OperationalError=_OperationalError,
+    row_factory=None,
+    init_schema=init_schema,
+)

@@ -1,0 +1,142 @@
+"""
+Tests for L{execgo.store.postgres}: what the store on PostgreSQL adds to
+the functions every backend runs (those are tested on both engines by the
+classes decorated with L{backends.each}): placeholders, rows, the schema
+and its version, and the one-writer lock.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from execgo.store import connection, postgres, schema, tallies
+from tests import backends
+
+
+class TranslateTests(SynchronousTestCase):
+    """
+    L{postgres.translate}: the store's SQL in C{psycopg}'s placeholders.
+    """
+
+    def test_placeholders_and_percent(self) -> None:
+        """
+        C{?} becomes C{%s} and a literal C{%} is doubled, so C{psycopg}
+        reads it back as one C{%}.
+        """
+        self.assertEqual(
+            postgres.translate("SELECT * FROM t WHERE a = ? AND b LIKE 'x%' AND c = ?"),
+            "SELECT * FROM t WHERE a = %s AND b LIKE 'x%%' AND c = %s",
+        )
+
+    def test_triggers_are_translated(self) -> None:
+        """
+        The tally triggers become PL/pgSQL functions in PostgreSQL's
+        spelling (no C{char()} or two-argument C{MAX}), one per trigger.
+        """
+        statements = postgres.MIGRATIONS[1]()
+        functions = [s for s in statements if s.startswith("CREATE FUNCTION")]
+        self.assertEqual(len(functions), len(tallies.TRIGGERS))
+        for text in functions:
+            self.assertNotIn("char(31)", text)
+            self.assertNotIn("MAX(0,", text)
+
+
+class SkipTests(SynchronousTestCase):
+    """
+    The reason the PostgreSQL variants skip.
+    """
+
+    def test_without_psycopg(self) -> None:
+        """
+        Without C{psycopg} the variants skip, saying so.
+        """
+        self.patch(importlib.util, "find_spec", lambda name: None)
+        self.assertEqual(backends._postgres_skip(), "psycopg not installed")
+
+
+class PgTestCase(SynchronousTestCase):
+    """
+    A fresh PostgreSQL store per test.
+    """
+
+    skip = backends.POSTGRES_BACKEND.skip
+
+    def setUp(self) -> None:
+        self.data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.data_dir)
+        self.conn: Any = backends.POSTGRES_BACKEND.connect(self, self.data_dir)
+        schema.init_schema(self.conn)
+
+
+class PgConnectionTests(PgTestCase):
+    """
+    L{postgres.PgConnection}: the surface of a C{sqlite3} connection.
+    """
+
+    def test_rows_by_name_and_index(self) -> None:
+        """
+        Rows are tuples that also answer by column name.
+        """
+        row = self.conn.execute("SELECT ? AS a, ? AS b", (1, "x")).fetchone()
+        self.assertEqual((row[0], row["b"], row), (1, "x", (1, "x")))
+        self.assertEqual(row.keys(), ["a", "b"])
+        self.assertEqual(connection.rows(self.conn, "SELECT 2 AS c")[0]["c"], 2)
+
+    def test_transactions(self) -> None:
+        """
+        Outside a transaction each statement commits by itself; inside
+        one, a rollback undoes the body.
+        """
+        self.assertFalse(self.conn.in_transaction)
+        with self.assertRaises(KeyError):
+            with connection.transaction(self.conn):
+                self.assertTrue(self.conn.in_transaction)
+                self.conn.execute("INSERT INTO runtime_counters VALUES ('n', '', 1)")
+                raise KeyError("abandoned")
+        self.assertFalse(self.conn.in_transaction)
+        self.assertEqual(self.conn.execute("SELECT COUNT(*) FROM runtime_counters").fetchone()[0], 0)
+
+    def test_writers_take_turns(self) -> None:
+        """
+        A write transaction holds the store's write lock: another
+        connection cannot begin one until it ends.
+        """
+        other = backends.POSTGRES_BACKEND.reopen(self, self.conn)
+        other.execute("SET lock_timeout = '100ms'")
+        with connection.transaction(self.conn):
+            with self.assertRaises(postgres.POSTGRES.OperationalError):
+                with connection.transaction(other):
+                    pass
+        with connection.transaction(other):
+            pass
+
+
+class PgSchemaTests(PgTestCase):
+    """
+    L{postgres.init_schema}: versioned, applied once.
+    """
+
+    def test_applied_once(self) -> None:
+        """
+        Running it again on a store at the newest version changes nothing:
+        each version is recorded once.
+        """
+        schema.init_schema(self.conn)
+        versions = [row[0] for row in self.conn.execute("SELECT version FROM execgo_schema_version")]
+        self.assertEqual(versions, sorted(postgres.MIGRATIONS))
+
+    def test_wide_integers(self) -> None:
+        """
+        Integer columns hold millisecond timestamps (beyond 32 bits).
+        """
+        types = dict(
+            self.conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns"
+                " WHERE table_name = 'tasks' AND column_name IN ('created_at_ms', 'rowid')"
+            )
+        )
+        self.assertEqual(types, {"created_at_ms": "bigint", "rowid": "bigint"})
