@@ -47,7 +47,6 @@ from execgo.store import idempotency, listing
 log = Logger()
 
 #: The ceiling of a status request's C{wait_ms}.
-MAX_WAIT_MS = protocol.MAX_WAIT_MS
 #: The ceiling of a log's C{offset} and of the events' C{after_seq}.
 MAX_OFFSET = (1 << 63) - 1
 
@@ -174,7 +173,7 @@ class RuntimeAPI:
         terminal state.
         """
         principal = self._principal(request)
-        wait_ms = uint_arg(request, b"wait_ms", MAX_WAIT_MS)
+        wait_ms = uint_arg(request, b"wait_ms", protocol.MAX_WAIT_MS)
         return await self._snapshot(request, await self.runtime.status(task_id, wait_ms, principal))
 
     @app.route("/api/v1/tasks/<task_id>/kill", methods=["POST"])
