@@ -50,16 +50,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
 from execgo.client.errors import (
-    ClientError,
     MalformedResponse,
-    ServerError,
-    TransportError,
     WaitTimeout,
 )
 from execgo.client.http import HTTPSession
 from execgo.client.models import (
     SubmitResult,
-    TaskError,
     TaskEvent,
     TaskPage,
     TaskStatus,
@@ -79,53 +75,20 @@ from execgo.client.protocol import (
 from execgo.client.resume import DEFAULT_STREAM_RETRIES, EventCursor, LogCursor
 from execgo.client.streams import Consumer, LineSplitter, PushIterator
 from execgo.client.views import (
-    ActiveReservation,
     CapabilitySnapshot,
     Health,
-    Platform,
-    ResourceCapacity,
     ResourcesView,
     RuntimeInfo,
     RuntimeSettings,
-    TenantUsage,
 )
 from execgo.core.models import SubmitRequest
 from execgo.core.protocol import (
     IDEMPOTENCY_HEADER,
     JSON_TYPE,
     NDJSON_TYPE,
-    OWNER_HEADER,
 )
 
-__all__ = [
-    "ClientError",
-    "ServerError",
-    "TransportError",
-    "MalformedResponse",
-    "WaitTimeout",
-    "SubmitResult",
-    "TaskError",
-    "TaskStatus",
-    "TaskPage",
-    "TaskEvent",
-    "Health",
-    "Platform",
-    "ResourceCapacity",
-    "RuntimeInfo",
-    "CapabilitySnapshot",
-    "RuntimeSettings",
-    "ActiveReservation",
-    "TenantUsage",
-    "ResourcesView",
-    "ExecgoClient",
-    "OWNER_HEADER",
-    "IDEMPOTENCY_HEADER",
-    "DEFAULT_MAX_BODY_BYTES",
-    "DEFAULT_REQUEST_TIMEOUT",
-    "DEFAULT_POLL_INTERVAL_MS",
-    "DEFAULT_LONG_POLL_MS",
-    "DEFAULT_STREAM_RETRIES",
-]
+__all__ = ["ExecgoClient", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_REQUEST_TIMEOUT"]
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 """
