@@ -32,7 +32,15 @@ setup(
         "txaio>=23.1",
         "attrs>=23.1",
         "click>=8.1",
+        # The PostgreSQL store (--database-url postgresql://...).  A plain
+        # dependency, not an extra: a runtime moved onto PostgreSQL must
+        # not need a second install step, and the binary wheel brings its
+        # own libpq, so nothing is needed from the host either.
+        "psycopg[binary]>=3.1",
     ],
+    # Kept for those who install what the PostgreSQL documentation says:
+    # the same as a plain install.
+    extras_require={"postgres": []},
     entry_points={"console_scripts": ["execgo-runtime = execgo.cli.main:main"]},
     classifiers=[
         "Framework :: Twisted",

@@ -35,6 +35,7 @@ from twisted.web.iweb import IResponse
 
 from execgo.core.capabilities import Capabilities
 from execgo.core.config import RuntimeConfig
+from execgo.core.databaseurl import DatabaseUrl
 from execgo.core.ledger import Ledger
 from execgo.core.quotas import parse_tenant_quotas
 from execgo.core.reservation import Reservation
@@ -93,7 +94,7 @@ class _RuntimeParts:
     ) -> None:
         self.config = config or RuntimeConfig(data_dir=data_dir)
         prepare_data_dir(self.config.data_dir_abs)
-        clock, pool, in_thread = self._drive(self.config.database_path)
+        clock, pool, in_thread = self._drive(self.config.database)
         self.clock = clock
         self.pool = pool
         self.store = Store(pool, preview_ceiling=self.config.max_output_preview_bytes, budget=budget)
@@ -131,10 +132,10 @@ class _RuntimeParts:
         self.api = RuntimeAPI(self.runtime, tokens)
         self.treq = StubTreq(self.api.resource())
 
-    def _drive(self, database_path: str) -> Tuple[Any, Any, Callable[..., "defer.Deferred[Any]"]]:
+    def _drive(self, database: DatabaseUrl) -> Tuple[Any, Any, Callable[..., "defer.Deferred[Any]"]]:
         """
-        What runs the parts: the reactor, a pool over C{database_path}, and
-        how blocking calls are run.
+        What runs the parts: the reactor, a pool on the store at
+        C{database} (the config's), and how blocking calls are run.
         """
         raise NotImplementedError()
 
@@ -154,12 +155,12 @@ class MemoryRuntime(_RuntimeParts):
 
     clock: MemoryReactorClock
 
-    def _drive(self, database_path: str) -> Tuple[Any, Any, Callable[..., "defer.Deferred[Any]"]]:
+    def _drive(self, database: DatabaseUrl) -> Tuple[Any, Any, Callable[..., "defer.Deferred[Any]"]]:
         """
         A L{MemoryReactorClock}, and the store's SQL and blocking calls run
         at once on the caller's thread.
         """
-        return MemoryReactorClock(), InlinePool(database_path), run_now
+        return MemoryReactorClock(), InlinePool(database.connect_url), run_now
 
     def start(self) -> None:
         """
@@ -236,12 +237,12 @@ class InProcessRuntime(_RuntimeParts):
     its thread pool, blocking calls in the reactor's.
     """
 
-    def _drive(self, database_path: str) -> Tuple[Any, Any, Callable[..., "defer.Deferred[Any]"]]:
+    def _drive(self, database: DatabaseUrl) -> Tuple[Any, Any, Callable[..., "defer.Deferred[Any]"]]:
         """
         The real reactor, the store's own pool, and the reactor's thread
         pool for blocking calls.
         """
-        return reactor, open_pool(reactor, database_path), deferToThread
+        return reactor, open_pool(reactor, database), deferToThread
 
     async def start(self) -> None:
         """

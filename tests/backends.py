@@ -25,7 +25,7 @@ import importlib.util
 import itertools
 import os
 import sys
-from typing import Any, Callable, Optional, Sequence, Type, TypeVar
+from typing import Any, Callable, List, Optional, Sequence, Type, TypeVar
 
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
@@ -50,6 +50,10 @@ class StoreBackend:
     @ivar reopen: opens another connection to the store of a connection
         L{connect} made (given the test and that connection), closed when
         the test ends.
+    @ivar database_url: the C{--database-url} of a new, empty store for a
+        test (given the test; dropped when it ends unless told to keep it,
+        as a server shared by a class needs): C{None} for the SQLite file
+        in the data directory.
     @ivar skip: why the backend cannot run on this host (C{None}: it can).
     """
 
@@ -57,7 +61,16 @@ class StoreBackend:
     backend: Backend
     connect: Callable[[Any, str], Any]
     reopen: Callable[[Any, Any], Any]
+    database_url: Callable[..., Optional[str]]
     skip: Optional[str] = None
+
+    def server_args(self, test: Any, keep: bool = False) -> List[str]:
+        """
+        The C{serve} arguments that put a server's store on this backend,
+        in a new store (L{database_url}).
+        """
+        url = self.database_url(test, keep)
+        return [] if url is None else ["--database-url", url]
 
 
 def _sqlite_connect(test: Any, data_dir: str) -> Any:
@@ -78,7 +91,16 @@ def _sqlite_reopen(test: Any, conn: Any) -> Any:
     return other
 
 
-SQLITE_BACKEND = StoreBackend(name="sqlite", backend=SQLITE, connect=_sqlite_connect, reopen=_sqlite_reopen)
+def _sqlite_url(test: Any, keep: bool = False) -> None:
+    """
+    No URL: the SQLite file in the data directory.
+    """
+    return None
+
+
+SQLITE_BACKEND = StoreBackend(
+    name="sqlite", backend=SQLITE, connect=_sqlite_connect, reopen=_sqlite_reopen, database_url=_sqlite_url
+)
 
 #: The template database each test's PostgreSQL database is copied from.
 TEMPLATE = "execgo_template"
@@ -97,9 +119,10 @@ class _Databases:
     admin: Any = None
     names: Any = attrs.field(factory=itertools.count)
 
-    def create(self) -> str:
+    def create(self, empty: bool = False) -> str:
         """
-        A new database holding the migrated schema; its URL.
+        A new database holding the migrated schema (none when C{empty});
+        its name.
         """
         cluster = pgcluster.shared()
         if self.admin is None:
@@ -115,7 +138,7 @@ class _Databases:
             finally:
                 conn.close()
         name = f"execgo_test_{os.getpid()}_{next(self.names)}"
-        self.admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+        self.admin.execute(f"CREATE DATABASE {name}" + ("" if empty else f" TEMPLATE {TEMPLATE}"))
         return name
 
     def drop(self, name: str) -> None:
@@ -138,6 +161,18 @@ def _postgres_connect(test: Any, data_dir: str) -> Any:
     conn = postgres.connect(pgcluster.shared().url(name))
     test.addCleanup(conn.close)
     return conn
+
+
+def _postgres_url(test: Any, keep: bool = False) -> str:
+    """
+    The URL of a new, empty database of the process's cluster (the
+    runtime creates its schema), dropped when the test ends unless
+    C{keep} (the cluster goes when the process ends).
+    """
+    name = _databases.create(empty=True)
+    if not keep:
+        test.addCleanup(_databases.drop, name)
+    return pgcluster.shared().url(name)
 
 
 def _postgres_reopen(test: Any, conn: Any) -> Any:
@@ -163,6 +198,7 @@ POSTGRES_BACKEND = StoreBackend(
     backend=postgres.POSTGRES,
     connect=_postgres_connect,
     reopen=_postgres_reopen,
+    database_url=_postgres_url,
     skip=_postgres_skip(),
 )
 

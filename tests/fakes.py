@@ -11,7 +11,18 @@ import os
 import signal
 import sqlite3
 import threading
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
 
 import attrs
 from twisted.internet import defer
@@ -28,7 +39,7 @@ from execgo.core.models import (
 )
 from execgo.core.plan import ExecutionPlan, ResourceEnforcement
 from execgo.core.reservation import Reservation
-from execgo.store import connection, taskfiles
+from execgo.store import opening, taskfiles
 from execgo.store.reads import SchedulerState
 from execgo.supervisor import launcher
 from execgo.supervisor.processes import Reaped
@@ -211,6 +222,8 @@ class FakeLink:
     @ivar calls: what the server asked of it besides orders
         (C{link.listen}, C{link.ensure}, C{link.close}), in order: a list
         of its own, or the one it was given (to share with other fakes).
+    @ivar refuse_starts: how many of the next L{ensure} calls fail, as a
+        supervisor that cannot start does.
     """
 
     def __init__(
@@ -223,6 +236,7 @@ class FakeLink:
         self.killed: List[str] = []
         self.calls: List[str] = [] if calls is None else calls
         self.receiver: Any = None
+        self.refuse_starts = 0
 
     def listen(self, receiver: Any) -> None:
         """
@@ -236,6 +250,9 @@ class FakeLink:
         Record the request for a supervisor: there is one at once, its pid.
         """
         self.calls.append("link.ensure")
+        if self.refuse_starts:
+            self.refuse_starts -= 1
+            return defer.fail(OSError("the supervisor cannot start"))
         return defer.succeed(self.pid)
 
     def close(self) -> "defer.Deferred[None]":
@@ -383,15 +400,16 @@ class FakeCgroups:
 class InlinePool:
     """
     An C{adbapi.ConnectionPool} for tests: each job runs at once, on the
-    caller's thread, on one real SQLite connection configured as the
-    store configures its own, and the Deferred it returns has fired
-    already.  Real SQL, no threads, no reactor.
+    caller's thread, on one real connection to the store at C{path} (an
+    SQLite file, or a PostgreSQL URL) opened as the supervisor opens its
+    own, and the Deferred it returns has fired already.  Real SQL, no
+    threads, no reactor.
 
     @ivar jobs: how many jobs ran.
     """
 
     def __init__(self, path: str) -> None:
-        self.connection = connection.connect(path)
+        self.connection = opening.connect(path)
         self.jobs = 0
         self.closed = False
 

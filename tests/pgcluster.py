@@ -10,7 +10,8 @@ C{postgres} account (C{runuser -u postgres}); otherwise to the user running
 the tests.  Settings that must survive a restart (port, addresses, socket
 directory) are written into the cluster's C{postgresql.conf}, so
 C{pg_ctl restart} brings it back where it was.  Durability is off
-(C{fsync}, C{synchronous_commit}): a test cluster is never kept.
+(C{fsync}, C{synchronous_commit}) unless asked for: a test cluster is
+never kept.
 
 L{unavailable} says why there is no cluster on this host (tests skip with
 it); L{shared} starts one cluster per test process on first use and stops
@@ -83,12 +84,19 @@ class Cluster:
     One PostgreSQL cluster in a directory of its own.
 
     @ivar port: its loopback TCP port.
+    @ivar durable: keeps PostgreSQL's durability settings (C{fsync},
+        C{synchronous_commit}: on), as a benchmark must; off by default.
+    @ivar settings: more C{postgresql.conf} settings.
     @ivar directory: its home: C{data/}, the server log C{log} and the
         socket.
     """
 
-    def __init__(self, binaries: str, parent: Optional[str] = None) -> None:
+    def __init__(
+        self, binaries: str, parent: Optional[str] = None, durable: bool = False, settings: Optional[dict] = None
+    ) -> None:
         self.binaries = binaries
+        self.durable = durable
+        self.settings = dict(settings or {})
         self.directory = tempfile.mkdtemp(prefix="execgo-pg-", dir=parent)
         self.data = os.path.join(self.directory, "data")
         self.log = os.path.join(self.directory, "log")
@@ -127,10 +135,10 @@ class Cluster:
             "port": str(self.port),
             "listen_addresses": "'127.0.0.1'",
             "unix_socket_directories": f"'{self.directory}'",
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
         }
+        if not self.durable:
+            settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
+        settings.update(self.settings)
         with open(os.path.join(self.data, "postgresql.conf"), "a", encoding="utf-8") as conf:
             conf.write("\n# execgo test cluster\n")
             conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
@@ -158,6 +166,20 @@ class Cluster:
             self.stop("immediate")
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+    def add_password_role(self, role: str, password: str, database: str) -> None:
+        """
+        A login role that must give C{password} over TCP, owning a new
+        database C{database}.
+        """
+        self.psql(f"CREATE ROLE {_quoted(role)} LOGIN PASSWORD '{password}'")
+        self.psql(f"CREATE DATABASE {_quoted(database)} OWNER {_quoted(role)}")
+        hba = os.path.join(self.data, "pg_hba.conf")
+        with open(hba, encoding="utf-8") as f:
+            rules = f.read()
+        with open(hba, "w", encoding="utf-8") as f:
+            f.write(f"host all {role} 127.0.0.1/32 scram-sha-256\n" + rules)
+        self._run("pg_ctl", "-D", self.data, "reload")
 
     def url(self, database: str = "postgres") -> str:
         """

@@ -29,6 +29,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
@@ -42,6 +43,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from execgo.host.procinfo import supervisor_pids, workload_pids
+from execgo.store import opening
 
 SERVE_COMMAND: Tuple[str, ...] = (sys.executable, "-m", "execgo", "serve")
 
@@ -420,6 +422,16 @@ class ServerProcess:
         data = _read(self.log_path) or b""
         return data.decode("utf-8", "replace")
 
+    def store_reader(self) -> Any:
+        """
+        A connection that reads the server's store: its C{--database-url}
+        when given, else C{runtime.db} in its data directory, read-only.
+        """
+        if "--database-url" in self.args:
+            return opening.connect(self.args[self.args.index("--database-url") + 1])
+        database = os.path.join(os.path.abspath(self.data_dir), "runtime.db")
+        return sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)
+
     def argv(self) -> List[str]:
         """
         The server's command line for the current port.
@@ -578,6 +590,9 @@ class SharedServer:
     workloads its tasks left behind.  (If only some tests of the class run,
     the server is killed when the test process exits.)
 
+    A class run once per store backend (L{tests.backends.each}) shares one
+    server per backend, its store on that backend.
+
     @param test_class: the L{TestCase} subclass whose tests share it.
     @param args: extra C{serve} arguments.
     @param env: extra environment variables for the server.
@@ -589,35 +604,43 @@ class SharedServer:
         args: Sequence[str] = (),
         env: Optional[Mapping[str, str]] = None,
     ) -> None:
-        self.remaining = len([name for name in dir(test_class) if name.startswith("test")])
+        self.tests = len([name for name in dir(test_class) if name.startswith("test")])
         self.args = list(args)
         self.env = dict(env or {})
-        self.server: Optional[ServerProcess] = None
-        self._starting: Optional[defer.Deferred[ServerProcess]] = None
+        self.remaining: Dict[str, int] = {}
+        self.servers: Dict[str, ServerProcess] = {}
 
     async def get(self, testcase: TestCase) -> ServerProcess:
         """
-        The running shared server (started with a data directory from
-        C{testcase.mktemp()} the first time).
+        The running shared server of the test's backend (started with a
+        data directory from C{testcase.mktemp()} the first time).
         """
         from twisted.internet import reactor
 
-        testcase.addCleanup(self._release, reactor)
-        if self.server is None:
+        backend = getattr(testcase, "backend", None)
+        key = "sqlite" if backend is None else backend.name
+        self.remaining.setdefault(key, self.tests)
+        testcase.addCleanup(self._release, reactor, key)
+        if key not in self.servers:
+            store = [] if backend is None else backend.server_args(testcase, keep=True)
             server = ServerProcess(
-                reactor, testcase.mktemp(), self.args, env=clean_environ(self.env)
+                reactor, testcase.mktemp(), self.args + store, env=clean_environ(self.env)
             )
-            await server.start()
-            self.server = server
-        return self.server
+            self.servers[key] = server
+            try:
+                await server.start()
+            except BaseException:
+                del self.servers[key]
+                raise
+        return self.servers[key]
 
-    async def _release(self, reactor: Any) -> None:
-        self.remaining -= 1
-        server = self.server
+    async def _release(self, reactor: Any, key: str) -> None:
+        self.remaining[key] -= 1
+        server = self.servers.get(key)
         if server is None:
             return
-        if self.remaining <= 0:
-            self.server = None
+        if self.remaining[key] <= 0:
+            del self.servers[key]
             await server.shutdown()
             return
         killed = await kill_leftovers(reactor, server.data_dir, supervisors=False)

@@ -266,7 +266,7 @@ class EnvironmentTests(SynchronousTestCase):
         """
         Every setting names a config attribute; exactly the six
         contract variables, the two of the task identity and the preview
-        ceiling's are attached to their settings.
+        ceiling's and the store's are attached to their settings.
         """
         names = {field.name for field in attrs.fields(RuntimeConfig)}
         for setting in SERVE_SETTINGS:
@@ -283,6 +283,7 @@ class EnvironmentTests(SynchronousTestCase):
                 "task-uid-range": "EXECGO_RUNTIME_TASK_UID_RANGE",
                 "task-user": "EXECGO_RUNTIME_TASK_USER",
                 "max-output-preview-bytes": "EXECGO_RUNTIME_MAX_OUTPUT_PREVIEW_BYTES",
+                "database-url": "EXECGO_RUNTIME_DATABASE_URL",
             },
         )
 
@@ -298,7 +299,8 @@ class ToJsonTests(SynchronousTestCase):
         Every contract key, in order, with the configured (possibly
         relative) data directory; not the sandbox flag, overrides or quotas;
         then the task identity and the allowed rootfs roots; then the
-        preview ceiling and the listener's limits.
+        preview ceiling and the listener's limits; then the store's engine
+        (never its URL).
         """
         config = RuntimeConfig(
             disable_cgroup=True, disable_linux_sandbox=True, capacity_pids=5,
@@ -327,6 +329,7 @@ class ToJsonTests(SynchronousTestCase):
                 ("request_header_timeout_ms", 10000),
                 ("idle_connection_timeout_ms", 60000),
                 ("max_connections", 0),
+                ("database", "sqlite"),
             ],
         )
         self.assertIs(RuntimeConfig().to_json("r")["cgroup_enabled"], True)

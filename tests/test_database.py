@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from execgo.core import errors, outcome, records
 from execgo.core.models import ControlContext, SubmitRequest
 from execgo.core.reservation import Reservation
-from execgo.server.database import Store, open_pool
+from execgo.server.database import Store, open_sqlite_pool
 from execgo.server.taskstore import TaskStore
 from execgo.store import connection, idempotency, terminal, transitions
 from execgo.store.backend import SQLITE
@@ -60,7 +60,7 @@ class StoreTests(TestCase):
         self.data_dir = os.path.abspath(self.mktemp())
         self.tasks_dir = os.path.join(self.data_dir, "tasks")
         os.makedirs(self.tasks_dir)
-        self.store: TaskStore = Store(open_pool(reactor, os.path.join(self.data_dir, "runtime.db")))
+        self.store: TaskStore = Store(open_sqlite_pool(reactor, os.path.join(self.data_dir, "runtime.db")))
         self.addCleanup(self.store.close)
         return self.store.init_schema()
 
@@ -102,7 +102,7 @@ class StoreTests(TestCase):
         The connections of L{open_pool} carry the SQLite backend, so the
         store's functions run in its threads ask it (not a default).
         """
-        pool = open_pool(reactor, os.path.join(self.data_dir, "runtime.db"))
+        pool = open_sqlite_pool(reactor, os.path.join(self.data_dir, "runtime.db"))
         self.addCleanup(pool.close)
         found = await pool.runWithConnection(lambda conn: getattr(conn, "backend", None))
         self.assertIs(found, SQLITE)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 from typing import Any, List
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -376,3 +377,77 @@ class CgroupSignalTests(EngineHarness, SynchronousTestCase):
         self.assertEqual(self.processes.sent(pid)[:2], [signal.SIGTERM, signal.SIGKILL])
         self.advance()
         self.assertTrue(group.removed)
+
+
+class StoreOutageTests(EngineHarness, SynchronousTestCase):
+    """
+    The store cannot be used for a while (a database restart): the engine
+    goes on supervising, and writes what happened meanwhile once it can.
+    """
+
+    def setUp(self) -> None:
+        self.make_engine()
+
+    def store_down(self) -> None:
+        """
+        Every statement on the engine's connection fails, as on a database
+        that is away, until L{store_up}.
+        """
+        conn = self.supervisor.conn
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        conn.execute = refuse
+        conn.cursor = refuse
+
+    def store_up(self) -> None:
+        """
+        The engine's connection works again.
+        """
+        del self.supervisor.conn.execute
+        del self.supervisor.conn.cursor
+
+    def test_end_waits_for_the_store(self) -> None:
+        """
+        A workload that exits while the store is away stays supervised
+        (nothing escapes the loop); once the store is back its end is
+        written, once.
+        """
+        pid = self.launch("t")
+        self.advance(0.1)
+        self.store_down()
+        self.processes.exit(pid, 0)
+        self.advance(0.1)
+        self.advance(3.0)
+        self.assertTrue(self.supervisor.busy)
+        self.assertEqual(self.load("t").status, "running")
+        self.store_up()
+        self.advance(1.0)
+        self.advance(1.0)
+        self.assertEqual(self.load("t").status, "success")
+        self.assertEqual(self.events("t").count("finished"), 1)
+        self.assertFalse(self.supervisor.busy)
+
+    def test_timeout_while_the_store_is_away(self) -> None:
+        """
+        The wall timer fires while the store is away: the workload is
+        signalled at once; the timeout is recorded before the task's end
+        once the store is back.
+        """
+        pid = self.launch("slow", wall_time_ms=1000)
+        self.advance(0.1)
+        self.store_down()
+        self.advance(0.9)
+        self.assertEqual(self.processes.sent(pid), [signal.SIGTERM])
+        self.advance(0.1)
+        self.advance(2.0)
+        self.assertEqual(self.load("slow").status, "running")
+        self.store_up()
+        self.advance(1.0)
+        self.advance(1.0)
+        record = self.load("slow")
+        self.assertEqual((record.status, record.error), ("failed", ErrorInfo("timeout", "task exceeded wall_time_ms")))
+        events = self.events("slow")
+        self.assertEqual(events.count("timeout_triggered"), 1)
+        self.assertLess(events.index("timeout_triggered"), events.index("failed"))

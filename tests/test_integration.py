@@ -20,7 +20,6 @@ import re
 import shutil
 import signal
 import socket
-import sqlite3
 import sys
 import uuid
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -29,6 +28,7 @@ from twisted.internet import defer
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from tests import backends
 from tests.serverfixture import (
     ApiClient,
     Reply,
@@ -442,6 +442,7 @@ class SharedServerCase(IntegrationMixin, TestCase):
 # Task execution
 
 
+@backends.each
 class TaskExecutionTests(SharedServerCase):
     """
     Workloads run, are limited, killed and classified as
@@ -1046,15 +1047,13 @@ class TaskExecutionTests(SharedServerCase):
     async def test_result_file_exists_once_terminal(self) -> None:
         """
         As soon as a task is terminal in the store (which is what the API
-        shows), its C{result.json} exists.  The store (C{runtime.db}) is
-        read directly, far more often than HTTP
+        shows), its C{result.json} exists.  The store is read directly, far more often than HTTP
         polling could, and each task's output makes its C{result.json}
         take a few milliseconds to render, so a window between the terminal
         write and the file write cannot go unseen.
         """
         missing: List[str] = []
-        database = os.path.join(os.path.abspath(self.server.data_dir), "runtime.db")
-        connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)
+        connection = self.server.store_reader()
         self.addCleanup(connection.close)
         for i in range(6):
             task_id = await self.submit(
@@ -1699,6 +1698,7 @@ class ConfiguredServerTests(SharedServerCase):
             "request_header_timeout_ms": 5000,
             "idle_connection_timeout_ms": 30000,
             "max_connections": 500,
+            "database": "sqlite",
         }
         self.assertEqual(config, expected)
         self.assertEqual(list(config), list(expected))
@@ -2185,6 +2185,7 @@ class StartupErrorTests(IntegrationMixin, TestCase):
 # Queueing
 
 
+@backends.each
 class QueueTests(SharedServerCase):
     """
     With one slot and a queue of one: killing a queued task, and the
@@ -2291,10 +2292,13 @@ class OwnServerCase(IntegrationMixin, TestCase):
 
     async def start_server(self, *args: str, **kwargs: Any) -> ServerProcess:
         """
-        Start a server on a fresh data dir; the test's cleanup stops it and
-        kills everything of its data dir.
+        Start a server on a fresh data dir (and, for a class run per
+        backend, a fresh store on the test's backend); the test's cleanup
+        stops it and kills everything of its data dir.
         """
-        server = ServerProcess(self._reactor(), self.mktemp(), list(args), **kwargs)
+        backend = getattr(self, "backend", None)
+        store = [] if backend is None else backend.server_args(self)
+        server = ServerProcess(self._reactor(), self.mktemp(), [*args, *store], **kwargs)
         self.addCleanup(server.shutdown)
         await server.start()
         self.server = server
@@ -2320,6 +2324,7 @@ class OwnServerCase(IntegrationMixin, TestCase):
         return read_json_file(path)[1]
 
 
+@backends.each
 class CrashRecoveryTests(OwnServerCase):
     """
     A server killed with SIGKILL and restarted: running tasks keep running
@@ -2566,6 +2571,7 @@ class RestartConfigurationTests(OwnServerCase):
 
 
 
+@backends.each
 class GarbageCollectionTests(OwnServerCase):
     """
     With zero retention, terminal tasks disappear; running ones stay.

@@ -83,7 +83,7 @@ class TokenServer(SharedServer):
     """
 
     async def get(self, testcase: TestCase) -> ServerProcess:
-        if self.server is None:
+        if not hasattr(self, "token_file"):
             directory = os.path.abspath(testcase.mktemp())
             os.makedirs(directory)
             self.token_file = os.path.join(directory, "tokens")

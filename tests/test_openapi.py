@@ -782,7 +782,8 @@ class PreviewCeilingTests(SynchronousTestCase):
     def test_output_limits_name_the_ceiling(self) -> None:
         """
         Both output limits' descriptions name the flag and its default, and
-        C{RuntimeConfig} ends with the ceiling and the listener's limits.
+        C{RuntimeConfig} ends with the ceiling, the listener's limits and
+        the store's engine.
         """
         schemas = document()["components"]["schemas"]
         for name in ("stdout_max_bytes", "stderr_max_bytes"):
@@ -790,8 +791,14 @@ class PreviewCeilingTests(SynchronousTestCase):
             self.assertIn("--max-output-preview-bytes", description)
             self.assertIn("16777216", description)
         self.assertEqual(
-            list(schemas["RuntimeConfig"]["properties"])[-4:],
-            ["max_output_preview_bytes", "request_header_timeout_ms", "idle_connection_timeout_ms", "max_connections"],
+            list(schemas["RuntimeConfig"]["properties"])[-5:],
+            [
+                "max_output_preview_bytes",
+                "request_header_timeout_ms",
+                "idle_connection_timeout_ms",
+                "max_connections",
+                "database",
+            ],
         )
 
 

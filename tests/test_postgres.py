@@ -140,3 +140,71 @@ class PgSchemaTests(PgTestCase):
             )
         )
         self.assertEqual(types, {"created_at_ms": "bigint", "rowid": "bigint"})
+
+
+class PgReconnectTests(PgTestCase):
+    """
+    L{postgres.PgConnection} after the server cut it (as a restart or
+    C{pg_terminate_backend} does): opened again where that is safe, never
+    in the middle of a transaction.
+    """
+
+    def cut(self) -> None:
+        """
+        End the server side of C{self.conn}.
+        """
+        other = backends.POSTGRES_BACKEND.reopen(self, self.conn)
+        pid = self.conn.raw.info.backend_pid
+        self.assertTrue(other.execute("SELECT pg_terminate_backend(?)", (pid,)).fetchone()[0])
+
+    def test_read_after_cut(self) -> None:
+        """
+        A read outside a transaction meets the cut, opens a new connection
+        and is answered on it.
+        """
+        self.cut()
+        self.assertEqual(self.conn.execute("SELECT 7").fetchone()[0], 7)
+        self.assertEqual(self.conn.reconnects, 1)
+
+    def test_transaction_after_cut(self) -> None:
+        """
+        A write transaction whose C{BEGIN} meets the cut begins again on a
+        new connection and commits.
+        """
+        self.cut()
+        with connection.transaction(self.conn):
+            self.conn.execute("INSERT INTO runtime_counters VALUES ('n', '', 1)")
+        self.assertEqual(self.conn.execute("SELECT value FROM runtime_counters").fetchone()[0], 1)
+        self.assertEqual(self.conn.reconnects, 1)
+
+    def test_cut_inside_transaction(self) -> None:
+        """
+        A cut inside a transaction fails the statement that met it and
+        every later one until the rollback: none of them runs, committed by
+        itself, on a new connection.  After the rollback the connection
+        serves again.
+        """
+        self.conn.execute("BEGIN")
+        self.conn.execute("INSERT INTO runtime_counters VALUES ('a', '', 1)")
+        self.cut()
+        with self.assertRaises(postgres.POSTGRES.OperationalError):
+            self.conn.execute("INSERT INTO runtime_counters VALUES ('b', '', 1)")
+        with self.assertRaises(postgres.POSTGRES.OperationalError):
+            self.conn.execute("INSERT INTO runtime_counters VALUES ('c', '', 1)")
+        self.assertTrue(self.conn.in_transaction)
+        self.conn.execute("ROLLBACK")
+        self.assertFalse(self.conn.in_transaction)
+        names = [row[0] for row in self.conn.execute("SELECT name FROM runtime_counters")]
+        self.assertEqual(names, [])
+        self.assertEqual(self.conn.reconnects, 1)
+
+    def test_write_outside_transaction_not_repeated(self) -> None:
+        """
+        A write statement by itself that meets the cut fails (it may or
+        may not have been applied: it is not sent twice); the next
+        statement opens a new connection.
+        """
+        self.cut()
+        with self.assertRaises(postgres.POSTGRES.OperationalError):
+            self.conn.execute("INSERT INTO runtime_counters VALUES ('a', '', 1)")
+        self.assertEqual(self.conn.execute("SELECT COUNT(*) FROM runtime_counters").fetchone()[0], 0)

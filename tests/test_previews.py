@@ -114,16 +114,18 @@ class CeilingTests(PreviewTestsBase):
     @defer.inlineCallbacks
     def test_config_view(self) -> Any:
         """
-        C{/runtime/config} ends with the ceiling and the listener's limits.
+        C{/runtime/config} ends with the ceiling, the listener's limits and
+        the store's engine.
         """
         code, config, _, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/runtime/config"))
         self.assertEqual(
-            list(config.items())[-4:],
+            list(config.items())[-5:],
             [
                 ("max_output_preview_bytes", 4096),
                 ("request_header_timeout_ms", 10000),
                 ("idle_connection_timeout_ms", 60000),
                 ("max_connections", 0),
+                ("database", "sqlite"),
             ],
         )
 

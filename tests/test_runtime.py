@@ -5,8 +5,9 @@ typed reports answering the waiters, kills (queued, running, and with the
 supervisor gone), the recovery of tasks whose supervisor is gone, GC, and
 the tenancy check.
 
-Everything runs synchronously: the real store over a temporary SQLite
-file with its SQL run inline, blocking calls run in place (the runtime's
+Everything runs synchronously: the real store (a temporary SQLite file,
+and again a PostgreSQL database: L{tests.backends.each}) with its SQL run
+inline, blocking calls run in place (the runtime's
 C{in_thread}), and time on a L{MemoryReactorClock}
 (L{tests.apifixture.MemoryRuntime}).  Only the kills that must reach a
 process group use a real process.
@@ -27,12 +28,13 @@ from execgo import control
 from execgo.core import errors, outcome
 from execgo.core.config import RuntimeConfig
 from execgo.core.records import Outcome
-from execgo.server.recovery import GONE_POLL_S, GONE_POLLS, Recovery
+from execgo.server.recovery import GONE_POLL_S, GONE_POLLS, REPLACE_RETRY_S, Recovery
 from execgo.server.service import wall_ms
 from execgo.server.snapshots import Kept
 from execgo.server.upkeep import Upkeep
 from execgo.server.web.auth import Principal
 from execgo.store import reads, schema, terminal, transitions
+from tests import backends
 from tests.apifixture import MemoryRuntime, tmp_data_dir
 from tests.fakes import run_now
 
@@ -65,10 +67,13 @@ class RuntimeCase(SynchronousTestCase):
     """
 
     connected = True
+    backend = backends.SQLITE_BACKEND
 
     def setUp(self) -> None:
         self.data_dir = tmp_data_dir(self)
-        config = RuntimeConfig(data_dir=self.data_dir, termination_grace_ms=GRACE_MS)
+        config = RuntimeConfig(
+            data_dir=self.data_dir, termination_grace_ms=GRACE_MS, database_url=self.backend.database_url(self)
+        )
         self.rt = MemoryRuntime(self.data_dir, config)
         self.runtime = self.rt.runtime
         self.link = self.rt.link
@@ -150,6 +155,7 @@ class RuntimeCase(SynchronousTestCase):
         return child
 
 
+@backends.each
 class DispatchTests(RuntimeCase):
     """
     A submission goes to the supervisor; its reports answer the waiters
@@ -228,6 +234,7 @@ class DispatchTests(RuntimeCase):
         self.assertEqual(sorted(self.rt.scheduler.ledger.active), ["b", "c", "d", "e"])
 
 
+@backends.each
 class KillTests(RuntimeCase):
     """
     Kills of queued and running tasks, with and without a supervisor to
@@ -302,6 +309,7 @@ class KillTests(RuntimeCase):
         self.assertIsNone(child.poll())
 
 
+@backends.each
 class RecoveryTests(RuntimeCase):
     """
     Tasks whose supervisor is gone, found at start-up or when the
@@ -359,6 +367,31 @@ class RecoveryTests(RuntimeCase):
         self.assertEqual((self.link.refused[0], self.link.refused[-1]), (["ran", "sent"], ["sent"]))
         self.assertEqual(list(self.rt.scheduler.queue), ["sent"])
 
+    def test_replacement_retried(self) -> None:
+        """
+        A supervisor that cannot be started again (its store away, say) is
+        tried again every L{REPLACE_RETRY_S} until one starts; stopping
+        the runtime calls a pending try off.
+        """
+        self.start()
+        pid = dead_pid()
+        self.link.connected = False
+        self.link.refuse_starts = 2
+        self.runtime.on_supervisor_lost(pid)
+        self.assertEqual(self.link.calls.count("link.ensure"), 1)
+        self.rt.clock.advance(REPLACE_RETRY_S)
+        self.assertEqual(self.link.calls.count("link.ensure"), 2)
+        self.rt.clock.advance(REPLACE_RETRY_S)
+        self.assertEqual(self.link.calls.count("link.ensure"), 3)
+        self.rt.clock.advance(REPLACE_RETRY_S * 5)
+        self.assertEqual(self.link.calls.count("link.ensure"), 3)
+        self.link.refuse_starts = 1
+        timers = len(self.rt.clock.getDelayedCalls())
+        self.runtime.on_supervisor_lost(pid)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 3)
+        self.assertEqual(len(self.rt.clock.getDelayedCalls()), timers + 1)
+        # The cleanup's stop finds no timer left: the retry is called off.
+
     def test_waits_for_the_supervisor_to_go(self) -> None:
         """
         A supervisor still alive when its connection closed is checked
@@ -391,6 +424,7 @@ class RecoveryTests(RuntimeCase):
         self.assertEqual(alive[:GONE_POLLS], [SUPERVISOR_PID] * GONE_POLLS)
 
 
+@backends.each
 class GarbageTests(RuntimeCase):
     """
     GC deletes the terminal tasks past the retention period, rows and
@@ -442,6 +476,7 @@ class GarbageTests(RuntimeCase):
         self.assertIsNone(self.load("second"))
 
 
+@backends.each
 class TenancyTests(RuntimeCase):
     """
     L{Runtime.require_visible}: a task of another tenant is answered as an

@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from execgo.core import errors
 from execgo.core.config import RuntimeConfig
+from execgo.core.databaseurl import DatabaseUrl
 from execgo.core.hostfacts import HostFacts
 from execgo.host.privileges import open_passage
 from execgo.server.service import RuntimeService, ServiceEdges
@@ -172,11 +173,11 @@ class ServiceTestCase(SynchronousTestCase):
             return run_now(lambda: ([], []))
         return run_now(func, *args)
 
-    def open_pool(self, reactor: Any, path: str, connections: int) -> JournalPool:
+    def open_pool(self, reactor: Any, database: DatabaseUrl, connections: int) -> JournalPool:
         """
         A journaling pool on the store.
         """
-        pool = JournalPool(self.journal, path, connections)
+        pool = JournalPool(self.journal, database.without_password, connections)
         if self.hold_jobs:
             pool.held = []
         self.pools.append(pool)
@@ -188,7 +189,7 @@ class ServiceTestCase(SynchronousTestCase):
         """
         return HostFacts()
 
-    def make_link(self, reactor: Any, database: str, data_dir: str) -> FakeLink:
+    def make_link(self, reactor: Any, database: DatabaseUrl, data_dir: str) -> FakeLink:
         """
         The fake link, once the journal says it was made.
         """

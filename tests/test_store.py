@@ -1116,6 +1116,7 @@ class BackendsTests(SynchronousTestCase):
             backend=SQLITE,
             connect=lambda test, path: None,
             reopen=lambda test, conn: None,
+            database_url=lambda test, keep=False: None,
             skip="not here",
         )
         probe = type("Probe", (SynchronousTestCase,), {"__module__": module.__name__})

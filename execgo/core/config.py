@@ -14,7 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import attrs
 
-from execgo.core import errors
+from execgo.core import databaseurl, errors
 from execgo.core.constants import MODE_ADAPTIVE, MODE_STRICT
 
 DEFAULT_LISTEN_ADDR = "127.0.0.1:8080"
@@ -113,8 +113,10 @@ class RuntimeConfig:
     request_header_timeout_ms: int = 10_000
     idle_connection_timeout_ms: int = 60_000
     max_connections: int = 0
+    database_url: Optional[str] = attrs.field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        databaseurl.parse(self.database_url, self.data_dir_abs)
         if not 0 < self.max_output_preview_bytes <= OUTPUT_LIMIT_MAX:
             raise errors.InvalidInput(
                 f"--max-output-preview-bytes must be between 1 and {OUTPUT_LIMIT_MAX},"
@@ -146,9 +148,17 @@ class RuntimeConfig:
     @property
     def database_path(self) -> str:
         """
-        The store file, C{<data_dir>/runtime.db}.
+        The SQLite store's file, C{<data_dir>/runtime.db}.
         """
         return os.path.join(self.data_dir_abs, "runtime.db")
+
+    @property
+    def database(self) -> databaseurl.DatabaseUrl:
+        """
+        Where the store lives (C{--database-url}; SQLite in the data
+        directory by default).
+        """
+        return databaseurl.parse(self.database_url, self.data_dir_abs)
 
     def effective_runtime_id(self, environ: Mapping[str, str]) -> str:
         """
@@ -183,6 +193,7 @@ class RuntimeConfig:
             "request_header_timeout_ms": self.request_header_timeout_ms,
             "idle_connection_timeout_ms": self.idle_connection_timeout_ms,
             "max_connections": self.max_connections,
+            "database": self.database.engine,
         }
 
 
@@ -201,6 +212,7 @@ def apply_environment(config: RuntimeConfig, environ: Mapping[str, str], given: 
         ("runtime_id", "ID"),
         ("task_uid_range", "TASK_UID_RANGE"),
         ("task_user", "TASK_USER"),
+        ("database_url", "DATABASE_URL"),
     ):
         if setting not in given and prefix + suffix in environ:
             changes[setting] = environ[prefix + suffix]
@@ -352,6 +364,15 @@ SERVE_SETTINGS: Tuple[Setting, ...] = (
         "max_connections",
         "uint",
         "open client connections at most; 0: derived from the descriptor limit [0]",
+    ),
+    Setting(
+        "database-url",
+        "database_url",
+        "str",
+        "the task store: sqlite: (<data-dir>/runtime.db) or postgresql://USER@HOST:PORT/DB"
+        " (password: PGPASSWORD or ~/.pgpass, never on the command line) [sqlite:]",
+        "EXECGO_RUNTIME_DATABASE_URL",
+        metavar="URL",
     ),
 )
 

@@ -212,6 +212,12 @@ def from_storage(error: BaseException) -> ExecgoError:
         if sqlstate in _UNAVAILABLE_SQLSTATES or sqlstate[:2] in _UNAVAILABLE_SQLSTATES:
             return Unavailable(f"database error: {text}")
     name = type(error).__name__
+    if type(error).__module__.startswith("psycopg"):
+        # No sqlstate: the driver's own verdict, a connection that failed,
+        # was cut or is closed.
+        if name in ("OperationalError", "InterfaceError") and not isinstance(sqlstate, str):
+            return Unavailable(f"database unreachable: {text}")
+        return Internal(f"database error: {text}")
     if name in ("OperationalError", "DatabaseError"):
         lowered = text.lower()
         if "full" in lowered:

@@ -1,10 +1,10 @@
 # -*- test-case-name: tests.test_database,tests.test_api,tests.test_upkeep,tests.test_storage_faults -*-
 """
-The SQLite backend of the server's task store: L{Store}, the
-L{execgo.server.taskstore.TaskStore} over C{adbapi}.
+The server's task store: L{Store}, the L{execgo.server.taskstore.TaskStore}
+over C{adbapi}, on SQLite or PostgreSQL (L{open_pool}).
 
 Every method runs plain functions of L{execgo.store} in C{adbapi}'s
-database threads and returns a Deferred of models, so no SQLite call,
+database threads and returns a Deferred of models, so no database call,
 file read or file write ever runs on the reactor thread.  The task
 directory work of a request (creating files, reading previews, writing
 C{result.json}, deleting directories) happens in the same thread hop as
@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 
 from execgo.core import errors
 from execgo.core.constants import JSON
+from execgo.core.databaseurl import DatabaseUrl
 from execgo.core.models import SubmitRequest
 from execgo.core.records import Event, NewTask, Outcome, Scope, TaskRecord
 from execgo.core.reservation import Reservation
@@ -345,7 +346,37 @@ class Store:
         self.pool.close()
 
 
-def open_pool(reactor: Any, path: str, connections: int = 1) -> adbapi.ConnectionPool:
+def open_pool(reactor: Any, database: DatabaseUrl, connections: int = 1) -> adbapi.ConnectionPool:
+    """
+    Connections (one by default: the writer), each in its own thread, to
+    the store at C{database}: L{open_postgres_pool} or L{open_sqlite_pool}.
+    """
+    if database.is_postgres:
+        return open_postgres_pool(reactor, database, connections)
+    return open_sqlite_pool(reactor, database.without_password, connections)
+
+
+def open_postgres_pool(reactor: Any, database: DatabaseUrl, connections: int = 1) -> adbapi.ConnectionPool:
+    """
+    PostgreSQL connections (L{execgo.store.postgres.PgConnection}, which
+    opens itself again after the server cut it), each in its own thread.
+    C{cp_reconnect}: a connection that cannot even roll back is dropped
+    and the next job opens another.  Nothing is connected until the first
+    job: a database that is down fails the jobs (503), not the pool.
+    """
+    return adbapi.ConnectionPool(
+        "execgo.store.postgres",
+        database.connect_url,
+        password=database.password,
+        cp_min=1,
+        cp_max=connections,
+        cp_reconnect=True,
+        cp_noisy=False,
+        cp_reactor=reactor,
+    )
+
+
+def open_sqlite_pool(reactor: Any, path: str, connections: int = 1) -> adbapi.ConnectionPool:
     """
     SQLite connections (one by default: the writer), each in its own
     thread, configured for WAL, each naming its backend

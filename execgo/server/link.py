@@ -173,6 +173,9 @@ class SupervisorLink:
     @param reactor: provides C{IReactorProcess}, C{IReactorUNIX}, C{IReactorTime}.
     @param data_dir: the data directory (its C{run/} holds the socket).
     @param command: the argv that starts a supervisor (C{internal-supervisor ...}).
+    @param secret_env: what the supervisor's environment holds beyond the
+        server's own and nobody may see on its command line (the store's
+        C{PGPASSWORD}).
     @param kill: C{os.kill}, injected.
     @param supervisor_alive: whether a pid is a live execgo supervisor.
     """
@@ -184,10 +187,12 @@ class SupervisorLink:
         command: Sequence[str],
         kill: Callable[[int, int], None] = os.kill,
         supervisor_alive: Callable[[int], bool] = is_supervisor,
+        secret_env: Optional[Dict[str, str]] = None,
     ) -> None:
         self.reactor = reactor
         self.data_dir = data_dir
         self.command = list(command)
+        self.secret_env = dict(secret_env or {})
         self.listener: Optional[SupervisorListener] = None
         self.kill_process = kill
         self.supervisor_alive = supervisor_alive
@@ -278,7 +283,11 @@ class SupervisorLink:
         ready = child.ready
         assert ready is not None, "a new BoundedOutputProtocol has not fired yet"
         self.reactor.spawnProcess(
-            child, self.command[0], self.command, env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r"}
+            child,
+            self.command[0],
+            self.command,
+            env={**os.environ, **self.secret_env},
+            childFDs={0: "w", 1: "r", 2: "r"},
         )
         line = await ready
         if line.startswith("ready") or line.startswith("busy"):
@@ -406,7 +415,9 @@ class SupervisorLink:
 def supervisor_command(database: str, data_dir: str, executable: str = sys.executable) -> List[str]:
     """
     The argv that starts a supervisor for this data directory (its
-    settings are in the data directory, not on its command line).  C{-P}:
+    settings are in the data directory, not on its command line);
+    C{database} is the SQLite file's path or a PostgreSQL URL without its
+    password (every local user can read a command line).  C{-P}:
     the package comes from where it is installed, not from a checkout
     that happens to be the working directory (which lacks the built
     C{_spawn} extension after a plain C{pip install .}).

@@ -41,6 +41,9 @@ log = Logger()
 #: times, before what it ran is failed all the same.
 GONE_POLL_S = 0.01
 GONE_POLLS = 200
+#: Seconds between tries to replace a lost supervisor while the store (or
+#: the supervisor's start) fails.
+REPLACE_RETRY_S = 1.0
 
 
 class Recovery:
@@ -103,6 +106,7 @@ class Recovery:
         self.in_thread = in_thread
         self.supervisor_alive = supervisor_alive
         self.signal_group = signal_group
+        self._retry: Any = None
 
     async def recover(self) -> None:
         """
@@ -130,9 +134,32 @@ class Recovery:
         """
         log.warn("lost the supervisor {pid}", pid=pid)
         self.scheduler.supervisor_lost()
-        defer.ensureDeferred(self._replace_supervisor(pid)).addErrback(
-            lambda failure: log.failure("replacing the supervisor failed", failure)
-        )
+        self._replace(pid)
+
+    def _replace(self, pid: int) -> None:
+        """
+        Fail what the lost supervisor C{pid} ran and start a new one; on
+        failure (a store that cannot be used now, a supervisor that cannot
+        start) try again every L{REPLACE_RETRY_S} while serving.
+        """
+        self._retry = None
+
+        def failed(failure: Any) -> None:
+            log.failure(
+                "replacing the supervisor failed; trying again in {seconds} s", failure, seconds=REPLACE_RETRY_S
+            )
+            if self.accepting():
+                self._retry = self.reactor.callLater(REPLACE_RETRY_S, self._replace, pid)
+
+        defer.ensureDeferred(self._replace_supervisor(pid)).addErrback(failed)
+
+    def stop(self) -> None:
+        """
+        Call off a pending retry of L{_replace}.
+        """
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
 
     async def _replace_supervisor(self, pid: int) -> None:
         for _ in range(GONE_POLLS):

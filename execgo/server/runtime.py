@@ -413,10 +413,11 @@ class Runtime:
 
     def stop_timers(self) -> None:
         """
-        Cancel GC and direct-kill timers; answer every long-poll now; cut
-        every log and event stream short.
+        Cancel GC, direct-kill and supervisor-replacement timers; answer
+        every long-poll now; cut every log and event stream short.
         """
         self.streams.close_all()
         self.waiters.cancel_all()
         self.gc.stop()
         self.direct_kills.stop()
+        self.recovery.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import sys
 import time
 from typing import Any, Callable, Mapping, Optional
 
@@ -35,6 +36,7 @@ from execgo.control import (
 from execgo.core import errors
 from execgo.core.capabilities import Capabilities, build_capabilities
 from execgo.core.config import RuntimeConfig, parse_listen_addr
+from execgo.core.databaseurl import DatabaseUrl
 from execgo.core.hostfacts import HostFacts
 from execgo.core.ledger import Ledger
 from execgo.core.quotas import parse_tenant_quotas
@@ -131,12 +133,14 @@ def private_store(database: str) -> None:
             pass
 
 
-def supervisor_link(reactor: Any, database: str, data_dir: str) -> SupervisorLink:
+def supervisor_link(reactor: Any, database: DatabaseUrl, data_dir: str) -> SupervisorLink:
     """
     The link to the supervisor of C{data_dir}, which it starts with
-    L{supervisor_command} when none answers.
+    L{supervisor_command} when none answers: told the store's location on
+    its command line, its password (if any) in its environment.
     """
-    return SupervisorLink(reactor, data_dir, supervisor_command(database, data_dir))
+    command = supervisor_command(database.without_password, data_dir)
+    return SupervisorLink(reactor, data_dir, command, secret_env=database.secret_env())
 
 
 @attrs.frozen
@@ -150,16 +154,16 @@ class ServiceEdges:
     @ivar in_thread: runs a blocking call off the reactor thread
         (C{deferToThread}'s signature).
     @ivar open_pool: C{(reactor, database, connections)}: a connection
-        pool on the store (L{open_pool}).
+        pool on the store at a L{DatabaseUrl} (L{open_pool}).
     @ivar probe_host: what the host offers (L{probe_host}); blocking.
     @ivar make_link: C{(reactor, database, data_dir)}: the supervisor link
         (L{supervisor_link}).
     """
 
     in_thread: Callable[..., "defer.Deferred[Any]"] = deferToThread
-    open_pool: Callable[[Any, str, int], Any] = open_pool
+    open_pool: Callable[[Any, DatabaseUrl, int], Any] = open_pool
     probe_host: Callable[..., HostFacts] = probe_host
-    make_link: Callable[[Any, str, str], SupervisorLink] = supervisor_link
+    make_link: Callable[[Any, DatabaseUrl, str], SupervisorLink] = supervisor_link
 
 
 class RuntimeService(service.Service):
@@ -239,7 +243,7 @@ class RuntimeService(service.Service):
         if not config.disable_cgroup:
             cgroups = await self.edges.in_thread(Cgroups.try_detect, config.cgroup_root)
         await self.edges.in_thread(write_settings, config.data_dir_abs, self._supervisor_settings(config))
-        self._link = link = self.edges.make_link(self.reactor, config.database_path, config.data_dir_abs)
+        self._link = link = self.edges.make_link(self.reactor, config.database, config.data_dir_abs)
         self._scheduler = scheduler = Scheduler(
             self.reactor,
             store,
@@ -322,19 +326,28 @@ class RuntimeService(service.Service):
         Open the store (a writer pool and a reader pool), create or
         upgrade its schema, and make its files private.
         """
+        database = config.database
         store = Store(
-            self.edges.open_pool(self.reactor, config.database_path, 1),
-            self.edges.open_pool(self.reactor, config.database_path, 2),
+            self.edges.open_pool(self.reactor, database, 1),
+            self.edges.open_pool(self.reactor, database, 2),
             reader_lanes=2,
             preview_ceiling=config.max_output_preview_bytes,
             budget=ByteBudget(PREVIEW_BUDGET_CEILINGS * config.max_output_preview_bytes),
         )
         try:
             await store.init_schema()
-            await self.edges.in_thread(private_store, config.database_path)
+            if not database.is_postgres:
+                await self.edges.in_thread(private_store, database.without_password)
         except Exception as e:
             store.close()
-            raise errors.Internal(f"sqlite error: cannot open {config.database_path}: {e}") from None
+            kind = "database" if database.is_postgres else "sqlite"
+            raise errors.Internal(f"{kind} error: cannot open {database.redacted}: {e}") from None
+        log.info("task store: {database}", database=database.redacted)
+        if database.password is not None and any(database.password in arg for arg in sys.argv):
+            log.warn(
+                "the store's password is on this server's command line, which every local user can read:"
+                " give the URL in EXECGO_RUNTIME_DATABASE_URL and the password in PGPASSWORD or ~/.pgpass"
+            )
         return store
 
     async def _probe(self, config: RuntimeConfig, runtime_id: str) -> Capabilities:

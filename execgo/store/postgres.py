@@ -74,28 +74,34 @@ def translate(sql: str) -> str:
 
 class PgCursor:
     """
-    A C{psycopg} cursor as the store's functions use a C{sqlite3} one.
+    A cursor as the store's functions use a C{sqlite3} one: each
+    statement runs through its L{PgConnection} (which may open a new
+    C{psycopg} connection first) on a C{psycopg} cursor of its own.
 
     @ivar row_factory: accepted and ignored: rows are always L{PgRow}s.
     """
 
     row_factory: Any = None
 
-    def __init__(self, cursor: Any) -> None:
-        self._cursor = cursor
+    def __init__(self, connection: "PgConnection") -> None:
+        self._connection = connection
+        self._cursor: Any = None
+
+    def _rows(self) -> bool:
+        return self._cursor is not None and self._cursor.description is not None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> "PgCursor":
         """
         Run one statement with C{?} placeholders.
         """
-        self._cursor.execute(translate(sql), tuple(params))
+        self._cursor = self._connection.run(sql, params)
         return self
 
     def executemany(self, sql: str, params: Any) -> "PgCursor":
         """
         Run one statement once per parameter sequence.
         """
-        self._cursor.executemany(translate(sql), [tuple(p) for p in params])
+        self._cursor = self._connection.run(sql, [tuple(p) for p in params], many=True)
         return self
 
     @property
@@ -103,23 +109,35 @@ class PgCursor:
         """
         The rows the last statement changed.
         """
-        count: int = self._cursor.rowcount
+        count: int = -1 if self._cursor is None else self._cursor.rowcount
         return count
 
     def fetchone(self) -> Any:
         """
         The next row, or C{None}.
         """
-        return self._cursor.fetchone() if self._cursor.description is not None else None
+        return self._cursor.fetchone() if self._rows() else None
 
     def fetchall(self) -> List[Any]:
         """
         The remaining rows.
         """
-        return self._cursor.fetchall() if self._cursor.description is not None else []
+        return self._cursor.fetchall() if self._rows() else []
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fetchall())
+
+    def close(self) -> None:
+        """
+        Close the cursor.
+        """
+        if self._cursor is not None:
+            self._cursor.close()
+
+
+#: The sqlstates of a session the server ended (class 08: connection
+#: exceptions; 57P01-57P03: shut down, crashed, not yet accepting).
+_CUT_SQLSTATES = ("08", "57P01", "57P02", "57P03")
 
 
 class PgConnection:
@@ -128,11 +146,24 @@ class PgConnection:
     explicitly as on SQLite) with the surface of a C{sqlite3} connection
     that L{execgo.store} uses.
 
+    It outlives the server's session: when the server ended it (a
+    restart, a failover), the statement that met the cut fails as usual,
+    and the next statement outside a transaction opens a new connection.
+    A C{BEGIN} or a C{SELECT} outside a transaction that met the cut
+    changed nothing, so it is sent once more, on the new connection.  A
+    statement inside a transaction the cut ended fails, and so does every
+    later one until its C{ROLLBACK}: no part of a transaction ever runs on
+    the new connection.
+
     @ivar raw: the C{psycopg} connection.
+    @ivar reconnects: how many times it opened a new one.
     """
 
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
+    def __init__(self, opener: Callable[[], Any]) -> None:
+        self._opener = opener
+        self.raw = opener()
+        self.reconnects = 0
+        self._in_transaction = False
 
     @property
     def backend(self) -> Backend:
@@ -144,17 +175,15 @@ class PgConnection:
     @property
     def in_transaction(self) -> bool:
         """
-        Whether a transaction is open (or failed and not yet rolled back).
+        Whether a transaction is open (or was cut and not yet rolled back).
         """
-        from psycopg.pq import TransactionStatus
-
-        return bool(self.raw.info.transaction_status != TransactionStatus.IDLE)
+        return self._in_transaction
 
     def cursor(self) -> PgCursor:
         """
         A new cursor.
         """
-        return PgCursor(self.raw.cursor(row_factory=_row_maker))
+        return PgCursor(self)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
         """
@@ -162,18 +191,75 @@ class PgConnection:
         """
         return self.cursor().execute(sql, params)
 
+    def run(self, sql: str, params: Any, many: bool = False) -> Any:
+        """
+        Run one statement (C{many}: once per parameter sequence) and
+        return the C{psycopg} cursor that ran it.  C{BEGIN}, C{COMMIT}
+        and C{ROLLBACK} open and end the transaction.
+        """
+        verb = sql.lstrip()[:8].upper()
+        if verb.startswith("ROLLBACK") and " TO " not in sql.upper():
+            self.rollback()
+            return None
+        again = not self._in_transaction and verb.startswith(("BEGIN", "SELECT"))
+        try:
+            return self._send(verb, sql, params, many)
+        except POSTGRES.OperationalError as e:
+            if not (again and self._cut(e)):
+                raise
+        return self._send(verb, sql, params, many)
+
+    def _cut(self, error: Exception) -> bool:
+        """
+        Whether C{error} says the server ended the session.
+        """
+        state = getattr(error, "sqlstate", None) or ""
+        return bool(self.raw.closed) or state.startswith(_CUT_SQLSTATES)
+
+    def _send(self, verb: str, sql: str, params: Any, many: bool) -> Any:
+        """
+        Send one statement, on a new connection when the last one was cut
+        outside a transaction; keep L{in_transaction} as the server sees it.
+        """
+        if self.raw.closed and not self._in_transaction:
+            self.raw = self._opener()
+            self.reconnects += 1
+        cursor = self.raw.cursor(row_factory=_row_maker)
+        if verb.startswith("BEGIN"):
+            self._in_transaction = True
+        try:
+            if many:
+                cursor.executemany(translate(sql), params)
+            else:
+                cursor.execute(translate(sql), tuple(params))
+        except BaseException as e:
+            # A transaction the cut ended stays open here until its
+            # ROLLBACK: no later statement of it runs on a new connection.
+            if verb.startswith(("BEGIN", "COMMIT")):
+                self._in_transaction = False
+            if isinstance(e, POSTGRES.OperationalError) and self._cut(e):
+                self.raw.close()
+            raise
+        if verb.startswith("COMMIT"):
+            self._in_transaction = False
+        return cursor
+
     def commit(self) -> None:
         """
         Commit the open transaction, if any.
         """
-        if self.in_transaction:
-            self.raw.execute("COMMIT")
+        if self._in_transaction:
+            self.execute("COMMIT")
 
     def rollback(self) -> None:
         """
-        Roll back the open transaction, if any.
+        Roll back the open transaction, if any (nothing to do on a
+        connection that was cut: the server ended the transaction).
         """
-        if self.in_transaction:
+        if not self._in_transaction:
+            return
+        self._in_transaction = False
+        if not self.raw.closed:
             self.raw.execute("ROLLBACK")
 
     def close(self) -> None:
@@ -183,13 +269,22 @@ class PgConnection:
         self.raw.close()
 
 
-def connect(url: str) -> PgConnection:
+#: What C{adbapi} reads of a DB-API module (this one stands in for it).
+apilevel = "2.0"
+threadsafety = 1
+paramstyle = "qmark"
+
+
+def connect(url: str, password: Optional[str] = None) -> PgConnection:
     """
-    Open a connection to the store at the C{postgresql://} C{url}.
+    Open a connection to the store at the C{postgresql://} C{url}, with
+    C{password} given apart from it (C{None}: libpq's C{PGPASSWORD} or
+    C{~/.pgpass}); it opens itself again after a cut (L{PgConnection}).
     """
     import psycopg
 
-    return PgConnection(psycopg.connect(url, autocommit=True))
+    extra: Dict[str, Any] = {} if password is None else {"password": password}
+    return PgConnection(lambda: psycopg.connect(url, autocommit=True, **extra))
 
 
 def _begin_locked(conn: Any) -> None:

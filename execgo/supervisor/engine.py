@@ -42,7 +42,8 @@ from execgo.core.records import Outcome, TaskRecord
 from execgo.host.cgroups import Cgroups
 from execgo.host.escalation import kill_now, terminate
 from execgo.host.privileges import TaskIdentity
-from execgo.store import connection, reads, schema, transitions
+from execgo.store import connection, opening, reads, schema, transitions
+from execgo.store.backend import SQLITE
 from execgo.supervisor import spawning, workload
 from execgo.supervisor.endings import Endings
 from execgo.supervisor.processes import HostProcesses, Processes
@@ -64,7 +65,8 @@ class Supervisor:
     Launches tasks read from the store, enforces wall time and kills,
     reaps, classifies and records outcomes.
 
-    @param db_path: the store file.
+    @param db_path: the store: the SQLite file's path or a PostgreSQL URL
+        without its password (L{execgo.store.opening.connect}).
     @param grace_s: seconds between SIGTERM and SIGKILL.
     @param identity: who tasks run as (C{None}: as this process, with
         nothing recorded).
@@ -110,12 +112,13 @@ class Supervisor:
         self._facilities: Dict[str, Optional[Cgroups]] = {}
         self.identity = identity
         self.rootfs_roots = rootfs_roots
-        self.conn = connection.connect(db_path)
-        # Checkpoints (the only writes SQLite syncs to disk here) are left
-        # to the server, off the supervisor's path: only a WAL ten times
-        # the usual size, with no server to checkpoint it, makes this
-        # connection do one.
-        self.conn.execute(f"PRAGMA wal_autocheckpoint = {SUPERVISOR_CHECKPOINT_PAGES}")
+        self.conn = opening.connect(db_path)
+        if connection.backend_of(self.conn) is SQLITE:
+            # Checkpoints (the only writes SQLite syncs to disk here) are
+            # left to the server, off the supervisor's path: only a WAL ten
+            # times the usual size, with no server to checkpoint it, makes
+            # this connection do one.
+            self.conn.execute(f"PRAGMA wal_autocheckpoint = {SUPERVISOR_CHECKPOINT_PAGES}")
         schema.init_schema(self.conn)
         self.grace_s = grace_s
         self.clock = Timers() if clock is None else clock
@@ -336,9 +339,14 @@ class Supervisor:
         if run.exit_status is not None or run.timed_out:
             return
         run.timed_out = True
-        self.starts.flush()
-        transitions.record_timeout(self.conn, run.task_id, self.wall_ms())
         self._terminate(run)
+        self.starts.flush()
+        try:
+            transitions.record_timeout(self.conn, run.task_id, self.wall_ms())
+        except (connection.backend_of(self.conn).Error, OSError) as e:
+            # Recorded before the task's end is judged (the reaper tries again).
+            self.log(f"cannot record the timeout of {run.task_id} yet: {e}")
+            run.timeout_unrecorded = True
 
     def kill(self, task_id: str) -> None:
         """
@@ -368,7 +376,10 @@ class Supervisor:
         if run is None or run.exit_status is not None:
             return
         if not run.cancel_requested:
-            record = reads.load_task(self.conn, task_id)
+            try:
+                record = reads.load_task(self.conn, task_id)
+            except (connection.backend_of(self.conn).Error, OSError):
+                record = None
             if record is not None and record.kill_requested:
                 self.kill(task_id)
         run.poll_timer = self.call_later(KILL_FLAG_POLL_S, lambda: self.watch_kill_flag(task_id))

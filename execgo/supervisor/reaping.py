@@ -22,7 +22,7 @@ from execgo.core import outcome, policy
 from execgo.core.records import Outcome, TaskRecord
 from execgo.core.results import Usage
 from execgo.host.escalation import kill_now
-from execgo.store import connection, eventlog, reads
+from execgo.store import connection, eventlog, reads, transitions
 from execgo.supervisor.processes import Processes, Reaped
 from execgo.supervisor.timers import Timers
 from execgo.supervisor.workload import Running
@@ -31,6 +31,9 @@ from execgo.supervisor.workload import Running
 GROUP_DRAIN_STEP_S = 0.002
 #: The longest a task's end waits for its group and cgroups to empty.
 GROUP_DRAIN_LIMIT_S = 2.0
+#: Seconds between tries to judge a reaped workload while the store
+#: cannot be used.
+JUDGE_RETRY_S = 1.0
 
 #: C{finish(task_id, verdict, current=...)}: write a task's end.
 Finish = Callable[..., None]
@@ -122,19 +125,43 @@ class Reaper:
 
     def _complete(self, run: Running, drained: bool) -> None:
         """
-        Write the end of a task whose workload was reaped.
+        Write the end of a task whose workload was reaped: its files
+        handed back and its cgroups read and removed (once), then judged
+        (L{_judge}).
 
         @param drained: its cgroups are empty (the drain saw them so).
         """
-        self.by_task.pop(run.task_id, None)
         assert run.exit_status is not None and run.usage is not None
         self.hand_back(run.record, drained)
-        usage, oom_killed = self._cgroup_verdict(run, run.usage)
+        usage, oom_killed, hits = self._cgroup_verdict(run, run.usage)
         failure = self._setup_failure(run)
         if failure is not None:
+            self.by_task.pop(run.task_id, None)
             self.finish(run.task_id, failure)
             return
-        current = reads.refresh(self.conn, run.record)
+        self._judge(run, usage, oom_killed, hits)
+
+    def _judge(self, run: Running, usage: Usage, oom_killed: bool, hits: int) -> None:
+        """
+        Classify the reaped workload and hand its end to C{finish}, after
+        writing what must come before it in the store (the forks its pids
+        limit refused, a timeout not recorded yet) and reading the kill
+        flag.  A store that cannot be used now is tried again every
+        L{JUDGE_RETRY_S}; the task stays supervised meanwhile.
+        """
+        try:
+            if hits:
+                self._pids_limit_event(run, hits)
+                hits = 0
+            if run.timeout_unrecorded:
+                transitions.record_timeout(self.conn, run.task_id, self.wall_ms())
+                run.timeout_unrecorded = False
+            current = reads.refresh(self.conn, run.record)
+        except (connection.backend_of(self.conn).Error, OSError):
+            self.clock.call_later(JUDGE_RETRY_S, lambda: self._judge(run, usage, oom_killed, hits))
+            return
+        self.by_task.pop(run.task_id, None)
+        assert run.exit_status is not None
         kill_flag = current is not None and current.kill_requested
         enforcement = policy.plan_of(run.record).resource_enforcement
         verdict = outcome.classify(
@@ -149,25 +176,23 @@ class Reaper:
         )
         self.finish(run.task_id, verdict, current=current)
 
-    def _cgroup_verdict(self, run: Running, usage: Usage) -> Tuple[Usage, bool]:
+    def _cgroup_verdict(self, run: Running, usage: Usage) -> Tuple[Usage, bool, int]:
         """
         What the workload's cgroups saw (its memory peak, its CPU time,
-        whether it was OOM-killed, the forks its pids limit refused, as
-        an event), read before they are removed: its usage with them, and
-        the OOM kill.
+        whether it was OOM-killed, the forks its pids limit refused), read
+        before they are removed: its usage with them, the OOM kill and the
+        refused forks.
         """
         if run.cgroup is None:
-            return usage, False
+            return usage, False, 0
         oom_killed = run.cgroup.oom_killed()
         usage = attrs.evolve(usage, memory_peak_bytes=run.cgroup.memory_peak())
         cpu = run.cgroup.cpu_ms()
         if cpu is not None:
             usage = attrs.evolve(usage, user_cpu_ms=cpu[0], system_cpu_ms=cpu[1])
         hits = run.cgroup.pids_limit_hits()
-        if hits:
-            self._pids_limit_event(run, hits)
         run.cgroup.remove()
-        return usage, oom_killed
+        return usage, oom_killed, hits
 
     def _setup_failure(self, run: Running) -> Optional[Outcome]:
         """

@@ -31,6 +31,8 @@ class Running:
     @ivar kill_timer: the SIGKILL a kill or a timeout scheduled (kept once
         it ran: one escalation per workload sends one).
     @ivar grace_s: the grace period the workload was launched with.
+    @ivar timeout_unrecorded: its wall timer fired while the store could
+        not record it; the reaper records it before the task's end.
     """
 
     task_id: str
@@ -38,6 +40,7 @@ class Running:
     started_mono: float
     record: TaskRecord
     timed_out: bool = False
+    timeout_unrecorded: bool = False
     cancel_requested: bool = False
     kill_timer: Optional[Timer] = None
     wall_timer: Optional[Timer] = None

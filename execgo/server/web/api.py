@@ -349,6 +349,8 @@ class RuntimeAPI:
             # A store that cannot be used now (locked, full, its connection
             # lost) is not ready, with its reason; anything else is a fault.
             refused = errors.from_storage(e)
+            if refused.http_status == 500 and refused.detail.startswith("database error"):
+                raise refused from None
             if refused.http_status == 500:
                 raise errors.Internal(f"sqlite error: {e}") from None
             raise errors.Unavailable(refused.detail) from None

@@ -301,6 +301,7 @@ def other_schemas() -> JSON:
                 "request_header_timeout_ms": UINT,
                 "idle_connection_timeout_ms": UINT,
                 "max_connections": UINT,
+                "database": enum(["sqlite", "postgresql"]),
             }
         ),
         "RuntimeResources": _resources(),
