@@ -22,7 +22,10 @@ whether it was met:
  7. memory: server and supervisor peak RSS while six concurrent status
     requests read a task with 300 MB of stdout (C{benchmarks/limits.py});
  8. listener: C{/healthz} and submit times with 300 slow clients and
-    1,100 idle connections under C{ulimit -n 1024} (same module).
+    1,100 idle connections under C{ulimit -n 1024} (same module);
+ 9. postgres: throughput and submit p50 on a local PostgreSQL against the
+    same on SQLite, and the statements and commits per task
+    (C{benchmarks/postgres.py}).
 
 A figure is only honest if every task of it succeeded and nothing was
 skipped: a figure whose run had a failure is printed as C{INVALID} and the
@@ -60,7 +63,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from benchmarks import limits, loadgen  # noqa: E402 -- after the path set-up above
+from benchmarks import limits, loadgen, postgres  # noqa: E402 -- after the path set-up above
 from benchmarks.chaos import (  # noqa: E402
     all_pids,
     become_subreaper,
@@ -73,7 +76,7 @@ from benchmarks.chaos import (  # noqa: E402
 )
 from execgo.host.procinfo import supervisor_pids  # noqa: E402
 
-SECTIONS = ("throughput", "latency", "spawn", "scale", "output", "cli", "memory", "listener")
+SECTIONS = ("throughput", "latency", "spawn", "scale", "output", "cli", "memory", "listener", "postgres")
 TERMINAL = ("success", "failed", "cancelled")
 TRUE_TASK = {"execution": {"kind": "command", "program": "/bin/true"}}
 MIB = 1 << 20
@@ -175,6 +178,10 @@ FIGURE_SPECS: Tuple[FigureSpec, ...] = (
     ),
     FigureSpec("listener.healthz_max_ms", "listener", "/healthz, slow + idle clients, max", "ms", "<= 100 ms"),
     FigureSpec("listener.submit_max_ms", "listener", "submit, slow + idle clients, max", "ms", "<= 100 ms"),
+    FigureSpec("postgres.tasks_per_s", "postgres", "throughput on PostgreSQL", "tasks/s", "ratio >= 0.8"),
+    FigureSpec("postgres.submit_p50_ms", "postgres", "submit p50 on PostgreSQL", "ms", "<= 10 ms"),
+    FigureSpec("postgres.statements_per_task", "postgres", "statements per task on PostgreSQL", "", "-"),
+    FigureSpec("postgres.commits_per_task", "postgres", "commits per task on PostgreSQL", "", "-"),
 )
 FIGURE_KEYS = tuple(spec.key for spec in FIGURE_SPECS)
 _SPEC_BY_KEY = {spec.key: spec for spec in FIGURE_SPECS}
@@ -1428,11 +1435,12 @@ RUNNERS: Dict[str, Callable[[Context], List[Figure]]] = {
     "cli": run_cli,
     "memory": lambda ctx: limits.run_memory(ctx, sys.modules[__name__]),
     "listener": lambda ctx: limits.run_listener(ctx, sys.modules[__name__]),
+    "postgres": lambda ctx: postgres.run_postgres(ctx, sys.modules[__name__]),
 }
 
 # Run order: the spawn figures on a quiet machine first, then what shares
 # the main server, then the sections that start servers of their own.
-RUN_ORDER = ("spawn", "throughput", "latency", "cli", "output", "memory", "listener", "scale")
+RUN_ORDER = ("spawn", "throughput", "latency", "cli", "output", "memory", "listener", "scale", "postgres")
 
 
 # -- report ----------------------------------------------------------------------------

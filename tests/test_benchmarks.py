@@ -43,6 +43,10 @@ FIGURE_KEYS = (
     "memory.supervisor_peak_rss_mib",
     "listener.healthz_max_ms",
     "listener.submit_max_ms",
+    "postgres.tasks_per_s",
+    "postgres.submit_p50_ms",
+    "postgres.statements_per_task",
+    "postgres.commits_per_task",
 )
 
 
