@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from execgo.core.records import Event
 from execgo.store.connection import dumps_sorted, rows
@@ -28,10 +28,27 @@ def append_event(
     """
     Append one event; call inside the transaction of the change it records.
     """
+    append_events(conn, task_id, [(event_type, message, timestamp_ms, data)])
+
+
+#: One event to append: its type, message, timestamp and data.
+NewEvent = Tuple[str, Optional[str], int, Any]
+
+
+def append_events(conn: sqlite3.Connection, task_id: str, events: Sequence[NewEvent]) -> None:
+    """
+    Append several events of one change, in order, in one statement (one
+    round trip to a database server instead of one each); call inside the
+    transaction of the change they record.
+    """
+    if not events:
+        return
+    values = ", ".join(["(?, ?, ?, ?, ?)"] * len(events))
+    params: List[Any] = []
+    for event_type, message, timestamp_ms, data in events:
+        params += [task_id, event_type, timestamp_ms, message, None if data is None else dumps_sorted(data)]
     conn.execute(
-        "INSERT INTO task_events (task_id, event_type, timestamp_ms, message, data_json)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (task_id, event_type, timestamp_ms, message, None if data is None else dumps_sorted(data)),
+        f"INSERT INTO task_events (task_id, event_type, timestamp_ms, message, data_json) VALUES {values}", params
     )
 
 

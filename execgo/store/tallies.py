@@ -45,28 +45,55 @@ def _bucket(expr: str, bounds: Sequence[int]) -> str:
     return f"(CASE {cases} ELSE {len(bounds)} END)"
 
 
-def _add(table: str, kind: str, key: str, amount: str, when: str = "TRUE") -> str:
+@attrs.frozen
+class Upsert:
     """
-    One upsert adding C{amount} to C{table}'s row C{(kind, key)} when
-    C{when} holds.  The C{WHERE} is there even when always true (SQLite
-    needs it to parse an upsert over a C{SELECT}); the stored C{value} is
-    named with its table, which every engine reads unambiguously.
+    One upsert a trigger makes: add C{amount} to C{table}'s row C{(kind,
+    key)} when C{when} holds (SQL expressions over C{OLD} and C{NEW}).
     """
-    names = "kind, key, value" if table == "task_tallies" else "name, labels, value"
-    conflict = "kind, key" if table == "task_tallies" else "name, labels"
-    return (
-        f"INSERT INTO {table} ({names}) SELECT {kind}, {key}, {amount} WHERE {when}"
-        f" ON CONFLICT({conflict}) DO UPDATE SET value = {table}.value + excluded.value;"
-    )
+
+    table: str
+    kind: str
+    key: str
+    amount: str
+    when: str = "TRUE"
+
+    @property
+    def columns(self) -> Tuple[str, str]:
+        """
+        The table's key columns, and all its columns.
+        """
+        if self.table == "task_tallies":
+            return "kind, key", "kind, key, value"
+        return "name, labels", "name, labels, value"
+
+    def sql(self) -> str:
+        """
+        The upsert as one statement every engine's trigger body accepts.
+        The C{WHERE} is there even when always true (SQLite needs it to
+        parse an upsert over a C{SELECT}); the stored C{value} is named
+        with its table, which every engine reads unambiguously.
+        """
+        conflict, names = self.columns
+        return (
+            f"INSERT INTO {self.table} ({names}) SELECT {self.kind}, {self.key}, {self.amount} WHERE {self.when}"
+            f" ON CONFLICT({conflict}) DO UPDATE SET value = {self.table}.value + excluded.value;"
+        )
 
 
-def _row_tallies(row: str, sign: str) -> str:
+def _add(table: str, kind: str, key: str, amount: str, when: str = "TRUE") -> Upsert:
+    """
+    One L{Upsert}.
+    """
+    return Upsert(table, kind, key, amount, when)
+
+
+def _row_tallies(row: str, sign: str) -> Tuple[Upsert, ...]:
     """
     The tally changes one stored row makes (C{sign} is C{+1} or C{-1}).
     """
     stored = f"{row}.duration_ms IS NOT NULL AND {row}.finished_at_ms IS NOT NULL"
-    return "\n".join(
-        [
+    return (
             _add("task_tallies", "'status'", f"{row}.status", sign),
             _add(
                 "task_tallies",
@@ -84,17 +111,14 @@ def _row_tallies(row: str, sign: str) -> str:
             ),
             _add("task_tallies", "'duration_sum'", "''", f"{sign} * {row}.duration_ms", stored),
             _add("task_tallies", "'duration_count'", "''", sign, stored),
-        ]
     )
 
 
-def _histogram(name: str, value: str, bounds: Sequence[int]) -> str:
-    return "\n".join(
-        [
-            _add("runtime_counters", f"'{name}_bucket'", f"CAST({_bucket(value, bounds)} AS TEXT)", "1"),
-            _add("runtime_counters", f"'{name}_sum'", "''", value),
-            _add("runtime_counters", f"'{name}_count'", "''", "1"),
-        ]
+def _histogram(name: str, value: str, bounds: Sequence[int]) -> Tuple[Upsert, ...]:
+    return (
+        _add("runtime_counters", f"'{name}_bucket'", f"CAST({_bucket(value, bounds)} AS TEXT)", "1"),
+        _add("runtime_counters", f"'{name}_sum'", "''", value),
+        _add("runtime_counters", f"'{name}_count'", "''", "1"),
     )
 
 
@@ -107,13 +131,25 @@ class Trigger:
     @ivar name: the trigger's name.
     @ivar event: what fires it (C{INSERT}, C{DELETE}, C{UPDATE OF ...}).
     @ivar when: the condition on C{OLD}/C{NEW} (empty: always).
-    @ivar body: its statements, each ending in C{;}.
+    @ivar upserts: what it adds, in order.
+    @ivar paired: the upserts are two halves, the old row's taken away
+        and the new row's added, the I{i}-th of each moving the same
+        tally: a pair whose columns did not change cancels out (an engine
+        may skip it).
     """
 
     name: str
     event: str
     when: str
-    body: str
+    upserts: Tuple[Upsert, ...]
+    paired: bool = False
+
+    @property
+    def body(self) -> str:
+        """
+        Its statements, each ending in C{;}.
+        """
+        return "\n".join(upsert.sql() for upsert in self.upserts)
 
 
 TRIGGERS = (
@@ -121,26 +157,28 @@ TRIGGERS = (
         "tally_insert",
         "INSERT",
         "",
-        _row_tallies("NEW", "1") + "\n" + _add("runtime_counters", "'submitted'", "COALESCE(NEW.tenant, '')", "1"),
+        _row_tallies("NEW", "1") + (_add("runtime_counters", "'submitted'", "COALESCE(NEW.tenant, '')", "1"),),
     ),
     Trigger("tally_delete", "DELETE", "", _row_tallies("OLD", "-1")),
     Trigger(
         "tally_update",
         "UPDATE OF status, error_code, duration_ms, finished_at_ms",
         "",
-        _row_tallies("OLD", "-1") + "\n" + _row_tallies("NEW", "1"),
+        _row_tallies("OLD", "-1") + _row_tallies("NEW", "1"),
+        paired=True,
     ),
     Trigger(
         "count_finished",
         "UPDATE OF status",
         f"NEW.status IN {_TERMINAL} AND OLD.status NOT IN {_TERMINAL}",
-        _add(
-            "runtime_counters",
-            "'finished'",
-            "NEW.status || char(31) || COALESCE(NEW.error_code, '') || char(31) || COALESCE(NEW.tenant, '')",
-            "1",
+        (
+            _add(
+                "runtime_counters",
+                "'finished'",
+                "NEW.status || char(31) || COALESCE(NEW.error_code, '') || char(31) || COALESCE(NEW.tenant, '')",
+                "1",
+            ),
         )
-        + "\n"
         + _histogram("run_time", "COALESCE(NEW.duration_ms, 0)", RUN_TIME_BUCKETS_MS),
     ),
     Trigger(
@@ -148,7 +186,6 @@ TRIGGERS = (
         "UPDATE OF started_at_ms",
         "OLD.started_at_ms IS NULL AND NEW.started_at_ms IS NOT NULL",
         _histogram("queue_wait", "MAX(0, NEW.started_at_ms - NEW.created_at_ms)", QUEUE_WAIT_BUCKETS_MS)
-        + "\n"
         + _histogram(
             "spawn_latency",
             "MAX(0, NEW.started_at_ms - COALESCE(NEW.reserved_at_ms, NEW.started_at_ms))",

@@ -48,7 +48,7 @@ from execgo.core.records import Outcome, TaskRecord
 from execgo.store import taskfiles
 from execgo.store.backend import backend_of
 from execgo.store.connection import dumps, transaction
-from execgo.store.eventlog import append_event
+from execgo.store.eventlog import NewEvent, append_events
 from execgo.store.reads import load_task
 
 T = TypeVar("T")
@@ -130,11 +130,13 @@ def write_terminal(
                 task_id,
             ),
         )
+        events: List[NewEvent] = []
         if reserved:
             data = None if reservation_json is None else json.loads(reservation_json)
-            append_event(conn, task_id, "resource_released", "task resources released", now_ms, data)
+            events.append(("resource_released", "task resources released", now_ms, data))
         event_type, message = _TERMINAL_EVENT[outcome.status]
-        append_event(conn, task_id, event_type, message, now_ms)
+        events.append((event_type, message, now_ms, None))
+        append_events(conn, task_id, events)
     return True
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Optional
+from typing import List, Optional
 
 import attrs
 
@@ -27,7 +27,7 @@ from execgo.host.privileges import TaskIdentity
 from execgo.store import idempotency, taskfiles
 from execgo.store.backend import backend_of
 from execgo.store.connection import dumps, rows, transaction
-from execgo.store.eventlog import append_event
+from execgo.store.eventlog import NewEvent, append_event, append_events
 from execgo.store.reads import load_task, running_uids
 from execgo.store.schema import insert_labels
 from execgo.store.terminal import finish
@@ -86,21 +86,18 @@ def insert_task(conn: sqlite3.Connection, task: NewTask, now_ms: int) -> None:
             raise errors.Conflict(f"task already exists: {task.task_id}")
         if task.control_context is not None and task.control_context.labels:
             insert_labels(conn, task.task_id, task.control_context.labels, now_ms, int(inserted[0][0]))
-        append_event(conn, task.task_id, "submitted", "task submitted", now_ms)
-        append_event(conn, task.task_id, "accepted", "task accepted", now_ms)
-        append_event(conn, task.task_id, "planned", "execution plan resolved", now_ms, plan.to_json())
+        events: List[NewEvent] = [
+            ("submitted", "task submitted", now_ms, None),
+            ("accepted", "task accepted", now_ms, None),
+            ("planned", "execution plan resolved", now_ms, plan.to_json()),
+        ]
         if plan.degraded:
-            append_event(
-                conn,
-                task.task_id,
-                "degraded",
-                "execution plan degraded",
-                now_ms,
-                {
-                    "fallback_reasons": list(plan.fallback_reasons),
-                    "effective_sandbox": plan.effective_sandbox.to_json(),
-                },
-            )
+            degraded = {
+                "fallback_reasons": list(plan.fallback_reasons),
+                "effective_sandbox": plan.effective_sandbox.to_json(),
+            }
+            events.append(("degraded", "execution plan degraded", now_ms, degraded))
+        append_events(conn, task.task_id, events)
 
 
 class NoIdentity(Exception):
