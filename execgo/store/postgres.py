@@ -247,19 +247,39 @@ class PgConnection:
         try:
             if many:
                 cursor.executemany(translate(sql), params)
-            else:
+            elif params:
                 cursor.execute(translate(sql), tuple(params))
+            else:
+                # No parameters: sent as a simple query, which may hold
+                # several statements.
+                cursor.execute(translate(sql))
         except BaseException as e:
             # A transaction the cut ended stays open here until its
             # ROLLBACK: no later statement of it runs on a new connection.
             if verb.startswith(("BEGIN", "COMMIT")):
                 self._in_transaction = False
+            if verb.startswith("BEGIN") and not self.raw.closed:
+                # A BEGIN that went through before the lock failed: end it.
+                self._end_aborted()
             if isinstance(e, POSTGRES.OperationalError) and self._cut(e):
                 self.raw.close()
             raise
         if verb.startswith("COMMIT"):
             self._in_transaction = False
         return cursor
+
+    def _end_aborted(self) -> None:
+        """
+        Roll back a transaction the server holds open that this
+        connection does not consider begun.
+        """
+        from psycopg.pq import TransactionStatus
+
+        if self.raw.info.transaction_status != TransactionStatus.IDLE:
+            try:
+                self.raw.execute("ROLLBACK")
+            except POSTGRES.Error:
+                pass  # cut meanwhile: the server ended it, the next statement reconnects
 
     def commit(self) -> None:
         """
@@ -306,10 +326,10 @@ def connect(url: str, password: Optional[str] = None) -> PgConnection:
 
 def _begin_locked(conn: Any) -> None:
     """
-    Open a write transaction holding L{WRITE_LOCK} until it ends.
+    Open a write transaction holding L{WRITE_LOCK} until it ends, in one
+    round trip (two statements without parameters go as one query).
     """
-    conn.execute("BEGIN")
-    conn.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+    conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
 
 
 def _errors() -> Tuple[Type[Exception], Type[Exception], Type[Exception]]:
@@ -414,14 +434,46 @@ def _upsert(upsert: tallies.Upsert) -> str:
     return f"IF {_pg(upsert.when)} THEN {statement} END IF;"
 
 
+def _merged(upserts: Sequence[tallies.Upsert]) -> List[str]:
+    """
+    The statements of C{upserts}, consecutive unconditional ones on one
+    table as one multi-row upsert (their keys differ: each row is hit
+    once).
+    """
+    statements: List[str] = []
+    run: List[tallies.Upsert] = []
+
+    def flush() -> None:
+        if run:
+            conflict, names = run[0].columns
+            rows = ", ".join(f"({u.kind}, {_pg(u.key)}, {_pg(u.amount)})" for u in run)
+            statements.append(
+                f"INSERT INTO {run[0].table} ({names}) VALUES {rows}"
+                f" ON CONFLICT({conflict}) DO UPDATE SET value = {run[0].table}.value + excluded.value;"
+            )
+            run.clear()
+
+    for upsert in upserts:
+        if upsert.when != "TRUE":
+            flush()
+            statements.append(_upsert(upsert))
+        else:
+            if run and run[0].table != upsert.table:
+                flush()
+            run.append(upsert)
+    flush()
+    return statements
+
+
 def _function_body(trigger: tallies.Trigger) -> str:
     """
     The body of a trigger's function from version 2 on: each upsert only
-    when its condition holds, and in a paired trigger each pair only when
-    a column it reads changed (otherwise the two cancel out).
+    when its condition holds, consecutive unconditional ones as one
+    statement, and in a paired trigger each pair only when a column it
+    reads changed (otherwise the two cancel out).
     """
     if not trigger.paired:
-        return "\n".join(_upsert(upsert) for upsert in trigger.upserts)
+        return "\n".join(_merged(trigger.upserts))
     half = len(trigger.upserts) // 2
     lines = []
     for taken, added in zip(trigger.upserts[:half], trigger.upserts[half:]):
