@@ -25,6 +25,12 @@ and, for the whole run: the ledger (C{/api/v1/runtime/resources}) holds no
 reservation and no waiting task, no workload process and no per-task cgroup
 is left, and the supervisor survived every crash.
 
+With C{--postgres} the store is on a PostgreSQL cluster started for the
+run (from the host's binaries, C{tests/pgcluster.py}), and
+C{--db-restarts N} adds N C{pg_ctl restart -m fast} of it at random
+moments among the server's crashes: submissions and kills that meet the
+outage (503) are sent again, and every check above must still hold.
+
 It prints the counts and exits 1 on any violation (2 for a bad command
 line).  Standard library only (and execgo's own C{/proc} helper, from the
 interpreter that runs the server); the tasks are C{/bin/sh} commands.  See
@@ -53,6 +59,12 @@ import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from execgo.host.procinfo import supervisor_pids, workload_pids
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from tests import pgcluster  # noqa: E402 -- after the path set-up above
 
 TERMINAL = ("success", "failed", "cancelled")
 TERMINAL_EVENTS = {"finished": "success", "failed": "failed", "cancelled": "cancelled"}
@@ -458,6 +470,8 @@ class Settings:
     grace_ms: int = 300
     max_downtime_ms: int = 500
     wait_timeout_s: float = 300.0
+    postgres: bool = False
+    db_restarts: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -902,9 +916,46 @@ class Run:
             "--max-queued-tasks", str(max(128, settings.tasks * 2)),
             "--termination-grace-ms", str(settings.grace_ms),
         ]
+        self.cluster: Optional[pgcluster.Cluster] = None
+        if settings.postgres:
+            binaries = pgcluster.find_binaries()
+            assert binaries is not None, "parse_args checks that PostgreSQL is there"
+            self.cluster = pgcluster.Cluster(binaries, durable=True)
+            args += ["--database-url", self.cluster.url("execgo_chaos")]
+        self.db_restarts: List[Dict[str, float]] = []
         self.server = Server(self.data_dir, free_port(), args, os.path.join(root, "server.log"))
         self.started = 0.0
         self.deadline = 0.0
+
+    def start_database(self) -> None:
+        """
+        Start the run's PostgreSQL cluster and create its database (with
+        C{--postgres}).
+        """
+        if self.cluster is not None:
+            self.cluster.start()
+            self.cluster.create_database("execgo_chaos")
+
+    def database_chaos(self) -> None:
+        """
+        Restart the database (C{pg_ctl restart -m fast}) at the planned
+        moments (with C{--postgres} and C{--db-restarts}).
+        """
+        if self.cluster is None:
+            return
+        rng = random.Random(self.settings.seed * 104729 + 3)
+        offsets = sorted(rng.uniform(0.2, max(0.8, 0.7 * self.span)) for _ in range(self.settings.db_restarts))
+        for index, offset in enumerate(offsets, start=1):
+            delay = self.started + offset - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if self.abort.is_set():
+                return
+            began = time.monotonic()
+            self.cluster.restart()
+            took = time.monotonic() - began
+            self.db_restarts.append({"index": index, "at_s": round(began - self.started, 2), "took_s": round(took, 2)})
+            log(f"database restart {index} at +{began - self.started:.2f}s took {took:.2f}s")
 
     # driving
 
@@ -930,7 +981,9 @@ class Run:
                         seen.stored = False
                         log(f"{spec.task_id}: resubmit after a crash got 409, yet the task is unknown")
                     break
-                if status == 429 and time.monotonic() < self.deadline:
+                if status in (429, 503) and time.monotonic() < self.deadline:
+                    # Queue full, or the store away for a moment (a
+                    # database restart): sent again.
                     time.sleep(0.05)
                     continue
                 raise HarnessError(f"submit {spec.task_id}: HTTP {status}: {data[:200]!r}")
@@ -938,10 +991,14 @@ class Run:
     def _kill(self, client: Client, spec: TaskSpec) -> None:
         seen = self.observed[spec.task_id]
         seen.kill_sent_at = time.monotonic() - self.started
-        seen.kill_attempts += 1
-        status, data = client.until_answered(
-            "POST", f"/api/v1/tasks/{spec.task_id}/kill", b"", self.deadline
-        )
+        while True:
+            seen.kill_attempts += 1
+            status, data = client.until_answered(
+                "POST", f"/api/v1/tasks/{spec.task_id}/kill", b"", self.deadline
+            )
+            if status != 503 or time.monotonic() >= self.deadline:
+                break
+            time.sleep(0.05)
         if status != 200:
             raise HarnessError(f"kill {spec.task_id}: HTTP {status}: {data[:200]!r}")
         seen.kill_status = str(json.loads(data)["status"])
@@ -1113,6 +1170,8 @@ class Run:
         finally:
             kill_and_reap(supervisor_pids(self.data_dir) + workload_pids(self.data_dir))
             reap_zombies()
+            if self.cluster is not None:
+                self.cluster.destroy()
 
 
 def execute(settings: Settings, workdir: str, keep: bool) -> Dict[str, Any]:
@@ -1131,27 +1190,33 @@ def execute(settings: Settings, workdir: str, keep: bool) -> Dict[str, Any]:
     global_problems: List[str] = []
     began = time.monotonic()
     try:
+        run.start_database()
         run.server.start()
         run.started = time.monotonic()
         run.deadline = run.started + settings.wait_timeout_s
         failure: List[BaseException] = []
 
-        def chaos_thread() -> None:
-            try:
-                run.chaos()
-            except BaseException as e:  # noqa: BLE001 -- reported by the main thread
-                failure.append(e)
-                run.abort.set()
+        def in_thread(step: Any) -> threading.Thread:
+            def body() -> None:
+                try:
+                    step()
+                except BaseException as e:  # noqa: BLE001 -- reported by the main thread
+                    failure.append(e)
+                    run.abort.set()
 
-        crasher = threading.Thread(target=chaos_thread, name="chaos")
-        crasher.start()
+            thread = threading.Thread(target=body, name=step.__name__)
+            thread.start()
+            return thread
+
+        faults = [in_thread(run.chaos), in_thread(run.database_chaos)]
         try:
             run.drive()
         except HarnessError:
             if not failure:
                 raise
         finally:
-            crasher.join()
+            for thread in faults:
+                thread.join()
         if failure:
             raise failure[0]
         log("all submits and kills done, all crashes done; waiting for every task to be terminal")
@@ -1183,6 +1248,7 @@ def execute(settings: Settings, workdir: str, keep: bool) -> Dict[str, Any]:
         "task_kills": sum(1 for o in run.observed.values() if o.kill_status is not None),
         "submit_retries": sum(o.submit_attempts - 1 for o in run.observed.values() if o.submit_attempts),
         "crashes": [dataclasses.asdict(crash) for crash in run.crashes],
+        "database_restarts": run.db_restarts,
         "server_starts": run.server.starts,
         "violations": violations,
     }
@@ -1199,7 +1265,8 @@ def render(document: Dict[str, Any]) -> str:
     """
     s = document["settings"]
     lines = [
-        f"execgo chaos: {document['tasks']} tasks, {s['crashes']} crashes, --max-running-tasks"
+        f"execgo chaos: {document['tasks']} tasks, {s['crashes']} crashes,"
+        f" store {'postgresql' if s.get('postgres') else 'sqlite'}, --max-running-tasks"
         f" {s['max_running']}, seed {s['seed']}, {document['elapsed_s']:.1f}s;"
         f" data on {document['filesystem']}",
         "",
@@ -1224,6 +1291,11 @@ def render(document: Dict[str, Any]) -> str:
             f" {crash['running_before']} running / {crash['waiting_before']} queued;"
             f" down {crash['downtime_s']:.2f}s, restart {crash['restart_s']:.2f}s;"
             f" supervisor {crash['supervisors_before'] or '-'} {'survived' if survived else 'LOST'}"
+        )
+    for restart in document.get("database_restarts", []):
+        lines.append(
+            f"database restart {restart['index']}: pg_ctl restart -m fast at +{restart['at_s']:.2f}s,"
+            f" took {restart['took_s']:.2f}s"
         )
     lines += [
         "",
@@ -1282,13 +1354,25 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--workdir", default="/var/tmp" if os.path.isdir("/var/tmp") else tempfile.gettempdir(),
         help="where the temporary data directory is made [%(default)s]",
     )
+    parser.add_argument(
+        "--postgres", action="store_true",
+        help="put the store on a PostgreSQL cluster started for the run (the host's binaries)",
+    )
+    parser.add_argument(
+        "--db-restarts", type=int, default=defaults.db_restarts, dest="db_restarts",
+        help="pg_ctl restart -m fast of that cluster during the run (with --postgres) [%(default)s]",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data directory (always kept on a violation)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON (text report on stderr)")
     args = parser.parse_args(argv)
     if args.tasks < 1:
         parser.error("--tasks must be at least 1")
-    if args.crashes < 0:
-        parser.error("--crashes must not be negative")
+    if args.crashes < 0 or args.db_restarts < 0:
+        parser.error("--crashes and --db-restarts must not be negative")
+    if args.db_restarts and not args.postgres:
+        parser.error("--db-restarts needs --postgres")
+    if args.postgres and pgcluster.unavailable():
+        parser.error(f"--postgres: {pgcluster.unavailable()}")
     if args.max_running < 1:
         parser.error("--max-running-tasks must be at least 1")
     if args.max_lines < 1 or args.line_ms < 0 or args.grace_ms < 0 or args.max_downtime_ms < 0:
@@ -1311,6 +1395,8 @@ def main(argv: Sequence[str]) -> int:
         grace_ms=args.grace_ms,
         max_downtime_ms=args.max_downtime_ms,
         wait_timeout_s=args.wait_timeout_s,
+        postgres=args.postgres,
+        db_restarts=args.db_restarts,
     )
 
     def interrupted(signum: int, frame: Any) -> None:

@@ -19,6 +19,7 @@ from twisted.trial.util import suppress as SUPPRESS
 
 from execgo import control
 from execgo.core.config import RuntimeConfig
+from tests import backends
 from tests.apifixture import MemoryRuntime, tmp_data_dir
 
 COMMAND = {"execution": {"kind": "command", "program": "/bin/true"}}
@@ -41,10 +42,13 @@ class APITestsBase(SynchronousTestCase):
     suppress = [SUPPRESS(category=BytesWarning, module="twisted.web.http_headers")]
     config_overrides: Dict[str, Any] = {}
     caps: Dict[str, Any] = {}
+    backend = backends.SQLITE_BACKEND
 
     def setUp(self) -> None:
         self.data_dir = tmp_data_dir(self)
-        config = RuntimeConfig(data_dir=self.data_dir, **self.config_overrides)
+        config = RuntimeConfig(
+            data_dir=self.data_dir, database_url=self.backend.database_url(self), **self.config_overrides
+        )
         self.rt = MemoryRuntime(self.data_dir, config, **self.caps)
         self.rt.start()
         self.addCleanup(self.rt.stop)
@@ -87,6 +91,7 @@ class APITestsBase(SynchronousTestCase):
         self.assertIsInstance(decoded["error"]["message"], str)
 
 
+@backends.each
 class SubmitTests(APITestsBase):
     """
     C{POST /api/v1/tasks}.
@@ -248,6 +253,7 @@ class SubmitTests(APITestsBase):
         )
 
 
+@backends.each
 class QueueAndQuotaTests(APITestsBase):
     """
     The queue bound and tenant quotas.
@@ -282,6 +288,7 @@ class QueueAndQuotaTests(APITestsBase):
         )
 
 
+@backends.each
 class KillTests(APITestsBase):
     """
     C{POST /api/v1/tasks/{id}/kill}.
@@ -455,6 +462,7 @@ class RoutingTests(APITestsBase):
         self.assertEqual(decoded["error"]["code"], "internal")
 
 
+@backends.each
 class RuntimeViewTests(APITestsBase):
     """
     The runtime endpoints, health and metrics.
@@ -540,3 +548,38 @@ class ClientAgainstAPITests(APITestsBase):
         final = self.rt.done(client.wait("c1"))
         self.assertTrue(final.terminal)
         self.assertEqual(attrs.asdict(final)["error"]["code"], "cancelled")
+
+
+@backends.each
+class TextTests(APITestsBase):
+    """
+    Text every store can hold: what a store could not keep (U+0000, which
+    PostgreSQL's text refuses) is refused as the client's error, on every
+    store alike, and changes nothing.
+    """
+
+    def test_nul_in_stored_strings(self) -> None:
+        """
+        U+0000 in a label, a tenant or an owner is C{400 invalid_input}
+        naming the field; nothing is stored.
+        """
+        contexts = [
+            {"labels": {"k": "a\u0000b"}},
+            {"labels": {"k\u0000": "v"}},
+            {"tenant": "t\u0000"},
+            {"owner": "o\u0000"},
+        ]
+        for context in contexts:
+            code, decoded = self.submit({**COMMAND, "control_context": context})
+            self.assertEnvelope(code, decoded, 400, "invalid_input")
+            self.assertIn("U+0000", decoded["error"]["message"])
+        code, listed, _ = self.call("GET", "/api/v1/tasks")
+        self.assertEqual((code, listed["tasks"]), (200, []))
+
+    def test_nul_in_filters(self) -> None:
+        """
+        U+0000 in a list filter is never a server error.
+        """
+        for query in ("tenant=a%00b", "owner=%00", "label=k%3D%00"):
+            code, decoded, _ = self.call("GET", f"/api/v1/tasks?{query}")
+            self.assertIn(code, (200, 400), decoded)

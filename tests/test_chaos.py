@@ -15,8 +15,9 @@ import sys
 from types import ModuleType
 from typing import Any, Dict, List
 
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from tests import pgcluster
 from tests.serverfixture import ServerProcess, supervisor_pids, workload_pids
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
@@ -139,6 +140,30 @@ class SmallChaosRunTests(SynchronousTestCase):
         for kind in ("lines", "exit_nonzero", "timeout", "kill_long", "kill_queued"):
             self.assertIn(kind, stderr)
 
+    def test_postgres_with_database_restarts(self) -> None:
+        """
+        The same run on a PostgreSQL store with two C{pg_ctl restart -m
+        fast} among the server's crashes exits 0: every task checked and
+        in its state, both restarts made.
+        """
+        if pgcluster.unavailable() is not None:
+            raise SkipTest(pgcluster.unavailable())
+        done = subprocess.run(
+            [sys.executable, CHAOS_PY, *SMALL_ARGS, "--postgres", "--db-restarts", "2", "--json"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=170,
+            check=False,
+        )
+        stderr = done.stderr.decode("utf-8", "replace")
+        self.assertEqual(done.returncode, 0, stderr[-4000:])
+        report = json.loads(done.stdout)
+        self.assertEqual(report["violations"], [])
+        self.assertEqual((report["tasks"], report["checked"]), (30, 30))
+        self.assertEqual(len(report["database_restarts"]), 2)
+        self.assertTrue(report["settings"]["postgres"])
+        self.assertIn("store postgresql", stderr)
+
     def test_help(self) -> None:
         """
         C{chaos.py --help} runs by hand and names the main flags.
@@ -148,6 +173,8 @@ class SmallChaosRunTests(SynchronousTestCase):
         )
         self.assertEqual(done.returncode, 0)
         for flag in (b"--tasks", b"--crashes", b"--max-running-tasks", b"--seed", b"--json"):
+            self.assertIn(flag, done.stdout)
+        for flag in (b"--postgres", b"--db-restarts"):
             self.assertIn(flag, done.stdout)
 
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, List, Optional, Tuple
 
+import attrs
+import psycopg
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,7 +24,7 @@ from execgo.core.config import RuntimeConfig
 from execgo.core.databaseurl import DatabaseUrl
 from execgo.core.hostfacts import HostFacts
 from execgo.host.privileges import open_passage
-from execgo.server.service import RuntimeService, ServiceEdges
+from execgo.server.service import STORE_RETRY_S, STORE_WAIT_S, RuntimeService, ServiceEdges
 from tests.fakes import FakeLink, InlinePool, run_now
 
 
@@ -313,6 +316,96 @@ class StartTests(ServiceTestCase):
         self.assertIn(f"cannot open {self.config.database_path}", failure.value.detail)
         self.assertEqual([pool.closed for pool in self.pools], [True, True])
         self.assertNotIn("link.make", self.journal)
+
+    def refusing_pools(self, refusals: int, error: Exception, after: int = 0) -> None:
+        """
+        Make the store's connection jobs fail with C{error} (a database
+        server that cannot be reached), C{refusals} of them after the
+        first C{after}; the store is the SQLite file underneath.
+        """
+        self.config = attrs.evolve(self.config, database_url="postgresql://app:secret@127.0.0.1:1/execgo")
+        left = [refusals]
+        passed = [after]
+        opened = self.open_pool
+
+        def open_pool(reactor: Any, database: DatabaseUrl, connections: int) -> JournalPool:
+            pool = opened(reactor, DatabaseUrl("sqlite", self.config.database_path), connections)
+            run = pool.runWithConnection
+
+            def refusing(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+                if passed[0] > 0:
+                    passed[0] -= 1
+                elif left[0] > 0:
+                    left[0] -= 1
+                    self.journal.append("store.refused")
+                    return defer.fail(error)
+                return run(func, *args, **kwargs)
+
+            pool.runWithConnection = refusing  # type: ignore[method-assign]
+            return pool
+
+        self.open_pool = open_pool  # type: ignore[method-assign]
+
+    def test_waits_for_the_database(self) -> None:
+        """
+        A database server that cannot be reached yet is tried again every
+        L{STORE_RETRY_S}: start-up goes on once it answers.
+        """
+        self.refusing_pools(2, psycopg.OperationalError("connection failed: Connection refused"))
+        service = self.service()
+        service.startService()
+        self.reactor.run()
+        self.assertEqual(self.journal.count("store.refused"), 1)
+        self.assertNoResult(service.started)
+        self.reactor.advance(STORE_RETRY_S)
+        self.assertEqual(self.journal.count("store.refused"), 2)
+        self.assertNoResult(service.started)
+        self.reactor.advance(STORE_RETRY_S)
+        self.successResultOf(service.started)
+        self.assertEqual(self.journal.count("store.refused"), 2)
+
+    def test_recovery_waits_for_the_database(self) -> None:
+        """
+        A database that goes away after the schema was made (a restart
+        during start-up) is waited for by recovery the same way.
+        """
+        self.refusing_pools(1, psycopg.errors.AdminShutdown("terminating connection"), after=1)
+        service = self.service()
+        service.startService()
+        self.reactor.run()
+        self.assertEqual(self.journal.count("store.refused"), 1)
+        self.assertNoResult(service.started)
+        self.reactor.advance(STORE_RETRY_S)
+        self.successResultOf(service.started)
+
+    def test_database_wait_is_bounded(self) -> None:
+        """
+        After L{STORE_WAIT_S} start-up fails, naming the store without its
+        password; the pools are closed.
+        """
+        self.refusing_pools(10_000, psycopg.OperationalError("connection failed: Connection refused"))
+        service = self.service()
+        service.startService()
+        self.reactor.run()
+        self.reactor.pump([STORE_RETRY_S] * int(STORE_WAIT_S / STORE_RETRY_S + 2))
+        failure = self.failureResultOf(service.started, errors.Internal)
+        self.assertIn("cannot open postgresql://app:***@127.0.0.1:1/execgo", failure.value.detail)
+        self.assertNotIn("secret", failure.value.detail)
+        self.assertEqual([pool.closed for pool in self.pools], [True, True])
+
+    def test_database_refusal_is_final(self) -> None:
+        """
+        A database server that refuses for good (a wrong password) fails
+        start-up at once.
+        """
+        self.refusing_pools(
+            1, psycopg.OperationalError('connection failed: FATAL:  password authentication failed for user "app"')
+        )
+        service = self.service()
+        service.startService()
+        self.reactor.run()
+        failure = self.failureResultOf(service.started, errors.Internal)
+        self.assertIn("password authentication failed", failure.value.detail)
 
     def test_cannot_listen(self) -> None:
         """

@@ -183,6 +183,12 @@ _UNUSABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
 _UNAVAILABLE_SQLSTATES = {"08", "57P01", "57P02", "57P03", "53300", "55P03", "40P01", "25006"}
 #: ... and the one that means it is full.
 _FULL_SQLSTATES = {"53100"}
+#: What a database server that refuses a connection says when it will take
+#: one again soon: starting up, shutting down, in recovery, out of slots.
+_PASSING_FATALS = ("the database system is", "too many clients", "too many connections")
+#: ... and the ones of text it cannot hold (U+0000; bytes not in its
+#: encoding): what a client sent, not a fault of the store.
+_TEXT_SQLSTATES = {"22021", "22P05"}
 #: The error a database connection pool raises for a connection that broke
 #: under a query (Twisted's C{adbapi}), matched by module and class name
 #: so that this layer need not import Twisted.
@@ -212,10 +218,16 @@ def from_storage(error: BaseException) -> ExecgoError:
         if sqlstate in _UNAVAILABLE_SQLSTATES or sqlstate[:2] in _UNAVAILABLE_SQLSTATES:
             return Unavailable(f"database error: {text}")
     name = type(error).__name__
+    if sqlstate in _TEXT_SQLSTATES:
+        return InvalidInput("text must not contain U+0000 (or bytes that are not UTF-8)")
     if type(error).__module__.startswith("psycopg"):
         # No sqlstate: the driver's own verdict, a connection that failed,
-        # was cut or is closed.
+        # was cut or is closed; a server that answered FATAL refused it for
+        # good (no such role or database, wrong password) unless it is
+        # starting, stopping or full.
         if name in ("OperationalError", "InterfaceError") and not isinstance(sqlstate, str):
+            if "FATAL:" in text and not any(word in text for word in _PASSING_FATALS):
+                return Internal(f"database error: {text}")
             return Unavailable(f"database unreachable: {text}")
         return Internal(f"database error: {text}")
     if name in ("OperationalError", "DatabaseError"):

@@ -187,13 +187,20 @@ def _validate_sandbox(sandbox: SandboxPolicy) -> None:
 
 def _validate_control_context(context: ControlContext) -> None:
     """
-    Label keys first, then the four strings must not be blank when present.
+    Label keys first, then the four strings must not be blank when
+    present; no label and none of the strings holds U+0000 (they are
+    stored as text, which PostgreSQL cannot hold it in).
     """
     _validate_map_keys(context.labels, "control_context.labels")
+    for key, value in context.labels.items():
+        if "\0" in key or "\0" in value:
+            fail("control_context.labels", f"key {show(key)}: keys and values must not contain U+0000")
     for name in ("control_plane_mode", "tenant", "owner", "expected_runtime_profile"):
         value = getattr(context, name)
         if value is not None and is_blank(value):
             fail(f"control_context.{name}", "must not be blank when present")
+        if value is not None and "\0" in value:
+            fail(f"control_context.{name}", "must not contain U+0000")
 
 
 def _validate_map_keys(mapping: Any, path: str) -> None:

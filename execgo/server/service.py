@@ -17,11 +17,12 @@ import signal
 import stat
 import sys
 import time
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Awaitable, Callable, Mapping, Optional
 
 import attrs
 from twisted.application import service
 from twisted.internet import defer, endpoints
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
@@ -67,6 +68,10 @@ PREVIEW_BUDGET_CEILINGS = 2
 #: Connections the kernel queues for accepting (it caps this at
 #: C{net.core.somaxconn}).
 LISTEN_BACKLOG = 1024
+#: How long start-up waits for a database server it cannot reach yet, and
+#: how often it tries meanwhile.
+STORE_WAIT_S = 60.0
+STORE_RETRY_S = 1.0
 
 
 def wall_ms() -> int:
@@ -269,7 +274,7 @@ class RuntimeService(service.Service):
             identity=self.identity,
         )
         link.listen(runtime)
-        await runtime.recover()
+        await self._patiently(runtime.recover, config.database)
         await link.ensure()
         runtime.accepting = True
         scheduler.start()
@@ -335,7 +340,7 @@ class RuntimeService(service.Service):
             budget=ByteBudget(PREVIEW_BUDGET_CEILINGS * config.max_output_preview_bytes),
         )
         try:
-            await store.init_schema()
+            await self._patiently(store.init_schema, database)
             if not database.is_postgres:
                 await self.edges.in_thread(private_store, database.without_password)
         except Exception as e:
@@ -349,6 +354,31 @@ class RuntimeService(service.Service):
                 " give the URL in EXECGO_RUNTIME_DATABASE_URL and the password in PGPASSWORD or ~/.pgpass"
             )
         return store
+
+    async def _patiently(self, step: Callable[[], Awaitable[Any]], database: DatabaseUrl) -> Any:
+        """
+        Run a start-up step that needs the store.  A database server that
+        cannot be reached (not started yet, restarting) is tried again
+        every L{STORE_RETRY_S} for up to L{STORE_WAIT_S}: a runtime
+        started with (or just before) its database, or restarted while it
+        restarts, waits for it.  One that refuses for good (no such role or
+        database, a wrong password) fails at once.
+        """
+        deadline = self.reactor.seconds() + STORE_WAIT_S
+        while True:
+            try:
+                return await step()
+            except Exception as e:
+                waiting = database.is_postgres and errors.from_storage(e).http_status == 503
+                if not waiting or self.reactor.seconds() >= deadline:
+                    raise
+                log.warn(
+                    "task store {database} not reachable, trying again in {seconds} s: {error}",
+                    database=database.redacted,
+                    seconds=STORE_RETRY_S,
+                    error=str(e),
+                )
+            await deferLater(self.reactor, STORE_RETRY_S, lambda: None)
 
     async def _probe(self, config: RuntimeConfig, runtime_id: str) -> Capabilities:
         """

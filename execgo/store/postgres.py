@@ -23,6 +23,7 @@ import re
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
+from execgo.core import errors
 from execgo.store import schema, tallies
 from execgo.store.backend import Backend
 
@@ -237,7 +238,12 @@ class PgConnection:
         """
         Send one statement, on a new connection when the last one was cut
         outside a transaction; keep L{in_transaction} as the server sees it.
+        Text holding U+0000, which PostgreSQL's text cannot hold, is the
+        client's error (L{errors.InvalidInput}), refused before anything
+        is sent.
         """
+        if not many and any(isinstance(value, str) and "\0" in value for value in params):
+            raise errors.InvalidInput("text must not contain U+0000")
         if self.raw.closed and not self._in_transaction:
             self.raw = self._opener()
             self.reconnects += 1
