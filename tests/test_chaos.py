@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 from types import ModuleType
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
@@ -104,15 +104,13 @@ class SmallChaosRunTests(SynchronousTestCase):
         self.assertGreater(offsets[0], 1.0)
         self.assertLess(offsets[1], span)
 
-    def test_small_run_has_no_violation(self) -> None:
+    def clean_run(self, *extra: str) -> Tuple[Dict[str, Any], str]:
         """
-        C{chaos.py} with 30 tasks and two C{kill -9}s of the server exits 0:
-        every task checked, each in the state its definition implies, the
-        supervisor survived both crashes, and the data directory was
-        removed with nothing of it left running.
+        Run C{chaos.py} small (with C{extra} arguments), require exit 0,
+        no violation and all 30 tasks checked; its report and its stderr.
         """
         done = subprocess.run(
-            [sys.executable, CHAOS_PY, *SMALL_ARGS, "--json"],
+            [sys.executable, CHAOS_PY, *SMALL_ARGS, *extra, "--json"],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=170,
@@ -120,9 +118,19 @@ class SmallChaosRunTests(SynchronousTestCase):
         )
         stderr = done.stderr.decode("utf-8", "replace")
         self.assertEqual(done.returncode, 0, stderr[-4000:])
-        report = json.loads(done.stdout)
+        report: Dict[str, Any] = json.loads(done.stdout)
         self.assertEqual(report["violations"], [])
         self.assertEqual((report["tasks"], report["checked"]), (30, 30))
+        return report, stderr
+
+    def test_small_run_has_no_violation(self) -> None:
+        """
+        C{chaos.py} with 30 tasks and two C{kill -9}s of the server exits 0:
+        every task checked, each in the state its definition implies, the
+        supervisor survived both crashes, and the data directory was
+        removed with nothing of it left running.
+        """
+        report, stderr = self.clean_run()
         self.assertEqual(len(report["crashes"]), 2)
         self.assertEqual(report["server_starts"], 3)
         outcomes = report["outcomes"]
@@ -148,18 +156,7 @@ class SmallChaosRunTests(SynchronousTestCase):
         """
         if pgcluster.unavailable() is not None:
             raise SkipTest(pgcluster.unavailable())
-        done = subprocess.run(
-            [sys.executable, CHAOS_PY, *SMALL_ARGS, "--postgres", "--db-restarts", "2", "--json"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=170,
-            check=False,
-        )
-        stderr = done.stderr.decode("utf-8", "replace")
-        self.assertEqual(done.returncode, 0, stderr[-4000:])
-        report = json.loads(done.stdout)
-        self.assertEqual(report["violations"], [])
-        self.assertEqual((report["tasks"], report["checked"]), (30, 30))
+        report, stderr = self.clean_run("--postgres", "--db-restarts", "2")
         self.assertEqual(len(report["database_restarts"]), 2)
         self.assertTrue(report["settings"]["postgres"])
         self.assertIn("store postgresql", stderr)

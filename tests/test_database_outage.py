@@ -160,3 +160,23 @@ class PostgresOutageTests(IntegrationMixin, TestCase):
         after = await self.submit(shell("true"))
         self.assertEqual((await self.wait_terminal(after, timeout=15))["status"], "success")
         self.assert_password_unseen()
+
+    async def test_tasks_do_not_see_the_store_credentials(self) -> None:
+        """
+        A task's environment holds neither the store's URL nor its
+        password, and it cannot read its supervisor's environment (which
+        holds C{PGPASSWORD}) or its command line's password (there is
+        none).
+        """
+        task_id = await self.submit(
+            shell("env; cat /proc/$PPID/environ; tr '\\0' ' ' < /proc/$PPID/cmdline; echo; cat /proc/1/environ")
+        )
+        status = await self.wait_terminal(task_id)
+        self.assertIn(status["status"], ("success", "failed"), status)
+        out = (await self.api.get(f"/api/v1/tasks/{task_id}/stdout")).body
+        err = (await self.api.get(f"/api/v1/tasks/{task_id}/stderr")).body
+        self.assertIn(b"internal-supervisor", out)
+        self.assertIn(b"Permission denied", err)
+        for secret in (PASSWORD.encode(), b"PGPASSWORD", b"EXECGO_RUNTIME_DATABASE_URL"):
+            self.assertNotIn(secret, out + err)
+        self.assert_password_unseen()

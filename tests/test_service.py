@@ -211,13 +211,20 @@ class ServiceTestCase(SynchronousTestCase):
         )
         return RuntimeService(self.reactor, self.config, {}, descriptor_limit=lambda: 4096, edges=edges)
 
-    def started(self) -> RuntimeService:
+    def begun(self) -> RuntimeService:
         """
-        A service started on a running reactor.
+        A service whose start began on a running reactor (it may wait).
         """
         service = self.service()
         service.startService()
         self.reactor.run()
+        return service
+
+    def started(self) -> RuntimeService:
+        """
+        A service started on a running reactor.
+        """
+        service = self.begun()
         self.successResultOf(service.started)
         return service
 
@@ -346,23 +353,26 @@ class StartTests(ServiceTestCase):
 
         self.open_pool = open_pool  # type: ignore[method-assign]
 
+    def assert_waits(self, refusals: int) -> None:
+        """
+        Start-up meets C{refusals} refusals, one every L{STORE_RETRY_S},
+        and has not finished until the last one is behind it.
+        """
+        service = self.begun()
+        for seen in range(1, refusals + 1):
+            self.assertEqual(self.journal.count("store.refused"), seen)
+            self.assertNoResult(service.started)
+            self.reactor.advance(STORE_RETRY_S)
+        self.successResultOf(service.started)
+        self.assertEqual(self.journal.count("store.refused"), refusals)
+
     def test_waits_for_the_database(self) -> None:
         """
         A database server that cannot be reached yet is tried again every
         L{STORE_RETRY_S}: start-up goes on once it answers.
         """
         self.refusing_pools(2, psycopg.OperationalError("connection failed: Connection refused"))
-        service = self.service()
-        service.startService()
-        self.reactor.run()
-        self.assertEqual(self.journal.count("store.refused"), 1)
-        self.assertNoResult(service.started)
-        self.reactor.advance(STORE_RETRY_S)
-        self.assertEqual(self.journal.count("store.refused"), 2)
-        self.assertNoResult(service.started)
-        self.reactor.advance(STORE_RETRY_S)
-        self.successResultOf(service.started)
-        self.assertEqual(self.journal.count("store.refused"), 2)
+        self.assert_waits(refusals=2)
 
     def test_recovery_waits_for_the_database(self) -> None:
         """
@@ -370,13 +380,7 @@ class StartTests(ServiceTestCase):
         during start-up) is waited for by recovery the same way.
         """
         self.refusing_pools(1, psycopg.errors.AdminShutdown("terminating connection"), after=1)
-        service = self.service()
-        service.startService()
-        self.reactor.run()
-        self.assertEqual(self.journal.count("store.refused"), 1)
-        self.assertNoResult(service.started)
-        self.reactor.advance(STORE_RETRY_S)
-        self.successResultOf(service.started)
+        self.assert_waits(refusals=1)
 
     def test_database_wait_is_bounded(self) -> None:
         """
@@ -384,9 +388,7 @@ class StartTests(ServiceTestCase):
         password; the pools are closed.
         """
         self.refusing_pools(10_000, psycopg.OperationalError("connection failed: Connection refused"))
-        service = self.service()
-        service.startService()
-        self.reactor.run()
+        service = self.begun()
         self.reactor.pump([STORE_RETRY_S] * int(STORE_WAIT_S / STORE_RETRY_S + 2))
         failure = self.failureResultOf(service.started, errors.Internal)
         self.assertIn("cannot open postgresql://app:***@127.0.0.1:1/execgo", failure.value.detail)
@@ -401,9 +403,7 @@ class StartTests(ServiceTestCase):
         self.refusing_pools(
             1, psycopg.OperationalError('connection failed: FATAL:  password authentication failed for user "app"')
         )
-        service = self.service()
-        service.startService()
-        self.reactor.run()
+        service = self.begun()
         failure = self.failureResultOf(service.started, errors.Internal)
         self.assertIn("password authentication failed", failure.value.detail)
 
