@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from execgo import control
 from execgo.host import privileges
 from execgo.store import transitions
+from execgo.supervisor import daemon
 from execgo.supervisor.daemon import Loop
 from tests.fakes import command, new_task
 from tests.test_engine import GRACE_S, EngineHarness
@@ -274,3 +275,32 @@ class LoopTests(EngineHarness, SynchronousTestCase):
         self.connect()
         self.assertEqual(self.supervisor.grace_s, 4.321)
         self.assertEqual(self.supervisor.rootfs_roots, ("/srv",))
+
+
+class ServeTests(SynchronousTestCase):
+    """
+    L{daemon.serve}: the end of the supervisor's loop.
+    """
+
+    def test_error_is_logged(self) -> None:
+        """
+        An error that ends the loop is written to the supervisor's log,
+        with its traceback, and the engine is closed.
+        """
+        logged: List[str] = []
+        closed: List[bool] = []
+
+        class Broken:
+            def run(self) -> None:
+                raise RuntimeError("the store went away")
+
+        class Engine:
+            def close(self) -> None:
+                closed.append(True)
+
+        with self.assertRaises(RuntimeError):
+            daemon.serve(Broken(), Engine(), logged.append)
+        self.assertEqual(closed, [True])
+        [line] = logged
+        self.assertTrue(line.startswith("supervisor stopped by an error: Traceback"))
+        self.assertIn("RuntimeError: the store went away", line)

@@ -19,7 +19,8 @@ import selectors
 import signal
 import socket
 import sys
-from typing import Callable, Dict, Optional
+import traceback
+from typing import Any, Callable, Dict, Optional
 
 from execgo import control
 from execgo.control import MAX_LINE
@@ -318,11 +319,23 @@ def run_daemon(database: str, data_dir: str, idle_exit_s: float = 10.0) -> int:
     sys.stdout.write(f"ready {os.getpid()}\n")
     sys.stdout.flush()
     _to_devnull()
+    serve(loop, supervisor, log)
+    return 0
+
+
+def serve(loop: Any, supervisor: Any, log: Callable[[str], None]) -> None:
+    """
+    Run the loop until it ends, then close the engine.  An error that
+    ends it is written to the supervisor's log first: once serving, the
+    supervisor's standard streams lead nowhere.
+    """
     try:
         loop.run()
+    except BaseException:
+        log("supervisor stopped by an error: " + traceback.format_exc())
+        raise
     finally:
         supervisor.close()
-    return 0
 
 
 def _to_devnull() -> None:
