@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any
+from typing import Any, List
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from execgo.core import errors
 from execgo.store import connection, postgres, schema, tallies
 from tests import backends
 
@@ -208,3 +209,102 @@ class PgReconnectTests(PgTestCase):
         with self.assertRaises(postgres.POSTGRES.OperationalError):
             self.conn.execute("INSERT INTO runtime_counters VALUES ('a', '', 1)")
         self.assertEqual(self.conn.execute("SELECT COUNT(*) FROM runtime_counters").fetchone()[0], 0)
+
+
+class ExecuteLaterTests(PgTestCase):
+    """
+    L{postgres.PgConnection.execute_later}: a statement whose result
+    nobody reads goes with the next one.
+    """
+
+    insert = "INSERT INTO runtime_counters VALUES (?, '', 1)"
+
+    def names(self, conn: Any) -> List[str]:
+        return [row[0] for row in conn.execute("SELECT name FROM runtime_counters ORDER BY name")]
+
+    def test_outside_a_transaction_at_once(self) -> None:
+        """
+        Outside a transaction it runs (and commits) at once.
+        """
+        self.conn.execute_later(self.insert, ("a",))
+        self.assertEqual(self.names(backends.POSTGRES_BACKEND.reopen(self, self.conn)), ["a"])
+
+    def test_goes_with_the_next_statement(self) -> None:
+        """
+        Inside a transaction it is not sent until the next statement,
+        which sees it; the commit makes it last.
+        """
+        other = backends.POSTGRES_BACKEND.reopen(self, self.conn)
+        with connection.transaction(self.conn):
+            self.conn.execute_later(self.insert, ("a",))
+            self.conn.execute_later(self.insert, ("b",))
+            self.assertEqual(self.conn._later, [(self.insert, ("a",)), (self.insert, ("b",))])
+            self.assertEqual(self.names(self.conn), ["a", "b"])
+            self.conn.execute_later(self.insert, ("c",))
+        self.assertEqual(self.conn._later, [])
+        self.assertEqual(self.names(other), ["a", "b", "c"])
+
+    def test_its_error_is_the_next_statements(self) -> None:
+        """
+        A waiting statement that fails fails the statement it went with,
+        and the transaction rolls back whole.
+        """
+        with self.assertRaises(postgres.POSTGRES.IntegrityError):
+            with connection.transaction(self.conn):
+                self.conn.execute(self.insert, ("a",))
+                self.conn.execute_later(self.insert, ("a",))
+        self.assertFalse(self.conn.in_transaction)
+        self.assertEqual(self.names(self.conn), [])
+
+    def test_rolled_back_unsent(self) -> None:
+        """
+        A rollback to a savepoint drops what waits (it came after it); the
+        rest of the transaction commits.
+        """
+        with connection.transaction(self.conn):
+            self.conn.execute_later(self.insert, ("a",))
+            self.conn.execute("SAVEPOINT s")
+            self.conn.execute_later(self.insert, ("b",))
+            self.conn.execute("ROLLBACK TO s")
+            self.conn.execute("RELEASE s")
+        self.assertEqual(self.names(self.conn), ["a"])
+
+    def test_nul_refused_before_sending(self) -> None:
+        """
+        Text PostgreSQL cannot hold is the client's error at once.
+        """
+        with connection.transaction(self.conn):
+            with self.assertRaises(errors.InvalidInput):
+                self.conn.execute_later(self.insert, ("a\0b",))
+        self.assertEqual(self.names(self.conn), [])
+
+    def test_grouped_writes_fail_alone(self) -> None:
+        """
+        Writes grouped in one transaction (the server's batches): one
+        whose late statement fails fails alone, the others commit.
+        """
+        from execgo.server.batching import run_jobs
+
+        def write(name: str) -> Any:
+            return lambda conn, value: conn.execute_later(self.insert, (name,))
+
+        jobs = [(lambda conn: None, (), write(name)) for name in ("a", "a", "b")]
+        results = run_jobs(self.conn, jobs, connection.transaction)
+        self.assertEqual([ok for ok, _ in results], [True, False, True])
+        self.assertIsInstance(results[1][1].value, postgres.POSTGRES.IntegrityError)
+        self.assertEqual(self.names(self.conn), ["a", "b"])
+
+    def test_send_waiting(self) -> None:
+        """
+        What waits can be sent at once, its error then raised there.
+        """
+        with self.assertRaises(postgres.POSTGRES.IntegrityError):
+            with connection.transaction(self.conn):
+                self.conn.execute(self.insert, ("a",))
+                self.conn.execute_later(self.insert, ("a",))
+                self.assertEqual(len(self.conn._later), 1)
+                try:
+                    self.conn.send_waiting()
+                finally:
+                    self.assertEqual(self.conn._later, [])
+        self.assertEqual(self.names(self.conn), [])

@@ -41,6 +41,16 @@ def _call(func: Callable[..., Any], *args: Any) -> Result:
         return (False, Failure())
 
 
+def _released(write: Callable[[Any, Any], Any], conn: Any, value: Any) -> Any:
+    """
+    C{write(conn, value)}, then its savepoint released: a statement of it
+    that the store sends late (with the next one) fails the write itself.
+    """
+    result = write(conn, value)
+    conn.execute("RELEASE grouped_write")
+    return result
+
+
 def _write_group(
     conn: Any, group: Optional[Group], writes: List[Tuple[int, Callable[[Any, Any], Any]]], results: List[Result]
 ) -> None:
@@ -54,10 +64,10 @@ def _write_group(
         with group(conn):
             for index, write in writes:
                 conn.execute("SAVEPOINT grouped_write")
-                results[index] = _call(write, conn, results[index][1])
+                results[index] = _call(_released, write, conn, results[index][1])
                 if not results[index][0]:
                     conn.execute("ROLLBACK TO grouped_write")
-                conn.execute("RELEASE grouped_write")
+                    conn.execute("RELEASE grouped_write")
     except Exception:
         failure = Failure()
         for index, _ in writes:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Any, Callable, ClassVar, Optional, Type
+from typing import Any, Callable, ClassVar, Optional, Sequence, Type
 
 import attrs
 
@@ -49,6 +49,11 @@ class Backend:
         (L{execgo.store.connection.rows}).
     @ivar init_schema: creates or migrates the store's schema on this
         engine; C{None}: the SQLite schema of L{execgo.store.schema}.
+    @ivar execute_later: C{(conn, sql, params)}: runs a statement whose
+        result nobody reads, at once or (inside a transaction, on an
+        engine with round trips to save) with the next statement.
+    @ivar send_waiting: C{(conn)}: sends what L{execute_later} left
+        waiting now, so that its errors are known before what follows.
     """
 
     name: str
@@ -59,6 +64,8 @@ class Backend:
     OperationalError: Type[Exception]
     row_factory: Any
     init_schema: Optional[Callable[[Any], None]] = None
+    execute_later: Callable[[Any, str, Sequence[Any]], None] = lambda conn, sql, params: conn.execute(sql, params)
+    send_waiting: Callable[[Any], None] = lambda conn: None
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:

@@ -13,6 +13,7 @@ import sqlite3
 from typing import Any, List, Optional, Sequence, Tuple
 
 from execgo.core.records import Event
+from execgo.store.backend import backend_of
 from execgo.store.connection import dumps_sorted, rows
 from execgo.store.reads import task_exists, task_status
 
@@ -37,9 +38,10 @@ NewEvent = Tuple[str, Optional[str], int, Any]
 
 def append_events(conn: sqlite3.Connection, task_id: str, events: Sequence[NewEvent]) -> None:
     """
-    Append several events of one change, in order, in one statement (one
-    round trip to a database server instead of one each); call inside the
-    transaction of the change they record.
+    Append several events of one change, in order, in one statement that
+    goes with the transaction's next one (one round trip to a database
+    server instead of one each); call inside the transaction of the change
+    they record.
     """
     if not events:
         return
@@ -47,8 +49,8 @@ def append_events(conn: sqlite3.Connection, task_id: str, events: Sequence[NewEv
     params: List[Any] = []
     for event_type, message, timestamp_ms, data in events:
         params += [task_id, event_type, timestamp_ms, message, None if data is None else dumps_sorted(data)]
-    conn.execute(
-        f"INSERT INTO task_events (task_id, event_type, timestamp_ms, message, data_json) VALUES {values}", params
+    backend_of(conn).execute_later(
+        conn, f"INSERT INTO task_events (task_id, event_type, timestamp_ms, message, data_json) VALUES {values}", params
     )
 
 

@@ -153,6 +153,17 @@ class PgCursor:
             self._cursor.close()
 
 
+def _check_text(params: Any) -> None:
+    """
+    Text holding U+0000, which PostgreSQL's text cannot hold, is the
+    client's error, refused before anything is sent.
+
+    @raise errors.InvalidInput: for such text among C{params}.
+    """
+    if any(isinstance(value, str) and "\0" in value for value in params):
+        raise errors.InvalidInput("text must not contain U+0000")
+
+
 #: The sqlstates of a session the server ended (class 08: connection
 #: exceptions; 57P01-57P03: shut down, crashed, not yet accepting).
 _CUT_SQLSTATES = ("08", "57P01", "57P02", "57P03")
@@ -182,6 +193,7 @@ class PgConnection:
         self.raw = opener()
         self.reconnects = 0
         self._in_transaction = False
+        self._later: List[Tuple[str, Tuple[Any, ...]]] = []
 
     @property
     def backend(self) -> Backend:
@@ -216,9 +228,13 @@ class PgConnection:
         and C{ROLLBACK} open and end the transaction.
         """
         verb = sql.lstrip()[:8].upper()
-        if verb.startswith("ROLLBACK") and " TO " not in sql.upper():
-            self.rollback()
-            return None
+        if verb.startswith("ROLLBACK"):
+            # What waits to be sent came after the last statement sent, so
+            # after any savepoint: rolled back, it need not be sent at all.
+            self._later = []
+            if " TO " not in sql.upper():
+                self.rollback()
+                return None
         again = not self._in_transaction and verb.startswith(("BEGIN", "SELECT"))
         try:
             return self._send(verb, sql, params, many)
@@ -237,21 +253,31 @@ class PgConnection:
     def _send(self, verb: str, sql: str, params: Any, many: bool) -> Any:
         """
         Send one statement, on a new connection when the last one was cut
-        outside a transaction; keep L{in_transaction} as the server sees it.
-        Text holding U+0000, which PostgreSQL's text cannot hold, is the
-        client's error (L{errors.InvalidInput}), refused before anything
-        is sent.
+        outside a transaction, after what waits to be sent
+        (L{execute_later}), in the same round trip; keep L{in_transaction}
+        as the server sees it.  Text holding U+0000 is refused first
+        (L{_check_text}).
         """
-        if not many and any(isinstance(value, str) and "\0" in value for value in params):
-            raise errors.InvalidInput("text must not contain U+0000")
+        if not many:
+            _check_text(params)
         if self.raw.closed and not self._in_transaction:
             self.raw = self._opener()
             self.reconnects += 1
         cursor = self.raw.cursor(row_factory=_row_maker)
         if verb.startswith("BEGIN"):
             self._in_transaction = True
+        later, self._later = self._later, []
         try:
-            if many:
+            if later:
+                # What waited goes in the same round trip, first.
+                with self.raw.pipeline():
+                    for waiting_sql, waiting_params in later:
+                        self.raw.cursor().execute(translate(waiting_sql), waiting_params)
+                    if many:
+                        cursor.executemany(translate(sql), params)
+                    else:
+                        cursor.execute(translate(sql), tuple(params))
+            elif many:
                 cursor.executemany(translate(sql), params)
             elif params:
                 cursor.execute(translate(sql), tuple(params))
@@ -264,15 +290,47 @@ class PgConnection:
             # ROLLBACK: no later statement of it runs on a new connection.
             if verb.startswith(("BEGIN", "COMMIT")):
                 self._in_transaction = False
-            if verb.startswith("BEGIN") and not self.raw.closed:
-                # A BEGIN that went through before the lock failed: end it.
-                self._end_aborted()
+                if not self.raw.closed:
+                    # A BEGIN that went through before the lock failed, a
+                    # COMMIT never reached after a statement sent with it
+                    # failed: the transaction ends here.
+                    self._end_aborted()
             if isinstance(e, POSTGRES.OperationalError) and self._cut(e):
                 self.raw.close()
             raise
         if verb.startswith("COMMIT"):
             self._in_transaction = False
         return cursor
+
+    def execute_later(self, sql: str, params: Sequence[Any]) -> None:
+        """
+        Run a statement whose result nobody reads: inside a transaction it
+        waits and goes with the next statement, in the same round trip
+        (C{psycopg}'s pipeline mode); its error, if any, is that
+        statement's.  Outside one it runs now.
+        """
+        if not self._in_transaction:
+            self.execute(sql, params)
+            return
+        _check_text(params)
+        self._later.append((sql, tuple(params)))
+
+    def send_waiting(self) -> None:
+        """
+        Send what L{execute_later} left waiting, now (one round trip), so
+        that its errors are known before what follows.
+        """
+        if not self._later:
+            return
+        later, self._later = self._later, []
+        try:
+            with self.raw.pipeline():
+                for sql, params in later:
+                    self.raw.cursor().execute(translate(sql), params)
+        except POSTGRES.OperationalError as e:
+            if self._cut(e):
+                self.raw.close()
+            raise
 
     def _end_aborted(self) -> None:
         """
@@ -547,4 +605,6 @@ POSTGRES = Backend(
     OperationalError=_OperationalError,
     row_factory=None,
     init_schema=init_schema,
+    execute_later=lambda conn, sql, params: conn.execute_later(sql, params),
+    send_waiting=lambda conn: conn.send_waiting(),
 )

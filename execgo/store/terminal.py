@@ -109,8 +109,10 @@ def write_terminal(
         if row is None:
             return False
         reservation_json, reserved = row
-        # The reservation is released in the same statement.
-        conn.execute(
+        # The reservation is released in the same statement; the row is
+        # locked and known, so its result says nothing new.
+        backend_of(conn).execute_later(
+            conn,
             "UPDATE tasks SET status = ?, finished_at_ms = ?, updated_at_ms = ?, duration_ms = ?,"
             " exit_code = ?, exit_signal = ?, error_code = ?, error_json = ?, usage_json = ?,"
             " released_at_ms = CASE WHEN ? THEN ? ELSE released_at_ms END"
@@ -324,6 +326,8 @@ def commit(conn: sqlite3.Connection, writes: Sequence[TerminalWrite], before: Ca
             done = before(conn)
             for write in writes:
                 write.write(conn)
+            # Every row written before any file is placed.
+            backend_of(conn).send_waiting(conn)
             for write in writes:
                 write.place(conn)
     except BaseException:

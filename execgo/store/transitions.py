@@ -139,7 +139,9 @@ def claim(
             if run_as is None:
                 raise NoIdentity(identity.describe())
         reservation = Reservation.for_limits(record.limits)
-        conn.execute(
+        # The row is locked and known: the update's result says nothing new.
+        backend_of(conn).execute_later(
+            conn,
             "UPDATE tasks SET status = ?, shim_pid = ?, reservation_json = ?, reserved_at_ms = ?,"
             " released_at_ms = NULL, updated_at_ms = ?, run_uid = ?, run_gid = ? WHERE task_id = ?",
             (
@@ -228,7 +230,8 @@ def _release_in_txn(conn: sqlite3.Connection, task_id: str, now_ms: int, message
     ).fetchone()
     if row is None:
         return
-    conn.execute(
+    backend_of(conn).execute_later(
+        conn,
         "UPDATE tasks SET released_at_ms = ?, updated_at_ms = ? WHERE task_id = ?",
         (now_ms, now_ms, task_id),
     )
