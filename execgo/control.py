@@ -363,18 +363,24 @@ class Shutdown:
 @attrs.frozen
 class Hello:
     """
-    The supervisor's greeting on a new connection: its pid and the tasks
-    it runs.
+    The supervisor's greeting on a new connection: its pid, the tasks it
+    runs and the store it runs them on (the SQLite file's path or the
+    PostgreSQL URL without its password; C{None} from a supervisor that
+    does not say).
     """
 
     pid: int
     running: Tuple[str, ...] = ()
+    store: Optional[str] = None
 
     def to_json(self) -> Dict[str, Any]:
         """
         The wire form.
         """
-        return {"ev": "hello", "pid": self.pid, "running": list(self.running)}
+        wire: Dict[str, Any] = {"ev": "hello", "pid": self.pid, "running": list(self.running)}
+        if self.store is not None:
+            wire["store"] = self.store
+        return wire
 
 
 @attrs.frozen
@@ -493,7 +499,12 @@ def decode_report(line: bytes) -> Optional[Report]:
         running = data.get("running")
         if pid is None:
             return None
-        return Hello(pid, tuple(r for r in running if isinstance(r, str)) if isinstance(running, list) else ())
+        store = data.get("store")
+        return Hello(
+            pid,
+            tuple(r for r in running if isinstance(r, str)) if isinstance(running, list) else (),
+            store if isinstance(store, str) else None,
+        )
     if ev == "finished" and task_id is not None:
         status = data.get("status")
         return Finished(task_id, status if isinstance(status, dict) else None)

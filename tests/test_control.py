@@ -187,6 +187,7 @@ class MessageTests(SynchronousTestCase):
         orders = [control.Launch(("a", "b")), control.Kill("a"), control.Ping(7), control.Shutdown()]
         reports = [
             control.Hello(42, ("a",)),
+            control.Hello(42, ("a",), "postgresql://app@db/execgo"),
             control.Finished("a"),
             control.Finished("a", {"task_id": "a", "status": "success"}),
             control.Declined("a"),

@@ -95,12 +95,12 @@ class LoopTests(EngineHarness, SynchronousTestCase):
 
     def test_hello(self) -> None:
         """
-        A connection is greeted with this process's pid and the tasks
-        supervised here.
+        A connection is greeted with this process's pid, the tasks
+        supervised here and the store they are on.
         """
         self.launch("running")
         server = self.connect()
-        self.assertEqual(self.received(server), [control.Hello(os.getpid(), ("running",))])
+        self.assertEqual(self.received(server), [control.Hello(os.getpid(), ("running",), self.db)])
 
     def test_launch_then_finished(self) -> None:
         """

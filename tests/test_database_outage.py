@@ -23,7 +23,16 @@ from twisted.trial.unittest import TestCase
 
 from execgo.host.procinfo import supervisor_pids
 from tests import backends, pgcluster
-from tests.serverfixture import ApiClient, ServerProcess, clean_environ, poll, sleep
+from tests.serverfixture import (
+    ApiClient,
+    ServerProcess,
+    ServerStartError,
+    clean_environ,
+    kill_leftovers,
+    poll,
+    process_alive,
+    sleep,
+)
 from tests.test_integration import IntegrationMixin
 
 ROLE = "execgo_app"
@@ -180,3 +189,22 @@ class PostgresOutageTests(IntegrationMixin, TestCase):
         for secret in (PASSWORD.encode(), b"PGPASSWORD", b"EXECGO_RUNTIME_DATABASE_URL"):
             self.assertNotIn(secret, out + err)
         self.assert_password_unseen()
+
+    async def test_supervisor_of_another_store_refused(self) -> None:
+        """
+        A server started on a data directory whose supervisor still runs
+        tasks on another store refuses to start, saying so (it would order
+        tasks its supervisor cannot find).
+        """
+        task_id = await self.submit(shell("sleep 30"))
+        started = await self.wait_started(task_id)
+        await self.server.stop()
+        other = ServerProcess(self._reactor(), self.server.data_dir, GRACE, env=clean_environ())
+        with self.assertRaises(ServerStartError) as caught:
+            await other.start()
+        self.assertIn("runs its tasks on another store", str(caught.exception))
+        self.assertIn(f"/{DATABASE}", str(caught.exception))
+        self.assertNotIn(PASSWORD, str(caught.exception))
+        # The refusal harmed nothing: the task still runs (ended here).
+        self.assertTrue(process_alive(started["pid"]))
+        self.assertIn(started["pid"], await kill_leftovers(self._reactor(), self.server.data_dir))

@@ -176,6 +176,9 @@ class SupervisorLink:
     @param secret_env: what the supervisor's environment holds beyond the
         server's own and nobody may see on its command line (the store's
         C{PGPASSWORD}).
+    @param store: this server's store as a supervisor names it (the SQLite
+        file's path or the URL without its password): a supervisor that
+        runs its tasks on another store is refused.
     @param kill: C{os.kill}, injected.
     @param supervisor_alive: whether a pid is a live execgo supervisor.
     """
@@ -188,11 +191,13 @@ class SupervisorLink:
         kill: Callable[[int, int], None] = os.kill,
         supervisor_alive: Callable[[int], bool] = is_supervisor,
         secret_env: Optional[Dict[str, str]] = None,
+        store: Optional[str] = None,
     ) -> None:
         self.reactor = reactor
         self.data_dir = data_dir
         self.command = list(command)
         self.secret_env = dict(secret_env or {})
+        self.store = store
         self.listener: Optional[SupervisorListener] = None
         self.kill_process = kill
         self.supervisor_alive = supervisor_alive
@@ -256,7 +261,7 @@ class SupervisorLink:
         """
         The supervisor's pid, once the kernel's word on the peer agrees
         with its greeting: our uid, the pid it claims, an execgo
-        supervisor.
+        supervisor; and once its store is ours.
 
         @raise SupervisorStartError: when it does not.
         """
@@ -273,6 +278,11 @@ class SupervisorLink:
                 claimed=claimed,
             )
             raise SupervisorStartError(f"control peer pid {peer.pid} uid {peer.uid} is not our supervisor")
+        if hello.store is not None and self.store is not None and hello.store != self.store:
+            raise SupervisorStartError(
+                f"the supervisor {claimed} of {self.data_dir} runs its tasks on another store ({hello.store}):"
+                " start this server with that store, or stop that supervisor (it exits once its tasks end)"
+            )
         return peer.pid
 
     async def _start(self) -> None:

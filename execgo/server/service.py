@@ -145,7 +145,9 @@ def supervisor_link(reactor: Any, database: DatabaseUrl, data_dir: str) -> Super
     its command line, its password (if any) in its environment.
     """
     command = supervisor_command(database.without_password, data_dir)
-    return SupervisorLink(reactor, data_dir, command, secret_env=database.secret_env())
+    return SupervisorLink(
+        reactor, data_dir, command, secret_env=database.secret_env(), store=database.without_password
+    )
 
 
 @attrs.frozen

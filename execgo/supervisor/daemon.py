@@ -169,7 +169,7 @@ class Loop:
         connection = _Connection(sock, self)
         self.connections[sock.fileno()] = connection
         self.selector.register(sock, selectors.EVENT_READ, connection.readable)
-        connection.send(control.Hello(os.getpid(), tuple(sorted(self.supervisor.by_task))))
+        connection.send(control.Hello(os.getpid(), tuple(sorted(self.supervisor.by_task)), self.supervisor.store))
 
     def want_read(self, connection: _Connection) -> None:
         """

@@ -80,6 +80,7 @@ class Supervisor:
     @param wall_ms: wall clock, epoch milliseconds, for what is recorded.
     @param log: takes each line worth an operator's attention.
 
+    @ivar store: where its store is (C{db_path}), as its greeting says.
     @ivar listeners: each is called with every report for connected
         servers (L{emit}).
     @ivar by_pid: the running workloads by leader pid, until the leader
@@ -112,6 +113,7 @@ class Supervisor:
         self._facilities: Dict[str, Optional[Cgroups]] = {}
         self.identity = identity
         self.rootfs_roots = rootfs_roots
+        self.store = db_path
         self.conn = opening.connect(db_path)
         if connection.backend_of(self.conn) is SQLITE:
             # Checkpoints (the only writes SQLite syncs to disk here) are
