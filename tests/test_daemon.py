@@ -13,11 +13,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from typing import List
+from typing import Any, List
 
+import psycopg
 from twisted.trial.unittest import SynchronousTestCase
 
 from execgo import control
+from execgo.core.databaseurl import STORE_RETRY_S, STORE_WAIT_S
 from execgo.host import privileges
 from execgo.store import transitions
 from execgo.supervisor import daemon
@@ -279,7 +281,8 @@ class LoopTests(EngineHarness, SynchronousTestCase):
 
 class ServeTests(SynchronousTestCase):
     """
-    L{daemon.serve}: the end of the supervisor's loop.
+    The daemon's start on its store (L{daemon.open_engine}) and the end of
+    its loop (L{daemon.serve}).
     """
 
     def test_error_is_logged(self) -> None:
@@ -304,3 +307,46 @@ class ServeTests(SynchronousTestCase):
         [line] = logged
         self.assertTrue(line.startswith("supervisor stopped by an error: Traceback"))
         self.assertIn("RuntimeError: the store went away", line)
+
+    def test_store_waited_for(self) -> None:
+        """
+        A store that cannot be reached yet is tried again every
+        L{STORE_RETRY_S}, each try logged, until it opens.
+        """
+        logged: List[str] = []
+        slept: List[float] = []
+        tries = [psycopg.OperationalError("connection failed: Connection refused")] * 2
+
+        def build(database: str, settings: Any, log: Any) -> Any:
+            if tries:
+                raise tries.pop()
+            return "engine"
+
+        engine = daemon.open_engine("postgresql://x@h/db", None, logged.append, build, slept.append, lambda: 0.0)
+        self.assertEqual((engine, slept, len(logged)), ("engine", [STORE_RETRY_S] * 2, 2))
+        self.assertTrue(logged[0].startswith("store not reachable yet"))
+
+    def test_store_wait_bounded_and_refusal_final(self) -> None:
+        """
+        After L{STORE_WAIT_S} the last error is raised; a refusal for good
+        (a wrong password) at once.
+        """
+        now = [0.0]
+
+        def build(database: str, settings: Any, log: Any) -> Any:
+            raise psycopg.OperationalError("connection failed: Connection refused")
+
+        def sleep(seconds: float) -> None:
+            now[0] += seconds
+
+        with self.assertRaises(psycopg.OperationalError):
+            daemon.open_engine("postgresql://x@h/db", None, lambda line: None, build, sleep, lambda: now[0])
+        self.assertGreaterEqual(now[0], STORE_WAIT_S)
+
+        def refused(database: str, settings: Any, log: Any) -> Any:
+            raise psycopg.OperationalError("connection failed: FATAL:  password authentication failed")
+
+        slept: List[float] = []
+        with self.assertRaises(psycopg.OperationalError):
+            daemon.open_engine("postgresql://x@h/db", None, lambda line: None, refused, slept.append, lambda: 0.0)
+        self.assertEqual(slept, [])

@@ -21,10 +21,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from execgo.core import errors
 from execgo.core.config import RuntimeConfig
-from execgo.core.databaseurl import DatabaseUrl
+from execgo.core.databaseurl import STORE_RETRY_S, STORE_WAIT_S, DatabaseUrl
 from execgo.core.hostfacts import HostFacts
 from execgo.host.privileges import open_passage
-from execgo.server.service import STORE_RETRY_S, STORE_WAIT_S, RuntimeService, ServiceEdges
+from execgo.server.service import RuntimeService, ServiceEdges
 from tests.fakes import FakeLink, InlinePool, run_now
 
 

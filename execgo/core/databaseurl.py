@@ -35,6 +35,12 @@ SQLITE_URLS = ("sqlite:", "sqlite://")
 #: nothing (libpq would wait for as long as TCP does).
 DEFAULT_CONNECT_TIMEOUT_S = 5
 
+#: How long a process starting on a store (the server, the supervisor)
+#: waits for a database server it cannot reach yet, and how often it
+#: tries meanwhile.
+STORE_WAIT_S = 60.0
+STORE_RETRY_S = 1.0
+
 _MASK = "***"
 
 

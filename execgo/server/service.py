@@ -37,7 +37,7 @@ from execgo.control import (
 from execgo.core import errors
 from execgo.core.capabilities import Capabilities, build_capabilities
 from execgo.core.config import RuntimeConfig, parse_listen_addr
-from execgo.core.databaseurl import DatabaseUrl
+from execgo.core.databaseurl import STORE_RETRY_S, STORE_WAIT_S, DatabaseUrl
 from execgo.core.hostfacts import HostFacts
 from execgo.core.ledger import Ledger
 from execgo.core.quotas import parse_tenant_quotas
@@ -68,10 +68,6 @@ PREVIEW_BUDGET_CEILINGS = 2
 #: Connections the kernel queues for accepting (it caps this at
 #: C{net.core.somaxconn}).
 LISTEN_BACKLOG = 1024
-#: How long start-up waits for a database server it cannot reach yet, and
-#: how often it tries meanwhile.
-STORE_WAIT_S = 60.0
-STORE_RETRY_S = 1.0
 
 
 def wall_ms() -> int:

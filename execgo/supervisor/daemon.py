@@ -19,11 +19,14 @@ import selectors
 import signal
 import socket
 import sys
+import time
 import traceback
 from typing import Any, Callable, Dict, Optional
 
 from execgo import control
 from execgo.control import MAX_LINE
+from execgo.core import errors
+from execgo.core.databaseurl import STORE_RETRY_S, STORE_WAIT_S
 from execgo.host import privileges
 from execgo.supervisor.engine import Supervisor
 from execgo.supervisor.plumbing import (
@@ -309,7 +312,7 @@ def run_daemon(database: str, data_dir: str, idle_exit_s: float = 10.0) -> int:
         settings = control.read_settings(data_dir)
         if settings is None:
             raise control.ChannelError(f"no supervisor settings in {control.run_dir(data_dir)}")
-        supervisor = build_engine(database, settings, log)
+        supervisor = open_engine(database, settings, log)
         loop = Loop(supervisor, data_dir, idle_exit_s, log)
         loop.bind()
     except (OSError, control.ChannelError) as e:
@@ -321,6 +324,34 @@ def run_daemon(database: str, data_dir: str, idle_exit_s: float = 10.0) -> int:
     _to_devnull()
     serve(loop, supervisor, log)
     return 0
+
+
+def open_engine(
+    database: str,
+    settings: control.SupervisorSettings,
+    log: Callable[[str], None],
+    build: Callable[..., Supervisor] = build_engine,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Supervisor:
+    """
+    The engine over the store C{database}; a database server that cannot
+    be reached yet (restarting, not started) is tried again every
+    L{STORE_RETRY_S} for up to L{STORE_WAIT_S}, as the server does at its
+    start, so that a supervisor started during an outage waits it out.
+
+    @raise Exception: what opening the store raised last, or at once when
+        it refused for good.
+    """
+    deadline = clock() + STORE_WAIT_S
+    while True:
+        try:
+            return build(database, settings, log)
+        except Exception as e:
+            if errors.from_storage(e).http_status != 503 or clock() >= deadline:
+                raise
+            log(f"store not reachable yet, trying again in {STORE_RETRY_S:g} s: {e}")
+        sleep(STORE_RETRY_S)
 
 
 def serve(loop: Any, supervisor: Any, log: Callable[[str], None]) -> None:
