@@ -208,3 +208,26 @@ class PostgresOutageTests(IntegrationMixin, TestCase):
         # The refusal harmed nothing: the task still runs (ended here).
         self.assertTrue(process_alive(started["pid"]))
         self.assertIn(started["pid"], await kill_leftovers(self._reactor(), self.server.data_dir))
+
+    async def test_password_from_a_password_file(self) -> None:
+        """
+        libpq's conventions hold: a URL without a password and a password
+        file (C{PGPASSFILE}, as C{~/.pgpass} is) let the server and its
+        supervisor in; tasks run.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        passfile = os.path.join(directory, "pgpass")
+        with open(passfile, "w", encoding="utf-8") as f:
+            f.write(f"127.0.0.1:{self.cluster.port}:{DATABASE}:{ROLE}:{PASSWORD}\n")
+        os.chmod(passfile, 0o600)
+        url = f"postgresql://{ROLE}@127.0.0.1:{self.cluster.port}/{DATABASE}"
+        env = clean_environ({"EXECGO_RUNTIME_DATABASE_URL": url, "PGPASSFILE": passfile})
+        env.pop("PGPASSWORD", None)
+        server = ServerProcess(self._reactor(), os.path.join(directory, "data"), GRACE, env=env)
+        self.addCleanup(server.shutdown)
+        await server.start()
+        api = server.client(self)
+        task_id = await self.submit(shell("echo via-pgpass"), api=api)
+        status = await self.wait_terminal(task_id, api=api)
+        self.assertEqual(status["status"], "success", status)
