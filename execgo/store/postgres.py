@@ -1,9 +1,10 @@
-# -*- test-case-name: tests.test_store -*-
+# -*- test-case-name: tests.test_postgres,tests.test_store,tests.test_database_outage -*-
 """
 The task store on PostgreSQL: the L{POSTGRES} backend, L{PgConnection}
 (a C{psycopg} connection offering the surface of a C{sqlite3} one that
-the store's functions use) and the store's schema on PostgreSQL
-(L{init_schema}).
+the store's functions use, which survives a server restart and saves
+round trips) and the store's schema on PostgreSQL, by versions
+(L{MIGRATIONS}, L{init_schema}).
 
 Writers are serialised as on SQLite: every write transaction takes one
 transaction-scoped advisory lock (L{WRITE_LOCK}), so the order of event
@@ -183,6 +184,9 @@ class PgConnection:
     statement inside a transaction the cut ended fails, and so does every
     later one until its C{ROLLBACK}: no part of a transaction ever runs on
     the new connection.
+
+    Inside a transaction, a statement whose result nobody reads waits and
+    goes with the next statement, in one round trip (L{execute_later}).
 
     @ivar raw: the C{psycopg} connection.
     @ivar reconnects: how many times it opened a new one.
