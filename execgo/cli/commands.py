@@ -31,8 +31,8 @@ from execgo.cli.core import (
     task_url,
 )
 from execgo.cli.follow import binary_sink, follow_events
-from execgo.cli.output import STATUSES
 from execgo.client.protocol import TASKS_PATH, list_query
+from execgo.core.constants import ALL_STATUSES
 from execgo.core.protocol import NDJSON_TYPE
 
 
@@ -61,7 +61,7 @@ def _page(body: bytes) -> Tuple[List[Any], Optional[str]]:
 
 @click.command("list")
 @server_option
-@click.option("--status", type=click.Choice(STATUSES), help="Only tasks in this status.")
+@click.option("--status", type=click.Choice(ALL_STATUSES), help="Only tasks in this status.")
 @click.option("--tenant", metavar="TENANT", help="Only tasks of this tenant.")
 @click.option("--owner", metavar="OWNER", help="Only tasks of this owner.")
 @click.option(

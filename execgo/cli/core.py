@@ -28,6 +28,7 @@ from execgo.cli import sync_http
 from execgo.cli.output import MalformedStatus
 from execgo.client.errors import MalformedResponse, TransportError
 from execgo.client.protocol import TASKS_PATH
+from execgo.core.constants import UINT64_MAX
 from execgo.core.errors import ExecgoError
 from execgo.core.protocol import JSON_TYPE
 
@@ -36,7 +37,6 @@ DEFAULT_SERVER = "http://127.0.0.1:8080"
 OWNER_ENV = "EXECGO_RUNTIME_OWNER"
 TOKEN_ENV = "EXECGO_RUNTIME_TOKEN"
 
-_UINT_MAX = 2**64 - 1
 _COMMAND_ORDER = (
     "serve",
     "submit",
@@ -154,8 +154,8 @@ class UnsignedInt(click.ParamType):
             number = int(value)
         else:
             self.fail(f"{value!r} is not a non-negative decimal integer", param, ctx)
-        if number > _UINT_MAX:
-            self.fail(f"{value!r} is too large (maximum {_UINT_MAX})", param, ctx)
+        if number > UINT64_MAX:
+            self.fail(f"{value!r} is too large (maximum {UINT64_MAX})", param, ctx)
         return number
 
 

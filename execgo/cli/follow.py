@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequen
 
 from execgo.cli import sync_http
 from execgo.cli.core import CliEnvironment, checked, fail, task_url
-from execgo.cli.output import TERMINAL, decode_task_status
+from execgo.cli.output import decode_task_status
 from execgo.client.errors import StreamInterrupted, TransportError
 from execgo.client.protocol import LongPoll, wait_query
 from execgo.client.resume import (
@@ -31,6 +31,7 @@ from execgo.client.resume import (
     LogCursor,
     Resumption,
 )
+from execgo.core.constants import TERMINAL_STATUSES
 
 Sink = Callable[[bytes], None]
 
@@ -64,7 +65,7 @@ def wait_for_terminal(
         response = env.transport("GET", url + wait_query(wait_ms), body=None, headers=dict(headers))
         answered = env.monotonic()
         status = decode_task_status(checked(response).body)
-        if status["status"] in TERMINAL:
+        if status["status"] in TERMINAL_STATUSES:
             return status
         if plan.expired(env.monotonic()):
             fail("internal error", "wait timeout exceeded")

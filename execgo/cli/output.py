@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, Mapping, Tuple
 
-TERMINAL = frozenset({"success", "failed", "cancelled"})
-STATUSES = ("accepted", "running", "success", "failed", "cancelled")
+from execgo.core.constants import ALL_STATUSES, UINT64_MAX
 
-_UINT_MAX = 2**64 - 1
 _INT32_MIN = -(2**31)
 _INT32_MAX = 2**31 - 1
 
@@ -124,7 +122,7 @@ def _normalise_value(kind: Any, value: Any, where: str) -> Any:
     elif kind in (_U, _I):
         ok = isinstance(value, int) and not isinstance(value, bool)
         if ok and kind == _U:
-            ok = 0 <= value <= _UINT_MAX
+            ok = 0 <= value <= UINT64_MAX
         elif ok:
             ok = _INT32_MIN <= value <= _INT32_MAX
     elif kind == _LIST:
@@ -169,7 +167,7 @@ def decode_task_status(body: bytes) -> Dict[str, Any]:
     except (ValueError, RecursionError) as e:
         raise MalformedStatus(str(e)) from None
     status = _normalise_object(TASK_STATUS_SCHEMA, document, "")
-    if status["status"] not in STATUSES:
+    if status["status"] not in ALL_STATUSES:
         raise MalformedStatus(f"unknown task status {status['status']!r}")
     return status
 

@@ -15,13 +15,10 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import attrs
 
 from execgo.core import databaseurl, errors
-from execgo.core.constants import MODE_ADAPTIVE, MODE_STRICT
+from execgo.core.constants import MODE_ADAPTIVE, MODE_STRICT, OUTPUT_LIMIT_MAX, UINT64_MAX
 
 DEFAULT_LISTEN_ADDR = "127.0.0.1:8080"
 DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup/execgo-runtime"
-UINT64_MAX = 2**64 - 1
-#: The largest output limit the contract admits at all (2^63-1).
-OUTPUT_LIMIT_MAX = 2**63 - 1
 #: The server's ceiling for a task's inline output previews (16 MiB).
 DEFAULT_MAX_OUTPUT_PREVIEW_BYTES = 16 * 1024 * 1024
 

@@ -2,7 +2,8 @@
 """
 The fixed words of the wire and the defaults every part agrees on: task
 statuses, execution kinds, capability modes, sandbox profiles, namespace
-names and the default limits; and L{JSON}, the type of a rendered value.
+names, the integer bounds and the default limits; and L{JSON}, the type
+of a rendered value.
 No imports beyond the standard library, so any module may use them.
 """
 
@@ -34,6 +35,12 @@ MODE_STRICT = "strict"
 PROFILE_PROCESS = "process"
 PROFILE_LINUX_SANDBOX = "linux_sandbox"
 NAMESPACE_NAMES = ("mount", "pid", "uts", "ipc", "net")
+
+#: The largest unsigned 64-bit integer: the contract's bound on every
+#: count and size a request or a setting may give.
+UINT64_MAX = 2**64 - 1
+#: The largest output limit the contract admits at all (2^63-1).
+OUTPUT_LIMIT_MAX = 2**63 - 1
 
 DEFAULT_WALL_TIME_MS = 300_000
 DEFAULT_OUTPUT_MAX_BYTES = 4_194_304

@@ -26,6 +26,7 @@ from execgo.core.constants import (
     NAMESPACE_NAMES,
     PROFILE_LINUX_SANDBOX,
     PROFILE_PROCESS,
+    UINT64_MAX,
 )
 from execgo.core.fields import encodable, fail, show
 from execgo.core.models import (
@@ -36,8 +37,6 @@ from execgo.core.models import (
     SandboxPolicy,
     SubmitRequest,
 )
-
-UINT64_MAX = 2**64 - 1
 
 _KINDS = (KIND_COMMAND, KIND_SCRIPT)
 _PROFILES = (PROFILE_PROCESS, PROFILE_LINUX_SANDBOX)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 from typing import Dict, Iterable, Tuple
 
+from execgo.core.constants import UINT64_MAX
 from execgo.core.errors import InvalidInput
 from execgo.core.reservation import Reservation
 
-_U64_MAX = 2**64 - 1
 # Rust's u64 parser, which the original implementation used, accepts one
 # leading "+"; nothing else but ASCII digits (no "_", no Unicode digits).
 _UNSIGNED = re.compile(r"\+?[0-9]+\Z")
@@ -52,7 +52,7 @@ def parse_tenant_quota(spec: str) -> Tuple[str, Reservation]:
                 " (expected slots, memory or pids)"
             )
         value = raw_value.strip()
-        if not _UNSIGNED.match(value) or int(value) > _U64_MAX:
+        if not _UNSIGNED.match(value) or int(value) > UINT64_MAX:
             raise InvalidInput(
                 f"tenant quota {spec!r}: {key} must be an unsigned 64-bit integer,"
                 f" got {value!r}"

@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from execgo.core import bounds
-from execgo.core.constants import KIND_COMMAND, KIND_SCRIPT, PROFILE_LINUX_SANDBOX
+from execgo.core.constants import KIND_COMMAND, KIND_SCRIPT, OUTPUT_LIMIT_MAX, PROFILE_LINUX_SANDBOX
 from execgo.core.fields import WHITESPACE, fail, is_blank, show
 from execgo.core.models import (
     ControlContext,
@@ -26,7 +26,6 @@ from execgo.core.models import (
     SubmitRequest,
 )
 
-OUTPUT_LIMIT_MAX = 2**63 - 1
 TASK_ID_MAX_LENGTH = 128
 
 _TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
