@@ -39,7 +39,7 @@ from execgo.core.models import (
 )
 from execgo.core.plan import ExecutionPlan, ResourceEnforcement
 from execgo.core.reservation import Reservation
-from execgo.store import opening, taskfiles
+from execgo.store import eventlog, opening, reads, taskfiles
 from execgo.store.reads import SchedulerState
 from execgo.supervisor import launcher
 from execgo.supervisor.processes import Reaped
@@ -760,3 +760,26 @@ class FakeWorld:
             sleep=self.sleep,
             stderr_isatty=lambda: self.tty,
         )
+
+
+class StoreReads:
+    """
+    Reads of a test's store connection (C{self.conn}) that the store,
+    engine and supervisor tests share.
+    """
+
+    conn: Any
+
+    def load(self, task_id: str) -> records.TaskRecord:
+        """
+        A task that must exist.
+        """
+        record = reads.load_task(self.conn, task_id)
+        assert record is not None
+        return record
+
+    def events(self, task_id: str) -> List[str]:
+        """
+        The task's event types, in order.
+        """
+        return [event.event_type for event in eventlog.load_events(self.conn, task_id)]

@@ -16,18 +16,17 @@ from typing import Any, List
 from twisted.trial.unittest import SynchronousTestCase
 
 from execgo import control
-from execgo.core import records
 from execgo.core.models import ResourceLimits
 from execgo.core.results import ErrorInfo
-from execgo.store import connection, eventlog, reads, schema, transitions
+from execgo.store import connection, schema, transitions
 from execgo.supervisor import engine as engine_module
 from execgo.supervisor import launcher, reaping, starts
 from execgo.supervisor.engine import Supervisor
 from execgo.supervisor.timers import Timers
-from tests.fakes import FakeCgroups, FakeProcesses, command, new_task, plan_for
+from tests.fakes import FakeCgroups, FakeProcesses, StoreReads, command, new_task, plan_for
 
 GRACE_S = 0.5
-class EngineHarness:
+class EngineHarness(StoreReads):
     """
     A supervisor engine over a temporary store, on a clock the test moves
     (L{advance}) with fake kernel edges (L{FakeProcesses}).
@@ -82,19 +81,6 @@ class EngineHarness:
         self.assertTrue(self.supervisor.launch(task_id))
         return self.supervisor.by_task[task_id].pid
 
-    def load(self: Any, task_id: str) -> records.TaskRecord:
-        """
-        A task that must exist.
-        """
-        record = reads.load_task(self.conn, task_id)
-        assert record is not None
-        return record
-
-    def events(self: Any, task_id: str) -> List[str]:
-        """
-        The task's event types, in order.
-        """
-        return [event.event_type for event in eventlog.load_events(self.conn, task_id)]
 
 
 class EscalationTests(EngineHarness, SynchronousTestCase):

@@ -30,7 +30,7 @@ from execgo.core.reservation import Reservation
 from execgo.core.results import ErrorInfo
 from execgo.host import privileges
 from execgo.host.procinfo import group_alive
-from execgo.store import eventlog, reads, schema, taskfiles, terminal, transitions
+from execgo.store import eventlog, schema, taskfiles, terminal, transitions
 from execgo.store.connection import connect
 from execgo.supervisor import endings, engine, starts
 from execgo.supervisor.daemon import Loop
@@ -38,7 +38,7 @@ from execgo.supervisor.engine import Supervisor
 from execgo.supervisor.plumbing import MAX_WAIT_S, bounded
 from execgo.supervisor.processes import HostProcesses
 from execgo.supervisor.timers import Timers
-from tests.fakes import FakeCgroups, command, new_task, plan_for, shell
+from tests.fakes import FakeCgroups, StoreReads, command, new_task, plan_for, shell
 
 PR_SET_CHILD_SUBREAPER = 36
 STEP_S = 0.01
@@ -79,7 +79,7 @@ def wait_for(condition: Callable[[], bool], bound: float = BOUND_S) -> bool:
     return True
 
 
-class StoreMixin:
+class StoreMixin(StoreReads):
     """
     A temporary data directory with an initialised store.
     """
@@ -103,19 +103,6 @@ class StoreMixin:
         transitions.insert_task(self.conn, task, time.time_ns() // 1_000_000)
         return task
 
-    def load(self: Any, task_id: str) -> records.TaskRecord:
-        """
-        A task that must exist.
-        """
-        record = reads.load_task(self.conn, task_id)
-        assert record is not None
-        return record
-
-    def events(self: Any, task_id: str) -> List[str]:
-        """
-        The task's event types, in order.
-        """
-        return [event.event_type for event in eventlog.load_events(self.conn, task_id)]
 
     def result_json(self: Any, task_id: str) -> Any:
         """
