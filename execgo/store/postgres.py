@@ -154,6 +154,20 @@ class PgCursor:
             self._cursor.close()
 
 
+def _execute(cursor: Any, sql: str, params: Any, many: bool) -> None:
+    """
+    Run one statement on a C{psycopg} cursor: once per parameter sequence
+    (C{many}), with its parameters, or, without any, as a simple query
+    (which may hold several statements, as L{_begin_locked}'s does).
+    """
+    if many:
+        cursor.executemany(translate(sql), params)
+    elif params:
+        cursor.execute(translate(sql), tuple(params))
+    else:
+        cursor.execute(translate(sql))
+
+
 def _check_text(params: Any) -> None:
     """
     Text holding U+0000, which PostgreSQL's text cannot hold, is the
@@ -275,20 +289,10 @@ class PgConnection:
             if later:
                 # What waited goes in the same round trip, first.
                 with self.raw.pipeline():
-                    for waiting_sql, waiting_params in later:
-                        self.raw.cursor().execute(translate(waiting_sql), waiting_params)
-                    if many:
-                        cursor.executemany(translate(sql), params)
-                    else:
-                        cursor.execute(translate(sql), tuple(params))
-            elif many:
-                cursor.executemany(translate(sql), params)
-            elif params:
-                cursor.execute(translate(sql), tuple(params))
+                    self._queue(later)
+                    _execute(cursor, sql, params, many)
             else:
-                # No parameters: sent as a simple query, which may hold
-                # several statements.
-                cursor.execute(translate(sql))
+                _execute(cursor, sql, params, many)
         except BaseException as e:
             # A transaction the cut ended stays open here until its
             # ROLLBACK: no later statement of it runs on a new connection.
@@ -329,12 +333,18 @@ class PgConnection:
         later, self._later = self._later, []
         try:
             with self.raw.pipeline():
-                for sql, params in later:
-                    self.raw.cursor().execute(translate(sql), params)
+                self._queue(later)
         except POSTGRES.OperationalError as e:
             if self._cut(e):
                 self.raw.close()
             raise
+
+    def _queue(self, later: List[Tuple[str, Tuple[Any, ...]]]) -> None:
+        """
+        Send the statements that waited, inside the caller's pipeline.
+        """
+        for sql, params in later:
+            self.raw.cursor().execute(translate(sql), params)
 
     def _end_aborted(self) -> None:
         """
