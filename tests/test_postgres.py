@@ -14,23 +14,23 @@ from typing import Any, List
 from twisted.trial.unittest import SynchronousTestCase
 
 from execgo.core import errors
-from execgo.store import connection, postgres, schema, tallies
+from execgo.store import connection, pgwire, postgres, schema, tallies
 from tests import backends
 
 
 class TranslateTests(SynchronousTestCase):
     """
-    L{postgres.translate}: the store's SQL in C{psycopg}'s placeholders.
+    The store's SQL in PostgreSQL's spelling.
     """
 
-    def test_placeholders_and_percent(self) -> None:
+    def test_placeholders_numbered(self) -> None:
         """
-        C{?} becomes C{%s} and a literal C{%} is doubled, so C{psycopg}
-        reads it back as one C{%}.
+        Each C{?} becomes PostgreSQL's numbered placeholder, in order; a
+        literal C{%} stays as it is.
         """
         self.assertEqual(
-            postgres.translate("SELECT * FROM t WHERE a = ? AND b LIKE 'x%' AND c = ?"),
-            "SELECT * FROM t WHERE a = %s AND b LIKE 'x%%' AND c = %s",
+            pgwire.numbered("SELECT * FROM t WHERE a = ? AND b LIKE 'x%' AND c = ?"),
+            b"SELECT * FROM t WHERE a = $1 AND b LIKE 'x%' AND c = $2",
         )
 
     def test_triggers_are_translated(self) -> None:
@@ -103,17 +103,61 @@ class PgConnectionTests(PgTestCase):
 
     def test_writers_take_turns(self) -> None:
         """
-        A write transaction holds the store's write lock: another
-        connection cannot begin one until it ends.
+        A write transaction holds the store's write lock from its first
+        statement: another connection cannot write until it ends.
         """
         other = backends.POSTGRES_BACKEND.reopen(self, self.conn)
         other.execute("SET lock_timeout = '100ms'")
         with connection.transaction(self.conn):
+            self.conn.execute("SELECT 1")
             with self.assertRaises(postgres.POSTGRES.OperationalError):
                 with connection.transaction(other):
-                    pass
+                    other.execute("SELECT 1")
         with connection.transaction(other):
+            other.execute("SELECT 1")
+
+    def test_begin_goes_with_the_first_statement(self) -> None:
+        """
+        A write transaction costs no round trip of its own: nothing is sent
+        before its first statement, and one that sends nothing sends no
+        C{COMMIT} either.
+        """
+        sent: List[str] = []
+        real = self.conn._round_trip
+
+        def counting(batch: Any, verb: str, fresh: bool) -> Any:
+            sent.append(" | ".join(sql.split()[0] for sql, _, _ in batch))
+            return real(batch, verb, fresh)
+
+        self.conn._round_trip = counting
+        with connection.transaction(self.conn):
             pass
+        with connection.transaction(self.conn):
+            self.conn.execute("INSERT INTO runtime_counters VALUES ('a', '', 1)")
+        self.assertEqual(sent, ["BEGIN | SELECT | INSERT", "COMMIT"])
+        self.assertFalse(self.conn.in_transaction)
+        self.assertEqual(self.conn.execute("SELECT COUNT(*) FROM runtime_counters").fetchone()[0], 1)
+
+    def test_fetch_all(self) -> None:
+        """
+        Several queries' rows in one round trip, each addressable by name;
+        a query without rows has none.
+        """
+        found = self.conn.fetch_all([("SELECT ? AS a", (1,)), ("SELECT 2 AS b WHERE false", ()), ("SELECT 3 AS c", ())])
+        self.assertEqual([[tuple(row) for row in rows] for rows in found], [[(1,)], [], [(3,)]])
+        self.assertEqual(found[2][0]["c"], 3)
+
+    def test_fetch_all_on_sqlite(self) -> None:
+        """
+        The SQLite backend answers the same, one query after the other.
+        """
+        import sqlite3
+
+        from execgo.store.backend import SQLITE
+
+        found = SQLITE.fetch_all(sqlite3.connect(":memory:"), [("SELECT ? AS a", (1,)), ("SELECT 3 AS c", ())])
+        self.assertEqual([[row[0] for row in rows] for rows in found], [[1], [3]])
+        self.assertEqual(found[1][0]["c"], 3)
 
 
 class PgSchemaTests(PgTestCase):
@@ -156,7 +200,7 @@ class PgReconnectTests(PgTestCase):
         """
         other = backends.POSTGRES_BACKEND.reopen(self, self.conn)
         pid = self.conn.raw.info.backend_pid
-        self.assertTrue(other.execute("SELECT pg_terminate_backend(?)", (pid,)).fetchone()[0])
+        self.assertTrue(other.execute("SELECT pg_terminate_backend(?::int)", (pid,)).fetchone()[0])
 
     def test_read_after_cut(self) -> None:
         """
@@ -169,14 +213,28 @@ class PgReconnectTests(PgTestCase):
 
     def test_transaction_after_cut(self) -> None:
         """
-        A write transaction whose C{BEGIN} meets the cut begins again on a
-        new connection and commits.
+        A write transaction whose first round trip meets the cut (it
+        changed nothing) begins again on a new connection and commits.
         """
         self.cut()
         with connection.transaction(self.conn):
-            self.conn.execute("INSERT INTO runtime_counters VALUES ('n', '', 1)")
-        self.assertEqual(self.conn.execute("SELECT value FROM runtime_counters").fetchone()[0], 1)
+            self.conn.execute_later("INSERT INTO runtime_counters VALUES ('a', '', 1)", ())
+            self.conn.execute("INSERT INTO runtime_counters VALUES ('b', '', 1)")
+        names = [row[0] for row in self.conn.execute("SELECT name FROM runtime_counters ORDER BY name")]
+        self.assertEqual(names, ["a", "b"])
         self.assertEqual(self.conn.reconnects, 1)
+
+    def test_commit_after_cut_not_repeated(self) -> None:
+        """
+        A transaction sent whole with its C{COMMIT} that meets the cut
+        fails: it may or may not have committed, so it is not sent twice.
+        """
+        self.cut()
+        with self.assertRaises(postgres.POSTGRES.OperationalError):
+            with connection.transaction(self.conn):
+                self.conn.execute_later("INSERT INTO runtime_counters VALUES ('a', '', 1)", ())
+        self.assertFalse(self.conn.in_transaction)
+        self.assertEqual(self.conn.execute("SELECT COUNT(*) FROM runtime_counters").fetchone()[0], 0)
 
     def test_cut_inside_transaction(self) -> None:
         """
@@ -268,6 +326,23 @@ class ExecuteLaterTests(PgTestCase):
             self.conn.execute("ROLLBACK TO s")
             self.conn.execute("RELEASE s")
         self.assertEqual(self.names(self.conn), ["a"])
+
+    def test_savepoint_rolled_back_unsent(self) -> None:
+        """
+        A savepoint still waiting to be sent, rolled back to and released,
+        is never sent, nor is what followed it; what came before it is.
+        """
+        with connection.transaction(self.conn):
+            self.conn.execute_later(self.insert, ("a",))
+            self.conn.execute_later("SAVEPOINT s", ())
+            self.conn.execute_later(self.insert, ("b",))
+            self.conn.execute("ROLLBACK TO s")
+            self.conn.execute("RELEASE s")
+            self.assertEqual(self.conn._later, [(self.insert, ("a",))])
+            self.conn.execute_later("SAVEPOINT s", ())
+            self.conn.execute_later(self.insert, ("c",))
+            self.conn.execute("RELEASE s")
+        self.assertEqual(self.names(self.conn), ["a", "c"])
 
     def test_nul_refused_before_sending(self) -> None:
         """

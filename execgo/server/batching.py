@@ -27,6 +27,8 @@ from twisted.enterprise import adbapi
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from execgo.store.backend import backend_of
+
 #: C{(func, args, write)}: C{func(conn, *args)} runs first; when C{write}
 #: is given, C{write(conn, value)} then runs with its value, grouped.
 Job = Tuple[Callable[..., Any], Tuple[Any, ...], Optional[Callable[[Any, Any], Any]]]
@@ -63,7 +65,8 @@ def _write_group(
     try:
         with group(conn):
             for index, write in writes:
-                conn.execute("SAVEPOINT grouped_write")
+                # Goes with the write's first statement.
+                backend_of(conn).execute_later(conn, "SAVEPOINT grouped_write", ())
                 results[index] = _call(_released, write, conn, results[index][1])
                 if not results[index][0]:
                     conn.execute("ROLLBACK TO grouped_write")

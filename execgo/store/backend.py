@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Any, Callable, ClassVar, Optional, Sequence, Type
+from typing import Any, Callable, ClassVar, List, Optional, Sequence, Tuple, Type
 
 import attrs
+
+#: One query: its SQL (C{?} placeholders) and parameters.
+Query = Tuple[str, Sequence[Any]]
 
 #: How long a connection waits for another one's lock, in milliseconds.
 BUSY_TIMEOUT_MS = 5000
@@ -54,6 +57,10 @@ class Backend:
         engine with round trips to save) with the next statement.
     @ivar send_waiting: C{(conn)}: sends what L{execute_later} left
         waiting now, so that its errors are known before what follows.
+    @ivar fetch_all: C{(conn, [(sql, params), ...])}: the rows of several
+        queries that do not depend on each other, each addressable by
+        column name; together in one round trip on an engine with round
+        trips to save.
     """
 
     name: str
@@ -66,6 +73,19 @@ class Backend:
     init_schema: Optional[Callable[[Any], None]] = None
     execute_later: Callable[[Any, str, Sequence[Any]], None] = lambda conn, sql, params: conn.execute(sql, params)
     send_waiting: Callable[[Any], None] = lambda conn: None
+    fetch_all: Callable[[Any, Sequence[Query]], List[List[Any]]] = lambda conn, queries: _one_by_one(conn, queries)
+
+
+def _one_by_one(conn: sqlite3.Connection, queries: Sequence[Query]) -> List[List[Any]]:
+    """
+    The rows of each query, one query after the other.
+    """
+    found = []
+    for sql, params in queries:
+        cursor = conn.cursor()
+        cursor.row_factory = sqlite3.Row
+        found.append(cursor.execute(sql, params).fetchall())
+    return found
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:

@@ -19,13 +19,13 @@ else needs it installed.
 
 from __future__ import annotations
 
-import functools
 import re
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 from execgo.core import errors
-from execgo.store import schema, tallies
+from execgo.store import pgwire, schema, tallies
+from execgo.store.pgwire import Statement
 from execgo.store.backend import Backend
 
 #: The advisory lock key every write transaction holds ("exec").
@@ -36,91 +36,37 @@ WRITE_LOCK = 0x65786563
 SCHEMA_LOCK = WRITE_LOCK + 1
 
 
-class PgRow(tuple):
-    """
-    A row addressable by index, like a tuple, and by column name, like a
-    C{sqlite3.Row}.  Each query's rows share one subclass holding the
-    column names (L{_row_maker}).
-    """
-
-    _index: Dict[str, int] = {}
-
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, str):
-            return tuple.__getitem__(self, self._index[key])
-        return tuple.__getitem__(self, key)
-
-    def keys(self) -> List[str]:
-        """
-        The column names, in order.
-        """
-        return list(self._index)
-
-
-def _row_maker(cursor: Any) -> Callable[[Sequence[Any]], Any]:
-    """
-    A C{psycopg} row factory making L{PgRow}s for the cursor's query: the
-    column names read from the result itself (cheaper than C{psycopg}'s
-    C{description}), their row class made once per set of names.
-    """
-    result = cursor.pgresult
-    if result is None or not result.nfields:
-        return tuple
-    return _row_type(tuple(result.fname(i) for i in range(result.nfields)))
-
-
-@functools.lru_cache(maxsize=1024)
-def _row_type(names: Tuple[bytes, ...]) -> Any:
-    """
-    The L{PgRow} class of rows with these column names (as the server
-    sends them: bytes).
-    """
-    index = {name.decode("utf-8"): i for i, name in enumerate(names)}
-    return type("PgRow", (PgRow,), {"_index": index})
-
-
-@functools.lru_cache(maxsize=1024)
-def translate(sql: str) -> str:
-    """
-    C{sql} with the store's C{?} placeholders as C{psycopg}'s C{%s} (and
-    a literal C{%} doubled).
-    """
-    return sql.replace("%", "%%").replace("?", "%s")
-
-
 class PgCursor:
     """
     A cursor as the store's functions use a C{sqlite3} one: each
     statement runs through its L{PgConnection} (which may open a new
-    C{psycopg} connection first) on a C{psycopg} cursor of its own.
+    connection first); its rows are L{pgwire.PgRow}s.
 
-    @ivar row_factory: accepted and ignored: rows are always L{PgRow}s.
+    @ivar row_factory: accepted and ignored: rows are always
+        L{pgwire.PgRow}s.
     """
 
     row_factory: Any = None
 
     def __init__(self, connection: "PgConnection") -> None:
         self._connection = connection
-        self._cursor: Any = None
-
-    def _rows(self) -> bool:
-        # The result itself, not psycopg's description (which builds a
-        # column object per column).
-        result = None if self._cursor is None else self._cursor.pgresult
-        return result is not None and result.nfields > 0
+        self._rows: List[Any] = []
+        self._rowcount = -1
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> "PgCursor":
         """
         Run one statement with C{?} placeholders.
         """
-        self._cursor = self._connection.run(sql, params)
-        return self
+        return self._took(self._connection.run(sql, params))
 
     def executemany(self, sql: str, params: Any) -> "PgCursor":
         """
         Run one statement once per parameter sequence.
         """
-        self._cursor = self._connection.run(sql, [tuple(p) for p in params], many=True)
+        return self._took(self._connection.run(sql, [tuple(p) for p in params], many=True))
+
+    def _took(self, result: Optional[pgwire.Result]) -> "PgCursor":
+        self._rows, self._rowcount = ([], -1) if result is None else (result.rows, result.rowcount)
         return self
 
     @property
@@ -128,20 +74,20 @@ class PgCursor:
         """
         The rows the last statement changed.
         """
-        count: int = -1 if self._cursor is None else self._cursor.rowcount
-        return count
+        return self._rowcount
 
     def fetchone(self) -> Any:
         """
         The next row, or C{None}.
         """
-        return self._cursor.fetchone() if self._rows() else None
+        return self._rows.pop(0) if self._rows else None
 
     def fetchall(self) -> List[Any]:
         """
         The remaining rows.
         """
-        return self._cursor.fetchall() if self._rows() else []
+        rows, self._rows = self._rows, []
+        return rows
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fetchall())
@@ -150,22 +96,7 @@ class PgCursor:
         """
         Close the cursor.
         """
-        if self._cursor is not None:
-            self._cursor.close()
-
-
-def _execute(cursor: Any, sql: str, params: Any, many: bool) -> None:
-    """
-    Run one statement on a C{psycopg} cursor: once per parameter sequence
-    (C{many}), with its parameters, or, without any, as a simple query
-    (which may hold several statements, as L{_begin_locked}'s does).
-    """
-    if many:
-        cursor.executemany(translate(sql), params)
-    elif params:
-        cursor.execute(translate(sql), tuple(params))
-    else:
-        cursor.execute(translate(sql))
+        self._rows = []
 
 
 def _check_text(params: Any) -> None:
@@ -183,35 +114,45 @@ def _check_text(params: Any) -> None:
 #: exceptions; 57P01-57P03: shut down, crashed, not yet accepting).
 _CUT_SQLSTATES = ("08", "57P01", "57P02", "57P03")
 
+#: What a write transaction's first round trip begins with.
+_BEGIN = ("BEGIN", (), False)
+_LOCK = (f"SELECT pg_advisory_xact_lock({WRITE_LOCK})", (), False)
+_ROLLBACK = ("ROLLBACK", (), False)
+
 
 class PgConnection:
     """
     A C{psycopg} connection (in autocommit mode, transactions opened
     explicitly as on SQLite) with the surface of a C{sqlite3} connection
-    that L{execgo.store} uses.
+    that L{execgo.store} uses, sending as few round trips as it can.
+
+    A write transaction (L{begin_write}) is not sent when it begins: its
+    C{BEGIN} and lock go with its first statement.  Inside a transaction, a
+    statement whose result nobody reads waits and goes with the next
+    statement (L{execute_later}); reads that do not depend on each other
+    go together (L{fetch_all}).
 
     It outlives the server's session: when the server ended it (a
     restart, a failover), the statement that met the cut fails as usual,
     and the next statement outside a transaction opens a new connection.
-    A C{BEGIN} or a C{SELECT} outside a transaction that met the cut
-    changed nothing, so it is sent once more, on the new connection.  A
-    statement inside a transaction the cut ended fails, and so does every
+    What met the cut having changed nothing for sure (a C{BEGIN} or a
+    C{SELECT} outside a transaction, or a transaction's first round trip
+    without its C{COMMIT}) is sent once more, on the new connection.  A
+    statement of a transaction the cut ended fails, and so does every
     later one until its C{ROLLBACK}: no part of a transaction ever runs on
     the new connection.
 
-    Inside a transaction, a statement whose result nobody reads waits and
-    goes with the next statement, in one round trip (L{execute_later}).
-
-    @ivar raw: the C{psycopg} connection.
     @ivar reconnects: how many times it opened a new one.
     """
 
     def __init__(self, opener: Callable[[], Any]) -> None:
         self._opener = opener
-        self.raw = opener()
+        self._session = pgwire.Session(opener())
         self.reconnects = 0
         self._in_transaction = False
+        self._begin_pending = False
         self._later: List[Tuple[str, Tuple[Any, ...]]] = []
+        self._unsent_savepoints: List[str] = []
 
     @property
     def backend(self) -> Backend:
@@ -219,6 +160,13 @@ class PgConnection:
         L{POSTGRES}.
         """
         return POSTGRES
+
+    @property
+    def raw(self) -> Any:
+        """
+        The C{psycopg} connection.
+        """
+        return self._session.conn
 
     @property
     def in_transaction(self) -> bool:
@@ -239,27 +187,64 @@ class PgConnection:
         """
         return self.cursor().execute(sql, params)
 
+    def begin_write(self) -> None:
+        """
+        Open a write transaction holding L{WRITE_LOCK} until it ends; its
+        C{BEGIN} and lock go with its first statement.
+        """
+        self._in_transaction = True
+        self._begin_pending = True
+
     def run(self, sql: str, params: Any, many: bool = False) -> Any:
         """
         Run one statement (C{many}: once per parameter sequence) and
-        return the C{psycopg} cursor that ran it.  C{BEGIN}, C{COMMIT}
-        and C{ROLLBACK} open and end the transaction.
+        return the C{psycopg} cursor that ran it (C{None} for one with
+        nothing to send).  C{BEGIN}, C{COMMIT} and C{ROLLBACK} open and end
+        the transaction.
         """
         verb = sql.lstrip()[:8].upper()
         if verb.startswith("ROLLBACK"):
-            # What waits to be sent came after the last statement sent, so
-            # after any savepoint: rolled back, it need not be sent at all.
-            self._later = []
             if " TO " not in sql.upper():
                 self.rollback()
                 return None
-        again = not self._in_transaction and verb.startswith(("BEGIN", "SELECT"))
-        try:
-            return self._send(verb, sql, params, many)
-        except POSTGRES.OperationalError as e:
-            if not (again and self._cut(e)):
-                raise
-        return self._send(verb, sql, params, many)
+            if self._drop_unsent(sql.split()[-1]):
+                return None
+            # What waits was queued after the last statement sent, so
+            # after the savepoint: rolled back, it need not be sent at all.
+            self._later = []
+        elif verb.startswith("RELEASE") and sql.split()[-1] in self._unsent_savepoints:
+            self._unsent_savepoints.remove(sql.split()[-1])
+            return None
+        elif verb.startswith("COMMIT") and self._begin_pending and not self._later:
+            self._end_transaction()
+            return None
+        if not many:
+            _check_text(params)
+        return self._send([(sql, params, many)], verb)[-1]
+
+    def fetch_all(self, queries: Sequence[Tuple[str, Sequence[Any]]]) -> List[List[Any]]:
+        """
+        The rows of several queries that do not depend on each other, sent
+        together (one round trip, with what waits to be sent).
+        """
+        for _, params in queries:
+            _check_text(params)
+        results = self._send([(sql, params, False) for sql, params in queries], "SELECT")
+        return [result.rows for result in results[len(results) - len(queries) :]]
+
+    def _drop_unsent(self, name: str) -> bool:
+        """
+        A rollback to savepoint C{name}, when the savepoint itself still
+        waits to be sent: it and what followed are dropped unsent (and its
+        C{RELEASE} will be too).
+        """
+        savepoint = f"SAVEPOINT {name}"
+        for index, (sql, _) in enumerate(self._later):
+            if sql == savepoint:
+                del self._later[index:]
+                self._unsent_savepoints.append(name)
+                return True
+        return False
 
     def _cut(self, error: Exception) -> bool:
         """
@@ -268,31 +253,43 @@ class PgConnection:
         state = getattr(error, "sqlstate", None) or ""
         return bool(self.raw.closed) or state.startswith(_CUT_SQLSTATES)
 
-    def _send(self, verb: str, sql: str, params: Any, many: bool) -> Any:
+    def _send(self, statements: List[Statement], verb: str) -> List[pgwire.Result]:
         """
-        Send one statement, on a new connection when the last one was cut
-        outside a transaction, after what waits to be sent
-        (L{execute_later}), in the same round trip; keep L{in_transaction}
-        as the server sees it.  Text holding U+0000 is refused first
-        (L{_check_text}).
+        Send C{statements} after what waits to be sent (a pending C{BEGIN}
+        and lock first, then L{execute_later}'s statements), in one round
+        trip, once more on a new connection when the cut met something
+        that changed nothing; their results, in order.
         """
-        if not many:
-            _check_text(params)
-        if self.raw.closed and not self._in_transaction:
-            self.raw = self._opener()
+        fresh = self._begin_pending
+        batch: List[Statement] = [_BEGIN, _LOCK] if fresh else []
+        batch += [(sql, params, False) for sql, params in self._later]
+        batch += statements
+        self._begin_pending = False
+        self._later = []
+        again = (fresh and not verb.startswith("COMMIT")) or (
+            not self._in_transaction and verb.startswith(("BEGIN", "SELECT"))
+        )
+        try:
+            return self._round_trip(batch, verb, fresh)
+        except POSTGRES.OperationalError as e:
+            if not (again and self._cut(e)):
+                raise
+        return self._round_trip(batch, verb, fresh)
+
+    def _round_trip(self, batch: List[Statement], verb: str, fresh: bool) -> List[pgwire.Result]:
+        """
+        Send C{batch} (L{pgwire.exchange}), on a new connection when the
+        last one was cut and nothing of an open transaction reached it
+        (C{fresh}: the transaction begins in this batch); keep
+        L{in_transaction} as the server sees it.
+        """
+        if self.raw.closed and (fresh or not self._in_transaction):
+            self._session = pgwire.Session(self._opener())
             self.reconnects += 1
-        cursor = self.raw.cursor(row_factory=_row_maker)
         if verb.startswith("BEGIN"):
             self._in_transaction = True
-        later, self._later = self._later, []
         try:
-            if later:
-                # What waited goes in the same round trip, first.
-                with self.raw.pipeline():
-                    self._queue(later)
-                    _execute(cursor, sql, params, many)
-            else:
-                _execute(cursor, sql, params, many)
+            results = pgwire.exchange(self._session, batch)
         except BaseException as e:
             # A transaction the cut ended stays open here until its
             # ROLLBACK: no later statement of it runs on a new connection.
@@ -307,8 +304,8 @@ class PgConnection:
                 self.raw.close()
             raise
         if verb.startswith("COMMIT"):
-            self._in_transaction = False
-        return cursor
+            self._end_transaction()
+        return results
 
     def execute_later(self, sql: str, params: Sequence[Any]) -> None:
         """
@@ -328,23 +325,8 @@ class PgConnection:
         Send what L{execute_later} left waiting, now (one round trip), so
         that its errors are known before what follows.
         """
-        if not self._later:
-            return
-        later, self._later = self._later, []
-        try:
-            with self.raw.pipeline():
-                self._queue(later)
-        except POSTGRES.OperationalError as e:
-            if self._cut(e):
-                self.raw.close()
-            raise
-
-    def _queue(self, later: List[Tuple[str, Tuple[Any, ...]]]) -> None:
-        """
-        Send the statements that waited, inside the caller's pipeline.
-        """
-        for sql, params in later:
-            self.raw.cursor().execute(translate(sql), params)
+        if self._later:
+            self._send([], "SEND")
 
     def _end_aborted(self) -> None:
         """
@@ -355,9 +337,21 @@ class PgConnection:
 
         if self.raw.info.transaction_status != TransactionStatus.IDLE:
             try:
-                self.raw.execute("ROLLBACK")
+                self._rollback_now()
             except POSTGRES.Error:
                 pass  # cut meanwhile: the server ended it, the next statement reconnects
+
+    def _rollback_now(self) -> None:
+        pgwire.exchange(self._session, [_ROLLBACK])
+
+    def _end_transaction(self) -> None:
+        """
+        Forget the transaction that ended (and what it left unsent).
+        """
+        self._in_transaction = False
+        self._begin_pending = False
+        self._later = []
+        self._unsent_savepoints = []
 
     def commit(self) -> None:
         """
@@ -368,14 +362,16 @@ class PgConnection:
 
     def rollback(self) -> None:
         """
-        Roll back the open transaction, if any (nothing to do on a
-        connection that was cut: the server ended the transaction).
+        Roll back the open transaction, if any (nothing to send when none
+        of it was sent, or the connection was cut: the server ended the
+        transaction).
         """
         if not self._in_transaction:
             return
-        self._in_transaction = False
-        if not self.raw.closed:
-            self.raw.execute("ROLLBACK")
+        sent = not self._begin_pending
+        self._end_transaction()
+        if sent and not self.raw.closed:
+            self._rollback_now()
 
     def close(self) -> None:
         """
@@ -404,10 +400,10 @@ def connect(url: str, password: Optional[str] = None) -> PgConnection:
 
 def _begin_locked(conn: Any) -> None:
     """
-    Open a write transaction holding L{WRITE_LOCK} until it ends, in one
-    round trip (two statements without parameters go as one query).
+    Open a write transaction holding L{WRITE_LOCK} until it ends; nothing
+    is sent before its first statement (L{PgConnection.begin_write}).
     """
-    conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+    conn.begin_write()
 
 
 def _errors() -> Tuple[Type[Exception], Type[Exception], Type[Exception]]:
@@ -621,4 +617,5 @@ POSTGRES = Backend(
     init_schema=init_schema,
     execute_later=lambda conn, sql, params: conn.execute_later(sql, params),
     send_waiting=lambda conn: conn.send_waiting(),
+    fetch_all=lambda conn, queries: conn.fetch_all(queries),
 )
