@@ -122,16 +122,16 @@ class EndingTests(StoreCase):
         self.endings.finish("done", SUCCESS)
         self.assertEqual(self.load("done").status, "cancelled")
         self.running("raced")
-        write_terminal = terminal.write_terminal
+        query = terminal.TerminalWrite.query
 
-        def overtaken(conn: Any, task_id: str, *args: Any) -> bool:
-            write_terminal(conn, task_id, outcome.cancelled("killed"), self.wall_ms(), terminal.UNFINISHED)
-            return write_terminal(conn, task_id, *args)
+        def overtaken(write: terminal.TerminalWrite, conn: Any) -> Any:
+            terminal.write_terminal(conn, write.task_id, outcome.cancelled("killed"), self.wall_ms())
+            return query(write, conn)
 
-        self.patch(terminal, "write_terminal", overtaken)
+        self.patch(terminal.TerminalWrite, "query", overtaken)
         self.endings.finish("raced", SUCCESS)
         self.assertEqual(self.load("raced").status, "cancelled")
-        self.patch(terminal, "write_terminal", write_terminal)
+        self.patch(terminal.TerminalWrite, "query", query)
         self.patch(endings, "REPORTED_STATUS_MAX_BYTES", 0)
         self.running("big")
         self.endings.finish("big", SUCCESS)

@@ -118,7 +118,7 @@ class RuntimeCase(SynchronousTestCase):
         """
         self.assertIsNotNone(self.sql(transitions.claim, task_id, shim_pid, wall_ms()))
         if pgid is not None:
-            self.assertTrue(self.sql(transitions.record_start, task_id, pgid, wall_ms(), None))
+            self.sql(transitions.record_start, task_id, pgid, wall_ms(), None)
 
     def end(self, task_id: str, verdict: Outcome, at_ms: Optional[int] = None) -> None:
         """

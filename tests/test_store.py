@@ -23,6 +23,7 @@ from execgo.core import errors, records
 from execgo.core.models import ControlContext, ResourceLimits, SandboxPolicy
 from execgo.core.reservation import Reservation
 from execgo.core.results import ErrorInfo, Usage
+from execgo.host import privileges
 from execgo.store import (
     connection,
     eventlog,
@@ -497,6 +498,30 @@ class TransitionTests(StoreTestCase):
         self.assertEqual(self.load(), record)
         self.assertEqual(event_types(self.conn, "t1").count("resource_reserved"), 1)
 
+    def test_claim_all(self) -> None:
+        """
+        Several tasks claimed in one transaction each get a uid of their
+        own, none held by a task already running; one for which no uid is
+        left gets L{transitions.NoIdentity} and changes nothing, while the
+        others are claimed; an unknown one gets C{None}.
+        """
+        identity = privileges.TaskIdentity(
+            kind=privileges.RANGE, owner_uid=0, owner_gid=0, first=5000, last=5002, excluded=(5001,)
+        )
+        for task_id in ("a", "b", "c"):
+            self.insert(task_id)
+        first = transitions.claim(self.conn, "a", 1, NOW + 1, identity)
+        assert first is not None and first.run_as is not None
+        self.assertEqual(first.run_as.uid, 5000)
+        claimed = transitions.claim_all(self.conn, ["b", "nobody", "c"], 1, NOW + 2, identity)
+        b, nobody, c = claimed
+        assert isinstance(b, records.TaskRecord) and b.run_as is not None
+        self.assertEqual((b.status, b.run_as.uid, self.load("b").run_as), ("running", 5002, b.run_as))
+        self.assertIsNone(nobody)
+        self.assertIsInstance(c, transitions.NoIdentity)
+        self.assertEqual(self.load("c").status, "accepted")
+        self.assertNotIn("resource_reserved", event_types(self.conn, "c"))
+
     def test_refresh(self) -> None:
         """
         Refreshing the record read at the claim after every transition a
@@ -547,9 +572,10 @@ class TransitionTests(StoreTestCase):
         with a C{started} event; only for a C{running} task.
         """
         self.insert()
-        self.assertFalse(transitions.record_start(self.conn, "t1", 5, NOW, None))
+        transitions.record_start(self.conn, "t1", 5, NOW, None)
+        self.assertEqual((self.load().pid, event_types(self.conn, "t1")[-1]), (None, "planned"))
         transitions.claim(self.conn, "t1", 1, NOW + 1)
-        self.assertTrue(transitions.record_start(self.conn, "t1", 1234, NOW + 2, "/x/script.sh"))
+        transitions.record_start(self.conn, "t1", 1234, NOW + 2, "/x/script.sh")
         record = self.load()
         self.assertEqual((record.pid, record.pgid), (1234, 1234))
         self.assertEqual(record.started_at_ms, NOW + 2)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, List, Optional, Sequence, Set, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import attrs
 
@@ -18,6 +18,7 @@ from execgo.core.constants import STATUS_ACCEPTED, STATUS_RUNNING
 from execgo.core.models import ResourceLimits
 from execgo.core.records import CHANGING_COLUMNS, QueuedTask, TaskRecord
 from execgo.core.reservation import Reservation
+from execgo.store.backend import Query, backend_of
 from execgo.store.connection import rows
 
 
@@ -46,15 +47,31 @@ def refresh(conn: sqlite3.Connection, record: TaskRecord) -> Optional[TaskRecord
     read again (L{execgo.core.records.CHANGING_COLUMNS}), or C{None} when
     the task is gone: a full L{load_task} for a fraction of the decoding.
     """
-    found = rows(conn, f"SELECT {CHANGING_COLUMNS} FROM tasks WHERE task_id = ?", (record.task_id,))
-    return record.refreshed(found[0]) if found else None
+    return refresh_all(conn, [record])[0]
+
+
+def refresh_all(conn: sqlite3.Connection, records: Sequence[TaskRecord]) -> List[Optional[TaskRecord]]:
+    """
+    L{refresh} for each of C{records}, the reads together (one round trip
+    to a database server).
+    """
+    query = f"SELECT {CHANGING_COLUMNS} FROM tasks WHERE task_id = ?"
+    found = backend_of(conn).fetch_all(conn, [(query, (record.task_id,)) for record in records])
+    return [record.refreshed(rows[0]) if rows else None for record, rows in zip(records, found)]
+
+
+def exists_query(task_id: str) -> Query:
+    """
+    The query that finds a row with this id (L{task_exists}).
+    """
+    return ("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,))
 
 
 def task_exists(conn: sqlite3.Connection, task_id: str) -> bool:
     """
     Whether a row with this id is stored.
     """
-    return conn.execute("SELECT 1 FROM tasks WHERE task_id = ?", (task_id,)).fetchone() is not None
+    return bool(rows(conn, *exists_query(task_id)))
 
 
 def task_status(conn: sqlite3.Connection, task_id: str) -> Optional[str]:
@@ -131,27 +148,22 @@ def scheduler_state(conn: sqlite3.Connection, max_queued: int) -> SchedulerState
     )
 
 
-def count_accepted(conn: sqlite3.Connection) -> int:
+#: The query of the trigger-kept tally of C{accepted} tasks (L{count_accepted}).
+ACCEPTED_TALLY: Query = ("SELECT value FROM task_tallies WHERE kind = 'status' AND key = ?", (STATUS_ACCEPTED,))
+
+
+def count_accepted(conn: sqlite3.Connection, found: Optional[List[Any]] = None) -> int:
     """
     The number of tasks in C{accepted}, from the trigger-kept tally (O(1),
-    where counting the rows would cost as much as the queue is long).
+    where counting the rows would cost as much as the queue is long): read
+    now, or from the rows of L{ACCEPTED_TALLY} read already (C{found}).
     """
-    row = conn.execute(
-        "SELECT value FROM task_tallies WHERE kind = 'status' AND key = ?", (STATUS_ACCEPTED,)
-    ).fetchone()
-    return 0 if row is None else int(row[0])
+    tally = rows(conn, *ACCEPTED_TALLY) if found is None else found
+    return int(tally[0][0]) if tally else 0
 
 
-def running_uids(conn: sqlite3.Connection) -> Set[int]:
-    """
-    The uids the running tasks hold.
-    """
-    return {
-        int(row[0])
-        for row in conn.execute(
-            "SELECT run_uid FROM tasks WHERE status = ? AND run_uid IS NOT NULL", (STATUS_RUNNING,)
-        )
-    }
+#: The query of the uids the running tasks hold.
+RUNNING_UIDS: Query = ("SELECT run_uid FROM tasks WHERE status = ? AND run_uid IS NOT NULL", (STATUS_RUNNING,))
 
 
 def resources_rows(conn: sqlite3.Connection) -> Tuple[List[TaskRecord], int]:

@@ -24,7 +24,8 @@ from execgo.core.encoding import pretty
 from execgo.core.records import NewTask
 from execgo.host.fsio import write_file
 from execgo.store import idempotency
-from execgo.store.reads import count_accepted, task_exists
+from execgo.store.backend import backend_of
+from execgo.store.reads import ACCEPTED_TALLY, count_accepted, exists_query
 from execgo.store.transitions import insert_task
 
 #: How long a directory without a row is taken for one a submission is
@@ -85,10 +86,11 @@ def prepare_submit(
     """
     if task.idempotency_key is not None:
         idempotency.check(conn, task.idempotency_key, task.idempotency_hash, task.idempotency_scope)
-    if count_accepted(conn) >= max_queued:
+    tally, same_id = backend_of(conn).fetch_all(conn, [ACCEPTED_TALLY, exists_query(task.task_id)])
+    if count_accepted(conn, tally) >= max_queued:
         raise errors.QueueFull()
     check_late()
-    if task_exists(conn, task.task_id):
+    if same_id:
         raise errors.Conflict(f"task already exists: {task.task_id}")
     try:
         create_task_files(task, request_json, now_ms / 1000.0, opened_s)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
 
 import attrs
 
@@ -46,8 +46,8 @@ from execgo.core.constants import (
 )
 from execgo.core.records import Outcome, TaskRecord
 from execgo.store import taskfiles
-from execgo.store.backend import backend_of
-from execgo.store.connection import dumps, transaction
+from execgo.store.backend import Query, backend_of
+from execgo.store.connection import dumps, rows, transaction
 from execgo.store.eventlog import NewEvent, append_events
 from execgo.store.reads import load_task
 
@@ -82,12 +82,27 @@ def terminal_view(record: TaskRecord, outcome: Outcome, now_ms: int) -> TaskReco
     )
 
 
+def eligible_query(conn: sqlite3.Connection, task_id: str, from_statuses: Sequence[str]) -> Query:
+    """
+    The query that finds, and locks, the task a terminal write may end:
+    its row when it is in one of C{from_statuses}, with its reservation and
+    whether that is held.
+    """
+    marks = ", ".join("?" for _ in from_statuses)
+    return (
+        "SELECT reservation_json, reserved_at_ms IS NOT NULL AND released_at_ms IS NULL"
+        f" FROM tasks WHERE task_id = ? AND status IN ({marks}){backend_of(conn).for_update}",
+        (task_id, *from_statuses),
+    )
+
+
 def write_terminal(
     conn: sqlite3.Connection,
     task_id: str,
     outcome: Outcome,
     now_ms: int,
     from_statuses: Sequence[str] = UNFINISHED,
+    found: Optional[List[Any]] = None,
 ) -> bool:
     """
     The row half of a terminal write: in one transaction (or the
@@ -95,20 +110,18 @@ def write_terminal(
     the terminal record, the release of its reservation and the terminal
     event.  It leaves C{result.json} alone: see L{finish}.
 
+    @param found: the rows of L{eligible_query}, read in this transaction
+        already (else they are read here).
     @return: whether this call made the task terminal.
     """
-    marks = ", ".join("?" for _ in from_statuses)
     error_json = None if outcome.error is None else dumps(outcome.error.to_json())
     usage_json = None if outcome.usage is None else dumps(outcome.usage.to_json())
     with transaction(conn):
-        row = conn.execute(
-            "SELECT reservation_json, reserved_at_ms IS NOT NULL AND released_at_ms IS NULL"
-            f" FROM tasks WHERE task_id = ? AND status IN ({marks}){backend_of(conn).for_update}",
-            (task_id, *from_statuses),
-        ).fetchone()
-        if row is None:
+        if found is None:
+            found = rows(conn, *eligible_query(conn, task_id, from_statuses))
+        if not found:
             return False
-        reservation_json, reserved = row
+        reservation_json, reserved = found[0]
         # The reservation is released in the same statement; the row is
         # locked and known, so its result says nothing new.
         backend_of(conn).execute_later(
@@ -271,14 +284,21 @@ class TerminalWrite:
                 self.result = None
         return self.eligible
 
-    def write(self, conn: sqlite3.Connection) -> bool:
+    def query(self, conn: sqlite3.Connection) -> Query:
+        """
+        The read L{write} starts from (L{eligible_query}).
+        """
+        return eligible_query(conn, self.task_id, self.from_statuses)
+
+    def write(self, conn: sqlite3.Connection, found: Optional[List[Any]] = None) -> bool:
         """
         In the open transaction: the conditional row write
-        (L{write_terminal}).
+        (L{write_terminal}), from the rows of L{query} when they were read
+        already.
 
         @return: L{took}.
         """
-        self.took = write_terminal(conn, self.task_id, self.outcome, self.now_ms, self.from_statuses)
+        self.took = write_terminal(conn, self.task_id, self.outcome, self.now_ms, self.from_statuses, found)
         return self.took
 
     def place(self, conn: sqlite3.Connection) -> None:
@@ -324,10 +344,12 @@ def commit(conn: sqlite3.Connection, writes: Sequence[TerminalWrite], before: Ca
     try:
         with transaction(conn):
             done = before(conn)
-            for write in writes:
-                write.write(conn)
+            backend = backend_of(conn)
+            # Every write's read in one round trip.
+            for write, found in zip(writes, backend.fetch_all(conn, [write.query(conn) for write in writes])):
+                write.write(conn, found)
             # Every row written before any file is placed.
-            backend_of(conn).send_waiting(conn)
+            backend.send_waiting(conn)
             for write in writes:
                 write.place(conn)
     except BaseException:

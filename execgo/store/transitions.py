@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import List, Optional
+from typing import Any, List, Optional, Sequence, Set, Union
 
 import attrs
 
@@ -25,10 +25,10 @@ from execgo.core.records import NewTask, TaskRecord
 from execgo.core.reservation import Reservation
 from execgo.host.privileges import TaskIdentity
 from execgo.store import idempotency, taskfiles
-from execgo.store.backend import backend_of
-from execgo.store.connection import dumps, rows, transaction
+from execgo.store.backend import Query, backend_of
+from execgo.store.connection import dumps, transaction
 from execgo.store.eventlog import NewEvent, append_event, append_events
-from execgo.store.reads import load_task, running_uids
+from execgo.store.reads import RUNNING_UIDS, load_task
 from execgo.store.schema import insert_labels
 from execgo.store.terminal import finish
 
@@ -126,38 +126,86 @@ def claim(
         nothing, when the task is unknown or not C{accepted}.
     @raise NoIdentity: changing nothing, when no uid is free.
     """
+    claimed = claim_all(conn, [task_id], shim_pid, now_ms, identity)[0]
+    if isinstance(claimed, NoIdentity):
+        raise claimed
+    return claimed
+
+
+#: What L{claim_all} made of one task: as L{claim} returns it, or the
+#: L{NoIdentity} it would raise.
+Claimed = Union[TaskRecord, None, NoIdentity]
+
+
+def claim_all(
+    conn: sqlite3.Connection,
+    task_ids: Sequence[str],
+    shim_pid: int,
+    now_ms: int,
+    identity: Optional[TaskIdentity] = None,
+) -> List[Claimed]:
+    """
+    L{claim} for each of C{task_ids} (distinct), in one transaction (or
+    the caller's) whose reads go in one round trip: no two of them, nor
+    any of them and a task already running, share a uid.
+
+    @return: for each task, in order, what L{claim} returns, or the
+        L{NoIdentity} it raises (that task changed nothing; the others
+        are claimed all the same).
+    """
+    backend = backend_of(conn)
+    row = "SELECT * FROM tasks WHERE task_id = ?" + backend.for_update
+    queries: List[Query] = [(row, (task_id,)) for task_id in task_ids]
+    if identity is not None and identity.per_task:
+        # Read with the rows, whatever they say: one round trip.
+        queries.append(RUNNING_UIDS)
     with transaction(conn):
-        found = rows(conn, "SELECT * FROM tasks WHERE task_id = ?" + backend_of(conn).for_update, (task_id,))
-        if not found:
-            return None
-        record = TaskRecord.from_row(found[0])
-        if record.status != STATUS_ACCEPTED or record.kill_requested:
-            return record if record.status == STATUS_ACCEPTED else None
-        run_as = None
-        if identity is not None:
-            run_as = identity.pick(running_uids(conn) if identity.per_task else frozenset())
-            if run_as is None:
-                raise NoIdentity(identity.describe())
-        reservation = Reservation.for_limits(record.limits)
-        # The row is locked and known: the update's result says nothing new.
-        backend_of(conn).execute_later(
-            conn,
-            "UPDATE tasks SET status = ?, shim_pid = ?, reservation_json = ?, reserved_at_ms = ?,"
-            " released_at_ms = NULL, updated_at_ms = ?, run_uid = ?, run_gid = ? WHERE task_id = ?",
-            (
-                STATUS_RUNNING,
-                shim_pid,
-                dumps(reservation.to_json()),
-                now_ms,
-                now_ms,
-                None if run_as is None else run_as.uid,
-                None if run_as is None else run_as.gid,
-                task_id,
-            ),
-        )
-        append_event(
-            conn, task_id, "resource_reserved", "task resources reserved", now_ms, reservation.to_json()
-        )
+        found = backend.fetch_all(conn, queries)
+        used = {int(row[0]) for row in found[len(task_ids)]} if len(found) > len(task_ids) else set()
+        return [_claim_found(conn, rows, shim_pid, now_ms, identity, used) for rows in found[: len(task_ids)]]
+
+
+def _claim_found(
+    conn: sqlite3.Connection,
+    found: List[Any],
+    shim_pid: int,
+    now_ms: int,
+    identity: Optional[TaskIdentity],
+    used: Set[int],
+) -> Claimed:
+    """
+    L{claim} of the task whose row (locked) is C{found}, in the open
+    transaction; the uid it takes is added to C{used}, the uids taken.
+    """
+    if not found:
+        return None
+    record = TaskRecord.from_row(found[0])
+    if record.status != STATUS_ACCEPTED or record.kill_requested:
+        return record if record.status == STATUS_ACCEPTED else None
+    run_as = None
+    if identity is not None:
+        run_as = identity.pick(used if identity.per_task else frozenset())
+        if run_as is None:
+            return NoIdentity(identity.describe())
+        used.add(run_as.uid)
+    reservation = Reservation.for_limits(record.limits)
+    # The row is locked and known: the update's result says nothing new.
+    backend_of(conn).execute_later(
+        conn,
+        "UPDATE tasks SET status = ?, shim_pid = ?, reservation_json = ?, reserved_at_ms = ?,"
+        " released_at_ms = NULL, updated_at_ms = ?, run_uid = ?, run_gid = ? WHERE task_id = ?",
+        (
+            STATUS_RUNNING,
+            shim_pid,
+            dumps(reservation.to_json()),
+            now_ms,
+            now_ms,
+            None if run_as is None else run_as.uid,
+            None if run_as is None else run_as.gid,
+            record.task_id,
+        ),
+    )
+    append_event(conn, record.task_id, "resource_reserved", "task resources reserved", now_ms, reservation.to_json())
     return attrs.evolve(
         record,
         status=STATUS_RUNNING,
@@ -170,22 +218,28 @@ def claim(
     )
 
 
-def record_start(
-    conn: sqlite3.Connection, task_id: str, pid: int, now_ms: int, script_path: Optional[str]
-) -> bool:
+def record_start(conn: sqlite3.Connection, task_id: str, pid: int, now_ms: int, script_path: Optional[str]) -> None:
     """
-    Record that the workload C{pid} (leader of process group C{pid}) runs.
+    Record that the workload C{pid} (leader of process group C{pid}) of
+    the C{running} task C{task_id} runs, with a C{started} event; nothing
+    for a task not C{running}.  Neither statement's result is read, so
+    both go with the transaction's next one.
     """
+    backend = backend_of(conn)
     with transaction(conn):
-        cursor = conn.execute(
+        backend.execute_later(
+            conn,
             "UPDATE tasks SET pid = ?, pgid = ?, started_at_ms = ?, updated_at_ms = ?,"
             " script_path = COALESCE(?, script_path) WHERE task_id = ? AND status = ?",
             (pid, pid, now_ms, now_ms, script_path, task_id, STATUS_RUNNING),
         )
-        if cursor.rowcount != 1:
-            return False
-        append_event(conn, task_id, "started", "task started", now_ms)
-    return True
+        backend.execute_later(
+            conn,
+            "INSERT INTO task_events (task_id, event_type, timestamp_ms, message)"
+            " SELECT ?, 'started', ?, 'task started'"
+            " WHERE EXISTS (SELECT 1 FROM tasks WHERE task_id = ? AND status = ?)",
+            (task_id, now_ms, task_id, STATUS_RUNNING),
+        )
 
 
 def record_timeout(conn: sqlite3.Connection, task_id: str, now_ms: int) -> bool:
