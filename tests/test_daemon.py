@@ -151,6 +151,36 @@ class LoopTests(EngineHarness, SynchronousTestCase):
         self.assertEqual(self.received(sender), [control.Declined("ghost")])
         self.assertEqual(self.received(other), [])
 
+    def test_launches_read_together_claimed_together(self) -> None:
+        """
+        Launch orders read at once are claimed in one transaction, in
+        order, around the other orders between them; a task ordered twice
+        starts once, and only the unknown task is declined.
+        """
+        server = self.connect()
+        self.received(server)
+        for task_id in ("a", "b", "c"):
+            self.insert(task_id)
+        batches: List[List[str]] = []
+        launch_all = self.supervisor.launch_all
+
+        def recording(orders: Any) -> Any:
+            batches.append([task_id for task_id, _ in orders])
+            return launch_all(orders)
+
+        self.patch(self.supervisor, "launch_all", recording)
+        self.order(
+            server,
+            control.Launch(("a",)),
+            control.Launch(("b", "a", "ghost")),
+            control.Ping(1),
+            control.Launch(("c",)),
+        )
+        self.assertEqual(batches, [["a", "b", "a", "ghost"], ["c"]])
+        self.assertEqual(self.received(server), [control.Declined("ghost"), control.Pong(1)])
+        self.assertEqual(sorted(self.supervisor.by_task), ["a", "b", "c"])
+        self.assertEqual(len(self.processes.workloads), 3)
+
     def test_reports_to_every_server(self) -> None:
         """
         A task's end is reported to every connected server.

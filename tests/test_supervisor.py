@@ -30,7 +30,7 @@ from execgo.core.reservation import Reservation
 from execgo.core.results import ErrorInfo
 from execgo.host import privileges
 from execgo.host.procinfo import group_alive
-from execgo.store import eventlog, schema, taskfiles, terminal, transitions
+from execgo.store import eventlog, reads, schema, taskfiles, terminal, transitions
 from execgo.store.connection import connect
 from execgo.supervisor import endings, engine, starts
 from execgo.supervisor.daemon import Loop
@@ -254,9 +254,10 @@ class SupervisorTests(EngineTestCase):
 
     def test_ends_reaped_together_commit_once(self) -> None:
         """
-        Workloads found ended by one reaping are written in one
-        transaction (with the start record still pending), each with its
-        own outcome, C{result.json} and report.
+        Workloads found ended by one reaping are judged from one read of
+        the store and written in one transaction (with the start record
+        still pending), each with its own outcome, C{result.json} and
+        report.
         """
         ids = ["b1", "b2", "b3"]
         for task_id in ids:
@@ -270,10 +271,19 @@ class SupervisorTests(EngineTestCase):
         self.assertTrue(wait_for(lambda: all(exited(pid) for pid in pids)))
         self.assertTrue(self.supervisor.pending_starts)
         statements: List[str] = []
+        refreshed: List[List[str]] = []
+        refresh_all = reads.refresh_all
+
+        def recording(conn: Any, records: Any) -> Any:
+            refreshed.append([record.task_id for record in records])
+            return refresh_all(conn, records)
+
+        self.patch(reads, "refresh_all", recording)
         self.supervisor.conn.set_trace_callback(statements.append)
         self.supervisor.reap()
         self.supervisor.conn.set_trace_callback(None)
         self.assertEqual((statements.count("BEGIN IMMEDIATE"), statements.count("COMMIT")), (1, 1))
+        self.assertEqual([sorted(ids) for ids in refreshed], [ids])
         self.assertFalse(self.supervisor.busy)
         self.assertEqual([self.load(task_id).exit_code for task_id in ids], [0, 1, 2])
         for task_id in ids:
@@ -504,7 +514,7 @@ class SupervisorTests(EngineTestCase):
         was declined.
         """
         self.patch(engine, "CLAIM_RETRY_S", 0.01)
-        real_claim = transitions.claim
+        real_claim = transitions.claim_all
         calls: List[str] = []
 
         def flaky_claim(*args: Any) -> Any:
@@ -513,7 +523,7 @@ class SupervisorTests(EngineTestCase):
                 raise sqlite3.OperationalError("database is locked")
             return real_claim(*args)
 
-        self.patch(transitions, "claim", flaky_claim)
+        self.patch(transitions, "claim_all", flaky_claim)
         declined: List[bool] = []
         self.insert("late", command("/bin/true"))
         self.assertTrue(self.supervisor.launch("late", on_declined=lambda: declined.append(True)))

@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 import traceback
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from execgo import control
 from execgo.control import MAX_LINE
@@ -82,9 +82,8 @@ class _Connection:
             self.loop.drop(self)
             return
         self.buffer += data
-        while b"\n" in self.buffer:
-            line, self.buffer = self.buffer.split(b"\n", 1)
-            self.loop.handle(self, line)
+        *lines, self.buffer = self.buffer.split(b"\n")
+        self.loop.handle_all(self, lines)
         if len(self.buffer) > MAX_LINE:
             self.loop.drop(self)
 
@@ -216,17 +215,39 @@ class Loop:
         for connection in list(self.connections.values()):
             connection.send(message)
 
+    def handle_all(self, connection: _Connection, lines: List[bytes]) -> None:
+        """
+        The orders read at once, in order (L{handle}), the tasks of
+        consecutive launch orders launched together (one claim
+        transaction).
+        """
+        launches: List[str] = []
+        for line in lines:
+            order = control.decode_order(line)
+            if isinstance(order, control.Launch):
+                launches += order.task_ids
+                continue
+            self._launch(connection, launches)
+            launches = []
+            self._obey(connection, order)
+        self._launch(connection, launches)
+
+    def _launch(self, connection: _Connection, task_ids: List[str]) -> None:
+        if task_ids:
+            # Only the server that sent the order holds a slot for it.
+            self.supervisor.launch_all([(task_id, _decline(connection, task_id)) for task_id in task_ids])
+
     def handle(self, connection: _Connection, line: bytes) -> None:
         """
         One order (L{control.decode_order}): launch, kill, ping, shutdown;
         anything else is ignored.  Nothing but ids is read from an order:
         how a task runs comes from the store and the settings.
         """
-        order = control.decode_order(line)
+        self._obey(connection, control.decode_order(line))
+
+    def _obey(self, connection: _Connection, order: Any) -> None:
         if isinstance(order, control.Launch):
-            for task_id in order.task_ids:
-                # Only the server that sent the order holds a slot for it.
-                self.supervisor.launch(task_id, on_declined=_decline(connection, task_id))
+            self._launch(connection, list(order.task_ids))
         elif isinstance(order, control.Kill):
             self.supervisor.kill(order.task_id)
         elif isinstance(order, control.Ping):

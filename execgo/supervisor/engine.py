@@ -30,10 +30,11 @@ records (L{execgo.supervisor.starts}), the reaping and verdicts
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import traceback
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from execgo.control import Report, SupervisorSettings
 from execgo.core import outcome, policy
@@ -245,32 +246,57 @@ class Supervisor:
         @return: C{False} when the task is declined now: it is not
             C{accepted} any more (it ended, or another order took it).
         """
-        if task_id in self.by_task:
-            return True
+        return self.launch_all([(task_id, on_declined)])[0]
+
+    def launch_all(self, orders: Sequence[Tuple[str, Optional[Callable[[], None]]]]) -> List[bool]:
+        """
+        L{launch} for each C{(task_id, on_declined)} of C{orders}, the
+        claims in one transaction (L{transitions.claim_all}).
+
+        @return: what L{launch} returns, for each order.
+        """
+        fresh: Dict[str, Optional[Callable[[], None]]] = {}
+        for task_id, on_declined in orders:
+            if task_id not in self.by_task:
+                fresh.setdefault(task_id, on_declined)
         try:
             with connection.transaction(self.conn):
                 written = self.starts.write(self.conn)
-                record = transitions.claim(self.conn, task_id, os.getpid(), self.wall_ms(), self.identity)
+                claims = transitions.claim_all(self.conn, list(fresh), os.getpid(), self.wall_ms(), self.identity)
             self.starts.written(written)
-        except transitions.NoIdentity as e:
-            self.endings.finish(task_id, outcome.failed("launch_failed", f"no free task uid: all of {e} are in use"))
-            return True
         except connection.backend_of(self.conn).Error as e:
-            self.log(f"cannot take {task_id}: {e}")
-            self.call_later(CLAIM_RETRY_S, lambda: self.launch(task_id, on_declined))
-            return True
-        if record is None:
-            if on_declined is not None:
+            self.log(f"cannot take {', '.join(fresh)}: {e}")
+            for task_id, on_declined in fresh.items():
+                self.call_later(CLAIM_RETRY_S, functools.partial(self.launch, task_id, on_declined))
+            return [True for _ in orders]
+        taken = {task_id: self._launched(task_id, claim) for task_id, claim in zip(fresh, claims)}
+        answers = []
+        for task_id, on_declined in orders:
+            answers.append(taken.get(task_id, True))
+            if not answers[-1] and on_declined is not None:
                 on_declined()
+        return answers
+
+    def _launched(self, task_id: str, claimed: transitions.Claimed) -> bool:
+        """
+        Start a task as its claim left it (L{transitions.claim_all}), or end
+        it when it cannot run; C{False} when it is declined.
+        """
+        if isinstance(claimed, transitions.NoIdentity):
+            self.endings.finish(
+                task_id, outcome.failed("launch_failed", f"no free task uid: all of {claimed} are in use")
+            )
+            return True
+        if claimed is None:
             return False
-        if record.status == STATUS_ACCEPTED:
+        if claimed.status == STATUS_ACCEPTED:
             self.endings.finish(task_id, outcome.cancelled("task cancelled before execution"))
             return True
         try:
-            self._start(record, self.cgroups)
+            self._start(claimed, self.cgroups)
         except Exception as e:
             self.log("supervisor error: " + traceback.format_exc())
-            self._refuse(record, outcome.failed("internal", f"supervisor error: {e}"))
+            self._refuse(claimed, outcome.failed("internal", f"supervisor error: {e}"))
         return True
 
     def _facility(self, cgroup_root: str) -> Optional[Cgroups]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import attrs
 
@@ -37,6 +37,19 @@ JUDGE_RETRY_S = 1.0
 
 #: C{finish(task_id, verdict, current=...)}: write a task's end.
 Finish = Callable[..., None]
+
+
+@attrs.define
+class Judging:
+    """
+    A reaped workload waiting to be judged: what its cgroups saw, and the
+    forks its pids limit refused that are not written yet.
+    """
+
+    run: Running
+    usage: Usage
+    oom_killed: bool
+    hits: int
 
 
 class Reaper:
@@ -76,13 +89,25 @@ class Reaper:
         self.by_task = by_task
         self.finish = finish
         self.hand_back = hand_back
+        self._judging: Optional[List[Judging]] = None
 
     def reap_all(self) -> None:
         """
         Reap every exited child.  A workload leader's process group is
         killed before the leader is reaped (while its zombie still holds
-        the group id), so nothing of a finished task lingers.
+        the group id), so nothing of a finished task lingers.  The
+        workloads completed in this pass are judged together (one read of
+        the store, L{_judge_all}).
         """
+        self._judging = []
+        try:
+            self._reap_exited()
+        finally:
+            judging, self._judging = self._judging, None
+            if judging:
+                self._judge_all(judging)
+
+    def _reap_exited(self) -> None:
         while True:
             pid = self.processes.exited()
             if pid is None:
@@ -139,27 +164,48 @@ class Reaper:
             self.by_task.pop(run.task_id, None)
             self.finish(run.task_id, failure)
             return
-        self._judge(run, usage, oom_killed, hits)
+        judging = Judging(run, usage, oom_killed, hits)
+        if self._judging is not None:
+            self._judging.append(judging)
+        else:
+            self._judge_all([judging])
 
-    def _judge(self, run: Running, usage: Usage, oom_killed: bool, hits: int) -> None:
+    def _judge_all(self, judgings: List["Judging"]) -> None:
         """
-        Classify the reaped workload and hand its end to C{finish}, after
-        writing what must come before it in the store (the forks its pids
-        limit refused, a timeout not recorded yet) and reading the kill
-        flag.  A store that cannot be used now is tried again every
-        L{JUDGE_RETRY_S}; the task stays supervised meanwhile.
+        Classify the reaped workloads and hand their ends to C{finish},
+        after writing what must come before them in the store (the forks
+        their pids limits refused, a timeout not recorded yet) and reading
+        their kill flags (one read for all).  A store that cannot be used
+        now is tried again every L{JUDGE_RETRY_S}; the tasks stay
+        supervised meanwhile.
         """
         try:
-            if hits:
-                self._pids_limit_event(run, hits)
-                hits = 0
-            if run.timeout_unrecorded:
-                transitions.record_timeout(self.conn, run.task_id, self.wall_ms())
-                run.timeout_unrecorded = False
-            current = reads.refresh(self.conn, run.record)
+            for judging in judgings:
+                self._write_before_end(judging)
+            currents = reads.refresh_all(self.conn, [judging.run.record for judging in judgings])
         except (connection.backend_of(self.conn).Error, OSError):
-            self.clock.call_later(JUDGE_RETRY_S, lambda: self._judge(run, usage, oom_killed, hits))
+            self.clock.call_later(JUDGE_RETRY_S, lambda: self._judge_all(judgings))
             return
+        for judging, current in zip(judgings, currents):
+            self._judge(judging, current)
+
+    def _write_before_end(self, judging: "Judging") -> None:
+        """
+        Write what must come before the end of C{judging}'s task, once.
+        """
+        run = judging.run
+        if judging.hits:
+            self._pids_limit_event(run, judging.hits)
+            judging.hits = 0
+        if run.timeout_unrecorded:
+            transitions.record_timeout(self.conn, run.task_id, self.wall_ms())
+            run.timeout_unrecorded = False
+
+    def _judge(self, judging: "Judging", current: Optional[TaskRecord]) -> None:
+        """
+        Classify the reaped workload and hand its end to C{finish}.
+        """
+        run = judging.run
         self.by_task.pop(run.task_id, None)
         assert run.exit_status is not None
         kill_flag = current is not None and current.kill_requested
@@ -167,10 +213,10 @@ class Reaper:
         verdict = outcome.classify(
             outcome.Exit(
                 status=run.exit_status,
-                usage=usage,
+                usage=judging.usage,
                 timed_out=run.timed_out,
                 cancelled=run.cancel_requested or kill_flag,
-                oom_killed=oom_killed,
+                oom_killed=judging.oom_killed,
                 cpu_time_sec=enforcement.cpu_time_sec if enforcement.cpu_time_enforced else None,
             )
         )
