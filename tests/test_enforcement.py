@@ -236,7 +236,8 @@ class CgroupEnforcementTests(EnforcementCase):
         lowered to 16 right after, so the first microseconds of the
         workload may see 17); a C{pids_limit_reached} event records the
         refused forks; an ordinary task submitted meanwhile succeeds; the
-        bomb ends (its wall time) and leaves no process and no group.
+        bomb ends (its wall time) and leaves no process and no group.  (Its
+        shell then execs its sleep: a fork could lose to the bomb.)
         """
         await self.require_pids_v1()
         task_id = unique("bomb")
@@ -245,7 +246,7 @@ class CgroupEnforcementTests(EnforcementCase):
         reactor = self._reactor()
         await self.submit(
             shell(
-                "f() { f | f & }; f; sleep 30",
+                "f() { f | f & }; f; exec sleep 30",
                 task_id=task_id,
                 limits={"pids_max": 16, "wall_time_ms": 3000},
             )
