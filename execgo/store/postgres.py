@@ -25,8 +25,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from execgo.core import errors
 from execgo.store import pgwire, schema, tallies
-from execgo.store.pgwire import Statement
 from execgo.store.backend import Backend
+from execgo.store.pgwire import Statement
 
 #: The advisory lock key every write transaction holds ("exec").
 WRITE_LOCK = 0x65786563
