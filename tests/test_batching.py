@@ -80,6 +80,26 @@ class RunJobsTests(SynchronousTestCase):
         self.assertEqual(keys(self.conn), ["a", "b"])
         self.assertFalse(self.conn.in_transaction)
 
+    def test_write_alone_needs_no_savepoint(self) -> None:
+        """
+        A grouped write with no other in its group runs in a transaction
+        of its own, without a savepoint; when it fails, nothing of it
+        stays.
+        """
+
+        def twice(conn: sqlite3.Connection, prepared: Any) -> None:
+            conn.execute("INSERT INTO t (k) VALUES ('c')")
+            conn.execute("INSERT INTO t (k) VALUES ('c')")
+
+        self.assertEqual(run_jobs(self.conn, [grouped("a")], transaction), [(True, "a:prepared")])
+        [(ok, failure)] = run_jobs(self.conn, [(lambda conn: None, (), twice)], transaction)
+        self.assertFalse(ok)
+        failure.trap(sqlite3.IntegrityError)
+        self.assertEqual(keys(self.conn), ["a"])
+        self.assertEqual([s for s in self.statements if "SAVEPOINT" in s or "RELEASE" in s], [])
+        self.assertEqual(self.statements.count("COMMIT"), 1)
+        self.assertFalse(self.conn.in_transaction)
+
     def test_failing_first_step_skips_write(self) -> None:
         """
         When a grouped job's first step fails, its write never runs.

@@ -53,15 +53,27 @@ def _released(write: Callable[[Any, Any], Any], conn: Any, value: Any) -> Any:
     return result
 
 
+def _alone(group: Group, write: Callable[[Any, Any], Any], conn: Any, value: Any) -> Any:
+    """
+    C{write(conn, value)} in a C{group(conn)} transaction of its own.
+    """
+    with group(conn):
+        return write(conn, value)
+
+
 def _write_group(
     conn: Any, group: Optional[Group], writes: List[Tuple[int, Callable[[Any, Any], Any]]], results: List[Result]
 ) -> None:
     """
     Run C{writes} in one C{group(conn)} transaction, each under a
     savepoint: a write that fails is undone alone and fails alone; a
-    commit that fails fails them all.
+    commit that fails fails them all.  A write alone needs no savepoint.
     """
     assert group is not None, "grouped writes need a group transaction"
+    if len(writes) == 1:
+        [(index, write)] = writes
+        results[index] = _call(_alone, group, write, conn, results[index][1])
+        return
     try:
         with group(conn):
             for index, write in writes:

@@ -239,8 +239,8 @@ class PgConnection:
         C{RELEASE} will be too).
         """
         savepoint = f"SAVEPOINT {name}"
-        for index, (sql, _) in enumerate(self._later):
-            if sql == savepoint:
+        for index in range(len(self._later) - 1, -1, -1):
+            if self._later[index][0] == savepoint:
                 del self._later[index:]
                 self._unsent_savepoints.append(name)
                 return True
