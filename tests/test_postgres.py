@@ -147,6 +147,28 @@ class PgConnectionTests(PgTestCase):
         self.assertEqual([[tuple(row) for row in rows] for rows in found], [[(1,)], [], [(3,)]])
         self.assertEqual(found[2][0]["c"], 3)
 
+    def test_waits_leave_other_threads_running(self) -> None:
+        """
+        While a statement waits for the server, other threads of the
+        process run (the server's reactor thread beside its store
+        threads): the wait does not hold the GIL.
+        """
+        import threading
+        import time
+
+        other = backends.POSTGRES_BACKEND.reopen(self, self.conn)
+        waiting = threading.Thread(target=lambda: other.execute("SELECT pg_sleep(0.4)"))
+        gaps: List[float] = []
+        waiting.start()
+        last = time.monotonic()
+        while waiting.is_alive():
+            sum(range(200))
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+        waiting.join()
+        self.assertLess(max(gaps), 0.2)
+
     def test_fetch_all_on_sqlite(self) -> None:
         """
         The SQLite backend answers the same, one query after the other.

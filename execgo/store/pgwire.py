@@ -13,13 +13,15 @@ statement; parameters and rows still go through C{psycopg}'s adapters
 C{psycopg} cursor, and errors are C{psycopg}'s own classes.
 
 Each connection is used through a L{Session}, which also keeps the
-statements it has prepared on the server.
+statements it has prepared on the server, and waits for the server with
+C{poll}, outside the GIL (libpq's own blocking reads would hold it).
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import select
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 #: One statement to send: its SQL (C{?} placeholders), its parameters and
@@ -93,24 +95,58 @@ PREPARED_MAX = 512
 
 class Session:
     """
-    One C{psycopg} connection as L{exchange} uses it: in blocking mode (a
-    flush sends the whole batch, reading a result waits for it), integers
-    always sent as C{bigint} (so a statement's parameter types do not vary
-    with their values), its adapters, and the statements it has prepared
-    on the server, which then plans each of them once, not per run.
+    One C{psycopg} connection as L{exchange} uses it: integers always
+    sent as C{bigint} (so a statement's parameter types do not vary with
+    their values), its adapters, the statements it has prepared on the
+    server (which then plans each of them once, not per run), and a poller
+    on its socket: every wait for the server is a C{poll} outside the GIL,
+    so other threads (the server's reactor) run meanwhile.
 
-    @ivar conn: the C{psycopg} connection.
+    @ivar conn: the C{psycopg} connection (in libpq's non-blocking mode,
+        as C{psycopg} leaves it).
     """
 
     def __init__(self, conn: Any) -> None:
         from psycopg.adapt import Transformer
         from psycopg.types.numeric import Int8Dumper
 
-        conn.pgconn.nonblocking = 0
         conn.adapters.register_dumper(int, Int8Dumper)
         self.conn = conn
         self.adapters = Transformer(conn)
         self.prepared: Dict[Key, bytes] = {}
+        self._poller = select.poll()
+
+    def wait(self, events: int) -> None:
+        """
+        Wait until the connection's socket is ready for C{events}
+        (C{select.POLLIN}, C{select.POLLOUT}).
+        """
+        fd = self.conn.pgconn.socket
+        self._poller.register(fd, events)
+        try:
+            while not self._poller.poll():
+                pass
+        finally:
+            self._poller.unregister(fd)
+
+    def flush(self) -> None:
+        """
+        Send everything queued on the connection.
+        """
+        pg = self.conn.pgconn
+        while pg.flush():
+            self.wait(select.POLLOUT)
+
+    def result(self) -> Any:
+        """
+        The connection's next result (C{None} where libpq has none), read
+        once it has arrived.
+        """
+        pg = self.conn.pgconn
+        while pg.is_busy():
+            self.wait(select.POLLIN)
+            pg.consume_input()
+        return pg.get_result()
 
 
 def exchange(session: Session, batch: Sequence[Statement]) -> List[Result]:
@@ -147,11 +183,10 @@ def exchange(session: Session, batch: Sequence[Statement]) -> List[Result]:
             sent.append(number)
         if piped:
             pg.pipeline_sync()
-        while pg.flush():
-            pass
-        received = [_receive(pg) for _ in sent]
+        session.flush()
+        received = [_receive(session) for _ in sent]
         if piped:
-            _synced(pg)
+            _synced(session)
             pg.exit_pipeline_mode()
     except psycopg.Error:
         if pg.status == pq.ConnStatus.BAD:
@@ -212,32 +247,32 @@ def _send(session: Session, sql: str, values: Sequence[Any], piped: bool, prepar
     return True
 
 
-def _receive(pg: Any) -> Any:
+def _receive(session: Session) -> Any:
     """
     The next statement's result (read until libpq says it is complete).
     """
     import psycopg
 
-    result = pg.get_result()
+    result = session.result()
     if result is None:
-        raise _lost(pg)
-    more = pg.get_result()
+        raise _lost(session.conn.pgconn)
+    more = session.result()
     while more is not None:
         if result.status != psycopg.pq.ExecStatus.FATAL_ERROR:
             result = more  # a simple query's statements: the last one's, or an error
-        more = pg.get_result()
+        more = session.result()
     return result
 
 
-def _synced(pg: Any) -> None:
+def _synced(session: Session) -> None:
     """
     Read the end of a pipeline.
     """
     import psycopg
 
-    result = pg.get_result()
+    result = session.result()
     if result is None or result.status != psycopg.pq.ExecStatus.PIPELINE_SYNC:
-        raise _lost(pg)
+        raise _lost(session.conn.pgconn)
 
 
 def _lost(pg: Any) -> Exception:
