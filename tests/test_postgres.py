@@ -268,8 +268,10 @@ class PgReconnectTests(PgTestCase):
         self.conn.execute("BEGIN")
         self.conn.execute("INSERT INTO runtime_counters VALUES ('a', '', 1)")
         self.cut()
-        with self.assertRaises(postgres.POSTGRES.OperationalError):
+        with self.assertRaises(postgres.POSTGRES.OperationalError) as cut:
             self.conn.execute("INSERT INTO runtime_counters VALUES ('b', '', 1)")
+        # The server said why (terminated): the store is unavailable, not broken.
+        self.assertIsInstance(errors.from_storage(cut.exception), errors.Unavailable)
         with self.assertRaises(postgres.POSTGRES.OperationalError):
             self.conn.execute("INSERT INTO runtime_counters VALUES ('c', '', 1)")
         self.assertTrue(self.conn.in_transaction)

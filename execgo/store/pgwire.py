@@ -174,6 +174,7 @@ def exchange(session: Session, batch: Sequence[Statement]) -> List[Result]:
     piped = len(runs) > 1 or bool(runs[0][2])
     preparing: List[Tuple[Key, bytes]] = []
     sent: List[Optional[int]] = []  # per command: its run, or None for a prepare
+    received: List[Any] = []
     try:
         if piped:
             pg.enter_pipeline_mode()
@@ -184,13 +185,14 @@ def exchange(session: Session, batch: Sequence[Statement]) -> List[Result]:
         if piped:
             pg.pipeline_sync()
         session.flush()
-        received = [_receive(session) for _ in sent]
+        for _ in sent:
+            received.append(_receive(session))
         if piped:
             _synced(session)
             pg.exit_pipeline_mode()
     except psycopg.Error:
         if pg.status == pq.ConnStatus.BAD:
-            raise _lost(pg) from None
+            raise _lost(pg, received) from None
         raise
     prepares = [res for number, res in zip(sent, received) if number is None]
     results = [res for number, res in zip(sent, received) if number is not None]
@@ -200,7 +202,7 @@ def exchange(session: Session, batch: Sequence[Statement]) -> List[Result]:
     failed = next((res for res in received if res.status == pq.ExecStatus.FATAL_ERROR), None)
     if failed is not None:
         if pg.status == pq.ConnStatus.BAD and not failed.error_field(pq.DiagnosticField.SQLSTATE):
-            raise _lost(pg)
+            raise _lost(pg, [])
         raise psycopg.errors.error_from_result(failed, session.conn.info.encoding)
     counts = [0] * len(batch)
     last: List[Any] = [None] * len(batch)
@@ -250,17 +252,23 @@ def _send(session: Session, sql: str, values: Sequence[Any], piped: bool, prepar
 def _receive(session: Session) -> Any:
     """
     The next statement's result (read until libpq says it is complete).
+    An error result the server sent before it closed the connection is
+    returned, not lost to the error of reading past it.
     """
     import psycopg
 
     result = session.result()
     if result is None:
-        raise _lost(session.conn.pgconn)
-    more = session.result()
-    while more is not None:
-        if result.status != psycopg.pq.ExecStatus.FATAL_ERROR:
-            result = more  # a simple query's statements: the last one's, or an error
+        raise _lost(session.conn.pgconn, [])
+    try:
         more = session.result()
+        while more is not None:
+            if result.status != psycopg.pq.ExecStatus.FATAL_ERROR:
+                result = more  # a simple query's statements: the last one's, or an error
+            more = session.result()
+    except psycopg.Error:
+        if result.status != psycopg.pq.ExecStatus.FATAL_ERROR:
+            raise
     return result
 
 
@@ -272,18 +280,25 @@ def _synced(session: Session) -> None:
 
     result = session.result()
     if result is None or result.status != psycopg.pq.ExecStatus.PIPELINE_SYNC:
-        raise _lost(session.conn.pgconn)
+        raise _lost(session.conn.pgconn, [])
 
 
-def _lost(pg: Any) -> Exception:
+def _lost(pg: Any, received: List[Any]) -> Exception:
     """
     The error for a connection that is gone (or no longer answers as it
-    must): C{psycopg.OperationalError} with libpq's message.
+    must): the error the server sent first among the C{received} results
+    (why it ended the session: shutting down, terminated), else
+    C{psycopg}'s connection failure (sqlstate 08006) with libpq's message.
     """
     import psycopg
 
+    for result in received:
+        if result.status == psycopg.pq.ExecStatus.FATAL_ERROR and result.error_field(
+            psycopg.pq.DiagnosticField.SQLSTATE
+        ):
+            return psycopg.errors.error_from_result(result)
     message = pg.error_message.decode("utf-8", "replace").strip() or "the connection to the server was lost"
-    return psycopg.OperationalError(message)
+    return psycopg.errors.lookup("08006")(message)
 
 
 def _rows(adapters: Any, result: Any) -> List[Any]:
