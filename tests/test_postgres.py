@@ -246,6 +246,34 @@ class PgReconnectTests(PgTestCase):
         self.assertEqual(names, ["a", "b"])
         self.assertEqual(self.conn.reconnects, 1)
 
+    def test_reopening_fails_then_serves(self) -> None:
+        """
+        A transaction whose connection cannot be opened again yet (the
+        server is still starting) fails whole, even when it is sent whole
+        with its C{COMMIT}, and leaves no transaction open: the next one
+        opens a new connection and commits.
+        """
+        self.cut()
+        self.conn.raw.close()  # as after a statement met the cut
+        opener = self.conn._opener
+        attempts: List[int] = []
+
+        def refusing() -> Any:
+            attempts.append(1)
+            if len(attempts) == 1:
+                raise postgres.POSTGRES.OperationalError("the database system is starting up")
+            return opener()
+
+        self.conn._opener = refusing
+        with self.assertRaises(postgres.POSTGRES.OperationalError):
+            with connection.transaction(self.conn):
+                self.conn.execute_later("INSERT INTO runtime_counters VALUES ('a', '', 1)", ())
+        self.assertFalse(self.conn.in_transaction)
+        with connection.transaction(self.conn):
+            self.conn.execute_later("INSERT INTO runtime_counters VALUES ('b', '', 1)", ())
+        names = [row[0] for row in self.conn.execute("SELECT name FROM runtime_counters")]
+        self.assertEqual((names, len(attempts)), (["b"], 2))
+
     def test_commit_after_cut_not_repeated(self) -> None:
         """
         A transaction sent whole with its C{COMMIT} that meets the cut

@@ -283,18 +283,21 @@ class PgConnection:
         (C{fresh}: the transaction begins in this batch); keep
         L{in_transaction} as the server sees it.
         """
-        if self.raw.closed and (fresh or not self._in_transaction):
-            self._session = pgwire.Session(self._opener())
-            self.reconnects += 1
+        reopen = self.raw.closed and (fresh or not self._in_transaction)
         if verb.startswith("BEGIN"):
             self._in_transaction = True
         try:
+            if reopen:
+                # Failing here (the server is still away) fails the batch
+                # as a cut would.
+                self._session = pgwire.Session(self._opener())
+                self.reconnects += 1
             results = pgwire.exchange(self._session, batch)
         except BaseException as e:
             # A transaction the cut ended stays open here until its
             # ROLLBACK: no later statement of it runs on a new connection.
             if verb.startswith(("BEGIN", "COMMIT")):
-                self._in_transaction = False
+                self._end_transaction()
                 if not self.raw.closed:
                     # A BEGIN that went through before the lock failed, a
                     # COMMIT never reached after a statement sent with it
