@@ -237,7 +237,8 @@ class CgroupEnforcementTests(EnforcementCase):
         workload may see 17); a C{pids_limit_reached} event records the
         refused forks; an ordinary task submitted meanwhile succeeds; the
         bomb ends (its wall time) and leaves no process and no group.  (Its
-        shell then execs its sleep: a fork could lose to the bomb.)
+        shell forks once, for the bomb, before anything else runs, then
+        execs its sleep: a later fork of its own could lose to the bomb.)
         """
         await self.require_pids_v1()
         task_id = unique("bomb")
@@ -246,7 +247,7 @@ class CgroupEnforcementTests(EnforcementCase):
         reactor = self._reactor()
         await self.submit(
             shell(
-                "f() { f | f & }; f; exec sleep 30",
+                "(f() { f | f & }; f) & exec sleep 30",
                 task_id=task_id,
                 limits={"pids_max": 16, "wall_time_ms": 3000},
             )
