@@ -157,8 +157,10 @@ def exchange(session: Session, batch: Sequence[Statement]) -> List[Result]:
     After a statement fails the server skips the rest of the batch; the
     first error is raised once the batch is read.
 
-    @raise psycopg.Error: the first statement's error, or
-        C{psycopg.OperationalError} when the connection is lost.
+    @raise psycopg.Error: the first statement's error; when the
+        connection is lost, the error the server sent before it closed it
+        (why: shutting down, terminated), else a connection failure
+        (sqlstate 08006).
     """
     import psycopg
     from psycopg import pq

@@ -1,10 +1,10 @@
 # -*- test-case-name: tests.test_postgres,tests.test_store,tests.test_database_outage -*-
 """
 The task store on PostgreSQL: the L{POSTGRES} backend, L{PgConnection}
-(a C{psycopg} connection offering the surface of a C{sqlite3} one that
-the store's functions use, which survives a server restart and saves
-round trips) and the store's schema on PostgreSQL, by versions
-(L{MIGRATIONS}, L{init_schema}).
+(a connection offering the surface of a C{sqlite3} one that the store's
+functions use, which survives a server restart and saves round trips; its
+statements go through L{pgwire}) and the store's schema on PostgreSQL, by
+versions (L{MIGRATIONS}, L{init_schema}).
 
 Writers are serialised as on SQLite: every write transaction takes one
 transaction-scoped advisory lock (L{WRITE_LOCK}), so the order of event
