@@ -175,9 +175,7 @@ class PgConnectionTests(PgTestCase):
         """
         import sqlite3
 
-        from execgo.store.backend import SQLITE
-
-        found = SQLITE.fetch_all(sqlite3.connect(":memory:"), [("SELECT ? AS a", (1,)), ("SELECT 3 AS c", ())])
+        found = connection.fetch_all(sqlite3.connect(":memory:"), [("SELECT ? AS a", (1,)), ("SELECT 3 AS c", ())])
         self.assertEqual([[row[0] for row in rows] for rows in found], [[1], [3]])
         self.assertEqual(found[1][0]["c"], 3)
 

@@ -58,9 +58,9 @@ class Backend:
     @ivar send_waiting: C{(conn)}: sends what L{execute_later} left
         waiting now, so that its errors are known before what follows.
     @ivar fetch_all: C{(conn, [(sql, params), ...])}: the rows of several
-        queries that do not depend on each other, each addressable by
-        column name; together in one round trip on an engine with round
-        trips to save.
+        queries that do not depend on each other, together in one round
+        trip, on an engine with round trips to save (C{None}: one query
+        after the other, L{execgo.store.connection.fetch_all}).
     """
 
     name: str
@@ -73,19 +73,7 @@ class Backend:
     init_schema: Optional[Callable[[Any], None]] = None
     execute_later: Callable[[Any, str, Sequence[Any]], None] = lambda conn, sql, params: conn.execute(sql, params)
     send_waiting: Callable[[Any], None] = lambda conn: None
-    fetch_all: Callable[[Any, Sequence[Query]], List[List[Any]]] = lambda conn, queries: _one_by_one(conn, queries)
-
-
-def _one_by_one(conn: sqlite3.Connection, queries: Sequence[Query]) -> List[List[Any]]:
-    """
-    The rows of each query, one query after the other.
-    """
-    found = []
-    for sql, params in queries:
-        cursor = conn.cursor()
-        cursor.row_factory = sqlite3.Row
-        found.append(cursor.execute(sql, params).fetchall())
-    return found
+    fetch_all: Optional[Callable[[Any, Sequence[Query]], List[List[Any]]]] = None
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:

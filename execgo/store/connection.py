@@ -19,7 +19,7 @@ import sqlite3
 from contextlib import contextmanager
 from typing import Any, Iterator, List, Sequence
 
-from execgo.store.backend import BUSY_TIMEOUT_MS, SqliteConnection, backend_of
+from execgo.store.backend import BUSY_TIMEOUT_MS, Query, SqliteConnection, backend_of
 
 
 def dumps(value: Any) -> str:
@@ -84,3 +84,16 @@ def rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> List
     cursor = conn.cursor()
     cursor.row_factory = backend_of(conn).row_factory
     return cursor.execute(sql, params).fetchall()
+
+
+def fetch_all(conn: sqlite3.Connection, queries: Sequence[Query]) -> List[List[Any]]:
+    """
+    The rows of several queries that do not depend on each other (each
+    row addressable by column name): in one round trip where the engine
+    has round trips to save (L{execgo.store.backend.Backend.fetch_all}),
+    else one query after the other.
+    """
+    together = backend_of(conn).fetch_all
+    if together is not None:
+        return together(conn, queries)
+    return [rows(conn, sql, params) for sql, params in queries]

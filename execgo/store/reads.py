@@ -18,8 +18,8 @@ from execgo.core.constants import STATUS_ACCEPTED, STATUS_RUNNING
 from execgo.core.models import ResourceLimits
 from execgo.core.records import CHANGING_COLUMNS, QueuedTask, TaskRecord
 from execgo.core.reservation import Reservation
-from execgo.store.backend import Query, backend_of
-from execgo.store.connection import rows
+from execgo.store.backend import Query
+from execgo.store.connection import fetch_all, rows
 
 
 @attrs.frozen
@@ -56,7 +56,7 @@ def refresh_all(conn: sqlite3.Connection, records: Sequence[TaskRecord]) -> List
     to a database server).
     """
     query = f"SELECT {CHANGING_COLUMNS} FROM tasks WHERE task_id = ?"
-    found = backend_of(conn).fetch_all(conn, [(query, (record.task_id,)) for record in records])
+    found = fetch_all(conn, [(query, (record.task_id,)) for record in records])
     return [record.refreshed(rows[0]) if rows else None for record, rows in zip(records, found)]
 
 

@@ -24,7 +24,7 @@ from execgo.core.encoding import pretty
 from execgo.core.records import NewTask
 from execgo.host.fsio import write_file
 from execgo.store import idempotency
-from execgo.store.backend import backend_of
+from execgo.store.connection import fetch_all
 from execgo.store.reads import ACCEPTED_TALLY, count_accepted, exists_query
 from execgo.store.transitions import insert_task
 
@@ -86,7 +86,7 @@ def prepare_submit(
     """
     if task.idempotency_key is not None:
         idempotency.check(conn, task.idempotency_key, task.idempotency_hash, task.idempotency_scope)
-    tally, same_id = backend_of(conn).fetch_all(conn, [ACCEPTED_TALLY, exists_query(task.task_id)])
+    tally, same_id = fetch_all(conn, [ACCEPTED_TALLY, exists_query(task.task_id)])
     if count_accepted(conn, tally) >= max_queued:
         raise errors.QueueFull()
     check_late()

@@ -47,7 +47,7 @@ from execgo.core.constants import (
 from execgo.core.records import Outcome, TaskRecord
 from execgo.store import taskfiles
 from execgo.store.backend import Query, backend_of
-from execgo.store.connection import dumps, rows, transaction
+from execgo.store.connection import dumps, fetch_all, rows, transaction
 from execgo.store.eventlog import NewEvent, append_events
 from execgo.store.reads import load_task
 
@@ -344,12 +344,11 @@ def commit(conn: sqlite3.Connection, writes: Sequence[TerminalWrite], before: Ca
     try:
         with transaction(conn):
             done = before(conn)
-            backend = backend_of(conn)
             # Every write's read in one round trip.
-            for write, found in zip(writes, backend.fetch_all(conn, [write.query(conn) for write in writes])):
+            for write, found in zip(writes, fetch_all(conn, [write.query(conn) for write in writes])):
                 write.write(conn, found)
             # Every row written before any file is placed.
-            backend.send_waiting(conn)
+            backend_of(conn).send_waiting(conn)
             for write in writes:
                 write.place(conn)
     except BaseException:

@@ -26,7 +26,7 @@ from execgo.core.reservation import Reservation
 from execgo.host.privileges import TaskIdentity
 from execgo.store import idempotency, taskfiles
 from execgo.store.backend import Query, backend_of
-from execgo.store.connection import dumps, transaction
+from execgo.store.connection import dumps, fetch_all, transaction
 from execgo.store.eventlog import NewEvent, append_event, append_events
 from execgo.store.reads import RUNNING_UIDS, load_task
 from execgo.store.schema import insert_labels
@@ -153,14 +153,13 @@ def claim_all(
         L{NoIdentity} it raises (that task changed nothing; the others
         are claimed all the same).
     """
-    backend = backend_of(conn)
-    row = "SELECT * FROM tasks WHERE task_id = ?" + backend.for_update
+    row = "SELECT * FROM tasks WHERE task_id = ?" + backend_of(conn).for_update
     queries: List[Query] = [(row, (task_id,)) for task_id in task_ids]
     if identity is not None and identity.per_task:
         # Read with the rows, whatever they say: one round trip.
         queries.append(RUNNING_UIDS)
     with transaction(conn):
-        found = backend.fetch_all(conn, queries)
+        found = fetch_all(conn, queries)
         used = {int(row[0]) for row in found[len(task_ids)]} if len(found) > len(task_ids) else set()
         return [_claim_found(conn, rows, shim_pid, now_ms, identity, used) for rows in found[: len(task_ids)]]
 
