@@ -35,6 +35,8 @@ def append_event(
 #: One event to append: its type, message, timestamp and data.
 NewEvent = Tuple[str, Optional[str], int, Any]
 
+_INSERT = "INSERT INTO task_events (task_id, event_type, timestamp_ms, message, data_json)"
+
 
 def append_events(conn: sqlite3.Connection, task_id: str, events: Sequence[NewEvent]) -> None:
     """
@@ -49,8 +51,21 @@ def append_events(conn: sqlite3.Connection, task_id: str, events: Sequence[NewEv
     params: List[Any] = []
     for event_type, message, timestamp_ms, data in events:
         params += [task_id, event_type, timestamp_ms, message, None if data is None else dumps_sorted(data)]
+    backend_of(conn).execute_later(conn, f"{_INSERT} VALUES {values}", params)
+
+
+def append_event_while(
+    conn: sqlite3.Connection, task_id: str, status: str, event_type: str, message: str, timestamp_ms: int
+) -> None:
+    """
+    Append one event (without data) only while the task is in C{status}:
+    the statement checks it, so nobody reads its result and it goes with
+    the transaction's next one.
+    """
     backend_of(conn).execute_later(
-        conn, f"INSERT INTO task_events (task_id, event_type, timestamp_ms, message, data_json) VALUES {values}", params
+        conn,
+        f"{_INSERT} SELECT ?, ?, ?, ?, NULL WHERE EXISTS (SELECT 1 FROM tasks WHERE task_id = ? AND status = ?)",
+        (task_id, event_type, timestamp_ms, message, task_id, status),
     )
 
 

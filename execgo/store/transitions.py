@@ -27,7 +27,7 @@ from execgo.host.privileges import TaskIdentity
 from execgo.store import idempotency, taskfiles
 from execgo.store.backend import Query, backend_of
 from execgo.store.connection import dumps, fetch_all, transaction
-from execgo.store.eventlog import NewEvent, append_event, append_events
+from execgo.store.eventlog import NewEvent, append_event, append_event_while, append_events
 from execgo.store.reads import RUNNING_UIDS, load_task
 from execgo.store.schema import insert_labels
 from execgo.store.terminal import finish
@@ -224,21 +224,14 @@ def record_start(conn: sqlite3.Connection, task_id: str, pid: int, now_ms: int, 
     for a task not C{running}.  Neither statement's result is read, so
     both go with the transaction's next one.
     """
-    backend = backend_of(conn)
     with transaction(conn):
-        backend.execute_later(
+        backend_of(conn).execute_later(
             conn,
             "UPDATE tasks SET pid = ?, pgid = ?, started_at_ms = ?, updated_at_ms = ?,"
             " script_path = COALESCE(?, script_path) WHERE task_id = ? AND status = ?",
             (pid, pid, now_ms, now_ms, script_path, task_id, STATUS_RUNNING),
         )
-        backend.execute_later(
-            conn,
-            "INSERT INTO task_events (task_id, event_type, timestamp_ms, message)"
-            " SELECT ?, 'started', ?, 'task started'"
-            " WHERE EXISTS (SELECT 1 FROM tasks WHERE task_id = ? AND status = ?)",
-            (task_id, now_ms, task_id, STATUS_RUNNING),
-        )
+        append_event_while(conn, task_id, STATUS_RUNNING, "started", "task started", now_ms)
 
 
 def record_timeout(conn: sqlite3.Connection, task_id: str, now_ms: int) -> bool:
