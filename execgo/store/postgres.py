@@ -431,7 +431,7 @@ def _trigger(trigger: tallies.Trigger) -> List[str]:
     """
     One tally trigger as a PL/pgSQL function and a row trigger calling it.
     """
-    body = trigger.body.replace("char(31)", "chr(31)").replace("MAX(0,", "GREATEST(0,")
+    body = _pg(trigger.body)
     function = f"execgo_{trigger.name}"
     when = f" WHEN ({trigger.when})" if trigger.when else ""
     return [
@@ -496,16 +496,21 @@ def _pg(expression: str) -> str:
     return expression.replace("char(31)", "chr(31)").replace("MAX(0,", "GREATEST(0,")
 
 
+def _values(upserts: Sequence[tallies.Upsert]) -> str:
+    """
+    Upserts on one table as one statement, a row each (their keys must
+    differ: each row is hit once), their conditions left out.
+    """
+    rows = ", ".join(f"({u.kind}, {_pg(u.key)}, {_pg(u.amount)})" for u in upserts)
+    return f"INSERT INTO {upserts[0].table} ({upserts[0].columns[1]}) VALUES {rows}{upserts[0].on_conflict}"
+
+
 def _upsert(upsert: tallies.Upsert) -> str:
     """
     One upsert as a PL/pgSQL statement that runs only when its condition
     holds (a false C{WHERE} would still run the statement).
     """
-    conflict, names = upsert.columns
-    statement = (
-        f"INSERT INTO {upsert.table} ({names}) VALUES ({upsert.kind}, {_pg(upsert.key)}, {_pg(upsert.amount)})"
-        f" ON CONFLICT({conflict}) DO UPDATE SET value = {upsert.table}.value + excluded.value;"
-    )
+    statement = _values([upsert])
     if upsert.when == "TRUE":
         return statement
     return f"IF {_pg(upsert.when)} THEN {statement} END IF;"
@@ -522,12 +527,7 @@ def _merged(upserts: Sequence[tallies.Upsert]) -> List[str]:
 
     def flush() -> None:
         if run:
-            conflict, names = run[0].columns
-            rows = ", ".join(f"({u.kind}, {_pg(u.key)}, {_pg(u.amount)})" for u in run)
-            statements.append(
-                f"INSERT INTO {run[0].table} ({names}) VALUES {rows}"
-                f" ON CONFLICT({conflict}) DO UPDATE SET value = {run[0].table}.value + excluded.value;"
-            )
+            statements.append(_values(run))
             run.clear()
 
     for upsert in upserts:

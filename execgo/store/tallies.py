@@ -74,11 +74,18 @@ class Upsert:
         parse an upsert over a C{SELECT}); the stored C{value} is named
         with its table, which every engine reads unambiguously.
         """
-        conflict, names = self.columns
         return (
-            f"INSERT INTO {self.table} ({names}) SELECT {self.kind}, {self.key}, {self.amount} WHERE {self.when}"
-            f" ON CONFLICT({conflict}) DO UPDATE SET value = {self.table}.value + excluded.value;"
+            f"INSERT INTO {self.table} ({self.columns[1]}) SELECT {self.kind}, {self.key}, {self.amount}"
+            f" WHERE {self.when}{self.on_conflict}"
         )
+
+    @property
+    def on_conflict(self) -> str:
+        """
+        The end of the upsert's statement: a row already there gets the
+        amount added, and the statement ends.
+        """
+        return f" ON CONFLICT({self.columns[0]}) DO UPDATE SET value = {self.table}.value + excluded.value;"
 
 
 def _add(table: str, kind: str, key: str, amount: str, when: str = "TRUE") -> Upsert:
