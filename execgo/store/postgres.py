@@ -122,8 +122,8 @@ _ROLLBACK = ("ROLLBACK", (), False)
 
 class PgConnection:
     """
-    A C{psycopg} connection (in autocommit mode, transactions opened
-    explicitly as on SQLite) with the surface of a C{sqlite3} connection
+    A connection to PostgreSQL (opened with C{psycopg} in autocommit mode,
+    transactions opened explicitly as on SQLite) with the surface of a C{sqlite3} connection
     that L{execgo.store} uses, sending as few round trips as it can.
 
     A write transaction (L{begin_write}) is not sent when it begins: its
@@ -198,8 +198,8 @@ class PgConnection:
     def run(self, sql: str, params: Any, many: bool = False) -> Any:
         """
         Run one statement (C{many}: once per parameter sequence) and
-        return the C{psycopg} cursor that ran it (C{None} for one with
-        nothing to send).  C{BEGIN}, C{COMMIT} and C{ROLLBACK} open and end
+        return its L{pgwire.Result} (C{None} for one with nothing to
+        send).  C{BEGIN}, C{COMMIT} and C{ROLLBACK} open and end
         the transaction.
         """
         verb = sql.lstrip()[:8].upper()
@@ -314,8 +314,7 @@ class PgConnection:
         """
         Run a statement whose result nobody reads: inside a transaction it
         waits and goes with the next statement, in the same round trip
-        (C{psycopg}'s pipeline mode); its error, if any, is that
-        statement's.  Outside one it runs now.
+        (L{pgwire.exchange}); its error, if any, is that statement's.  Outside one it runs now.
         """
         if not self._in_transaction:
             self.execute(sql, params)
