@@ -107,12 +107,12 @@ def run_postgres(ctx: Any, h: Any) -> List[Any]:
     servers: List[Any] = []
     try:
         cluster.start()
-        cluster.psql(f"CREATE DATABASE {DATABASE}")
+        url = cluster.create_database(DATABASE)
         cluster.psql("CREATE EXTENSION pg_stat_statements", DATABASE)
         queued = max(128, sizes.tasks + 64)
         args = ["--max-running-tasks", str(sizes.max_running), "--max-queued-tasks", str(queued)]
         lite = ctx.new_server("store-sqlite", args)
-        pg = ctx.new_server("store-postgres", [*args, "--database-url", cluster.url(DATABASE)])
+        pg = ctx.new_server("store-postgres", [*args, "--database-url", url])
         servers = [lite, pg]
         for server in servers:
             server.start()
