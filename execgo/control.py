@@ -29,6 +29,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import attrs
 
+from execgo.core.cluster import NodeLease
 from execgo.host.privileges import TaskIdentity
 
 #: The longest line either end accepts.
@@ -199,6 +200,8 @@ class SupervisorSettings:
     @ivar identity: which uid and gid tasks run as.
     @ivar rootfs_roots: the directories a chroot's root filesystem must
         lie under.
+    @ivar node: the node the supervisor holds the lease of (C{None}, as in
+        settings written before nodes existed: none).
     @ivar max_output_preview_bytes: the server's preview ceiling, which
         bounds the previews in C{result.json} whatever limits a task was
         stored with (C{None}, as in settings written before it existed:
@@ -211,6 +214,7 @@ class SupervisorSettings:
     identity: TaskIdentity
     rootfs_roots: Tuple[str, ...] = ()
     max_output_preview_bytes: Optional[int] = None
+    node: Optional[NodeLease] = None
 
     def to_json(self) -> Dict[str, Any]:
         """
@@ -223,6 +227,7 @@ class SupervisorSettings:
             "identity": self.identity.to_json(),
             "rootfs_roots": list(self.rootfs_roots),
             "max_output_preview_bytes": self.max_output_preview_bytes,
+            "node": None if self.node is None else self.node.to_json(),
         }
 
     @classmethod
@@ -244,6 +249,7 @@ class SupervisorSettings:
                 identity=TaskIdentity.from_json(data["identity"]),
                 rootfs_roots=tuple(str(root) for root in data.get("rootfs_roots", ())),
                 max_output_preview_bytes=_optional_positive(data.get("max_output_preview_bytes")),
+                node=NodeLease.from_json(data.get("node")),
             )
         except (KeyError, TypeError) as e:
             raise ValueError(f"malformed supervisor settings: {e}") from None

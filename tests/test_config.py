@@ -265,8 +265,9 @@ class EnvironmentTests(SynchronousTestCase):
     def test_settings_table(self) -> None:
         """
         Every setting names a config attribute; exactly the six
-        contract variables, the two of the task identity and the preview
-        ceiling's and the store's are attached to their settings.
+        contract variables, the two of the task identity, the preview
+        ceiling's, the store's and the two of the node are attached to
+        their settings.
         """
         names = {field.name for field in attrs.fields(RuntimeConfig)}
         for setting in SERVE_SETTINGS:
@@ -284,6 +285,8 @@ class EnvironmentTests(SynchronousTestCase):
                 "task-user": "EXECGO_RUNTIME_TASK_USER",
                 "max-output-preview-bytes": "EXECGO_RUNTIME_MAX_OUTPUT_PREVIEW_BYTES",
                 "database-url": "EXECGO_RUNTIME_DATABASE_URL",
+                "advertise-url": "EXECGO_RUNTIME_ADVERTISE_URL",
+                "node-lease-ms": "EXECGO_RUNTIME_NODE_LEASE_MS",
             },
         )
 
@@ -300,7 +303,8 @@ class ToJsonTests(SynchronousTestCase):
         relative) data directory; not the sandbox flag, overrides or quotas;
         then the task identity and the allowed rootfs roots; then the
         preview ceiling and the listener's limits; then the store's engine
-        (never its URL).
+        (never its URL); then how the node is reached, described and
+        leased.
         """
         config = RuntimeConfig(
             disable_cgroup=True, disable_linux_sandbox=True, capacity_pids=5,
@@ -330,6 +334,9 @@ class ToJsonTests(SynchronousTestCase):
                 ("idle_connection_timeout_ms", 60000),
                 ("max_connections", 0),
                 ("database", "sqlite"),
+                ("advertise_url", "http://127.0.0.1:8080"),
+                ("node_labels", {}),
+                ("node_lease_ms", 10000),
             ],
         )
         self.assertIs(RuntimeConfig().to_json("r")["cgroup_enabled"], True)

@@ -93,6 +93,7 @@ ENDPOINTS = {
     ("get", "/api/v1/runtime/info"),
     ("get", "/api/v1/runtime/capabilities"),
     ("get", "/api/v1/runtime/config"),
+    ("get", "/api/v1/runtime/cluster"),
     ("get", "/api/v1/runtime/resources"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -337,6 +338,7 @@ class DocumentTests(SynchronousTestCase):
                 "/api/v1/runtime/info",
                 "/api/v1/runtime/capabilities",
                 "/api/v1/runtime/config",
+                "/api/v1/runtime/cluster",
                 "/api/v1/runtime/resources",
                 openapi.PATH,
                 "/healthz",
@@ -522,6 +524,7 @@ class DocumentTests(SynchronousTestCase):
             ("get", "/api/v1/runtime/info"): auth,
             ("get", "/api/v1/runtime/capabilities"): auth,
             ("get", "/api/v1/runtime/config"): auth,
+            ("get", "/api/v1/runtime/cluster"): {**storage, **auth},
             ("get", "/api/v1/runtime/resources"): {"403": ["permission_denied"], **storage, **auth},
             ("get", "/healthz"): {},
             ("get", "/readyz"): {"500": ["internal"], "503": ["internal"]},
@@ -782,8 +785,8 @@ class PreviewCeilingTests(SynchronousTestCase):
     def test_output_limits_name_the_ceiling(self) -> None:
         """
         Both output limits' descriptions name the flag and its default, and
-        C{RuntimeConfig} ends with the ceiling, the listener's limits and
-        the store's engine.
+        C{RuntimeConfig} ends with the ceiling, the listener's limits, the
+        store's engine and the node's address, labels and lease.
         """
         schemas = document()["components"]["schemas"]
         for name in ("stdout_max_bytes", "stderr_max_bytes"):
@@ -791,13 +794,16 @@ class PreviewCeilingTests(SynchronousTestCase):
             self.assertIn("--max-output-preview-bytes", description)
             self.assertIn("16777216", description)
         self.assertEqual(
-            list(schemas["RuntimeConfig"]["properties"])[-5:],
+            list(schemas["RuntimeConfig"]["properties"])[-8:],
             [
                 "max_output_preview_bytes",
                 "request_header_timeout_ms",
                 "idle_connection_timeout_ms",
                 "max_connections",
                 "database",
+                "advertise_url",
+                "node_labels",
+                "node_lease_ms",
             ],
         )
 

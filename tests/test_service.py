@@ -250,7 +250,8 @@ class StartTests(ServiceTestCase):
 
     def test_order(self) -> None:
         """
-        Data directory, store, probe, supervisor settings, the link, the
+        Data directory, store, probe, the node's key, supervisor settings,
+        the link, the
         supervisor (after recovery), then the port; the loops run and the
         runtime accepts once it listens.
         """
@@ -262,7 +263,8 @@ class StartTests(ServiceTestCase):
         self.assertEqual(
             self.journal,
             ["prepare_data_dir", "prepare_run_dir", *passage, "pool1.open", "pool2.open", "private_store"]
-            + ["probe_host", "write_settings", "link.make", "link.listen", "link.ensure", "port.listen"],
+            + ["probe_host", "node_instance", "write_settings", "link.make", "link.listen", "link.ensure"]
+            + ["port.listen"],
         )
         self.assertIs(port, service.port)
         [(number, _, backlog, interface)] = self.reactor.tcpServers
@@ -271,8 +273,8 @@ class StartTests(ServiceTestCase):
         self.assertTrue(service.runtime.accepting)
         self.assertIs(self.link.receiver, service.runtime)
         self.assertTrue(os.path.isdir(os.path.join(self.data_dir, "tasks")))
-        # The dispatcher's poll and the first GC pass.
-        self.assertEqual(len(self.reactor.getDelayedCalls()), 2)
+        # The dispatcher's poll, the first GC pass and the node watch.
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 3)
 
     def test_nothing_listens_before_recovery(self) -> None:
         """

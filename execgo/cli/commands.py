@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_cli -*-
 """
 The inspection subcommands of C{execgo-runtime}: C{list}, C{events},
-C{info}, C{capabilities} and C{resources}.
+C{info}, C{capabilities}, C{resources} and C{cluster}.
 
 Each prints what the server answers, verbatim plus a newline, except
 C{list --all} (one task a line, across every page) and C{events --follow}
@@ -31,7 +31,9 @@ from execgo.cli.core import (
     task_url,
 )
 from execgo.cli.follow import binary_sink, follow_events
+from execgo.client.errors import MalformedResponse
 from execgo.client.protocol import TASKS_PATH, list_query
+from execgo.client.views import cluster_nodes
 from execgo.core.constants import ALL_STATUSES
 from execgo.core.protocol import NDJSON_TYPE
 
@@ -175,9 +177,63 @@ def resources(env: CliEnvironment, server: str) -> None:
     get_verbatim(env, api_url(server, "/api/v1/runtime/resources"))
 
 
+@click.command()
+@server_option
+@click.option("--json", "raw", is_flag=True, help="Print the server's answer verbatim instead of a table.")
+@click.pass_obj
+def cluster(env: CliEnvironment, server: str, raw: bool) -> None:
+    """
+    Print the nodes of the cluster: id, state, running tasks, capacity,
+    lease, address and labels.
+    """
+    response = checked(env.transport("GET", api_url(server, CLUSTER_PATH), body=None, headers=request_headers()))
+    if raw:
+        echo_raw(response.body)
+        return
+    for line in node_table(response.body):
+        click.echo(line)
+
+
+CLUSTER_PATH = "/api/v1/runtime/cluster"
+_NODE_COLUMNS = ("NODE", "STATE", "RUNNING", "SLOTS", "LEASE EXPIRES", "ADVERTISE URL", "LABELS")
+
+
+def node_table(body: bytes) -> List[str]:
+    """
+    The lines of the C{cluster} table from a C{/api/v1/runtime/cluster}
+    body: a header, then a node a line, columns aligned; characters a
+    terminal would act on are shown escaped.
+
+    @raise MalformedResponse: when the body is not such an answer.
+    """
+    try:
+        document = json.loads(body)
+    except ValueError as e:
+        raise MalformedResponse(f"not a cluster answer: {e}") from None
+    rows = [
+        (
+            node.node_id,
+            node.state,
+            str(node.running_tasks),
+            str(node.capacity.task_slots),
+            node.lease_expires_at,
+            node.advertise_url,
+            ",".join(f"{key}={value}" for key, value in sorted(node.labels.items())),
+        )
+        for node in cluster_nodes(document)
+    ]
+    shown = [_NODE_COLUMNS] + [tuple(_printable(cell) for cell in row) for row in rows]
+    widths = [max(len(row[i]) for row in shown) for i in range(len(_NODE_COLUMNS))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in shown]
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def register(group: click.Group) -> None:
     """
     Add this module's subcommands to C{group}.
     """
-    for command in (list_tasks, events, info, capabilities, resources):
+    for command in (list_tasks, events, info, capabilities, resources, cluster):
         group.add_command(command)

@@ -50,6 +50,7 @@ _COMMAND_ORDER = (
     "info",
     "capabilities",
     "resources",
+    "cluster",
 )
 _TOKEN_KEY = "execgo.token"
 

@@ -96,6 +96,7 @@ TASK_STATUS_SCHEMA: _Schema = (
     ("reservation", _RESERVATION, False),
     ("artifacts", _ARTIFACTS, True),
     ("metadata", _MAP, False),
+    ("node_id", _S, False),
 )
 """
 The C{TaskStatusResponse} (the status snapshot): C{(key, kind, required)}

@@ -31,6 +31,7 @@ from execgo.client.resume import DEFAULT_STREAM_RETRIES
 from execgo.client.views import (
     ActiveReservation,
     CapabilitySnapshot,
+    ClusterNode,
     Health,
     Platform,
     ResourceCapacity,
@@ -68,6 +69,7 @@ __all__ = [
     "ActiveReservation",
     "TenantUsage",
     "ResourcesView",
+    "ClusterNode",
     "ExecgoClient",
     "OWNER_HEADER",
     "IDEMPOTENCY_HEADER",

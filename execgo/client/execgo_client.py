@@ -40,6 +40,7 @@ from typing import (
     Mapping,
     Optional,
     ParamSpec,
+    Tuple,
     TypeVar,
     Union,
 )
@@ -76,10 +77,12 @@ from execgo.client.resume import DEFAULT_STREAM_RETRIES, EventCursor, LogCursor
 from execgo.client.streams import Consumer, LineSplitter, PushIterator
 from execgo.client.views import (
     CapabilitySnapshot,
+    ClusterNode,
     Health,
     ResourcesView,
     RuntimeInfo,
     RuntimeSettings,
+    cluster_nodes,
 )
 from execgo.core.models import SubmitRequest
 from execgo.core.protocol import (
@@ -437,6 +440,13 @@ class ExecgoClient:
         """
         document = await self._http.get_json(self._url("/api/v1/runtime/resources"))
         return ResourcesView.from_json(document)
+
+    @_deferred
+    async def cluster(self) -> Tuple[ClusterNode, ...]:
+        """
+        C{GET /api/v1/runtime/cluster}: the nodes that share the store.
+        """
+        return cluster_nodes(await self._http.get_json(self._url("/api/v1/runtime/cluster")))
 
     @_deferred
     async def openapi(self) -> Dict[str, Any]:

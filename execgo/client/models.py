@@ -117,6 +117,7 @@ class TaskStatus:
     exit_signal: Optional[int] = None
     duration_ms: Optional[int] = None
     error: Optional[TaskError] = None
+    node_id: Optional[str] = None
     raw: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
 
     @property
@@ -152,6 +153,7 @@ class TaskStatus:
                 code=get_field(error, "code", str, True),
                 message=get_field(error, "message", str, True),
             ),
+            node_id=get_field(data, "node_id", str, False),
             raw=data,
         )
 

@@ -302,3 +302,47 @@ class ResourcesView:
             ),
             raw=data,
         )
+
+
+@attrs.frozen
+class ClusterNode:
+    """
+    One node of C{GET /api/v1/runtime/cluster}.
+    """
+
+    node_id: str
+    advertise_url: str
+    labels: Mapping[str, str]
+    state: str
+    started_at: str
+    lease_expires_at: str
+    running_tasks: int
+    capacity: ResourceCapacity
+
+    @classmethod
+    def from_json(cls, data: Any) -> "ClusterNode":
+        """
+        Read a decoded C{ClusterNode}.
+        """
+        data = json_object(data, "cluster node")
+        labels = get_field(data, "labels", dict, True)
+        if not all(isinstance(value, str) for value in labels.values()):
+            raise MalformedResponse("field 'labels' must map strings to strings")
+        return cls(
+            node_id=get_field(data, "node_id", str, True),
+            advertise_url=get_field(data, "advertise_url", str, True),
+            labels=dict(labels),
+            state=get_field(data, "state", str, True),
+            started_at=get_field(data, "started_at", str, True),
+            lease_expires_at=get_field(data, "lease_expires_at", str, True),
+            running_tasks=get_field(data, "running_tasks", int, True),
+            capacity=_nested(data, "capacity", ResourceCapacity, True),  # type: ignore[arg-type]
+        )
+
+
+def cluster_nodes(data: Any) -> Tuple[ClusterNode, ...]:
+    """
+    Read a decoded C{GET /api/v1/runtime/cluster} answer: its nodes.
+    """
+    data = json_object(data, "cluster")
+    return tuple(ClusterNode.from_json(node) for node in get_field(data, "nodes", list, True))

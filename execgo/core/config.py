@@ -14,7 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import attrs
 
-from execgo.core import databaseurl, errors
+from execgo.core import cluster, databaseurl, errors
 from execgo.core.constants import MODE_ADAPTIVE, MODE_STRICT, OUTPUT_LIMIT_MAX, UINT64_MAX
 
 DEFAULT_LISTEN_ADDR = "127.0.0.1:8080"
@@ -111,9 +111,16 @@ class RuntimeConfig:
     idle_connection_timeout_ms: int = 60_000
     max_connections: int = 0
     database_url: Optional[str] = attrs.field(default=None, repr=False)
+    advertise_url: Optional[str] = None
+    node_labels: Tuple[str, ...] = ()
+    node_lease_ms: int = cluster.DEFAULT_NODE_LEASE_MS
 
     def __attrs_post_init__(self) -> None:
         databaseurl.parse(self.database_url, self.data_dir_abs)
+        if self.advertise_url is not None:
+            cluster.check_advertise_url(self.advertise_url)
+        cluster.parse_node_labels(self.node_labels)
+        cluster.check_node_lease_ms(self.node_lease_ms)
         if not 0 < self.max_output_preview_bytes <= OUTPUT_LIMIT_MAX:
             raise errors.InvalidInput(
                 f"--max-output-preview-bytes must be between 1 and {OUTPUT_LIMIT_MAX},"
@@ -166,6 +173,23 @@ class RuntimeConfig:
             return self.runtime_id
         return derive_runtime_id(environ.get("HOSTNAME"), self.listen_addr)
 
+    @property
+    def effective_advertise_url(self) -> str:
+        """
+        How other nodes reach this one's API: C{--advertise-url}, or
+        C{http://<listen-addr>}.
+        """
+        if self.advertise_url is not None:
+            return cluster.check_advertise_url(self.advertise_url)
+        return cluster.default_advertise_url(self.listen_addr)
+
+    @property
+    def labels(self) -> Dict[str, str]:
+        """
+        The node's labels (C{--node-label}), parsed.
+        """
+        return cluster.parse_node_labels(self.node_labels)
+
     def to_json(self, runtime_id: str) -> Dict[str, object]:
         """
         The C{/api/v1/runtime/config} body.
@@ -191,6 +215,9 @@ class RuntimeConfig:
             "idle_connection_timeout_ms": self.idle_connection_timeout_ms,
             "max_connections": self.max_connections,
             "database": self.database.engine,
+            "advertise_url": self.effective_advertise_url,
+            "node_labels": self.labels,
+            "node_lease_ms": self.node_lease_ms,
         }
 
 
@@ -210,6 +237,7 @@ def apply_environment(config: RuntimeConfig, environ: Mapping[str, str], given: 
         ("task_uid_range", "TASK_UID_RANGE"),
         ("task_user", "TASK_USER"),
         ("database_url", "DATABASE_URL"),
+        ("advertise_url", "ADVERTISE_URL"),
     ):
         if setting not in given and prefix + suffix in environ:
             changes[setting] = environ[prefix + suffix]
@@ -229,6 +257,7 @@ def apply_environment(config: RuntimeConfig, environ: Mapping[str, str], given: 
         ("capacity_memory_bytes", "CAPACITY_MEMORY_BYTES"),
         ("capacity_pids", "CAPACITY_PIDS"),
         ("max_output_preview_bytes", "MAX_OUTPUT_PREVIEW_BYTES"),
+        ("node_lease_ms", "NODE_LEASE_MS"),
     ):
         if setting not in given and prefix + suffix in environ:
             changes[setting] = parse_uint_env(prefix + suffix, environ[prefix + suffix])
@@ -371,6 +400,29 @@ SERVE_SETTINGS: Tuple[Setting, ...] = (
         "EXECGO_RUNTIME_DATABASE_URL",
         metavar="URL",
     ),
+    Setting(
+        "advertise-url",
+        "advertise_url",
+        "str",
+        "how the other nodes of a cluster reach this node's API [http://<listen-addr>]",
+        "EXECGO_RUNTIME_ADVERTISE_URL",
+        metavar="URL",
+    ),
+    Setting(
+        "node-label",
+        "node_labels",
+        "multi",
+        "KEY=VALUE describing this node (tasks may ask for it: placement.node_labels), repeatable",
+        metavar="KEY=VALUE",
+    ),
+    Setting(
+        "node-lease-ms",
+        "node_lease_ms",
+        "uint",
+        f"this node's lease in the store: lost when it is not renewed for this long"
+        f" [{cluster.DEFAULT_NODE_LEASE_MS}]",
+        "EXECGO_RUNTIME_NODE_LEASE_MS",
+    ),
 )
 
 
@@ -383,7 +435,7 @@ def build_config(values: Mapping[str, object], environ: Mapping[str, str]) -> Ru
     """
     # A keyword bag for RuntimeConfig: each value's type is its setting's.
     given: Dict[str, Any] = {name: value for name, value in values.items() if value is not None}
-    for name in ("tenant_quotas", "sandbox_rootfs_roots"):
+    for name in ("tenant_quotas", "sandbox_rootfs_roots", "node_labels"):
         if name in given:
             given[name] = tuple(given[name])
     config = RuntimeConfig(**given)

@@ -115,6 +115,10 @@ class Ledger:
     global and per tenant, are kept as running sums, so a fit check costs
     the same whatever the number of tasks.
 
+    In a cluster it also keeps what runs on the other nodes
+    (L{hold_elsewhere}): that counts against tenant quotas, which hold
+    across the cluster, and not against this node's capacity.
+
     @ivar capacity: the fixed runtime capacity.
     @ivar quotas: tenant name to quota.
     """
@@ -125,6 +129,8 @@ class Ledger:
         self._active: Dict[str, Holding] = {}
         self._reserved = _NOTHING
         self._tenants: Dict[str, Reservation] = {}
+        self._elsewhere: Dict[str, Holding] = {}
+        self._tenants_elsewhere: Dict[str, Reservation] = {}
 
     @classmethod
     def from_active(
@@ -184,10 +190,39 @@ class Ledger:
         if not _fits_on_top(reservation, self._reserved, self.capacity):
             return False
         if tenant is not None and tenant in self.quotas:
-            return _fits_on_top(
-                reservation, self.tenant_reserved(tenant), self.quotas[tenant]
-            )
+            used = _add(self.tenant_reserved(tenant), self._tenants_elsewhere.get(tenant, _NOTHING), 1)
+            return _fits_on_top(reservation, used, self.quotas[tenant])
         return True
+
+    @property
+    def elsewhere(self) -> Mapping[str, Holding]:
+        """
+        A read-only view: the tasks other nodes run, to their L{Holding}.
+        """
+        return types.MappingProxyType(self._elsewhere)
+
+    def hold_elsewhere(self, task_id: str, tenant: Optional[str], reservation: Reservation) -> None:
+        """
+        Record that another node runs C{task_id} with C{reservation}: it
+        counts against its tenant's quota here too.
+        """
+        self.release_elsewhere(task_id)
+        self._elsewhere[task_id] = Holding(tenant=tenant, reservation=reservation)
+        if tenant is not None:
+            self._tenants_elsewhere[tenant] = _add(self._tenants_elsewhere.get(tenant, _NOTHING), reservation, 1)
+
+    def release_elsewhere(self, task_id: str) -> None:
+        """
+        Forget a task another node ran; releasing twice is harmless.
+        """
+        holding = self._elsewhere.pop(task_id, None)
+        if holding is None or holding.tenant is None:
+            return
+        left = _add(self._tenants_elsewhere[holding.tenant], holding.reservation, -1)
+        if left.task_slots == 0:
+            del self._tenants_elsewhere[holding.tenant]
+        else:
+            self._tenants_elsewhere[holding.tenant] = left
 
     def reserve(
         self, task_id: str, tenant: Optional[str], reservation: Reservation

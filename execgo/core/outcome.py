@@ -107,6 +107,22 @@ def failed(code: str, message: str) -> Outcome:
     return Outcome(status=STATUS_FAILED, error=ErrorInfo(code, message), duration_ms=0)
 
 
+#: The message of a task that ended because its node was lost (its lease
+#: ran out, or the node could not keep it and killed its workloads).
+NODE_LOST = "node_lost"
+
+
+def node_lost(verdict: Optional[Outcome] = None) -> Outcome:
+    """
+    C{failed}, C{internal}, L{NODE_LOST}: a task of a lost node, with what
+    is known of how its workload ended (C{verdict}, when it was reaped).
+    """
+    lost = failed("internal", NODE_LOST)
+    if verdict is None:
+        return lost
+    return attrs.evolve(verdict, status=lost.status, error=lost.error)
+
+
 def cancelled(message: str) -> Outcome:
     """
     A C{cancelled} outcome of a task that never ran (duration 0).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, Dict, Mapping, NamedTuple, Optional
 
 import attrs
 
@@ -89,6 +89,7 @@ class TaskRecord:
     reserved_at_ms: Optional[int] = None
     released_at_ms: Optional[int] = None
     run_as: Optional[RunAs] = None
+    node_id: Optional[str] = None
 
     @property
     def terminal(self) -> bool:
@@ -176,7 +177,7 @@ class TaskRecord:
 CHANGING_COLUMNS = (
     "status, updated_at_ms, shim_pid, pid, pgid, started_at_ms, script_path, kill_requested,"
     " kill_requested_at_ms, timeout_triggered, reservation_json, reserved_at_ms, released_at_ms,"
-    " run_uid, run_gid"
+    " run_uid, run_gid, node_id"
 )
 
 
@@ -200,6 +201,7 @@ def changing_fields(row: sqlite3.Row) -> Dict[str, Any]:
         reserved_at_ms=row["reserved_at_ms"],
         released_at_ms=row["released_at_ms"],
         run_as=None if row["run_uid"] is None else RunAs(row["run_uid"], row["run_gid"]),
+        node_id=row["node_id"],
     )
 
 
@@ -225,6 +227,27 @@ class QueuedTask:
             reservation=Reservation.for_limits(record.limits),
             created_at_ms=record.created_at_ms,
         )
+
+    def to_json(self) -> Dict[str, Any]:
+        """
+        The entry as another node's dispatcher reads it
+        (L{execgo.store.notices.SUBMITTED}), its id aside.
+        """
+        return {"tenant": self.tenant, "reservation": self.reservation.to_json(), "created_at_ms": self.created_at_ms}
+
+    @classmethod
+    def from_json(cls, task_id: str, data: Mapping[str, Any]) -> "QueuedTask":
+        """
+        Read back L{to_json}.
+
+        @raise ValueError: when it is malformed.
+        """
+        tenant, created, reservation = data.get("tenant"), data.get("created_at_ms"), data.get("reservation")
+        if tenant is not None and not isinstance(tenant, str):
+            raise ValueError("tenant must be a string or null")
+        if isinstance(created, bool) or not isinstance(created, int) or not isinstance(reservation, dict):
+            raise ValueError("created_at_ms must be an integer and reservation an object")
+        return cls(task_id, tenant, Reservation.from_json(reservation), created)
 
 
 #: The scope stored with keys sent without authentication.

@@ -44,13 +44,17 @@ class RecoveryAction:
 
 
 def plan_recovery(
-    records: Sequence[TaskRecord], supervisor_alive: Callable[[int], bool]
+    records: Sequence[TaskRecord], supervisor_alive: Callable[[int], bool], node_id: Optional[str] = None
 ) -> List[RecoveryAction]:
     """
-    Decide, oldest task first, what recovery does with each task.
+    Decide, oldest task first, what recovery does with each task.  A task
+    another node claimed is that node's to recover (or the cluster's, when
+    the node is lost): nothing is done with it here.
     """
     actions: List[RecoveryAction] = []
     for record in records:
+        if node_id is not None and record.node_id is not None and record.node_id != node_id:
+            continue
         if record.status == STATUS_ACCEPTED:
             if record.reservation_active:
                 actions.append(RecoveryAction(RELEASE_ORPHAN, record.task_id))

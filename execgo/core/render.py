@@ -101,6 +101,7 @@ def render_status(
     out["artifacts"] = artifacts(record.paths)
     if record.metadata:
         out["metadata"] = {key: record.metadata[key] for key in sorted(record.metadata)}
+    out["node_id"] = record.node_id
     return out
 
 

@@ -20,6 +20,7 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 
 from execgo.core import errors
+from execgo.core.cluster import NodeInfo, NodeRecord
 from execgo.core.constants import JSON
 from execgo.core.databaseurl import DatabaseUrl
 from execgo.core.models import SubmitRequest
@@ -33,6 +34,7 @@ from execgo.store import (
     idempotency,
     listing,
     logfiles,
+    nodes,
     reads,
     repairs,
     schema,
@@ -86,6 +88,9 @@ class Store:
         self.preview_ceiling = preview_ceiling
         self.budget = budget
         self.opened_s = time.time()
+        #: The node this server is (L{execgo.core.cluster}): the reservations
+        #: it reads are its own node's.
+        self.node_id: Optional[str] = None
         self._writes = Batcher(pool, group=transaction)
         self._reads = self._writes if reader is None else Batcher(self.reader, reader_lanes)
 
@@ -141,7 +146,9 @@ class Store:
                 return removed.addBoth(lambda _: failure)
             return failure
 
-        d = self._writes.run_grouped(prepare, lambda conn, _: submission.insert(conn, task, now_ms))
+        d = self._writes.run_grouped(
+            prepare, lambda conn, _: submission.insert(conn, task, now_ms, self.node_id, request_json)
+        )
         d.addErrback(undo)
         return d
 
@@ -174,7 +181,7 @@ class Store:
         it to release.
         """
         if self.budget is None:
-            return self._read(status.read_snapshot, task_id, now_ms, self.preview_ceiling)
+            return self._read(status.read_snapshot, task_id, now_ms, self.preview_ceiling, None, self.node_id)
         return Deferred.fromCoroutine(self._budgeted_snapshot(self.budget, task_id, now_ms))
 
     async def _budgeted_snapshot(
@@ -190,7 +197,9 @@ class Store:
                     allowance = None if hold.amount >= budget.capacity else max(hold.amount, SMALL_PREVIEW_BYTES)
                 # The clock moves on while a read waits for its turn.
                 now = now_ms + int((time.monotonic() - began) * 1000)
-                found = await self._read(status.read_snapshot, task_id, now, self.preview_ceiling, allowance)
+                found = await self._read(
+                    status.read_snapshot, task_id, now, self.preview_ceiling, allowance, self.node_id
+                )
                 if not isinstance(found, status.NeedBudget):
                     if found is None or hold is None:
                         return found
@@ -244,7 +253,7 @@ class Store:
         """
         The tasks holding a reservation, and the queued ones holding none.
         """
-        return self._read(reads.resources_rows)
+        return self._read(reads.resources_rows, self.node_id)
 
     def metrics(self) -> "Deferred[MetricsSnapshot]":
         """
@@ -261,7 +270,7 @@ class Store:
         Check and record a kill request (C{any_owner}: without the owner
         check).
         """
-        return self._write(transitions.kill, task_id, owner, now_ms, any_owner, self.preview_ceiling)
+        return self._write(transitions.kill, task_id, owner, now_ms, any_owner, self.preview_ceiling, self.node_id)
 
     def finish(
         self,
@@ -299,7 +308,7 @@ class Store:
         """
         What the dispatcher rebuilds itself from.
         """
-        return self._write(reads.scheduler_state, max_queued)
+        return self._write(reads.scheduler_state, max_queued, self.node_id)
 
     # Collection and repairs
 
@@ -335,7 +344,41 @@ class Store:
         Remove the stale directories without a row, in the writer thread
         (so no submission makes one or commits its row meanwhile).
         """
-        return self._write(gc.collect_orphans, tasks_dir, names, now_s, self.opened_s, remove_limit)
+        return self._write(
+            gc.collect_orphans, tasks_dir, names, now_s, self.opened_s, remove_limit, gc.ORPHAN_MIN_AGE_S, self.node_id
+        )
+
+    # The cluster's nodes
+
+    def join_node(self, node: NodeInfo, lease_ms: int, now_ms: int) -> "Deferred[None]":
+        """
+        Record this node as a member, or refuse its id.
+        """
+        return self._write(nodes.join, node, lease_ms, now_ms)
+
+    def list_nodes(self) -> "Deferred[List[NodeRecord]]":
+        """
+        Every node the store knows.
+        """
+        return self._read(nodes.list_nodes)
+
+    def mark_lost_nodes(self, now_ms: int) -> "Deferred[List[str]]":
+        """
+        The nodes whose lease ran out, marked C{lost}.
+        """
+        return self._write(nodes.mark_lost, now_ms)
+
+    def load_node(self, node_id: str) -> "Deferred[Optional[NodeRecord]]":
+        """
+        One node, or C{None} when the store does not know it.
+        """
+        return self._read(nodes.load_node, node_id)
+
+    def orphaned_tasks(self) -> "Deferred[List[str]]":
+        """
+        The running tasks of nodes that are lost or left.
+        """
+        return self._read(nodes.orphaned_tasks)
 
     def close(self) -> None:
         """

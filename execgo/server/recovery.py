@@ -116,7 +116,7 @@ class Recovery:
         (L{Upkeep.at_start}).
         """
         unfinished = await self.store.by_status(("accepted", "running"))
-        for action in recovery.plan_recovery(unfinished, self.supervisor_alive):
+        for action in recovery.plan_recovery(unfinished, self.supervisor_alive, self.store.node_id):
             now = self.now_ms()
             if action.kind == recovery.RELEASE_ORPHAN:
                 await self.store.release_orphan_reservation(action.task_id, now)
@@ -177,7 +177,7 @@ class Recovery:
         C{internal} with C{message}, and free its reservation.
         """
         running = await self.store.by_status(("running",))
-        for action in recovery.plan_recovery(running, self.supervisor_alive):
+        for action in recovery.plan_recovery(running, self.supervisor_alive, self.store.node_id):
             if action.kind == recovery.LOST:
                 await self._fail_lost(action, message)
                 self.scheduler.released(action.task_id)

@@ -25,12 +25,15 @@ from typing import Any, Callable, List, Mapping, Optional
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
 
 from execgo import control
 from execgo.core import errors, render
 from execgo.core.capabilities import Capabilities
+from execgo.core.cluster import NODE_ALIVE, cluster_view
 from execgo.core.config import RuntimeConfig
 from execgo.core.constants import JSON, STATUS_RUNNING, TERMINAL_STATUSES
+from execgo.core.records import QueuedTask
 from execgo.core.reservation import Reservation
 from execgo.host.cgroups import Cgroups
 from execgo.host.privileges import TaskIdentity
@@ -39,7 +42,9 @@ from execgo.server.directkill import DirectKills
 from execgo.server.gc import GarbageCollector
 from execgo.server.intake import Intake
 from execgo.server.link import SupervisorLink
+from execgo.server.nodewatch import NodeWatch
 from execgo.server.recovery import Recovery
+from execgo.server.relay import Relay, RelayFailed
 from execgo.server.scheduler import Scheduler
 from execgo.server.snapshots import TerminalSnapshots
 from execgo.server.taskstore import TaskStore
@@ -49,7 +54,14 @@ from execgo.server.waiters import Waiters
 from execgo.server.web.auth import Principal, visible
 from execgo.server.web.responses import StreamingRequest
 from execgo.server.web.streams import Streams
-from execgo.store import listing
+from execgo.store import listing, notices
+
+log = Logger()
+
+#: A relayed status answer may take this many times the preview ceiling
+#: (two previews, JSON escapes), plus the rest of the snapshot.
+RELAY_BODY_FACTOR = 4
+RELAY_BODY_SLACK = 1 << 20
 
 
 class Runtime:
@@ -101,6 +113,7 @@ class Runtime:
     ) -> None:
         self.reactor = reactor
         self.config = config
+        self.runtime_id = runtime_id
         self.store = store
         self.scheduler = scheduler
         self.link = link
@@ -160,6 +173,8 @@ class Runtime:
             retention_ms=config.result_retention_secs * 1000,
             accepting=lambda: self.accepting,
         )
+        self.node_watch = NodeWatch(reactor, store, self.waiters, now_ms, lambda: self.accepting)
+        self.relay = Relay(reactor, RELAY_BODY_FACTOR * config.max_output_preview_bytes + RELAY_BODY_SLACK)
 
     async def submit(
         self, body: bytes, principal: Optional[Principal] = None, idempotency_key: Optional[str] = None
@@ -196,7 +211,13 @@ class Runtime:
 
     # Reading
 
-    async def status(self, task_id: str, wait_ms: int = 0, principal: Optional[Principal] = None) -> JSON:
+    async def status(
+        self,
+        task_id: str,
+        wait_ms: int = 0,
+        principal: Optional[Principal] = None,
+        relay: Optional[Mapping[str, str]] = None,
+    ) -> JSON:
         """
         The status snapshot; L{errors.NotFound} for an unknown id (or one
         C{principal} may not see).
@@ -204,6 +225,9 @@ class Runtime:
         @param wait_ms: long-poll: when the task is not terminal, answer as
             soon as it is, or after this many milliseconds with its state
             then.
+        @param relay: the caller's credentials, to ask the node that runs
+            (or ran) the task for its output when it is another node
+            (L{execgo.server.relay}); C{None}: answer from here alone.
         """
         await self.require_visible(task_id, principal)
         kept = self.finished.get(task_id)
@@ -218,7 +242,7 @@ class Runtime:
                 if isinstance(notice, dict):
                     return notice
             else:
-                snapshot = await self._read_snapshot(task_id)
+                snapshot = await self._read_snapshot(task_id, relay)
                 if watch is None or snapshot["status"] in TERMINAL_STATUSES:
                     return snapshot
                 # Not sent: its previews (and their share of the preview
@@ -231,20 +255,41 @@ class Runtime:
                 # Nobody awaits it any more: its CancelledError is expected.
                 watch.addErrback(lambda failure: failure.trap(defer.CancelledError))
                 watch.cancel()
-        return await self._read_snapshot(task_id)
+        return await self._read_snapshot(task_id, relay)
 
-    async def _read_snapshot(self, task_id: str) -> JSON:
+    async def _read_snapshot(self, task_id: str, relay: Optional[Mapping[str, str]] = None) -> JSON:
         """
         The snapshot from the store (kept when terminal);
-        L{errors.NotFound} for an unknown id.
+        L{errors.NotFound} for an unknown id.  A task of another node has
+        its output there: asked for it with C{relay} (L{_relayed}).
         """
         found = await self.store.snapshot(task_id, self.now_ms())
         if found is None:
             raise errors.NotFound(task_id)
         snapshot, tenant = found
+        node_id = snapshot.get("node_id")
+        if node_id is not None and not self._runs_here(node_id):
+            return await self._relayed(snapshot, node_id, relay)
         if snapshot["status"] in TERMINAL_STATUSES:
             self.finished.put(task_id, snapshot, tenant)
         return snapshot
+
+    async def _relayed(self, snapshot: JSON, node_id: str, relay: Optional[Mapping[str, str]]) -> JSON:
+        """
+        The snapshot of a task node C{node_id} runs (or ran) as that node
+        gives it, output included; when it cannot be had, the store's
+        (with empty previews) and C{output_unavailable}, saying why.
+        """
+        if relay is None:
+            return {**snapshot, "output_unavailable": "a relayed request is answered from the store alone"}
+        node = await self.store.load_node(node_id)
+        if node is None or node.state != NODE_ALIVE:
+            state = "unknown" if node is None else node.state
+            return {**snapshot, "output_unavailable": f"its output is on node {node_id}, which is {state}"}
+        try:
+            return await self.relay.snapshot(node.advertise_url, snapshot["task_id"], relay)
+        except RelayFailed as e:
+            return {**snapshot, "output_unavailable": f"its output is on node {node_id}, which cannot be reached: {e}"}
 
     async def list_tasks(self, query: listing.ListQuery, principal: Optional[Principal] = None) -> JSON:
         """
@@ -313,11 +358,53 @@ class Runtime:
         if result.cancelled_queued:
             self.scheduler.dequeued(task_id)
             self.waiters.notify(task_id)
-        elif result.flagged and record.status == STATUS_RUNNING:
+        elif result.flagged and record.status == STATUS_RUNNING and self._runs_here(record.node_id):
             if not self.link.kill(task_id) and record.pgid is not None:
                 self.direct_kills.kill(task_id, record.pgid)
             self.scheduler.wake()
+        # A task another node runs is signalled by that node: the kill's
+        # notice (execgo.store.notices.KILLED) reaches it at the commit.
         return result.snapshot
+
+    def _runs_here(self, node_id: Optional[str]) -> bool:
+        """
+        Whether a task claimed by C{node_id} is this node's to signal.
+        """
+        return node_id is None or node_id == self.runtime_id
+
+    def on_notice(self, notice: notices.Notice) -> None:
+        """
+        What another node did, heard from the store
+        (L{execgo.store.notices}): a submission to queue, a claim to drop
+        from the queue and count against its tenant's quota, an end to
+        wake long-polls and streams for, a kill to signal here.
+        """
+        data = notice.data or {}
+        if data.get("origin") == self.runtime_id:
+            return
+        task_id = notice.task_id
+        try:
+            if notice.kind == notices.SUBMITTED:
+                self.scheduler.learned(QueuedTask.from_json(task_id, data))
+            elif notice.kind == notices.CLAIMED and data.get("node") != self.runtime_id:
+                reservation = Reservation.from_json(data.get("reservation") or {})
+                self.scheduler.claimed_elsewhere(task_id, data.get("tenant"), reservation)
+            elif notice.kind == notices.ENDED:
+                self.scheduler.ended_elsewhere(task_id)
+                self.waiters.notify(task_id)
+            elif notice.kind == notices.KILLED and task_id in self.scheduler.ledger.active:
+                self.link.kill(task_id)
+        except (ValueError, TypeError, AttributeError) as e:
+            log.warn("a cluster notice was malformed", notice=str(notice), error=str(e))
+
+    def resync(self) -> None:
+        """
+        Look at the store again (the notices of a while may be lost): the
+        dispatcher rebuilds itself, and every long-poll and stream reads
+        its task again.
+        """
+        self.scheduler.resync()
+        self.waiters.notify_all()
 
     # Runtime views
 
@@ -344,6 +431,12 @@ class Runtime:
         The ledger view, computed from the store.
         """
         return await self.views.resources()
+
+    async def cluster(self) -> JSON:
+        """
+        The C{/api/v1/runtime/cluster} body, from the store.
+        """
+        return cluster_view(await self.store.list_nodes())
 
     async def metrics(self) -> str:
         """
@@ -400,9 +493,11 @@ class Runtime:
 
     def start_gc(self) -> None:
         """
-        Run GC every C{gc_interval_ms}, first one interval from now.
+        Run GC every C{gc_interval_ms}, first one interval from now, and
+        the watch over the cluster's nodes (L{NodeWatch}).
         """
         self.gc.start()
+        self.node_watch.start()
 
     async def collect_garbage(self) -> int:
         """
@@ -419,5 +514,6 @@ class Runtime:
         self.streams.close_all()
         self.waiters.cancel_all()
         self.gc.stop()
+        self.node_watch.stop()
         self.direct_kills.stop()
         self.recovery.stop()

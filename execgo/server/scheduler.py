@@ -30,7 +30,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from execgo.core.ledger import Ledger
-from execgo.core.records import QueuedTask, TaskRecord
+from execgo.core.records import QueuedTask
 from execgo.core.reservation import Reservation
 from execgo.store.reads import SchedulerState
 
@@ -111,14 +111,18 @@ class Scheduler:
         self.queue = OrderedDict(
             (entry.task_id, entry) for entry in map(_queued, state.queued)
         )
-        self._load_ledger(state.active)
+        self._load_ledger(state)
 
-    def _load_ledger(self, active: Sequence[TaskRecord]) -> None:
+    def _load_ledger(self, state: SchedulerState) -> None:
         for task_id in list(self.ledger.active):
             self.ledger.release(task_id)
-        for record in active:
+        for record in state.active:
             reservation = record.reservation or Reservation.for_limits(record.limits)
             self.ledger.reserve(record.task_id, record.tenant, reservation)
+        for task_id in list(self.ledger.elsewhere):
+            self.ledger.release_elsewhere(task_id)
+        for task_id, tenant, reservation in state.elsewhere:
+            self.ledger.hold_elsewhere(task_id, tenant, reservation)
 
     def submitted(self, task: QueuedTask) -> None:
         """
@@ -147,6 +151,41 @@ class Scheduler:
         self.ledger.release(task_id)
         if self._released_during_resync is not None:
             self._released_during_resync.add(task_id)
+        self.wake()
+
+    # What the other nodes of a cluster did (L{execgo.store.notices})
+
+    def learned(self, task: QueuedTask) -> None:
+        """
+        Another node accepted C{task}: queue it here too, unless this
+        dispatcher knows it already (it may be claimed by the time it would
+        be sent: the claim then declines it).
+        """
+        task_id = task.task_id
+        if task_id in self.queue or task_id in self.dispatched or task_id in self.ledger.active:
+            return
+        self.submitted(task)
+
+    def claimed_elsewhere(self, task_id: str, tenant: Optional[str], reservation: Reservation) -> None:
+        """
+        Another node claimed C{task_id}: it leaves this queue, and what it
+        holds counts against its tenant's quota here too (quotas hold
+        across the cluster).  An order this node sent for it is declined
+        by its supervisor.
+        """
+        self.queue.pop(task_id, None)
+        self.ledger.hold_elsewhere(task_id, tenant, reservation)
+
+    def ended_elsewhere(self, task_id: str) -> None:
+        """
+        A task ended that another node ran (or that was cancelled while
+        queued): what it held is free for its tenant again.
+        """
+        if task_id in self.dispatched or task_id in self.ledger.active:
+            # Ours: its end comes from our supervisor.
+            return
+        self.queue.pop(task_id, None)
+        self.ledger.release_elsewhere(task_id)
         self.wake()
 
     def supervisor_lost(self) -> None:
@@ -205,6 +244,14 @@ class Scheduler:
         done: defer.Deferred[None] = defer.Deferred()
         self._cycling.addBoth(lambda _: done.callback(None))
         return done
+
+    def resync(self) -> None:
+        """
+        Rebuild from the store in a cycle soon (as the safety-net poll
+        does): changes may have happened unseen.
+        """
+        self._resync_pending = True
+        self.wake()
 
     def wake(self) -> None:
         """
@@ -308,7 +355,7 @@ class Scheduler:
         finally:
             released, self._released_during_resync = self._released_during_resync, None
             submitted, self._submitted_during_resync = self._submitted_during_resync, None
-        self._load_ledger(state.active)
+        self._load_ledger(state)
         queued = [_queued(item) for item in state.queued]
         stored = {entry.task_id for entry in queued}
         for task in list(self.dispatched.values()):

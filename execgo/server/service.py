@@ -12,6 +12,7 @@ C{tests.test_service} runs start-up and stop in memory.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import stat
@@ -36,6 +37,7 @@ from execgo.control import (
 )
 from execgo.core import errors
 from execgo.core.capabilities import Capabilities, build_capabilities
+from execgo.core.cluster import NodeInfo, NodeLease
 from execgo.core.config import RuntimeConfig, parse_listen_addr
 from execgo.core.databaseurl import STORE_RETRY_S, STORE_WAIT_S, DatabaseUrl
 from execgo.core.hostfacts import HostFacts
@@ -48,6 +50,7 @@ from execgo.host.probe import probe_host
 from execgo.server.budget import ByteBudget
 from execgo.server.database import Store, open_pool
 from execgo.server.link import SupervisorLink, supervisor_command
+from execgo.server.notices import NoticeListener
 from execgo.server.runtime import Runtime
 from execgo.server.scheduler import Scheduler
 from execgo.server.web.api import RuntimeAPI
@@ -58,6 +61,7 @@ from execgo.server.web.listener import (
     raise_descriptor_limit,
 )
 from execgo.server.web.site import APISite
+from execgo.store import nodes, notices, postgres
 
 log = Logger()
 
@@ -217,6 +221,7 @@ class RuntimeService(service.Service):
         self._store: Optional[Store] = None
         self._link: Optional[SupervisorLink] = None
         self._scheduler: Optional[Scheduler] = None
+        self._listener: Optional[NoticeListener] = None
 
     def startService(self) -> None:
         super().startService()
@@ -242,10 +247,11 @@ class RuntimeService(service.Service):
         self._store = store = await self._open_store(config)
         runtime_id = config.effective_runtime_id(self.environ)
         capabilities = await self._probe(config, runtime_id)
+        lease = await self._join(store, config, runtime_id, capabilities)
         cgroups = None
         if not config.disable_cgroup:
             cgroups = await self.edges.in_thread(Cgroups.try_detect, config.cgroup_root)
-        await self.edges.in_thread(write_settings, config.data_dir_abs, self._supervisor_settings(config))
+        await self.edges.in_thread(write_settings, config.data_dir_abs, self._supervisor_settings(config, lease))
         self._link = link = self.edges.make_link(self.reactor, config.database, config.data_dir_abs)
         self._scheduler = scheduler = Scheduler(
             self.reactor,
@@ -272,6 +278,10 @@ class RuntimeService(service.Service):
             identity=self.identity,
         )
         link.listen(runtime)
+        if config.database.is_postgres:
+            # Before recovery reads the store: what commits after is heard.
+            self._listener = self._notice_listener(config.database, runtime)
+            await self._listener.start()
         await self._patiently(runtime.recover, config.database)
         await link.ensure()
         runtime.accepting = True
@@ -285,6 +295,14 @@ class RuntimeService(service.Service):
             max_connections=config.max_connections,
         )
         return self.port
+
+    def _notice_listener(self, database: DatabaseUrl, runtime: Runtime) -> NoticeListener:
+        """
+        What hears the other nodes of the cluster (L{NoticeListener}) and
+        tells the runtime.
+        """
+        connect = functools.partial(postgres.listen, database.connect_url, database.password, notices.CHANNEL)
+        return NoticeListener(self.reactor, connect, self.edges.in_thread, runtime.on_notice, runtime.resync)
 
     async def _load_tokens(self, path: str) -> None:
         """
@@ -403,10 +421,30 @@ class RuntimeService(service.Service):
             privilege_drop=self.identity.drops,
         )
 
-    def _supervisor_settings(self, config: RuntimeConfig) -> SupervisorSettings:
+    async def _join(
+        self, store: Store, config: RuntimeConfig, runtime_id: str, capabilities: Capabilities
+    ) -> NodeLease:
+        """
+        Join the cluster that shares the store as node C{runtime_id}
+        (L{nodes.join}): refused when another live node holds the id.
+        The lease is the supervisor's to hold; this is what it is told.
+        """
+        store.node_id = runtime_id
+        instance = await self.edges.in_thread(nodes.node_instance, config.data_dir_abs)
+        node = NodeInfo(
+            node_id=runtime_id,
+            instance=instance,
+            advertise_url=config.effective_advertise_url,
+            labels=config.labels,
+            capacity=capabilities.capacity,
+        )
+        await self._patiently(lambda: store.join_node(node, config.node_lease_ms, wall_ms()), config.database)
+        return NodeLease(runtime_id, instance, config.node_lease_ms)
+
+    def _supervisor_settings(self, config: RuntimeConfig, lease: Optional[NodeLease] = None) -> SupervisorSettings:
         """
         What the supervisor reads at start: the settings it shares with
-        the server.
+        the server, and the node whose lease it holds.
         """
         return SupervisorSettings(
             grace_ms=config.termination_grace_ms,
@@ -415,6 +453,7 @@ class RuntimeService(service.Service):
             identity=self.identity,
             rootfs_roots=config.rootfs_roots_abs,
             max_output_preview_bytes=config.max_output_preview_bytes,
+            node=lease,
         )
 
     async def _listen(self, runtime: Runtime) -> Any:
@@ -526,6 +565,8 @@ class RuntimeService(service.Service):
             await defer.maybeDeferred(self.port.stopListening)
             self.port = None
         await self._drain_requests()
+        if self._listener is not None:
+            self._listener.stop()
         if self._scheduler is not None:
             await self._scheduler.stop()
         if self._link is not None:

@@ -29,6 +29,7 @@ from typing import Callable, List, Optional, Protocol, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
 
+from execgo.core.cluster import NodeInfo, NodeRecord
 from execgo.core.constants import JSON
 from execgo.core.models import SubmitRequest
 from execgo.core.records import Event, NewTask, Outcome, Scope, TaskRecord
@@ -49,9 +50,13 @@ class TaskStore(Protocol):
     @ivar opened_s: when this server opened the store (epoch seconds): a
         task directory without a row made before then is no submission's
         in flight.
+    @ivar node_id: the node this server is (C{None}: it takes every task
+        as its own): the reservations, recovery and the resources it reads
+        are its own node's.
     """
 
     opened_s: float
+    node_id: Optional[str]
 
     # Schema
 
@@ -243,6 +248,40 @@ class TaskStore(Protocol):
         @return: the names removed, those to look at later, and
             C{(name, error)} of those that could not be removed.
         """
+
+    # The cluster's nodes
+
+    def join_node(self, node: NodeInfo, lease_ms: int, now_ms: int) -> "Deferred[None]":
+        """
+        Record this node as a member (L{execgo.store.nodes.join}); fails
+        with L{execgo.store.nodes.NodeIdTaken} when another live node holds
+        its id.
+        """
+        ...
+
+    def list_nodes(self) -> "Deferred[List[NodeRecord]]":
+        """
+        Every node the store knows, with the tasks each runs now.
+        """
+        ...
+
+    def mark_lost_nodes(self, now_ms: int) -> "Deferred[List[str]]":
+        """
+        Mark the alive nodes whose lease ran out C{lost}; the ids marked.
+        """
+        ...
+
+    def load_node(self, node_id: str) -> "Deferred[Optional[NodeRecord]]":
+        """
+        One node, or C{None} when the store does not know it.
+        """
+        ...
+
+    def orphaned_tasks(self) -> "Deferred[List[str]]":
+        """
+        The running tasks of nodes that are lost or left.
+        """
+        ...
 
     def close(self) -> None:
         """

@@ -70,6 +70,14 @@ class Waiters:
                 timer.cancel()
             d.callback(notice)
 
+    def notify_all(self) -> None:
+        """
+        Fire every waiter with C{True}: whatever they wait for may have
+        happened unseen (each reads its task again).
+        """
+        for key in list(self._waiting):
+            self.notify(key)
+
     def __len__(self) -> int:
         return sum(len(waiting) for waiting in self._waiting.values())
 

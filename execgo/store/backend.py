@@ -61,6 +61,10 @@ class Backend:
         queries that do not depend on each other, together in one round
         trip, on an engine with round trips to save (C{None}: one query
         after the other, L{execgo.store.connection.fetch_all}).
+    @ivar notify: C{(conn, channel, payload)}: sends a notice to the other
+        nodes of a cluster when the open transaction commits
+        (L{execgo.store.notices}); C{None}: an engine whose store has one
+        node.
     """
 
     name: str
@@ -74,6 +78,7 @@ class Backend:
     execute_later: Callable[[Any, str, Sequence[Any]], None] = lambda conn, sql, params: conn.execute(sql, params)
     send_waiting: Callable[[Any], None] = lambda conn: None
     fetch_all: Optional[Callable[[Any, Sequence[Query]], List[List[Any]]]] = None
+    notify: Optional[Callable[[Any, str, str], None]] = None
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:

@@ -21,7 +21,7 @@ import re
 import shutil
 import sqlite3
 import stat
-from typing import List, Sequence, Set, Tuple
+from typing import List, Optional, Sequence, Set, Tuple
 
 from execgo.core.constants import STATUS_CANCELLED, STATUS_FAILED, STATUS_SUCCESS
 from execgo.store.connection import transaction
@@ -100,15 +100,25 @@ def task_dir_names(tasks_dir: str) -> List[str]:
         ]
 
 
-def _with_rows(conn: sqlite3.Connection, names: Sequence[str]) -> Set[str]:
+def _with_rows(
+    conn: sqlite3.Connection, tasks_dir: str, names: Sequence[str], node_id: Optional[str]
+) -> Set[str]:
     """
-    Those of C{names} that are ids of stored tasks.
+    Those of C{names} that are ids of stored tasks, but for the tasks
+    another node than C{node_id} claimed and keeps the files of elsewhere
+    (in a cluster, the copy the node that accepted such a task made).
     """
     found: Set[str] = set()
     for start in range(0, len(names), _IN_CHUNK):
         chunk = list(names[start : start + _IN_CHUNK])
         marks = ", ".join("?" for _ in chunk)
-        found.update(row[0] for row in conn.execute(f"SELECT task_id FROM tasks WHERE task_id IN ({marks})", chunk))
+        found.update(
+            task_id
+            for task_id, task_dir, claimer in conn.execute(
+                f"SELECT task_id, task_dir, node_id FROM tasks WHERE task_id IN ({marks})", chunk
+            )
+            if claimer is None or claimer == node_id or task_dir == os.path.join(tasks_dir, task_id)
+        )
     return found
 
 
@@ -120,17 +130,19 @@ def collect_orphans(
     opened_s: float,
     remove_limit: int,
     min_age_s: float = ORPHAN_MIN_AGE_S,
+    node_id: Optional[str] = None,
 ) -> Tuple[List[str], List[str], Failures]:
     """
-    Remove those of the directories C{tasks_dir/NAME} that have no row and
-    are stale: made before the store was opened (C{opened_s}), or at least
-    C{min_age_s} ago.  At most C{remove_limit} are removed.
+    Remove those of the directories C{tasks_dir/NAME} that have no row (or
+    whose row places the task's files on another node, C{node_id} being
+    this one) and are stale: made before the store was opened
+    (C{opened_s}), or at least C{min_age_s} ago.  At most C{remove_limit} are removed.
 
     @return: the names removed, those to look at again later (too young,
         or past C{remove_limit}), and C{(name, error)} for those that
         could not be removed.
     """
-    with_rows = _with_rows(conn, names)
+    with_rows = _with_rows(conn, tasks_dir, names, node_id)
     removed: List[str] = []
     later: List[str] = []
     failures: Failures = []

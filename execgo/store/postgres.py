@@ -400,6 +400,26 @@ def connect(url: str, password: Optional[str] = None) -> PgConnection:
     return PgConnection(lambda: psycopg.connect(url, autocommit=True, **extra))
 
 
+def listen(url: str, password: Optional[str], channel: str) -> Any:
+    """
+    A new connection listening on C{channel} (blocking): the C{psycopg}
+    connection, whose notifications its owner reads off
+    C{pgconn.notifies()} after C{pgconn.consume_input()} whenever its
+    socket (C{pgconn.socket}) is readable.
+    """
+    import psycopg
+    from psycopg import sql
+
+    extra: Dict[str, Any] = {} if password is None else {"password": password}
+    conn = psycopg.connect(url, autocommit=True, **extra)
+    try:
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def _begin_locked(conn: Any) -> None:
     """
     Open a write transaction holding L{WRITE_LOCK} until it ends; nothing
@@ -447,7 +467,9 @@ def _version_1() -> List[str]:
     L{execgo.store.tallies}, with 64-bit integers and an explicit C{rowid}
     column (the listing cursor's tie-breaker, implicit on SQLite).
     """
-    columns = ", ".join(f"{name} {decl.replace('INTEGER', 'BIGINT')}" for name, decl in schema.TASK_COLUMNS)
+    columns = ", ".join(
+        f"{name} {decl.replace('INTEGER', 'BIGINT')}" for name, decl in schema.TASK_COLUMNS[: schema.TASK_COLUMNS_V1]
+    )
     statements = [
         f"CREATE TABLE tasks ({columns}, rowid BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE)",
         """CREATE TABLE task_events (
@@ -573,9 +595,22 @@ def _version_2() -> List[str]:
     ]
 
 
+def _version_3() -> List[str]:
+    """
+    Version 3: the cluster's nodes (L{schema.NODES_TABLE}) and the node
+    each task was claimed by.
+    """
+    added = ", ".join(f"ADD COLUMN {name} {decl}" for name, decl in schema.TASK_COLUMNS[schema.TASK_COLUMNS_V1 :])
+    return [
+        f"ALTER TABLE tasks {added}",
+        schema.NODES_TABLE.replace("INTEGER", "BIGINT"),
+        schema.NODE_RUNNING_INDEX,
+    ]
+
+
 #: Each schema version's statements, applied in order to a store behind it.
 #: A version once released never changes: a change is a new version.
-MIGRATIONS: Dict[int, Callable[[], List[str]]] = {1: _version_1, 2: _version_2}
+MIGRATIONS: Dict[int, Callable[[], List[str]]] = {1: _version_1, 2: _version_2, 3: _version_3}
 
 
 def init_schema(conn: Any, now_ms: Optional[int] = None) -> None:
@@ -620,4 +655,5 @@ POSTGRES = Backend(
     execute_later=lambda conn, sql, params: conn.execute_later(sql, params),
     send_waiting=lambda conn: conn.send_waiting(),
     fetch_all=lambda conn, queries: conn.fetch_all(queries),
+    notify=lambda conn, channel, payload: conn.execute_later("SELECT pg_notify(?, ?)", (channel, payload)),
 )

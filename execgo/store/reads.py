@@ -26,11 +26,13 @@ from execgo.store.connection import fetch_all, rows
 class SchedulerState:
     """
     What the dispatcher rebuilds itself from: active reservations and the
-    queue, oldest first.
+    queue, oldest first; in a cluster, also what the other nodes hold
+    (C{elsewhere}: task id, tenant and reservation of each).
     """
 
     active: Tuple[TaskRecord, ...]
     queued: Tuple[Any, ...]
+    elsewhere: Tuple[Tuple[str, Optional[str], Reservation], ...] = ()
 
 
 def load_task(conn: sqlite3.Connection, task_id: str) -> Optional[TaskRecord]:
@@ -90,18 +92,17 @@ def tenant_of(conn: sqlite3.Connection, task_id: str) -> Tuple[bool, Optional[st
     return (False, None) if row is None else (True, row[0])
 
 
-def load_active(conn: sqlite3.Connection) -> List[TaskRecord]:
+def load_active(conn: sqlite3.Connection, node_id: Optional[str] = None) -> List[TaskRecord]:
     """
-    Tasks holding an active reservation, by reservation then creation time.
+    Tasks holding an active reservation, by reservation then creation time:
+    all of them, or those of node C{node_id} (and those no node claimed).
     """
-    return [
-        TaskRecord.from_row(row)
-        for row in rows(
-            conn,
-            "SELECT * FROM tasks WHERE reserved_at_ms IS NOT NULL AND released_at_ms IS NULL"
-            " ORDER BY reserved_at_ms, created_at_ms",
-        )
-    ]
+    sql = "SELECT * FROM tasks WHERE reserved_at_ms IS NOT NULL AND released_at_ms IS NULL"
+    params: Tuple[Any, ...] = ()
+    if node_id is not None:
+        sql += " AND (node_id = ? OR node_id IS NULL)"
+        params = (node_id,)
+    return [TaskRecord.from_row(row) for row in rows(conn, sql + " ORDER BY reserved_at_ms, created_at_ms", params)]
 
 
 def load_by_status(conn: sqlite3.Connection, statuses: Sequence[str], limit: int = -1) -> List[TaskRecord]:
@@ -138,14 +139,32 @@ def load_queue(conn: sqlite3.Connection, limit: int) -> List[QueuedTask]:
     ]
 
 
-def scheduler_state(conn: sqlite3.Connection, max_queued: int) -> SchedulerState:
+def scheduler_state(conn: sqlite3.Connection, max_queued: int, node_id: Optional[str] = None) -> SchedulerState:
     """
-    Active reservations and up to C{max_queued} queued tasks.
+    Active reservations (of node C{node_id}, L{load_active}) and up to
+    C{max_queued} queued tasks.
     """
     return SchedulerState(
-        active=tuple(load_active(conn)),
+        active=tuple(load_active(conn, node_id)),
         queued=tuple(load_queue(conn, max(max_queued, 0))),
+        elsewhere=() if node_id is None else tuple(held_elsewhere(conn, node_id)),
     )
+
+
+def held_elsewhere(conn: sqlite3.Connection, node_id: str) -> List[Tuple[str, Optional[str], Reservation]]:
+    """
+    The active reservations of the tasks other nodes claimed: task id,
+    tenant and reservation of each.
+    """
+    return [
+        (task_id, tenant, Reservation.from_json(json.loads(reservation)) if reservation else Reservation())
+        for task_id, tenant, reservation in rows(
+            conn,
+            "SELECT task_id, tenant, reservation_json FROM tasks"
+            " WHERE reserved_at_ms IS NOT NULL AND released_at_ms IS NULL AND node_id <> ?",
+            (node_id,),
+        )
+    ]
 
 
 #: The query of the trigger-kept tally of C{accepted} tasks (L{count_accepted}).
@@ -166,12 +185,12 @@ def count_accepted(conn: sqlite3.Connection, found: Optional[List[Any]] = None) 
 RUNNING_UIDS: Query = ("SELECT run_uid FROM tasks WHERE status = ? AND run_uid IS NOT NULL", (STATUS_RUNNING,))
 
 
-def resources_rows(conn: sqlite3.Connection) -> Tuple[List[TaskRecord], int]:
+def resources_rows(conn: sqlite3.Connection, node_id: Optional[str] = None) -> Tuple[List[TaskRecord], int]:
     """
-    The tasks holding an active reservation, and how many C{accepted}
-    tasks hold none.
+    The tasks holding an active reservation (of node C{node_id},
+    L{load_active}), and how many C{accepted} tasks hold none.
     """
-    active = load_active(conn)
+    active = load_active(conn, node_id)
     waiting = conn.execute(
         "SELECT COUNT(*) FROM tasks WHERE status = ? AND NOT"
         " (reserved_at_ms IS NOT NULL AND released_at_ms IS NULL)",

@@ -72,7 +72,30 @@ TASK_COLUMNS = (
     # 1 while a terminal task's result.json could not be written (a full
     # or read-only data directory): GC writes it once it can (upkeep).
     ("result_missing", "INTEGER"),
+    # The node that claimed the task (execgo.core.cluster): NULL until one does.
+    ("node_id", "TEXT"),
+    # The request as request.json holds it, for the node that claims the
+    # task to write its own (NULL in rows an earlier version stored).
+    ("request_json", "TEXT"),
 )
+#: How many of L{TASK_COLUMNS} the first PostgreSQL schema version had.
+TASK_COLUMNS_V1 = 46
+
+#: The nodes of the cluster that shares this store (execgo.store.nodes).
+NODES_TABLE = """CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY NOT NULL,
+    instance TEXT NOT NULL,
+    advertise_url TEXT NOT NULL,
+    labels_json TEXT NOT NULL,
+    capacity_json TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started_at_ms INTEGER NOT NULL,
+    lease_epoch INTEGER NOT NULL,
+    lease_expires_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+)"""
+#: The running tasks of a node, found without reading the others'.
+NODE_RUNNING_INDEX = "CREATE INDEX IF NOT EXISTS idx_tasks_node_running ON tasks(node_id) WHERE status = 'running'"
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS tasks ({})".format(
@@ -120,6 +143,8 @@ _SCHEMA = [
     # one probe of an (almost always) empty index.
     "CREATE INDEX IF NOT EXISTS idx_tasks_result_missing ON tasks(result_missing)"
     " WHERE result_missing = 1",
+    NODES_TABLE,
+    NODE_RUNNING_INDEX,
 ]
 #: The index of keys before they had scopes (unique per key), replaced by
 #: idx_tasks_idempotency_scope.

@@ -19,6 +19,7 @@ import attrs
 
 from execgo.core.constants import JSON
 from execgo.core.records import TaskRecord
+from execgo.core.render import render_status
 from execgo.store import taskfiles
 from execgo.store.reads import load_task
 
@@ -57,10 +58,13 @@ def read_snapshot(
     now_ms: int,
     ceiling: Optional[int] = None,
     allowance: Optional[int] = None,
+    node_id: Optional[str] = None,
 ) -> Union[Tuple[JSON, Optional[str]], NeedBudget, None]:
     """
     The status snapshot of a task, previews included, and its tenant; or
-    C{None}.
+    C{None}.  A task another node than C{node_id} claimed keeps its files
+    there: its snapshot comes with empty previews (its C{node_id} says
+    whom to ask for them, L{execgo.server.relay}).
 
     @param ceiling: bounds each preview (L{taskfiles.snapshot}).
     @param allowance: when not C{None}, the bytes the previews may take:
@@ -69,6 +73,8 @@ def read_snapshot(
     record = load_task(conn, task_id)
     if record is None:
         return None
+    if node_id is not None and record.node_id is not None and record.node_id != node_id:
+        return render_status(record, ("", False), ("", False), now_ms), record.tenant
     if allowance is not None:
         need = preview_need(record, ceiling)
         if need > allowance:

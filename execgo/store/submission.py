@@ -16,7 +16,7 @@ import errno
 import os
 import shutil
 import sqlite3
-from typing import Callable
+from typing import Callable, Optional
 
 from execgo.core import errors
 from execgo.core.constants import JSON
@@ -120,14 +120,21 @@ def remove_task_dir(task_dir: str) -> None:
     shutil.rmtree(task_dir, ignore_errors=True)
 
 
-def insert(conn: sqlite3.Connection, task: NewTask, now_ms: int) -> None:
+def insert(
+    conn: sqlite3.Connection,
+    task: NewTask,
+    now_ms: int,
+    origin: Optional[str] = None,
+    request_json: Optional[JSON] = None,
+) -> None:
     """
     The row and its first events (C{submitted}, C{accepted}, C{planned},
-    and C{degraded} for a degraded plan); on a conflict the files this
+    and C{degraded} for a degraded plan), with the request and the node
+    that accepted it (L{insert_task}); on a conflict the files this
     submission made are removed again.
     """
     try:
-        insert_task(conn, task, now_ms)
+        insert_task(conn, task, now_ms, origin, request_json)
     except errors.Conflict:
         shutil.rmtree(task.paths.task_dir, ignore_errors=True)
         raise

@@ -12,6 +12,7 @@ them off the reactor thread.
 from __future__ import annotations
 
 import errno
+import json
 import os
 from typing import Callable, Optional, Tuple
 
@@ -21,7 +22,7 @@ from execgo.core.encoding import pretty
 from execgo.core.models import ExecutionSpec
 from execgo.core.records import TaskPaths, TaskRecord
 from execgo.core.render import render_status
-from execgo.host.fsio import read_head_text, write_chunks
+from execgo.host.fsio import read_head_text, write_chunks, write_file
 
 
 def script_extension(interpreter: Optional[Tuple[str, ...]]) -> str:
@@ -61,6 +62,27 @@ def task_paths(
         stderr_path=os.path.join(task_dir, "stderr.log"),
         script_path=script_path,
     )
+
+
+def under(path: str, data_dir: str) -> bool:
+    """
+    Whether C{path} (a task directory) lies in C{data_dir}'s C{tasks}.
+    """
+    return os.path.dirname(path) == os.path.join(data_dir, "tasks")
+
+
+def create_claimed(paths: TaskPaths, request_text: Optional[str]) -> None:
+    """
+    The files of a task this node claimed and another accepted (blocking):
+    the task directory and its workspace, C{request.json} as the
+    accepting node wrote it (from the row's copy, when it has one) and
+    the empty logs.  What an earlier attempt left is reused.
+    """
+    os.makedirs(paths.workspace_dir, mode=0o700, exist_ok=True)
+    if request_text is not None:
+        write_file(paths.request_path, pretty(json.loads(request_text)).encode("utf-8"), mode=0o600)
+    for log in (paths.stdout_path, paths.stderr_path):
+        os.close(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
 
 
 def read_preview(path: str, max_bytes: int) -> Tuple[str, bool]:

@@ -45,7 +45,7 @@ from execgo.core.constants import (
     STATUS_SUCCESS,
 )
 from execgo.core.records import Outcome, TaskRecord
-from execgo.store import taskfiles
+from execgo.store import notices, taskfiles
 from execgo.store.backend import Query, backend_of
 from execgo.store.connection import dumps, fetch_all, rows, transaction
 from execgo.store.eventlog import NewEvent, append_events
@@ -152,6 +152,7 @@ def write_terminal(
         event_type, message = _TERMINAL_EVENT[outcome.status]
         events.append((event_type, message, now_ms, None))
         append_events(conn, task_id, events)
+        notices.announce(conn, notices.ENDED, task_id)
     return True
 
 

@@ -21,10 +21,10 @@ import attrs
 
 from execgo.core import errors, outcome
 from execgo.core.constants import JSON, STATUS_ACCEPTED, STATUS_RUNNING
-from execgo.core.records import NewTask, TaskRecord
+from execgo.core.records import NewTask, QueuedTask, TaskRecord
 from execgo.core.reservation import Reservation
 from execgo.host.privileges import TaskIdentity
-from execgo.store import idempotency, taskfiles
+from execgo.store import idempotency, notices, taskfiles
 from execgo.store.backend import Query, backend_of
 from execgo.store.connection import dumps, fetch_all, transaction
 from execgo.store.eventlog import NewEvent, append_event, append_event_while, append_events
@@ -33,10 +33,21 @@ from execgo.store.schema import insert_labels
 from execgo.store.terminal import finish
 
 
-def insert_task(conn: sqlite3.Connection, task: NewTask, now_ms: int) -> None:
+def insert_task(
+    conn: sqlite3.Connection,
+    task: NewTask,
+    now_ms: int,
+    origin: Optional[str] = None,
+    request_json: Optional[JSON] = None,
+) -> None:
     """
-    Insert a new C{accepted} task and its first events in one transaction.
+    Insert a new C{accepted} task and its first events in one transaction,
+    and tell the cluster's nodes (L{notices.SUBMITTED}).
 
+    @param origin: the node that accepted it (its own notice is not news
+        to it).
+    @param request_json: the request as C{request.json} holds it, kept for
+        the node that claims the task.
     @raise errors.Conflict: a task with this id exists already.
     """
     plan = task.plan
@@ -64,6 +75,7 @@ def insert_task(conn: sqlite3.Connection, task: NewTask, now_ms: int) -> None:
         "control_context_json": context_json,
         "tenant": None if task.control_context is None else task.control_context.tenant,
         "owner": None if task.control_context is None else task.control_context.owner,
+        "request_json": None if request_json is None else dumps(request_json),
     }
     if task.idempotency_key is not None:
         values["idempotency_key"] = task.idempotency_key
@@ -98,11 +110,20 @@ def insert_task(conn: sqlite3.Connection, task: NewTask, now_ms: int) -> None:
             }
             events.append(("degraded", "execution plan degraded", now_ms, degraded))
         append_events(conn, task.task_id, events)
+        tenant = None if task.control_context is None else task.control_context.tenant
+        queued = QueuedTask(task.task_id, tenant, Reservation.for_limits(task.limits), now_ms)
+        notices.announce(conn, notices.SUBMITTED, task.task_id, {**queued.to_json(), "origin": origin})
 
 
 class NoIdentity(Exception):
     """
     Every uid of the task uid range is held by a running task.
+    """
+
+
+class NoFiles(Exception):
+    """
+    The files of a task another node accepted could not be made here.
     """
 
 
@@ -127,14 +148,14 @@ def claim(
     @raise NoIdentity: changing nothing, when no uid is free.
     """
     claimed = claim_all(conn, [task_id], shim_pid, now_ms, identity)[0]
-    if isinstance(claimed, NoIdentity):
+    if isinstance(claimed, (NoIdentity, NoFiles)):
         raise claimed
     return claimed
 
 
 #: What L{claim_all} made of one task: as L{claim} returns it, or the
-#: L{NoIdentity} it would raise.
-Claimed = Union[TaskRecord, None, NoIdentity]
+#: L{NoIdentity} (or L{NoFiles}) it would raise.
+Claimed = Union[TaskRecord, None, NoIdentity, NoFiles]
 
 
 def claim_all(
@@ -143,6 +164,8 @@ def claim_all(
     shim_pid: int,
     now_ms: int,
     identity: Optional[TaskIdentity] = None,
+    node_id: Optional[str] = None,
+    data_dir: Optional[str] = None,
 ) -> List[Claimed]:
     """
     L{claim} for each of C{task_ids} (distinct), in one transaction (or
@@ -161,7 +184,10 @@ def claim_all(
     with transaction(conn):
         found = fetch_all(conn, queries)
         used = {int(row[0]) for row in found[len(task_ids)]} if len(found) > len(task_ids) else set()
-        return [_claim_found(conn, rows, shim_pid, now_ms, identity, used) for rows in found[: len(task_ids)]]
+        return [
+            _claim_found(conn, rows, shim_pid, now_ms, identity, used, node_id, data_dir)
+            for rows in found[: len(task_ids)]
+        ]
 
 
 def _claim_found(
@@ -171,16 +197,27 @@ def _claim_found(
     now_ms: int,
     identity: Optional[TaskIdentity],
     used: Set[int],
+    node_id: Optional[str] = None,
+    data_dir: Optional[str] = None,
 ) -> Claimed:
     """
     L{claim} of the task whose row (locked) is C{found}, in the open
     transaction; the uid it takes is added to C{used}, the uids taken.
+    A task another node accepted gets its files in C{data_dir}, this
+    node's (L{taskfiles.create_claimed}), and its row says so.
     """
     if not found:
         return None
     record = TaskRecord.from_row(found[0])
     if record.status != STATUS_ACCEPTED or record.kill_requested:
         return record if record.status == STATUS_ACCEPTED else None
+    if data_dir is not None and not taskfiles.under(record.paths.task_dir, data_dir):
+        paths = taskfiles.task_paths(data_dir, record.task_id, record.execution, record.sandbox.workspace_subdir)
+        try:
+            taskfiles.create_claimed(paths, found[0]["request_json"])
+        except OSError as e:
+            return NoFiles(f"cannot create the task's files in {paths.task_dir}: {e.strerror or e}")
+        record = attrs.evolve(record, paths=paths)
     run_as = None
     if identity is not None:
         run_as = identity.pick(used if identity.per_task else frozenset())
@@ -192,7 +229,9 @@ def _claim_found(
     backend_of(conn).execute_later(
         conn,
         "UPDATE tasks SET status = ?, shim_pid = ?, reservation_json = ?, reserved_at_ms = ?,"
-        " released_at_ms = NULL, updated_at_ms = ?, run_uid = ?, run_gid = ? WHERE task_id = ?",
+        " released_at_ms = NULL, updated_at_ms = ?, run_uid = ?, run_gid = ?, node_id = ?, task_dir = ?,"
+        " workspace_dir = ?, request_path = ?, result_path = ?, stdout_path = ?, stderr_path = ?, script_path = ?"
+        " WHERE task_id = ?",
         (
             STATUS_RUNNING,
             shim_pid,
@@ -201,10 +240,15 @@ def _claim_found(
             now_ms,
             None if run_as is None else run_as.uid,
             None if run_as is None else run_as.gid,
+            node_id,
+            *attrs.astuple(record.paths),
             record.task_id,
         ),
     )
     append_event(conn, record.task_id, "resource_reserved", "task resources reserved", now_ms, reservation.to_json())
+    if node_id is not None:
+        claim = {"node": node_id, "tenant": record.tenant, "reservation": reservation.to_json()}
+        notices.announce(conn, notices.CLAIMED, record.task_id, claim)
     return attrs.evolve(
         record,
         status=STATUS_RUNNING,
@@ -214,6 +258,7 @@ def _claim_found(
         released_at_ms=None,
         updated_at_ms=now_ms,
         run_as=run_as,
+        node_id=node_id,
     )
 
 
@@ -250,9 +295,11 @@ def record_timeout(conn: sqlite3.Connection, task_id: str, now_ms: int) -> bool:
     return True
 
 
-def request_kill(conn: sqlite3.Connection, task_id: str, now_ms: int) -> bool:
+def request_kill(conn: sqlite3.Connection, task_id: str, now_ms: int, origin: Optional[str] = None) -> bool:
     """
-    Set the kill flag of a non-terminal task and append C{kill_requested}.
+    Set the kill flag of a non-terminal task and append C{kill_requested};
+    the node that runs it is told (L{notices.KILLED}; C{origin}: the node
+    that asks).
 
     @return: whether the task was non-terminal (and so was flagged).
     """
@@ -265,6 +312,7 @@ def request_kill(conn: sqlite3.Connection, task_id: str, now_ms: int) -> bool:
         if cursor.rowcount != 1:
             return False
         append_event(conn, task_id, "kill_requested", "kill requested", now_ms)
+        notices.announce(conn, notices.KILLED, task_id, {"origin": origin})
     return True
 
 
@@ -348,6 +396,7 @@ def kill(
     now_ms: int,
     any_owner: bool = False,
     ceiling: Optional[int] = None,
+    origin: Optional[str] = None,
 ) -> KillResult:
     """
     The store half of a kill: an unknown task, then the owner check; a
@@ -356,6 +405,7 @@ def kill(
 
     @param any_owner: skip the owner check (an admin token's kill).
     @param ceiling: bounds the previews (L{taskfiles.snapshot}).
+    @param origin: the node that asks (L{request_kill}).
     @raise errors.NotFound: no such task.
     @raise errors.PermissionDenied: another owner's task.
     """
@@ -367,7 +417,7 @@ def kill(
     flagged = False
     cancelled = False
     if not record.terminal:
-        flagged = request_kill(conn, task_id, now_ms)
+        flagged = request_kill(conn, task_id, now_ms, origin)
         if flagged and record.status == STATUS_ACCEPTED:
             cancelled = finish(
                 conn,

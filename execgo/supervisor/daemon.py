@@ -26,9 +26,11 @@ from typing import Any, Callable, Dict, List, Optional
 from execgo import control
 from execgo.control import MAX_LINE
 from execgo.core import errors
+from execgo.core.cluster import NodeLease
 from execgo.core.databaseurl import STORE_RETRY_S, STORE_WAIT_S
 from execgo.host import privileges
 from execgo.supervisor.engine import Supervisor
+from execgo.supervisor.membership import Membership
 from execgo.supervisor.plumbing import (
     Wakeups,
     become_subreaper,
@@ -167,6 +169,7 @@ class Loop:
         settings = control.read_settings(self.data_dir)
         if settings is not None:
             self.supervisor.configure(settings)
+            hold_lease(self.supervisor, settings.node, self.log)
         sock.setblocking(False)
         connection = _Connection(sock, self)
         self.connections[sock.fileno()] = connection
@@ -334,6 +337,8 @@ def run_daemon(database: str, data_dir: str, idle_exit_s: float = 10.0) -> int:
         if settings is None:
             raise control.ChannelError(f"no supervisor settings in {control.run_dir(data_dir)}")
         supervisor = open_engine(database, settings, log)
+        supervisor.data_dir = os.path.abspath(data_dir)
+        hold_lease(supervisor, settings.node, log)
         loop = Loop(supervisor, data_dir, idle_exit_s, log)
         loop.bind()
     except (OSError, control.ChannelError) as e:
@@ -345,6 +350,24 @@ def run_daemon(database: str, data_dir: str, idle_exit_s: float = 10.0) -> int:
     _to_devnull()
     serve(loop, supervisor, log)
     return 0
+
+
+def hold_lease(supervisor: Supervisor, lease: Optional[NodeLease], log: Callable[[str], None]) -> None:
+    """
+    Hold the lease of the node the settings name (L{Membership}); settings
+    that name another node than the one held give the old lease up first.
+    """
+    held = supervisor.membership
+    if held is not None and held.lease == lease:
+        return
+    if held is not None:
+        held.leave()
+    supervisor.membership = None
+    if lease is not None:
+        supervisor.membership = Membership(
+            supervisor.conn, lease, supervisor.clock, supervisor.wall_ms, supervisor.fence, log
+        )
+        supervisor.membership.start()
 
 
 def open_engine(
@@ -377,12 +400,15 @@ def open_engine(
 
 def serve(loop: Any, supervisor: Any, log: Callable[[str], None]) -> None:
     """
-    Run the loop until it ends, then close the engine.  An error that
+    Run the loop until it ends, give the node's lease up when nothing runs
+    any more (the node is C{left}), then close the engine.  An error that
     ends it is written to the supervisor's log first: once serving, the
     supervisor's standard streams lead nowhere.
     """
     try:
         loop.run()
+        if supervisor.membership is not None and not supervisor.busy:
+            supervisor.membership.leave()
     except BaseException:
         log("supervisor stopped by an error: " + traceback.format_exc())
         raise

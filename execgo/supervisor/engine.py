@@ -47,6 +47,7 @@ from execgo.store import connection, opening, reads, schema, transitions
 from execgo.store.backend import SQLITE
 from execgo.supervisor import spawning, workload
 from execgo.supervisor.endings import Endings
+from execgo.supervisor.membership import Membership
 from execgo.supervisor.processes import HostProcesses, Processes
 from execgo.supervisor.reaping import Reaper
 from execgo.supervisor.starts import StartRecord, StartRecords
@@ -131,6 +132,13 @@ class Supervisor:
         self.log = log
         self.by_pid: Dict[int, Running] = {}
         self.by_task: Dict[str, Running] = {}
+        #: The node whose tasks this supervisor claims (the settings'), and
+        #: its lease when this process holds it (the daemon's).
+        self.node_id: Optional[str] = None
+        self.membership: Optional[Membership] = None
+        #: Where the tasks claimed here that another node accepted get
+        #: their files (the daemon's data directory; C{None}: where they are).
+        self.data_dir: Optional[str] = None
         self.listeners: List[Callable[[Report], None]] = []
         self.starts = StartRecords(self.conn, self.clock.call_later, log)
         self.endings = Endings(
@@ -191,6 +199,7 @@ class Supervisor:
         self.identity = settings.identity
         self.rootfs_roots = settings.rootfs_roots
         self.preview_ceiling = settings.max_output_preview_bytes
+        self.node_id = None if settings.node is None else settings.node.node_id
 
     # Timers
 
@@ -255,6 +264,12 @@ class Supervisor:
 
         @return: what L{launch} returns, for each order.
         """
+        if self.membership is not None and not self.membership.held:
+            # A node without its lease claims nothing: another may count it lost.
+            for _, on_declined in orders:
+                if on_declined is not None:
+                    on_declined()
+            return [False for _ in orders]
         fresh: Dict[str, Optional[Callable[[], None]]] = {}
         for task_id, on_declined in orders:
             if task_id not in self.by_task:
@@ -262,7 +277,9 @@ class Supervisor:
         try:
             with connection.transaction(self.conn):
                 written = self.starts.write(self.conn)
-                claims = transitions.claim_all(self.conn, list(fresh), os.getpid(), self.wall_ms(), self.identity)
+                claims = transitions.claim_all(
+                    self.conn, list(fresh), os.getpid(), self.wall_ms(), self.identity, self.node_id, self.data_dir
+                )
             self.starts.written(written)
         except connection.backend_of(self.conn).Error as e:
             self.log(f"cannot take {', '.join(fresh)}: {e}")
@@ -286,6 +303,9 @@ class Supervisor:
             self.endings.finish(
                 task_id, outcome.failed("launch_failed", f"no free task uid: all of {claimed} are in use")
             )
+            return True
+        if isinstance(claimed, transitions.NoFiles):
+            self.endings.finish(task_id, outcome.failed("launch_failed", str(claimed)))
             return True
         if claimed is None:
             return False
@@ -394,6 +414,18 @@ class Supervisor:
             return
         signaller = run.signaller(self.processes.signal_group)
         run.kill_timer = terminate(signaller, run.grace_s, self.call_later, run.kill_timer)
+
+    def fence(self) -> None:
+        """
+        Kill every workload now (SIGKILL to its group and cgroups): the
+        node could not keep its lease (L{Membership}).  Each ends
+        C{failed}, C{internal}, C{node_lost}, as the other nodes end the
+        tasks of a node they find lost.
+        """
+        for run in list(self.by_task.values()):
+            if run.exit_status is None:
+                run.fenced = True
+                kill_now(run.signaller(self.processes.signal_group))
 
     def watch_kill_flag(self, task_id: str) -> None:
         """

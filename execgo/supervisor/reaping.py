@@ -220,6 +220,8 @@ class Reaper:
                 cpu_time_sec=enforcement.cpu_time_sec if enforcement.cpu_time_enforced else None,
             )
         )
+        if run.fenced:
+            verdict = outcome.node_lost(verdict)
         self.finish(run.task_id, verdict, current=current)
 
     def _cgroup_verdict(self, run: Running, usage: Usage) -> Tuple[Usage, bool, int]:

@@ -33,6 +33,8 @@ class Running:
     @ivar grace_s: the grace period the workload was launched with.
     @ivar timeout_unrecorded: its wall timer fired while the store could
         not record it; the reaper records it before the task's end.
+    @ivar fenced: killed because its node could not keep its lease: it
+        ends C{node_lost}.
     """
 
     task_id: str
@@ -52,6 +54,7 @@ class Running:
     setup_error: Optional[str] = None
     status_fd: Optional[int] = None
     grace_s: float = 0.0
+    fenced: bool = False
 
     def signaller(self, signal_group: Callable[[int, int], object]) -> Signaller:
         """

@@ -30,6 +30,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 
 from execgo.core import errors, protocol
 from execgo.server import metrics
+from execgo.server.relay import relay_credentials
 from execgo.server.runtime import Runtime
 from execgo.server.web import openapi, responses, schemas
 from execgo.server.web.auth import Principal, Tokens, require_admin
@@ -174,7 +175,8 @@ class RuntimeAPI:
         """
         principal = self._principal(request)
         wait_ms = uint_arg(request, b"wait_ms", protocol.MAX_WAIT_MS)
-        return await self._snapshot(request, await self.runtime.status(task_id, wait_ms, principal))
+        relay = relay_credentials(request.requestHeaders)
+        return await self._snapshot(request, await self.runtime.status(task_id, wait_ms, principal, relay))
 
     @app.route("/api/v1/tasks/<task_id>/kill", methods=["POST"])
     @openapi.described(
@@ -282,6 +284,22 @@ class RuntimeAPI:
         """
         self._principal(request)
         return answer_json(request, self.runtime.config_json())
+
+    @app.route("/api/v1/runtime/cluster", methods=["GET"])
+    @openapi.described(
+        openapi.Operation(
+            "getRuntimeCluster",
+            "The nodes of the cluster",
+            openapi.json_response("Nodes", schemas.ref("RuntimeCluster")),
+            raises=openapi.STORAGE_ERRORS,
+        )
+    )
+    async def cluster(self, request: IRequest) -> bytes:
+        """
+        C{GET /api/v1/runtime/cluster}: every node that shares the store.
+        """
+        self._principal(request)
+        return answer_json(request, await self.runtime.cluster())
 
     @app.route("/api/v1/runtime/resources", methods=["GET"])
     @openapi.described(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from execgo.core.cluster import NODE_ALIVE, NODE_LEFT, NODE_LOST
 from execgo.core.constants import ALL_STATUSES, JSON, MODE_ADAPTIVE, MODE_STRICT
 from execgo.core.decoding import UINT64_MAX
 
@@ -131,6 +132,7 @@ def _status_fields() -> JSON:
             }
         ),
         "metadata?": STRING_MAP,
+        "node_id": dict({"type": ["string", "null"]}, description="The node that runs or ran it; null until claimed."),
     }
 
 
@@ -302,9 +304,28 @@ def other_schemas() -> JSON:
                 "idle_connection_timeout_ms": UINT,
                 "max_connections": UINT,
                 "database": enum(["sqlite", "postgresql"]),
+                "advertise_url": STRING,
+                "node_labels": STRING_MAP,
+                "node_lease_ms": UINT,
             }
         ),
         "RuntimeResources": _resources(),
+        "ClusterNode": shape(
+            {
+                "node_id": STRING,
+                "advertise_url": STRING,
+                "labels": STRING_MAP,
+                "state": enum([NODE_ALIVE, NODE_LOST, NODE_LEFT]),
+                "started_at": TIMESTAMP,
+                "lease_expires_at": TIMESTAMP,
+                "running_tasks": UINT,
+                "capacity": ref("ResourceCapacity"),
+            }
+        ),
+        "RuntimeCluster": shape(
+            {"nodes": {"type": "array", "items": ref("ClusterNode")}},
+            "Every node of the cluster that shares this runtime's store, by id.",
+        ),
         "Health": shape({"status": enum(["ok"]), "version": STRING}),
         "Ready": shape({"status": enum(["ready"]), "version": STRING}),
         "ErrorResponse": shape(

@@ -1,0 +1,122 @@
+# -*- test-case-name: tests.test_relay -*-
+"""
+What only the node that runs a task has (its output: the previews of its
+status, its logs), fetched from that node for a request another node
+answers (L{Relay}).
+
+The request goes to the node's C{advertise_url} with the caller's own
+credentials, so that node applies the same tenancy; it carries
+L{FORWARDED_HEADER}, and a node never relays a request that carries it
+(no loops, whatever the store says).  Each fetch is bounded in time
+(L{RELAY_TIMEOUT_S}) and its body in size.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Mapping, Optional
+from urllib.parse import quote
+
+import treq
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from execgo.core.constants import JSON
+from execgo.core.protocol import JSON_TYPE
+
+#: Marks a request one node relays to another.
+FORWARDED_HEADER = "X-Execgo-Forwarded"
+#: The longest a relayed request may take, connection included.
+RELAY_TIMEOUT_S = 5.0
+#: The headers of the caller's request that a relayed one carries.
+RELAYED_HEADERS = ("Authorization",)
+
+
+class RelayFailed(Exception):
+    """
+    The node that runs a task could not answer for it; the message says why.
+    """
+
+
+class Relay:
+    """
+    Fetches a task's status from the node that runs it.
+
+    @param reactor: for the timeouts and the connections.
+    @param max_body_bytes: the largest answer read (larger ones fail).
+    @param http: the treq client to use (a new one with a pool of
+        persistent connections by default).
+    """
+
+    def __init__(self, reactor: Any, max_body_bytes: int, http: Any = None) -> None:
+        self.clock: IReactorTime = reactor
+        self.max_body_bytes = max_body_bytes
+        if http is None:
+            pool = HTTPConnectionPool(reactor, persistent=True)
+            http = treq.client.HTTPClient(Agent(reactor, pool=pool, connectTimeout=RELAY_TIMEOUT_S))
+        self.http = http
+
+    async def snapshot(self, base_url: str, task_id: str, credentials: Mapping[str, str]) -> JSON:
+        """
+        The status snapshot of C{task_id} as the node at C{base_url} gives
+        it, asked with C{credentials} (the caller's L{RELAYED_HEADERS}).
+
+        @raise RelayFailed: when it cannot be had (unreachable, slow, not a
+            200 with a status object of that task, too large).
+        """
+        url = f"{base_url}/api/v1/tasks/{quote(task_id, safe='')}"
+        headers: Dict[str, List[str]] = {name: [value] for name, value in credentials.items()}
+        headers[FORWARDED_HEADER] = ["1"]
+        headers["Accept"] = [JSON_TYPE]
+        d = defer.ensureDeferred(self._get(url, headers))
+        d.addTimeout(RELAY_TIMEOUT_S, self.clock)
+        try:
+            code, body = await d
+        except defer.TimeoutError:
+            raise RelayFailed(f"no answer within {RELAY_TIMEOUT_S:g} s") from None
+        except RelayFailed:
+            raise
+        except Exception as e:
+            raise RelayFailed(str(e) or type(e).__name__) from None
+        if code != 200:
+            raise RelayFailed(f"it answered {code}")
+        try:
+            snapshot = json.loads(body)
+        except ValueError:
+            raise RelayFailed("its answer is not JSON") from None
+        if not isinstance(snapshot, dict) or snapshot.get("task_id") != task_id:
+            raise RelayFailed("its answer is not this task's status")
+        return snapshot
+
+    async def _get(self, url: str, headers: Dict[str, List[str]]) -> "tuple[int, bytes]":
+        response = await self.http.get(url, headers=headers)
+        limit = self.max_body_bytes
+        chunks: List[bytes] = []
+        received = 0
+
+        def collector(data: bytes) -> None:
+            nonlocal received
+            received += len(data)
+            if received > limit:
+                raise RelayFailed(f"its answer is larger than {limit} bytes")
+            chunks.append(data)
+
+        await treq.collect(response, collector)
+        return response.code, b"".join(chunks)
+
+
+def relay_credentials(headers: Any) -> Optional[Dict[str, str]]:
+    """
+    What a request relayed for the caller carries of its headers (a
+    C{twisted.web.http_headers.Headers}), or C{None} when the request was
+    itself relayed (it is answered from here alone).
+    """
+    if headers.hasHeader(FORWARDED_HEADER):
+        return None
+    credentials: Dict[str, str] = {}
+    for name in RELAYED_HEADERS:
+        value = headers.getRawHeaders(name)
+        if value:
+            credentials[name] = value[0]
+    return credentials
