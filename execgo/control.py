@@ -30,6 +30,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import attrs
 
 from execgo.core.cluster import NodeLease
+from execgo.core.reservation import Reservation
 from execgo.host.privileges import TaskIdentity
 
 #: The longest line either end accepts.
@@ -202,6 +203,7 @@ class SupervisorSettings:
         lie under.
     @ivar node: the node the supervisor holds the lease of (C{None}, as in
         settings written before nodes existed: none).
+    @ivar quotas: the tenant quotas its claims hold to, across a cluster.
     @ivar max_output_preview_bytes: the server's preview ceiling, which
         bounds the previews in C{result.json} whatever limits a task was
         stored with (C{None}, as in settings written before it existed:
@@ -215,6 +217,7 @@ class SupervisorSettings:
     rootfs_roots: Tuple[str, ...] = ()
     max_output_preview_bytes: Optional[int] = None
     node: Optional[NodeLease] = None
+    quotas: Mapping[str, Reservation] = attrs.field(factory=dict)
 
     def to_json(self) -> Dict[str, Any]:
         """
@@ -228,6 +231,7 @@ class SupervisorSettings:
             "rootfs_roots": list(self.rootfs_roots),
             "max_output_preview_bytes": self.max_output_preview_bytes,
             "node": None if self.node is None else self.node.to_json(),
+            "quotas": {tenant: quota.to_json() for tenant, quota in self.quotas.items()},
         }
 
     @classmethod
@@ -250,6 +254,7 @@ class SupervisorSettings:
                 rootfs_roots=tuple(str(root) for root in data.get("rootfs_roots", ())),
                 max_output_preview_bytes=_optional_positive(data.get("max_output_preview_bytes")),
                 node=NodeLease.from_json(data.get("node")),
+                quotas={str(tenant): Reservation.from_json(quota) for tenant, quota in data.get("quotas", {}).items()},
             )
         except (KeyError, TypeError) as e:
             raise ValueError(f"malformed supervisor settings: {e}") from None

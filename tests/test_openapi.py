@@ -909,6 +909,7 @@ class RequestDriftTests(SynchronousTestCase):
                 "sandbox": {"namespaces": {}},
                 "policy": {},
                 "control_context": {},
+                "placement": {},
             }
         )
         expected = {}

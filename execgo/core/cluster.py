@@ -71,6 +71,14 @@ def parse_node_labels(specs: Iterable[str]) -> Dict[str, str]:
     return dict(parse_node_label(spec) for spec in specs)
 
 
+def labels_match(wanted: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """
+    Whether a node with C{labels} has every label a task's placement asks
+    for (C{wanted}).
+    """
+    return all(labels.get(key) == value for key, value in wanted.items())
+
+
 def check_advertise_url(url: str) -> str:
     """
     C{--advertise-url}: an C{http} or C{https} URL with a host and nothing

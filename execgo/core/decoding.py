@@ -75,7 +75,16 @@ def decode_submit(obj: Any) -> SubmitRequest:
         capability_mode=body.optional("policy", _decode_policy),
         control_context=body.optional("control_context", _decode_control_context),
         metadata=body.default("metadata", _string_map, {}),
+        node_labels=body.optional("placement", _decode_placement) or {},
     )
+
+
+def _decode_placement(value: Any, path: str) -> dict[str, str]:
+    """
+    Decode a C{TaskPlacement} to the node labels it asks for (none when
+    it names none).
+    """
+    return _Fields(value, path).default("node_labels", _string_map, {})
 
 
 def _decode_execution(value: Any, path: str) -> ExecutionSpec:

@@ -76,10 +76,11 @@ def check_admission(
             raise InsufficientResources(f"{problem} in quota of tenant {tenant!r}")
 
 
-def _fits_on_top(reservation: Reservation, used: Reservation, bound: Reservation) -> bool:
+def fits_on_top(reservation: Reservation, used: Reservation, bound: Reservation) -> bool:
     """
     Whether C{reservation} fits in C{bound} next to C{used}; memory and pids
     are compared only where C{bound} knows them and the task reserves them.
+    The ledger's check, and the claim's (L{execgo.store.transitions}).
     """
     if used.task_slots + reservation.task_slots > bound.task_slots:
         return False
@@ -103,7 +104,7 @@ class Holding:
 
 
 #: Nothing reserved.
-_NOTHING = Reservation(task_slots=0, memory_bytes=0, pids=0)
+NOTHING = Reservation(task_slots=0, memory_bytes=0, pids=0)
 
 
 class Ledger:
@@ -127,7 +128,7 @@ class Ledger:
         self.capacity = capacity
         self.quotas: Mapping[str, Reservation] = dict(quotas)
         self._active: Dict[str, Holding] = {}
-        self._reserved = _NOTHING
+        self._reserved = NOTHING
         self._tenants: Dict[str, Reservation] = {}
         self._elsewhere: Dict[str, Holding] = {}
         self._tenants_elsewhere: Dict[str, Reservation] = {}
@@ -173,25 +174,25 @@ class Ledger:
         """
         Totals of the active reservations of one tenant.
         """
-        return self._tenants.get(tenant, _NOTHING)
+        return self._tenants.get(tenant, NOTHING)
 
     def fits_capacity(self, reservation: Reservation) -> bool:
         """
         Whether the task fits the runtime capacity on top of current usage,
         its tenant's quota aside.
         """
-        return _fits_on_top(reservation, self._reserved, self.capacity)
+        return fits_on_top(reservation, self._reserved, self.capacity)
 
     def fits(self, reservation: Reservation, tenant: Optional[str]) -> bool:
         """
         The dispatch-time check: does the task fit on top of the current
         usage, globally and within its tenant's quota?
         """
-        if not _fits_on_top(reservation, self._reserved, self.capacity):
+        if not fits_on_top(reservation, self._reserved, self.capacity):
             return False
         if tenant is not None and tenant in self.quotas:
-            used = _add(self.tenant_reserved(tenant), self._tenants_elsewhere.get(tenant, _NOTHING), 1)
-            return _fits_on_top(reservation, used, self.quotas[tenant])
+            used = add(self.tenant_reserved(tenant), self._tenants_elsewhere.get(tenant, NOTHING), 1)
+            return fits_on_top(reservation, used, self.quotas[tenant])
         return True
 
     @property
@@ -209,7 +210,7 @@ class Ledger:
         self.release_elsewhere(task_id)
         self._elsewhere[task_id] = Holding(tenant=tenant, reservation=reservation)
         if tenant is not None:
-            self._tenants_elsewhere[tenant] = _add(self._tenants_elsewhere.get(tenant, _NOTHING), reservation, 1)
+            self._tenants_elsewhere[tenant] = add(self._tenants_elsewhere.get(tenant, NOTHING), reservation, 1)
 
     def release_elsewhere(self, task_id: str) -> None:
         """
@@ -218,7 +219,7 @@ class Ledger:
         holding = self._elsewhere.pop(task_id, None)
         if holding is None or holding.tenant is None:
             return
-        left = _add(self._tenants_elsewhere[holding.tenant], holding.reservation, -1)
+        left = add(self._tenants_elsewhere[holding.tenant], holding.reservation, -1)
         if left.task_slots == 0:
             del self._tenants_elsewhere[holding.tenant]
         else:
@@ -233,9 +234,9 @@ class Ledger:
         """
         self.release(task_id)
         self._active[task_id] = Holding(tenant=tenant, reservation=reservation)
-        self._reserved = _add(self._reserved, reservation, 1)
+        self._reserved = add(self._reserved, reservation, 1)
         if tenant is not None:
-            self._tenants[tenant] = _add(self.tenant_reserved(tenant), reservation, 1)
+            self._tenants[tenant] = add(self.tenant_reserved(tenant), reservation, 1)
 
     def release(self, task_id: str) -> None:
         """
@@ -244,16 +245,16 @@ class Ledger:
         holding = self._active.pop(task_id, None)
         if holding is None:
             return
-        self._reserved = _add(self._reserved, holding.reservation, -1)
+        self._reserved = add(self._reserved, holding.reservation, -1)
         if holding.tenant is not None:
-            left = _add(self.tenant_reserved(holding.tenant), holding.reservation, -1)
+            left = add(self.tenant_reserved(holding.tenant), holding.reservation, -1)
             if left.task_slots == 0:
                 del self._tenants[holding.tenant]
             else:
                 self._tenants[holding.tenant] = left
 
 
-def _add(total: Reservation, reservation: Reservation, sign: int) -> Reservation:
+def add(total: Reservation, reservation: Reservation, sign: int = 1) -> Reservation:
     """
     C{total} plus (C{sign} 1) or minus (C{sign} -1) one reservation.
     """

@@ -259,10 +259,12 @@ class SubmitRequest:
     capability_mode: Optional[str] = None
     control_context: Optional[ControlContext] = None
     metadata: Mapping[str, str] = attrs.field(factory=dict)
+    node_labels: Mapping[str, str] = attrs.field(factory=dict)
 
     def to_json(self) -> JSON:
         """
-        The normalised request: the body the CLI sends and C{request.json}.
+        The normalised request: the body the CLI sends and C{request.json}
+        (C{placement} only when it asks for node labels).
         """
         out: JSON = {}
         if self.task_id is not None:
@@ -275,6 +277,8 @@ class SubmitRequest:
         if self.control_context is not None:
             out["control_context"] = self.control_context.to_json()
         out["metadata"] = sorted_map(self.metadata)
+        if self.node_labels:
+            out["placement"] = {"node_labels": sorted_map(self.node_labels)}
         return out
 
     @classmethod
@@ -292,6 +296,7 @@ class SubmitRequest:
             capability_mode=None if policy is None else policy.get("capability_mode"),
             control_context=None if context is None else ControlContext.from_json(context),
             metadata=dict(data.get("metadata") or {}),
+            node_labels=dict((data.get("placement") or {}).get("node_labels") or {}),
         )
 
     @property

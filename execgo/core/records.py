@@ -14,6 +14,7 @@ from typing import Any, Dict, Mapping, NamedTuple, Optional
 
 import attrs
 
+from execgo.core.cluster import labels_match
 from execgo.core.constants import TERMINAL_STATUSES
 from execgo.core.models import (
     ControlContext,
@@ -90,6 +91,7 @@ class TaskRecord:
     released_at_ms: Optional[int] = None
     run_as: Optional[RunAs] = None
     node_id: Optional[str] = None
+    node_labels: Mapping[str, str] = attrs.field(factory=dict)
 
     @property
     def terminal(self) -> bool:
@@ -157,6 +159,7 @@ class TaskRecord:
             exit_signal=row["exit_signal"],
             error=None if error is None else ErrorInfo.from_json(error),
             usage=None if usage is None else Usage.from_json(usage),
+            node_labels=load("placement_json") or {},
             **changing_fields(row),
         )
 
@@ -215,6 +218,14 @@ class QueuedTask:
     tenant: Optional[str]
     reservation: Reservation
     created_at_ms: int
+    node_labels: Mapping[str, str] = attrs.field(factory=dict)
+
+    def fits_node(self, labels: Mapping[str, str]) -> bool:
+        """
+        Whether a node with C{labels} may run it: it has every label the
+        task's placement asks for.
+        """
+        return labels_match(self.node_labels, labels)
 
     @classmethod
     def from_record(cls, record: TaskRecord) -> "QueuedTask":
@@ -226,6 +237,7 @@ class QueuedTask:
             tenant=record.tenant,
             reservation=Reservation.for_limits(record.limits),
             created_at_ms=record.created_at_ms,
+            node_labels=record.node_labels,
         )
 
     def to_json(self) -> Dict[str, Any]:
@@ -233,7 +245,12 @@ class QueuedTask:
         The entry as another node's dispatcher reads it
         (L{execgo.store.notices.SUBMITTED}), its id aside.
         """
-        return {"tenant": self.tenant, "reservation": self.reservation.to_json(), "created_at_ms": self.created_at_ms}
+        return {
+            "tenant": self.tenant,
+            "reservation": self.reservation.to_json(),
+            "created_at_ms": self.created_at_ms,
+            "node_labels": dict(self.node_labels),
+        }
 
     @classmethod
     def from_json(cls, task_id: str, data: Mapping[str, Any]) -> "QueuedTask":
@@ -247,7 +264,10 @@ class QueuedTask:
             raise ValueError("tenant must be a string or null")
         if isinstance(created, bool) or not isinstance(created, int) or not isinstance(reservation, dict):
             raise ValueError("created_at_ms must be an integer and reservation an object")
-        return cls(task_id, tenant, Reservation.from_json(reservation), created)
+        labels = data.get("node_labels") or {}
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise ValueError("node_labels must map strings to strings")
+        return cls(task_id, tenant, Reservation.from_json(reservation), created, dict(labels))
 
 
 #: The scope stored with keys sent without authentication.
@@ -300,6 +320,7 @@ class NewTask:
     idempotency_key: Optional[str] = None
     idempotency_hash: Optional[str] = None
     idempotency_scope: Scope = OPEN_SCOPE
+    node_labels: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen

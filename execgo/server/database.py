@@ -14,7 +14,7 @@ its database work.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
@@ -367,6 +367,12 @@ class Store:
         The nodes whose lease ran out, marked C{lost}.
         """
         return self._write(nodes.mark_lost, now_ms)
+
+    def node_states(self) -> "Deferred[Dict[str, int]]":
+        """
+        How many nodes are in each state.
+        """
+        return self._read(nodes.count_by_state)
 
     def load_node(self, node_id: str) -> "Deferred[Optional[NodeRecord]]":
         """

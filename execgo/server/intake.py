@@ -16,8 +16,9 @@ from twisted.internet.task import deferLater
 
 from execgo.core import errors, records, rootfs, submission, validation
 from execgo.core.capabilities import Capabilities
+from execgo.core.cluster import NODE_ALIVE, labels_match
 from execgo.core.config import RuntimeConfig
-from execgo.core.constants import JSON
+from execgo.core.constants import JSON, MODE_STRICT
 from execgo.core.ledger import check_admission
 from execgo.core.models import ControlContext, SubmitRequest
 from execgo.core.policy import resolve_plan
@@ -108,7 +109,10 @@ class Intake:
             idempotency_key=idempotency_key,
             idempotency_hash=digest,
             idempotency_scope=scope,
+            node_labels=dict(request.node_labels),
         )
+        if request.node_labels and plan.capability_mode == MODE_STRICT:
+            await self._check_placement(request.node_labels)
         now = self.now_ms()
         try:
             await self.store.submit(
@@ -125,9 +129,28 @@ class Intake:
                 raise
             return _accepted(await self._settle_conflict(idempotency_key, digest, task_id, scope))
         self.scheduler.submitted(
-            QueuedTask(task_id=task_id, tenant=request.tenant, reservation=reservation, created_at_ms=now)
+            QueuedTask(
+                task_id=task_id,
+                tenant=request.tenant,
+                reservation=reservation,
+                created_at_ms=now,
+                node_labels=dict(request.node_labels),
+            )
         )
         return _accepted(task_id)
+
+    async def _check_placement(self, wanted: Mapping[str, str]) -> None:
+        """
+        Under C{strict}: a task whose placement no live node of the cluster
+        matches could never start (under C{adaptive} it waits for one).
+
+        @raise errors.InvalidInput: naming the labels.
+        """
+        for node in await self.store.list_nodes():
+            if node.state == NODE_ALIVE and labels_match(wanted, node.labels):
+                return
+        shown = ", ".join(f"{key}={value}" for key, value in sorted(wanted.items()))
+        raise errors.InvalidInput(f"placement.node_labels: no live node has the labels {shown} (strict mode)")
 
     async def _settle_conflict(
         self, key: str, digest: Optional[str], task_id: str, scope: records.Scope

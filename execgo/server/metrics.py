@@ -11,7 +11,7 @@ into the response body.
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 from execgo.store.tallies import Histogram, MetricsSnapshot
 
@@ -55,13 +55,19 @@ def _contract(lines: List[str], snapshot: MetricsSnapshot) -> None:
 
 
 def render(
-    snapshot: MetricsSnapshot, ledger: Sequence[Tuple[str, int, int]] = ()
+    snapshot: MetricsSnapshot,
+    ledger: Sequence[Tuple[str, int, int]] = (),
+    nodes: Optional[Mapping[str, int]] = None,
+    node_running: int = 0,
 ) -> str:
     """
     The whole exposition.
 
     @param ledger: C{(resource, reserved, capacity)} for each ledger
         dimension with a known capacity.
+    @param nodes: how many of the cluster's nodes are in each state
+        (C{None}: no cluster gauges).
+    @param node_running: the tasks this node runs (or was sent) now.
     """
     lines: List[str] = []
     _contract(lines, snapshot)
@@ -104,6 +110,14 @@ def render(
     for resource, reserved, capacity in ledger:
         ratio = reserved / capacity if capacity else 0.0
         lines.append(f"{PREFIX}ledger_utilisation{_labels(resource=resource)} {ratio:.6g}")
+    _family(lines, "node_tasks_running", "gauge", "Tasks this node runs now")
+    lines.append(f"{PREFIX}node_tasks_running {node_running}")
+    if nodes is not None:
+        _family(lines, "cluster_nodes", "gauge", "The cluster's nodes, by state")
+        for state, count in sorted(nodes.items()):
+            lines.append(f"{PREFIX}cluster_nodes{_labels(state=state)} {count}")
+        _family(lines, "cluster_tasks_queued", "gauge", "Tasks waiting in accepted, on the whole cluster")
+        lines.append(f"{PREFIX}cluster_tasks_queued {dict(snapshot.by_status).get('accepted', 0)}")
     return "\n".join(lines) + "\n"
 
 

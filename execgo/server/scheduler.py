@@ -23,7 +23,7 @@ not take go back to the queue.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Set, Tuple
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -71,6 +71,8 @@ class Scheduler:
 
     @param reactor: for the poll timer and deferred cycle starts.
     @param now_ms: wall clock in epoch milliseconds.
+    @param labels: this node's labels: a task whose placement asks for
+        others is left to the nodes that have them.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class Scheduler:
         poll_interval_s: float,
         now_ms: Callable[[], int],
         starvation_ms: int = 1000,
+        labels: Optional[Mapping[str, str]] = None,
     ) -> None:
         self.reactor = reactor
         self.store = store
@@ -92,6 +95,7 @@ class Scheduler:
         self.poll_interval_s = poll_interval_s
         self.now_ms = now_ms
         self.starvation_ms = starvation_ms
+        self.labels: Mapping[str, str] = dict(labels or {})
         self.queue: "OrderedDict[str, QueuedTask]" = OrderedDict()
         self.dispatched: Dict[str, QueuedTask] = {}
         self._cycling: Optional[defer.Deferred[None]] = None
@@ -330,6 +334,9 @@ class Scheduler:
             if self.ledger.full:
                 break
             if task.task_id in self.ledger.active or task.tenant in held_tenants:
+                continue
+            if not task.fits_node(self.labels):
+                # Another node's (or none yet: it waits for one).
                 continue
             if self.ledger.fits(task.reservation, task.tenant):
                 self.ledger.reserve(task.task_id, task.tenant, task.reservation)

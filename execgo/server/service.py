@@ -261,6 +261,7 @@ class RuntimeService(service.Service):
             config.max_queued_tasks,
             config.dispatch_poll_interval_ms / 1000.0,
             wall_ms,
+            labels=config.labels,
         )
         self.runtime = runtime = Runtime(
             reactor=self.reactor,
@@ -454,6 +455,7 @@ class RuntimeService(service.Service):
             rootfs_roots=config.rootfs_roots_abs,
             max_output_preview_bytes=config.max_output_preview_bytes,
             node=lease,
+            quotas=self.quotas,
         )
 
     async def _listen(self, runtime: Runtime) -> Any:

@@ -25,7 +25,7 @@ keeps the same guarantees for the changes both processes make:
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Protocol, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
 
@@ -268,6 +268,12 @@ class TaskStore(Protocol):
     def mark_lost_nodes(self, now_ms: int) -> "Deferred[List[str]]":
         """
         Mark the alive nodes whose lease ran out C{lost}; the ids marked.
+        """
+        ...
+
+    def node_states(self) -> "Deferred[Dict[str, int]]":
+        """
+        How many nodes are in each state.
         """
         ...
 

@@ -116,6 +116,7 @@ class RuntimeViews:
         The Prometheus exposition.
         """
         snapshot = await self.store.metrics()
+        nodes = await self.store.node_states()
         ledger = self.scheduler.ledger
         capacity, reserved = ledger.capacity, ledger.reserved
         view = [("task_slots", reserved.task_slots, capacity.task_slots)]
@@ -123,7 +124,7 @@ class RuntimeViews:
             view.append(("memory_bytes", reserved.memory_bytes or 0, capacity.memory_bytes))
         if capacity.pids is not None:
             view.append(("pids", reserved.pids or 0, capacity.pids))
-        return metrics.render(snapshot, view)
+        return metrics.render(snapshot, view, nodes, len(ledger.active))
 
     async def ready(self) -> None:
         """

@@ -18,7 +18,7 @@ import json
 import os
 import secrets
 import sqlite3
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from execgo.core import errors
 from execgo.core.cluster import NODE_ALIVE, NODE_LEFT, NODE_LOST, NodeInfo, NodeRecord
@@ -214,6 +214,16 @@ def orphaned_tasks(conn: sqlite3.Connection) -> List[str]:
             (STATUS_RUNNING, NODE_LOST, NODE_LEFT),
         )
     ]
+
+
+def count_by_state(conn: sqlite3.Connection) -> Dict[str, int]:
+    """
+    How many nodes are in each state (every state named, 0 included).
+    """
+    counts = {NODE_ALIVE: 0, NODE_LOST: 0, NODE_LEFT: 0}
+    for state, count in rows(conn, "SELECT state, COUNT(*) FROM nodes GROUP BY state"):
+        counts[state] = int(count)
+    return counts
 
 
 def list_nodes(conn: sqlite3.Connection) -> List[NodeRecord]:

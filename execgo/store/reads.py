@@ -130,9 +130,10 @@ def load_queue(conn: sqlite3.Connection, limit: int) -> List[QueuedTask]:
             tenant=tenant,
             reservation=Reservation.for_limits(ResourceLimits.from_json(json.loads(limits))),
             created_at_ms=created,
+            node_labels=json.loads(placement) if placement else {},
         )
-        for task_id, tenant, limits, created in conn.execute(
-            "SELECT task_id, tenant, limits_json, created_at_ms FROM tasks WHERE status = ?"
+        for task_id, tenant, limits, created, placement in conn.execute(
+            "SELECT task_id, tenant, limits_json, created_at_ms, placement_json FROM tasks WHERE status = ?"
             " ORDER BY created_at_ms, rowid LIMIT ?",
             (STATUS_ACCEPTED, limit),
         )
@@ -180,6 +181,12 @@ def count_accepted(conn: sqlite3.Connection, found: Optional[List[Any]] = None) 
     tally = rows(conn, *ACCEPTED_TALLY) if found is None else found
     return int(tally[0][0]) if tally else 0
 
+
+#: The query of what every task holding a reservation holds, and its tenant.
+ACTIVE_BY_TENANT: Query = (
+    "SELECT tenant, reservation_json FROM tasks WHERE reserved_at_ms IS NOT NULL AND released_at_ms IS NULL",
+    (),
+)
 
 #: The query of the uids the running tasks hold.
 RUNNING_UIDS: Query = ("SELECT run_uid FROM tasks WHERE status = ? AND run_uid IS NOT NULL", (STATUS_RUNNING,))

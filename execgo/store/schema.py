@@ -77,6 +77,8 @@ TASK_COLUMNS = (
     # The request as request.json holds it, for the node that claims the
     # task to write its own (NULL in rows an earlier version stored).
     ("request_json", "TEXT"),
+    # The node labels the task asks for (placement.node_labels), or NULL.
+    ("placement_json", "TEXT"),
 )
 #: How many of L{TASK_COLUMNS} the first PostgreSQL schema version had.
 TASK_COLUMNS_V1 = 46

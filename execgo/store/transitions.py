@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, List, Optional, Sequence, Set, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Union
 
 import attrs
 
-from execgo.core import errors, outcome
+from execgo.core import errors, ledger, outcome
 from execgo.core.constants import JSON, STATUS_ACCEPTED, STATUS_RUNNING
+from execgo.core.models import ResourceLimits
 from execgo.core.records import NewTask, QueuedTask, TaskRecord
 from execgo.core.reservation import Reservation
 from execgo.host.privileges import TaskIdentity
@@ -28,7 +29,7 @@ from execgo.store import idempotency, notices, taskfiles
 from execgo.store.backend import Query, backend_of
 from execgo.store.connection import dumps, fetch_all, transaction
 from execgo.store.eventlog import NewEvent, append_event, append_event_while, append_events
-from execgo.store.reads import RUNNING_UIDS, load_task
+from execgo.store.reads import ACTIVE_BY_TENANT, RUNNING_UIDS, load_task
 from execgo.store.schema import insert_labels
 from execgo.store.terminal import finish
 
@@ -76,6 +77,7 @@ def insert_task(
         "tenant": None if task.control_context is None else task.control_context.tenant,
         "owner": None if task.control_context is None else task.control_context.owner,
         "request_json": None if request_json is None else dumps(request_json),
+        "placement_json": dumps(dict(task.node_labels)) if task.node_labels else None,
     }
     if task.idempotency_key is not None:
         values["idempotency_key"] = task.idempotency_key
@@ -111,7 +113,7 @@ def insert_task(
             events.append(("degraded", "execution plan degraded", now_ms, degraded))
         append_events(conn, task.task_id, events)
         tenant = None if task.control_context is None else task.control_context.tenant
-        queued = QueuedTask(task.task_id, tenant, Reservation.for_limits(task.limits), now_ms)
+        queued = QueuedTask(task.task_id, tenant, Reservation.for_limits(task.limits), now_ms, task.node_labels)
         notices.announce(conn, notices.SUBMITTED, task.task_id, {**queued.to_json(), "origin": origin})
 
 
@@ -124,6 +126,12 @@ class NoIdentity(Exception):
 class NoFiles(Exception):
     """
     The files of a task another node accepted could not be made here.
+    """
+
+
+class OverQuota(Exception):
+    """
+    The task's tenant holds its quota: the task stays queued, unchanged.
     """
 
 
@@ -148,14 +156,14 @@ def claim(
     @raise NoIdentity: changing nothing, when no uid is free.
     """
     claimed = claim_all(conn, [task_id], shim_pid, now_ms, identity)[0]
-    if isinstance(claimed, (NoIdentity, NoFiles)):
+    if isinstance(claimed, (NoIdentity, NoFiles, OverQuota)):
         raise claimed
     return claimed
 
 
 #: What L{claim_all} made of one task: as L{claim} returns it, or the
-#: L{NoIdentity} (or L{NoFiles}) it would raise.
-Claimed = Union[TaskRecord, None, NoIdentity, NoFiles]
+#: L{NoIdentity} (or L{NoFiles}, L{OverQuota}) it would raise.
+Claimed = Union[TaskRecord, None, NoIdentity, NoFiles, OverQuota]
 
 
 def claim_all(
@@ -166,11 +174,15 @@ def claim_all(
     identity: Optional[TaskIdentity] = None,
     node_id: Optional[str] = None,
     data_dir: Optional[str] = None,
+    quotas: Optional[Mapping[str, Reservation]] = None,
 ) -> List[Claimed]:
     """
     L{claim} for each of C{task_ids} (distinct), in one transaction (or
     the caller's) whose reads go in one round trip: no two of them, nor
-    any of them and a task already running, share a uid.
+    any of them and a task already running, share a uid.  With C{quotas},
+    a task whose tenant's quota the running tasks of every node (and those
+    claimed before it here) fill is not taken (L{OverQuota}): quotas hold
+    across a cluster, whichever node claims.
 
     @return: for each task, in order, what L{claim} returns, or the
         L{NoIdentity} it raises (that task changed nothing; the others
@@ -178,16 +190,58 @@ def claim_all(
     """
     row = "SELECT * FROM tasks WHERE task_id = ?" + backend_of(conn).for_update
     queries: List[Query] = [(row, (task_id,)) for task_id in task_ids]
+    # Read with the rows, whatever they say: one round trip.
     if identity is not None and identity.per_task:
-        # Read with the rows, whatever they say: one round trip.
         queries.append(RUNNING_UIDS)
+    if quotas:
+        queries.append(ACTIVE_BY_TENANT)
     with transaction(conn):
         found = fetch_all(conn, queries)
-        used = {int(row[0]) for row in found[len(task_ids)]} if len(found) > len(task_ids) else set()
-        return [
-            _claim_found(conn, rows, shim_pid, now_ms, identity, used, node_id, data_dir)
-            for rows in found[: len(task_ids)]
-        ]
+        extra = iter(found[len(task_ids) :])
+        used = {int(row[0]) for row in next(extra)} if identity is not None and identity.per_task else set()
+        held = _held_by_tenant(next(extra)) if quotas else {}
+        claims: List[Claimed] = []
+        for rows in found[: len(task_ids)]:
+            over = _over_quota(rows, quotas or {}, held)
+            if over is not None:
+                claims.append(over)
+                continue
+            claims.append(_claim_found(conn, rows, shim_pid, now_ms, identity, used, node_id, data_dir))
+        return claims
+
+
+def _held_by_tenant(found: List[Any]) -> Dict[str, Reservation]:
+    """
+    What the running tasks hold, summed per tenant, from L{ACTIVE_BY_TENANT}.
+    """
+    held: Dict[str, Reservation] = {}
+    for tenant, reservation in found:
+        if tenant is not None and reservation is not None:
+            amount = Reservation.from_json(json.loads(reservation))
+            held[tenant] = ledger.add(held.get(tenant, ledger.NOTHING), amount)
+    return held
+
+
+def _over_quota(
+    found: List[Any], quotas: Mapping[str, Reservation], held: Dict[str, Reservation]
+) -> Optional["OverQuota"]:
+    """
+    L{OverQuota} when the C{accepted} task of C{found} does not fit its
+    tenant's quota next to C{held}; else C{None}, and what it takes is
+    added to C{held} (a claim that then fails for another reason holds a
+    little less than counted: it errs towards the quota).
+    """
+    if not found or found[0]["status"] != STATUS_ACCEPTED:
+        return None
+    tenant = found[0]["tenant"]
+    if tenant is None or tenant not in quotas:
+        return None
+    amount = Reservation.for_limits(ResourceLimits.from_json(json.loads(found[0]["limits_json"])))
+    used = held.get(tenant, ledger.NOTHING)
+    if not ledger.fits_on_top(amount, used, quotas[tenant]):
+        return OverQuota(f"tenant {tenant!r} holds its quota on the cluster's nodes")
+    held[tenant] = ledger.add(used, amount)
+    return None
 
 
 def _claim_found(

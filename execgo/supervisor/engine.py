@@ -40,6 +40,7 @@ from execgo.control import Report, SupervisorSettings
 from execgo.core import outcome, policy
 from execgo.core.constants import STATUS_ACCEPTED
 from execgo.core.records import Outcome, TaskRecord
+from execgo.core.reservation import Reservation
 from execgo.host.cgroups import Cgroups
 from execgo.host.escalation import kill_now, terminate
 from execgo.host.privileges import TaskIdentity
@@ -136,6 +137,8 @@ class Supervisor:
         #: its lease when this process holds it (the daemon's).
         self.node_id: Optional[str] = None
         self.membership: Optional[Membership] = None
+        #: The tenant quotas its claims hold to, across the cluster's nodes.
+        self.quotas: Dict[str, Reservation] = {}
         #: Where the tasks claimed here that another node accepted get
         #: their files (the daemon's data directory; C{None}: where they are).
         self.data_dir: Optional[str] = None
@@ -200,6 +203,7 @@ class Supervisor:
         self.rootfs_roots = settings.rootfs_roots
         self.preview_ceiling = settings.max_output_preview_bytes
         self.node_id = None if settings.node is None else settings.node.node_id
+        self.quotas = dict(settings.quotas)
 
     # Timers
 
@@ -278,7 +282,14 @@ class Supervisor:
             with connection.transaction(self.conn):
                 written = self.starts.write(self.conn)
                 claims = transitions.claim_all(
-                    self.conn, list(fresh), os.getpid(), self.wall_ms(), self.identity, self.node_id, self.data_dir
+                    self.conn,
+                    list(fresh),
+                    os.getpid(),
+                    self.wall_ms(),
+                    self.identity,
+                    self.node_id,
+                    self.data_dir,
+                    self.quotas,
                 )
             self.starts.written(written)
         except connection.backend_of(self.conn).Error as e:
@@ -304,6 +315,9 @@ class Supervisor:
                 task_id, outcome.failed("launch_failed", f"no free task uid: all of {claimed} are in use")
             )
             return True
+        if isinstance(claimed, transitions.OverQuota):
+            # Stays queued: its dispatcher frees its hold and tries later.
+            return False
         if isinstance(claimed, transitions.NoFiles):
             self.endings.finish(task_id, outcome.failed("launch_failed", str(claimed)))
             return True

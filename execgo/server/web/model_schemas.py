@@ -62,8 +62,9 @@ from execgo.server.web.schemas import (
     shape,
 )
 
-# Component names of the models: the wire type names.  TaskPolicy has no
-# model: the decoder folds it into SubmitRequest.capability_mode.
+# Component names of the models: the wire type names.  TaskPolicy and
+# TaskPlacement have no model: the decoder folds them into
+# SubmitRequest.capability_mode and SubmitRequest.node_labels.
 REQUEST_MODELS: Tuple[Tuple[str, type], ...] = (
     ("SubmitTaskRequest", SubmitRequest),
     ("ExecutionSpec", ExecutionSpec),
@@ -289,6 +290,16 @@ def _model_schema(model: type, request: bool) -> JSON:
                 ),
             }
             continue
+        if request and key == (SubmitRequest, "node_labels"):
+            properties["placement"] = {
+                "anyOf": [ref("TaskPlacement"), {"type": "null"}],
+                "description": (
+                    "Where the task may run: node_labels, labels a node must all have"
+                    " (--node-label). Under strict, a placement no live node matches is"
+                    " refused; under adaptive the task waits for such a node."
+                ),
+            }
+            continue
         schema, optional = _type_schema(hints[field.name], names, f"{model.__name__}.{field.name}")
         if key in _ENUMS:
             schema["enum"] = list(_ENUMS[key])
@@ -327,6 +338,10 @@ def model_schemas() -> JSON:
     schemas["TaskPolicy"] = {
         "type": "object",
         "properties": {"capability_mode": enum(MODES)},
+    }
+    schemas["TaskPlacement"] = {
+        "type": "object",
+        "properties": {"node_labels": {"type": "object", "additionalProperties": STRING, "default": {}}},
     }
     request = schemas["SubmitTaskRequest"]
     request["description"] = (
