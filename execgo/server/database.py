@@ -241,7 +241,7 @@ class Store:
         """
         Open a task's C{stdout} or C{stderr} log.
         """
-        return self._read(logfiles.open_log, task_id, name)
+        return self._read(logfiles.open_log, task_id, name, self.node_id)
 
     def read_log(self, task_id: str, fd: int, pos: int, end: Optional[int]) -> "Deferred[Tuple[bytes, bool]]":
         """

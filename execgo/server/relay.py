@@ -20,10 +20,16 @@ from urllib.parse import quote
 import treq
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 
 from execgo.core.constants import JSON
-from execgo.core.protocol import JSON_TYPE
+from execgo.core.protocol import JSON_TYPE, LOG_OFFSET_HEADER, LOG_SIZE_HEADER
+
+LOG_SIZE = LOG_SIZE_HEADER.encode("ascii")
+LOG_OFFSET = LOG_OFFSET_HEADER.encode("ascii")
 
 #: Marks a request one node relays to another.
 FORWARDED_HEADER = "X-Execgo-Forwarded"
@@ -89,6 +95,54 @@ class Relay:
             raise RelayFailed("its answer is not this task's status")
         return snapshot
 
+    async def stream_log(
+        self,
+        base_url: str,
+        task_id: str,
+        name: str,
+        offset: int,
+        follow: bool,
+        credentials: Mapping[str, str],
+        sink: Any,
+    ) -> bool:
+        """
+        Serve the C{name} log of C{task_id} from the node at C{base_url}:
+        its answer's headers (the log's size, the offset, the length of a
+        plain read) begin C{sink}, a streaming response, and its body is
+        written to it as it comes, paced by C{sink}'s client (the other
+        node's connection is paused while C{sink} is).
+
+        @return: whether the whole body was sent.
+        @raise RelayFailed: before anything was sent to C{sink}, when the
+            node cannot answer (unreachable, slow, not a 200).
+        """
+        query = f"?offset={offset}" + ("&follow=true" if follow else "")
+        url = f"{base_url}/api/v1/tasks/{quote(task_id, safe='')}/{name}{query}"
+        headers: Dict[str, List[str]] = {name: [value] for name, value in credentials.items()}
+        headers[FORWARDED_HEADER] = ["1"]
+        d = defer.ensureDeferred(self.http.get(url, headers=headers, unbuffered=True))
+        d.addTimeout(RELAY_TIMEOUT_S, self.clock)
+        try:
+            response = await d
+        except defer.TimeoutError:
+            raise RelayFailed(f"no answer within {RELAY_TIMEOUT_S:g} s") from None
+        except Exception as e:
+            raise RelayFailed(str(e) or type(e).__name__) from None
+        if response.code != 200:
+            response.deliverBody(_Discard())
+            raise RelayFailed(f"it answered {response.code}")
+        begin: Dict[bytes, bytes] = {b"Cache-Control": b"no-store"}
+        for header in (b"Content-Type", LOG_SIZE, LOG_OFFSET):
+            values = response.headers.getRawHeaders(header)
+            if values:
+                begin[header] = values[0]
+        if not follow and isinstance(response.length, int):
+            begin[b"Content-Length"] = str(response.length).encode("ascii")
+        sink.begin(begin)
+        done: "defer.Deferred[bool]" = defer.Deferred()
+        response.deliverBody(_Pipe(sink, done))
+        return await done
+
     async def _get(self, url: str, headers: Dict[str, List[str]]) -> "tuple[int, bytes]":
         response = await self.http.get(url, headers=headers)
         limit = self.max_body_bytes
@@ -104,6 +158,49 @@ class Relay:
 
         await treq.collect(response, collector)
         return response.code, b"".join(chunks)
+
+
+class _Discard(Protocol):
+    """
+    Reads off a body nobody wants.
+    """
+
+
+class _Pipe(Protocol):
+    """
+    A relayed body, written to a streaming response as it arrives: the
+    other node's connection is paused while the response is, and dropped
+    when the response's client goes away.
+    """
+
+    def __init__(self, sink: Any, done: "defer.Deferred[bool]") -> None:
+        self.sink = sink
+        self.done = done
+        self._pausing = False
+
+    def dataReceived(self, data: bytes) -> None:
+        # The body's transport is a push producer (pause, resume, stop).
+        producer: Any = self.transport
+        if self.sink.stopped:
+            producer.stopProducing()
+            return
+        self.sink.write(data)
+        if self.sink.paused and not self._pausing:
+            self._pausing = True
+            producer.pauseProducing()
+            defer.ensureDeferred(self._resume(producer))
+
+    async def _resume(self, producer: Any) -> None:
+        await self.sink.writable()
+        self._pausing = False
+        if not self.sink.stopped:
+            producer.resumeProducing()
+        else:
+            producer.stopProducing()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.done.called:
+            self.done.callback(reason.check(ResponseDone, PotentialDataLoss) is not None and not self.sink.stopped)
 
 
 def relay_credentials(headers: Any) -> Optional[Dict[str, str]]:

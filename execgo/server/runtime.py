@@ -124,7 +124,8 @@ class Runtime:
             upkeep = Upkeep(store, tasks_dir, now_ms, reactor, in_thread=in_thread)
         self.waiters = Waiters(reactor)
         self.finished = TerminalSnapshots()
-        self.streams = Streams(store, self.waiters)
+        self.relay = Relay(reactor, RELAY_BODY_FACTOR * config.max_output_preview_bytes + RELAY_BODY_SLACK)
+        self.streams = Streams(store, self.waiters, self.relay)
         self.accepting = False
         self.direct_kills = DirectKills(reactor, config.termination_grace_ms / 1000.0)
         quotas = dict(quotas)
@@ -174,7 +175,6 @@ class Runtime:
             accepting=lambda: self.accepting,
         )
         self.node_watch = NodeWatch(reactor, store, self.waiters, now_ms, lambda: self.accepting)
-        self.relay = Relay(reactor, RELAY_BODY_FACTOR * config.max_output_preview_bytes + RELAY_BODY_SLACK)
 
     async def submit(
         self, body: bytes, principal: Optional[Principal] = None, idempotency_key: Optional[str] = None
@@ -323,13 +323,15 @@ class Runtime:
         offset: int,
         follow: bool,
         principal: Optional[Principal],
+        relay: Optional[Mapping[str, str]] = None,
     ) -> bytes:
         """
         Serve a task's C{stdout} or C{stderr} (L{Streams.log}), once
-        L{require_visible} has passed: nothing is sent before.
+        L{require_visible} has passed: nothing is sent before.  A task of
+        another node: relayed from it with C{relay}, as for L{status}.
         """
         await self.require_visible(task_id, principal)
-        return await self.streams.log(request, task_id, name, offset, follow)
+        return await self.streams.log(request, task_id, name, offset, follow, relay)
 
     async def stream_events(
         self, request: StreamingRequest, task_id: str, after_seq: int, principal: Optional[Principal]

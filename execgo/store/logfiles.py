@@ -30,24 +30,32 @@ LOG_NAMES = ("stdout", "stderr")
 class OpenLog:
     """
     A log opened for streaming: its descriptor (C{None} when the file is
-    missing) and its size then.
+    missing) and its size then; or, for a task another node claimed, that
+    node (C{elsewhere}), whose files these are, and nothing opened.
     """
 
     fd: Optional[int]
     size: int
+    elsewhere: Optional[str] = None
 
 
-def open_log(conn: sqlite3.Connection, task_id: str, name: str) -> Optional[OpenLog]:
+def open_log(
+    conn: sqlite3.Connection, task_id: str, name: str, node_id: Optional[str] = None
+) -> Optional[OpenLog]:
     """
     Open a task's C{stdout} or C{stderr} log; C{None} for an unknown task.
+    The log of a task another node than C{node_id} claimed is that node's:
+    not opened (L{OpenLog.elsewhere}).
 
     @raise ValueError: C{name} is not one of L{LOG_NAMES}.
     """
     if name not in LOG_NAMES:
         raise ValueError(name)
-    row = conn.execute(f"SELECT {name}_path FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+    row = conn.execute(f"SELECT {name}_path, node_id FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
     if row is None:
         return None
+    if node_id is not None and row[1] is not None and row[1] != node_id:
+        return OpenLog(None, 0, row[1])
     try:
         fd = os.open(row[0], os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:

@@ -217,7 +217,8 @@ class RuntimeAPI:
         principal = self._principal(request)
         offset = uint_arg(request, b"offset", MAX_OFFSET)
         follow = bool_arg(request, b"follow")
-        return await self.runtime.stream_log(streaming(request), task_id, name, offset, follow, principal)
+        relay = relay_credentials(request.requestHeaders)
+        return await self.runtime.stream_log(streaming(request), task_id, name, offset, follow, principal, relay)
 
     @app.route("/api/v1/tasks/<task_id>/events", methods=["GET"])
     @openapi.described(

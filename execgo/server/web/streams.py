@@ -36,7 +36,7 @@ requests: a task that runs across a server restart streams like any other.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Coroutine, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Coroutine, Dict, Mapping, Optional, Set, Tuple
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
@@ -45,8 +45,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from execgo.core import encoding, errors, protocol
+from execgo.core.cluster import NODE_ALIVE
 from execgo.core.constants import TERMINAL_STATUSES
 from execgo.core.render import render_event
+from execgo.server.relay import Relay, RelayFailed
 from execgo.server.taskstore import TaskStore
 from execgo.server.waiters import Waiters
 from execgo.server.web.responses import StreamingRequest
@@ -217,16 +219,23 @@ class Streams:
     @param waiters: notified when a task ends (L{Runtime.waiters}).
     """
 
-    def __init__(self, store: TaskStore, waiters: Waiters) -> None:
+    def __init__(self, store: TaskStore, waiters: Waiters, relay: Optional[Relay] = None) -> None:
         self.store = store
         self.waiters = waiters
+        self.relay = relay
         self.active: Set[_Stream] = set()
 
     def __len__(self) -> int:
         return len(self.active)
 
     def log(
-        self, request: StreamingRequest, task_id: str, name: str, offset: int, follow: bool
+        self,
+        request: StreamingRequest,
+        task_id: str,
+        name: str,
+        offset: int,
+        follow: bool,
+        credentials: Optional[Mapping[str, str]] = None,
     ) -> "defer.Deferred[bytes]":
         """
         Serve the C{name} log (C{"stdout"} or C{"stderr"}) of a task from
@@ -235,13 +244,18 @@ class Streams:
         that size (C{Content-Length} set), with C{follow} chunked until the
         task is terminal and the log fully sent.
 
+        The log of a task another node runs (or ran) is that node's: it is
+        relayed from there (L{Relay.stream_log}) with C{credentials}, the
+        caller's (C{None}: a relayed request, answered from here alone).
+
         @return: fires with C{b""} once the whole body is written (the
             caller's framework then finishes the request), or fails with
-            L{errors.NotFound} before anything is written.
+            L{errors.NotFound} (or L{errors.Unavailable}: the node that has
+            the log cannot be reached) before anything is written.
         """
         if name not in LOG_NAMES:
             raise ValueError(name)
-        return self._serve(request, task_id, lambda stream: self._log(stream, name, offset, follow))
+        return self._serve(request, task_id, lambda stream: self._log(stream, name, offset, follow, credentials))
 
     def events(self, request: StreamingRequest, task_id: str, after_seq: int) -> "defer.Deferred[bytes]":
         """
@@ -292,10 +306,14 @@ class Streams:
         defer.ensureDeferred(body(stream)).addBoth(settle)
         return done
 
-    async def _log(self, stream: _Stream, name: str, offset: int, follow: bool) -> bool:
+    async def _log(
+        self, stream: _Stream, name: str, offset: int, follow: bool, credentials: Optional[Mapping[str, str]]
+    ) -> bool:
         opened = await self.store.open_log(stream.task_id, name)
         if opened is None:
             raise errors.NotFound(stream.task_id)
+        if opened.elsewhere is not None and credentials is not None and self.relay is not None:
+            return await self._relayed_log(stream, opened.elsewhere, name, offset, follow, credentials)
         fd = opened.fd
         try:
             if stream.stopped:
@@ -315,6 +333,26 @@ class Streams:
         finally:
             if fd is not None:
                 os.close(fd)
+
+    async def _relayed_log(
+        self, stream: _Stream, node_id: str, name: str, offset: int, follow: bool, credentials: Mapping[str, str]
+    ) -> bool:
+        """
+        The log of a task node C{node_id} runs, as that node serves it.
+
+        @raise errors.Unavailable: that node is not alive or cannot answer.
+        """
+        assert self.relay is not None
+        node = await self.store.load_node(node_id)
+        if node is None or node.state != NODE_ALIVE:
+            state = "unknown" if node is None else node.state
+            raise errors.Unavailable(f"the task's output is on node {node_id}, which is {state}")
+        try:
+            return await self.relay.stream_log(
+                node.advertise_url, stream.task_id, name, offset, follow, credentials, stream
+            )
+        except RelayFailed as e:
+            raise errors.Unavailable(f"the task's output is on node {node_id}, which cannot be reached: {e}") from None
 
     async def _pump_log(self, stream: _Stream, fd: int, pos: int, end: Optional[int]) -> bool:
         """
