@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import re
 import select
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 #: One statement to send: its SQL (C{?} placeholders), its parameters and
@@ -104,9 +105,13 @@ class Session:
 
     @ivar conn: the C{psycopg} connection (in libpq's non-blocking mode,
         as C{psycopg} leaves it).
+    @ivar wait_limit_s: the longest one wait for the server may take
+        (C{None}: no limit): past it the connection is closed and the
+        statement fails as if the server had cut it, so a database that
+        stops answering (a network partition) cannot hold a caller forever.
     """
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, wait_limit_s: Optional[float] = None) -> None:
         from psycopg.adapt import Transformer
         from psycopg.types.numeric import Int8Dumper
 
@@ -114,6 +119,7 @@ class Session:
         self.conn = conn
         self.adapters = Transformer(conn)
         self.prepared: Dict[Key, bytes] = {}
+        self.wait_limit_s = wait_limit_s
         self._poller = select.poll()
 
     def wait(self, events: int) -> None:
@@ -123,11 +129,21 @@ class Session:
         """
         fd = self.conn.pgconn.socket
         self._poller.register(fd, events)
+        limit = self.wait_limit_s
+        deadline = None if limit is None else time.monotonic() + limit
         try:
-            while not self._poller.poll():
-                pass
+            while True:
+                timeout = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000) + 1)
+                if self._poller.poll(timeout):
+                    return
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
         finally:
             self._poller.unregister(fd)
+        from psycopg import errors
+
+        self.conn.close()
+        raise errors.ConnectionFailure(f"the database did not answer within {limit:g} s")
 
     def flush(self) -> None:
         """

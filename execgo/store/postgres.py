@@ -145,9 +145,10 @@ class PgConnection:
     @ivar reconnects: how many times it opened a new one.
     """
 
-    def __init__(self, opener: Callable[[], Any]) -> None:
+    def __init__(self, opener: Callable[[], Any], wait_limit_s: Optional[float] = None) -> None:
         self._opener = opener
-        self._session = pgwire.Session(opener())
+        self._wait_limit_s = wait_limit_s
+        self._session = pgwire.Session(opener(), wait_limit_s)
         self.reconnects = 0
         self._in_transaction = False
         self._begin_pending = False
@@ -290,7 +291,7 @@ class PgConnection:
             if reopen:
                 # Failing here (the server is still away) fails the batch
                 # as a cut would.
-                self._session = pgwire.Session(self._opener())
+                self._session = pgwire.Session(self._opener(), self._wait_limit_s)
                 self.reconnects += 1
             results = pgwire.exchange(self._session, batch)
         except BaseException as e:
@@ -388,16 +389,19 @@ threadsafety = 1
 paramstyle = "qmark"
 
 
-def connect(url: str, password: Optional[str] = None) -> PgConnection:
+def connect(url: str, password: Optional[str] = None, wait_limit_s: Optional[float] = None) -> PgConnection:
     """
     Open a connection to the store at the C{postgresql://} C{url}, with
     C{password} given apart from it (C{None}: libpq's C{PGPASSWORD} or
     C{~/.pgpass}); it opens itself again after a cut (L{PgConnection}).
+
+    @param wait_limit_s: the longest one wait for the server may take
+        (L{pgwire.Session.wait_limit_s}).
     """
     import psycopg
 
     extra: Dict[str, Any] = {} if password is None else {"password": password}
-    return PgConnection(lambda: psycopg.connect(url, autocommit=True, **extra))
+    return PgConnection(lambda: psycopg.connect(url, autocommit=True, **extra), wait_limit_s)
 
 
 def listen(url: str, password: Optional[str], channel: str) -> Any:

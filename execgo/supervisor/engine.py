@@ -61,6 +61,9 @@ SUPERVISOR_CHECKPOINT_PAGES = 10_000
 KILL_FLAG_POLL_S = 0.025
 #: How soon a claim the store could not take is tried again.
 CLAIM_RETRY_S = 1.0
+#: The longest the supervisor waits for one answer of a database server
+#: (the connection is dropped past it, and opened again on the next use).
+STORE_WAIT_LIMIT_S = 10.0
 
 
 class Supervisor:
@@ -117,7 +120,7 @@ class Supervisor:
         self.identity = identity
         self.rootfs_roots = rootfs_roots
         self.store = db_path
-        self.conn = opening.connect(db_path)
+        self.conn = opening.connect(db_path, STORE_WAIT_LIMIT_S)
         if connection.backend_of(self.conn) is SQLITE:
             # Checkpoints (the only writes SQLite syncs to disk here) are
             # left to the server, off the supervisor's path: only a WAL ten

@@ -12,7 +12,9 @@ Fencing: a supervisor that cannot renew (the database is unreachable
 from here) kills its workloads before its lease can run out, three
 quarters of a lease after the last renewal that got through was sent, so
 no workload of a node the others may already count as lost still runs.
-A lease found lost (marked C{lost}, or run out) is fenced at once, then a
+That deadline is kept by a thread of its own (L{Watchdog}), so a loop
+stuck waiting for a database that stopped answering cannot miss it.  A
+lease found lost (marked C{lost}, or run out) is fenced at once, then a
 new one is taken: the node rejoins under the next epoch.  Standard library
 only.
 """
@@ -20,7 +22,9 @@ only.
 from __future__ import annotations
 
 import sqlite3
-from typing import Callable, Optional
+import threading
+import time
+from typing import Callable, Optional, Protocol
 
 from execgo.core.cluster import NodeLease, renew_interval_s
 from execgo.store import nodes
@@ -32,6 +36,60 @@ from execgo.supervisor.timers import Timer, Timers
 FENCE_AT = 0.75
 
 
+class Deadline(Protocol):
+    """
+    What fences the node when its lease is not renewed in time.
+    """
+
+    def arm(self, deadline: float) -> None:
+        """
+        Fire at C{deadline} (monotonic seconds) unless armed again first.
+        """
+
+    def disarm(self) -> None:
+        """
+        Do not fire.
+        """
+
+
+class Watchdog:
+    """
+    A L{Deadline} kept by a daemon thread on the monotonic clock: it
+    calls C{fire} (from that thread) once the deadline passes unmoved.
+    C{fire} must be safe to call beside the supervisor's loop: it only
+    sends signals.
+    """
+
+    def __init__(self, fire: Callable[[], None], monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.fire = fire
+        self.monotonic = monotonic
+        self._deadline: Optional[float] = None
+        self._changed = threading.Condition()
+        self._thread: Optional[threading.Thread] = None
+
+    def arm(self, deadline: float) -> None:
+        with self._changed:
+            self._deadline = deadline
+            self._changed.notify()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._watch, name="execgo-lease-watchdog", daemon=True)
+            self._thread.start()
+
+    def disarm(self) -> None:
+        with self._changed:
+            self._deadline = None
+            self._changed.notify()
+
+    def _watch(self) -> None:
+        while True:
+            with self._changed:
+                while self._deadline is None or self.monotonic() < self._deadline:
+                    wait = None if self._deadline is None else self._deadline - self.monotonic()
+                    self._changed.wait(wait)
+                self._deadline = None
+            self.fire()
+
+
 class Membership:
     """
     Takes, renews and gives up one node's lease, and fences the node when
@@ -41,8 +99,11 @@ class Membership:
     @param lease: whose lease, and how long.
     @param clock: the engine's clock and timers.
     @param wall_ms: wall clock, epoch milliseconds (what the store holds).
-    @param fence: kills every workload of the node now.
+    @param fence: kills every workload of the node now (also from the
+        watchdog's thread: it must only send signals).
     @param log: takes each line worth an operator's attention.
+    @param deadline: what fences the node when a renewal is late
+        (L{Watchdog} by default).
 
     @ivar epoch: the epoch of the lease held (C{None}: none held).
     @ivar fenced: the node's workloads were killed for a lease it could
@@ -57,6 +118,7 @@ class Membership:
         wall_ms: Callable[[], int],
         fence: Callable[[], None],
         log: Callable[[str], None] = lambda line: None,
+        deadline: Optional[Deadline] = None,
     ) -> None:
         self.conn = conn
         self.lease = lease
@@ -66,8 +128,9 @@ class Membership:
         self.log = log
         self.epoch: Optional[int] = None
         self.fenced = False
-        self._held_since: Optional[float] = None
         self._timer: Optional[Timer] = None
+        late = f"lease of node {lease.node_id} not renewed in time: its workloads are killed"
+        self.deadline: Deadline = Watchdog(lambda: self._fence(late)) if deadline is None else deadline
 
     @property
     def held(self) -> bool:
@@ -96,12 +159,8 @@ class Membership:
             self.log(f"cannot renew the lease of node {self.lease.node_id}: {e}")
             kept = False
         if kept:
-            self._held_since = sent
+            self.deadline.arm(sent + FENCE_AT * self.lease.lease_ms / 1000.0)
             self.fenced = False
-        elif not self.fenced and (
-            self._held_since is None or sent - self._held_since >= FENCE_AT * self.lease.lease_ms / 1000.0
-        ):
-            self._fence(f"lease of node {self.lease.node_id} not renewed: its workloads are killed")
 
     def _renew_or_take(self) -> bool:
         lease = self.lease
@@ -109,6 +168,7 @@ class Membership:
             if nodes.renew(self.conn, lease.node_id, self.epoch, lease.lease_ms, self.wall_ms()):
                 return True
             self.epoch = None
+            self.deadline.disarm()
             self._fence(f"lease of node {lease.node_id} lost: its workloads are killed; joining again")
         self.epoch = nodes.take_lease(self.conn, lease.node_id, lease.instance, lease.lease_ms, self.wall_ms())
         if self.epoch is None:
@@ -129,6 +189,7 @@ class Membership:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.deadline.disarm()
         if self.epoch is None:
             return
         try:
