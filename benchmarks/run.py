@@ -25,7 +25,10 @@ whether it was met:
     1,100 idle connections under C{ulimit -n 1024} (same module);
  9. postgres: throughput and submit p50 on a local PostgreSQL against the
     same on SQLite, and the statements and commits per task
-    (C{benchmarks/postgres.py}).
+    (C{benchmarks/postgres.py});
+10. cluster: 1, 2 and 3 nodes on one PostgreSQL: throughput, statements
+    per task, submit -> start across nodes, kill -> long-poll answer
+    across nodes (C{benchmarks/cluster.py}).
 
 A figure is only honest if every task of it succeeded and nothing was
 skipped: a figure whose run had a failure is printed as C{INVALID} and the
@@ -63,7 +66,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from benchmarks import limits, loadgen, postgres  # noqa: E402 -- after the path set-up above
+from benchmarks import cluster, limits, loadgen, postgres  # noqa: E402 -- after the path set-up above
 from benchmarks.chaos import (  # noqa: E402
     all_pids,
     become_subreaper,
@@ -76,7 +79,9 @@ from benchmarks.chaos import (  # noqa: E402
 )
 from execgo.host.procinfo import supervisor_pids  # noqa: E402
 
-SECTIONS = ("throughput", "latency", "spawn", "scale", "output", "cli", "memory", "listener", "postgres")
+SECTIONS = (
+    "throughput", "latency", "spawn", "scale", "output", "cli", "memory", "listener", "postgres", "cluster"
+)
 TERMINAL = ("success", "failed", "cancelled")
 TRUE_TASK = {"execution": {"kind": "command", "program": "/bin/true"}}
 MIB = 1 << 20
@@ -182,6 +187,15 @@ FIGURE_SPECS: Tuple[FigureSpec, ...] = (
     FigureSpec("postgres.submit_p50_ms", "postgres", "submit p50 on PostgreSQL", "ms", "<= 10 ms"),
     FigureSpec("postgres.statements_per_task", "postgres", "statements per task on PostgreSQL", "", "-"),
     FigureSpec("postgres.commits_per_task", "postgres", "commits per task on PostgreSQL", "", "-"),
+    FigureSpec("cluster.one_node_tasks_per_s", "cluster", "throughput, 1 node on PostgreSQL", "tasks/s", "-"),
+    FigureSpec("cluster.two_nodes_tasks_per_s", "cluster", "throughput, 2 nodes, same machine", "tasks/s", "-"),
+    FigureSpec("cluster.three_nodes_tasks_per_s", "cluster", "throughput, 3 nodes, same machine", "tasks/s", "-"),
+    FigureSpec("cluster.statements_per_task", "cluster", "statements per task, 3 nodes", "", "-"),
+    FigureSpec("cluster.commits_per_task", "cluster", "commits per task, 3 nodes", "", "-"),
+    FigureSpec("cluster.submit_to_start_p50_ms", "cluster", "submit on one node -> start on another, p50", "ms",
+               "<= 20 ms"),
+    FigureSpec("cluster.kill_to_answer_p50_ms", "cluster", "kill on one node -> long-poll answer on another, p50",
+               "ms", "<= 150 ms"),
 )
 FIGURE_KEYS = tuple(spec.key for spec in FIGURE_SPECS)
 _SPEC_BY_KEY = {spec.key: spec for spec in FIGURE_SPECS}
@@ -1436,11 +1450,14 @@ RUNNERS: Dict[str, Callable[[Context], List[Figure]]] = {
     "memory": lambda ctx: limits.run_memory(ctx, sys.modules[__name__]),
     "listener": lambda ctx: limits.run_listener(ctx, sys.modules[__name__]),
     "postgres": lambda ctx: postgres.run_postgres(ctx, sys.modules[__name__]),
+    "cluster": lambda ctx: cluster.run_cluster(ctx, sys.modules[__name__]),
 }
 
 # Run order: the spawn figures on a quiet machine first, then what shares
 # the main server, then the sections that start servers of their own.
-RUN_ORDER = ("spawn", "throughput", "latency", "cli", "output", "memory", "listener", "scale", "postgres")
+RUN_ORDER = (
+    "spawn", "throughput", "latency", "cli", "output", "memory", "listener", "scale", "postgres", "cluster"
+)
 
 
 # -- report ----------------------------------------------------------------------------

@@ -219,6 +219,8 @@ class QueuedTask:
     reservation: Reservation
     created_at_ms: int
     node_labels: Mapping[str, str] = attrs.field(factory=dict)
+    #: The node that accepted it, when known (a cluster's notice says).
+    origin: Optional[str] = None
 
     def fits_node(self, labels: Mapping[str, str]) -> bool:
         """
@@ -267,7 +269,10 @@ class QueuedTask:
         labels = data.get("node_labels") or {}
         if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
             raise ValueError("node_labels must map strings to strings")
-        return cls(task_id, tenant, Reservation.from_json(reservation), created, dict(labels))
+        origin = data.get("origin")
+        if origin is not None and not isinstance(origin, str):
+            raise ValueError("origin must be a string or null")
+        return cls(task_id, tenant, Reservation.from_json(reservation), created, dict(labels), origin)
 
 
 #: The scope stored with keys sent without authentication.

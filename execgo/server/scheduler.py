@@ -36,6 +36,9 @@ from execgo.store.reads import SchedulerState
 
 log = Logger()
 
+#: How long a node leaves a task another node accepted to that node.
+DEFERENCE_MS = 10
+
 
 class DispatchStore(Protocol):
     """
@@ -73,6 +76,9 @@ class Scheduler:
     @param now_ms: wall clock in epoch milliseconds.
     @param labels: this node's labels: a task whose placement asks for
         others is left to the nodes that have them.
+    @param node_id: this node: a task another node accepted is left to that
+        node for its first C{deference_ms} (unless its placement names
+        labels), so nodes do not all race to claim the same task.
     """
 
     def __init__(
@@ -86,6 +92,8 @@ class Scheduler:
         now_ms: Callable[[], int],
         starvation_ms: int = 1000,
         labels: Optional[Mapping[str, str]] = None,
+        node_id: Optional[str] = None,
+        deference_ms: int = DEFERENCE_MS,
     ) -> None:
         self.reactor = reactor
         self.store = store
@@ -96,6 +104,9 @@ class Scheduler:
         self.now_ms = now_ms
         self.starvation_ms = starvation_ms
         self.labels: Mapping[str, str] = dict(labels or {})
+        self.node_id = node_id
+        self.deference_ms = deference_ms
+        self._deferred_wake: Optional[IDelayedCall] = None
         self.queue: "OrderedDict[str, QueuedTask]" = OrderedDict()
         self.dispatched: Dict[str, QueuedTask] = {}
         self._cycling: Optional[defer.Deferred[None]] = None
@@ -243,6 +254,9 @@ class Scheduler:
         if self._poll is not None and self._poll.active():
             self._poll.cancel()
         self._poll = None
+        if self._deferred_wake is not None and self._deferred_wake.active():
+            self._deferred_wake.cancel()
+        self._deferred_wake = None
         if self._cycling is None:
             return defer.succeed(None)
         done: defer.Deferred[None] = defer.Deferred()
@@ -318,7 +332,8 @@ class Scheduler:
 
     def _pick(self) -> List[QueuedTask]:
         """
-        The queued tasks that fit now, oldest first.
+        The queued tasks that fit now, oldest first (in a cluster, its own
+        before the other nodes', L{_in_turn}).
 
         A task that does not fit lets younger, smaller ones pass (no
         head-of-line blocking) only while it is young: once it has waited
@@ -330,13 +345,18 @@ class Scheduler:
         picks: List[QueuedTask] = []
         now = self.now_ms()
         held_tenants: Set[Optional[str]] = set()
-        for task in self.queue.values():
+        deferred_until: Optional[int] = None
+        for task in self._in_turn():
             if self.ledger.full:
                 break
             if task.task_id in self.ledger.active or task.tenant in held_tenants:
                 continue
             if not task.fits_node(self.labels):
                 # Another node's (or none yet: it waits for one).
+                continue
+            if self._defers_to_origin(task, now):
+                until = task.created_at_ms + self.deference_ms
+                deferred_until = until if deferred_until is None else min(deferred_until, until)
                 continue
             if self.ledger.fits(task.reservation, task.tenant):
                 self.ledger.reserve(task.task_id, task.tenant, task.reservation)
@@ -347,7 +367,47 @@ class Scheduler:
             if not self.ledger.fits_capacity(task.reservation):
                 break
             held_tenants.add(task.tenant)
+        if deferred_until is not None:
+            self._wake_at(deferred_until, now)
         return picks
+
+    def _in_turn(self) -> List[QueuedTask]:
+        """
+        The queue in the order this node considers it: oldest first, but
+        in a cluster the tasks it accepted itself (or that only some nodes
+        may run) before those other nodes accepted, which their own nodes
+        serve first: nodes that all took the oldest task of the cluster
+        would mostly race each other for it.
+        """
+        if self.node_id is None:
+            return list(self.queue.values())
+        own: List[QueuedTask] = []
+        others: List[QueuedTask] = []
+        for task in self.queue.values():
+            foreign = task.origin is not None and task.origin != self.node_id and not task.node_labels
+            (others if foreign else own).append(task)
+        return own + others
+
+    def _defers_to_origin(self, task: QueuedTask, now: int) -> bool:
+        """
+        Whether C{task} is still left to the node that accepted it.
+        """
+        return (
+            task.origin is not None
+            and task.origin != self.node_id
+            and not task.node_labels
+            and now - task.created_at_ms < self.deference_ms
+        )
+
+    def _wake_at(self, when_ms: int, now: int) -> None:
+        """
+        Run a cycle at C{when_ms} (one pending at a time, the earliest).
+        """
+        if self._deferred_wake is not None and self._deferred_wake.active():
+            if self._deferred_wake.getTime() <= self.reactor.seconds() + (when_ms - now) / 1000.0:
+                return
+            self._deferred_wake.cancel()
+        self._deferred_wake = self.reactor.callLater(max(0, when_ms - now) / 1000.0, self.wake)
 
     async def _resync(self) -> None:
         """

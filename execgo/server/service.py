@@ -262,6 +262,7 @@ class RuntimeService(service.Service):
             config.dispatch_poll_interval_ms / 1000.0,
             wall_ms,
             labels=config.labels,
+            node_id=runtime_id,
         )
         self.runtime = runtime = Runtime(
             reactor=self.reactor,

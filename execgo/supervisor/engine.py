@@ -272,11 +272,13 @@ class Supervisor:
         @return: what L{launch} returns, for each order.
         """
         if self.membership is not None and not self.membership.held:
-            # A node without its lease claims nothing: another may count it lost.
-            for _, on_declined in orders:
-                if on_declined is not None:
+            # A node without its lease claims nothing: another may count it
+            # lost.  (An order for a task running here is not a claim.)
+            running = [task_id in self.by_task for task_id, _ in orders]
+            for (_, on_declined), here in zip(orders, running):
+                if not here and on_declined is not None:
                     on_declined()
-            return [False for _ in orders]
+            return running
         fresh: Dict[str, Optional[Callable[[], None]]] = {}
         for task_id, on_declined in orders:
             if task_id not in self.by_task:

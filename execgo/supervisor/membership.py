@@ -130,7 +130,9 @@ class Membership:
         self.fenced = False
         self._timer: Optional[Timer] = None
         late = f"lease of node {lease.node_id} not renewed in time: its workloads are killed"
-        self.deadline: Deadline = Watchdog(lambda: self._fence(late)) if deadline is None else deadline
+        self.deadline: Deadline = (
+            Watchdog(lambda: self._fence(late), clock.monotonic) if deadline is None else deadline
+        )
 
     @property
     def held(self) -> bool:
