@@ -47,6 +47,13 @@ FIGURE_KEYS = (
     "postgres.submit_p50_ms",
     "postgres.statements_per_task",
     "postgres.commits_per_task",
+    "cluster.one_node_tasks_per_s",
+    "cluster.two_nodes_tasks_per_s",
+    "cluster.three_nodes_tasks_per_s",
+    "cluster.statements_per_task",
+    "cluster.commits_per_task",
+    "cluster.submit_to_start_p50_ms",
+    "cluster.kill_to_answer_p50_ms",
 )
 
 

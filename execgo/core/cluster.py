@@ -57,7 +57,7 @@ def parse_node_label(spec: str) -> Tuple[str, str]:
             f"node label {spec!r}: the key must be 1 to 128 letters, digits, '.', '_', '/' or '-',"
             " beginning and ending with a letter or digit"
         )
-    if len(value) > MAX_LABEL_VALUE_CHARS or any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if len(value) > MAX_LABEL_VALUE_CHARS or not value.isprintable():
         raise errors.InvalidInput(
             f"node label {spec!r}: the value must be at most {MAX_LABEL_VALUE_CHARS} printable characters"
         )
@@ -83,10 +83,15 @@ def check_advertise_url(url: str) -> str:
     """
     C{--advertise-url}: an C{http} or C{https} URL with a host and nothing
     after its authority but an optional C{/} (other nodes append the API's
-    paths to it), and no credentials in it.
+    paths to it), no credentials, no white space or control characters.
 
+    @return: the URL as other nodes use it: C{scheme://host[:port]}.
     @raise errors.InvalidInput: when it is anything else.
     """
+    if not url.isprintable() or any(c.isspace() for c in url) or "?" in url or "#" in url:
+        raise errors.InvalidInput(
+            f"invalid --advertise-url {url!r}: expected http://HOST:PORT (no spaces, query or fragment)"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -94,11 +99,11 @@ def check_advertise_url(url: str) -> str:
         raise errors.InvalidInput(f"invalid --advertise-url {url!r}: {e}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise errors.InvalidInput(f"invalid --advertise-url {url!r}: expected http://HOST:PORT or https://HOST:PORT")
-    if parts.username is not None or parts.password is not None:
+    if "@" in parts.netloc:
         raise errors.InvalidInput(f"invalid --advertise-url {url!r}: credentials do not belong in it")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or port == 0:
+    if parts.path not in ("", "/") or port == 0:
         raise errors.InvalidInput(f"invalid --advertise-url {url!r}: expected http://HOST:PORT with no path")
-    return url.rstrip("/")
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def default_advertise_url(listen_addr: str) -> str:
@@ -171,6 +176,8 @@ class NodeLease:
         """
         if data is None:
             return None
+        if not isinstance(data, Mapping):
+            raise ValueError("node must be an object")
         node_id, instance, lease_ms = data.get("node_id"), data.get("instance"), data.get("lease_ms")
         if not isinstance(node_id, str) or not isinstance(instance, str):
             raise ValueError("node_id and instance must be strings")

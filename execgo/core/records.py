@@ -266,9 +266,13 @@ class QueuedTask:
             raise ValueError("tenant must be a string or null")
         if isinstance(created, bool) or not isinstance(created, int) or not isinstance(reservation, dict):
             raise ValueError("created_at_ms must be an integer and reservation an object")
-        labels = data.get("node_labels") or {}
+        labels = data.get("node_labels")
+        labels = {} if labels is None else labels
         if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
             raise ValueError("node_labels must map strings to strings")
+        amounts = [reservation.get("task_slots", 1), reservation.get("memory_bytes"), reservation.get("pids")]
+        if any(a is not None and (isinstance(a, bool) or not isinstance(a, int)) for a in amounts):
+            raise ValueError("a reservation holds integers")
         origin = data.get("origin")
         if origin is not None and not isinstance(origin, str):
             raise ValueError("origin must be a string or null")

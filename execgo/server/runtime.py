@@ -386,7 +386,10 @@ class Runtime:
             return
         task_id = notice.task_id
         try:
-            if notice.kind == notices.SUBMITTED:
+            if notice.kind == notices.SUBMITTED and notice.data is None:
+                # Too large to carry: the store has it.
+                self.scheduler.resync()
+            elif notice.kind == notices.SUBMITTED:
                 self.scheduler.learned(QueuedTask.from_json(task_id, data))
             elif notice.kind == notices.CLAIMED and data.get("node") != self.runtime_id:
                 reservation = Reservation.from_json(data.get("reservation") or {})

@@ -60,6 +60,7 @@ class ServeOptions(usage.Options):
         super().__init__()
         self["tenant-quota"] = []
         self["sandbox-rootfs-root"] = []
+        self["node-label"] = []
 
     def opt_tenant_quota(self, spec: str) -> None:
         """
@@ -72,6 +73,12 @@ class ServeOptions(usage.Options):
         A directory chroot root filesystems must lie under, repeatable.
         """
         self["sandbox-rootfs-root"].append(directory)
+
+    def opt_node_label(self, label: str) -> None:
+        """
+        KEY=VALUE describing this node, repeatable.
+        """
+        self["node-label"].append(label)
 
     def config(self, environ: Mapping[str, str]) -> RuntimeConfig:
         """

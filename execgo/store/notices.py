@@ -12,7 +12,9 @@ store stays the truth: a notice only saves waiting for the next look.
 On SQLite there is one node and nothing is sent.
 
 A payload is C{<kind> <task_id>} and, for some kinds, a space and a
-compact JSON object.  Task ids hold no spaces (L{execgo.core.validation}).
+compact JSON object; data too large for a notice (a tenant's long names)
+is left out, and a receiver that needs it reads the store.  Task ids hold
+no spaces (L{execgo.core.validation}).
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ KILLED = "k"
 
 _KINDS = (SUBMITTED, CLAIMED, ENDED, KILLED)
 
+#: PostgreSQL refuses a payload of 8,000 bytes or more; a notice whose data
+#: would not fit goes without it (its receivers read the store instead).
+MAX_PAYLOAD_BYTES = 7900
+
 
 @attrs.frozen
 class Notice:
@@ -59,8 +65,14 @@ def announce(conn: sqlite3.Connection, kind: str, task_id: str, data: Optional[J
     store has one node).
     """
     notify = backend_of(conn).notify
-    if notify is not None:
-        notify(conn, CHANNEL, f"{kind} {task_id}" if data is None else f"{kind} {task_id} {dumps(data)}")
+    if notify is None:
+        return
+    payload = f"{kind} {task_id}"
+    if data is not None:
+        full = f"{payload} {dumps(data)}"
+        if len(full.encode("utf-8")) <= MAX_PAYLOAD_BYTES:
+            payload = full
+    notify(conn, CHANNEL, payload)
 
 
 def parse(payload: str) -> Optional[Notice]:
