@@ -255,7 +255,7 @@ class FakeLink:
             return defer.fail(OSError("the supervisor cannot start"))
         return defer.succeed(self.pid)
 
-    def close(self) -> "defer.Deferred[None]":
+    def close(self, leave: bool = False) -> "defer.Deferred[None]":
         """
         Record the disconnection.
         """

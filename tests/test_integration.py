@@ -85,6 +85,7 @@ STATUS_KEY_ORDER = [
     "reservation",
     "artifacts",
     "metadata",
+    "node_id",
 ]
 STORE_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z$")
 ANY_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.(\d{3}|\d{6}|\d{9}))?Z$")
@@ -1699,6 +1700,9 @@ class ConfiguredServerTests(SharedServerCase):
             "idle_connection_timeout_ms": 30000,
             "max_connections": 500,
             "database": "sqlite",
+            "advertise_url": f"http://{self.server.listen_addr}",
+            "node_labels": {},
+            "node_lease_ms": 10000,
         }
         self.assertEqual(config, expected)
         self.assertEqual(list(config), list(expected))

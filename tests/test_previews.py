@@ -114,18 +114,21 @@ class CeilingTests(PreviewTestsBase):
     @defer.inlineCallbacks
     def test_config_view(self) -> Any:
         """
-        C{/runtime/config} ends with the ceiling, the listener's limits and
-        the store's engine.
+        C{/runtime/config} holds the ceiling, the listener's limits and the
+        store's engine, then the node's address, labels and lease.
         """
         code, config, _, _ = yield defer.ensureDeferred(self.call("GET", "/api/v1/runtime/config"))
         self.assertEqual(
-            list(config.items())[-5:],
+            list(config.items())[-8:],
             [
                 ("max_output_preview_bytes", 4096),
                 ("request_header_timeout_ms", 10000),
                 ("idle_connection_timeout_ms", 60000),
                 ("max_connections", 0),
                 ("database", "sqlite"),
+                ("advertise_url", "http://127.0.0.1:8080"),
+                ("node_labels", {}),
+                ("node_lease_ms", 10000),
             ],
         )
 

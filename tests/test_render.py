@@ -65,7 +65,7 @@ class RenderStatusTests(SynchronousTestCase):
                 "task_id", "handle_id", "status", "created_at", "updated_at", "started_at",
                 "finished_at", "duration_ms", "shim_pid", "pid", "pgid", "exit_code",
                 "exit_signal", "stdout", "stderr", "stdout_truncated", "stderr_truncated",
-                "error", "usage", "execution_plan", "reservation", "artifacts", "metadata",
+                "error", "usage", "execution_plan", "reservation", "artifacts", "metadata", "node_id",
             ],
         )
         self.assertEqual(out["handle_id"], "demo-1")
@@ -109,9 +109,10 @@ class RenderStatusTests(SynchronousTestCase):
             list(out),
             [
                 "task_id", "handle_id", "status", "created_at", "updated_at", "stdout",
-                "stderr", "stdout_truncated", "stderr_truncated", "execution_plan", "artifacts",
+                "stderr", "stdout_truncated", "stderr_truncated", "execution_plan", "artifacts", "node_id",
             ],
         )
+        self.assertIsNone(out["node_id"])
         self.assertNotIn("script_path", out["artifacts"])
         self.assertEqual(out["execution_plan"], {**plan_for().to_json(), "run_as": None})
 

@@ -407,14 +407,21 @@ class SupervisorLink:
         self.protocol.send(control.Kill(task_id))
         return True
 
-    def close(self) -> "defer.Deferred[None]":
+    def close(self, leave: bool = False) -> "defer.Deferred[None]":
         """
         Drop the connection (the supervisor keeps running its tasks).
+
+        @param leave: ask the supervisor first to exit once it runs nothing
+            (at once when idle): the node is C{left} then, rather than when
+            the supervisor's idle wait is over.  A server that connects
+            again before then keeps it.
         """
         self.closing = True
         self._cancel_ping()
         if self.protocol is None:
             return defer.succeed(None)
+        if leave:
+            self.protocol.send(control.Shutdown())
         done: defer.Deferred[None] = defer.Deferred()
         control_protocol, self.protocol = self.protocol, None
         self.reactor.callLater(0, done.callback, None)

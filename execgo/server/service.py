@@ -573,7 +573,7 @@ class RuntimeService(service.Service):
         if self._scheduler is not None:
             await self._scheduler.stop()
         if self._link is not None:
-            await self._link.close()
+            await self._link.close(leave=True)
         if self._store is not None:
             self._store.close()
             self._store = None

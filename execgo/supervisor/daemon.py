@@ -170,6 +170,8 @@ class Loop:
         if settings is not None:
             self.supervisor.configure(settings)
             hold_lease(self.supervisor, settings.node, self.log)
+        # A server that stopped asked this one to go once idle; this one wants it.
+        self.stopping = False
         sock.setblocking(False)
         connection = _Connection(sock, self)
         self.connections[sock.fileno()] = connection
