@@ -73,16 +73,11 @@ class ClusterMixin(IntegrationMixin):
         self.proxy = TcpProxy(self._reactor(), cluster.port)
         proxy_port = await self.proxy.start()
         self.addCleanup(self.proxy.stop)
-        self.nodes: List[ServerProcess] = []
-        self.apis: List[ApiClient] = []
-        for index in range(3):
-            url = self.url
-            if index == 1:
-                url = url.replace(f":{cluster.port}/", f":{proxy_port}/")
-            node = self.make_node(index, url)
-            await node.start()
-            self.nodes.append(node)
-            self.apis.append(node.client(self))
+        proxied = self.url.replace(f":{cluster.port}/", f":{proxy_port}/")
+        self.nodes = [self.make_node(index, proxied if index == 1 else self.url) for index in range(3)]
+        # Started together: each waits for its own /healthz.
+        await defer.gatherResults([defer.ensureDeferred(node.start()) for node in self.nodes], consumeErrors=True)
+        self.apis = [node.client(self) for node in self.nodes]
         self.api = self.apis[0]
 
     def make_node(self, index: int, url: str, node_id: Optional[str] = None) -> ServerProcess:
