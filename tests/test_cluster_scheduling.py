@@ -17,26 +17,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from execgo.core.ledger import Holding, Ledger
 from execgo.core.records import QueuedTask
 from execgo.core.reservation import Reservation
-from execgo.server.scheduler import Scheduler
 from execgo.store.reads import SchedulerState
 from tests.fakes import FakeDispatchStore, FakeLink, record
+from tests.test_scheduler import CountingScheduler
 
 POLL_S = 0.25
 NOW_MS = 5000
 SHIM_PID = 4242
 ONE = Reservation(task_slots=1)
-
-
-class CountingScheduler(Scheduler):
-    """
-    A scheduler that counts the dispatch cycles it runs.
-    """
-
-    cycles = 0
-
-    async def _cycle(self) -> None:
-        self.cycles += 1
-        await super()._cycle()
 
 
 def queued(

@@ -23,9 +23,10 @@ from execgo.core import errors, records
 from execgo.core.cluster import NODE_ALIVE, NODE_LEFT, NODE_LOST, NodeInfo, NodeRecord
 from execgo.core.models import ControlContext, ResourceLimits
 from execgo.core.reservation import Reservation
-from execgo.store import connection, eventlog, gc, nodes, reads, schema, taskfiles, terminal, transitions
+from execgo.store import connection, eventlog, gc, nodes, taskfiles, terminal, transitions
 from tests import backends
 from tests.fakes import new_task
+from tests.test_store import StoreTestCase
 
 NOW = 1_700_000_000_000
 LEASE_MS = 10_000
@@ -65,19 +66,10 @@ def node_info(
     )
 
 
-class NodeStoreTestCase(SynchronousTestCase):
+class NodeStoreTestCase(StoreTestCase):
     """
-    A fresh store for every test, on the class's backend (SQLite unless
-    L{backends.each} says otherwise), with helpers for node rows and tasks.
+    L{StoreTestCase} with helpers for node rows and claimed tasks.
     """
-
-    backend = backends.SQLITE_BACKEND
-
-    def setUp(self) -> None:
-        self.data_dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.data_dir)
-        self.conn = self.backend.connect(self, self.data_dir)
-        schema.init_schema(self.conn)
 
     def node_row(self, node_id: str = "n1") -> Optional[Dict[str, Any]]:
         """
@@ -103,24 +95,6 @@ class NodeStoreTestCase(SynchronousTestCase):
         Put a node in C{state} directly, its lease left as it is.
         """
         self.conn.execute("UPDATE nodes SET state = ? WHERE node_id = ?", (state, node_id))
-
-    def insert(
-        self, task_id: str = "t1", now_ms: int = NOW, request_json: Any = None, **kwargs: Any
-    ) -> records.NewTask:
-        """
-        Insert an C{accepted} task laid out under the data directory.
-        """
-        task = new_task(self.data_dir, task_id, **kwargs)
-        transitions.insert_task(self.conn, task, now_ms, None, request_json)
-        return task
-
-    def load(self, task_id: str = "t1") -> records.TaskRecord:
-        """
-        Load a task that must exist.
-        """
-        record = reads.load_task(self.conn, task_id)
-        assert record is not None
-        return record
 
     def claim_on(self, task_id: str, node_id: Optional[str], now_ms: int = NOW + 10) -> records.TaskRecord:
         """

@@ -87,12 +87,15 @@ class StoreTestCase(SynchronousTestCase):
         self.conn = self.backend.connect(self, self.data_dir)
         schema.init_schema(self.conn)
 
-    def insert(self, task_id: str = "t1", now_ms: int = NOW, **kwargs: Any) -> records.NewTask:
+    def insert(
+        self, task_id: str = "t1", now_ms: int = NOW, request_json: Any = None, **kwargs: Any
+    ) -> records.NewTask:
         """
-        Insert an C{accepted} task and return what was inserted.
+        Insert an C{accepted} task (with the copy of its request a node
+        that claims it writes, when given) and return what was inserted.
         """
         task = new_task(self.data_dir, task_id, **kwargs)
-        transitions.insert_task(self.conn, task, now_ms)
+        transitions.insert_task(self.conn, task, now_ms, None, request_json)
         return task
 
     def load(self, task_id: str = "t1") -> records.TaskRecord:

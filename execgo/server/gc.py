@@ -8,12 +8,12 @@ forgotten by the terminal snapshots kept in memory.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
-from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from execgo.server.repeating import Repeating
 from execgo.server.snapshots import TerminalSnapshots
 from execgo.server.taskstore import TaskStore
 from execgo.server.upkeep import Upkeep
@@ -62,19 +62,13 @@ class GarbageCollector:
         self.interval_s = interval_s
         self.retention_ms = retention_ms
         self.accepting = accepting
-        self._call: Optional[IDelayedCall] = None
+        self._passes = Repeating(reactor, interval_s, self.collect, accepting, "gc")
 
     def start(self) -> None:
         """
         Run a pass every interval, the first one interval from now.
         """
-        self._call = self.reactor.callLater(self.interval_s, self._tick)
-
-    def _tick(self) -> None:
-        self._call = None
-        d = defer.ensureDeferred(self.collect())
-        d.addErrback(lambda failure: log.warn("gc failed", error=str(failure.value)))
-        d.addBoth(lambda _: self.start() if self.accepting() else None)
+        self._passes.start()
 
     async def collect(self) -> int:
         """
@@ -98,6 +92,4 @@ class GarbageCollector:
         Cancel the timer (a pass under way sets it again only while the
         server accepts).
         """
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        self._passes.stop()

@@ -14,14 +14,14 @@ task.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
-from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from execgo.core import outcome
 from execgo.core.constants import STATUS_RUNNING
+from execgo.server.repeating import Repeating
 from execgo.server.taskstore import TaskStore
 from execgo.server.waiters import Waiters
 
@@ -59,27 +59,19 @@ class NodeWatch:
         self.now_ms = now_ms
         self.accepting = accepting
         self.interval_s = interval_s
-        self._call: Optional[IDelayedCall] = None
+        self._looks = Repeating(reactor, interval_s, self.sweep, accepting, "node watch")
 
     def start(self) -> None:
         """
         Look every interval, the first time one interval from now.
         """
-        self._call = self.reactor.callLater(self.interval_s, self._tick)
+        self._looks.start()
 
     def stop(self) -> None:
         """
         Call off the next look.
         """
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-    def _tick(self) -> None:
-        self._call = None
-        d = defer.ensureDeferred(self.sweep())
-        d.addErrback(lambda failure: log.warn("node watch failed", error=str(failure.value)))
-        d.addBoth(lambda _: self.start() if self.accepting() else None)
+        self._looks.stop()
 
     async def sweep(self) -> int:
         """
