@@ -207,6 +207,21 @@ class PlacementTests(ClusterMixin, TestCase):
         reply = await self.apis[2].get(f"/api/v1/tasks/{task_id}/stdout?follow=true")
         self.assertEqual((reply.code, reply.body), (200, b"line1\nline2\nline3\n"))
 
+    async def test_follow_from_queued(self) -> None:
+        """
+        A log followed while the task is still queued streams its output
+        once another node runs it.
+        """
+        busy = [await self.submit(on("n2", shell("sleep 1.5"))) for _ in range(2)]
+        for task_id in busy:
+            await self.wait_started(task_id)
+        task_id = await self.submit(on("n2", shell("echo a; sleep 0.2; echo b")))
+        self.assertEqual((await self.status(task_id))["status"], "accepted")
+        reply = await self.api.get(f"/api/v1/tasks/{task_id}/stdout?follow=true")
+        self.assertEqual((reply.code, reply.body), (200, b"a\nb\n"))
+        self.assertEqual((await self.status(task_id))["node_id"], "n2")
+        await self.all_terminal(busy)
+
     async def test_kill_and_wait_across_nodes(self) -> None:
         """
         A long-poll on one node answers the end of a task another node
@@ -219,6 +234,8 @@ class PlacementTests(ClusterMixin, TestCase):
         began = self._reactor().seconds()
         killed = await self.kill(task_id)
         self.assertEqual(killed.code, 200, killed.body)
+        self.assertEqual(killed.json()["node_id"], "n1")
+        self.assertNotIn("output_unavailable", killed.json())
         answer = await waiting
         elapsed = self._reactor().seconds() - began
         self.assertEqual(answer.json()["status"], "cancelled", answer.body)

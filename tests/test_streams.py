@@ -141,16 +141,16 @@ class ReadLogTests(SynchronousTestCase):
 
     def test_open(self) -> None:
         """
-        An open log has its size; an unknown task is C{None}; a missing
-        file is an empty log.
+        An open log has its size (and, for a task still queued, says so);
+        an unknown task is C{None}; a missing file is an empty log.
         """
         opened = logfiles.open_log(self.conn, "t", "stdout")
         assert opened is not None and opened.fd is not None
         self.addCleanup(os.close, opened.fd)
-        self.assertEqual(opened.size, logfiles.CHUNK_BYTES + 10)
+        self.assertEqual((opened.size, opened.queued), (logfiles.CHUNK_BYTES + 10, True))
         self.assertIsNone(logfiles.open_log(self.conn, "nope", "stdout"))
         os.unlink(self.task.paths.stderr_path)
-        self.assertEqual(logfiles.open_log(self.conn, "t", "stderr"), logfiles.OpenLog(None, 0))
+        self.assertEqual(logfiles.open_log(self.conn, "t", "stderr"), logfiles.OpenLog(None, 0, queued=True))
         self.assertRaises(ValueError, logfiles.open_log, self.conn, "t", "result")
 
     def test_bounded_and_following_reads(self) -> None:

@@ -322,13 +322,13 @@ class Store:
         """
         Mark recently finished tasks without their C{result.json}.
         """
-        return self._write(repairs.mark_missing_results, limit)
+        return self._write(repairs.mark_missing_results, limit, self.node_id)
 
     def repair_results(self, now_ms: int, limit: int) -> "Deferred[Tuple[List[str], Failures]]":
         """
         Write the marked tasks' C{result.json} files.
         """
-        return self._write(repairs.repair_results, now_ms, limit, self.preview_ceiling)
+        return self._write(repairs.repair_results, now_ms, limit, self.preview_ceiling, self.node_id)
 
     def task_dir_names(self, tasks_dir: str) -> "Deferred[List[str]]":
         """

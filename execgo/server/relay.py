@@ -104,6 +104,7 @@ class Relay:
         follow: bool,
         credentials: Mapping[str, str],
         sink: Any,
+        begun: bool = False,
     ) -> bool:
         """
         Serve the C{name} log of C{task_id} from the node at C{base_url}:
@@ -112,6 +113,8 @@ class Relay:
         written to it as it comes, paced by C{sink}'s client (the other
         node's connection is paused while C{sink} is).
 
+        @param begun: C{sink} began already (from this node's copy of a
+            task that was queued then): only the body is relayed.
         @return: whether the whole body was sent.
         @raise RelayFailed: before anything was sent to C{sink}, when the
             node cannot answer (unreachable, slow, not a 200).
@@ -138,7 +141,8 @@ class Relay:
                 begin[header] = values[0]
         if not follow and isinstance(response.length, int):
             begin[b"Content-Length"] = str(response.length).encode("ascii")
-        sink.begin(begin)
+        if not begun:
+            sink.begin(begin)
         done: "defer.Deferred[bool]" = defer.Deferred()
         response.deliverBody(_Pipe(sink, done))
         return await done

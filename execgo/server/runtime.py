@@ -125,7 +125,8 @@ class Runtime:
         self.waiters = Waiters(reactor)
         self.finished = TerminalSnapshots()
         self.relay = Relay(reactor, RELAY_BODY_FACTOR * config.max_output_preview_bytes + RELAY_BODY_SLACK)
-        self.streams = Streams(store, self.waiters, self.relay)
+        # On SQLite the runtime is a cluster of one: every log is here.
+        self.streams = Streams(store, self.waiters, self.relay if config.database.is_postgres else None)
         self.accepting = False
         self.direct_kills = DirectKills(reactor, config.termination_grace_ms / 1000.0)
         quotas = dict(quotas)
@@ -345,13 +346,20 @@ class Runtime:
 
     # Kill
 
-    async def kill(self, task_id: str, owner: Optional[str], principal: Optional[Principal] = None) -> JSON:
+    async def kill(
+        self,
+        task_id: str,
+        owner: Optional[str],
+        principal: Optional[Principal] = None,
+        relay: Optional[Mapping[str, str]] = None,
+    ) -> JSON:
         """
         Cancel a task: queued tasks end at once; running ones
         are signalled by their supervisor (or directly, if none is
         connected).  An admin's kill skips the owner check; a task
         C{principal} may not see is L{errors.NotFound}, before the owner
-        check.
+        check.  The answer for a task another node runs is that node's
+        status (output included), asked with C{relay} as L{status} does.
         """
         await self.require_visible(task_id, principal)
         any_owner = principal is not None and principal.admin
@@ -366,6 +374,8 @@ class Runtime:
             self.scheduler.wake()
         # A task another node runs is signalled by that node: the kill's
         # notice (execgo.store.notices.KILLED) reaches it at the commit.
+        if record.node_id is not None and not self._runs_here(record.node_id):
+            return await self._relayed(result.snapshot, record.node_id, relay)
         return result.snapshot
 
     def _runs_here(self, node_id: Optional[str]) -> bool:

@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 
 import attrs
 
-from execgo.core.constants import TERMINAL_STATUSES
+from execgo.core.constants import STATUS_ACCEPTED, TERMINAL_STATUSES
 from execgo.store.reads import task_status
 
 #: The most a read returns.
@@ -30,13 +30,16 @@ LOG_NAMES = ("stdout", "stderr")
 class OpenLog:
     """
     A log opened for streaming: its descriptor (C{None} when the file is
-    missing) and its size then; or, for a task another node claimed, that
-    node (C{elsewhere}), whose files these are, and nothing opened.
+    missing) and its size then, and whether the task is still queued (in
+    a cluster it may then run on another node); or, for a task another
+    node claimed, that node (C{elsewhere}), whose files these are, and
+    nothing opened.
     """
 
     fd: Optional[int]
     size: int
     elsewhere: Optional[str] = None
+    queued: bool = False
 
 
 def open_log(
@@ -51,17 +54,18 @@ def open_log(
     """
     if name not in LOG_NAMES:
         raise ValueError(name)
-    row = conn.execute(f"SELECT {name}_path, node_id FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+    row = conn.execute(f"SELECT {name}_path, node_id, status FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
     if row is None:
         return None
     if node_id is not None and row[1] is not None and row[1] != node_id:
         return OpenLog(None, 0, row[1])
+    queued = row[2] == STATUS_ACCEPTED
     try:
         fd = os.open(row[0], os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return OpenLog(None, 0)
+        return OpenLog(None, 0, queued=queued)
     try:
-        return OpenLog(fd, os.fstat(fd).st_size)
+        return OpenLog(fd, os.fstat(fd).st_size, queued=queued)
     except BaseException:
         os.close(fd)
         raise

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from execgo.core.records import TaskRecord
 from execgo.store.connection import transaction
@@ -32,7 +32,7 @@ Failures = List[Tuple[str, str]]
 
 
 def repair_results(
-    conn: sqlite3.Connection, now_ms: int, limit: int, ceiling: Optional[int] = None
+    conn: sqlite3.Connection, now_ms: int, limit: int, ceiling: Optional[int] = None, node_id: Optional[str] = None
 ) -> Tuple[List[str], Failures]:
     """
     Write the C{result.json} of up to C{limit} tasks marked
@@ -43,10 +43,15 @@ def repair_results(
     removed too.
 
     @param ceiling: bounds the previews (C{--max-output-preview-bytes}).
+    @param node_id: this node: in a cluster only the tasks whose files are
+        here (claimed by this node, or by none) are its to repair; another
+        node's are that node's, when it is back.
     @return: the ids written (or unmarked), and C{(task_id, error)} for
         those that still cannot be written (they stay marked).
     """
-    marked = conn.execute("SELECT task_id FROM tasks WHERE result_missing = 1 LIMIT ?", (limit,)).fetchall()
+    sql, params = "SELECT task_id FROM tasks WHERE result_missing = 1", ()
+    sql, params = _of_node(sql, params, node_id)
+    marked = conn.execute(sql + " LIMIT ?", (*params, limit)).fetchall()
     done: List[str] = []
     failures: Failures = []
     for (task_id,) in marked:
@@ -66,6 +71,16 @@ def repair_results(
                 "UPDATE tasks SET result_missing = NULL WHERE task_id = ?", [(task_id,) for task_id in done]
             )
     return done, failures
+
+
+def _of_node(sql: str, params: Tuple[Any, ...], node_id: Optional[str]) -> Tuple[str, Tuple[Any, ...]]:
+    """
+    C{sql} (a C{SELECT ... WHERE ...}) kept to the tasks of node C{node_id}
+    and those no node claimed (all of them without a node).
+    """
+    if node_id is None:
+        return sql, params
+    return sql + " AND (node_id IS NULL OR node_id = ?)", (*params, node_id)
 
 
 def _write_result(record: TaskRecord, now_ms: int, ceiling: Optional[int]) -> None:
@@ -92,19 +107,19 @@ def _remove_temporaries(task_dir: str, prefix: str) -> None:
             pass
 
 
-def mark_missing_results(conn: sqlite3.Connection, limit: int) -> List[str]:
+def mark_missing_results(conn: sqlite3.Connection, limit: int, node_id: Optional[str] = None) -> List[str]:
     """
     Check the C{result.json} of the C{limit} most recently finished tasks
-    (one C{stat} each) and mark those without one whose directory is
-    there, for L{repair_results}.
+    (of this node, C{node_id}, as in L{repair_results}; one C{stat} each)
+    and mark those without one whose directory is there, for
+    L{repair_results}.
 
     @return: the ids marked.
     """
-    finished = conn.execute(
-        "SELECT task_id, task_dir, result_path FROM tasks WHERE finished_at_ms IS NOT NULL"
-        " ORDER BY finished_at_ms DESC LIMIT ?",
-        (limit,),
-    ).fetchall()
+    sql, params = _of_node(
+        "SELECT task_id, task_dir, result_path FROM tasks WHERE finished_at_ms IS NOT NULL", (), node_id
+    )
+    finished = conn.execute(sql + " ORDER BY finished_at_ms DESC LIMIT ?", (*params, limit)).fetchall()
     missing = [
         task_id
         for task_id, task_dir, result_path in finished

@@ -195,7 +195,8 @@ class RuntimeAPI:
         """
         principal = self._principal(request)
         owner = owner_from(request) if principal is None else principal.owner
-        return await self._snapshot(request, await self.runtime.kill(task_id, owner, principal))
+        relay = relay_credentials(request.requestHeaders)
+        return await self._snapshot(request, await self.runtime.kill(task_id, owner, principal, relay))
 
     @app.route("/api/v1/tasks/<task_id>/stdout", methods=["GET"])
     @openapi.described(openapi.log_operation("stdout"))

@@ -52,7 +52,7 @@ from execgo.server.relay import Relay, RelayFailed
 from execgo.server.taskstore import TaskStore
 from execgo.server.waiters import Waiters
 from execgo.server.web.responses import StreamingRequest
-from execgo.store.logfiles import CHUNK_BYTES, LOG_NAMES
+from execgo.store.logfiles import CHUNK_BYTES, LOG_NAMES, OpenLog
 
 log = Logger()
 
@@ -314,6 +314,8 @@ class Streams:
             raise errors.NotFound(stream.task_id)
         if opened.elsewhere is not None and credentials is not None and self.relay is not None:
             return await self._relayed_log(stream, opened.elsewhere, name, offset, follow, credentials)
+        if follow and opened.queued and credentials is not None and self.relay is not None:
+            return await self._log_once_claimed(stream, opened, name, offset, credentials)
         fd = opened.fd
         try:
             if stream.stopped:
@@ -334,8 +336,55 @@ class Streams:
             if fd is not None:
                 os.close(fd)
 
+    async def _log_once_claimed(
+        self, stream: _Stream, opened: OpenLog, name: str, offset: int, credentials: Mapping[str, str]
+    ) -> bool:
+        """
+        Follow the log of a task still queued: the answer begins at once
+        (nothing is written yet); once a node claims the task its log
+        follows from here, or relayed from that node when it is another.
+        """
+        if opened.fd is not None:
+            os.close(opened.fd)
+        stream.begin(
+            {
+                b"Content-Type": OCTET_TYPE,
+                SIZE_HEADER: str(opened.size).encode("ascii"),
+                OFFSET_HEADER: str(offset).encode("ascii"),
+                b"Cache-Control": b"no-store",
+            }
+        )
+        while True:
+            await stream.nap(POLL_S)
+            if stream.stopped:
+                return False
+            now = await self.store.open_log(stream.task_id, name)
+            if now is None:
+                return False
+            if not now.queued or now.elsewhere is not None:
+                break
+            if now.fd is not None:
+                os.close(now.fd)
+        if now.elsewhere is not None:
+            if now.fd is not None:
+                os.close(now.fd)
+            return await self._relayed_log(stream, now.elsewhere, name, offset, True, credentials, begun=True)
+        if now.fd is None:
+            return True
+        try:
+            return await self._pump_log(stream, now.fd, offset, None)
+        finally:
+            os.close(now.fd)
+
     async def _relayed_log(
-        self, stream: _Stream, node_id: str, name: str, offset: int, follow: bool, credentials: Mapping[str, str]
+        self,
+        stream: _Stream,
+        node_id: str,
+        name: str,
+        offset: int,
+        follow: bool,
+        credentials: Mapping[str, str],
+        begun: bool = False,
     ) -> bool:
         """
         The log of a task node C{node_id} runs, as that node serves it.
@@ -349,7 +398,7 @@ class Streams:
             raise errors.Unavailable(f"the task's output is on node {node_id}, which is {state}")
         try:
             return await self.relay.stream_log(
-                node.advertise_url, stream.task_id, name, offset, follow, credentials, stream
+                node.advertise_url, stream.task_id, name, offset, follow, credentials, stream, begun
             )
         except RelayFailed as e:
             raise errors.Unavailable(f"the task's output is on node {node_id}, which cannot be reached: {e}") from None
