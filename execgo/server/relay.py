@@ -72,9 +72,8 @@ class Relay:
             200 with a status object of that task, too large).
         """
         url = f"{base_url}/api/v1/tasks/{quote(task_id, safe='')}"
-        headers: Dict[str, List[str]] = {name: [value] for name, value in credentials.items()}
-        headers[FORWARDED_HEADER] = ["1"]
-        headers["Accept"] = [JSON_TYPE]
+        headers = _headers(credentials)
+        headers[b"Accept"] = [JSON_TYPE.encode("ascii")]
         d = defer.ensureDeferred(self._get(url, headers))
         d.addTimeout(RELAY_TIMEOUT_S, self.clock)
         try:
@@ -121,8 +120,7 @@ class Relay:
         """
         query = f"?offset={offset}" + ("&follow=true" if follow else "")
         url = f"{base_url}/api/v1/tasks/{quote(task_id, safe='')}/{name}{query}"
-        headers: Dict[str, List[str]] = {name: [value] for name, value in credentials.items()}
-        headers[FORWARDED_HEADER] = ["1"]
+        headers = _headers(credentials)
         d = defer.ensureDeferred(self.http.get(url, headers=headers, unbuffered=True))
         d.addTimeout(RELAY_TIMEOUT_S, self.clock)
         try:
@@ -147,7 +145,7 @@ class Relay:
         response.deliverBody(_Pipe(sink, done))
         return await done
 
-    async def _get(self, url: str, headers: Dict[str, List[str]]) -> "tuple[int, bytes]":
+    async def _get(self, url: str, headers: Dict[bytes, List[bytes]]) -> "tuple[int, bytes]":
         response = await self.http.get(url, headers=headers)
         limit = self.max_body_bytes
         chunks: List[bytes] = []
@@ -162,6 +160,16 @@ class Relay:
 
         await treq.collect(response, collector)
         return response.code, b"".join(chunks)
+
+
+def _headers(credentials: Mapping[str, str]) -> Dict[bytes, List[bytes]]:
+    """
+    The headers of a relayed request: the caller's credentials and the
+    forwarded mark (as bytes: Twisted's headers compare names as bytes).
+    """
+    headers = {name.encode("ascii"): [value.encode("latin-1")] for name, value in credentials.items()}
+    headers[FORWARDED_HEADER.encode("ascii")] = [b"1"]
+    return headers
 
 
 class _Discard(Protocol):
