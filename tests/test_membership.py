@@ -23,7 +23,7 @@ from execgo.core.reservation import Reservation
 from execgo.core.results import ErrorInfo
 from execgo.store import connection, nodes, schema, transitions
 from execgo.supervisor import reaping
-from execgo.supervisor.membership import FENCE_AT, Membership, Watchdog
+from execgo.supervisor.membership import FENCE_AT, Membership, NoDeadline, Watchdog
 from execgo.supervisor.timers import Timers
 from tests.fakes import command, new_task
 from tests.test_engine import EngineHarness
@@ -505,6 +505,30 @@ class LostLeaseTests(MembershipHarness):
         self.assertTrue(default.held)
         self.assertEqual(default.epoch, 1)
         self.assertEqual(len(self.fences), 1)
+
+
+class UnsharedStoreTests(MembershipHarness):
+    """
+    On a store no other node shares (C{fencing=False}) the lease only says
+    the node lives: nothing is ever fenced.
+    """
+
+    def test_never_fenced(self) -> None:
+        """
+        A lease found lost is taken again without a fence, and late
+        renewals arm nothing that could fire.
+        """
+        membership = Membership(
+            self.mconn, NodeLease(NODE, MINE, LEASE_MS), self.timers, lambda: self.wall[0], self.fence,
+            self.logged.append, fencing=False,
+        )
+        self.membership = membership
+        membership.start()
+        self.assertIsInstance(membership.deadline, NoDeadline)
+        nodes.mark_lost(self.conn, WALL0 + LEASE_MS + 1)
+        self.advance(RENEW_S)
+        self.assertEqual(self.fences, [])
+        self.assertEqual((membership.epoch, membership.fenced, membership.held), (2, False, True))
 
 
 class StoreFailureTests(MembershipHarness):

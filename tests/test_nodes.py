@@ -504,6 +504,16 @@ class MarkLostTests(NodeStoreTestCase):
         """
         self.assertEqual(nodes.mark_lost(self.conn, NOW), [])
 
+    def test_not_the_watcher(self) -> None:
+        """
+        The node that looks never marks itself: its server handles the
+        loss of its own supervisor.
+        """
+        nodes.join(self.conn, node_info("me", "i1"), LEASE_MS, NOW)
+        nodes.join(self.conn, node_info("other", "i2"), LEASE_MS, NOW)
+        self.assertEqual(nodes.mark_lost(self.conn, NOW + LEASE_MS, "me"), ["other"])
+        self.assertEqual(self.state("me"), NODE_ALIVE)
+
 
 @backends.each
 class OrphanedTasksTests(NodeStoreTestCase):
@@ -532,6 +542,7 @@ class OrphanedTasksTests(NodeStoreTestCase):
         self.claim_on("on-ghost", "ghost", NOW + 60)
         self.insert("queued", now_ms=NOW + 70)
         self.assertEqual(nodes.orphaned_tasks(self.conn), ["on-left", "on-lost"])
+        self.assertEqual(nodes.orphaned_tasks(self.conn, "lost"), ["on-left"])
 
     def test_none(self) -> None:
         """

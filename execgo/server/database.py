@@ -364,9 +364,9 @@ class Store:
 
     def mark_lost_nodes(self, now_ms: int) -> "Deferred[List[str]]":
         """
-        The nodes whose lease ran out, marked C{lost}.
+        The other nodes whose lease ran out, marked C{lost}.
         """
-        return self._write(nodes.mark_lost, now_ms)
+        return self._write(nodes.mark_lost, now_ms, self.node_id)
 
     def node_states(self) -> "Deferred[Dict[str, int]]":
         """
@@ -382,9 +382,9 @@ class Store:
 
     def orphaned_tasks(self) -> "Deferred[List[str]]":
         """
-        The running tasks of nodes that are lost or left.
+        The running tasks of the other nodes that are lost or left.
         """
-        return self._read(nodes.orphaned_tasks)
+        return self._read(nodes.orphaned_tasks, self.node_id)
 
     def close(self) -> None:
         """

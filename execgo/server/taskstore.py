@@ -267,7 +267,9 @@ class TaskStore(Protocol):
 
     def mark_lost_nodes(self, now_ms: int) -> "Deferred[List[str]]":
         """
-        Mark the alive nodes whose lease ran out C{lost}; the ids marked.
+        Mark the other alive nodes whose lease ran out C{lost} (a node
+        whose server lives handles its own supervisor's loss); the ids
+        marked.
         """
         ...
 
@@ -285,7 +287,7 @@ class TaskStore(Protocol):
 
     def orphaned_tasks(self) -> "Deferred[List[str]]":
         """
-        The running tasks of nodes that are lost or left.
+        The running tasks of the other nodes that are lost or left.
         """
         ...
 

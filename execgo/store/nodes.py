@@ -178,9 +178,12 @@ def leave(conn: sqlite3.Connection, node_id: str, epoch: int, now_ms: int) -> bo
         return cursor.rowcount == 1
 
 
-def mark_lost(conn: sqlite3.Connection, now_ms: int) -> List[str]:
+def mark_lost(conn: sqlite3.Connection, now_ms: int, watcher: Optional[str] = None) -> List[str]:
     """
-    Mark every alive node whose lease ran out before C{now_ms} C{lost}.
+    Mark every alive node whose lease ran out before C{now_ms} C{lost}, but
+    the C{watcher}'s own: a node whose server lives handles the loss of its
+    supervisor itself (it fails its tasks and starts another, which takes
+    a new lease).
 
     @return: the ids of the nodes this call marked.
     """
@@ -192,6 +195,7 @@ def mark_lost(conn: sqlite3.Connection, now_ms: int) -> List[str]:
                 "SELECT node_id FROM nodes WHERE state = ? AND lease_expires_at_ms <= ?" + backend_of(conn).for_update,
                 (NODE_ALIVE, now_ms),
             )
+            if row[0] != watcher
         ]
         for node_id in expired:
             conn.execute(
@@ -200,19 +204,21 @@ def mark_lost(conn: sqlite3.Connection, now_ms: int) -> List[str]:
         return expired
 
 
-def orphaned_tasks(conn: sqlite3.Connection) -> List[str]:
+def orphaned_tasks(conn: sqlite3.Connection, watcher: Optional[str] = None) -> List[str]:
     """
-    The running tasks of nodes that are C{lost} or C{left}: nothing will
-    ever write their end but another node (L{execgo.core.outcome.node_lost}).
+    The running tasks of nodes that are C{lost} or C{left}, but the
+    C{watcher}'s own (as L{mark_lost}): nothing will ever write their end
+    but another node (L{execgo.core.outcome.node_lost}).
     """
     return [
         row[0]
         for row in rows(
             conn,
-            "SELECT task_id FROM tasks WHERE status = ? AND node_id IN"
+            "SELECT task_id, node_id FROM tasks WHERE status = ? AND node_id IN"
             " (SELECT node_id FROM nodes WHERE state IN (?, ?)) ORDER BY created_at_ms",
             (STATUS_RUNNING, NODE_LOST, NODE_LEFT),
         )
+        if row[1] != watcher
     ]
 
 

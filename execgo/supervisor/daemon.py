@@ -29,6 +29,7 @@ from execgo.core import errors
 from execgo.core.cluster import NodeLease
 from execgo.core.databaseurl import STORE_RETRY_S, STORE_WAIT_S
 from execgo.host import privileges
+from execgo.store.backend import SQLITE, backend_of
 from execgo.supervisor.engine import Supervisor
 from execgo.supervisor.membership import Membership
 from execgo.supervisor.plumbing import (
@@ -366,8 +367,10 @@ def hold_lease(supervisor: Supervisor, lease: Optional[NodeLease], log: Callable
         held.leave()
     supervisor.membership = None
     if lease is not None:
+        # Only a store other nodes share can have them count this one lost.
+        shared = backend_of(supervisor.conn) is not SQLITE
         supervisor.membership = Membership(
-            supervisor.conn, lease, supervisor.clock, supervisor.wall_ms, supervisor.fence, log
+            supervisor.conn, lease, supervisor.clock, supervisor.wall_ms, supervisor.fence, log, fencing=shared
         )
         supervisor.membership.start()
 

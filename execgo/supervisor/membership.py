@@ -52,6 +52,19 @@ class Deadline(Protocol):
         """
 
 
+class NoDeadline:
+    """
+    The L{Deadline} of a store only this node uses (SQLite in its data
+    directory): no other node can count it lost, so nothing is fenced.
+    """
+
+    def arm(self, deadline: float) -> None:
+        pass
+
+    def disarm(self) -> None:
+        pass
+
+
 class Watchdog:
     """
     A L{Deadline} kept by a daemon thread on the monotonic clock: it
@@ -104,6 +117,8 @@ class Membership:
     @param log: takes each line worth an operator's attention.
     @param deadline: what fences the node when a renewal is late
         (L{Watchdog} by default).
+    @param fencing: whether the node is fenced at all (C{False} on a store
+        no other node shares: a lease then only says the node lives).
 
     @ivar epoch: the epoch of the lease held (C{None}: none held).
     @ivar fenced: the node's workloads were killed for a lease it could
@@ -119,6 +134,7 @@ class Membership:
         fence: Callable[[], None],
         log: Callable[[str], None] = lambda line: None,
         deadline: Optional[Deadline] = None,
+        fencing: bool = True,
     ) -> None:
         self.conn = conn
         self.lease = lease
@@ -130,6 +146,9 @@ class Membership:
         self.fenced = False
         self._timer: Optional[Timer] = None
         late = f"lease of node {lease.node_id} not renewed in time: its workloads are killed"
+        self.fencing = fencing
+        if not fencing:
+            deadline = NoDeadline()
         self.deadline: Deadline = (
             Watchdog(lambda: self._fence(late), clock.monotonic) if deadline is None else deadline
         )
@@ -179,6 +198,8 @@ class Membership:
         return True
 
     def _fence(self, why: str) -> None:
+        if not self.fencing:
+            return
         self.log(why)
         self.fenced = True
         self.fence()
