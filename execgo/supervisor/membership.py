@@ -144,6 +144,7 @@ class Membership:
         self.log = log
         self.epoch: Optional[int] = None
         self.fenced = False
+        self._failing = False
         self._timer: Optional[Timer] = None
         late = f"lease of node {lease.node_id} not renewed in time: its workloads are killed"
         self.fencing = fencing
@@ -177,9 +178,15 @@ class Membership:
         try:
             kept = self._renew_or_take()
         except backend_of(self.conn).Error as e:
-            self.log(f"cannot renew the lease of node {self.lease.node_id}: {e}")
+            if not self._failing:
+                # Said once per outage: it is tried again every renewal.
+                self.log(f"cannot renew the lease of node {self.lease.node_id}: {e}")
+            self._failing = True
             kept = False
         if kept:
+            if self._failing:
+                self.log(f"the lease of node {self.lease.node_id} is renewed again")
+            self._failing = False
             self.deadline.arm(sent + FENCE_AT * self.lease.lease_ms / 1000.0)
             self.fenced = False
 
