@@ -33,7 +33,7 @@ from tests import pgcluster
 NODE_COUNTS = (1, 2, 3)
 #: Samples of the cross-node latencies, and in a quick run.
 SAMPLES = 60
-QUICK_SAMPLES = 10
+QUICK_SAMPLES = 4
 DATABASE = "execgo_cluster_bench"
 
 
