@@ -936,6 +936,8 @@ class EngineMembershipTests(EngineHarness, SynchronousTestCase):
             deadline=RecordingDeadline(),
         )
         self.supervisor.membership = membership
+        # As the daemon does (execgo.supervisor.daemon.hold_lease).
+        self.supervisor.node_id = NODE
         membership.start()
         pid = self.launch("a")
         nodes.mark_lost(self.conn, wall_ms + LEASE_MS + 1)
@@ -947,6 +949,38 @@ class EngineMembershipTests(EngineHarness, SynchronousTestCase):
         self.assertTrue(membership.held)
         self.launch("b")
         self.assertEqual(self.load("b").status, "running")
+
+    def test_stale_lease_refuses_claims(self) -> None:
+        """
+        A lease the store holds lost before the next renewal noticed: the
+        claim is refused in the store (nothing is claimed), the order is
+        declined, and the node fences at once.
+        """
+        wall_ms = int(self.now * 1000)
+        nodes.join(self.conn, node_info(), LEASE_MS, wall_ms)
+        membership = Membership(
+            self.supervisor.conn,
+            NodeLease(NODE, MINE, LEASE_MS),
+            self.supervisor.clock,
+            self.supervisor.wall_ms,
+            self.supervisor.fence,
+            self.logged.append,
+            deadline=RecordingDeadline(),
+        )
+        self.supervisor.membership = membership
+        self.supervisor.node_id = NODE
+        membership.start()
+        pid = self.launch("a")
+        nodes.mark_lost(self.conn, wall_ms + LEASE_MS + 1)
+        self.assertTrue(membership.held)
+        self.insert("b")
+        declined: List[str] = []
+        self.assertEqual(self.supervisor.launch_all([("b", lambda: declined.append("b"))]), [False])
+        self.assertEqual(declined, ["b"])
+        self.assertEqual(self.load("b").status, "accepted")
+        self.assertEqual(self.processes.sent(pid), [signal.SIGKILL])
+        self.assertFalse(membership.held)
+        self.assertTrue(any(line.startswith("claims refused: ") for line in self.logged), self.logged)
 
     def test_taken_over_node_claims_nothing(self) -> None:
         """
@@ -965,6 +999,8 @@ class EngineMembershipTests(EngineHarness, SynchronousTestCase):
             deadline=RecordingDeadline(),
         )
         self.supervisor.membership = membership
+        # As the daemon does (execgo.supervisor.daemon.hold_lease).
+        self.supervisor.node_id = NODE
         membership.start()
         pid = self.launch("a")
         nodes.mark_lost(self.conn, wall_ms + LEASE_MS + 1)

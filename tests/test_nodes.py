@@ -728,6 +728,29 @@ class ClaimNodeTests(NodeStoreTestCase):
         self.assertEqual(transitions.claim_all(self.conn, ["t2"], 7, NOW + 1)[0], self.load("t2"))
         self.assertIsNone(self.load("t2").node_id)
 
+    def test_under_a_lease(self) -> None:
+        """
+        A claim made under the node's lease takes the task while that
+        lease is held; under a lease run out, marked lost or of another
+        epoch it raises L{transitions.StaleLease} and changes nothing.
+        """
+        nodes.join(self.conn, node_info("n1", "i1"), LEASE_MS, NOW)
+        self.insert("t1")
+        self.insert("t2")
+        claimed = transitions.claim_all(self.conn, ["t1"], 7, NOW + 1, None, "n1", None, None, 1)[0]
+        assert isinstance(claimed, records.TaskRecord)
+        self.assertEqual(claimed.status, "running")
+        for now, epoch in ((NOW + LEASE_MS, 1), (NOW + 2, 2)):
+            with self.assertRaises(transitions.StaleLease):
+                transitions.claim_all(self.conn, ["t2"], 7, now, None, "n1", None, None, epoch)
+            self.assertEqual(self.load("t2").status, "accepted")
+        nodes.mark_lost(self.conn, NOW + LEASE_MS)
+        with self.assertRaises(transitions.StaleLease):
+            transitions.claim_all(self.conn, ["t2"], 7, NOW + 3, None, "n1", None, None, 1)
+        with self.assertRaises(transitions.StaleLease):
+            transitions.claim_all(self.conn, ["t2"], 7, NOW + 3, None, "ghost", None, None, 1)
+        self.assertEqual(self.load("t2").status, "accepted")
+
     def other_dir(self) -> str:
         """
         Another node's data directory.

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Union
 import attrs
 
 from execgo.core import errors, ledger, outcome
+from execgo.core.cluster import NODE_ALIVE
 from execgo.core.constants import JSON, STATUS_ACCEPTED, STATUS_RUNNING
 from execgo.core.models import ResourceLimits
 from execgo.core.records import NewTask, QueuedTask, TaskRecord
@@ -129,6 +130,33 @@ class NoFiles(Exception):
     """
 
 
+class StaleLease(Exception):
+    """
+    The node's lease is not held any more: what it would write is refused.
+    """
+
+
+def lease_query(node_id: Optional[str]) -> Query:
+    """
+    The query of node C{node_id}'s lease, for L{check_lease}.
+    """
+    return ("SELECT lease_epoch, lease_expires_at_ms, state FROM nodes WHERE node_id = ?", (node_id,))
+
+
+def check_lease(found: List[Any], epoch: int, now_ms: int) -> None:
+    """
+    The lease read by L{lease_query} is still held under C{epoch}.
+
+    @raise StaleLease: when it is not (the caller's transaction then rolls
+        back: nothing it wrote stays).
+    """
+    if not found:
+        raise StaleLease("the node is not in the store")
+    held_epoch, expires, state = found[0]
+    if int(held_epoch) != epoch or state != NODE_ALIVE or int(expires) <= now_ms:
+        raise StaleLease(f"the lease of epoch {epoch} is not held (epoch {held_epoch}, {state}, until {expires})")
+
+
 class OverQuota(Exception):
     """
     The task's tenant holds its quota: the task stays queued, unchanged.
@@ -175,6 +203,7 @@ def claim_all(
     node_id: Optional[str] = None,
     data_dir: Optional[str] = None,
     quotas: Optional[Mapping[str, Reservation]] = None,
+    epoch: Optional[int] = None,
 ) -> List[Claimed]:
     """
     L{claim} for each of C{task_ids} (distinct), in one transaction (or
@@ -184,9 +213,14 @@ def claim_all(
     claimed before it here) fill is not taken (L{OverQuota}): quotas hold
     across a cluster, whichever node claims.
 
+    With C{epoch}, the claim is made under node C{node_id}'s lease of
+    that epoch, read in the same round trip: a lease that is not held
+    any more (run out, marked C{lost}, another epoch) claims nothing.
+
     @return: for each task, in order, what L{claim} returns, or the
         L{NoIdentity} it raises (that task changed nothing; the others
         are claimed all the same).
+    @raise StaleLease: changing nothing, when the lease is not held.
     """
     row = "SELECT * FROM tasks WHERE task_id = ?" + backend_of(conn).for_update
     queries: List[Query] = [(row, (task_id,)) for task_id in task_ids]
@@ -195,8 +229,12 @@ def claim_all(
         queries.append(RUNNING_UIDS)
     if quotas:
         queries.append(ACTIVE_BY_TENANT)
+    if epoch is not None:
+        queries.append(lease_query(node_id))
     with transaction(conn):
         found = fetch_all(conn, queries)
+        if epoch is not None:
+            check_lease(found[-1], epoch, now_ms)
         extra = iter(found[len(task_ids) :])
         used = {int(row[0]) for row in next(extra)} if identity is not None and identity.per_task else set()
         held = _held_by_tenant(next(extra)) if quotas else {}

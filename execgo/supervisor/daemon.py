@@ -369,6 +369,7 @@ def hold_lease(supervisor: Supervisor, lease: Optional[NodeLease], log: Callable
     if lease is not None:
         # Only a store other nodes share can have them count this one lost.
         shared = backend_of(supervisor.conn) is not SQLITE
+        supervisor.node_id = lease.node_id
         supervisor.membership = Membership(
             supervisor.conn, lease, supervisor.clock, supervisor.wall_ms, supervisor.fence, log, fencing=shared
         )

@@ -295,8 +295,19 @@ class Supervisor:
                     self.node_id,
                     self.data_dir,
                     self.quotas,
+                    self._lease_epoch(),
                 )
             self.starts.written(written)
+        except transitions.StaleLease as e:
+            # Nothing was claimed: the node's lease is gone; it fences and
+            # joins again (Membership), and the orders are declined.
+            self.log(f"claims refused: {e}")
+            if self.membership is not None:
+                self.membership.lost()
+            for _, on_declined in fresh.items():
+                if on_declined is not None:
+                    on_declined()
+            return [task_id in self.by_task for task_id, _ in orders]
         except connection.backend_of(self.conn).Error as e:
             self.log(f"cannot take {', '.join(fresh)}: {e}")
             for task_id, on_declined in fresh.items():
@@ -309,6 +320,17 @@ class Supervisor:
             if not answers[-1] and on_declined is not None:
                 on_declined()
         return answers
+
+    def _lease_epoch(self) -> Optional[int]:
+        """
+        The epoch of the lease claims are made under, when this process
+        holds one that fences (a cluster's node, whose id is
+        L{node_id}); else C{None}.
+        """
+        membership = self.membership
+        if membership is None or not getattr(membership, "fencing", False):
+            return None
+        return membership.epoch
 
     def _launched(self, task_id: str, claimed: transitions.Claimed) -> bool:
         """

@@ -204,6 +204,17 @@ class Membership:
             return False
         return True
 
+    def lost(self) -> None:
+        """
+        The store refused a write under the lease held (it ran out, or was
+        marked C{lost}): fence now; the next renewal takes a new one.
+        """
+        if self.epoch is None:
+            return
+        self.epoch = None
+        self.deadline.disarm()
+        self._fence(f"lease of node {self.lease.node_id} found stale: its workloads are killed; joining again")
+
     def _fence(self, why: str) -> None:
         if not self.fencing:
             return
