@@ -379,9 +379,19 @@ class LongPollTests(APITestsBase):
     def test_report_without_status(self) -> None:
         """
         A report without a snapshot (a large one is left out) sends the
-        poll to the store for the task's state.
+        poll to the store for the task's state; a state that is not
+        terminal there (this fake report changed nothing) is waited on for
+        the rest of C{wait_ms}, then answered.
         """
-        code, status = self.poll_until_reported(control.Finished("w"))
+        self.submit({"task_id": "w", **COMMAND})
+        polled = self.rt.send("GET", "/api/v1/tasks/w?wait_ms=5000")
+        self.assertNoResult(polled)
+        self.rt.runtime.on_supervisor_message(control.Finished("w"))
+        self.rt.treq.flush()
+        self.assertNoResult(polled)
+        self.assertEqual(len(self.rt.runtime.waiters), 1)
+        self.rt.clock.advance(5)
+        code, status, _ = self.decoded(self.rt.done(polled))
         self.assertEqual((code, status["task_id"], status["status"]), (200, "w", "accepted"))
         self.assertIn("artifacts", status)
 

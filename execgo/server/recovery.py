@@ -180,7 +180,6 @@ class Recovery:
         for action in recovery.plan_recovery(running, self.supervisor_alive, self.store.node_id):
             if action.kind == recovery.LOST:
                 await self._fail_lost(action, message)
-                self.scheduler.released(action.task_id)
 
     async def _fail_lost(self, action: recovery.RecoveryAction, message: str) -> None:
         if action.kill_pgid is not None:
@@ -192,6 +191,8 @@ class Recovery:
         await self.store.finish(
             action.task_id, outcome.failed("internal", message), self.now_ms(), (STATUS_RUNNING,)
         )
+        # Released before its long-polls look again: they read the store.
+        self.scheduler.released(action.task_id)
         self.waiters.notify(action.task_id)
 
     def _bury(self, record: TaskRecord) -> None:

@@ -231,32 +231,39 @@ class Runtime:
             (L{execgo.server.relay}); C{None}: answer from here alone.
         """
         await self.require_visible(task_id, principal)
-        kept = self.finished.get(task_id)
-        if kept is not None:
-            return kept
-        watch = self.waiters.wait(task_id, wait_ms / 1000.0) if wait_ms > 0 else None
-        try:
-            if watch is not None and self.scheduler.knows_unfinished(task_id):
-                # Queued or running here: no need to read it before waiting,
-                # nor after when the end came with its terminal snapshot.
-                notice = await watch
-                if isinstance(notice, dict):
-                    return notice
-            else:
-                snapshot = await self._read_snapshot(task_id, relay)
-                if watch is None or snapshot["status"] in TERMINAL_STATUSES:
-                    return snapshot
-                # Not sent: its previews (and their share of the preview
-                # budget) are not kept through the wait.
-                budget.release(snapshot)
-                del snapshot
-                await watch
-        finally:
-            if watch is not None and not watch.called:
-                # Nobody awaits it any more: its CancelledError is expected.
-                watch.addErrback(lambda failure: failure.trap(defer.CancelledError))
-                watch.cancel()
-        return await self._read_snapshot(task_id, relay)
+        deadline = self.reactor.seconds() + wait_ms / 1000.0
+        while True:
+            kept = self.finished.get(task_id)
+            if kept is not None:
+                return kept
+            remaining = deadline - self.reactor.seconds()
+            watch = self.waiters.wait(task_id, remaining) if wait_ms > 0 and remaining > 0 else None
+            try:
+                if watch is not None and self.scheduler.knows_unfinished(task_id):
+                    # Queued or running here: no need to read it before waiting,
+                    # nor after when the end came with its terminal snapshot.
+                    notice = await watch
+                    if isinstance(notice, dict):
+                        return notice
+                else:
+                    snapshot = await self._read_snapshot(task_id, relay)
+                    if watch is None or snapshot["status"] in TERMINAL_STATUSES:
+                        return snapshot
+                    # Not sent: its previews (and their share of the preview
+                    # budget) are not kept through the wait.
+                    budget.release(snapshot)
+                    del snapshot
+                    notice = await watch
+            finally:
+                if watch is not None and not watch.called:
+                    # Nobody awaits it any more: its CancelledError is expected.
+                    watch.addErrback(lambda failure: failure.trap(defer.CancelledError))
+                    watch.cancel()
+            if not notice:
+                # The wait is over: the state now.
+                return await self._read_snapshot(task_id, relay)
+            # Woken: the task may have ended, or only changed (a claim elsewhere,
+            # a resync): look again, for the rest of the wait.
 
     async def _read_snapshot(self, task_id: str, relay: Optional[Mapping[str, str]] = None) -> JSON:
         """
@@ -479,6 +486,9 @@ class Runtime:
         """
         if isinstance(message, control.Declined):
             self.scheduler.released(message.task_id)
+            # A long-poll that trusted it was here to be told of its end
+            # (another node took it) looks again.
+            self.waiters.notify(message.task_id)
         elif isinstance(message, control.Finished):
             task_id = message.task_id
             self.direct_kills.ended(task_id)
