@@ -802,6 +802,28 @@ class EngineMembershipTests(EngineHarness, SynchronousTestCase):
     def setUp(self) -> None:
         self.make_engine()
 
+    def hold_lease(self) -> Tuple[int, Membership]:
+        """
+        Join node L{NODE} now and let the engine hold its lease, as the
+        daemon does (L{execgo.supervisor.daemon.hold_lease}): the wall
+        time of the join and the membership, started.
+        """
+        wall_ms = int(self.now * 1000)
+        nodes.join(self.conn, node_info(), LEASE_MS, wall_ms)
+        membership = Membership(
+            self.supervisor.conn,
+            NodeLease(NODE, MINE, LEASE_MS),
+            self.supervisor.clock,
+            self.supervisor.wall_ms,
+            self.supervisor.fence,
+            self.logged.append,
+            deadline=RecordingDeadline(),
+        )
+        self.supervisor.membership = membership
+        self.supervisor.node_id = NODE
+        membership.start()
+        return wall_ms, membership
+
     def insert(self, task_id: str) -> None:
         """
         Insert an C{accepted} task without launching it.
@@ -924,21 +946,7 @@ class EngineMembershipTests(EngineHarness, SynchronousTestCase):
         at the next renewal (it ends C{node_lost}), the node rejoins under
         epoch 2, and launches go on.
         """
-        wall_ms = int(self.now * 1000)
-        nodes.join(self.conn, node_info(), LEASE_MS, wall_ms)
-        membership = Membership(
-            self.supervisor.conn,
-            NodeLease(NODE, MINE, LEASE_MS),
-            self.supervisor.clock,
-            self.supervisor.wall_ms,
-            self.supervisor.fence,
-            self.logged.append,
-            deadline=RecordingDeadline(),
-        )
-        self.supervisor.membership = membership
-        # As the daemon does (execgo.supervisor.daemon.hold_lease).
-        self.supervisor.node_id = NODE
-        membership.start()
+        wall_ms, membership = self.hold_lease()
         pid = self.launch("a")
         nodes.mark_lost(self.conn, wall_ms + LEASE_MS + 1)
         self.advance(RENEW_S)
@@ -956,20 +964,7 @@ class EngineMembershipTests(EngineHarness, SynchronousTestCase):
         claim is refused in the store (nothing is claimed), the order is
         declined, and the node fences at once.
         """
-        wall_ms = int(self.now * 1000)
-        nodes.join(self.conn, node_info(), LEASE_MS, wall_ms)
-        membership = Membership(
-            self.supervisor.conn,
-            NodeLease(NODE, MINE, LEASE_MS),
-            self.supervisor.clock,
-            self.supervisor.wall_ms,
-            self.supervisor.fence,
-            self.logged.append,
-            deadline=RecordingDeadline(),
-        )
-        self.supervisor.membership = membership
-        self.supervisor.node_id = NODE
-        membership.start()
+        wall_ms, membership = self.hold_lease()
         pid = self.launch("a")
         nodes.mark_lost(self.conn, wall_ms + LEASE_MS + 1)
         self.assertTrue(membership.held)
@@ -987,21 +982,7 @@ class EngineMembershipTests(EngineHarness, SynchronousTestCase):
         A lease lost to another instance of the same node id fences the
         engine, and its launch orders are declined from then on.
         """
-        wall_ms = int(self.now * 1000)
-        nodes.join(self.conn, node_info(), LEASE_MS, wall_ms)
-        membership = Membership(
-            self.supervisor.conn,
-            NodeLease(NODE, MINE, LEASE_MS),
-            self.supervisor.clock,
-            self.supervisor.wall_ms,
-            self.supervisor.fence,
-            self.logged.append,
-            deadline=RecordingDeadline(),
-        )
-        self.supervisor.membership = membership
-        # As the daemon does (execgo.supervisor.daemon.hold_lease).
-        self.supervisor.node_id = NODE
-        membership.start()
+        wall_ms, membership = self.hold_lease()
         pid = self.launch("a")
         nodes.mark_lost(self.conn, wall_ms + LEASE_MS + 1)
         nodes.join(self.conn, node_info(THEIRS), LEASE_MS, wall_ms + 1)
