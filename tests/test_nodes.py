@@ -17,13 +17,14 @@ import stat
 from typing import Any, Dict, List, Mapping, Optional
 
 import attrs
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from execgo.core import errors, records
 from execgo.core.cluster import NODE_ALIVE, NODE_LEFT, NODE_LOST, NodeInfo, NodeRecord
 from execgo.core.models import ControlContext, ResourceLimits
 from execgo.core.reservation import Reservation
 from execgo.store import connection, eventlog, gc, nodes, taskfiles, terminal, transitions
+from execgo.store.backend import SQLITE
 from tests import backends
 from tests.fakes import new_task
 from tests.test_store import StoreTestCase
@@ -727,6 +728,29 @@ class ClaimNodeTests(NodeStoreTestCase):
         self.assertEqual(self.load("t1"), claimed)
         self.assertEqual(transitions.claim_all(self.conn, ["t2"], 7, NOW + 1)[0], self.load("t2"))
         self.assertIsNone(self.load("t2").node_id)
+
+    def test_lease_guard(self) -> None:
+        """
+        On PostgreSQL, a write transaction guarded by the node's lease
+        commits while the lease is held; under a stale one it fails with
+        L{transitions.STALE_LEASE} and nothing of it stays.
+        """
+        if self.backend.backend is SQLITE:
+            raise SkipTest("the guard is PostgreSQL's: a SQLite store has one node")
+        nodes.join(self.conn, node_info("n1", "i1"), LEASE_MS, NOW)
+        self.insert("t1")
+        with connection.transaction(self.conn):
+            transitions.guard_lease(self.conn, "n1", 1, NOW + 1)
+            transitions.request_kill(self.conn, "t1", NOW + 1)
+        self.assertTrue(self.load("t1").kill_requested)
+        self.insert("t2")
+        for node_id, epoch, now in (("n1", 2, NOW + 2), ("n1", 1, NOW + LEASE_MS), ("ghost", 1, NOW + 2)):
+            with self.assertRaises(Exception) as caught:
+                with connection.transaction(self.conn):
+                    transitions.guard_lease(self.conn, node_id, epoch, now)
+                    transitions.request_kill(self.conn, "t2", now)
+            self.assertTrue(transitions.refused_for_lease(caught.exception), caught.exception)
+            self.assertFalse(self.load("t2").kill_requested)
 
     def test_under_a_lease(self) -> None:
         """

@@ -24,7 +24,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 from execgo.core import errors
-from execgo.store import pgwire, schema, tallies
+from execgo.store import pgwire, schema, tallies, transitions
 from execgo.store.backend import Backend
 from execgo.store.pgwire import Statement
 
@@ -612,9 +612,26 @@ def _version_3() -> List[str]:
     ]
 
 
+def _version_4() -> List[str]:
+    """
+    Version 4: the lease guard of a node's writes
+    (L{execgo.store.transitions.guard_lease}): it fails the transaction
+    with SQLSTATE L{transitions.STALE_LEASE} unless the lease is held.
+    """
+    return [
+        "CREATE FUNCTION execgo_lease_held(p_node TEXT, p_epoch BIGINT, p_now BIGINT) RETURNS void"
+        " LANGUAGE plpgsql AS $$ BEGIN\n"
+        "IF NOT EXISTS (SELECT 1 FROM nodes WHERE node_id = p_node AND lease_epoch = p_epoch"
+        " AND state = 'alive' AND lease_expires_at_ms > p_now) THEN\n"
+        f"RAISE EXCEPTION 'the lease of node % (epoch %) is not held', p_node, p_epoch"
+        f" USING ERRCODE = '{transitions.STALE_LEASE}';\n"
+        "END IF; END $$"
+    ]
+
+
 #: Each schema version's statements, applied in order to a store behind it.
 #: A version once released never changes: a change is a new version.
-MIGRATIONS: Dict[int, Callable[[], List[str]]] = {1: _version_1, 2: _version_2, 3: _version_3}
+MIGRATIONS: Dict[int, Callable[[], List[str]]] = {1: _version_1, 2: _version_2, 3: _version_3, 4: _version_4}
 
 
 def init_schema(conn: Any, now_ms: Optional[int] = None) -> None:

@@ -136,6 +136,29 @@ class StaleLease(Exception):
     """
 
 
+#: The SQLSTATE of a write refused by L{guard_lease} (a class of its own,
+#: as PostgreSQL leaves C{E}-classes to applications).
+STALE_LEASE = "EX001"
+
+
+def guard_lease(conn: sqlite3.Connection, node_id: str, epoch: int, now_ms: int) -> None:
+    """
+    In the open transaction: make it fail, with SQLSTATE L{STALE_LEASE},
+    unless node C{node_id} still holds its lease of C{epoch} (sent with
+    the transaction's next statement: no round trip of its own).  Only on
+    an engine whose store other nodes share (PostgreSQL).
+    """
+    backend_of(conn).execute_later(conn, "SELECT execgo_lease_held(?, ?, ?)", (node_id, epoch, now_ms))
+
+
+def refused_for_lease(error: BaseException) -> bool:
+    """
+    Whether the store refused a write because the lease it was made under
+    is not held (L{StaleLease}, or L{guard_lease}'s error).
+    """
+    return isinstance(error, StaleLease) or getattr(error, "sqlstate", None) == STALE_LEASE
+
+
 def lease_query(node_id: Optional[str]) -> Query:
     """
     The query of node C{node_id}'s lease, for L{check_lease}.

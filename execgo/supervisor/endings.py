@@ -21,7 +21,7 @@ import attrs
 
 from execgo.control import Finished, Report
 from execgo.core.records import Outcome, TaskRecord
-from execgo.store import connection, reads, terminal
+from execgo.store import connection, reads, terminal, transitions
 from execgo.supervisor.starts import StartRecords
 from execgo.supervisor.timers import Timer
 
@@ -144,6 +144,9 @@ class Endings:
                     ending.write.abandon()
                 self.log(f"cannot record the end of {ending.task_id} (attempt {ending.attempt + 1}): {e}")
                 self._retry_later(ending)
+            if transitions.refused_for_lease(e):
+                # Written again under the next lease, if still running then.
+                self.starts.on_stale()
             return
         self.starts.written(written)
         for ending in endings:

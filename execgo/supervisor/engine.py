@@ -147,6 +147,8 @@ class Supervisor:
         self.data_dir: Optional[str] = None
         self.listeners: List[Callable[[Report], None]] = []
         self.starts = StartRecords(self.conn, self.clock.call_later, log)
+        self.starts.guard = self._guard_lease
+        self.starts.on_stale = self._lease_stale
         self.endings = Endings(
             self.conn,
             self.starts,
@@ -302,14 +304,15 @@ class Supervisor:
             # Nothing was claimed: the node's lease is gone; it fences and
             # joins again (Membership), and the orders are declined.
             self.log(f"claims refused: {e}")
-            if self.membership is not None:
-                self.membership.lost()
+            self._lease_stale()
             for _, on_declined in fresh.items():
                 if on_declined is not None:
                     on_declined()
             return [task_id in self.by_task for task_id, _ in orders]
         except connection.backend_of(self.conn).Error as e:
             self.log(f"cannot take {', '.join(fresh)}: {e}")
+            if transitions.refused_for_lease(e):
+                self._lease_stale()
             for task_id, on_declined in fresh.items():
                 self.call_later(CLAIM_RETRY_S, functools.partial(self.launch, task_id, on_declined))
             return [True for _ in orders]
@@ -320,6 +323,25 @@ class Supervisor:
             if not answers[-1] and on_declined is not None:
                 on_declined()
         return answers
+
+    def _lease_stale(self) -> None:
+        """
+        The store refused a write made under this node's lease: fence now
+        and join again (L{Membership.lost}).
+        """
+        if self.membership is not None and hasattr(self.membership, "lost"):
+            self.membership.lost()
+
+    def _guard_lease(self, conn: object) -> None:
+        """
+        The lease guard of every write transaction (L{StartRecords.guard}):
+        the transaction fails unless this node still holds the lease it
+        runs under (L{transitions.guard_lease}); nothing on a store no other
+        node shares.
+        """
+        epoch = self._lease_epoch()
+        if epoch is not None and self.node_id is not None:
+            transitions.guard_lease(conn, self.node_id, epoch, self.wall_ms())  # type: ignore[arg-type]
 
     def _lease_epoch(self) -> Optional[int]:
         """

@@ -62,6 +62,12 @@ class StartRecords:
         self.log = log
         self.pending: Dict[str, StartRecord] = {}
         self._timer: Optional[Timer] = None
+        #: Called with the connection at the head of every write
+        #: transaction of the supervisor (L{write}): the node's lease
+        #: guard, when it holds one that fences (set by the engine).
+        self.guard: Callable[[sqlite3.Connection], None] = lambda conn: None
+        #: Called when the store refused a write for a stale lease.
+        self.on_stale: Callable[[], None] = lambda: None
 
     def add(self, start: StartRecord) -> None:
         """
@@ -74,9 +80,12 @@ class StartRecords:
 
     def write(self, conn: sqlite3.Connection) -> List[str]:
         """
-        Write every pending start inside the transaction open on C{conn};
-        the ids written, for L{written} once it commits.
+        Write every pending start inside the transaction open on C{conn},
+        after the lease guard (L{guard}: every write transaction of the
+        supervisor goes through here first); the ids written, for
+        L{written} once it commits.
         """
+        self.guard(conn)
         for start in self.pending.values():
             transitions.record_start(conn, start.task_id, start.pid, start.at_ms, start.script_path)
         return list(self.pending)
@@ -123,6 +132,8 @@ class StartRecords:
                 written = self.write(self.conn)
         except (connection.backend_of(self.conn).Error, OSError) as e:
             self.log(f"cannot record the start of {sorted(self.pending)}: {e}")
+            if transitions.refused_for_lease(e):
+                self.on_stale()
             self._timer = self.call_later(START_RETRY_S, self.flush)
             return
         self.written(written)
