@@ -389,3 +389,34 @@ class LossTests(ClusterMixin, TestCase):
         self.assertEqual(final["status"], "success", final)
         self.assertEqual((await self.nodes_view(self.api))["n2"]["state"], "alive")
 
+
+class CollectionTests(ClusterMixin, TestCase):
+    """
+    Garbage collection on a cluster: each node removes its own task files,
+    and the rows go once.
+    """
+
+    node_args = ("--result-retention-secs", "1", "--gc-interval-ms", "200")
+
+    async def test_files_and_rows_collected(self) -> None:
+        """
+        Tasks accepted by one node and run by the others: once past the
+        retention, every row is gone from every node's view and the
+        running nodes' task directories are removed.  (The accepting
+        node's copies go as orphans once they are a minute old:
+        C{tests.test_nodes} checks that they count as such.)
+        """
+        ids = [await self.submit(on(f"n{index}", shell("echo x"))) for index in (1, 2, 1, 2)]
+        finals = await self.all_terminal(ids)
+        dirs = [final["artifacts"]["task_dir"] for final in finals.values()]
+        for path in dirs:
+            self.assertTrue(os.path.isdir(path), path)
+
+        async def collected() -> bool:
+            for task_id in ids:
+                for api in self.apis:
+                    if (await api.get(f"/api/v1/tasks/{task_id}")).code != 404:
+                        return False
+            return not any(os.path.exists(path) for path in dirs)
+
+        await poll(self._reactor(), collected, timeout=20, interval=0.2, what="rows and files collected")
