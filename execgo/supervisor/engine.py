@@ -340,7 +340,7 @@ class Supervisor:
         node shares.
         """
         epoch = self._lease_epoch()
-        if epoch is not None and self.node_id is not None:
+        if epoch is not None and self.node_id is not None and connection.backend_of(self.conn) is not SQLITE:
             transitions.guard_lease(conn, self.node_id, epoch, self.wall_ms())  # type: ignore[arg-type]
 
     def _lease_epoch(self) -> Optional[int]:
