@@ -77,3 +77,23 @@ class TerminalSnapshotsTests(SynchronousTestCase):
         cache.put("e", snapshot("e", stdout="e" * ENTRY_OVERHEAD), None)
         cache.put("f", snapshot("f"), None)
         self.assertEqual(len(cache), 2)
+
+
+class ExpiryTests(SynchronousTestCase):
+    """
+    L{TerminalSnapshots.discard_finished_by}: past the retention a kept
+    snapshot goes, whichever node's GC deleted its task.
+    """
+
+    def test_finished_by_the_cutoff(self) -> None:
+        """
+        Snapshots finished at or before the cutoff are forgotten, later ones
+        kept; one with a stamp that does not parse is forgotten too.
+        """
+        kept = TerminalSnapshots()
+        kept.put("old", {"task_id": "old", "finished_at": "2026-12-07T23:00:00Z"}, None)
+        kept.put("edge", {"task_id": "edge", "finished_at": "2026-12-07T23:00:01.500Z"}, None)
+        kept.put("new", {"task_id": "new", "finished_at": "2026-12-07T23:00:01.501Z"}, None)
+        kept.put("odd", {"task_id": "odd", "finished_at": "soon"}, None)
+        kept.discard_finished_by(1_796_684_401_500)
+        self.assertEqual([task_id for task_id in ("old", "edge", "new", "odd") if kept.get(task_id)], ["new"])

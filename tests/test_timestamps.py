@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from execgo.core.timestamps import format_ms, format_ns
+from execgo.core.timestamps import format_ms, format_ns, parse_ms
 
 WHOLE_MS = 1776939330000
 STAMP_MS = WHOLE_MS + 125  # 2026-04-23T10:15:30.125Z
@@ -51,3 +51,23 @@ class TimestampTests(SynchronousTestCase):
         }
         for nanos, expected in cases.items():
             self.assertEqual(format_ns(base + nanos), expected)
+
+
+class ParseTests(SynchronousTestCase):
+    """
+    L{parse_ms} reads back what L{format_ms} writes.
+    """
+
+    def test_round_trip(self) -> None:
+        """
+        Whole seconds and every millisecond fraction come back exactly.
+        """
+        for ms in (0, 999, 1_000, 1_765_155_000_000, 1_765_155_000_001, 1_765_155_000_999):
+            self.assertEqual(parse_ms(format_ms(ms)), ms)
+
+    def test_refused(self) -> None:
+        """
+        A stamp without C{Z}, or not a stamp at all, is a C{ValueError}.
+        """
+        for stamp in ("2026-12-07T23:01:20.948", "2026-12-07T23:01:20+01:00", "yesterday Z"):
+            self.assertRaises(ValueError, parse_ms, stamp)

@@ -44,3 +44,17 @@ def format_ns(ns: int) -> str:
         if nanos % scale == 0:
             return f"{stamp}.{nanos // scale:0{digits}d}Z"
     return f"{stamp}.{nanos:09d}Z"
+
+
+def parse_ms(stamp: str) -> int:
+    """
+    Epoch milliseconds from an RFC 3339 UTC stamp as L{format_ms} (or
+    L{format_ns}, to the millisecond) writes it.
+
+    @raise ValueError: when it is not one.
+    """
+    if not stamp.endswith("Z"):
+        raise ValueError(f"not a UTC timestamp: {stamp!r}")
+    moment = datetime.datetime.fromisoformat(stamp[:-1]).replace(tzinfo=datetime.timezone.utc)
+    delta = moment - _EPOCH
+    return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000

@@ -83,6 +83,8 @@ class GarbageCollector:
         cutoff = now - self.retention_ms if self.retention_ms <= now else now
         collected, failures = await self.store.gc(cutoff, GC_BATCH)
         self.finished.discard_all(collected)
+        # Another node's GC may have deleted what is kept here.
+        self.finished.discard_finished_by(cutoff)
         for task_id, error in failures:
             log.warn("gc could not remove a task directory", task_id=task_id, error=error)
         return len(collected)

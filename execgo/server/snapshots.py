@@ -27,6 +27,7 @@ from typing import Iterable, Optional
 import attrs
 
 from execgo.core.constants import JSON
+from execgo.core.timestamps import parse_ms
 
 #: The fixed cost counted per entry, beside its previews.
 ENTRY_OVERHEAD = 1024
@@ -109,3 +110,17 @@ class TerminalSnapshots:
         """
         for task_id in task_ids:
             self.discard(task_id)
+
+    def discard_finished_by(self, cutoff_ms: int) -> None:
+        """
+        Forget every task that finished at or before C{cutoff_ms}: past
+        the retention, whichever node's GC deletes its row (in a cluster,
+        possibly another's), it is not answered from here any more.
+        """
+        for task_id, kept in list(self._entries.items()):
+            finished = kept.snapshot.get("finished_at")
+            try:
+                if finished is not None and parse_ms(finished) <= cutoff_ms:
+                    self.discard(task_id)
+            except ValueError:
+                self.discard(task_id)
