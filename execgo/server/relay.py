@@ -14,7 +14,7 @@ L{FORWARDED_HEADER}, and a node never relays a request that carries it
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Dict, List, Mapping, Optional, TypeVar
 from urllib.parse import quote
 
 import treq
@@ -25,9 +25,14 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 
+from execgo.core.cluster import NODE_ALIVE
 from execgo.core.constants import JSON
 from execgo.core.protocol import JSON_TYPE, LOG_OFFSET_HEADER, LOG_SIZE_HEADER
 
+if TYPE_CHECKING:
+    from execgo.server.taskstore import TaskStore
+
+_T = TypeVar("_T")
 LOG_SIZE = LOG_SIZE_HEADER.encode("ascii")
 LOG_OFFSET = LOG_OFFSET_HEADER.encode("ascii")
 
@@ -213,6 +218,25 @@ class _Pipe(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.done.called:
             self.done.callback(reason.check(ResponseDone, PotentialDataLoss) is not None and not self.sink.stopped)
+
+
+async def from_node(
+    store: "TaskStore", node_id: str, fetch: Callable[[str], Coroutine[Any, Any, _T]]
+) -> _T:
+    """
+    C{fetch(advertise_url)} from node C{node_id}, where a task's output is.
+
+    @raise RelayFailed: saying why it cannot be had: the node is not
+        alive, or it could not answer.
+    """
+    node = await store.load_node(node_id)
+    if node is None or node.state != NODE_ALIVE:
+        state = "unknown" if node is None else node.state
+        raise RelayFailed(f"the task's output is on node {node_id}, which is {state}")
+    try:
+        return await fetch(node.advertise_url)
+    except RelayFailed as e:
+        raise RelayFailed(f"the task's output is on node {node_id}, which cannot be reached: {e}") from None
 
 
 def relay_credentials(headers: Any) -> Optional[Dict[str, str]]:

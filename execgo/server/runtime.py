@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from execgo import control
 from execgo.core import errors, render
 from execgo.core.capabilities import Capabilities
-from execgo.core.cluster import NODE_ALIVE, cluster_view
+from execgo.core.cluster import cluster_view
 from execgo.core.config import RuntimeConfig
 from execgo.core.constants import JSON, STATUS_RUNNING, TERMINAL_STATUSES
 from execgo.core.records import QueuedTask
@@ -44,7 +44,7 @@ from execgo.server.intake import Intake
 from execgo.server.link import SupervisorLink
 from execgo.server.nodewatch import NodeWatch
 from execgo.server.recovery import Recovery
-from execgo.server.relay import Relay, RelayFailed
+from execgo.server.relay import Relay, RelayFailed, from_node
 from execgo.server.scheduler import Scheduler
 from execgo.server.snapshots import TerminalSnapshots
 from execgo.server.taskstore import TaskStore
@@ -290,14 +290,12 @@ class Runtime:
         """
         if relay is None:
             return {**snapshot, "output_unavailable": "a relayed request is answered from the store alone"}
-        node = await self.store.load_node(node_id)
-        if node is None or node.state != NODE_ALIVE:
-            state = "unknown" if node is None else node.state
-            return {**snapshot, "output_unavailable": f"its output is on node {node_id}, which is {state}"}
         try:
-            return await self.relay.snapshot(node.advertise_url, snapshot["task_id"], relay)
+            return await from_node(
+                self.store, node_id, lambda address: self.relay.snapshot(address, snapshot["task_id"], relay)
+            )
         except RelayFailed as e:
-            return {**snapshot, "output_unavailable": f"its output is on node {node_id}, which cannot be reached: {e}"}
+            return {**snapshot, "output_unavailable": str(e)}
 
     async def list_tasks(self, query: listing.ListQuery, principal: Optional[Principal] = None) -> JSON:
         """

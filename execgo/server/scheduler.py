@@ -384,20 +384,21 @@ class Scheduler:
         own: List[QueuedTask] = []
         others: List[QueuedTask] = []
         for task in self.queue.values():
-            foreign = task.origin is not None and task.origin != self.node_id and not task.node_labels
-            (others if foreign else own).append(task)
+            (others if self._origins_elsewhere(task) else own).append(task)
         return own + others
+
+    def _origins_elsewhere(self, task: QueuedTask) -> bool:
+        """
+        Whether C{task} is another node's to serve first: that node
+        accepted it, and any node may run it (no labels asked for).
+        """
+        return task.origin is not None and task.origin != self.node_id and not task.node_labels
 
     def _defers_to_origin(self, task: QueuedTask, now: int) -> bool:
         """
         Whether C{task} is still left to the node that accepted it.
         """
-        return (
-            task.origin is not None
-            and task.origin != self.node_id
-            and not task.node_labels
-            and now - task.created_at_ms < self.deference_ms
-        )
+        return self._origins_elsewhere(task) and now - task.created_at_ms < self.deference_ms
 
     def _wake_at(self, when_ms: int, now: int) -> None:
         """

@@ -45,10 +45,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from execgo.core import encoding, errors, protocol
-from execgo.core.cluster import NODE_ALIVE
 from execgo.core.constants import TERMINAL_STATUSES
 from execgo.core.render import render_event
-from execgo.server.relay import Relay, RelayFailed
+from execgo.server.relay import Relay, RelayFailed, from_node
 from execgo.server.taskstore import TaskStore
 from execgo.server.waiters import Waiters
 from execgo.server.web.responses import StreamingRequest
@@ -391,17 +390,16 @@ class Streams:
 
         @raise errors.Unavailable: that node is not alive or cannot answer.
         """
-        assert self.relay is not None
-        node = await self.store.load_node(node_id)
-        if node is None or node.state != NODE_ALIVE:
-            state = "unknown" if node is None else node.state
-            raise errors.Unavailable(f"the task's output is on node {node_id}, which is {state}")
+        relay = self.relay
+        assert relay is not None
+
+        def fetch(address: str) -> Coroutine[Any, Any, bool]:
+            return relay.stream_log(address, stream.task_id, name, offset, follow, credentials, stream, begun)
+
         try:
-            return await self.relay.stream_log(
-                node.advertise_url, stream.task_id, name, offset, follow, credentials, stream, begun
-            )
+            return await from_node(self.store, node_id, fetch)
         except RelayFailed as e:
-            raise errors.Unavailable(f"the task's output is on node {node_id}, which cannot be reached: {e}") from None
+            raise errors.Unavailable(str(e)) from None
 
     async def _pump_log(self, stream: _Stream, fd: int, pos: int, end: Optional[int]) -> bool:
         """
