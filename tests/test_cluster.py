@@ -316,8 +316,14 @@ class LossTests(ClusterMixin, TestCase):
             for _ in range(count):
                 ids.append(await self.submit(shell("sleep 0.2"), api=api))
 
-        bursts = [defer.ensureDeferred(burst(api, 150)) for api in submitters]
+        bursts = [defer.ensureDeferred(burst(api, 149)) for api in submitters]
         await poll(self._reactor(), lambda: len(ids) >= 60, timeout=30)
+        # n2 surely runs something when it dies (the burst alone may leave it
+        # idle for a moment: nodes serve their own submissions first).
+        on_n2 = [await self.submit(on("n2", shell("sleep 30"))) for _ in range(2)]
+        for task_id in on_n2:
+            await self.wait_started(task_id)
+        ids += on_n2
         await self.kill_node(2)
         await defer.gatherResults(bursts)
         self.assertEqual(len(ids), 300)
