@@ -199,14 +199,15 @@ class StructureTests(SynchronousTestCase):
         for family in families:
             self.assertIn(f"`{metrics.PREFIX}{family}`", text)
 
-    def test_client_example_embedded(self) -> None:
+    def test_client_examples_embedded(self) -> None:
         """
-        C{client.md} shows C{examples/watch_task.py} exactly.
+        C{client.md} shows C{examples/watch_task.py} and
+        C{examples/asyncio_run.py} exactly.
         """
-        with open(os.path.join(EXAMPLES_DIR, "watch_task.py"), encoding="utf-8") as f:
-            source = f.read()
         shown = [b.text for b in parse("client.md")[0] if b.lang == "python"]
-        self.assertIn(source, shown)
+        for name in ("watch_task.py", "asyncio_run.py"):
+            with open(os.path.join(EXAMPLES_DIR, name), encoding="utf-8") as f:
+                self.assertIn(f.read(), shown, name)
 
 
 class CommandTests(TestCase):
@@ -286,12 +287,12 @@ class CommandTests(TestCase):
 
 class ExampleTests(TestCase):
     """
-    C{examples/watch_task.py} against a real server.
+    The example programs against a real server.
     """
 
     timeout = 60
 
-    async def example(self) -> None:
+    async def example(self, name: str) -> None:
         from twisted.internet import reactor
 
         base = os.path.abspath(self.mktemp())
@@ -299,7 +300,7 @@ class ExampleTests(TestCase):
         server = ServerProcess(reactor, os.path.join(base, "data"))
         await server.start()
         self.addCleanup(lambda: defer.ensureDeferred(server.shutdown()))
-        script = os.path.join(EXAMPLES_DIR, "watch_task.py")
+        script = os.path.join(EXAMPLES_DIR, name)
         env = clean_environ()
         out, err, code = await run_process(reactor, [sys.executable, script, server.url], env, 30.0)
         self.assertEqual((code, err), (0, "a warning\n"), out)
@@ -316,7 +317,13 @@ class ExampleTests(TestCase):
 
     def test_watch_task(self) -> None:
         """
-        The example streams the task's output to its own stdout and stderr,
-        prints the final status, and exits 1 for a failed task.
+        The Twisted example streams the task's output to its own stdout and
+        stderr, prints the final status, and exits 1 for a failed task.
         """
-        return defer.ensureDeferred(self.example())
+        return defer.ensureDeferred(self.example("watch_task.py"))
+
+    def test_asyncio_run(self) -> None:
+        """
+        The asyncio example does the same, with the asyncio client.
+        """
+        return defer.ensureDeferred(self.example("asyncio_run.py"))

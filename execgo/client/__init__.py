@@ -1,17 +1,21 @@
 """
-The Twisted client of an execgo runtime, for other Twisted programs: see
-L{execgo.client.execgo_client.ExecgoClient}.  This face names what a caller
-needs; the modules beside it hold the parts (HTTP, streams, typed models,
-errors, runtime views, and the no-I/O protocol core the command line
-shares).
+The clients of an execgo runtime: L{ExecgoClient} for Twisted programs
+(L{execgo.client.execgo_client}) and L{AsyncioExecgoClient} for asyncio
+programs (L{execgo.client.asyncio_client}), two faces of one
+implementation (L{execgo.client.calls}).  This face names what a caller
+needs; the modules beside it hold the parts (the calls, the two
+transports, streams, typed models, errors, runtime views, and the no-I/O
+protocol core the command line shares).
 
-Importing the face loads no Twisted: the names of the treq client itself
-(L{ExecgoClient} and its defaults) are loaded on first use, so the command
-line can import the no-I/O modules of this package and still start fast.
+Importing the face loads neither Twisted nor asyncio: each client is
+loaded on first use, so the command line can import the no-I/O modules of
+this package and still start fast, and an asyncio program never loads
+Twisted.
 """
 
 from typing import TYPE_CHECKING, Any
 
+from execgo.client.calls import DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_TIMEOUT
 from execgo.client.errors import (
     ClientError,
     MalformedResponse,
@@ -43,11 +47,8 @@ from execgo.client.views import (
 from execgo.core.protocol import IDEMPOTENCY_HEADER, OWNER_HEADER
 
 if TYPE_CHECKING:
-    from execgo.client.execgo_client import (
-        DEFAULT_MAX_BODY_BYTES,
-        DEFAULT_REQUEST_TIMEOUT,
-        ExecgoClient,
-    )
+    from execgo.client.asyncio_client import AsyncioExecgoClient
+    from execgo.client.execgo_client import ExecgoClient
 
 __all__ = [
     "ClientError",
@@ -71,6 +72,7 @@ __all__ = [
     "ResourcesView",
     "ClusterNode",
     "ExecgoClient",
+    "AsyncioExecgoClient",
     "OWNER_HEADER",
     "IDEMPOTENCY_HEADER",
     "DEFAULT_MAX_BODY_BYTES",
@@ -80,15 +82,16 @@ __all__ = [
     "DEFAULT_STREAM_RETRIES",
 ]
 
-_TWISTED_NAMES = frozenset({"ExecgoClient", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_REQUEST_TIMEOUT"})
-
-
 def __getattr__(name: str) -> Any:
     """
-    Load the names of the treq client when first asked for.
+    Load a client when first asked for.
     """
-    if name in _TWISTED_NAMES:
-        from execgo.client import execgo_client
+    if name == "ExecgoClient":
+        from execgo.client.execgo_client import ExecgoClient
 
-        return getattr(execgo_client, name)
+        return ExecgoClient
+    if name == "AsyncioExecgoClient":
+        from execgo.client.asyncio_client import AsyncioExecgoClient
+
+        return AsyncioExecgoClient
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,32 +1,32 @@
 # -*- test-case-name: tests.test_client -*-
 """
-The HTTP layer of L{execgo.client}: one L{HTTPSession} per client sends
-requests through the injected treq client, bounds what it reads, applies
-the request timeout on the injected clock, turns error answers into
-L{ServerError}s, and reads streamed bodies to their end, resuming them
-after a break as L{execgo.client.resume} decides.
+The Twisted transport of L{execgo.client}: one L{HTTPSession} per client
+sends requests through the injected treq client, bounds what it reads,
+applies the request timeout on the injected clock, turns error answers
+into L{ServerError}s, and hands streamed bodies over as they arrive
+(L{TreqBody}).  It is the L{execgo.client.calls.Transport} of the
+Twisted client; resuming a broken stream is the calls' own.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Coroutine, Dict, List, Mapping, Optional, TypeVar
+from typing import Any, Coroutine, Dict, List, Mapping, Optional, TypeVar
 
 from treq.content import collect
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
-from execgo.client.errors import ClientError, StreamInterrupted, TransportError
-from execgo.client.protocol import Reply, decode_json, server_error
-from execgo.client.resume import Resumption
-from execgo.client.streams import BodyReceiver, Consumer
+from execgo.client.errors import ClientError, TransportError
+from execgo.client.iterators import Consumer
+from execgo.client.protocol import Reply, server_error
+from execgo.client.streams import BodyReceiver
 from execgo.core.protocol import JSON_TYPE
 
 _R = TypeVar("_R")
 
-__all__ = ["HTTPSession"]
+__all__ = ["HTTPSession", "TreqBody"]
 
 
 def _cancelled(error: BaseException) -> bool:
@@ -65,7 +65,6 @@ class HTTPSession:
     @param token: a bearer token sent with every request, if any.
     @param request_timeout: seconds per request (C{None}: no limit).
     @param max_body_bytes: the largest whole body read.
-    @param stream_retries: failures in a row a stream survives.
     """
 
     def __init__(
@@ -75,14 +74,12 @@ class HTTPSession:
         token: Optional[str],
         request_timeout: Optional[float],
         max_body_bytes: int,
-        stream_retries: int,
     ) -> None:
         self._client = client
         self._clock = clock
         self._token = token
         self._request_timeout = request_timeout
         self._max_body_bytes = max_body_bytes
-        self._stream_retries = stream_retries
 
     def headers(self, extra: Optional[Mapping[str, str]], accept: bytes) -> Headers:
         """
@@ -194,61 +191,33 @@ class HTTPSession:
             raise server_error(reply)
         return reply
 
-    async def get_json(self, url: str, extra_timeout: float = 0.0) -> Any:
+    async def open_stream(self, url: str, accept: bytes) -> "TreqBody":
         """
-        C{GET url} and decode its 2xx JSON body.
-        """
-        reply = await self.request("GET", url, extra_timeout=extra_timeout)
-        return decode_json(reply.body)
-
-    async def open_stream(self, url: str, accept: bytes) -> Any:
-        """
-        Start a streamed C{GET}: the 2xx response once its head has arrived
-        (the request timeout covers only that), else L{ServerError}.
+        Start a streamed C{GET}: its body once a 2xx head has arrived (the
+        request timeout covers only that), else L{ServerError}.
         """
         headers = self.headers(None, accept)
         response = await self.timed(self.send("GET", url, None, headers, True), "GET", url)
         if not 200 <= response.code < 300:
             reply = await self.timed(self.read("GET", url, response), "GET", url)
             raise server_error(reply)
-        return response
+        return TreqBody(response)
 
-    async def follow(
-        self,
-        url_for: Callable[[], str],
-        on_data: Consumer[bytes],
-        accept: bytes,
-    ) -> None:
+
+class TreqBody:
+    """
+    A streamed answer from treq, delivered through a L{BodyReceiver}.
+    """
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+
+    async def deliver(self, on_data: Consumer[bytes]) -> None:
         """
-        Read a stream to its end, resuming after breaks as a
-        L{Resumption} decides: C{url_for} is called before each attempt, so
-        it can resume from what C{on_data} has seen.
+        Hand the body to C{on_data} as it arrives, until it ends.
+
+        @raise StreamInterrupted: the body broke off.
         """
-        resumption = Resumption(self._stream_retries)
-
-        def deliver(data: bytes) -> Any:
-            resumption.delivered()
-            return on_data(data)
-
-        while True:
-            resumption.attempt()
-            url = url_for()
-            try:
-                response = await self.open_stream(url, accept)
-            except TransportError:
-                delay = resumption.refused()
-                if delay is None:
-                    raise
-                await deferLater(self._clock, delay)
-                continue
-            receiver = BodyReceiver(deliver)
-            response.deliverBody(receiver)
-            try:
-                await receiver.finished
-                return
-            except StreamInterrupted as e:
-                delay = resumption.broke()
-                if delay is None:
-                    raise TransportError(f"GET {url}: the stream broke off: {e}") from e
-            if delay:
-                await deferLater(self._clock, delay)
+        receiver = BodyReceiver(on_data)
+        self._response.deliverBody(receiver)
+        await receiver.finished
