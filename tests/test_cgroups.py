@@ -20,6 +20,8 @@ from execgo.host.probe import detect_cgroup_layout
 CGROUP_FS = "/sys/fs/cgroup"
 REAL_ROOT = "/sys/fs/cgroup/execgo-runtime"
 V1_PIDS = {"pids_max": "cgroup_v1"}
+V1_MEMORY = {"memory_bytes": "cgroup_v1"}
+V1_BOTH = {**V1_PIDS, **V1_MEMORY}
 # pids.events of cgroup v2 with the pids controller: same format as v1.
 
 
@@ -94,11 +96,12 @@ class CreateTests(FakeTreeMixin, SynchronousTestCase):
     def test_hybrid_groups(self) -> None:
         """
         On a hybrid tree a task always gets the v2 group (tracking and
-        kill) and the v1 memory group; the bases are made on first use;
-        without a pids limit no C{pids.max} is written.
+        kill), and the v1 memory group when its memory is limited through
+        it; the bases are made on first use; without a pids limit no
+        C{pids.max} is written.
         """
         cgroups = self.facility()
-        group = cgroups.create("t1", {}, None)
+        group = cgroups.create("t1", V1_MEMORY, None)
         self.assertEqual(
             group.dirs,
             {V2: os.path.join(cgroups.bases[V2], "t1"),
@@ -109,6 +112,24 @@ class CreateTests(FakeTreeMixin, SynchronousTestCase):
             self.assertEqual(os.listdir(directory), [])
         self.assertFalse(os.path.exists(os.path.join(cgroups.bases[PIDS], "t1")))
 
+    def test_unlimited_tracked_in_v2_alone(self) -> None:
+        """
+        A task without memory or pids limits gets its v2 group alone: the
+        v1 groups cost every spawn and exit under them and enforce nothing
+        for it.
+        """
+        cgroups = self.facility()
+        group = cgroups.create("t1u", {}, None)
+        self.assertEqual(group.dirs, {V2: os.path.join(cgroups.bases[V2], "t1u")})
+        self.assertFalse(os.path.exists(os.path.join(cgroups.bases[MEMORY], "t1u")))
+
+    def test_memory_group_without_v2(self) -> None:
+        """
+        Without a v2 tree the v1 memory group tracks the task.
+        """
+        cgroups = self.facility((MEMORY,))
+        self.assertEqual(list(cgroups.create("t1m", {}, None).dirs), [MEMORY])
+
     def test_v1_pids_limit_one_above(self) -> None:
         """
         With pids limited through v1 the pids group is made too, and its
@@ -117,7 +138,7 @@ class CreateTests(FakeTreeMixin, SynchronousTestCase):
         """
         cgroups = self.facility()
         group = cgroups.create("t2", V1_PIDS, 16)
-        self.assertEqual(sorted(group.dirs), sorted([V2, MEMORY, PIDS]))
+        self.assertEqual(sorted(group.dirs), sorted([V2, PIDS]))
         self.assertEqual(read(os.path.join(group.dirs[PIDS], "pids.max")), "17")
         self.assertFalse(os.path.exists(os.path.join(group.dirs[V2], "pids.max")))
 
@@ -179,7 +200,7 @@ class CreateTests(FakeTreeMixin, SynchronousTestCase):
         # A regular file where the memory base would go.
         write(paths["bases"][MEMORY], "not a directory\n")
         cgroups = Cgroups(paths["bases"], paths["home"], False)
-        self.assertRaises(OSError, cgroups.create, "t8", {}, None)
+        self.assertRaises(OSError, cgroups.create, "t8", V1_MEMORY, None)
         self.assertFalse(os.path.exists(os.path.join(paths["bases"][V2], "t8")))
         self.assertTrue(os.path.isdir(memory_mount))
 
@@ -190,7 +211,7 @@ class CreateTests(FakeTreeMixin, SynchronousTestCase):
         """
         cgroups = self.facility()
         os.makedirs(os.path.join(cgroups.bases[PIDS], "t9", "pids.max"))
-        self.assertRaises(OSError, cgroups.create, "t9", V1_PIDS, 2)
+        self.assertRaises(OSError, cgroups.create, "t9", V1_BOTH, 2)
         self.assertFalse(os.path.exists(os.path.join(cgroups.bases[V2], "t9")))
         self.assertFalse(os.path.exists(os.path.join(cgroups.bases[MEMORY], "t9")))
 
@@ -208,7 +229,7 @@ class PlacementTests(FakeTreeMixin, SynchronousTestCase):
         hierarchy the task has a group in, and no other.
         """
         cgroups = self.facility()
-        group = cgroups.create("p1", {}, None)
+        group = cgroups.create("p1", V1_MEMORY, None)
         cgroups.enter(group)
         for directory in group.dirs.values():
             self.assertEqual(read(os.path.join(directory, "cgroup.procs")), str(os.getpid()))
@@ -252,7 +273,7 @@ class LimitTests(FakeTreeMixin, SynchronousTestCase):
         group gets neither.
         """
         cgroups = self.facility()
-        group = cgroups.create("l1", V1_PIDS, 16)
+        group = cgroups.create("l1", V1_BOTH, 16)
         cgroups.limit(group, 64 << 20, 16)
         self.assertEqual(read(os.path.join(group.dirs[MEMORY], "memory.limit_in_bytes")),
                          str(64 << 20))  # fmt: skip
@@ -296,7 +317,7 @@ class LimitTests(FakeTreeMixin, SynchronousTestCase):
         fails the task C{sandbox_setup_failed}).
         """
         cgroups = self.facility()
-        group = cgroups.create("l5", {}, None)
+        group = cgroups.create("l5", V1_MEMORY, None)
         os.mkdir(os.path.join(group.dirs[MEMORY], "memory.limit_in_bytes"))
         self.assertRaises(OSError, cgroups.limit, group, 1 << 20, None)
 
@@ -433,7 +454,7 @@ class SignalAndRemoveTests(FakeTreeMixin, SynchronousTestCase):
         """
         child = self.sleeper()
         cgroups = self.facility()
-        group = cgroups.create("s1", {}, None)
+        group = cgroups.create("s1", V1_MEMORY, None)
         write(os.path.join(group.dirs[MEMORY], "cgroup.procs"), f"{child.pid}\n")
         group.signal(signal.SIGTERM)
         self.assertEqual(child.wait(), -signal.SIGTERM)
@@ -463,7 +484,7 @@ class SignalAndRemoveTests(FakeTreeMixin, SynchronousTestCase):
         silently.
         """
         cgroups = self.facility()
-        group = cgroups.create("s4", V1_PIDS, 3)
+        group = cgroups.create("s4", V1_BOTH, 3)
         group.remove()
         self.assertFalse(os.path.exists(group.dirs[V2]))
         self.assertFalse(os.path.exists(group.dirs[MEMORY]))
@@ -476,7 +497,7 @@ class SignalAndRemoveTests(FakeTreeMixin, SynchronousTestCase):
         and none for a task that has none.
         """
         cgroups = self.facility()
-        made = cgroups.create("s5", V1_PIDS, None)
+        made = cgroups.create("s5", V1_BOTH, None)
         self.assertEqual(cgroups.existing("s5").dirs, made.dirs)
         os.rmdir(made.dirs[MEMORY])
         self.assertEqual(sorted(cgroups.existing("s5").dirs), sorted([V2, PIDS]))
@@ -488,7 +509,7 @@ class SignalAndRemoveTests(FakeTreeMixin, SynchronousTestCase):
         with none it does nothing.
         """
         cgroups = self.facility()
-        cgroups.create("s6", V1_PIDS, None)
+        cgroups.create("s6", V1_BOTH, None)
         cgroups.discard("s6")
         self.assertEqual(cgroups.existing("s6").dirs, {})
         cgroups.discard("never-made")
@@ -584,7 +605,7 @@ class RealHostTests(SynchronousTestCase):
         self.assertEqual(sorted(set(cgroups.home) & {V2, MEMORY, PIDS}), sorted([V2, MEMORY, PIDS]))
         task_id = f"cgtest-{uuid.uuid4().hex[:12]}"
         before = self.own_cgroup()
-        group = cgroups.create(task_id, V1_PIDS, 1000)
+        group = cgroups.create(task_id, V1_BOTH, 1000)
         self.addCleanup(self.restore, cgroups, group)
         self.assertEqual(sorted(group.dirs), sorted([V2, MEMORY, PIDS]))
         self.assertEqual(read(os.path.join(group.dirs[PIDS], "pids.max")).strip(), "1001")

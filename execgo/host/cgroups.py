@@ -235,14 +235,18 @@ class Cgroups:
 
     def create(self, task_id: str, mechanisms: Mapping[str, str], pids_max: Optional[int]) -> TaskCgroup:
         """
-        Make the task's groups: always the v2 group (tracking and kill) and
-        the v1 memory group (peak and OOM counters) where they exist, the
-        v1 pids group when pids are limited through it.  The pids limit is
+        Make the task's groups: always the v2 group (tracking and kill),
+        the v1 memory group (limit, peak and OOM counters) when memory is
+        limited through it (or there is no v2 group to track the task),
+        the v1 pids group when pids are limited through it.  A v1 group a
+        task does not need costs every fork, exec and exit in it.  The pids limit is
         set one above the request while the supervisor passes through.
 
         @raise OSError: when a group cannot be made or configured.
         """
-        wanted = [key for key in (V2, MEMORY) if key in self.bases]
+        wanted = [V2] if V2 in self.bases else []
+        if (mechanisms.get("memory_bytes") == "cgroup_v1" or V2 not in self.bases) and MEMORY in self.bases:
+            wanted.append(MEMORY)
         if mechanisms.get("pids_max") == "cgroup_v1" and PIDS in self.bases:
             wanted.append(PIDS)
         dirs = {}
