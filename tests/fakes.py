@@ -354,6 +354,8 @@ class FakeCgroups:
 
     @ivar fail: the step (C{"create"}, C{"enter"}, C{"limit"}) that raises
         C{OSError}, if any.
+    @ivar place: the directory L{birthplace} names for every group (C{None}:
+        children are placed by moving, L{enter} and L{leave}).
     """
 
     def __init__(self, fail: Optional[str] = None, **verdict: Any) -> None:
@@ -361,6 +363,13 @@ class FakeCgroups:
         self.verdict = verdict
         self.groups: List[FakeTaskCgroup] = []
         self.calls: List[Tuple[str, Any]] = []
+        self.place: Optional[str] = None
+
+    def birthplace(self, group: FakeTaskCgroup) -> Optional[str]:
+        """
+        L{place}.
+        """
+        return self.place
 
     def _maybe_fail(self, step: str) -> None:
         if self.fail == step:
@@ -532,12 +541,16 @@ class FakeProcesses:
         self.behaviour: Dict[str, Any] = {}
         self.status_lines: Dict[int, str] = {}
         self.resets = 0
+        self.born_in: List[str] = []
         self._next_pid = FIRST_PID
 
-    def spawn(self, spec: launcher.LaunchSpec) -> launcher.Spawned:
+    def spawn(self, spec: launcher.LaunchSpec, cgroup_fd: Optional[int] = None) -> launcher.Spawned:
         """
-        Record a workload (or raise L{fail}).
+        Record a workload (or raise L{fail}), and the directory its
+        C{cgroup_fd} names, if any (L{born_in}).
         """
+        if cgroup_fd is not None:
+            self.born_in.append(os.readlink(f"/proc/self/fd/{cgroup_fd}"))
         if self.fail is not None:
             raise self.fail
         pid = self._next_pid

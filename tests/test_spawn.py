@@ -70,6 +70,7 @@ class SpawnTestsBase(SynchronousTestCase):
         gid: int = -1,
         umask: int = -1,
         rlimits: Sequence[Tuple[int, int, int]] = (),
+        cgroup_fd: int = -1,
     ) -> int:
         """
         Call C{spawn}, trying C{argv[0]} alone unless given C{executables}.
@@ -77,7 +78,7 @@ class SpawnTestsBase(SynchronousTestCase):
         stdin, stdout, stderr = stdio if stdio is not None else (self.null, self.out, self.out)
         return _spawn.spawn(
             executables if executables is not None else [argv[0]],
-            argv, envp, cwd, stdin, stdout, stderr, keep_fd, uid, gid, umask, rlimits,
+            argv, envp, cwd, stdin, stdout, stderr, keep_fd, uid, gid, umask, rlimits, cgroup_fd,
         )
 
     def run_child(self, argv: Sequence[bytes], **kwargs) -> Tuple[int, str]:
@@ -504,6 +505,84 @@ class CredentialTests(SpawnTestsBase):
         status = self.status(uid=0, gid=0)
         self.assertEqual(status["Uid"].split(), ["0"] * 4)
         self.assertEqual(status["Groups"], "")
+
+
+V2_ROOT = "/sys/fs/cgroup/unified" if os.path.isdir("/sys/fs/cgroup/unified") else "/sys/fs/cgroup"
+
+
+class CloneIntoTests(SpawnTestsBase):
+    """
+    As root on a kernel with C{CLONE_INTO_CGROUP}: a child born in a
+    cgroup v2 group, the spawning process never in it.
+    """
+
+    if NOT_ROOT:
+        skip = NOT_ROOT
+
+    def setUp(self) -> None:
+        super().setUp()
+        if not _spawn.clone_into_supported():
+            raise SkipTest("no clone3 with CLONE_INTO_CGROUP here")
+        if not os.path.exists(os.path.join(V2_ROOT, "cgroup.procs")) or os.path.exists(
+            os.path.join(V2_ROOT, "memory.limit_in_bytes")
+        ):
+            raise SkipTest("no cgroup v2 tree")
+        self.group = os.path.join(V2_ROOT, f"execgo-spawntest-{os.getpid()}")
+        os.mkdir(self.group)
+        self.addCleanup(os.rmdir, self.group)
+        self.fd = os.open(self.group, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.addCleanup(os.close, self.fd)
+
+    def own_cgroup(self) -> str:
+        """
+        This process's C{/proc/self/cgroup}.
+        """
+        with open("/proc/self/cgroup") as f:
+            return f.read()
+
+    def test_born_in_group(self) -> None:
+        """
+        The child is in the group from its first instruction (its own
+        C{/proc/self/cgroup} says so), as the uid asked for; this process
+        stays where it was.
+        """
+        before = self.own_cgroup()
+        code, output = self.run_child(
+            [CAT, b"/proc/self/cgroup", b"/proc/self/status"], uid=UNUSED_ID, gid=UNUSED_ID, cgroup_fd=self.fd
+        )
+        self.assertEqual(code, 0, output)
+        name = os.path.basename(self.group)
+        self.assertTrue([line for line in output.splitlines() if line.startswith("0::") and line.endswith(name)])
+        self.assertEqual(fields(output)["Uid"].split(), [str(UNUSED_ID)] * 4)
+        self.assertEqual(self.own_cgroup(), before)
+
+    def test_failure_reported_and_reaped(self) -> None:
+        """
+        A child that cannot exec fails the spawn as the vfork path does,
+        and is reaped.
+        """
+        with self.assertRaises(FileNotFoundError):
+            self.spawn([b"/nonexistent/program"], cgroup_fd=self.fd)
+        self.assert_no_child()
+
+    def test_bad_group(self) -> None:
+        """
+        A descriptor that is not a cgroup fails the spawn before any child
+        exists.
+        """
+        with open(os.devnull) as f:
+            with self.assertRaises(OSError):
+                self.spawn([b"/bin/true"], cgroup_fd=f.fileno())
+        self.assert_no_child()
+
+    def test_many(self) -> None:
+        """
+        Spawn after spawn through the one child stack, each exit status
+        its own.
+        """
+        for code in range(20):
+            status, _ = self.run_child([b"/bin/sh", b"-c", b"exit %d" % code], cgroup_fd=self.fd)
+            self.assertEqual(status, code)
 
 
 class BuiltTests(SynchronousTestCase):

@@ -6,6 +6,7 @@ kernel edges and an in-memory cgroup facility.
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -61,6 +62,43 @@ class SpawnTests(SynchronousTestCase):
         self.assertEqual(spawn.spawned.pid, FIRST_PID)
         self.assertEqual(spawn.spec.argv, ("/bin/echo", "hi"))
         self.assertEqual(self.processes.workloads[FIRST_PID].spec, spawn.spec)
+
+    def test_born_into_lone_v2_group(self) -> None:
+        """
+        Where the host can and the task's v2 group is its only one, the
+        workload is born there (its spawn gets the group's directory) and
+        the supervisor never moves.
+        """
+        self.patch(launcher, "_clone_into", True)
+        self.cgroups.place = os.path.abspath(self.mktemp())
+        os.mkdir(self.cgroups.place)
+        spawn = spawn_into_groups(self.task, GROUPED, self.cgroups, self.processes, ENV, ())
+        self.assertEqual(self.cgroups.calls, [("create", "t")])
+        self.assertEqual(self.processes.born_in, [self.cgroups.place])
+        self.assertIs(spawn.group, self.cgroups.groups[0])
+
+    def test_moves_without_clone_into(self) -> None:
+        """
+        Where the host cannot, the supervisor moves even for a lone v2
+        group.
+        """
+        self.patch(launcher, "_clone_into", False)
+        self.cgroups.place = os.path.abspath(self.mktemp())
+        spawn_into_groups(self.task, GROUPED, self.cgroups, self.processes, ENV, ())
+        self.assertEqual(self.cgroups.calls, [("create", "t"), ("enter", "t"), ("leave", "t")])
+        self.assertEqual(self.processes.born_in, [])
+
+    def test_birthplace_gone(self) -> None:
+        """
+        A lone v2 group that cannot be opened is C{launch_failed}, and the
+        group is removed.
+        """
+        self.patch(launcher, "_clone_into", True)
+        self.cgroups.place = os.path.abspath(self.mktemp())
+        verdict = self.refused(GROUPED)
+        self.assertEqual(verdict.error.code if verdict.error else None, "launch_failed")
+        self.assertIn("cannot open cgroup", verdict.error.message if verdict.error else "")
+        self.assertTrue(self.cgroups.groups[0].removed)
 
     def test_without_groups(self) -> None:
         """

@@ -21,12 +21,23 @@
  * to SIG_DFL, an empty mask, execve over the candidate paths.  A failing step
  * stores (step, errno) in a volatile struct in the parent's memory (vfork
  * shares it) and _exit(127)s; the parent reaps the child and raises OSError.
+ *
+ * Into a cgroup: given the fd of a cgroup v2 directory, the child is made by
+ * clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP) instead, so it is born
+ * in that group.  Moving the supervisor into the group and back around a
+ * plain vfork() instead takes the kernel's cgroup_threadgroup_rwsem for
+ * writing twice, each time waiting for an RCU grace period, which under load
+ * costs from a tenth of a millisecond to several.  A clone with CLONE_VM
+ * needs a stack of its own for the child and must not return into C code in
+ * the child: clone_into() is the syscall in a few lines of assembly (x86-64
+ * only; elsewhere clone_into_supported() is false and the caller moves).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <linux/capability.h>
 #include <signal.h>
 #include <string.h>
@@ -217,6 +228,89 @@ do_vfork(const struct plan *p, volatile struct failure *f, int *err)
     return pid;
 }
 
+#if defined(__x86_64__) && defined(__linux__)
+#define HAVE_CLONE_INTO 1
+#ifndef SYS_clone3
+#define SYS_clone3 435
+#endif
+#define FLAG_CLONE_INTO_CGROUP 0x200000000ULL
+#define CHILD_STACK_BYTES (64 * 1024)
+
+/* The kernel's struct clone_args up to its cgroup field (CLONE_ARGS_SIZE_VER2). */
+struct clone_args_v2 {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack,
+        stack_size, tls, set_tid, set_tid_size, cgroup;
+};
+
+/* The child's stack.  spawn() holds the GIL throughout and the parent is
+ * suspended until the child has exec'd or exited (CLONE_VFORK), so one
+ * stack serves every spawn. */
+static char child_stack[CHILD_STACK_BYTES] __attribute__((aligned(16)));
+
+/* clone3() with the child calling child_exec(p, f) on child_stack.  The
+ * child starts on the new stack with the parent's registers: the callee-saved
+ * ones carry the function and its arguments across the syscall, and the
+ * child never returns from the call. */
+static pid_t __attribute__((noinline))
+clone_into(int cgroup_fd, const struct plan *p, volatile struct failure *f)
+{
+    struct clone_args_v2 args;
+    register long rax __asm__("rax") = SYS_clone3;
+    register struct clone_args_v2 *rdi __asm__("rdi") = &args;
+    register long rsi __asm__("rsi") = (long)sizeof args;
+    register void (*r12)(const struct plan *, volatile struct failure *) __asm__("r12") = child_exec;
+    register const struct plan *r13 __asm__("r13") = p;
+    register volatile struct failure *r14 __asm__("r14") = f;
+
+    memset(&args, 0, sizeof args);
+    args.flags = CLONE_VM | CLONE_VFORK | FLAG_CLONE_INTO_CGROUP;
+    args.exit_signal = SIGCHLD;
+    args.stack = (uint64_t)(uintptr_t)child_stack;
+    args.stack_size = sizeof child_stack;
+    args.cgroup = (uint64_t)cgroup_fd;
+    __asm__ volatile(
+        "syscall\n\t"
+        "test %%rax, %%rax\n\t"
+        "jnz 1f\n\t"
+        "xor %%ebp, %%ebp\n\t"
+        "mov %%r13, %%rdi\n\t"
+        "mov %%r14, %%rsi\n\t"
+        "call *%%r12\n\t"
+        "ud2\n\t"
+        "1:\n\t"
+        : "+r"(rax)
+        : "r"(rdi), "r"(rsi), "r"(r12), "r"(r13), "r"(r14)
+        : "rcx", "r11", "memory", "cc");
+    if (rax < 0) {
+        errno = (int)-rax;
+        return -1;
+    }
+    return (pid_t)rax;
+}
+#endif
+
+/* Apart from spawn() so that few of its locals are live across the clone. */
+static pid_t __attribute__((noinline))
+do_clone_into(int cgroup_fd, const struct plan *p, volatile struct failure *f, int *err)
+{
+#ifdef HAVE_CLONE_INTO
+    sigset_t all, old;
+    pid_t pid;
+
+    sigfillset(&all);
+    if ((*err = pthread_sigmask(SIG_BLOCK, &all, &old)) != 0)
+        return -1;
+    pid = clone_into(cgroup_fd, p, f);
+    *err = errno;
+    (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return pid;
+#else
+    (void)cgroup_fd; (void)p; (void)f;
+    *err = ENOSYS;
+    return -1;
+#endif
+}
+
 /* A tuple copy of a sequence of bytes (kept alive in *hold) and a
  * NULL-terminated array of pointers into it.  TypeError for an item that is
  * not bytes, ValueError for an embedded NUL (PyBytes_AsStringAndSize). */
@@ -305,17 +399,17 @@ spawn(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"executables", "argv", "envp", "cwd", "stdin",
                              "stdout", "stderr", "keep_fd", "uid", "gid",
-                             "umask", "rlimits", NULL};
+                             "umask", "rlimits", "cgroup_fd", NULL};
     PyObject *seqs[3], *hold[3] = {NULL, NULL, NULL}, *limits, *result = NULL;
     struct plan p = {0};
     volatile struct failure f = {STEP_OK, 0};
-    int err = 0, status, dumpable, i;
+    int err = 0, status, dumpable, i, cgroup_fd = -1;
     pid_t pid;
 
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOyiiiiLLiO:spawn", kwlist, &seqs[0], &seqs[1],
+            args, kwargs, "OOOyiiiiLLiO|i:spawn", kwlist, &seqs[0], &seqs[1],
             &seqs[2], &p.cwd, &p.stdio[0], &p.stdio[1], &p.stdio[2],
-            &p.keep_fd, &p.uid, &p.gid, &p.umask, &limits))
+            &p.keep_fd, &p.uid, &p.gid, &p.umask, &limits, &cgroup_fd))
         return NULL;
     if (p.stdio[0] < 0 || p.stdio[1] < 0 || p.stdio[2] < 0)
         return PyErr_Format(PyExc_ValueError, "stdin, stdout and stderr must be fds");
@@ -338,7 +432,7 @@ spawn(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
      * non-dumpable (so that uid cannot ptrace it before the exec: good); the
      * mark would outlive the child on the supervisor: undo it. */
     dumpable = p.uid >= 0 || p.gid >= 0 ? prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) : -1;
-    pid = do_vfork(&p, &f, &err);
+    pid = cgroup_fd >= 0 ? do_clone_into(cgroup_fd, &p, &f, &err) : do_vfork(&p, &f, &err);
     if (dumpable == 1)
         (void)prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
     if (pid < 0) {
@@ -360,11 +454,43 @@ done:
     return result;
 }
 
+/* Whether this kernel (and build) can clone into a cgroup: a clone3() with
+ * CLONE_INTO_CGROUP and no valid fd fails with EBADF where the flag is known,
+ * before anything is created (ENOSYS without clone3, EINVAL without the
+ * flag). */
+static PyObject *
+clone_into_supported(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(args))
+{
+#ifdef HAVE_CLONE_INTO
+    struct clone_args_v2 args;
+    long ret;
+
+    memset(&args, 0, sizeof args);
+    args.flags = FLAG_CLONE_INTO_CGROUP;
+    args.exit_signal = SIGCHLD;
+    args.cgroup = (uint64_t)-1 >> 33;   /* far above any open fd */
+    ret = syscall(SYS_clone3, &args, sizeof args);
+    if (ret == 0)
+        _exit(127);   /* cannot happen: the fd is not open */
+    if (ret > 0) {
+        (void)waitpid((pid_t)ret, NULL, 0);
+        Py_RETURN_FALSE;
+    }
+    return PyBool_FromLong(errno == EBADF);
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
 static PyMethodDef methods[] = {
+    {"clone_into_supported", clone_into_supported, METH_NOARGS,
+     "clone_into_supported($module)\n--\n\nWhether spawn() can take a cgroup_fd"
+     " (clone3 with CLONE_INTO_CGROUP, x86-64)."},
     {"spawn", (PyCFunction)(void (*)(void))spawn, METH_VARARGS | METH_KEYWORDS,
      "spawn($module, executables, argv, envp, cwd, stdin, stdout, stderr,"
-     " keep_fd, uid, gid, umask, rlimits)\n--\n\nStart a child through vfork()"
-     " (see execgo/host/_spawn.c) and return its pid; the caller reaps it."},
+     " keep_fd, uid, gid, umask, rlimits, cgroup_fd=-1)\n--\n\nStart a child through"
+     " vfork(), or born in the cgroup v2 directory cgroup_fd (see"
+     " execgo/host/_spawn.c), and return its pid; the caller reaps it."},
     {NULL, NULL, 0, NULL},
 };
 

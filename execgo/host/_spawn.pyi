@@ -17,9 +17,17 @@ def spawn(
     gid: int,
     umask: int,
     rlimits: Sequence[tuple[int, int, int]],
+    cgroup_fd: int = -1,
 ) -> int:
     """
     Start C{argv} through C{vfork()} as C{uid}/C{gid} (-1: unchanged) and
     return the child's pid; the caller reaps it.  Raises L{OSError} (reaping
-    the child) when the child's setup or every C{execve} failed.
+    the child) when the child's setup or every C{execve} failed.  With a
+    C{cgroup_fd} (a cgroup v2 directory) the child is born in that group
+    (C{clone3} with C{CLONE_INTO_CGROUP}).
+    """
+
+def clone_into_supported() -> bool:
+    """
+    Whether L{spawn} can take a C{cgroup_fd} on this kernel and build.
     """

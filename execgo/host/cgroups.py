@@ -274,6 +274,15 @@ class Cgroups:
             raise
         return group
 
+    def birthplace(self, group: TaskCgroup) -> Optional[str]:
+        """
+        The directory a child can be born in directly (C{clone3} with
+        C{CLONE_INTO_CGROUP}) when the task's v2 group is its only one,
+        else C{None}: a v1 group can only be entered by moving
+        (L{enter}, L{leave}).
+        """
+        return group.dirs[V2] if set(group.dirs) == {V2} else None
+
     def enter(self, group: TaskCgroup) -> None:
         """
         Move the supervisor into the task's groups (its next child is born

@@ -275,7 +275,22 @@ def _sandbox_argv(config: Mapping[str, Any], status_fd: int) -> List[str]:
     return [sys.executable, "-I", sandbox.__file__, json.dumps(payload)]
 
 
-def spawn(spec: LaunchSpec) -> Spawned:
+def can_clone_into() -> bool:
+    """
+    Whether L{spawn} can start a child born in a cgroup v2 directory
+    (C{cgroup_fd}): the C{_spawn} extension is built and the kernel has
+    C{clone3} with C{CLONE_INTO_CGROUP}.  Asked of the kernel once.
+    """
+    global _clone_into
+    if _clone_into is None:
+        _clone_into = _spawn is not None and _spawn.clone_into_supported()
+    return _clone_into
+
+
+_clone_into: Optional[bool] = None
+
+
+def spawn(spec: LaunchSpec, cgroup_fd: Optional[int] = None) -> Spawned:
     """
     Start the workload (or, for a sandboxed task, the sandbox wrapper that
     becomes it) and return its pid, also its process group and session id.
@@ -285,6 +300,8 @@ def spawn(spec: LaunchSpec) -> Spawned:
     supplementary groups and umask 077; a sandboxed one drops them in the
     wrapper, after the steps that need root.
 
+    @param cgroup_fd: an open cgroup v2 directory the child is born in
+        (only where L{can_clone_into}).
     @raise LaunchError: with the OS error when anything fails.
     """
     status_r = status_w = None
@@ -304,7 +321,7 @@ def spawn(spec: LaunchSpec) -> Spawned:
         try:
             stderr = os.open(spec.stderr_path, flags, 0o600)
             try:
-                pid = _start_process(argv, spec, run_as, stdout, stderr, status_w)
+                pid = _start_process(argv, spec, run_as, stdout, stderr, status_w, cgroup_fd)
             finally:
                 os.close(stderr)
         finally:
@@ -328,13 +345,17 @@ def _start_process(
     stdout: int,
     stderr: int,
     keep_fd: Optional[int],
+    cgroup_fd: Optional[int] = None,
 ) -> int:
     """
     Fork and exec through C{vfork}: with the C{_spawn} extension when it
     was built (it changes the ids in the child, which CPython's own fast
     path refuses to do), else with C{subprocess} (whose path for a change
-    of ids forks the whole supervisor, two to three times slower).
+    of ids forks the whole supervisor, two to three times slower).  With
+    C{cgroup_fd} the extension's clone is born in that cgroup.
     """
+    if cgroup_fd is not None and not can_clone_into():
+        raise ValueError("this host cannot start a child in a cgroup")
     if _spawn is not None:
         environment = os.environ if spec.env is None else spec.env
         return _spawn.spawn(
@@ -350,6 +371,7 @@ def _start_process(
             -1 if run_as is None else run_as.gid,
             -1 if run_as is None else TASK_UMASK,
             list(spec.rlimits),
+            -1 if cgroup_fd is None else cgroup_fd,
         )
     process = subprocess.Popen(
         argv,

@@ -37,9 +37,10 @@ class Processes(Protocol):
     What the engine asks of the kernel.
     """
 
-    def spawn(self, spec: launcher.LaunchSpec) -> launcher.Spawned:
+    def spawn(self, spec: launcher.LaunchSpec, cgroup_fd: Optional[int] = None) -> launcher.Spawned:
         """
-        Start a workload (L{launcher.spawn}).
+        Start a workload (L{launcher.spawn}), born in the cgroup v2
+        directory C{cgroup_fd} if given.
 
         @raise launcher.LaunchError: when it cannot be started.
         """
@@ -82,11 +83,11 @@ class HostProcesses:
     L{Processes} on this host.
     """
 
-    def spawn(self, spec: launcher.LaunchSpec) -> launcher.Spawned:
+    def spawn(self, spec: launcher.LaunchSpec, cgroup_fd: Optional[int] = None) -> launcher.Spawned:
         """
         L{launcher.spawn}.
         """
-        return launcher.spawn(spec)
+        return launcher.spawn(spec, cgroup_fd)
 
     def read_status(self, status_fd: Optional[int]) -> Optional[str]:
         """

@@ -11,6 +11,7 @@ Standard library only (plus C{attrs}).
 
 from __future__ import annotations
 
+import os
 from typing import Mapping, Optional, Sequence
 
 import attrs
@@ -58,8 +59,9 @@ def spawn_into_groups(
     """
     Build the launch of C{record} by its C{plan}, make its cgroups when
     the plan enforces limits through them (and C{facility} is there), and spawn the workload
-    inside them: the supervisor steps into the groups for the duration of
-    the spawn, so the child is born there.  The final limits are set once
+    inside them: born straight into a lone v2 group where the host can
+    (L{launcher.can_clone_into}), else with the supervisor stepping into
+    the groups for the duration of the spawn, so the child is born there.  The final limits are set once
     the supervisor has left them (L{set_limits}).
 
     @raise NotStarted: when any step fails (the groups made are removed).
@@ -110,6 +112,9 @@ def _spawn(
 ) -> launcher.Spawned:
     if group is None or facility is None:
         return processes.spawn(spec)
+    place = facility.birthplace(group)
+    if place is not None and launcher.can_clone_into():
+        return _born_into(processes, spec, place)
     try:
         facility.enter(group)
     except OSError as e:
@@ -119,3 +124,18 @@ def _spawn(
         return processes.spawn(spec)
     finally:
         facility.leave(group)
+
+
+def _born_into(processes: Processes, spec: launcher.LaunchSpec, directory: str) -> launcher.Spawned:
+    """
+    Spawn the workload born in the cgroup v2 C{directory}: the supervisor
+    never moves, so no move waits for the kernel's RCU grace period.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise launcher.LaunchError(f"cannot open cgroup: {e}") from None
+    try:
+        return processes.spawn(spec, fd)
+    finally:
+        os.close(fd)
