@@ -21,7 +21,12 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests*", "benchmarks*"]) + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/execgo_plugin.py"], "execgo.host": ["_spawn.pyi"]},
+    package_data={
+        "twisted": ["plugins/execgo_plugin.py"],
+        "execgo.host": ["_spawn.pyi"],
+        # The operator page's static files (execgo/server/web/page.py).
+        "execgo.server.web": ["ui/*"],
+    },
     # Optional: without a compiler the install still works and the caller
     # falls back to subprocess.Popen.
     ext_modules=[Extension("execgo.host._spawn", ["execgo/host/_spawn.c"], optional=True)],

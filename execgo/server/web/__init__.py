@@ -1,4 +1,5 @@
 """
 The server's HTTP face: the Klein API, its streams, the OpenAPI document,
-authentication, streamed responses and the listener's limits.
+authentication, streamed responses, the listener's limits, and the
+operator page served beside the API (C{page}, its files in C{ui/}).
 """

@@ -14,7 +14,8 @@ C{@app.route}, the OpenAPI operation it serves
 (L{execgo.server.web.openapi.described}), and the document served at
 C{/api/v1/openapi.json} is derived from them (L{ROUTES}).  The site
 under them, and the readers of a request they share, are
-L{execgo.server.web.site}'s.
+L{execgo.server.web.site}'s; the operator page served beside them, not
+one of them, is L{execgo.server.web.page}'s.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from execgo.server.relay import relay_credentials
 from execgo.server.runtime import Runtime
 from execgo.server.web import openapi, responses, schemas
 from execgo.server.web.auth import Principal, Tokens, require_admin
+from execgo.server.web.page import OperatorPage, PageOrAPI
 from execgo.server.web.site import (
     Utf8Paths,
     answer_json,
@@ -75,10 +77,11 @@ class RuntimeAPI:
 
     def resource(self) -> Any:
         """
-        The twisted.web resource to serve: the Klein app behind
-        L{Utf8Paths}.
+        The twisted.web resource to serve, behind L{Utf8Paths}: the
+        operator page at its own paths, the Klein app at every other
+        (L{PageOrAPI}).
         """
-        return Utf8Paths(self.app.resource())
+        return Utf8Paths(PageOrAPI(OperatorPage.from_package(), self.app.resource()))
 
     async def _snapshot(self, request: IRequest, snapshot: Any) -> bytes:
         """
