@@ -141,19 +141,21 @@ class RealServerTests(TestCase):
 
         async def body(client: AsyncioExecgoClient) -> None:
             task_id = (await client.submit(command("/bin/true"))).task_id
-            kinds = [event.event_type async for event in client.iter_events(task_id)]
-            self.assertEqual(kinds[0], "submitted")
-            self.assertEqual(kinds[-1], "finished")
+            events = [event async for event in client.iter_events(task_id)]
+            self.assertEqual(events[0].event_type, "submitted")
+            self.assertEqual(events[-1].event_type, "finished")
+            seqs = [event.seq for event in events]
+            self.assertEqual(seqs, sorted(seqs))
             seen: List[int] = []
 
             async def consume(event: Any) -> None:
                 await asyncio.sleep(0.01)
                 seen.append(event.seq)
 
-            last = await client.follow_events(task_id, after_seq=2, on_event=consume)
-            self.assertEqual(seen, list(range(3, len(kinds) + 1)))
+            last = await client.follow_events(task_id, after_seq=seqs[1], on_event=consume)
+            self.assertEqual(seen, seqs[2:])
             self.assertEqual(last.event_type if last else None, "finished")
-            self.assertEqual(len(await client.events(task_id)), len(kinds))
+            self.assertEqual(await client.events(task_id), events)
 
         return self.run_async(body)
 
