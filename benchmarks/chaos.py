@@ -179,6 +179,19 @@ def _read(path: str) -> Optional[bytes]:
         return None
 
 
+def process_cpu(pid: int) -> Optional[Tuple[float, float]]:
+    """
+    User + system CPU seconds of C{pid} so far, and of the children it has
+    reaped, from C{/proc/<pid>/stat}; C{None} once it is gone.
+    """
+    raw = _read(f"/proc/{pid}/stat")
+    if raw is None:
+        return None
+    fields = raw.rsplit(b")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks, (int(fields[13]) + int(fields[14])) / ticks
+
+
 def all_pids() -> Iterator[int]:
     """
     Every pid in C{/proc}.

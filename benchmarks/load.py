@@ -142,12 +142,8 @@ def process_cpu_s(pid: int) -> Optional[float]:
     """
     User + system CPU seconds of C{pid} so far, from C{/proc/<pid>/stat}.
     """
-    raw = harness._read(f"/proc/{pid}/stat")
-    if raw is None:
-        return None
-    fields = raw.rsplit(b")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    cpu = harness.process_cpu(pid)
+    return None if cpu is None else cpu[0]
 
 
 class Load:
