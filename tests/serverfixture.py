@@ -582,6 +582,25 @@ def _kill_everything_at_exit() -> None:
 atexit.register(_kill_everything_at_exit)
 
 
+async def token_server(testcase: TestCase, tokens: str, args: Sequence[str] = ()) -> ServerProcess:
+    """
+    A server started for C{testcase} with C{--auth-token-file} holding
+    C{tokens} (and C{args}); stopped by the test's cleanup.
+    """
+    from twisted.internet import reactor
+
+    base = os.path.abspath(testcase.mktemp())
+    os.makedirs(base)
+    token_file = os.path.join(base, "tokens")
+    with open(token_file, "w") as f:
+        f.write(tokens)
+    os.chmod(token_file, 0o600)
+    server = ServerProcess(reactor, os.path.join(base, "data"), [*args, "--auth-token-file", token_file])
+    await server.start()
+    testcase.addCleanup(lambda: defer.ensureDeferred(server.shutdown()))
+    return server
+
+
 class SharedServer:
     """
     One server shared by the tests of a class: the first test that asks

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -31,7 +30,7 @@ from execgo.client import (
     WaitTimeout,
 )
 from execgo.client.calls import Calls
-from tests.serverfixture import ServerProcess, SharedServer, clean_environ
+from tests.serverfixture import SharedServer, clean_environ, token_server
 
 GRACE = ["--termination-grace-ms", "500"]
 
@@ -291,17 +290,7 @@ class TokenTests(TestCase):
         The token is sent as the API expects: with it the tenant's tasks are
         served, without it the answer is a 401.
         """
-        from twisted.internet import reactor
-
-        base = os.path.abspath(self.mktemp())
-        os.makedirs(base)
-        tokens = os.path.join(base, "tokens")
-        with open(tokens, "w") as f:
-            f.write("t-alpha tenant=alpha owner=ann\n")
-        os.chmod(tokens, 0o600)
-        server = ServerProcess(reactor, os.path.join(base, "data"), GRACE + ["--auth-token-file", tokens])
-        await server.start()
-        self.addCleanup(lambda: defer.ensureDeferred(server.shutdown()))
+        server = await token_server(self, "t-alpha tenant=alpha owner=ann\n", GRACE)
 
         async def program() -> Tuple[List[str], int, Tuple[int, Optional[str]]]:
             client = AsyncioExecgoClient(server.url, token="t-alpha")

@@ -37,7 +37,7 @@ from execgo.server.web import api, openapi, page
 from execgo.server.web.auth import Tokens, parse_tokens
 from tests import webdriver
 from tests.apifixture import MemoryRuntime, tmp_data_dir
-from tests.serverfixture import ApiClient, ServerProcess, SharedServer, poll, repository_root, sleep
+from tests.serverfixture import ApiClient, ServerProcess, SharedServer, poll, repository_root, sleep, token_server
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -865,17 +865,7 @@ class TokenBrowserTests(BrowserTestCase):
         tab, shows only that tenant's tasks and the admin-only views as
         such; signing out asks again.
         """
-        from twisted.internet import reactor
-
-        base = os.path.abspath(self.mktemp())
-        os.makedirs(base)
-        token_file = os.path.join(base, "tokens")
-        with open(token_file, "w") as f:
-            f.write("t-alpha tenant=alpha owner=ann\nt-beta tenant=beta owner=bob\n")
-        os.chmod(token_file, 0o600)
-        server = ServerProcess(reactor, os.path.join(base, "data"), GRACE + ["--auth-token-file", token_file])
-        await server.start()
-        self.addCleanup(server.shutdown)
+        server = await token_server(self, "t-alpha tenant=alpha owner=ann\nt-beta tenant=beta owner=bob\n", GRACE)
         client = server.client(self)
         page = await self.open_page()
         alpha = await self.submit(client, sh("echo alpha"), token="t-alpha")

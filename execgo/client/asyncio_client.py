@@ -61,18 +61,11 @@ class AsyncioExecgoClient(Calls):
     A client of one runtime, for an asyncio program: each method (those of
     L{Calls}) returns an asyncio C{Task}; await it.
 
-    @param base_url: the runtime's root URL, e.g. C{"http://127.0.0.1:8080"};
-        trailing C{/} are ignored and a path prefix is kept.
-    @param token: a bearer token, sent as C{Authorization: Bearer <token>}
-        (for a server started with C{--auth-token-file}).
-    @param request_timeout: seconds allowed for one request including its
-        body (plus the C{wait_ms} of a long-poll; only until the head for
-        a stream), or C{None} for no limit.
-    @param max_body_bytes: the largest (non-streamed) response body accepted.
-    @param long_poll_ms: the C{wait_ms} of one long-poll request of
-        L{wait}; 0 polls every C{poll_interval_ms} instead.
-    @param stream_retries: how many times in a row a broken stream may fail
-        to make progress (or to reconnect) before it fails.
+    Its arguments are those of
+    L{execgo.client.execgo_client.ExecgoClient} (C{base_url}, C{token},
+    C{request_timeout}, C{max_body_bytes}, C{long_poll_ms},
+    C{stream_retries}), without an HTTP client or a clock, and:
+
     @param ssl: the TLS context for an C{https} runtime (the system's
         default context when C{None}).
     """
