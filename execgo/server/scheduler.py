@@ -23,7 +23,7 @@ not take go back to the queue.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Sequence, Set, Tuple
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -371,21 +371,29 @@ class Scheduler:
             self._wake_at(deferred_until, now)
         return picks
 
-    def _in_turn(self) -> List[QueuedTask]:
+    def _in_turn(self) -> Iterator[QueuedTask]:
         """
         The queue in the order this node considers it: oldest first, but
         in a cluster the tasks it accepted itself (or that only some nodes
         may run) before those other nodes accepted, which their own nodes
         serve first: nodes that all took the oldest task of the cluster
         would mostly race each other for it.
+
+        Lazily: L{_pick} stops at the first task that fills the ledger, so
+        a cycle costs the tasks it looks at, not the whole queue (a
+        thousand queued tasks made every cycle walk a thousand).  The
+        queue must not change while this is consumed.
         """
-        if self.node_id is None:
-            return list(self.queue.values())
-        own: List[QueuedTask] = []
-        others: List[QueuedTask] = []
+        others = False
         for task in self.queue.values():
-            (others if self._origins_elsewhere(task) else own).append(task)
-        return own + others
+            if self.node_id is not None and self._origins_elsewhere(task):
+                others = True
+            else:
+                yield task
+        if others:
+            for task in self.queue.values():
+                if self._origins_elsewhere(task):
+                    yield task
 
     def _origins_elsewhere(self, task: QueuedTask) -> bool:
         """
