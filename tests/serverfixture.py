@@ -164,7 +164,10 @@ def process_exists(pid: int) -> bool:
     return process_state(pid) is not None
 
 
-def _sigkill(pids: Sequence[int]) -> None:
+def sigkill(pids: Sequence[int]) -> None:
+    """
+    SIGKILL each of C{pids}, ignoring those already gone.
+    """
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -186,7 +189,7 @@ def kill_leftovers_now(data_dir: str, supervisors: bool = True) -> List[int]:
         pids = workloads + (supervisor_pids(data_dir) if supervisors else [])
         if not pids:
             break
-        _sigkill(pids)
+        sigkill(pids)
         killed.extend(pid for pid in workloads if pid not in killed)
     return killed
 
@@ -203,7 +206,7 @@ async def kill_leftovers(reactor: Any, data_dir: str, supervisors: bool = True) 
         left = workload_pids(data_dir)
         if supervisors:
             left += supervisor_pids(data_dir)
-        _sigkill(left)
+        sigkill(left)
         return not left
 
     await poll(reactor, gone, timeout=5.0, what=f"processes of {data_dir} to die")

@@ -32,7 +32,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
-from tests.serverfixture import clean_environ, free_port, poll, process_alive, sleep
+from tests.serverfixture import clean_environ, free_port, poll, process_alive, sigkill, sleep
 
 #: The key of an element reference in W3C WebDriver answers.
 ELEMENT_KEY = "element-6066-11e4-a52e-4f735466cecf"
@@ -119,14 +119,6 @@ def _using(directory: str) -> List[int]:
         except OSError:
             continue
     return pids
-
-
-def _sigkill(pids: List[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 class _Ended(protocol.ProcessProtocol):
@@ -280,7 +272,7 @@ class ChromeDriver:
 
         def gone() -> bool:
             left = [pid for pid in set(browsers) | set(_using(self.profile)) if process_alive(pid)]
-            _sigkill(left)
+            sigkill(left)
             return not left
 
         await poll(self.reactor, gone, timeout=10.0, what="Chromium to exit")
@@ -290,7 +282,7 @@ class ChromeDriver:
         """
         SIGKILL the driver and its Chromium at once (from C{atexit}).
         """
-        _sigkill(self.leftovers())
+        sigkill(self.leftovers())
 
 
 def _kill_at_exit() -> None:
