@@ -209,25 +209,6 @@ child_exec(const struct plan *p, volatile struct failure *f)
     FAIL(STEP_EXEC);
 }
 
-/* Apart from spawn() so that few of its locals are live across vfork(). */
-static pid_t __attribute__((noinline))
-do_vfork(const struct plan *p, volatile struct failure *f, int *err)
-{
-    sigset_t all, old;
-    pid_t pid;
-
-    /* As CPython: no signal handler may run in the child, on our memory,
-     * before it has reset the dispositions. */
-    sigfillset(&all);
-    if ((*err = pthread_sigmask(SIG_BLOCK, &all, &old)) != 0)
-        return -1;
-    if ((pid = vfork()) == 0)
-        child_exec(p, f);
-    *err = errno;
-    (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
-    return pid;
-}
-
 #if defined(__x86_64__) && defined(__linux__)
 #define HAVE_CLONE_INTO 1
 #ifndef SYS_clone3
@@ -289,26 +270,31 @@ clone_into(int cgroup_fd, const struct plan *p, volatile struct failure *f)
 }
 #endif
 
-/* Apart from spawn() so that few of its locals are live across the clone. */
+/* Apart from spawn() so that few of its locals are live across vfork().
+ * The child is made by vfork(), or born in the cgroup cgroup_fd (>= 0). */
 static pid_t __attribute__((noinline))
-do_clone_into(int cgroup_fd, const struct plan *p, volatile struct failure *f, int *err)
+do_spawn(int cgroup_fd, const struct plan *p, volatile struct failure *f, int *err)
 {
-#ifdef HAVE_CLONE_INTO
     sigset_t all, old;
     pid_t pid;
 
+    /* As CPython: no signal handler may run in the child, on our memory,
+     * before it has reset the dispositions. */
     sigfillset(&all);
     if ((*err = pthread_sigmask(SIG_BLOCK, &all, &old)) != 0)
         return -1;
-    pid = clone_into(cgroup_fd, p, f);
+    if (cgroup_fd >= 0) {
+#ifdef HAVE_CLONE_INTO
+        pid = clone_into(cgroup_fd, p, f);
+#else
+        errno = ENOSYS;
+        pid = -1;
+#endif
+    } else if ((pid = vfork()) == 0)
+        child_exec(p, f);
     *err = errno;
     (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
     return pid;
-#else
-    (void)cgroup_fd; (void)p; (void)f;
-    *err = ENOSYS;
-    return -1;
-#endif
 }
 
 /* A tuple copy of a sequence of bytes (kept alive in *hold) and a
@@ -432,7 +418,7 @@ spawn(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
      * non-dumpable (so that uid cannot ptrace it before the exec: good); the
      * mark would outlive the child on the supervisor: undo it. */
     dumpable = p.uid >= 0 || p.gid >= 0 ? prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) : -1;
-    pid = cgroup_fd >= 0 ? do_clone_into(cgroup_fd, &p, &f, &err) : do_vfork(&p, &f, &err);
+    pid = do_spawn(cgroup_fd, &p, &f, &err);
     if (dumpable == 1)
         (void)prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
     if (pid < 0) {
