@@ -23,7 +23,7 @@ from typing import AsyncIterator, Awaitable, Dict, List, Mapping, Optional, Tupl
 from urllib.parse import urlsplit
 
 from execgo import __version__
-from execgo.client.errors import ClientError, StreamInterrupted, TransportError
+from execgo.client.errors import StreamInterrupted, TransportError
 from execgo.client.iterators import Consumer
 from execgo.client.protocol import Reply, server_error
 from execgo.core.protocol import JSON_TYPE
@@ -259,14 +259,10 @@ class AsyncioTransport:
             writer.write(head + (body or b""))
             await writer.drain()
             return reader, writer, await _read_head(reader)
-        except ClientError:
+        except BaseException as e:
             writer.close()
-            raise
-        except (OSError, asyncio.IncompleteReadError) as e:
-            writer.close()
-            raise TransportError(f"{method} {url} failed: {_describe(e)}") from e
-        except BaseException:
-            writer.close()
+            if isinstance(e, (OSError, asyncio.IncompleteReadError)):
+                raise TransportError(f"{method} {url} failed: {_describe(e)}") from e
             raise
 
     async def _read_all(self, method: str, url: str, reader: asyncio.StreamReader, head: _Head) -> bytes:
