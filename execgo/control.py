@@ -204,6 +204,10 @@ class SupervisorSettings:
     @ivar node: the node the supervisor holds the lease of (C{None}, as in
         settings written before nodes existed: none).
     @ivar quotas: the tenant quotas its claims hold to, across a cluster.
+    @ivar max_running_tasks: the node's task slots: the supervisor runs at
+        most this many workloads at once and keeps the launch orders
+        beyond them, in order, until a slot frees (C{None}, as in settings
+        written before it existed: every order starts at once).
     @ivar max_output_preview_bytes: the server's preview ceiling, which
         bounds the previews in C{result.json} whatever limits a task was
         stored with (C{None}, as in settings written before it existed:
@@ -218,6 +222,7 @@ class SupervisorSettings:
     max_output_preview_bytes: Optional[int] = None
     node: Optional[NodeLease] = None
     quotas: Mapping[str, Reservation] = attrs.field(factory=dict)
+    max_running_tasks: Optional[int] = None
 
     def to_json(self) -> Dict[str, Any]:
         """
@@ -232,6 +237,7 @@ class SupervisorSettings:
             "max_output_preview_bytes": self.max_output_preview_bytes,
             "node": None if self.node is None else self.node.to_json(),
             "quotas": {tenant: quota.to_json() for tenant, quota in self.quotas.items()},
+            "max_running_tasks": self.max_running_tasks,
         }
 
     @classmethod
@@ -255,6 +261,7 @@ class SupervisorSettings:
                 max_output_preview_bytes=_optional_positive(data.get("max_output_preview_bytes")),
                 node=NodeLease.from_json(data.get("node")),
                 quotas={str(tenant): Reservation.from_json(quota) for tenant, quota in data.get("quotas", {}).items()},
+                max_running_tasks=_optional_positive(data.get("max_running_tasks")),
             )
         except (KeyError, TypeError) as e:
             raise ValueError(f"malformed supervisor settings: {e}") from None
@@ -377,12 +384,16 @@ class Hello:
     The supervisor's greeting on a new connection: its pid, the tasks it
     runs and the store it runs them on (the SQLite file's path or the
     PostgreSQL URL without its password; C{None} from a supervisor that
-    does not say).
+    does not say).  C{slots}: the task slots it holds launch orders to
+    (L{SupervisorSettings.max_running_tasks}); C{None} from one that
+    starts every order at once, which must not be sent more orders than
+    slots.
     """
 
     pid: int
     running: Tuple[str, ...] = ()
     store: Optional[str] = None
+    slots: Optional[int] = None
 
     def to_json(self) -> Dict[str, Any]:
         """
@@ -391,6 +402,8 @@ class Hello:
         wire: Dict[str, Any] = {"ev": "hello", "pid": self.pid, "running": list(self.running)}
         if self.store is not None:
             wire["store"] = self.store
+        if self.slots is not None:
+            wire["slots"] = self.slots
         return wire
 
 
@@ -511,10 +524,12 @@ def decode_report(line: bytes) -> Optional[Report]:
         if pid is None:
             return None
         store = data.get("store")
+        slots = _seq(data.get("slots"))
         return Hello(
             pid,
             tuple(r for r in running if isinstance(r, str)) if isinstance(running, list) else (),
             store if isinstance(store, str) else None,
+            slots if slots is not None and slots > 0 else None,
         )
     if ev == "finished" and task_id is not None:
         status = data.get("status")

@@ -230,6 +230,7 @@ class FakeLink:
         self, pid: Optional[int] = 4242, connected: bool = True, calls: Optional[List[str]] = None
     ) -> None:
         self.pid = pid
+        self.slots: Optional[int] = None
         self.connected = connected
         self.launched: List[List[str]] = []
         self.refused: List[List[str]] = []

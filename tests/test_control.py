@@ -163,6 +163,27 @@ class SettingsTests(SynchronousTestCase):
                 out.write(json.dumps({**old, "max_output_preview_bytes": bad}))
             self.assertIsNone(control.read_settings(self.data_dir), bad)
 
+    def test_max_running_tasks(self) -> None:
+        """
+        The task slots round-trip; a file written before they existed
+        still parses (no limit kept by the supervisor); a value that is
+        not a positive integer makes the file malformed.
+        """
+        path = os.path.join(control.run_dir(self.data_dir), control.SETTINGS_NAME)
+        control.write_settings(self.data_dir, settings(max_running_tasks=4))
+        self.assertEqual(control.read_settings(self.data_dir), settings(max_running_tasks=4))
+        old = settings().to_json()
+        del old["max_running_tasks"]
+        with open(path, "w") as out:
+            out.write(json.dumps(old))
+        read = control.read_settings(self.data_dir)
+        assert read is not None
+        self.assertIsNone(read.max_running_tasks)
+        for bad in (0, -1, "4", True):
+            with open(path, "w") as out:
+                out.write(json.dumps({**old, "max_running_tasks": bad}))
+            self.assertIsNone(control.read_settings(self.data_dir), bad)
+
     def test_missing_or_malformed(self) -> None:
         """
         No file, or one that does not parse: no settings.
@@ -188,6 +209,7 @@ class MessageTests(SynchronousTestCase):
         reports = [
             control.Hello(42, ("a",)),
             control.Hello(42, ("a",), "postgresql://app@db/execgo"),
+            control.Hello(42, (), "/data/runtime.db", 4),
             control.Finished("a"),
             control.Finished("a", {"task_id": "a", "status": "success"}),
             control.Declined("a"),
@@ -212,6 +234,16 @@ class MessageTests(SynchronousTestCase):
         """
         line = b'{"op":"launch","task_ids":["a",1,null],"env":{"PATH":"/evil"},"cgroup_root":"/x","grace_ms":1}'
         self.assertEqual(control.decode_order(line), control.Launch(("a",)))
+
+    def test_hello_slots(self) -> None:
+        """
+        A greeting's slots are a positive integer or none at all: a
+        supervisor that says anything else is taken to start every order
+        at once.
+        """
+        for slots in (0, -2, "4", True, 1.5, None):
+            line = json.dumps({"ev": "hello", "pid": 42, "running": [], "slots": slots}).encode()
+            self.assertEqual(control.decode_report(line), control.Hello(42), slots)
 
     def test_garbage_ignored(self) -> None:
         """

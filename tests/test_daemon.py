@@ -104,6 +104,34 @@ class LoopTests(EngineHarness, SynchronousTestCase):
         server = self.connect()
         self.assertEqual(self.received(server), [control.Hello(os.getpid(), ("running",), self.db)])
 
+    def test_hello_says_the_slots(self) -> None:
+        """
+        The greeting names the task slots the supervisor keeps orders to.
+        """
+        self.supervisor.slots.limit = 3
+        server = self.connect()
+        self.assertEqual(self.received(server), [control.Hello(os.getpid(), (), self.db, 3)])
+
+    def test_orders_of_a_closed_connection_forgotten(self) -> None:
+        """
+        The orders waiting for a slot that came by a connection that
+        closed are dropped: they stay C{accepted} for the server to order
+        again.
+        """
+        self.supervisor.slots.limit = 1
+        gone, staying = self.connect(), self.connect()
+        for task_id in ("a", "b", "c"):
+            self.insert(task_id)
+        self.order(gone, control.Launch(("a", "b")))
+        self.order(staying, control.Launch(("c",)))
+        self.assertEqual(sorted(self.supervisor.by_task), ["a"])
+        gone.close()
+        self.turn()
+        self.processes.exit(self.supervisor.by_task["a"].pid, 0)
+        self.turn()
+        self.assertEqual(sorted(self.supervisor.by_task), ["c"])
+        self.assertEqual(self.load("b").status, "accepted")
+
     def test_launch_then_finished(self) -> None:
         """
         A launch order starts the task; its end is reported with its
@@ -176,7 +204,7 @@ class LoopTests(EngineHarness, SynchronousTestCase):
             control.Ping(1),
             control.Launch(("c",)),
         )
-        self.assertEqual(batches, [["a", "b", "a", "ghost"], ["c"]])
+        self.assertEqual(batches, [["a", "b", "ghost"], ["c"]])
         self.assertEqual(self.received(server), [control.Declined("ghost"), control.Pong(1)])
         self.assertEqual(sorted(self.supervisor.by_task), ["a", "b", "c"])
         self.assertEqual(len(self.processes.workloads), 3)

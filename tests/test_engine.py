@@ -8,6 +8,7 @@ C{tests.test_supervisor}.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sqlite3
@@ -333,6 +334,107 @@ class LaunchTests(EngineHarness, SynchronousTestCase):
         self.assertEqual((record.pid, record.started_at_ms), (pid, 1_000_000))
 
 
+class SlotTests(EngineHarness, SynchronousTestCase):
+    """
+    Launch orders beyond the node's task slots wait in the engine
+    (L{Supervisor.order}) and start, in order, as ends free slots.
+    """
+
+    def setUp(self) -> None:
+        self.make_engine()
+        self.supervisor.slots.limit = 2
+        self.declined: List[str] = []
+
+    def order(self, *task_ids: str) -> None:
+        """
+        Store C{accepted} tasks and order them launched, in one order.
+        """
+        for task_id in task_ids:
+            task = new_task(self.data_dir, task_id, command("/bin/true"), make_dirs=True)
+            transitions.insert_task(self.conn, task, int(self.now * 1000))
+        self.supervisor.order([(task_id, functools.partial(self.declined.append, task_id)) for task_id in task_ids])
+
+    def end(self, task_id: str) -> None:
+        """
+        The workload of C{task_id} exits 0 and the loop turns.
+        """
+        self.processes.exit(self.supervisor.by_task[task_id].pid, 0)
+        self.advance()
+
+    def test_waits_for_a_slot(self) -> None:
+        """
+        No more workloads than slots run; the orders beyond stay
+        C{accepted} in the store and start, oldest first, as soon as an
+        end is written, with no word from a server.
+        """
+        self.order("a", "b", "c", "d")
+        self.assertEqual(sorted(self.supervisor.by_task), ["a", "b"])
+        self.assertEqual([self.load(t).status for t in "cd"], ["accepted", "accepted"])
+        self.end("a")
+        self.assertEqual(self.load("a").status, "success")
+        self.assertEqual(sorted(self.supervisor.by_task), ["b", "c"])
+        self.assertEqual(self.load("c").status, "running")
+        self.end("b")
+        self.end("c")
+        self.assertEqual(sorted(self.supervisor.by_task), ["d"])
+        self.end("d")
+        self.assertEqual([self.load(t).status for t in "abcd"], ["success"] * 4)
+        self.assertEqual(len(self.processes.workloads), 4)
+        self.assertEqual(self.declined, [])
+        self.assertFalse(self.supervisor.busy)
+
+    def test_cancelled_while_waiting(self) -> None:
+        """
+        A task cancelled while its order waits is declined when its turn
+        comes, and the slot goes to the next order at once.
+        """
+        self.order("a", "b", "c")
+        self.supervisor.slots.limit = 1
+        self.end("a")
+        self.assertEqual(sorted(self.supervisor.by_task), ["b"])
+        transitions.kill(self.conn, "c", None, int(self.now * 1000))
+        self.order("d")
+        self.end("b")
+        self.assertEqual(self.declined, ["c"])
+        self.assertEqual(sorted(self.supervisor.by_task), ["d"])
+        self.assertEqual(self.load("c").status, "cancelled")
+
+    def test_end_written_by_a_timer(self) -> None:
+        """
+        An end written by a timer (the drain of a group that outlived its
+        leader) frees its slot in the same turn, not on the next wake-up.
+        """
+        self.supervisor.slots.limit = 1
+        self.processes.behaviour = {"immortal": True}
+        self.order("a", "b")
+        self.processes.exit(self.supervisor.by_task["a"].pid, 0, leftovers=1)
+        self.advance()
+        self.assertEqual(self.load("a").status, "running")
+        self.advance(reaping.GROUP_DRAIN_LIMIT_S)
+        self.assertEqual(self.load("a").status, "success")
+        self.assertEqual(sorted(self.supervisor.by_task), ["b"])
+
+    def test_no_limit(self) -> None:
+        """
+        Without a limit (settings written before there was one) every
+        order starts at once.
+        """
+        self.supervisor.slots.limit = None
+        self.order("a", "b", "c")
+        self.assertEqual(sorted(self.supervisor.by_task), ["a", "b", "c"])
+
+    def test_configured(self) -> None:
+        """
+        The limit is the settings' C{max_running_tasks}.
+        """
+        self.supervisor.configure(
+            control.SupervisorSettings(
+                grace_ms=500, env={}, cgroup_root="/nonexistent", identity=None, max_running_tasks=3  # type: ignore[arg-type]
+            )
+        )
+        self.assertEqual(self.supervisor.slots.limit, 3)
+
+
 class CgroupSignalTests(EngineHarness, SynchronousTestCase):
     """
     The escalation reaches a task's cgroups as well as its process group.
@@ -414,6 +516,28 @@ class StoreOutageTests(EngineHarness, SynchronousTestCase):
         self.assertEqual(self.load("t").status, "success")
         self.assertEqual(self.events("t").count("finished"), 1)
         self.assertFalse(self.supervisor.busy)
+
+    def test_slot_held_until_the_end_is_written(self) -> None:
+        """
+        A workload that exits while the store is away keeps its slot until
+        its end is written: the order waiting for a slot starts only then.
+        """
+        self.supervisor.slots.limit = 1
+        for task_id in ("a", "b"):
+            task = new_task(self.data_dir, task_id, command("/bin/true"), make_dirs=True)
+            transitions.insert_task(self.conn, task, int(self.now * 1000))
+        self.supervisor.order([("a", None), ("b", None)])
+        pid = self.supervisor.by_task["a"].pid
+        self.store_down()
+        self.processes.exit(pid, 0)
+        for _ in range(4):
+            self.advance(1.0)
+            self.assertEqual(len(self.processes.workloads), 1)
+        self.store_up()
+        self.advance(1.0)
+        self.advance(1.0)
+        self.assertEqual(self.load("a").status, "success")
+        self.assertEqual(sorted(self.supervisor.by_task), ["b"])
 
     def test_timeout_while_the_store_is_away(self) -> None:
         """

@@ -2286,6 +2286,44 @@ QueueTests.shared = SharedServer(
 )
 
 
+class SlotTests(SharedServerCase):
+    """
+    With two slots: the supervisor is sent launch orders beyond its free
+    slots and keeps them; the node never runs more tasks than slots.
+    """
+
+    async def test_never_more_than_the_slots(self) -> None:
+        """
+        Eight short tasks submitted at once all succeed, start in the order
+        they were submitted, each after a slot freed (never more than two
+        between start and end); while two run, the others are C{accepted}
+        and hold nothing in C{/runtime/resources}, and C{/metrics} reserves
+        no more slots than there are.
+        """
+        ids = [await self.submit(shell("sleep 0.3", task_id=unique(f"slot{i}"))) for i in range(8)]
+        await self.wait_started(ids[0])
+        await self.wait_started(ids[1])
+        statuses = [(await self.status(task_id))["status"] for task_id in ids]
+        self.assertLessEqual(statuses.count("running"), 2, statuses)
+        resources = (await self.api.get("/api/v1/runtime/resources")).json()
+        self.assertLessEqual(len(resources["active_reservations"]), 2)
+        metrics = (await self.api.get("/metrics")).body.decode("utf-8")
+        self.assertIn('execgo_runtime_ledger_capacity{resource="task_slots"} 2\n', metrics)
+        reserved = re.search(r'execgo_runtime_ledger_reserved\{resource="task_slots"\} (\d+)', metrics)
+        assert reserved is not None
+        self.assertLessEqual(int(reserved.group(1)), 2)
+        ended = [await self.wait_terminal(task_id) for task_id in ids]
+        self.assertEqual([status["status"] for status in ended], ["success"] * 8)
+        spans = [(parse_time(s["started_at"]), parse_time(s["finished_at"])) for s in ended]
+        self.assertEqual(sorted(spans), spans, "the tasks did not start in the order they were submitted")
+        for start, _ in spans:
+            running = sum(1 for begun, end in spans if begun <= start < end)
+            self.assertLessEqual(running, 2, spans)
+
+
+SlotTests.shared = SharedServer(SlotTests, GRACE + ["--max-running-tasks", "2"])
+
+
 # Crashes, recovery, GC, twistd
 
 
@@ -2498,7 +2536,7 @@ class CrashRecoveryTests(OwnServerCase):
         self.assertTrue(process_alive(started["pid"]))
         await self.restart()
         status = await self.wait_terminal(task_id, timeout=15)
-        self.assertEqual((status["status"], status["stdout"]), ("success", "kept\n"))
+        self.assertEqual((status["status"], status["stdout"]), ("success", "kept\n"), status)
         self.assertIn("recovered", await self.event_types(task_id))
 
     async def test_sigterm_answers_requests_in_flight(self) -> None:

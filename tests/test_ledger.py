@@ -103,6 +103,33 @@ class LedgerTests(SynchronousTestCase):
         self.assertTrue(ledger.fits(Reservation(), None))
         self.assertEqual(list(ledger.active), ["b"])
 
+    def test_standby(self) -> None:
+        """
+        Standby slots let as many tasks again be held beyond the capacity's
+        slots, and no more; memory and the tenants' quotas count them as
+        if they ran.
+        """
+        ledger = Ledger(Reservation(2, 1000), {"t": Reservation(2)})
+        ledger.standby = 2
+        for task_id in ("a", "b", "c"):
+            self.assertTrue(ledger.fits(Reservation(1, 300), None))
+            ledger.reserve(task_id, None, Reservation(1, 300))
+        self.assertFalse(ledger.full)
+        self.assertFalse(ledger.fits(Reservation(1, 200), None))
+        self.assertFalse(ledger.fits_capacity(Reservation(1, 200)))
+        self.assertTrue(ledger.fits(Reservation(1, 100), None))
+        self.assertTrue(ledger.fits(Reservation(1), "t"))
+        ledger.reserve("t1", "t", Reservation(1))
+        ledger.reserve("t2", "t", Reservation(1))
+        self.assertTrue(ledger.full)
+        ledger.release("a")
+        ledger.release("b")
+        self.assertFalse(ledger.fits(Reservation(1), "t"))
+        self.assertTrue(ledger.fits(Reservation(1), None))
+        ledger.standby = 0
+        self.assertTrue(ledger.full)
+        self.assertFalse(ledger.fits(Reservation(1), None))
+
     def test_release_idempotent(self) -> None:
         """
         Releasing an unknown or already released task does nothing.

@@ -148,6 +148,46 @@ class DispatchTests(SchedulerTestCase):
         self.assertEqual(self.queue(), ["c"])
         self.assertEqual(self.scheduler.cycles, 1)
 
+    def test_standby_orders(self) -> None:
+        """
+        A supervisor that keeps launch orders until a slot frees, for no
+        more slots than the node has, is sent as many orders again as the
+        node has slots; the ledger counts them all.
+        """
+        self.link.slots = 2
+        self.submit(*[queued(task_id) for task_id in "abcde"])
+        self.scheduler.start()
+        self.assertEqual(self.link.launched, [["a", "b", "c", "d"]])
+        self.assertEqual(self.holds(), ["a", "b", "c", "d"])
+        self.assertTrue(self.ledger.full)
+        self.scheduler.released("a")
+        self.assertEqual(self.link.launched, [["a", "b", "c", "d"], ["e"]])
+
+    def assert_no_standby(self, slots: Optional[int]) -> None:
+        """
+        With the supervisor's greeting naming C{slots}, no more orders
+        are sent than the node has slots.
+        """
+        self.link.slots = slots
+        self.submit(queued("a"), queued("b"), queued("c"))
+        self.scheduler.start()
+        self.assertEqual(self.link.launched, [["a", "b"]])
+        self.assertEqual(self.queue(), ["c"])
+
+    def test_no_standby_for_a_supervisor_without_slots(self) -> None:
+        """
+        A supervisor that starts every order at once is sent no more
+        orders than slots.
+        """
+        self.assert_no_standby(None)
+
+    def test_no_standby_for_more_slots(self) -> None:
+        """
+        A supervisor that keeps orders to more slots than the node has
+        (another server's settings) is sent no more orders than slots.
+        """
+        self.assert_no_standby(3)
+
     def test_dispatch_logged(self) -> None:
         """
         Each dispatched task is logged at info level with its id and the

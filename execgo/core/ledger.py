@@ -122,11 +122,16 @@ class Ledger:
 
     @ivar capacity: the fixed runtime capacity.
     @ivar quotas: tenant name to quota.
+    @ivar standby: task slots beyond the capacity's that may be held: the
+        launch orders a supervisor keeps until one of its slots frees
+        (L{execgo.supervisor.slots}) hold one each.  Memory, pids and the
+        tenants' quotas count them as if they ran.
     """
 
     def __init__(self, capacity: Reservation, quotas: Mapping[str, Reservation]) -> None:
         self.capacity = capacity
         self.quotas: Mapping[str, Reservation] = dict(quotas)
+        self.standby = 0
         self._active: Dict[str, Holding] = {}
         self._reserved = NOTHING
         self._tenants: Dict[str, Reservation] = {}
@@ -168,7 +173,7 @@ class Ledger:
         Whether every task slot is taken (nothing can fit, so a dispatcher
         can stop looking).
         """
-        return self._reserved.task_slots >= self.capacity.task_slots
+        return self._reserved.task_slots >= self.capacity.task_slots + self.standby
 
     def tenant_reserved(self, tenant: str) -> Reservation:
         """
@@ -181,14 +186,23 @@ class Ledger:
         Whether the task fits the runtime capacity on top of current usage,
         its tenant's quota aside.
         """
-        return fits_on_top(reservation, self._reserved, self.capacity)
+        return fits_on_top(reservation, self._reserved, self._bound)
+
+    @property
+    def _bound(self) -> Reservation:
+        """
+        The capacity, with the standby slots.
+        """
+        if not self.standby:
+            return self.capacity
+        return attrs.evolve(self.capacity, task_slots=self.capacity.task_slots + self.standby)
 
     def fits(self, reservation: Reservation, tenant: Optional[str]) -> bool:
         """
         The dispatch-time check: does the task fit on top of the current
         usage, globally and within its tenant's quota?
         """
-        if not fits_on_top(reservation, self._reserved, self.capacity):
+        if not fits_on_top(reservation, self._reserved, self._bound):
             return False
         if tenant is not None and tenant in self.quotas:
             used = add(self.tenant_reserved(tenant), self._tenants_elsewhere.get(tenant, NOTHING), 1)

@@ -203,6 +203,9 @@ class SupervisorLink:
         self.supervisor_alive = supervisor_alive
         self.protocol: Optional[_ControlProtocol] = None
         self.pid: Optional[int] = None
+        #: The task slots the connected supervisor holds launch orders to
+        #: (its greeting's; C{None}: it starts every order at once).
+        self.slots: Optional[int] = None
         self.children: List[BoundedOutputProtocol] = []
         self.closing = False
         self._ping_call: Any = None
@@ -252,6 +255,7 @@ class SupervisorLink:
             raise
         self.protocol = control_protocol
         self.pid = pid
+        self.slots = hello.slots
         self._last_heard = self.reactor.seconds()
         self._schedule_ping()
         log.info("connected to supervisor {pid}", pid=self.pid)
@@ -322,6 +326,7 @@ class SupervisorLink:
         pid = self.pid
         self.protocol = None
         self.pid = None
+        self.slots = None
         self._cancel_ping()
         if pid is not None and not self.closing:
             if self.listener is not None:

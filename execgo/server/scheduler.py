@@ -51,11 +51,12 @@ class DispatchStore(Protocol):
 class SupervisorOrders(Protocol):
     """
     What the dispatcher needs of the supervisor link
-    (L{execgo.server.link.SupervisorLink}): the supervisor's pid, and a way
-    to send it launch orders.
+    (L{execgo.server.link.SupervisorLink}): the supervisor's pid, the task
+    slots it keeps launch orders to, and a way to send it launch orders.
     """
 
     pid: Optional[int]
+    slots: Optional[int]
 
     def launch(self, task_ids: Sequence[str]) -> bool: ...
 
@@ -311,6 +312,7 @@ class Scheduler:
         if self._resync_pending:
             self._resync_pending = False
             await self._resync()
+        self.ledger.standby = self._standby()
         picks = self._pick()
         if not picks:
             return
@@ -329,6 +331,17 @@ class Scheduler:
             del self.queue[task.task_id]
             self.dispatched[task.task_id] = task
             log.info("task dispatched", task_id=task.task_id, shim_pid=pid)
+
+    def _standby(self) -> int:
+        """
+        How many launch orders beyond the free slots the supervisor may be
+        sent: as many as the node has slots, when the connected supervisor
+        keeps orders until a slot frees and holds to no more slots than
+        this node has (L{execgo.supervisor.slots}); else none.
+        """
+        slots = self.link.slots
+        capacity = self.ledger.capacity.task_slots
+        return capacity if slots is not None and slots <= capacity else 0
 
     def _pick(self) -> List[QueuedTask]:
         """

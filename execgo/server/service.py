@@ -457,6 +457,7 @@ class RuntimeService(service.Service):
             max_output_preview_bytes=config.max_output_preview_bytes,
             node=lease,
             quotas=self.quotas,
+            max_running_tasks=config.max_running_tasks or None,
         )
 
     async def _listen(self, runtime: Runtime) -> Any:

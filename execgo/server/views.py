@@ -119,7 +119,8 @@ class RuntimeViews:
         nodes = await self.store.node_states()
         ledger = self.scheduler.ledger
         capacity, reserved = ledger.capacity, ledger.reserved
-        view = [("task_slots", reserved.task_slots, capacity.task_slots)]
+        # Launch orders waiting in the supervisor for a slot hold none yet.
+        view = [("task_slots", min(reserved.task_slots, capacity.task_slots), capacity.task_slots)]
         if capacity.memory_bytes is not None:
             view.append(("memory_bytes", reserved.memory_bytes or 0, capacity.memory_bytes))
         if capacity.pids is not None:

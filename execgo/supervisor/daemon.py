@@ -177,7 +177,10 @@ class Loop:
         connection = _Connection(sock, self)
         self.connections[sock.fileno()] = connection
         self.selector.register(sock, selectors.EVENT_READ, connection.readable)
-        connection.send(control.Hello(os.getpid(), tuple(sorted(self.supervisor.by_task)), self.supervisor.store))
+        supervisor = self.supervisor
+        connection.send(
+            control.Hello(os.getpid(), tuple(sorted(supervisor.by_task)), supervisor.store, supervisor.slots.limit)
+        )
 
     def want_read(self, connection: _Connection) -> None:
         """
@@ -213,6 +216,7 @@ class Loop:
         if self.connections.pop(fileno, None) is not None:
             self.selector.unregister(connection.sock)
             connection.sock.close()
+            self.supervisor.slots.forget(connection)
 
     def broadcast(self, message: control.Report) -> None:
         """
@@ -241,7 +245,7 @@ class Loop:
     def _launch(self, connection: _Connection, task_ids: List[str]) -> None:
         if task_ids:
             # Only the server that sent the order holds a slot for it.
-            self.supervisor.launch_all([(task_id, _decline(connection, task_id)) for task_id in task_ids])
+            self.supervisor.order([(task_id, _decline(connection, task_id)) for task_id in task_ids], connection)
 
     def handle(self, connection: _Connection, line: bytes) -> None:
         """

@@ -51,6 +51,7 @@ from execgo.supervisor.endings import Endings
 from execgo.supervisor.membership import Membership
 from execgo.supervisor.processes import HostProcesses, Processes
 from execgo.supervisor.reaping import Reaper
+from execgo.supervisor.slots import Order, Slots
 from execgo.supervisor.starts import StartRecord, StartRecords
 from execgo.supervisor.timers import Timer, Timers
 from execgo.supervisor.workload import Running
@@ -96,6 +97,8 @@ class Supervisor:
     @ivar starts: the start records not written yet (L{StartRecords}).
     @ivar endings: writes and reports the ends of tasks (L{Endings}).
     @ivar reaper: reaps and judges the workloads that exit (L{Reaper}).
+    @ivar slots: the node's task slots and the launch orders waiting for
+        one (L{Slots}).
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class Supervisor:
         #: their files (the daemon's data directory; C{None}: where they are).
         self.data_dir: Optional[str] = None
         self.listeners: List[Callable[[Report], None]] = []
+        self.slots = Slots()
         self.starts = StartRecords(self.conn, self.clock.call_later, log)
         self.starts.guard = self._guard_lease
         self.starts.on_stale = self._lease_stale
@@ -209,6 +213,7 @@ class Supervisor:
         self.preview_ceiling = settings.max_output_preview_bytes
         self.node_id = None if settings.node is None else settings.node.node_id
         self.quotas = dict(settings.quotas)
+        self.slots.limit = settings.max_running_tasks
 
     # Timers
 
@@ -227,9 +232,11 @@ class Supervisor:
 
     def run_due_timers(self) -> None:
         """
-        Run every timer whose deadline has passed, each L{guard}ed.
+        Run every timer whose deadline has passed, each L{guard}ed; then
+        start the orders the ends they wrote made room for.
         """
         self.clock.run_due(self.guard)
+        self.start_held()
 
     def guard(self, call: Callable[[], object]) -> None:
         """
@@ -266,7 +273,37 @@ class Supervisor:
         """
         return self.launch_all([(task_id, on_declined)])[0]
 
-    def launch_all(self, orders: Sequence[Tuple[str, Optional[Callable[[], None]]]]) -> List[bool]:
+    def order(self, orders: List[Order], sender: object = None) -> None:
+        """
+        A server's launch orders: each starts when a slot is free for it,
+        in the order they came, and waits in L{slots} until then
+        (L{start_held}).
+
+        @param sender: the connection they came by (L{Slots.forget}).
+        """
+        self.slots.hold([order for order in orders if order[0] not in self.by_task], sender)
+        self.start_held()
+
+    @property
+    def occupied(self) -> int:
+        """
+        The slots taken: workloads supervised, and ends the store has not
+        taken yet (their reservations are not released).
+        """
+        return len(self.by_task) + len(self.endings.pending)
+
+    def start_held(self) -> None:
+        """
+        Launch the launch orders kept in L{slots} that free slots take
+        (L{launch_all}, one claim transaction for those taken together).
+        """
+        while True:
+            taken = self.slots.take(self.occupied)
+            if not taken:
+                return
+            self.launch_all(taken)
+
+    def launch_all(self, orders: Sequence[Order]) -> List[bool]:
         """
         L{launch} for each C{(task_id, on_declined)} of C{orders}, the
         claims in one transaction (L{transitions.claim_all}).
@@ -314,7 +351,7 @@ class Supervisor:
             if transitions.refused_for_lease(e):
                 self._lease_stale()
             for task_id, on_declined in fresh.items():
-                self.call_later(CLAIM_RETRY_S, functools.partial(self.launch, task_id, on_declined))
+                self.call_later(CLAIM_RETRY_S, functools.partial(self.order, [(task_id, on_declined)]))
             return [True for _ in orders]
         taken = {task_id: self._launched(task_id, claim) for task_id, claim in zip(fresh, claims)}
         answers = []
@@ -517,6 +554,7 @@ class Supervisor:
         """
         with self.endings.together():
             self.reaper.reap_all()
+        self.start_held()
 
     @property
     def busy(self) -> bool:
