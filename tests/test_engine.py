@@ -20,6 +20,7 @@ from execgo import control
 from execgo.core.models import ResourceLimits
 from execgo.core.results import ErrorInfo
 from execgo.store import connection, schema, transitions
+from execgo.supervisor import endings as endings_module
 from execgo.supervisor import engine as engine_module
 from execgo.supervisor import launcher, reaping, starts
 from execgo.supervisor.engine import Supervisor
@@ -413,6 +414,54 @@ class SlotTests(EngineHarness, SynchronousTestCase):
         self.advance(reaping.GROUP_DRAIN_LIMIT_S)
         self.assertEqual(self.load("a").status, "success")
         self.assertEqual(sorted(self.supervisor.by_task), ["b"])
+
+    def test_claimed_with_the_end(self) -> None:
+        """
+        The order that takes a freed slot is claimed in the transaction
+        that writes the end: one commit turns the slot over.
+        """
+        self.supervisor.slots.limit = 1
+        self.order("a", "b")
+        statements: List[str] = []
+        self.supervisor.conn.set_trace_callback(statements.append)
+        self.end("a")
+        self.supervisor.conn.set_trace_callback(None)
+        self.assertEqual(sorted(self.supervisor.by_task), ["b"])
+        self.assertEqual((self.load("a").status, self.load("b").status), ("success", "running"))
+        self.assertEqual([s for s in statements if s.startswith(("BEGIN", "COMMIT"))], ["BEGIN IMMEDIATE", "COMMIT"])
+
+    def test_claim_undone_with_the_end(self) -> None:
+        """
+        When the transaction that writes an end fails after the claim of
+        its successor, both are undone: the order is kept first again, and
+        both are written when the end is tried again.
+        """
+        self.supervisor.slots.limit = 1
+        self.order("a", "b", "c")
+        claim = self.supervisor.claim_successors
+        conn = self.supervisor.conn
+
+        def refuse_once(*args: Any, **kwargs: Any) -> Any:
+            del conn.execute
+            raise sqlite3.OperationalError("disk I/O error")
+
+        def then_fail(conn: Any) -> Any:
+            settle = claim(conn)
+            # The next statement (the place of the result or the commit) fails.
+            conn.execute = refuse_once
+            self.supervisor.endings.successors = claim
+            return settle
+
+        self.supervisor.endings.successors = then_fail
+        self.end("a")
+        self.assertEqual((self.load("a").status, self.load("b").status), ("running", "accepted"))
+        self.assertEqual(self.supervisor.by_task, {})
+        self.assertEqual(self.supervisor.slots.take(occupied=0)[0][0], "b")
+        self.supervisor.slots.put_back([("b", None)])
+        self.advance(endings_module.FINISH_RETRY_S)
+        self.assertEqual((self.load("a").status, self.load("b").status), ("success", "running"))
+        self.assertEqual(sorted(self.supervisor.by_task), ["b"])
+        self.assertEqual(self.load("c").status, "accepted")
 
     def test_no_limit(self) -> None:
         """

@@ -84,3 +84,16 @@ class SlotsTests(SynchronousTestCase):
         self.assertNotIn("a", slots)
         self.assertEqual(ids(slots.take(occupied=0)), ["c"])
         self.assertEqual(len(slots), 0)
+
+    def test_put_back_first(self) -> None:
+        """
+        Orders taken and put back (their claim failed) come out first
+        again, in their order, before those kept meanwhile.
+        """
+        slots = Slots(2)
+        slots.hold([("a", None), ("b", None), ("c", None)], "server")
+        taken = slots.take(occupied=0)
+        slots.hold([("d", None)], "server")
+        slots.put_back(taken)
+        self.assertEqual(ids(slots.take(occupied=0)), ["a", "b"])
+        self.assertEqual(ids(slots.take(occupied=0)), ["c", "d"])

@@ -267,6 +267,28 @@ class ConnectionTests(StoreTestCase):
         self.assertRaises(ValueError, fail)
         self.assertEqual(self.load().status, "accepted")
 
+    def test_failed_commit_rolls_back(self) -> None:
+        """
+        A C{COMMIT} that fails (here a deferred constraint) undoes the
+        transaction and leaves none open: the next transaction commits.
+        """
+        self.conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        self.conn.execute(
+            "CREATE TABLE child (id INTEGER, parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+        )
+
+        def orphan() -> None:
+            with connection.transaction(self.conn):
+                self.conn.execute("INSERT INTO child VALUES (1, 42)")
+
+        self.assertRaises(backend_of(self.conn).IntegrityError, orphan)
+        self.assertFalse(self.conn.in_transaction)
+        with connection.transaction(self.conn):
+            self.conn.execute("INSERT INTO parent VALUES (7)")
+        self.assertFalse(self.conn.in_transaction)
+        self.assertEqual([tuple(r) for r in connection.rows(self.conn, "SELECT id FROM parent")], [(7,)])
+        self.assertEqual(connection.rows(self.conn, "SELECT id FROM child"), [])
+
 
 @backends.each
 class InsertTests(StoreTestCase):

@@ -62,8 +62,11 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """
     Run the body in one write transaction (the backend's
     L{begin_write<execgo.store.backend.Backend.begin_write>}): committed on
-    success, rolled back on any exception.  Inside an open transaction the
-    body simply joins it (so transitions compose into one commit).
+    success, rolled back on any exception, the commit's own included
+    (SQLite keeps a transaction whose C{COMMIT} failed open, and every
+    later transaction would join it and never commit).  Inside an open
+    transaction the body simply joins it (so transitions compose into one
+    commit).
     """
     if conn.in_transaction:
         yield conn
@@ -74,7 +77,12 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> List[sqlite3.Row]:

@@ -329,17 +329,26 @@ class TerminalWrite:
             self.result.discard()
 
 
-def commit(conn: sqlite3.Connection, writes: Sequence[TerminalWrite], before: Callable[[sqlite3.Connection], T]) -> T:
+def commit(
+    conn: sqlite3.Connection,
+    writes: Sequence[TerminalWrite],
+    before: Callable[[sqlite3.Connection], T],
+    after: Callable[[sqlite3.Connection], object] = lambda conn: None,
+) -> T:
     """
     Prepared writes in one transaction of their own (never run this
     inside a transaction of the caller's: its rollback would not be
     seen): C{before(conn)} first, then each L{TerminalWrite.write}, then
-    each L{TerminalWrite.place}.  When anything raises, the transaction
-    is rolled back and every write abandoned before the error goes on;
-    after the commit, the writes that did not take are abandoned.
+    C{after(conn)}, then each L{TerminalWrite.place}.  When anything
+    raises, the transaction is rolled back and every write abandoned
+    before the error goes on; after the commit, the writes that did not
+    take are abandoned.
 
     @param before: more of the same transaction (the supervisor's pending
         start records, which a terminal write must not overtake).
+    @param after: more of the same transaction, which the terminal writes
+        come before (the supervisor's claims of the tasks that take the
+        slots and uids these ends free).
     @return: what C{before} returned.
     """
     try:
@@ -348,6 +357,7 @@ def commit(conn: sqlite3.Connection, writes: Sequence[TerminalWrite], before: Ca
             # Every write's read in one round trip.
             for write, found in zip(writes, fetch_all(conn, [write.query(conn) for write in writes])):
                 write.write(conn, found)
+            after(conn)
             # Every row written before any file is placed.
             backend_of(conn).send_waiting(conn)
             for write in writes:

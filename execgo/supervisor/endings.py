@@ -71,6 +71,11 @@ class Endings:
         settings change.
     @ivar pending: the verdicts whose write the store refused, by task id,
         until they are written.
+    @ivar successors: called inside each transaction that writes ends,
+        after them (the engine's claims of the tasks that take the freed
+        slots); what it returns, if anything, is called once the
+        transaction is over, with whether it committed, after the ends
+        are reported.
     """
 
     def __init__(
@@ -93,7 +98,9 @@ class Endings:
         self.log = log
         self.preview_ceiling = preview_ceiling
         self.pending: Dict[str, Outcome] = {}
+        self.successors: Callable[[sqlite3.Connection], Optional[Callable[[bool], None]]] = lambda conn: None
         self._gathered: Optional[List[Ending]] = None
+        self._settle: Optional[Callable[[bool], None]] = None
 
     def finish(self, task_id: str, verdict: Outcome, attempt: int = 0, current: Optional[TaskRecord] = None) -> None:
         """
@@ -134,6 +141,7 @@ class Endings:
         and try each again later.
         """
         now = self.wall_ms()
+        self._settle = None
         try:
             for ending in endings:
                 self._prepare(ending, now)
@@ -147,10 +155,23 @@ class Endings:
             if transitions.refused_for_lease(e):
                 # Written again under the next lease, if still running then.
                 self.starts.on_stale()
+            self._settled(False)
             return
+        except BaseException:
+            self._settled(False)
+            raise
         self.starts.written(written)
         for ending in endings:
             self._report(ending)
+        self._settled(True)
+
+    def _successors(self, conn: sqlite3.Connection) -> None:
+        self._settle = self.successors(conn)
+
+    def _settled(self, committed: bool) -> None:
+        settle, self._settle = self._settle, None
+        if settle is not None:
+            settle(committed)
 
     def _prepare(self, ending: Ending, now: int) -> None:
         """
@@ -178,7 +199,9 @@ class Endings:
         """
         if not endings:
             return []
-        written = terminal.commit(self.conn, [ending.write for ending in endings if ending.write], self.starts.write)
+        written = terminal.commit(
+            self.conn, [ending.write for ending in endings if ending.write], self.starts.write, self._successors
+        )
         for ending in endings:
             if ending.write is not None and ending.write.result_missing:
                 # Ended all the same; the server writes the file once the

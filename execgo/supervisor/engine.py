@@ -163,6 +163,7 @@ class Supervisor:
             log,
             preview_ceiling,
         )
+        self.endings.successors = self.claim_successors
         self.reaper = Reaper(
             self.conn,
             self.clock,
@@ -311,41 +312,15 @@ class Supervisor:
         @return: what L{launch} returns, for each order.
         """
         if self.membership is not None and not self.membership.held:
-            # A node without its lease claims nothing: another may count it
-            # lost.  (An order for a task running here is not a claim.)
-            running = [task_id in self.by_task for task_id, _ in orders]
-            for (_, on_declined), here in zip(orders, running):
-                if not here and on_declined is not None:
-                    on_declined()
-            return running
-        fresh: Dict[str, Optional[Callable[[], None]]] = {}
-        for task_id, on_declined in orders:
-            if task_id not in self.by_task:
-                fresh.setdefault(task_id, on_declined)
+            return self._declined_unheld(orders)
+        fresh = self._fresh(orders)
         try:
             with connection.transaction(self.conn):
                 written = self.starts.write(self.conn)
-                claims = transitions.claim_all(
-                    self.conn,
-                    list(fresh),
-                    os.getpid(),
-                    self.wall_ms(),
-                    self.identity,
-                    self.node_id,
-                    self.data_dir,
-                    self.quotas,
-                    self._lease_epoch(),
-                )
+                claims = self._claim(list(fresh))
             self.starts.written(written)
         except transitions.StaleLease as e:
-            # Nothing was claimed: the node's lease is gone; it fences and
-            # joins again (Membership), and the orders are declined.
-            self.log(f"claims refused: {e}")
-            self._lease_stale()
-            for _, on_declined in fresh.items():
-                if on_declined is not None:
-                    on_declined()
-            return [task_id in self.by_task for task_id, _ in orders]
+            return self._refused_stale(orders, fresh, e)
         except connection.backend_of(self.conn).Error as e:
             self.log(f"cannot take {', '.join(fresh)}: {e}")
             if transitions.refused_for_lease(e):
@@ -353,6 +328,82 @@ class Supervisor:
             for task_id, on_declined in fresh.items():
                 self.call_later(CLAIM_RETRY_S, functools.partial(self.order, [(task_id, on_declined)]))
             return [True for _ in orders]
+        return self._take_claims(orders, fresh, claims)
+
+    def claim_successors(self, conn: object) -> Optional[Callable[[bool], None]]:
+        """
+        In the transaction that writes ends (L{Endings.successors}): claim
+        the orders kept in L{slots} that the ends free slots for, so a slot
+        turns over in one transaction.
+
+        @return: what to do once the transaction is over, told whether it
+            committed: start the claimed tasks, or keep their orders again
+            (C{None}: nothing was taken).
+        """
+        if self.membership is not None and not self.membership.held:
+            return None
+        taken = self.slots.take(self.occupied)
+        if not taken:
+            return None
+        fresh = self._fresh(taken)
+        try:
+            claims = self._claim(list(fresh))
+        except connection.backend_of(self.conn).Error:
+            # The transaction fails with it: the ends are tried again later.
+            self.slots.put_back(taken)
+            raise
+        except transitions.StaleLease as e:
+            refused = e
+
+            def decline(committed: bool) -> None:
+                self._refused_stale(taken, fresh, refused)
+
+            return decline
+
+        def settle(committed: bool) -> None:
+            if committed:
+                self._take_claims(taken, fresh, claims)
+            else:
+                self.slots.put_back(taken)
+
+        return settle
+
+    def _fresh(self, orders: Sequence[Order]) -> Dict[str, Optional[Callable[[], None]]]:
+        """
+        The orders for tasks not supervised here, one per task.
+        """
+        fresh: Dict[str, Optional[Callable[[], None]]] = {}
+        for task_id, on_declined in orders:
+            if task_id not in self.by_task:
+                fresh.setdefault(task_id, on_declined)
+        return fresh
+
+    def _claim(self, task_ids: List[str]) -> List[transitions.Claimed]:
+        """
+        Claim C{task_ids} for this supervisor (L{transitions.claim_all}),
+        in the open transaction or one of their own.
+        """
+        return transitions.claim_all(
+            self.conn,
+            task_ids,
+            os.getpid(),
+            self.wall_ms(),
+            self.identity,
+            self.node_id,
+            self.data_dir,
+            self.quotas,
+            self._lease_epoch(),
+        )
+
+    def _take_claims(
+        self, orders: Sequence[Order], fresh: Dict[str, Optional[Callable[[], None]]], claims: List[transitions.Claimed]
+    ) -> List[bool]:
+        """
+        Start (or end) each claimed task (L{_launched}) and decline the
+        orders not taken.
+
+        @return: what L{launch} returns, for each order.
+        """
         taken = {task_id: self._launched(task_id, claim) for task_id, claim in zip(fresh, claims)}
         answers = []
         for task_id, on_declined in orders:
@@ -360,6 +411,31 @@ class Supervisor:
             if not answers[-1] and on_declined is not None:
                 on_declined()
         return answers
+
+    def _declined_unheld(self, orders: Sequence[Order]) -> List[bool]:
+        """
+        A node without its lease claims nothing: another may count it
+        lost.  (An order for a task running here is not a claim.)
+        """
+        running = [task_id in self.by_task for task_id, _ in orders]
+        for (_, on_declined), here in zip(orders, running):
+            if not here and on_declined is not None:
+                on_declined()
+        return running
+
+    def _refused_stale(
+        self, orders: Sequence[Order], fresh: Dict[str, Optional[Callable[[], None]]], error: Exception
+    ) -> List[bool]:
+        """
+        Nothing was claimed: the node's lease is gone; it fences and joins
+        again (L{Membership}), and the orders are declined.
+        """
+        self.log(f"claims refused: {error}")
+        self._lease_stale()
+        for on_declined in fresh.values():
+            if on_declined is not None:
+                on_declined()
+        return [task_id in self.by_task for task_id, _ in orders]
 
     def _lease_stale(self) -> None:
         """

@@ -81,6 +81,17 @@ class Slots:
             free -= 1
         return taken
 
+    def put_back(self, orders: List[Order]) -> None:
+        """
+        Keep C{orders}, taken but not claimed (the transaction failed),
+        first again, in their order.  Which connection they came by is
+        not kept: a claim declines them if they are stale by their turn.
+        """
+        for task_id, on_declined in reversed(orders):
+            if task_id not in self._held:
+                self._held[task_id] = _Held(on_declined, None)
+                self._held.move_to_end(task_id, last=False)
+
     def forget(self, sender: object) -> None:
         """
         Drop the orders that came by C{sender}, a connection that closed.
