@@ -25,6 +25,7 @@ from execgo.client import (
     ExecgoClient,
     MalformedResponse,
     ServerError,
+    SubmitResult,
     TaskStatus,
     TransportError,
     WaitTimeout,
@@ -93,6 +94,40 @@ class RealServerTests(TestCase):
             self.assertEqual((await client.status(submitted.task_id)).stdout, "out\n")
             ran = await client.run(command("/bin/echo", "hi"), idempotency_key=f"k-{uuid.uuid4()}")
             self.assertEqual((ran.status, ran.stdout), ("success", "hi\n"))
+
+        return self.run_async(body)
+
+    def test_submit_batch(self) -> None:
+        """
+        C{submit_batch} is an asyncio C{Task} giving, per task in order,
+        the L{SubmitResult} or the very L{ServerError} C{submit} raises for
+        it, in its place; a batch refused whole raises; the accepted tasks
+        run.
+        """
+
+        async def body(client: AsyncioExecgoClient) -> None:
+            taken, fresh = f"aio-{uuid.uuid4()}", f"aio-{uuid.uuid4()}"
+            await client.submit(command("/bin/true", task_id=taken))
+            again, invalid = command("/bin/true", task_id=taken), {"execution": {"kind": "command"}}
+            call = client.submit_batch([command("/bin/echo", "batched", task_id=fresh), again, invalid])
+            self.assertIsInstance(call, asyncio.Task)
+            outcomes = await call
+            self.assertEqual(outcomes[0], SubmitResult(fresh, fresh, "accepted"))
+            for outcome, request in zip(outcomes[1:], (again, invalid)):
+                with self.assertRaises(ServerError) as raised:
+                    await client.submit(request)
+                assert isinstance(outcome, ServerError)
+                self.assertEqual(
+                    (outcome.status, outcome.code, outcome.message, outcome.body),
+                    (raised.exception.status, raised.exception.code, raised.exception.message, raised.exception.body),
+                )
+            with self.assertRaises(ServerError) as refused:
+                await client.submit_batch([command("/bin/true")] * 1001)
+            self.assertEqual((refused.exception.status, refused.exception.code), (400, "invalid_input"))
+            self.assertIn("at most 1000", refused.exception.message)
+            final = await client.wait(fresh)
+            self.assertEqual((final.status, final.stdout), ("success", "batched\n"))
+            await client.wait(taken)
 
         return self.run_async(body)
 

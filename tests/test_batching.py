@@ -36,7 +36,7 @@ def keys(conn: sqlite3.Connection) -> List[str]:
 
 
 def grouped(key: str) -> Tuple[Any, Tuple[Any, ...], Any]:
-    return (lambda conn: "prepared", (), insert(key))
+    return (lambda conn, pending: "prepared", (), insert(key))
 
 
 class RunJobsTests(SynchronousTestCase):
@@ -72,7 +72,7 @@ class RunJobsTests(SynchronousTestCase):
             conn.execute("INSERT INTO t (k) VALUES ('a')")
 
         results = run_jobs(
-            self.conn, [grouped("a"), (lambda conn: None, (), twice), grouped("b")], transaction
+            self.conn, [grouped("a"), (lambda conn, pending: None, (), twice), grouped("b")], transaction
         )
         self.assertEqual([ok for ok, _ in results], [True, False, True])
         self.assertIsInstance(results[1][1], Failure)
@@ -92,7 +92,7 @@ class RunJobsTests(SynchronousTestCase):
             conn.execute("INSERT INTO t (k) VALUES ('c')")
 
         self.assertEqual(run_jobs(self.conn, [grouped("a")], transaction), [(True, "a:prepared")])
-        [(ok, failure)] = run_jobs(self.conn, [(lambda conn: None, (), twice)], transaction)
+        [(ok, failure)] = run_jobs(self.conn, [(lambda conn, pending: None, (), twice)], transaction)
         self.assertFalse(ok)
         failure.trap(sqlite3.IntegrityError)
         self.assertEqual(keys(self.conn), ["a"])
@@ -105,13 +105,42 @@ class RunJobsTests(SynchronousTestCase):
         When a grouped job's first step fails, its write never runs.
         """
 
-        def refuse(conn: sqlite3.Connection) -> None:
+        def refuse(conn: sqlite3.Connection, pending: int) -> None:
             raise ValueError("queue full")
 
         results = run_jobs(self.conn, [(refuse, (), insert("x")), grouped("y")], transaction)
         self.assertFalse(results[0][0])
         results[0][1].trap(ValueError)
         self.assertEqual(keys(self.conn), ["y"])
+
+    def test_first_steps_told_what_is_pending(self) -> None:
+        """
+        Each grouped job's first step is told how many writes of its
+        group were prepared before it and have not run yet: not those
+        whose first step failed, and none after a plain job, which ends
+        the group before it.
+        """
+        told: List[int] = []
+
+        def step(conn: sqlite3.Connection, pending: int) -> None:
+            told.append(pending)
+
+        def refuse(conn: sqlite3.Connection, pending: int) -> None:
+            told.append(pending)
+            raise ValueError("refused")
+
+        jobs = [
+            (step, (), insert("a")),
+            (refuse, (), insert("x")),
+            (step, (), insert("b")),
+            (lambda conn: None, (), None),
+            (step, (), insert("c")),
+        ]
+        results = run_jobs(self.conn, jobs, transaction)
+        self.assertEqual(told, [0, 1, 1, 0])
+        self.assertEqual([ok for ok, _ in results], [True, False, True, True, True])
+        results[1][1].trap(ValueError)
+        self.assertEqual(keys(self.conn), ["a", "b", "c"])
 
     def test_plain_job_keeps_order(self) -> None:
         """
@@ -181,8 +210,8 @@ class BatcherTests(SynchronousTestCase):
         pool = FakePool()
         batcher = Batcher(pool, group=transaction)  # type: ignore[arg-type]
         first = batcher.run(lambda conn: "plain")
-        second = batcher.run_grouped(lambda conn: 1, insert("a"))
-        third = batcher.run_grouped(lambda conn: 2, insert("a"))
+        second = batcher.run_grouped(lambda conn, pending: 1, insert("a"))
+        third = batcher.run_grouped(lambda conn, pending: 2, insert("a"))
         self.assertEqual(len(pool.hops), 1)
         pool.finish_hop()
         self.assertEqual(self.successResultOf(first), "plain")
@@ -197,4 +226,4 @@ class BatcherTests(SynchronousTestCase):
         A batcher made without a group transaction refuses grouped writes.
         """
         batcher = Batcher(FakePool())  # type: ignore[arg-type]
-        self.assertRaises(TypeError, batcher.run_grouped, lambda conn: None, insert("a"))
+        self.assertRaises(TypeError, batcher.run_grouped, lambda conn, pending: None, insert("a"))

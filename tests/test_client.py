@@ -283,6 +283,39 @@ class TaskTests(RealServerTestCase):
         error = await self.fails(self.client.submit({"execution": {"kind": "nope"}}), ServerError)
         self.assertEqual((error.status, error.code), (400, "invalid_input"))
 
+    async def test_submit_batch(self) -> None:
+        """
+        C{submit_batch} posts one batch (mappings and models alike) and
+        returns, per task in order, the L{SubmitResult} or the very
+        L{ServerError} C{submit} raises for it, in its place; a batch
+        refused whole raises.
+        """
+        await self.start()
+        await self.submit(task_id="taken")
+        model = SubmitRequest(
+            execution=ExecutionSpec(kind="command", program="/bin/echo", args=("\u00e9",)), task_id="b2"
+        )
+        taken, invalid = {"task_id": "taken", **REQUEST}, {"execution": {"kind": "nope"}}
+        requests = iter([{"task_id": "b1", **REQUEST}, model, taken, invalid])
+        outcomes = await self.call(self.client.submit_batch(requests))
+        self.assertEqual(self.paths()[-1], b"/api/v1/tasks/batch")
+        self.assertEqual(self.recorder.headers[-1][b"Content-Type"], [b"application/json"])
+        self.assertEqual(outcomes[:2], [SubmitResult("b1", "b1", "accepted"), SubmitResult("b2", "b2", "accepted")])
+        for outcome, request in zip(outcomes[2:], (taken, invalid)):
+            raised = await self.fails(self.client.submit(request), ServerError)
+            assert isinstance(outcome, ServerError)
+            self.assertEqual(
+                (outcome.status, outcome.code, outcome.message, outcome.body, str(outcome)),
+                (raised.status, raised.code, raised.message, raised.body, str(raised)),
+            )
+        codes = [getattr(outcome, "code", None) for outcome in outcomes]
+        self.assertEqual(codes, [None, None, "conflict", "invalid_input"])
+        status = await self.call(self.client.status("b2"))
+        with open(status.raw["artifacts"]["request_path"], encoding="utf-8") as f:
+            self.assertEqual(json.load(f)["execution"]["args"], ["\u00e9"])
+        error = await self.fails(self.client.submit_batch([]), ServerError)
+        self.assertEqual((error.status, error.code), (400, "invalid_input"))
+
     async def test_status(self) -> None:
         """
         C{status} returns a L{TaskStatus} with the main fields and the whole

@@ -21,17 +21,21 @@ from execgo.client.errors import (
     StreamInterrupted,
     TransportError,
 )
+from execgo.client.models import SubmitResult
 from execgo.client.protocol import (
     LongPoll,
     Reply,
+    batch_outcomes,
     decode_json,
     encode_request,
     list_query,
     owner_headers,
     server_error,
+    submit_document,
     wait_query,
 )
 from execgo.client.resume import EventCursor, LineBuffer, LogCursor, Resumption, backoff
+from execgo.core.models import ExecutionSpec, SubmitRequest
 from execgo.core.protocol import OWNER_HEADER
 
 
@@ -108,6 +112,71 @@ class AnswerTests(SynchronousTestCase):
         self.assertEqual(len(server_error(Reply(502, "Bad Gateway", b"x" * 5000)).message), 1000)
         half = server_error(Reply(400, "Bad Request", b'{"error":{"code":7}}'))
         self.assertEqual((half.code, half.message), (None, '{"error":{"code":7}}'))
+
+
+class BatchTests(SynchronousTestCase):
+    """
+    How a batch is written and its results read.
+    """
+
+    def test_submit_document(self) -> None:
+        """
+        A submission sends a L{SubmitRequest} in its wire form, a mapping
+        as it is (a copy).
+        """
+        request = SubmitRequest(execution=ExecutionSpec(kind="command", program="/bin/true"), task_id="t1")
+        self.assertEqual(submit_document(request), request.to_json())
+        mapping = {"execution": {"kind": "script"}, "extra": 1}
+        self.assertEqual(submit_document(mapping), mapping)
+        self.assertIsNot(submit_document(mapping), mapping)
+
+    def test_outcomes(self) -> None:
+        """
+        Each result becomes what submitting its task alone would have
+        given: a L{SubmitResult} for a 2xx with a C{SubmitTaskResponse};
+        for another status, the L{ServerError} L{server_error} makes of the
+        same answer (its body as the server would have sent it); for a
+        2xx whose body is not a C{SubmitTaskResponse}, L{MalformedResponse}.
+        """
+        envelope = {"error": {"code": "conflict", "message": "conflict: task already exists: \u00e9"}}
+        document = {
+            "results": [
+                {"http_status": 200, "body": {"task_id": "a", "handle_id": "a", "status": "accepted"}},
+                {"http_status": 409, "body": envelope},
+                {"http_status": 200, "body": {"task_id": "b"}},
+            ]
+        }
+        accepted, conflict, malformed = batch_outcomes(document, 3)
+        self.assertEqual(accepted, SubmitResult("a", "a", "accepted"))
+        assert isinstance(conflict, ServerError)
+        body = json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        expected = server_error(Reply(409, "Conflict", body))
+        self.assertEqual(
+            (conflict.status, conflict.code, conflict.message, conflict.body, str(conflict)),
+            (expected.status, expected.code, expected.message, expected.body, str(expected)),
+        )
+        self.assertIsInstance(malformed, MalformedResponse)
+        self.assertIn("handle_id", str(malformed))
+
+    def test_malformed_answer(self) -> None:
+        """
+        An answer that is not one result per task, each with an integer
+        status and an object body, is a L{MalformedResponse}.
+        """
+        good = {"http_status": 200, "body": {"task_id": "a", "handle_id": "a", "status": "accepted"}}
+        for document, sent in (
+            ([], 1),
+            ({}, 1),
+            ({"results": {}}, 1),
+            ({"results": [good]}, 2),
+            ({"results": [good, good]}, 1),
+            ({"results": [3]}, 1),
+            ({"results": [{"body": good["body"]}]}, 1),
+            ({"results": [{"http_status": "200", "body": good["body"]}]}, 1),
+            ({"results": [{"http_status": 200, "body": []}]}, 1),
+            ({"results": [{"http_status": 409}]}, 1),
+        ):
+            self.assertRaises(MalformedResponse, batch_outcomes, document, sent)
 
 
 class LongPollTests(SynchronousTestCase):

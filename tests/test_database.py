@@ -16,6 +16,7 @@ from typing import Any, List
 
 import attrs
 from twisted.internet import reactor
+from twisted.internet.defer import DeferredList
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from execgo.core import errors, outcome, records
@@ -126,6 +127,26 @@ class StoreTests(TestCase):
         with self.assertRaises(errors.QueueFull):
             await self.store.submit(task, SubmitRequest(execution=command()), 1, lambda: None, NOW)
         self.assertFalse(os.path.exists(task.paths.task_dir))
+
+    async def test_queue_bound_within_a_hop(self) -> None:
+        """
+        Submissions sent together (the last four share a writer hop, whose
+        checks all run before its inserts) count those of their hop
+        prepared before them against the queue bound: the queue never
+        holds more than it may, and a refused one makes no file.
+        """
+        tasks = [new_task(self.data_dir, f"t{index}", command()) for index in range(5)]
+        sent = [
+            self.store.submit(task, SubmitRequest(execution=command(), task_id=task.task_id), 3, lambda: None, NOW)
+            for task in tasks
+        ]
+        outcomes = await DeferredList(sent, consumeErrors=True)
+        self.assertEqual([ok for ok, _ in outcomes], [True, True, True, False, False])
+        for _, failure in outcomes[3:]:
+            failure.trap(errors.QueueFull)
+        state = await self.store.scheduler_state(10)
+        self.assertEqual([queued.task_id for queued in state.queued], ["t0", "t1", "t2"])
+        self.assertEqual(sorted(os.listdir(self.tasks_dir)), ["t0", "t1", "t2"])
 
     async def test_kill_queued_and_finish(self) -> None:
         """

@@ -413,7 +413,7 @@ class ExecuteLaterTests(PgTestCase):
         def write(name: str) -> Any:
             return lambda conn, value: conn.execute_later(self.insert, (name,))
 
-        jobs = [(lambda conn: None, (), write(name)) for name in ("a", "a", "b")]
+        jobs = [(lambda conn, pending: None, (), write(name)) for name in ("a", "a", "b")]
         results = run_jobs(self.conn, jobs, connection.transaction)
         self.assertEqual([ok for ok, _ in results], [True, False, True])
         self.assertIsInstance(results[1][1].value, postgres.POSTGRES.IntegrityError)

@@ -29,6 +29,7 @@ from typing import (
     Concatenate,
     Coroutine,
     Dict,
+    Iterable,
     List,
     Mapping,
     Optional,
@@ -40,18 +41,21 @@ from typing import (
 )
 from urllib.parse import quote
 
-from execgo.client.errors import MalformedResponse, StreamInterrupted, TransportError, WaitTimeout
+from execgo.client.errors import ClientError, MalformedResponse, StreamInterrupted, TransportError, WaitTimeout
 from execgo.client.iterators import Consumer, LineSplitter, PushIterator
 from execgo.client.models import SubmitResult, TaskEvent, TaskPage, TaskStatus, json_object
 from execgo.client.protocol import (
+    BATCH_PATH,
     DEFAULT_POLL_INTERVAL_MS,
     TASKS_PATH,
     LongPoll,
     Reply,
+    batch_outcomes,
     decode_json,
     encode_request,
     list_query,
     owner_headers,
+    submit_document,
     wait_query,
 )
 from execgo.client.resume import EventCursor, LogCursor, Resumption
@@ -251,12 +255,36 @@ class Calls:
             same key and request gets the first answer and creates nothing.
         @return: the L{SubmitResult}.
         """
-        document = request.to_json() if isinstance(request, SubmitRequest) else dict(request)
         headers = {"Content-Type": JSON_TYPE}
         if idempotency_key is not None:
             headers[IDEMPOTENCY_HEADER] = idempotency_key
-        reply = await self._http.request("POST", self._url(TASKS_PATH), encode_request(document), headers)
+        body = encode_request(submit_document(request))
+        reply = await self._http.request("POST", self._url(TASKS_PATH), body, headers)
         return SubmitResult.from_json(decode_json(reply.body))
+
+    @_started
+    async def submit_batch(
+        self, requests: Iterable[Union[Mapping[str, Any], SubmitRequest]]
+    ) -> List[Union[SubmitResult, ClientError]]:
+        """
+        C{POST /api/v1/tasks/batch}: many submissions in one request, each
+        taken by the server as L{submit} without a key would have it taken.
+
+        @param requests: 1 to L{execgo.core.protocol.MAX_BATCH_TASKS},
+            each as L{submit} takes it.
+        @return: per request, in order, what L{submit} would have given:
+            its L{SubmitResult}, or the L{ServerError} (or
+            L{MalformedResponse}) it would have raised, returned in its
+            place, not raised.  A refused task does not undo the others;
+            retry it with its own C{task_id} (a second submission of a
+            task that was stored is a C{409 conflict}).
+        @raise ServerError: the batch as a whole was refused (nothing was
+            stored).
+        """
+        documents = [submit_document(request) for request in requests]
+        body = encode_request({"tasks": documents})
+        reply = await self._http.request("POST", self._url(BATCH_PATH), body, {"Content-Type": JSON_TYPE})
+        return batch_outcomes(decode_json(reply.body), len(documents))
 
     @_started
     async def status(self, task_id: str) -> TaskStatus:

@@ -9,15 +9,16 @@ and request timeouts; it never touches the global reactor.  Every method
 returns a L{Deferred}, so it can be awaited from a coroutine or used with
 callbacks; the C{iter_*} methods return async iterators.
 
-It covers every endpoint: submission (with an C{Idempotency-Key}), status,
-long-poll waiting, listing, kill, the event log and the log streams
-(followed live, resumed after a dropped connection), and the runtime-wide
-endpoints.  Answers are typed frozen values (L{execgo.client.models},
-L{execgo.client.views}, all re-exported here); failures are
-L{ClientError}s: L{ServerError} for a non-2xx answer (with the error
-envelope's code and message), L{TransportError} when no complete answer
-arrived, L{MalformedResponse} for a 2xx answer that is not what the
-contract says, L{WaitTimeout} when L{ExecgoClient.wait} gives up.
+It covers every endpoint: submission (with an C{Idempotency-Key}, or many
+tasks in one batch), status, long-poll waiting, listing, kill, the event
+log and the log streams (followed live, resumed after a dropped
+connection), and the runtime-wide endpoints.  Answers are typed frozen
+values (L{execgo.client.models}, L{execgo.client.views}, all re-exported
+here); failures are L{ClientError}s: L{ServerError} for a non-2xx answer
+(with the error envelope's code and message), L{TransportError} when no
+complete answer arrived, L{MalformedResponse} for a 2xx answer that is
+not what the contract says, L{WaitTimeout} when L{ExecgoClient.wait}
+gives up.
 
 The calls themselves are L{execgo.client.calls.Calls}, which the asyncio
 client (L{execgo.client.asyncio_client}) shares; this module supplies

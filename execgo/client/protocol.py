@@ -2,10 +2,11 @@
 """
 The protocol core both clients share, without I/O: how a request is
 written (the submission body, the owner header, the list query), how an
-answer is read (JSON bodies, error envelopes), and the decisions of the
-C{wait} algorithm.  The treq client (L{execgo.client.execgo_client}) and
-the command line (L{execgo.cli}) each drive it with their own transport
-and clock; resuming streams is L{execgo.client.resume}.
+answer is read (JSON bodies, error envelopes, a batch's results), and the
+decisions of the C{wait} algorithm.  The treq client
+(L{execgo.client.execgo_client}) and the command line (L{execgo.cli})
+each drive it with their own transport and clock; resuming streams is
+L{execgo.client.resume}.
 
 No Twisted here, so the command line can import it and still start fast.
 """
@@ -13,31 +14,43 @@ No Twisted here, so the command line can import it and still start fast.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from http.client import responses as reason_phrases
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import quote, urlencode
 
 import attrs
 
-from execgo.client.errors import MalformedResponse, ServerError
+from execgo.client.errors import ClientError, MalformedResponse, ServerError
+from execgo.client.models import SubmitResult, get_field, json_object
+from execgo.core.encoding import compact
+from execgo.core.models import SubmitRequest
 from execgo.core.protocol import OWNER_HEADER
 
 __all__ = [
+    "BATCH_PATH",
     "DEFAULT_LONG_POLL_MS",
     "DEFAULT_POLL_INTERVAL_MS",
     "TASKS_PATH",
     "LongPoll",
     "Reply",
+    "batch_outcomes",
     "decode_json",
     "encode_request",
     "list_query",
     "owner_headers",
     "server_error",
+    "submit_document",
     "wait_query",
 ]
 
 TASKS_PATH = "/api/v1/tasks"
 """
 The path of the task collection; a task is C{TASKS_PATH/<id>}.
+"""
+
+BATCH_PATH = TASKS_PATH + "/batch"
+"""
+The path of a batch submission.
 """
 
 DEFAULT_POLL_INTERVAL_MS = 500
@@ -54,6 +67,14 @@ timeout of a client or a reverse proxy.
 
 
 # -- writing requests
+
+
+def submit_document(request: Union[Mapping[str, Any], SubmitRequest]) -> Any:
+    """
+    What a submission sends: a L{SubmitRequest} in its wire form, a
+    mapping as it is.
+    """
+    return request.to_json() if isinstance(request, SubmitRequest) else dict(request)
 
 
 def encode_request(document: Any) -> bytes:
@@ -156,6 +177,38 @@ def server_error(reply: Reply) -> ServerError:
         text = reply.body.decode("utf-8", "replace").strip()
         message = text[:1000] if text else reply.phrase
     return ServerError(reply.status, code, message, reply.body)
+
+
+def batch_outcomes(document: Any, sent: int) -> List[Union[SubmitResult, ClientError]]:
+    """
+    Read a C{BatchSubmitResponse}: per task, in order, what submitting it
+    alone would have given, the error returned rather than raised: its
+    L{SubmitResult}; the L{ServerError} of its status and body, as
+    L{server_error} reads a whole answer; or L{MalformedResponse} for a
+    2xx body that is not a C{SubmitTaskResponse}.
+
+    @param sent: how many tasks the batch held.
+    @raise MalformedResponse: the answer is not a C{BatchSubmitResponse}
+        with one result per task.
+    """
+    results = json_object(document, "batch response").get("results")
+    if not isinstance(results, list) or len(results) != sent:
+        raise MalformedResponse(f"batch response: expected a list of {sent} results")
+    return [_batch_outcome(json_object(result, "batch result")) for result in results]
+
+
+def _batch_outcome(result: Dict[str, Any]) -> Union[SubmitResult, ClientError]:
+    """
+    One result of a batch, read as L{batch_outcomes} says.
+    """
+    status = get_field(result, "http_status", int, True)
+    body = json_object(get_field(result, "body", dict, True), "batch result body")
+    if not 200 <= status < 300:
+        return server_error(Reply(status, reason_phrases.get(status, ""), compact(body)))
+    try:
+        return SubmitResult.from_json(body)
+    except MalformedResponse as e:
+        return e
 
 
 # -- waiting

@@ -8,6 +8,8 @@ default), with every default filled in.
 
 The second step of the untrusted-input layer (L{execgo.core.submission});
 the CLI uses it, without the rules, to normalise a request it sends.
+A batch submission's envelope is decoded here too (L{decode_batch}); its
+items are then decoded one by one as L{decode_submit} decodes a body.
 Standard library and the models only.
 """
 
@@ -37,6 +39,7 @@ from execgo.core.models import (
     SandboxPolicy,
     SubmitRequest,
 )
+from execgo.core.protocol import MAX_BATCH_TASKS
 
 _KINDS = (KIND_COMMAND, KIND_SCRIPT)
 _PROFILES = (PROFILE_PROCESS, PROFILE_LINUX_SANDBOX)
@@ -77,6 +80,25 @@ def decode_submit(obj: Any) -> SubmitRequest:
         metadata=body.default("metadata", _string_map, {}),
         node_labels=body.optional("placement", _decode_placement) or {},
     )
+
+
+def decode_batch(obj: Any) -> list[Any]:
+    """
+    Decode a parsed JSON value as a C{BatchSubmitRequest}: an object whose
+    C{tasks} is an array of 1 to L{MAX_BATCH_TASKS} values.  Unknown keys
+    are ignored.
+
+    @return: the items, not decoded: each is a submission of its own, for
+        L{decode_submit}.
+    @raise InvalidInput: for the envelope (not an object, C{tasks} missing,
+        not an array, empty or too long).
+    """
+    tasks = _Fields(obj, "").required("tasks", _array)
+    if not tasks:
+        fail("tasks", "a batch holds at least one task")
+    if len(tasks) > MAX_BATCH_TASKS:
+        fail("tasks", f"a batch holds at most {MAX_BATCH_TASKS} tasks, got {len(tasks)}")
+    return tasks
 
 
 def _decode_placement(value: Any, path: str) -> dict[str, str]:
@@ -256,6 +278,15 @@ def _uint(value: Any, path: str) -> int:
     if value > UINT64_MAX:
         fail(path, f"integer is larger than the maximum {UINT64_MAX}")
     return int(value)
+
+
+def _array(value: Any, path: str) -> list[Any]:
+    """
+    Require a JSON array, its items left as they are.
+    """
+    if not isinstance(value, list):
+        fail(path, f"expected an array, got {_describe(value)}")
+    return value
 
 
 def _string_list(value: Any, path: str) -> tuple[str, ...]:

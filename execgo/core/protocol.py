@@ -1,8 +1,9 @@
 """
 The names of the HTTP protocol that the server and its clients (the treq
-client and the command line) both use: headers, media types and the
-long-poll ceiling.  Each is defined here once, as text; the server, which
-reads and writes raw headers, encodes them to bytes where it needs them.
+client and the command line) both use: headers, media types, the
+long-poll ceiling and the size of a batch.  Each is defined here once, as
+text; the server, which reads and writes raw headers, encodes them to
+bytes where it needs them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ __all__ = [
     "JSON_TYPE",
     "LOG_OFFSET_HEADER",
     "LOG_SIZE_HEADER",
+    "MAX_BATCH_TASKS",
     "MAX_WAIT_MS",
     "NDJSON_TYPE",
     "OCTET_TYPE",
@@ -22,6 +24,12 @@ MAX_WAIT_MS = 600_000
 """
 The longest a status request may be held with C{?wait_ms=N}, in
 milliseconds; a larger C{N} is capped to it.
+"""
+
+MAX_BATCH_TASKS = 1000
+"""
+The most tasks one batch submission (C{POST /api/v1/tasks/batch}) may
+carry; its body has the same size bound as a single submission's.
 """
 
 OWNER_HEADER = "x-execgo-owner"

@@ -12,6 +12,10 @@ not validate):
   3. L{execgo.core.validation}: the semantic rules, one group of fields
      after the other, stopping at the first failure.
 
+A batch (C{POST /api/v1/tasks/batch}) takes the first step once for its
+whole body (L{parse_batch}), then the other two for each item as for a
+body of its own (L{check_submit}).
+
 The 2^63-1 output bound and the server's preview ceiling
 (L{execgo.core.validation.check_output_limits}) and the chroot roots
 (L{execgo.core.rootfs.check_rootfs}) are checked later in the submit flow,
@@ -31,7 +35,9 @@ Twisted.
 
 from __future__ import annotations
 
-from execgo.core.decoding import decode_submit
+from typing import Any, List
+
+from execgo.core.decoding import decode_batch, decode_submit
 from execgo.core.models import SubmitRequest
 from execgo.core.strictjson import parse_json_body
 from execgo.core.validation import validate_submit
@@ -47,6 +53,30 @@ def parse_submit(body: bytes) -> SubmitRequest:
         L{execgo.core.strictjson.MAX_BODY_BYTES}.
     @raise InvalidInput: for any other problem with the body.
     """
-    request = decode_submit(parse_json_body(body))
+    return check_submit(parse_json_body(body))
+
+
+def check_submit(value: Any) -> SubmitRequest:
+    """
+    Decode and validate one parsed submission: L{decode_submit} and
+    L{validate_submit}, as L{parse_submit} does for a body.
+
+    @param value: a JSON value as L{parse_json_body} returns it.
+    @raise InvalidInput: for any problem with it.
+    """
+    request = decode_submit(value)
     validate_submit(request)
     return request
+
+
+def parse_batch(body: bytes) -> List[Any]:
+    """
+    Parse a batch body and decode its envelope (L{decode_batch}), under
+    the size bound of a single submission.
+
+    @return: its items, each for L{check_submit}.
+    @raise PayloadTooLarge: if the body is over
+        L{execgo.core.strictjson.MAX_BODY_BYTES}.
+    @raise InvalidInput: for any other problem with the body as a whole.
+    """
+    return decode_batch(parse_json_body(body))

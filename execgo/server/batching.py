@@ -16,7 +16,10 @@ its own savepoint.  Every commit rewrites the pages a write shares with
 its neighbours (the newest leaves of the tables and indexes, the tallies)
 and takes the store's write lock once: for a burst of submissions one
 commit instead of one each saves a quarter of their cost, and the
-supervisor meets the lock taken less often.
+supervisor meets the lock taken less often.  The first steps of a group
+run before any of its writes, so each is told how many writes of its
+group are prepared ahead of it and not yet written (a bound it checks,
+such as the queue's, counts them as written).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from twisted.python.failure import Failure
 from execgo.store.backend import backend_of
 
 #: C{(func, args, write)}: C{func(conn, *args)} runs first; when C{write}
-#: is given, C{write(conn, value)} then runs with its value, grouped.
+#: is given, C{func(conn, *args, pending)} runs first instead (L{run_jobs})
+#: and C{write(conn, value)} then runs with its value, grouped.
 Job = Tuple[Callable[..., Any], Tuple[Any, ...], Optional[Callable[[Any, Any], Any]]]
 Result = Tuple[bool, Any]
 Group = Callable[[Any], ContextManager[Any]]
@@ -94,16 +98,21 @@ def run_jobs(conn: Any, jobs: List[Job], group: Optional[Group] = None) -> List[
     """
     Run each job on C{conn} in order; a job's exception is its own result
     and does not stop the others.  The writes of consecutive grouped jobs
-    share one C{group} transaction, after their first steps.
+    share one C{group} transaction, after their first steps; each first
+    step is given the number of its group's writes prepared before it
+    (C{pending}), which have not run yet.
     """
     results: List[Result] = []
     writes: List[Tuple[int, Callable[[Any, Any], Any]]] = []
     for func, args, write in jobs:
-        if write is None and writes:
-            _write_group(conn, group, writes, results)
-            writes = []
-        results.append(_call(func, conn, *args))
-        if write is not None and results[-1][0]:
+        if write is None:
+            if writes:
+                _write_group(conn, group, writes, results)
+                writes = []
+            results.append(_call(func, conn, *args))
+            continue
+        results.append(_call(func, conn, *args, len(writes)))
+        if results[-1][0]:
             writes.append((len(results) - 1, write))
     if writes:
         _write_group(conn, group, writes, results)
@@ -135,12 +144,15 @@ class Batcher:
         return self._queue((func, args, None))
 
     def run_grouped(
-        self, prepare: Callable[[Any], Any], write: Callable[[Any, Any], Any]
+        self, prepare: Callable[[Any, int], Any], write: Callable[[Any, Any], Any]
     ) -> "defer.Deferred[Any]":
         """
-        Run C{prepare(connection)} in the next hop, outside any transaction
-        (checks, files), then, unless it failed, C{write(connection,
-        prepared)} in the transaction the hop's grouped writes share.
+        Run C{prepare(connection, pending)} in the next hop, outside any
+        transaction (checks, files), then, unless it failed,
+        C{write(connection, prepared)} in the transaction the hop's grouped
+        writes share.  C{pending} is the number of writes of that group
+        prepared before this one: they have not run yet, and may still
+        fail.
 
         @return: a Deferred firing with what C{write} returns, or failing
             with what C{prepare}, C{write} or the shared commit raised.

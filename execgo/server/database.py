@@ -128,15 +128,18 @@ class Store:
         """
         Persist a validated, planned submission: checks and files, then
         the insert, which commits with the other submissions of its writer
-        hop.  When the row does not commit (the insert or the hop's shared
+        hop (the queue bound counts those prepared before it as queued).
+        When the row does not commit (the insert or the hop's shared
         commit failed), the files this submission made are removed, so no
         task directory is left without a row.
         """
         request_json = request.to_json()
         made: List[bool] = []
 
-        def prepare(conn: Any) -> None:
-            submission.prepare_submit(conn, task, request_json, max_queued, check_late, now_ms, self.opened_s)
+        def prepare(conn: Any, pending: int) -> None:
+            submission.prepare_submit(
+                conn, task, request_json, max_queued, check_late, now_ms, self.opened_s, pending
+            )
             made.append(True)
 
         def undo(failure: Any) -> Any:

@@ -2,17 +2,20 @@
 """
 The way in for a task (L{Intake}): a submission decoded, validated,
 planned, admitted and persisted, then handed to the dispatcher; a keyed
-retry answered with the task it created before.
+retry answered with the task it created before; a batch of submissions
+taken the same way, each on its own, in one request.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Callable, Mapping, Optional
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Tuple, TypeVar, Union
 
 import attrs
+from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 
 from execgo.core import errors, records, rootfs, submission, validation
 from execgo.core.capabilities import Capabilities
@@ -27,6 +30,8 @@ from execgo.server.scheduler import QueuedTask, Scheduler
 from execgo.server.taskstore import TaskStore
 from execgo.server.web.auth import Principal
 from execgo.store import idempotency, taskfiles
+
+_T = TypeVar("_T")
 
 #: How often, and how many times, a keyed retry that found its task id
 #: taken looks again for the first submission's row.
@@ -85,7 +90,63 @@ class Intake:
             answer and creates nothing; the same key with another request
             is L{errors.Conflict}.
         """
-        request = submission.parse_submit(body)
+        admitted = await self._admit(submission.parse_submit(body), principal, idempotency_key)
+        task_id, queued = await self._persist(admitted, self.now_ms())
+        if queued is not None:
+            self.scheduler.submitted(queued)
+        return _accepted(task_id)
+
+    async def submit_batch(self, body: bytes, principal: Optional[Principal] = None) -> List[Union[JSON, Failure]]:
+        """
+        Take a batch: each item goes through the checks of L{submit}, as a
+        body of its own without an idempotency key, and is answered or
+        refused on its own.  The items are admitted together, then handed
+        to the store together and in their order, so its writer commits
+        them in few transactions (L{execgo.server.batching}) and stores
+        them in that order, with one creation time; the dispatcher then
+        gets the new tasks in the same order.
+
+        @param principal: as for L{submit}, for every item.
+        @return: per item, in order, what L{submit} would have returned for
+            it, or the failure it would have raised.
+        @raise errors.InvalidInput: the body as a whole is refused
+            (L{submission.parse_batch}); nothing is stored.
+        """
+        items = submission.parse_batch(body)
+        admitted = await _settled(Deferred.fromCoroutine(self._admit_item(item, principal)) for item in items)
+        now = self.now_ms()
+        # Each _persist hands its item to the store before its first await:
+        # the items reach the writer in their order.
+        persisted = await _settled(
+            fail(outcome) if isinstance(outcome, Failure) else Deferred.fromCoroutine(self._persist(outcome, now))
+            for outcome in admitted
+        )
+        answers: List[Union[JSON, Failure]] = []
+        for outcome in persisted:
+            if isinstance(outcome, Failure):
+                answers.append(outcome)
+                continue
+            task_id, queued = outcome
+            if queued is not None:
+                self.scheduler.submitted(queued)
+            answers.append(_accepted(task_id))
+        return answers
+
+    async def _admit_item(self, item: Any, principal: Optional[Principal]) -> _Admitted:
+        """
+        One item of a batch decoded, validated (L{submission.check_submit})
+        and admitted.
+        """
+        return await self._admit(submission.check_submit(item), principal, None)
+
+    async def _admit(
+        self, request: SubmitRequest, principal: Optional[Principal], idempotency_key: Optional[str]
+    ) -> _Admitted:
+        """
+        The checks of a validated submission made before the store: the
+        chroot roots, the plan, capacity and the tenant's quota, and
+        under C{strict} the placement; the task it would create.
+        """
         rootfs.check_rootfs(request.sandbox, self.config.rootfs_roots_abs)
         if principal is not None:
             request = _as_principal(request, principal)
@@ -113,7 +174,16 @@ class Intake:
         )
         if request.node_labels and plan.capability_mode == MODE_STRICT:
             await self._check_placement(request.node_labels)
-        now = self.now_ms()
+        return _Admitted(request, task, reservation)
+
+    async def _persist(self, admitted: _Admitted, now: int) -> Tuple[str, Optional[QueuedTask]]:
+        """
+        Persist an admitted submission, created at C{now}.
+
+        @return: the id to answer with, and the dispatcher's entry of the
+            task it created (C{None}: a keyed retry created nothing).
+        """
+        request, task = admitted.request, admitted.task
         try:
             await self.store.submit(
                 task,
@@ -123,21 +193,21 @@ class Intake:
                 now,
             )
         except idempotency.Replay as replay:
-            return _accepted(replay.task_id)
+            return replay.task_id, None
         except errors.Conflict as conflict:
-            if idempotency_key is None or isinstance(conflict, idempotency.KeyReused):
+            key = task.idempotency_key
+            if key is None or isinstance(conflict, idempotency.KeyReused):
                 raise
-            return _accepted(await self._settle_conflict(idempotency_key, digest, task_id, scope))
-        self.scheduler.submitted(
-            QueuedTask(
-                task_id=task_id,
-                tenant=request.tenant,
-                reservation=reservation,
-                created_at_ms=now,
-                node_labels=dict(request.node_labels),
-            )
+            scope = task.idempotency_scope
+            return await self._settle_conflict(key, task.idempotency_hash, task.task_id, scope), None
+        queued = QueuedTask(
+            task_id=task.task_id,
+            tenant=request.tenant,
+            reservation=admitted.reservation,
+            created_at_ms=now,
+            node_labels=dict(request.node_labels),
         )
-        return _accepted(task_id)
+        return task.task_id, queued
 
     async def _check_placement(self, wanted: Mapping[str, str]) -> None:
         """
@@ -172,6 +242,27 @@ class Intake:
                 break
             await deferLater(self.reactor, SETTLE_POLL_S, lambda: None)
         raise errors.Conflict(f"task already exists: {task_id}")
+
+
+@attrs.frozen
+class _Admitted:
+    """
+    A submission that passed the checks made before the store: the
+    request as it is stored, the task it creates, what it reserves.
+    """
+
+    request: SubmitRequest
+    task: records.NewTask
+    reservation: Reservation
+
+
+async def _settled(results: Iterable["Deferred[_T]"]) -> List[Union[_T, Failure]]:
+    """
+    What each of C{results} fires with, in order: a failure in its place,
+    not raised.
+    """
+    settled = await DeferredList(list(results), consumeErrors=True)
+    return [value for _, value in settled]
 
 
 def _accepted(task_id: str) -> JSON:

@@ -20,12 +20,13 @@ the principal is C{None} and every task is visible.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, List, Mapping, Optional
+from typing import Any, Callable, List, Mapping, Optional, Union
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from execgo import control
 from execgo.core import errors, render
@@ -184,6 +185,12 @@ class Runtime:
         Take a submission (L{Intake.submit}).
         """
         return await self.intake.submit(body, principal, idempotency_key)
+
+    async def submit_batch(self, body: bytes, principal: Optional[Principal] = None) -> List[Union[JSON, Failure]]:
+        """
+        Take a batch of submissions, each on its own (L{Intake.submit_batch}).
+        """
+        return await self.intake.submit_batch(body, principal)
 
     # Tenancy
 

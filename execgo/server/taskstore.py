@@ -80,7 +80,9 @@ class TaskStore(Protocol):
         Persist a validated, planned submission: a stored idempotency key
         is answered first (L{execgo.store.idempotency.Replay},
         L{execgo.store.idempotency.KeyReused}), then the queue bound
-        (L{execgo.core.errors.QueueFull}), C{check_late()}, the duplicate
+        (L{execgo.core.errors.QueueFull}; the submissions persisted
+        together with it and checked before it count as queued),
+        C{check_late()}, the duplicate
         id (L{execgo.core.errors.Conflict}); then the task's files and its
         row with its first events, atomically: when the row does not
         commit, the files are removed again.

@@ -75,6 +75,7 @@ def prepare_submit(
     check_late: Callable[[], None],
     now_ms: int,
     opened_s: float = 0.0,
+    pending: int = 0,
 ) -> None:
     """
     The last checks of a submission, then its files: queue bound, late
@@ -83,11 +84,15 @@ def prepare_submit(
     L{insert}, in the same hop.  A submission whose idempotency key is
     stored already is answered first (L{idempotency.check}), so a retry
     of an accepted submission never meets the queue bound.
+
+    @param pending: the submissions of the same hop prepared before this
+        one, whose rows are not inserted yet: the queue bound counts them
+        as queued, so a hop of many (a batch) cannot overfill the queue.
     """
     if task.idempotency_key is not None:
         idempotency.check(conn, task.idempotency_key, task.idempotency_hash, task.idempotency_scope)
     tally, same_id = fetch_all(conn, [ACCEPTED_TALLY, exists_query(task.task_id)])
-    if count_accepted(conn, tally) >= max_queued:
+    if count_accepted(conn, tally) + pending >= max_queued:
         raise errors.QueueFull()
     check_late()
     if same_id:

@@ -3,8 +3,9 @@
 The HTTP API (C{docs/api.md}) as a Klein app on an object.
 
 Handlers only translate HTTP to L{execgo.server.runtime.Runtime} calls and back;
-every error becomes the contract's envelope in one place (L{RuntimeAPI.error}),
-and nothing a client sends can produce a 5xx.  With authentication each
+every error becomes the contract's envelope in one place (L{RuntimeAPI.error},
+whose mapping also answers each refused item of a batch), and nothing a
+client sends can produce a 5xx.  With authentication each
 handler hands the request's principal on: the runtime applies tenancy to
 every operation on tasks, and the views that span tenants are for admins
 (L{execgo.server.web.auth.require_admin}).
@@ -20,7 +21,7 @@ one of them, is L{execgo.server.web.page}'s.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, List, Optional, Set, Union
 
 from klein import Klein
 from twisted.logger import Logger
@@ -30,6 +31,7 @@ from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from execgo.core import errors, protocol
+from execgo.core.constants import JSON
 from execgo.server import metrics
 from execgo.server.relay import relay_credentials
 from execgo.server.runtime import Runtime
@@ -159,6 +161,40 @@ class RuntimeAPI:
         key = idempotency.parse_key(request.requestHeaders.getRawHeaders(protocol.IDEMPOTENCY_HEADER.encode("ascii")))
         self._accepting()
         return answer_json(request, await self.runtime.submit(request_body(request), principal, key))
+
+    @app.route("/api/v1/tasks/batch", methods=["POST"])
+    @openapi.described(
+        openapi.Operation(
+            "submitTasks",
+            "Submit many tasks at once, each answered as its own submission would be",
+            openapi.json_response("One result per task, in order", schemas.ref("BatchSubmitResponse")),
+            raises=(errors.InvalidInput, errors.PayloadTooLarge, errors.Unavailable),
+            description=(
+                "Each item of tasks is taken as POST /api/v1/tasks takes a body (without "
+                "Idempotency-Key) and answered in its result with the status and body that "
+                "request would have got. Items are independent (one refused undoes none of "
+                "the others); the accepted ones are queued in item order. The errors below "
+                "refuse the whole request and store nothing; an Idempotency-Key header is "
+                "one of them (400). With bearer tokens, the token's tenant and owner apply "
+                "to every item. GET on this path is getTask of the task whose id is batch."
+            ),
+            request_body=openapi.BATCH_BODY,
+        )
+    )
+    async def submit_batch(self, request: IRequest) -> bytes:
+        """
+        C{POST /api/v1/tasks/batch}: each task answered with what
+        C{POST /api/v1/tasks} with it as its body would have answered.
+        """
+        principal = self._principal(request)
+        if request.requestHeaders.hasHeader(protocol.IDEMPOTENCY_HEADER.encode("ascii")):
+            raise errors.InvalidInput(
+                f"{protocol.IDEMPOTENCY_HEADER} is for single submissions (POST /api/v1/tasks); "
+                "retry a task of a batch with its own task_id: a second submission of it answers 409 conflict"
+            )
+        self._accepting()
+        outcomes = await self.runtime.submit_batch(request_body(request), principal)
+        return answer_json(request, {"results": _batch_results(outcomes, request.path.decode("utf-8", "replace"))})
 
     @app.route("/api/v1/tasks/<task_id>", methods=["GET"])
     @openapi.described(
@@ -410,18 +446,16 @@ class RuntimeAPI:
         """
         Every failure becomes the error envelope with its status.
         """
-        value = failure.value
-        if isinstance(value, RouteNotFound):
+        value: errors.ExecgoError
+        if isinstance(failure.value, RouteNotFound):
             value = errors.NotFound(f"no route for {request.path.decode('utf-8', 'replace')}")
             value.prefix = "not found"
-        elif isinstance(value, RouteMethodNotAllowed):
+        elif isinstance(failure.value, RouteMethodNotAllowed):
             value = errors.MethodNotAllowed(
                 f"method {request.method.decode('ascii', 'replace')} is not allowed here"
             )
-        elif not isinstance(value, errors.ExecgoError):
-            value = errors.from_storage(value)
-            if value.http_status == 500:
-                log.failure("unexpected error serving {path}", failure, path=request.path)
+        else:
+            value = _refusal(failure, request.path.decode("utf-8", "replace"))
         if value.http_status == 401:
             request.setHeader(b"www-authenticate", b'Bearer realm="execgo"')
         if value.http_status == 405:
@@ -432,6 +466,38 @@ class RuntimeAPI:
 #: The routes of L{RuntimeAPI}, each with its operation: what the OpenAPI
 #: document describes.
 ROUTES = openapi.routes(RuntimeAPI.app.url_map, RuntimeAPI)
+
+
+def _refusal(failure: Failure, path: str, logged: bool = False) -> errors.ExecgoError:
+    """
+    The runtime error C{failure} is answered with: its own, else what
+    L{errors.from_storage} makes of it; a fault (500) is logged, unless it
+    was already.
+    """
+    if isinstance(failure.value, errors.ExecgoError):
+        return failure.value
+    refused = errors.from_storage(failure.value)
+    if refused.http_status == 500 and not logged:
+        log.failure("unexpected error serving {path}", failure, path=path)
+    return refused
+
+
+def _batch_results(outcomes: List[Union[JSON, Failure]], path: str) -> List[JSON]:
+    """
+    The results of a batch's items: the status and body
+    C{POST /api/v1/tasks} would have answered each with.  A fault that
+    failed several items (the commit they shared) is logged once.
+    """
+    results: List[JSON] = []
+    seen: Set[int] = set()
+    for outcome in outcomes:
+        if not isinstance(outcome, Failure):
+            results.append({"http_status": 200, "body": outcome})
+            continue
+        refused = _refusal(outcome, path, logged=id(outcome.value) in seen)
+        seen.add(id(outcome.value))
+        results.append({"http_status": refused.http_status, "body": refused.envelope()})
+    return results
 
 
 def _allowed(exception: Any) -> list:

@@ -47,6 +47,7 @@ from execgo.core.models import (
     SubmitRequest,
 )
 from execgo.core.plan import ExecutionPlan, ResourceEnforcement
+from execgo.core.protocol import MAX_BATCH_TASKS
 from execgo.core.reservation import Reservation
 from execgo.core.results import ErrorInfo, Usage
 from execgo.core.strictjson import MAX_BODY_BYTES
@@ -332,7 +333,8 @@ def _model_schema(model: type, request: bool) -> JSON:
 def model_schemas() -> JSON:
     """
     The component schemas generated from L{REQUEST_MODELS} and
-    L{RESPONSE_MODELS}, plus C{TaskPolicy}.
+    L{RESPONSE_MODELS}, plus C{TaskPolicy}, C{TaskPlacement} and the
+    batch's C{BatchSubmitRequest}, whose items are C{SubmitTaskRequest}s.
     """
     schemas = {name: _model_schema(model, True) for name, model in REQUEST_MODELS}
     schemas["TaskPolicy"] = {
@@ -353,6 +355,24 @@ def model_schemas() -> JSON:
         "execution": {"kind": "command", "program": "echo", "args": ["hello"]},
         "limits": {"wall_time_ms": 10000},
         "metadata": {"purpose": "example"},
+    }
+    schemas["BatchSubmitRequest"] = {
+        "type": "object",
+        "required": ["tasks"],
+        "properties": {
+            "tasks": {
+                "type": "array",
+                "items": ref("SubmitTaskRequest"),
+                "minItems": 1,
+                "maxItems": MAX_BATCH_TASKS,
+            }
+        },
+        "description": (
+            f"At most {MAX_BODY_BYTES} bytes of UTF-8 JSON in all (larger bodies get 413), "
+            "parsed as JSON whatever the Content-Type says. Unknown keys are ignored. Each "
+            "item is checked as the body of a submission of its own: one that breaks "
+            "SubmitTaskRequest gets its refusal in its result, not the whole request."
+        ),
     }
     schemas.update({name: _model_schema(model, False) for name, model in RESPONSE_MODELS})
     schemas["ExecutionPlan"]["properties"]["run_as"] = {

@@ -68,6 +68,7 @@ from execgo.store import idempotency, listing
 
 __all__ = [
     "ADMIN_ONLY",
+    "BATCH_BODY",
     "ERROR_CODES",
     "EVENTS_OK",
     "FOLLOW",
@@ -329,6 +330,7 @@ LIST_PARAMETERS: Tuple[JSON, ...] = (
     ),
 )
 SUBMIT_BODY: JSON = {"required": True, "content": {"application/json": {"schema": ref("SubmitTaskRequest")}}}
+BATCH_BODY: JSON = {"required": True, "content": {"application/json": {"schema": ref("BatchSubmitRequest")}}}
 STATUS_OK = json_response("The task status snapshot", ref("TaskStatusResponse"))
 #: The 200 of C{GET /api/v1/tasks/{id}/events}: a JSON array, or NDJSON
 #: when following.

@@ -2,7 +2,7 @@
 """
 The building blocks of the OpenAPI document's JSON Schemas, and the
 response schemas written out by hand: the status snapshot, events, the
-runtime views.
+runtime views, a batch's results.
 
 These carry the runtime's additions (C{resources.cgroup},
 C{resource_enforcement.mechanisms}) and are closed
@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 from execgo.core.cluster import NODE_ALIVE, NODE_LEFT, NODE_LOST
 from execgo.core.constants import ALL_STATUSES, JSON, MODE_ADAPTIVE, MODE_STRICT
 from execgo.core.decoding import UINT64_MAX
+from execgo.core.protocol import MAX_BATCH_TASKS
 
 # What listing.decode_cursor accepts before decoding (listing._CURSOR_TEXT).
 CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
@@ -330,6 +331,29 @@ def other_schemas() -> JSON:
         "Ready": shape({"status": enum(["ready"]), "version": STRING}),
         "ErrorResponse": shape(
             {"error": ref("RuntimeErrorInfo")}, "The error envelope: every error the runtime answers has this shape."
+        ),
+        "BatchSubmitResponse": shape(
+            {
+                "results": {
+                    "type": "array",
+                    "items": ref("BatchSubmitResult"),
+                    "minItems": 1,
+                    "maxItems": MAX_BATCH_TASKS,
+                }
+            },
+            "One result per task of the request, in its order.",
+        ),
+        "BatchSubmitResult": shape(
+            {
+                "http_status": {
+                    "type": "integer",
+                    "minimum": 200,
+                    "maximum": 599,
+                    "description": "200, or the status of the error in body.",
+                },
+                "body": {"oneOf": [ref("SubmitTaskResponse"), ref("ErrorResponse")]},
+            },
+            "What POST /api/v1/tasks would have answered with this task as its whole body.",
         ),
     }
 
