@@ -36,13 +36,13 @@ DATABASE = "execgo_bench"
 
 def throughput_round(h: Any, server: Any, tasks: int, clients: int) -> Tuple[float, List[str]]:
     """
-    One throughput run (section 1's load) against C{server}: tasks per
-    second from the first submit to the last terminal state, and the
-    problems met (any makes the figure invalid).
+    One throughput run (section 1's load, submitted in batches) against
+    C{server}: tasks per second from the first submit to the last
+    terminal state, and the problems met (any makes the figure invalid).
     """
     shares = [tasks // clients + (1 if i < tasks % clients else 0) for i in range(clients)]
     body = json.dumps(h.TRUE_TASK).encode()
-    order, sent, done, problems = loadgen.run_clients(server.port, shares, body, h.LONG_POLL_MS)
+    order, sent, done, problems = loadgen.run_clients(server.port, shares, body, h.LONG_POLL_MS, batch=h.SUBMIT_BATCH)
     failed = [doc for _, doc in done.values() if doc["status"] != "success"]
     if failed:
         problems = problems + [f"{len(failed)} tasks did not succeed: {h.describe_failures(failed)}"]

@@ -23,6 +23,7 @@ RUN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 FIGURE_KEYS = (
     "throughput.tasks_per_s",
     "throughput.store_tasks_per_s",
+    "throughput.single_submit_tasks_per_s",
     "latency.p50_ms",
     "latency.p99_ms",
     "spawn.floor_per_s",
