@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import stat
+from typing import Any, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -142,47 +143,40 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
         self.assertEqual(control.read_settings(self.data_dir), settings())
 
-    def test_preview_ceiling(self) -> None:
+    def assert_optional_positive(self, name: str, value: int, bad: Tuple[Any, ...]) -> None:
         """
-        The preview ceiling round-trips; a file written before it existed
-        still parses (no ceiling); a ceiling that is not a positive
-        integer makes the file malformed.
+        The setting C{name} round-trips with C{value}; a file written
+        before it existed still parses (the setting is C{None}); each of
+        C{bad} (not a positive integer) makes the file malformed.
         """
         path = os.path.join(control.run_dir(self.data_dir), control.SETTINGS_NAME)
-        control.write_settings(self.data_dir, settings(max_output_preview_bytes=16777216))
-        self.assertEqual(control.read_settings(self.data_dir), settings(max_output_preview_bytes=16777216))
+        control.write_settings(self.data_dir, settings(**{name: value}))
+        self.assertEqual(control.read_settings(self.data_dir), settings(**{name: value}))
         old = settings().to_json()
-        del old["max_output_preview_bytes"]
+        del old[name]
         with open(path, "w") as out:
             out.write(json.dumps(old))
         read = control.read_settings(self.data_dir)
         assert read is not None
-        self.assertIsNone(read.max_output_preview_bytes)
-        for bad in (0, "16", True):
+        self.assertIsNone(getattr(read, name))
+        for wrong in bad:
             with open(path, "w") as out:
-                out.write(json.dumps({**old, "max_output_preview_bytes": bad}))
-            self.assertIsNone(control.read_settings(self.data_dir), bad)
+                out.write(json.dumps({**old, name: wrong}))
+            self.assertIsNone(control.read_settings(self.data_dir), wrong)
+
+    def test_preview_ceiling(self) -> None:
+        """
+        The preview ceiling (no ceiling in an older file: the tasks' own
+        limits alone).
+        """
+        self.assert_optional_positive("max_output_preview_bytes", 16777216, (0, "16", True))
 
     def test_max_running_tasks(self) -> None:
         """
-        The task slots round-trip; a file written before they existed
-        still parses (no limit kept by the supervisor); a value that is
-        not a positive integer makes the file malformed.
+        The task slots (none in an older file: the supervisor keeps no
+        limit and starts every order at once).
         """
-        path = os.path.join(control.run_dir(self.data_dir), control.SETTINGS_NAME)
-        control.write_settings(self.data_dir, settings(max_running_tasks=4))
-        self.assertEqual(control.read_settings(self.data_dir), settings(max_running_tasks=4))
-        old = settings().to_json()
-        del old["max_running_tasks"]
-        with open(path, "w") as out:
-            out.write(json.dumps(old))
-        read = control.read_settings(self.data_dir)
-        assert read is not None
-        self.assertIsNone(read.max_running_tasks)
-        for bad in (0, -1, "4", True):
-            with open(path, "w") as out:
-                out.write(json.dumps({**old, "max_running_tasks": bad}))
-            self.assertIsNone(control.read_settings(self.data_dir), bad)
+        self.assert_optional_positive("max_running_tasks", 4, (0, -1, "4", True))
 
     def test_missing_or_malformed(self) -> None:
         """
