@@ -382,6 +382,50 @@ class SubmitTests(CliTestMixin, SynchronousTestCase):
             },
         )
 
+    def test_batch(self) -> None:
+        """
+        C{--batch} takes C{{"tasks": [...]}} or the array alone, normalises
+        each request and POSTs one batch; the answer is printed verbatim and
+        the exit status is 0 only when every task was accepted.
+        """
+        accepted = b'{"results":[{"http_status":200,"body":' + SUBMITTED + b"}]}"
+        for document in (f"[{MINIMAL}]", f'{{"tasks":[{MINIMAL}],"other":1}}'):
+            world = FakeWorld([ok(accepted)])
+            result = self.invoke(["submit", "--batch", "--json", document], world)
+            self.assertEqual((result.exit_code, result.stderr), (0, ""))
+            self.assertEqual(result.stdout_bytes, accepted + b"\n")
+            [call] = world.calls
+            self.assertEqual((call.method, call.url), ("POST", TASKS + "/batch"))
+            self.assertEqual(call.body, b'{"tasks":[' + MINIMAL_NORMALISED + b"]}")
+        refused = b'{"results":[{"http_status":200,"body":{}},{"http_status":429,"body":{}}]}'
+        world = FakeWorld([ok(refused)])
+        result = self.invoke(["submit", "--batch", "--json", f"[{MINIMAL},{MINIMAL}]"], world)
+        self.assertEqual((result.exit_code, result.stderr), (1, "refused: 1 of 2 tasks were not accepted\n"))
+        self.assertEqual(result.stdout_bytes, refused + b"\n")
+
+    def test_batch_refused_locally(self) -> None:
+        """
+        A batch whose envelope or one of whose requests cannot be decoded,
+        and an answer that is not a batch answer, exit 1 with one line; in
+        the first two cases nothing is sent.
+        """
+        for document, line in (
+            ("[]", "invalid input: tasks: a batch holds at least one task\n"),
+            ('{"task":[]}', "invalid input: tasks: missing required field\n"),
+            (
+                f'[{MINIMAL},{{"execution":1}}]',
+                "invalid input: tasks[1]: execution: expected an object, got an integer\n",
+            ),
+        ):
+            world = FakeWorld()
+            result = self.invoke(["submit", "--batch", "--json", document], world)
+            self.assertEqual((result.exit_code, result.stderr), (1, line), document)
+            self.assertEqual(world.calls, [])
+        world = FakeWorld([ok(SUBMITTED)])
+        result = self.invoke(["submit", "--batch", "--json", f"[{MINIMAL}]"], world)
+        self.assertEqual(result.exit_code, 1)
+        self.assertEqual(result.stderr, "internal error: the server's answer to the batch is not a batch answer\n")
+
     def test_non_ascii_sent_as_utf8(self) -> None:
         """
         Non-ASCII text is sent as raw UTF-8, not escaped.

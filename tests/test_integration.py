@@ -1476,6 +1476,42 @@ class CliTests(SharedServerCase):
         self.assertEqual(out.encode("utf-8"), raw.body + b"\n")
         self.assertEqual(json.loads(out), final)
 
+    async def test_submit_batch(self) -> None:
+        """
+        C{submit --batch} sends a batch (an object with C{tasks}, or the
+        array alone), prints the raw answer and exits 0 when every task is
+        accepted, 1 with one line naming how many were not; a task that
+        cannot be decoded stops it before anything is sent.
+        """
+        first, second, third = unique("cb"), unique("cb"), unique("cb")
+
+        def request(task_id: str) -> Dict[str, Any]:
+            return {"task_id": task_id, "execution": {"kind": "command", "program": "/bin/true"}}
+
+        out, err, code = await self.cli(
+            "submit", "--batch", "--server", self.server.url, "--json", json.dumps([request(first), request(second)])
+        )
+        self.assertEqual((code, err), (0, ""))
+        answer = json.loads(out)
+        self.assertEqual([r["http_status"] for r in answer["results"]], [200, 200])
+        self.assertEqual([r["body"]["task_id"] for r in answer["results"]], [first, second])
+        self.assertEqual(out.count("\n"), 1)
+        body = json.dumps({"tasks": [request(first), request(third)]})
+        out, err, code = await self.cli("submit", "--batch", "--server", self.server.url, "--json", body)
+        self.assertEqual((code, err), (1, "refused: 1 of 2 tasks were not accepted\n"))
+        answer = json.loads(out)
+        self.assertEqual([r["http_status"] for r in answer["results"]], [409, 200])
+        self.assertEqual(answer["results"][0]["body"]["error"]["code"], "conflict")
+        fourth = unique("cb")
+        bad = json.dumps([request(fourth), {"execution": {"kind": "bogus"}}])
+        out, err, code = await self.cli("submit", "--batch", "--server", self.server.url, "--json", bad)
+        self.assertEqual((code, out), (1, ""))
+        self.assertTrue(err.startswith("invalid input: tasks[1]: execution.kind:"), err)
+        self.assertEqual(err.count("\n"), 1)
+        self.assertEqual((await self.api.get(f"/api/v1/tasks/{fourth}")).code, 404)
+        for task_id in (first, second, third):
+            self.assertEqual((await self.wait_terminal(task_id))["status"], "success")
+
     async def test_run_failed_task_exits_zero(self) -> None:
         """
         C{run} prints only the final pretty status and exits 0 even when

@@ -39,6 +39,7 @@ from execgo.cli.output import (
     task_exit_code,
 )
 from execgo.client.protocol import (
+    BATCH_PATH,
     DEFAULT_POLL_INTERVAL_MS,
     TASKS_PATH,
     encode_request,
@@ -100,12 +101,43 @@ def load_request(file_path: Optional[str], json_text: Optional[str]) -> bytes:
 
     @return: the compact JSON body to send.
     """
+    from execgo.core.decoding import decode_submit
+
+    return encode_request(decode_submit(_read_json(file_path, json_text)).to_json())
+
+
+def load_batch(file_path: Optional[str], json_text: Optional[str]) -> Tuple[bytes, int]:
+    """
+    Read, decode and normalise a batch (C{submit --batch}): C{{"tasks":
+    [...]}}, or the array of requests alone; each request as
+    L{load_request} normalises one.  A request that cannot be decoded
+    names its place (C{tasks[i]}).
+
+    @return: the compact JSON body to send, and the number of tasks.
+    """
+    from execgo.core.decoding import decode_batch, decode_submit
+    from execgo.core.errors import InvalidInput
+
+    document = _read_json(file_path, json_text)
+    items = decode_batch({"tasks": document} if isinstance(document, list) else document)
+    tasks = []
+    for index, item in enumerate(items):
+        try:
+            tasks.append(decode_submit(item).to_json())
+        except InvalidInput as e:
+            fail("invalid input", f"tasks[{index}]: {e.detail}")
+    return encode_request({"tasks": tasks}), len(tasks)
+
+
+def _read_json(file_path: Optional[str], json_text: Optional[str]) -> Any:
+    """
+    The JSON document of C{--file} or C{--json} (exactly one of them).
+    """
     if file_path is not None and json_text is not None:
         raise click.UsageError("--file and --json cannot be used together")
     if file_path is None and json_text is None:
         raise click.UsageError("exactly one of --file or --json is required")
 
-    from execgo.core.decoding import decode_submit
     from execgo.core.errors import InvalidInput, PayloadTooLarge
     from execgo.core.strictjson import parse_json_body
 
@@ -119,27 +151,37 @@ def load_request(file_path: Optional[str], json_text: Optional[str]) -> bytes:
         assert json_text is not None
         raw = json_text.encode("utf-8", "surrogateescape")
     try:
-        document = parse_json_body(raw)
+        return parse_json_body(raw)
     except PayloadTooLarge as e:
         raise CliFailure.from_error(e) from None
     except InvalidInput as e:
         fail("json error", e.detail)
-    request = decode_submit(document)
-    return encode_request(request.to_json())
 
 
-def _submit(env: CliEnvironment, server: str, body: bytes) -> sync_http.Response:
+def _submit(env: CliEnvironment, server: str, body: bytes, path: str = TASKS_PATH) -> sync_http.Response:
     """
-    C{POST} the normalised request; return the 2xx response or fail.
+    C{POST} the normalised request (to C{path}); return the 2xx response
+    or fail.
     """
     return checked(
         env.transport(
             "POST",
-            api_url(server, TASKS_PATH),
+            api_url(server, path),
             body=body,
             headers=request_headers({"Content-Type": JSON_TYPE}),
         )
     )
+
+
+def _refused(body: bytes) -> int:
+    """
+    How many results of a batch's answer are not C{200}.
+    """
+    try:
+        results = json.loads(body)["results"]
+        return sum(1 for result in results if result["http_status"] != 200)
+    except (ValueError, TypeError, KeyError):
+        fail("internal error", "the server's answer to the batch is not a batch answer")
 
 
 def _finish(
@@ -188,6 +230,12 @@ def _stream_jobs(
 
 @click.command()
 @_request_options
+@click.option(
+    "--batch",
+    is_flag=True,
+    help='The request is a batch, {"tasks": [...]} or an array of requests, '
+    "sent to /api/v1/tasks/batch; exit 1 unless every task is accepted.",
+)
 @click.pass_obj
 def submit(
     env: CliEnvironment,
@@ -196,16 +244,25 @@ def submit(
     json_text: Optional[str],
     poll_interval_ms: int,
     timeout_ms: Optional[int],
+    batch: bool,
 ) -> None:
     """
-    Submit a task; print the server's answer.
+    Submit a task (or, with --batch, many); print the server's answer.
 
     Exactly one of --file or --json is required. The request is decoded and
-    normalised locally, then POSTed to /api/v1/tasks. --poll-interval-ms and
-    --timeout-ms are accepted for symmetry with run and ignored.
+    normalised locally, then POSTed to /api/v1/tasks (/api/v1/tasks/batch).
+    --poll-interval-ms and --timeout-ms are accepted for symmetry with run
+    and ignored.
     """
-    body = load_request(file_path, json_text)
-    echo_raw(_submit(env, server, body).body)
+    if not batch:
+        echo_raw(_submit(env, server, load_request(file_path, json_text)).body)
+        return
+    body, count = load_batch(file_path, json_text)
+    answer = _submit(env, server, body, BATCH_PATH).body
+    echo_raw(answer)
+    refused = _refused(answer)
+    if refused:
+        fail("refused", f"{refused} of {count} tasks were not accepted")
 
 
 @click.command()
