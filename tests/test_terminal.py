@@ -16,13 +16,16 @@ from twisted.trial.unittest import SynchronousTestCase
 from execgo.core import outcome
 from execgo.core.records import Outcome, TaskRecord
 from execgo.store import (
+    connection,
     eventlog,
+    pgwire,
     reads,
     schema,
     taskfiles,
     terminal,
     transitions,
 )
+from execgo.store.backend import SQLITE, backend_of
 from tests import backends
 from tests.fakes import command, new_task
 
@@ -224,6 +227,40 @@ class TerminalWriteTests(TerminalTestCase):
             self.assertEqual(self.result_json(task_id)["status"], "success")
         types = [e.event_type for e in eventlog.load_events(self.conn, "a")]
         self.assertEqual(types[-3:], ["note", "resource_released", "finished"])
+
+    def test_after_reads_for_the_writes(self) -> None:
+        """
+        C{after} runs after the terminal writes (its read sees them) and
+        what it writes commits with them; when it says it read, the writes
+        went with its read, so on PostgreSQL the commit takes three round
+        trips (the reads, C{after}'s read, the commit), not four.
+        """
+        self.insert("a")
+        self.insert("b")
+        write = self.prepared("a")
+        seen: List[str] = []
+
+        def after(conn: sqlite3.Connection) -> bool:
+            seen.extend(row[0] for row in connection.rows(conn, "SELECT status FROM tasks WHERE task_id = ?", ("a",)))
+            eventlog.append_event(conn, "b", "note", None, NOW + 4)
+            return True
+
+        exchanges: List[int] = []
+        exchange = pgwire.exchange
+
+        def counted(session: Any, batch: Any) -> Any:
+            exchanges.append(len(batch))
+            return exchange(session, batch)
+
+        self.patch(pgwire, "exchange", counted)
+        terminal.commit(self.conn, [write], lambda conn: None, after)
+        round_trips = len(exchanges)
+        self.assertEqual(seen, ["success"])
+        self.assertTrue(write.took)
+        self.assertEqual(self.result_json("a")["status"], "success")
+        self.assertEqual([e.event_type for e in eventlog.load_events(self.conn, "b")][-1], "note")
+        if backend_of(self.conn) is not SQLITE:
+            self.assertEqual(round_trips, 3, exchanges)
 
     def test_lost_race(self) -> None:
         """

@@ -333,7 +333,7 @@ def commit(
     conn: sqlite3.Connection,
     writes: Sequence[TerminalWrite],
     before: Callable[[sqlite3.Connection], T],
-    after: Callable[[sqlite3.Connection], object] = lambda conn: None,
+    after: Callable[[sqlite3.Connection], bool] = lambda conn: False,
 ) -> T:
     """
     Prepared writes in one transaction of their own (never run this
@@ -348,7 +348,10 @@ def commit(
         start records, which a terminal write must not overtake).
     @param after: more of the same transaction, which the terminal writes
         come before (the supervisor's claims of the tasks that take the
-        slots and uids these ends free).
+        slots and uids these ends free); it returns whether it read from
+        the store, which sent the terminal writes (and surfaced their
+        errors) before anything is placed, so no round trip of their own is
+        needed.  What it writes goes with the commit.
     @return: what C{before} returned.
     """
     try:
@@ -357,9 +360,9 @@ def commit(
             # Every write's read in one round trip.
             for write, found in zip(writes, fetch_all(conn, [write.query(conn) for write in writes])):
                 write.write(conn, found)
-            after(conn)
-            # Every row written before any file is placed.
-            backend_of(conn).send_waiting(conn)
+            if not after(conn):
+                # Every row written before any file is placed.
+                backend_of(conn).send_waiting(conn)
             for write in writes:
                 write.place(conn)
     except BaseException:

@@ -75,7 +75,8 @@ class Endings:
         after them (the engine's claims of the tasks that take the freed
         slots); what it returns, if anything, is called once the
         transaction is over, with whether it committed, after the ends
-        are reported.
+        are reported.  It returns something only when it claimed, which
+        reads the store first (L{terminal.commit}'s C{after}).
     """
 
     def __init__(
@@ -165,8 +166,10 @@ class Endings:
             self._report(ending)
         self._settled(True)
 
-    def _successors(self, conn: sqlite3.Connection) -> None:
+    def _successors(self, conn: sqlite3.Connection) -> bool:
+        # A claim reads the rows it takes first: whatever it returned, it read.
         self._settle = self.successors(conn)
+        return self._settle is not None
 
     def _settled(self, committed: bool) -> None:
         settle, self._settle = self._settle, None
