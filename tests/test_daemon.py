@@ -21,10 +21,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from execgo import control
 from execgo.core.databaseurl import STORE_RETRY_S, STORE_WAIT_S
 from execgo.host import privileges
-from execgo.store import transitions
 from execgo.supervisor import daemon
 from execgo.supervisor.daemon import Loop
-from tests.fakes import command, new_task
 from tests.test_engine import GRACE_S, EngineHarness
 
 IDLE_EXIT_S = 10.0
@@ -88,12 +86,6 @@ class LoopTests(EngineHarness, SynchronousTestCase):
         """
         self.now += seconds
         return self.loop.turn(block=False)
-
-    def insert(self, task_id: str) -> None:
-        """
-        Store an C{accepted} task, launched by no one yet.
-        """
-        transitions.insert_task(self.conn, new_task(self.data_dir, task_id, command(), make_dirs=True), 1)
 
     def test_hello(self) -> None:
         """

@@ -73,6 +73,15 @@ class EngineHarness(StoreReads):
         self.supervisor.reap()
         self.supervisor.run_due_timers()
 
+    def insert(self: Any, *task_ids: str) -> None:
+        """
+        Store C{accepted} C{/bin/true} tasks (their files made), launched
+        by no one yet.
+        """
+        for task_id in task_ids:
+            task = new_task(self.data_dir, task_id, command("/bin/true"), make_dirs=True)
+            transitions.insert_task(self.conn, task, int(self.now * 1000))
+
     def launch(self: Any, task_id: str, wall_time_ms: int = 10_000, **kwargs: Any) -> int:
         """
         Insert a task and launch it; its fake pid.
@@ -350,9 +359,7 @@ class SlotTests(EngineHarness, SynchronousTestCase):
         """
         Store C{accepted} tasks and order them launched, in one order.
         """
-        for task_id in task_ids:
-            task = new_task(self.data_dir, task_id, command("/bin/true"), make_dirs=True)
-            transitions.insert_task(self.conn, task, int(self.now * 1000))
+        self.insert(*task_ids)
         self.supervisor.order([(task_id, functools.partial(self.declined.append, task_id)) for task_id in task_ids])
 
     def end(self, task_id: str) -> None:
@@ -572,9 +579,7 @@ class StoreOutageTests(EngineHarness, SynchronousTestCase):
         its end is written: the order waiting for a slot starts only then.
         """
         self.supervisor.slots.limit = 1
-        for task_id in ("a", "b"):
-            task = new_task(self.data_dir, task_id, command("/bin/true"), make_dirs=True)
-            transitions.insert_task(self.conn, task, int(self.now * 1000))
+        self.insert("a", "b")
         self.supervisor.order([("a", None), ("b", None)])
         pid = self.supervisor.by_task["a"].pid
         self.store_down()

@@ -142,7 +142,6 @@ class Endings:
         and try each again later.
         """
         now = self.wall_ms()
-        self._settle = None
         try:
             for ending in endings:
                 self._prepare(ending, now)
